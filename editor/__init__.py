@@ -1,0 +1,1 @@
+"""PySide6 + qasync desktop app for collaborative editing (adapters over ``crdt_sync``)."""
