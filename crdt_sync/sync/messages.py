@@ -1,0 +1,704 @@
+"""Sync protocol messages and their binary codec.
+
+Theory of operation
+-------------------
+One WebSocket binary frame carries exactly one message. A frame is a fixed
+5-byte header followed by the message body::
+
+    offset 0  2 bytes  magic b"CS" (0x43 0x53)
+    offset 2  1 byte   frame format version (FORMAT_VERSION = 1)
+    offset 3  1 byte   message type (MessageType)
+    offset 4  1 byte   flags: bit 0 = body compressed with the negotiated compressor;
+                       every other bit must be 0
+    offset 5  ...      body: the message's fields, in order, with the encodings below
+
+Field encodings: ``uint`` is an unsigned LEB128 varint (at most 10 bytes, value
+< 2**64); ``bytes`` is a uint length then that many bytes; ``str`` is ``bytes``
+holding strict UTF-8; ``opt<T>`` is one byte 0 (absent) or 1 (present) then T;
+``vv`` (version vector) is a uint count then, sorted by peer, that many
+``(str peer, uint counter)`` pairs; ``changes`` is ``bytes`` holding
+:func:`crdt_sync.encode_changes` output; ``snapshot`` is ``bytes`` holding
+``Snapshot.to_bytes()``; ``json`` is ``str`` holding a JSON object.
+``docs/protocol.md`` gives every message's layout; this module is its reference.
+
+Decoding trusts nothing: every length is checked against what remains and
+against a per-field bound, the whole frame against ``max_size``, a decompressed
+body against ``max_size`` too, and any failure raises a subclass of
+:class:`RemoteProtocolError` (malformed bytes: :class:`MessageDecodeError`, which
+is also a :class:`crdt_sync.DecodeError`). Nothing else escapes
+:func:`decode_message`.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+from crdt_sync import Change, Snapshot, VersionVector, decode_changes, encode_changes
+from crdt_sync.exceptions import DecodeError
+
+from .compression import Compressor, NoCompression
+from .exceptions import (
+    DecompressionError,
+    ErrorCode,
+    MessageDecodeError,
+    MessageTooLarge,
+    RemoteProtocolError,
+    UnknownMessageType,
+    UnsupportedProtocolVersion,
+)
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_PROTOCOL_VERSIONS",
+    "Ack",
+    "AwarenessQuery",
+    "AwarenessState",
+    "AwarenessUpdate",
+    "Changes",
+    "DocumentStatus",
+    "DocumentStatusRequest",
+    "Error",
+    "HandshakeRequest",
+    "HandshakeResponse",
+    "Message",
+    "MessageType",
+    "Ping",
+    "Pong",
+    "decode_message",
+    "encode_message",
+    "peek_message_type",
+]
+
+MAGIC: Final = b"CS"
+FORMAT_VERSION: Final = 1
+"""Version of the frame header layout (magic, version, type, flags)."""
+PROTOCOL_VERSION: Final = 1
+"""Version of the message semantics and body layouts, negotiated in the handshake."""
+SUPPORTED_PROTOCOL_VERSIONS: Final = (1,)
+DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
+"""Default bound on a frame and on a decompressed body (16 MiB)."""
+
+HEADER_SIZE: Final = 5
+FLAG_COMPRESSED: Final = 0x01
+_KNOWN_FLAGS: Final = FLAG_COMPRESSED
+# Bodies shorter than this are never worth compressing (gzip adds ~20 bytes).
+_MIN_COMPRESS_SIZE: Final = 128
+
+# Per-field bounds, in encoded bytes. They keep hostile input from making us hold
+# absurd identifiers; the frame bound covers everything else.
+MAX_ID_BYTES: Final = 256
+"""document ids, peer ids, session ids, epochs, compression names."""
+MAX_NAME_BYTES: Final = 1024
+"""display names."""
+MAX_TOKEN_BYTES: Final = 16 * 1024
+"""auth tokens."""
+MAX_ERROR_TEXT_BYTES: Final = 16 * 1024
+"""human-readable error messages."""
+MAX_AWARENESS_BYTES: Final = 64 * 1024
+"""one peer's awareness state, as JSON."""
+MAX_COUNTER: Final = (1 << 63) - 1
+"""version-vector counters, clocks, nonces and timestamps."""
+_MAX_JSON_DEPTH: Final = 32
+
+
+class MessageType(enum.IntEnum):
+    """The type byte of a frame. Values are wire values: never renumber, only append."""
+
+    HANDSHAKE_REQUEST = 0x01
+    HANDSHAKE_RESPONSE = 0x02
+    CHANGES = 0x03
+    ACK = 0x04
+    DOCUMENT_STATUS_REQUEST = 0x05
+    DOCUMENT_STATUS = 0x06
+    PING = 0x07
+    PONG = 0x08
+    AWARENESS_UPDATE = 0x10
+    AWARENESS_QUERY = 0x11
+    AWARENESS_STATE = 0x12
+    ERROR = 0x7F
+
+
+# Frames of these types are never compressed, so they stay readable whatever the
+# peers believe about compression (a mismatch must be reported, not garbled).
+_NEVER_COMPRESSED: Final = frozenset({MessageType.HANDSHAKE_REQUEST, MessageType.ERROR})
+
+AwarenessStateValue: TypeAlias = dict[str, Any]
+"""One peer's presence state: a JSON object (name, colour, cursor, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRequest:
+    """Client -> server, first message of a connection.
+
+    ``version_vector`` is what the client's document holds; ``compression`` the
+    name of the client's compressor (must equal the server's). ``protocol_version``
+    is the first field of the body so a server can refuse a version it does not
+    speak before parsing the rest.
+    """
+
+    document_id: str
+    peer_id: str
+    version_vector: VersionVector
+    display_name: str = ""
+    auth_token: str | None = None
+    compression: str = "none"
+    protocol_version: int = PROTOCOL_VERSION
+
+    TYPE = MessageType.HANDSHAKE_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeResponse:
+    """Server -> client, answer to a successful handshake.
+
+    ``version_vector`` is the server document's version vector after the
+    handshake; ``epoch`` a random id fixed when the server document was created
+    (a change of epoch means the server's document was reset). Either
+    ``changes`` (what the client lacks, causal order) or ``snapshot`` (the whole
+    state, when smaller) is set, never both; both empty means nothing to send.
+    """
+
+    session_id: str
+    version_vector: VersionVector
+    epoch: str
+    changes: tuple[Change, ...] = ()
+    snapshot: Snapshot | None = None
+
+    TYPE = MessageType.HANDSHAKE_RESPONSE
+
+    def __post_init__(self) -> None:
+        _check_payload(self.changes, self.snapshot)
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Either direction, after the handshake: changes in causal order."""
+
+    changes: tuple[Change, ...]
+
+    TYPE = MessageType.CHANGES
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Server -> client: the server has applied and durably stored everything in
+    ``version_vector`` (cumulative; a later Ack never covers less)."""
+
+    version_vector: VersionVector
+
+    TYPE = MessageType.ACK
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentStatusRequest:
+    """Client -> server: "send me what I lack"; carries the client's version vector."""
+
+    version_vector: VersionVector
+
+    TYPE = MessageType.DOCUMENT_STATUS_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentStatus:
+    """Server -> client, answer to :class:`DocumentStatusRequest`: the server's version
+    vector and either the changes the requester lacks or a snapshot (as in
+    :class:`HandshakeResponse`)."""
+
+    version_vector: VersionVector
+    changes: tuple[Change, ...] = ()
+    snapshot: Snapshot | None = None
+
+    TYPE = MessageType.DOCUMENT_STATUS
+
+    def __post_init__(self) -> None:
+        _check_payload(self.changes, self.snapshot)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Either direction: liveness probe. ``nonce`` is echoed by the Pong;
+    ``timestamp_ms`` is the sender's clock (informational)."""
+
+    nonce: int
+    timestamp_ms: int = 0
+
+    TYPE = MessageType.PING
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Answer to :class:`Ping`, echoing its ``nonce`` and ``timestamp_ms``."""
+
+    nonce: int
+    timestamp_ms: int = 0
+
+    TYPE = MessageType.PONG
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessUpdate:
+    """Either direction: one peer's presence. ``clock`` grows with every update
+    from that peer; ``state`` None means the peer left."""
+
+    peer_id: str
+    clock: int
+    state: AwarenessStateValue | None
+
+    TYPE = MessageType.AWARENESS_UPDATE
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessQuery:
+    """Client -> server: ask for every peer's presence (answered by AwarenessState)."""
+
+    TYPE = MessageType.AWARENESS_QUERY
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessState:
+    """Server -> client: the presence of every peer on the document (all of it:
+    a peer absent from ``states`` is gone)."""
+
+    states: tuple[AwarenessUpdate, ...] = field(default=())
+
+    TYPE = MessageType.AWARENESS_STATE
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Either direction: something went wrong. The sender closes the connection
+    after sending it, except for ``OUT_OF_SYNC`` (the client resyncs)."""
+
+    code: ErrorCode
+    message: str = ""
+
+    TYPE = MessageType.ERROR
+
+
+Message: TypeAlias = (
+    HandshakeRequest
+    | HandshakeResponse
+    | Changes
+    | Ack
+    | DocumentStatusRequest
+    | DocumentStatus
+    | Ping
+    | Pong
+    | AwarenessUpdate
+    | AwarenessQuery
+    | AwarenessState
+    | Error
+)
+
+
+def _check_payload(changes: tuple[Change, ...], snapshot: Snapshot | None) -> None:
+    if changes and snapshot is not None:
+        raise ValueError("a message carries changes or a snapshot, not both")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _Writer:
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def uint(self, value: int) -> None:
+        if value < 0 or value > MAX_COUNTER:
+            raise ValueError(f"{value} is out of range for a wire integer")
+        buf = self.buf
+        while value >= 0x80:
+            buf.append((value & 0x7F) | 0x80)
+            value >>= 7
+        buf.append(value)
+
+    def byte(self, value: int) -> None:
+        self.buf.append(value)
+
+    def blob(self, data: bytes) -> None:
+        self.uint(len(data))
+        self.buf += data
+
+    def text(self, text: str, limit: int, what: str) -> None:
+        data = text.encode("utf-8")
+        if len(data) > limit:
+            raise ValueError(f"{what} is {len(data)} bytes; the limit is {limit}")
+        self.blob(data)
+
+    def opt_str(self, text: str | None, limit: int, what: str) -> None:
+        if text is None:
+            self.byte(0)
+        else:
+            self.byte(1)
+            self.text(text, limit, what)
+
+    def vv(self, vv: Mapping[str, int]) -> None:
+        self.uint(len(vv))
+        for peer in sorted(vv):
+            self.text(peer, MAX_ID_BYTES, "a version vector peer")
+            self.uint(vv[peer])
+
+    def payload(self, changes: tuple[Change, ...], snapshot: Snapshot | None) -> None:
+        if snapshot is not None:
+            self.byte(1)
+            self.blob(snapshot.to_bytes())
+        else:
+            self.byte(0)
+            self.blob(encode_changes(list(changes)))
+
+    def awareness(self, update: AwarenessUpdate) -> None:
+        self.text(update.peer_id, MAX_ID_BYTES, "an awareness peer id")
+        self.uint(update.clock)
+        if update.state is None:
+            self.byte(0)
+        else:
+            if not isinstance(update.state, dict):
+                raise TypeError("an awareness state must be a dict (a JSON object)")
+            text = json.dumps(update.state, ensure_ascii=False, separators=(",", ":"))
+            self.byte(1)
+            self.text(text, MAX_AWARENESS_BYTES, "an awareness state")
+
+
+def _encode_body(message: Message) -> bytes:
+    w = _Writer()
+    if isinstance(message, HandshakeRequest):
+        w.uint(message.protocol_version)
+        w.text(message.document_id, MAX_ID_BYTES, "the document id")
+        w.text(message.peer_id, MAX_ID_BYTES, "the peer id")
+        w.vv(message.version_vector)
+        w.text(message.display_name, MAX_NAME_BYTES, "the display name")
+        w.opt_str(message.auth_token, MAX_TOKEN_BYTES, "the auth token")
+        w.text(message.compression, MAX_ID_BYTES, "the compression name")
+    elif isinstance(message, HandshakeResponse):
+        w.text(message.session_id, MAX_ID_BYTES, "the session id")
+        w.text(message.epoch, MAX_ID_BYTES, "the epoch")
+        w.vv(message.version_vector)
+        w.payload(message.changes, message.snapshot)
+    elif isinstance(message, Changes):
+        w.blob(encode_changes(list(message.changes)))
+    elif isinstance(message, Ack | DocumentStatusRequest):
+        w.vv(message.version_vector)
+    elif isinstance(message, DocumentStatus):
+        w.vv(message.version_vector)
+        w.payload(message.changes, message.snapshot)
+    elif isinstance(message, Ping | Pong):
+        w.uint(message.nonce)
+        w.uint(message.timestamp_ms)
+    elif isinstance(message, AwarenessUpdate):
+        w.awareness(message)
+    elif isinstance(message, AwarenessQuery):
+        pass
+    elif isinstance(message, AwarenessState):
+        w.uint(len(message.states))
+        for update in message.states:
+            w.awareness(update)
+    elif isinstance(message, Error):
+        w.uint(int(message.code))
+        # Truncate rather than fail: an error report must always be sendable.
+        text = message.message.encode("utf-8")[:MAX_ERROR_TEXT_BYTES]
+        w.blob(text.decode("utf-8", "ignore").encode("utf-8"))
+    else:
+        raise TypeError(f"not a sync message: {type(message).__name__}")
+    return bytes(w.buf)
+
+
+def encode_message(message: Message, compressor: Compressor | None = None) -> bytes:
+    """Encode ``message`` as one frame.
+
+    With a ``compressor`` (other than :class:`NoCompression`) the body is
+    compressed when that makes it smaller, except for ``HandshakeRequest`` and
+    ``Error`` frames, which are never compressed. Raises ``ValueError`` /
+    ``TypeError`` for a message that cannot be encoded (a field over its bound,
+    a negative integer, a non-dict awareness state).
+    """
+    body = _encode_body(message)
+    flags = 0
+    if (
+        compressor is not None
+        and not isinstance(compressor, NoCompression)
+        and message.TYPE not in _NEVER_COMPRESSED
+        and len(body) >= _MIN_COMPRESS_SIZE
+    ):
+        packed = compressor.compress(body)
+        if len(packed) < len(body):
+            body = packed
+            flags |= FLAG_COMPRESSED
+    return MAGIC + bytes((FORMAT_VERSION, message.TYPE, flags)) + body
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Reader:
+    __slots__ = ("base", "data", "end", "pos")
+
+    def __init__(self, data: bytes, base: int) -> None:
+        self.data = data
+        self.pos = 0
+        self.end = len(data)
+        # Offset of data[0] in the frame, so errors point into the frame
+        # (meaningful for uncompressed bodies).
+        self.base = base
+
+    def fail(self, message: str) -> MessageDecodeError:
+        return MessageDecodeError(message, self.base + self.pos)
+
+    def byte(self) -> int:
+        if self.pos >= self.end:
+            raise self.fail("truncated: expected a byte")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def flag(self, what: str) -> bool:
+        value = self.byte()
+        if value > 1:
+            raise MessageDecodeError(
+                f"{what}: expected 0 or 1, got {value}", self.base + self.pos - 1
+            )
+        return value == 1
+
+    def uint(self, what: str, limit: int = MAX_COUNTER) -> int:
+        data, pos, end = self.data, self.pos, self.end
+        result = 0
+        shift = 0
+        while True:
+            if pos >= end:
+                raise MessageDecodeError(f"{what}: truncated varint", self.base + pos)
+            b = data[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise MessageDecodeError(f"{what}: varint longer than 10 bytes", self.base + pos)
+        if result > limit:
+            raise MessageDecodeError(
+                f"{what}: {result} exceeds the limit {limit}", self.base + self.pos
+            )
+        self.pos = pos
+        return result
+
+    def blob(self, what: str, limit: int | None = None) -> bytes:
+        remaining = self.end - self.pos
+        n = self.uint(what, remaining if limit is None else min(limit, remaining))
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def text(self, what: str, limit: int) -> str:
+        start = self.pos
+        raw = self.blob(what, limit)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MessageDecodeError(f"{what}: invalid UTF-8", self.base + start) from None
+
+    def opt_str(self, what: str, limit: int) -> str | None:
+        return self.text(what, limit) if self.flag(what) else None
+
+    def vv(self, what: str) -> VersionVector:
+        # Each entry takes at least 2 bytes, which bounds the count by the input.
+        n = self.uint(f"{what} size", (self.end - self.pos) // 2)
+        entries: dict[str, int] = {}
+        for _ in range(n):
+            peer = self.text(f"{what} peer", MAX_ID_BYTES)
+            counter = self.uint(f"{what} counter")
+            if peer in entries:
+                raise self.fail(f"{what}: peer {peer!r} appears twice")
+            entries[peer] = counter
+        try:
+            return VersionVector(entries)
+        except (TypeError, ValueError) as exc:
+            raise self.fail(f"{what}: {exc}") from None
+
+    def changes(self, what: str) -> tuple[Change, ...]:
+        start = self.pos
+        raw = self.blob(what)
+        try:
+            return tuple(decode_changes(raw))
+        except DecodeError as exc:
+            raise MessageDecodeError(f"{what}: {exc}", self.base + start) from None
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
+            # The core decoder should only raise DecodeError; this is a network
+            # boundary, so anything else still becomes a typed error.
+            raise MessageDecodeError(f"{what}: {exc!r}", self.base + start) from None
+
+    def snapshot(self, what: str) -> Snapshot:
+        start = self.pos
+        raw = self.blob(what)
+        try:
+            return Snapshot.from_bytes(raw)
+        except DecodeError as exc:
+            raise MessageDecodeError(f"{what}: {exc}", self.base + start) from None
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
+            raise MessageDecodeError(f"{what}: {exc!r}", self.base + start) from None
+
+    def payload(self, what: str) -> tuple[tuple[Change, ...], Snapshot | None]:
+        if self.flag(f"{what} kind"):
+            return (), self.snapshot(f"{what} snapshot")
+        return self.changes(f"{what} changes"), None
+
+    def awareness(self) -> AwarenessUpdate:
+        peer_id = self.text("awareness peer id", MAX_ID_BYTES)
+        clock = self.uint("awareness clock")
+        state: AwarenessStateValue | None = None
+        if self.flag("awareness state presence"):
+            start = self.pos
+            text = self.text("awareness state", MAX_AWARENESS_BYTES)
+            state = _load_state(text, self.base + start)
+        return AwarenessUpdate(peer_id, clock, state)
+
+    def expect_end(self) -> None:
+        if self.pos != self.end:
+            raise self.fail(f"{self.end - self.pos} unexpected trailing bytes")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_depth_ok(value: object, depth: int = 0) -> bool:
+    if depth > _MAX_JSON_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(_json_depth_ok(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return all(_json_depth_ok(v, depth + 1) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
+
+
+def _load_state(text: str, offset: int) -> AwarenessStateValue:
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise MessageDecodeError(f"awareness state is not JSON: {exc}", offset) from None
+    if not isinstance(value, dict):
+        raise MessageDecodeError("awareness state is not a JSON object", offset)
+    if not _json_depth_ok(value):
+        raise MessageDecodeError(f"awareness state nested deeper than {_MAX_JSON_DEPTH}", offset)
+    return value
+
+
+def _decode_body(kind: MessageType, r: _Reader) -> Message:
+    message: Message
+    if kind is MessageType.HANDSHAKE_REQUEST:
+        version = r.uint("protocol version")
+        if version not in SUPPORTED_PROTOCOL_VERSIONS:
+            raise UnsupportedProtocolVersion(version, SUPPORTED_PROTOCOL_VERSIONS)
+        document_id = r.text("document id", MAX_ID_BYTES)
+        peer_id = r.text("peer id", MAX_ID_BYTES)
+        vv = r.vv("version vector")
+        display_name = r.text("display name", MAX_NAME_BYTES)
+        auth_token = r.opt_str("auth token", MAX_TOKEN_BYTES)
+        compression = r.text("compression", MAX_ID_BYTES)
+        message = HandshakeRequest(
+            document_id, peer_id, vv, display_name, auth_token, compression, version
+        )
+    elif kind is MessageType.HANDSHAKE_RESPONSE:
+        session_id = r.text("session id", MAX_ID_BYTES)
+        epoch = r.text("epoch", MAX_ID_BYTES)
+        vv = r.vv("version vector")
+        changes, snapshot = r.payload("handshake")
+        message = HandshakeResponse(session_id, vv, epoch, changes, snapshot)
+    elif kind is MessageType.CHANGES:
+        message = Changes(r.changes("changes"))
+    elif kind is MessageType.ACK:
+        message = Ack(r.vv("version vector"))
+    elif kind is MessageType.DOCUMENT_STATUS_REQUEST:
+        message = DocumentStatusRequest(r.vv("version vector"))
+    elif kind is MessageType.DOCUMENT_STATUS:
+        vv = r.vv("version vector")
+        changes, snapshot = r.payload("document status")
+        message = DocumentStatus(vv, changes, snapshot)
+    elif kind is MessageType.PING:
+        message = Ping(r.uint("nonce"), r.uint("timestamp"))
+    elif kind is MessageType.PONG:
+        message = Pong(r.uint("nonce"), r.uint("timestamp"))
+    elif kind is MessageType.AWARENESS_UPDATE:
+        message = r.awareness()
+    elif kind is MessageType.AWARENESS_QUERY:
+        message = AwarenessQuery()
+    elif kind is MessageType.AWARENESS_STATE:
+        # An entry takes at least 3 bytes (empty peer, clock, presence flag).
+        n = r.uint("awareness count", (r.end - r.pos) // 3)
+        states = tuple(r.awareness() for _ in range(n))
+        message = AwarenessState(states)
+    else:  # MessageType.ERROR
+        code = ErrorCode.from_wire(r.uint("error code"))
+        raw = r.blob("error message", MAX_ERROR_TEXT_BYTES)
+        # Error text is for humans: be lenient rather than lose the report.
+        message = Error(code, raw.decode("utf-8", "replace"))
+    r.expect_end()
+    return message
+
+
+def peek_message_type(data: bytes) -> MessageType | None:
+    """The type of a frame, or None when the header is not a valid frame header."""
+    if len(data) < HEADER_SIZE or data[:2] != MAGIC or data[2] != FORMAT_VERSION:
+        return None
+    try:
+        return MessageType(data[3])
+    except ValueError:
+        return None
+
+
+def decode_message(
+    data: bytes,
+    compressor: Compressor | None = None,
+    *,
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+) -> Message:
+    """Decode one frame.
+
+    ``compressor`` is the negotiated compressor (None or :class:`NoCompression`
+    when none was negotiated: a compressed frame is then an error). Raises only
+    subclasses of :class:`RemoteProtocolError`: :class:`MessageTooLarge` (frame or
+    decompressed body over ``max_size``), :class:`UnsupportedProtocolVersion`
+    (frame format, or a handshake's protocol version), :class:`UnknownMessageType`,
+    :class:`DecompressionError`, or :class:`MessageDecodeError` for anything else.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MessageDecodeError(f"a frame is bytes, not {type(data).__name__}", 0)
+    data = bytes(data)
+    if len(data) > max_size:
+        raise MessageTooLarge(len(data), max_size, "frame")
+    if len(data) < HEADER_SIZE:
+        raise MessageDecodeError(f"truncated frame header ({len(data)} of 5 bytes)", len(data))
+    if data[:2] != MAGIC:
+        raise MessageDecodeError("bad magic: not a crdt_sync frame", 0)
+    if data[2] != FORMAT_VERSION:
+        raise UnsupportedProtocolVersion(data[2], (FORMAT_VERSION,), "frame format")
+    try:
+        kind = MessageType(data[3])
+    except ValueError:
+        raise UnknownMessageType(data[3], 3) from None
+    flags = data[4]
+    if flags & ~_KNOWN_FLAGS:
+        raise MessageDecodeError(f"unknown flags 0x{flags:02x}", 4)
+    body = data[HEADER_SIZE:]
+    if flags & FLAG_COMPRESSED:
+        if kind in _NEVER_COMPRESSED:
+            raise DecompressionError(f"a {kind.name} frame must not be compressed", 4)
+        if compressor is None or isinstance(compressor, NoCompression):
+            raise DecompressionError("compressed frame, but no compression was negotiated", 4)
+        try:
+            body = compressor.decompress(body, max_size)
+        except RemoteProtocolError:
+            raise
+        except Exception as exc:  # a plug-in compressor's own error type
+            raise DecompressionError(f"{compressor.name}: {exc!r}", HEADER_SIZE) from None
+    return _decode_body(kind, _Reader(body, HEADER_SIZE))
