@@ -1,0 +1,57 @@
+"""The one module that loads files from ``resources/`` (icons, style sheet).
+
+Icons are SVG files drawn for this project. When the folder is absent (an
+install that did not ship it), every function degrades gracefully: icons come
+back empty and the style sheet is the empty string, so the app still runs.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
+
+__all__ = ["colour_dot", "icon", "resource_path", "style_sheet"]
+
+_ROOT = Path(__file__).resolve().parent.parent / "resources"
+
+
+def resource_path(relative: str) -> Path:
+    """Absolute path of a file under ``resources/`` (it may not exist)."""
+    return _ROOT / relative
+
+
+@cache
+def icon(name: str) -> QIcon:
+    """The icon ``resources/icons/<name>.svg``; an empty icon when missing.
+
+    Needs a ``QGuiApplication``. Names in use: ``app``, ``host``, ``join``,
+    ``disconnect``, ``stop``, ``copy``, ``status-<state>`` for each connection
+    state.
+    """
+    path = resource_path(f"icons/{name}.svg")
+    return QIcon(str(path)) if path.is_file() else QIcon()
+
+
+def style_sheet() -> str:
+    """The application's style sheet (``resources/style.qss``), or ``""``."""
+    path = resource_path("style.qss")
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+def colour_dot(colour: str, size: int = 12) -> QIcon:
+    """A filled circle in ``colour`` (any name ``QColor`` accepts), for peer lists."""
+    pixmap = QPixmap(size, size)
+    pixmap.fill(Qt.GlobalColor.transparent)
+    painter = QPainter(pixmap)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    painter.setBrush(QColor(colour))
+    painter.setPen(Qt.PenStyle.NoPen)
+    painter.drawEllipse(1, 1, size - 2, size - 2)
+    painter.end()
+    return QIcon(pixmap)
