@@ -1,0 +1,288 @@
+"""``crdt-sync-server``: run the sync server headless.
+
+    crdt-sync-server --host 127.0.0.1 --port 8080 --db PATH
+    python -m server --memory --port 0
+
+Once the server listens, exactly one line goes to standard output (and is
+flushed), for people and for the desktop app that starts the server as a
+child process and parses the port from it with ``listening on ws://[^ ]*:(\\d+)/``::
+
+    crdt-sync-server listening on ws://127.0.0.1:8080/ (share: ws://192.168.1.20:8080/<document-id>)
+
+Everything else (server events, errors) is logged to standard error. SIGINT
+and SIGTERM stop the server cleanly: connections are closed and the registry
+is flushed and closed. With ``--exit-with-parent`` the server also stops
+cleanly when the process that started it goes away (so a crashed app never
+leaves an orphan server behind).
+
+Exit status: 0 after a clean stop, 1 when the server cannot start (port in
+use, unusable database), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import platformdirs
+
+from crdt_sync.sync.compression import Compressor, GzipCompressor, NoCompression
+
+from .events import ServerEvent, ServerEventType
+from .exceptions import StorageError
+from .registry import CRDTServerRegistry, InMemoryServerRegistry, SqliteServerRegistry
+from .server import WebSocketServer
+
+__all__ = ["build_parser", "default_database_path", "lan_address", "main", "run"]
+
+_log = logging.getLogger("server")
+
+#: How often ``--exit-with-parent`` checks whether the parent is still there.
+PARENT_POLL_INTERVAL = 0.5
+
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
+
+
+def default_database_path() -> Path:
+    """Where the SQLite store lives unless ``--db`` says otherwise (per-user data dir)."""
+    return platformdirs.user_data_path("crdt-sync-server", appauthor=False) / "documents.sqlite3"
+
+
+def lan_address() -> str:
+    """This machine's address on the local network, or ``127.0.0.1`` if it has none.
+
+    Asks the kernel which source address it would use to reach a documentation
+    address (TEST-NET-1): a UDP "connect" sends no packet.
+    """
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))
+        address = str(probe.getsockname()[0])
+        if not ipaddress.ip_address(address).is_unspecified:
+            return address
+    return "127.0.0.1"
+
+
+def _url_host(host: str) -> str:
+    """``host`` as it goes into a URL (IPv6 literals in brackets)."""
+    try:
+        if ipaddress.ip_address(host.strip("[]")).version == 6:
+            return f"[{host.strip('[]')}]"
+    except ValueError:
+        pass
+    return host
+
+
+def listening_line(host: str, port: int) -> str:
+    """The one line printed once the server listens (parsed by the desktop app)."""
+    shown = "0.0.0.0" if host == "" else host
+    # Listening on every interface: others reach us by our LAN address. Bound to
+    # one address: that address is the only way in, so share it as it is.
+    share = lan_address() if host in _WILDCARD_HOSTS else host
+    return (
+        f"crdt-sync-server listening on ws://{_url_host(shown)}:{port}/"
+        f" (share: ws://{_url_host(share)}:{port}/<document-id>)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535 (0: any free port), not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="crdt-sync-server",
+        description="Serve collaborative CRDT documents over WebSockets "
+        "(ws://HOST:PORT/<document-id>).",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
+    )
+    parser.add_argument(
+        "--port", type=_port, default=8080, help="TCP port; 0 picks a free one (default 8080)"
+    )
+    store = parser.add_mutually_exclusive_group()
+    store.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help=f"SQLite file holding the documents (default: {default_database_path()})",
+    )
+    store.add_argument(
+        "--memory", action="store_true", help="keep documents in memory only (lost on exit)"
+    )
+    parser.add_argument(
+        "--compression",
+        choices=("none", "gzip"),
+        default="none",
+        help="compression of every frame; clients must use the same (default none)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        default="INFO",
+        help="logging threshold for standard error (default INFO)",
+    )
+    parser.add_argument(
+        "--no-create",
+        action="store_true",
+        help="refuse documents that do not exist yet (DOCUMENT_NOT_FOUND) instead of creating them",
+    )
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop cleanly when the parent process exits (for apps that start the server)",
+    )
+    parser.add_argument(
+        "--max-connections", type=_positive_int, default=1000, help="connection limit (1000)"
+    )
+    parser.add_argument(
+        "--max-message-size",
+        type=_positive_int,
+        default=16 * 1024 * 1024,
+        help="largest accepted frame in bytes (16 MiB)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=_positive_float,
+        default=20.0,
+        help="seconds between keepalive pings to each client (20)",
+    )
+    parser.add_argument(
+        "--ping-timeout",
+        type=_positive_float,
+        default=20.0,
+        help="seconds a client may take to answer a ping before it is dropped (20)",
+    )
+    return parser
+
+
+def _make_compressor(name: str) -> Compressor:
+    return GzipCompressor() if name == "gzip" else NoCompression()
+
+
+def _make_registry(args: argparse.Namespace) -> CRDTServerRegistry:
+    if args.memory:
+        return InMemoryServerRegistry()
+    path: Path = args.db if args.db is not None else default_database_path()
+    return SqliteServerRegistry(path)
+
+
+def _log_event(event: ServerEvent) -> None:
+    level = logging.WARNING if event.type is ServerEventType.ERROR else logging.INFO
+    if event.type is ServerEventType.CLIENT_CHANGE_APPLIED:
+        level = logging.DEBUG  # one per edit: too chatty for INFO
+    details = " ".join(f"{key}={value}" for key, value in sorted(event.data.items()))
+    _log.log(level, "%s %s%s", event.type.value, event.message, f" [{details}]" if details else "")
+
+
+async def _watch_parent(original_parent: int, stop: asyncio.Event) -> None:
+    # When the parent dies the kernel re-parents us (to init or a subreaper),
+    # so getppid() changes; polling needs no platform-specific API.
+    while not stop.is_set():
+        if os.getppid() != original_parent:
+            _log.info("parent process %d is gone: shutting down", original_parent)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PARENT_POLL_INTERVAL)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run the server described by parsed ``args`` until a signal (or the parent) stops it."""
+    original_parent = os.getppid()
+    try:
+        registry = _make_registry(args)
+    except StorageError as error:
+        print(f"crdt-sync-server: {error}", file=sys.stderr)
+        return 1
+    server = WebSocketServer(
+        args.host,
+        args.port,
+        registry,
+        _make_compressor(args.compression),
+        allow_create=not args.no_create,
+        max_connections=args.max_connections,
+        max_message_size=args.max_message_size,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+    )
+    subscription = server.server_events.subscribe(_log_event)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+            signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
+    watcher = (
+        asyncio.create_task(_watch_parent(original_parent, stop)) if args.exit_with_parent else None
+    )
+    try:
+        try:
+            await server.start()
+        except OSError as error:
+            print(
+                f"crdt-sync-server: cannot listen on {args.host}:{args.port}: {error}",
+                file=sys.stderr,
+            )
+            return 1
+        print(listening_line(args.host, server.port), flush=True)
+        await stop.wait()
+        _log.info("stopping")
+        return 0
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await server.stop()
+        await registry.close()
+        subscription.cancel()
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # websockets logs every failed handshake at INFO+; keep its noise one level down.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:  # pragma: no cover - a second Ctrl+C during shutdown
+        return 130

@@ -1,0 +1,663 @@
+"""The server side of the sync protocol for one connection, sans-I/O.
+
+Theory of operation
+-------------------
+A :class:`ServerSession` never touches a socket, a clock or the registry.
+The driver (``server.server``) feeds it whole frames with
+:meth:`ServerSession.receive_message`, tells it what to do
+(:meth:`~ServerSession.accept_handshake`, :meth:`~ServerSession.send_changes`,
+:meth:`~ServerSession.send_acknowledgement`, ...) and then drains what happened
+(:meth:`~ServerSession.events_received`) and what to write
+(:meth:`~ServerSession.messages_to_send`). Everything about the protocol is
+therefore testable in memory, without sockets or sleeps.
+
+The connection's life is the table :data:`TRANSITIONS`::
+
+    AWAITING_HANDSHAKE --HandshakeRequest--> HANDSHAKING --accept--> OPEN
+            |                                    |                    |
+            +------------- any error, close, lost connection ---------+--> CLOSED
+
+``HANDSHAKING`` is the gap while the driver looks the document up (the
+registry is asynchronous): it answers with :meth:`accept_handshake` (the
+session then holds the server's document and answers the client's
+resynchronisation requests itself) or :meth:`reject_handshake`.
+
+Remote input never raises. Bytes that do not decode, a message the current
+state does not allow, a frame over the size bound, a handshake with the
+wrong document id, peer id or compression: each becomes one ``Error``
+message to the client, a :class:`ProtocolViolation` event and the CLOSED
+state; input after that is discarded. Local misuse (say, relaying changes
+before the handshake is accepted) raises :class:`LocalProtocolError`.
+Sending to a session that is already CLOSED is ignored rather than an error,
+because in an asynchronous server a peer may go away between "who is on this
+document" and "send to them".
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from crdt_sync import Change, CRDTDocument, PeerId, Snapshot, VersionVector, encode_changes
+from crdt_sync.sync import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Ack,
+    AwarenessQuery,
+    AwarenessState,
+    AwarenessUpdate,
+    Changes,
+    Compressor,
+    DocumentStatus,
+    DocumentStatusRequest,
+    Error,
+    ErrorCode,
+    HandshakeRequest,
+    HandshakeResponse,
+    Message,
+    NoCompression,
+    Ping,
+    Pong,
+    RemoteProtocolError,
+    decode_message,
+    encode_message,
+)
+
+from .exceptions import InvalidDocumentIdError, LocalProtocolError
+from .registry import validate_document_id
+
+__all__ = [
+    "TRANSITIONS",
+    "AwarenessQueried",
+    "AwarenessReceived",
+    "ChangesReceived",
+    "CloseCode",
+    "DocumentStatusSent",
+    "ErrorReceived",
+    "HandshakeRequested",
+    "PingReceived",
+    "PongReceived",
+    "ProtocolViolation",
+    "ServerSession",
+    "SessionClosed",
+    "SessionEvent",
+    "SessionInput",
+    "SessionState",
+]
+
+
+class SessionState(enum.Enum):
+    """Where a connection is in its life (see :data:`TRANSITIONS`)."""
+
+    AWAITING_HANDSHAKE = "awaiting_handshake"
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class SessionInput(enum.Enum):
+    """What can happen to a session: a kind of message received, or a driver action."""
+
+    HANDSHAKE_REQUEST = "handshake request received"
+    HANDSHAKE_ACCEPTED = "handshake accepted"
+    HANDSHAKE_REJECTED = "handshake rejected"
+    PING = "ping received"
+    CLIENT_MESSAGE = "client message received"
+    SERVER_MESSAGE = "server-only message received"
+    ERROR_RECEIVED = "error received"
+    PROTOCOL_ERROR = "protocol error"
+    LOCAL_CLOSE = "closed by the server"
+    CONNECTION_LOST = "connection lost"
+
+
+_S = SessionState
+_I = SessionInput
+
+#: The allowed transitions, in one place. A (state, input) pair not listed is
+#: refused: a remote input with an ``Error`` INVALID_MESSAGE and a close, a
+#: driver action with :class:`LocalProtocolError`. CLOSED accepts nothing.
+TRANSITIONS: Mapping[SessionState, Mapping[SessionInput, SessionState]] = {
+    _S.AWAITING_HANDSHAKE: {
+        _I.HANDSHAKE_REQUEST: _S.HANDSHAKING,
+        _I.PING: _S.AWAITING_HANDSHAKE,
+        _I.ERROR_RECEIVED: _S.CLOSED,
+        _I.PROTOCOL_ERROR: _S.CLOSED,
+        _I.LOCAL_CLOSE: _S.CLOSED,
+        _I.CONNECTION_LOST: _S.CLOSED,
+    },
+    _S.HANDSHAKING: {
+        _I.HANDSHAKE_ACCEPTED: _S.OPEN,
+        _I.HANDSHAKE_REJECTED: _S.CLOSED,
+        _I.PING: _S.HANDSHAKING,
+        _I.ERROR_RECEIVED: _S.CLOSED,
+        _I.PROTOCOL_ERROR: _S.CLOSED,
+        _I.LOCAL_CLOSE: _S.CLOSED,
+        _I.CONNECTION_LOST: _S.CLOSED,
+    },
+    _S.OPEN: {
+        _I.CLIENT_MESSAGE: _S.OPEN,
+        _I.PING: _S.OPEN,
+        _I.ERROR_RECEIVED: _S.CLOSED,
+        _I.PROTOCOL_ERROR: _S.CLOSED,
+        _I.LOCAL_CLOSE: _S.CLOSED,
+        _I.CONNECTION_LOST: _S.CLOSED,
+    },
+    _S.CLOSED: {},
+}
+
+# Which input each received message is. Server-to-client messages arriving at
+# the server are never allowed: they map to an input no state lists.
+_INPUT_OF: Mapping[type[Message], SessionInput] = {
+    HandshakeRequest: _I.HANDSHAKE_REQUEST,
+    Ping: _I.PING,
+    Error: _I.ERROR_RECEIVED,
+    Changes: _I.CLIENT_MESSAGE,
+    DocumentStatusRequest: _I.CLIENT_MESSAGE,
+    Pong: _I.CLIENT_MESSAGE,
+    AwarenessUpdate: _I.CLIENT_MESSAGE,
+    AwarenessQuery: _I.CLIENT_MESSAGE,
+    HandshakeResponse: _I.SERVER_MESSAGE,
+    Ack: _I.SERVER_MESSAGE,
+    DocumentStatus: _I.SERVER_MESSAGE,
+    AwarenessState: _I.SERVER_MESSAGE,
+}
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes (RFC 6455 section 7.4.1) the session asks the driver to use."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+_CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = {
+    ErrorCode.INVALID_MESSAGE: CloseCode.PROTOCOL_ERROR,
+    ErrorCode.UNSUPPORTED_PROTOCOL_VERSION: CloseCode.PROTOCOL_ERROR,
+    ErrorCode.MESSAGE_TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
+    ErrorCode.INTERNAL_ERROR: CloseCode.INTERNAL_ERROR,
+    ErrorCode.TOO_MANY_CONNECTIONS: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.LIMIT_EXCEEDED: CloseCode.TRY_AGAIN_LATER,
+}
+
+
+def _reason(code: ErrorCode, message: str) -> str:
+    # A close reason must fit in a control frame (123 bytes of UTF-8).
+    return f"{code.name}: {message}".encode()[:120].decode("utf-8", "ignore")
+
+
+def close_code_for(code: ErrorCode) -> CloseCode:
+    """The WebSocket close code that goes with sending an ``Error`` of ``code``."""
+    return _CLOSE_CODE_FOR.get(code, CloseCode.POLICY_VIOLATION)
+
+
+# -------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class HandshakeRequested:
+    """The client asked to join; answer with ``accept_handshake`` or ``reject_handshake``.
+
+    ``document_id`` is validated (and equals the URL's, when the URL named one);
+    ``peer_id`` parses as a :class:`~crdt_sync.PeerId`; the compression matches.
+    The driver still decides authorisation and whether the document exists.
+    """
+
+    request: HandshakeRequest
+    document_id: str
+
+
+@dataclass(frozen=True)
+class ChangesReceived:
+    """The client sent changes: apply them (durably), then ``send_acknowledgement``."""
+
+    changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True)
+class DocumentStatusSent:
+    """The client asked to resynchronise; the session already answered."""
+
+    client_version_vector: VersionVector
+    sent_snapshot: bool
+    change_count: int
+
+
+@dataclass(frozen=True)
+class PingReceived:
+    """The client pinged; the session already queued the Pong."""
+
+    nonce: int
+
+
+@dataclass(frozen=True)
+class PongReceived:
+    """The client answered a Ping the server sent."""
+
+    nonce: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class AwarenessReceived:
+    """The client updated its own presence (``state`` None: it left).
+
+    Already checked to be about the session's own peer.
+    """
+
+    update: AwarenessUpdate
+
+
+@dataclass(frozen=True)
+class AwarenessQueried:
+    """The client asked for everyone's presence: answer with ``send_awareness_state``."""
+
+
+@dataclass(frozen=True)
+class ErrorReceived:
+    """The client reported an error. Unless it is OUT_OF_SYNC the session is now closed."""
+
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True)
+class ProtocolViolation:
+    """The client broke the protocol; an ``Error`` was queued and the session closed."""
+
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True)
+class SessionClosed:
+    """The session reached CLOSED: send what is queued, then close the socket with ``code``."""
+
+    code: CloseCode
+    reason: str
+
+
+SessionEvent = (
+    HandshakeRequested
+    | ChangesReceived
+    | DocumentStatusSent
+    | PingReceived
+    | PongReceived
+    | AwarenessReceived
+    | AwarenessQueried
+    | ErrorReceived
+    | ProtocolViolation
+    | SessionClosed
+)
+
+# Above this many changes, compare the encoded changes with a snapshot and send
+# the smaller; below it, changes are always smaller in practice.
+_COMPARE_WITH_SNAPSHOT_FROM = 64
+
+
+def payload_for(
+    document: CRDTDocument, since: VersionVector
+) -> tuple[tuple[Change, ...], Snapshot | None]:
+    """What a peer at ``since`` lacks: (changes, None) or ((), snapshot), whichever is smaller.
+
+    A snapshot is the only choice when compaction dropped the history the
+    peer needs. Both empty means the peer lacks nothing.
+    """
+    if not document.can_export(since):
+        return (), document.take_snapshot()
+    changes = tuple(document.export_changes(since))
+    if len(changes) >= _COMPARE_WITH_SNAPSHOT_FROM:
+        snapshot = document.take_snapshot()
+        if len(snapshot.to_bytes()) < len(encode_changes(list(changes))):
+            return (), snapshot
+    return changes, None
+
+
+class ServerSession:
+    """The protocol state of one client connection (sans-I/O).
+
+    Args:
+        document_id: the document named by the URL path, or None / "" when
+            the URL named none (the handshake's document id is then used).
+            Not validated here: an invalid one is refused at the handshake,
+            so the client learns why.
+        compressor: the server's compressor (its ``name`` must equal the
+            handshake's ``compression``).
+        max_message_size: largest accepted frame, and largest decompressed body.
+        session_id: id sent in the handshake response (random when omitted).
+    """
+
+    def __init__(
+        self,
+        document_id: str | None = None,
+        compressor: Compressor | None = None,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        session_id: str | None = None,
+    ) -> None:
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be positive")
+        self._url_document_id = document_id or None
+        self._compressor: Compressor = compressor if compressor is not None else NoCompression()
+        self.max_message_size = max_message_size
+        self.session_id = session_id if session_id is not None else secrets.token_urlsafe(16)
+        self._state = SessionState.AWAITING_HANDSHAKE
+        self._events: list[SessionEvent] = []
+        self._outgoing: list[bytes] = []
+        self._document: CRDTDocument | None = None
+        self._document_id: str | None = None
+        self._peer_id: str | None = None
+        self._display_name = ""
+        self._client_version_vector = VersionVector()
+        self.close_code: CloseCode | None = None
+        self.close_reason = ""
+
+    # -- read-only facts ------------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        """The current state."""
+        return self._state
+
+    @property
+    def document_id(self) -> str | None:
+        """The document this session is about, once the handshake request is accepted."""
+        return self._document_id
+
+    @property
+    def peer_id(self) -> str | None:
+        """The client's peer id, once it sent a valid handshake request."""
+        return self._peer_id
+
+    @property
+    def display_name(self) -> str:
+        """The client's display name from its handshake ("" before)."""
+        return self._display_name
+
+    @property
+    def compressor(self) -> Compressor:
+        """The compressor used for this connection's frames."""
+        return self._compressor
+
+    # -- draining -------------------------------------------------------------------------
+
+    def events_received(self) -> list[SessionEvent]:
+        """What happened since the last call, oldest first (drains)."""
+        events, self._events = self._events, []
+        return events
+
+    def messages_to_send(self) -> list[bytes]:
+        """Encoded frames to write, in order (drains)."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    # -- state machine --------------------------------------------------------------------
+
+    def _next_state(self, event: SessionInput) -> SessionState | None:
+        return TRANSITIONS[self._state].get(event)
+
+    def _advance(self, event: SessionInput, what: str) -> None:
+        """Take a driver-initiated transition, or raise LocalProtocolError."""
+        target = self._next_state(event)
+        if target is None:
+            raise LocalProtocolError(f"{what} is not allowed in state {self._state.name}")
+        self._state = target
+
+    def _queue(self, message: Message) -> None:
+        # Handshake requests and errors are never compressed by the codec, so an
+        # error about a compression mismatch stays readable.
+        self._outgoing.append(encode_message(message, self._compressor))
+
+    def _close(self, event: SessionInput, code: CloseCode, reason: str) -> None:
+        target = self._next_state(event)
+        if target is None:  # pragma: no cover - every live state lists the closing inputs
+            raise LocalProtocolError(f"{event.value} is not allowed in state {self._state.name}")
+        self._state = target
+        self.close_code = code
+        self.close_reason = reason
+        self._events.append(SessionClosed(code, reason))
+
+    def _fail(self, code: ErrorCode, message: str) -> None:
+        """Answer a remote mistake: Error message, violation event, close."""
+        if self._state is SessionState.CLOSED:
+            return
+        self._queue(Error(code, message))
+        self._events.append(ProtocolViolation(code, message))
+        self._close(SessionInput.PROTOCOL_ERROR, close_code_for(code), _reason(code, message))
+
+    # -- input ----------------------------------------------------------------------------
+
+    def receive_message(self, data: bytes | bytearray | memoryview | str) -> None:
+        """Handle one whole frame from the client. Never raises for any input.
+
+        Text frames, undecodable bytes, oversize frames and messages the
+        state does not allow end the session with an ``Error`` to the client.
+        Input received in the CLOSED state is discarded.
+        """
+        if self._state is SessionState.CLOSED:
+            return
+        if isinstance(data, str):
+            self._fail(ErrorCode.INVALID_MESSAGE, "text frames are not part of the protocol")
+            return
+        try:
+            # The handshake request is never compressed; afterwards frames use the
+            # negotiated compressor (a compressed frame before it is an error).
+            negotiated = self._state is SessionState.OPEN
+            message = decode_message(
+                bytes(data),
+                self._compressor if negotiated else None,
+                max_size=self.max_message_size,
+            )
+        except RemoteProtocolError as error:
+            self._fail(error.code, error.message)
+            return
+        event = _INPUT_OF.get(type(message), SessionInput.SERVER_MESSAGE)
+        target = self._next_state(event)
+        if target is None:
+            self._fail(
+                ErrorCode.INVALID_MESSAGE,
+                f"{type(message).__name__} is not allowed in state {self._state.name}",
+            )
+            return
+        try:
+            self._dispatch(message, target)
+        except (ValueError, TypeError) as error:
+            # Encoding our answer failed on a value the client chose (e.g. an
+            # over-long field echoed back): still the client's fault, still no raise.
+            self._fail(ErrorCode.INVALID_MESSAGE, f"cannot process the message: {error}")
+
+    def _dispatch(self, message: Message, target: SessionState) -> None:
+        if isinstance(message, HandshakeRequest):
+            self._receive_handshake(message, target)
+        elif isinstance(message, Ping):
+            self._queue(Pong(message.nonce, message.timestamp_ms))
+            self._events.append(PingReceived(message.nonce))
+        elif isinstance(message, Error):
+            self._receive_error(message)
+        elif isinstance(message, Changes):
+            if message.changes:
+                self._events.append(ChangesReceived(message.changes))
+        elif isinstance(message, DocumentStatusRequest):
+            self._receive_status_request(message)
+        elif isinstance(message, Pong):
+            self._events.append(PongReceived(message.nonce, message.timestamp_ms))
+        elif isinstance(message, AwarenessUpdate):
+            if message.peer_id != self._peer_id:
+                self._fail(
+                    ErrorCode.INVALID_MESSAGE,
+                    "an awareness update may only describe the sender's own peer",
+                )
+                return
+            self._events.append(AwarenessReceived(message))
+        elif isinstance(message, AwarenessQuery):
+            self._events.append(AwarenessQueried())
+        else:  # pragma: no cover - the table refuses every other type first
+            self._fail(ErrorCode.INVALID_MESSAGE, f"unexpected {type(message).__name__}")
+
+    def _receive_handshake(self, request: HandshakeRequest, target: SessionState) -> None:
+        document_id = request.document_id
+        try:
+            validate_document_id(document_id)
+            if self._url_document_id is not None:
+                validate_document_id(self._url_document_id)
+        except InvalidDocumentIdError as error:
+            self._fail(ErrorCode.HANDSHAKE_FAILED, str(error))
+            return
+        if self._url_document_id is not None and self._url_document_id != document_id:
+            self._fail(
+                ErrorCode.HANDSHAKE_FAILED,
+                f"the URL names document {self._url_document_id!r} but the handshake"
+                f" names {document_id!r}",
+            )
+            return
+        try:
+            PeerId.parse(request.peer_id)
+        except (ValueError, TypeError) as error:
+            self._fail(ErrorCode.HANDSHAKE_FAILED, f"invalid peer id {request.peer_id!r}: {error}")
+            return
+        if request.compression != self._compressor.name:
+            self._fail(
+                ErrorCode.UNSUPPORTED_COMPRESSION,
+                f"the client uses compression {request.compression!r} but this server uses"
+                f" {self._compressor.name!r}",
+            )
+            return
+        self._state = target
+        self._document_id = document_id
+        self._peer_id = request.peer_id
+        self._display_name = request.display_name
+        self._client_version_vector = request.version_vector
+        self._events.append(HandshakeRequested(request, document_id))
+
+    def _receive_error(self, message: Error) -> None:
+        self._events.append(ErrorReceived(message.code, message.message))
+        if message.code is ErrorCode.OUT_OF_SYNC:
+            return  # not final: nothing to close
+        self._close(
+            SessionInput.ERROR_RECEIVED, CloseCode.NORMAL, f"client error {message.code.name}"
+        )
+
+    def _receive_status_request(self, message: DocumentStatusRequest) -> None:
+        document = self._require_document("answering a status request")
+        changes, snapshot = payload_for(document, message.version_vector)
+        self._queue(DocumentStatus(document.version_vector, changes, snapshot))
+        self._events.append(
+            DocumentStatusSent(message.version_vector, snapshot is not None, len(changes))
+        )
+
+    def _require_document(self, what: str) -> CRDTDocument:
+        if self._document is None:  # pragma: no cover - OPEN implies a document
+            raise LocalProtocolError(f"{what} needs an accepted handshake")
+        return self._document
+
+    # -- driver actions -------------------------------------------------------------------
+
+    def accept_handshake(
+        self,
+        document: CRDTDocument,
+        epoch: str,
+        version_vector: VersionVector | None = None,
+    ) -> None:
+        """Admit the client to ``document`` and queue the handshake response.
+
+        Args:
+            document: the server's document (the session keeps it to answer
+                status requests).
+            epoch: the document's epoch id.
+            version_vector: what the server has *durably* stored (the client
+                treats it as acknowledged); defaults to the document's
+                version vector. Must be covered by the document's.
+
+        Raises:
+            LocalProtocolError: not in HANDSHAKING.
+        """
+        self._advance(SessionInput.HANDSHAKE_ACCEPTED, "accept_handshake")
+        self._document = document
+        changes, snapshot = payload_for(document, self._client_version_vector)
+        stored = version_vector if version_vector is not None else document.version_vector
+        self._queue(HandshakeResponse(self.session_id, stored, epoch, changes, snapshot))
+
+    def reject_handshake(self, code: ErrorCode, message: str) -> None:
+        """Refuse the client (DOCUMENT_NOT_FOUND, UNAUTHORIZED, ...): Error and close.
+
+        Raises:
+            LocalProtocolError: not in HANDSHAKING.
+        """
+        if self._next_state(SessionInput.HANDSHAKE_REJECTED) is None:
+            raise LocalProtocolError(f"reject_handshake is not allowed in state {self._state.name}")
+        self._queue(Error(code, message))
+        self._close(SessionInput.HANDSHAKE_REJECTED, close_code_for(code), _reason(code, message))
+
+    def _require_open(self, what: str) -> bool:
+        """True to go on; False when CLOSED (ignored); raises before the handshake."""
+        if self._state is SessionState.OPEN:
+            return True
+        if self._state is SessionState.CLOSED:
+            return False
+        raise LocalProtocolError(f"{what} is not allowed in state {self._state.name}")
+
+    def send_changes(self, changes: Iterable[Change]) -> None:
+        """Relay changes applied on the server (from other clients) to this client."""
+        if self._require_open("send_changes"):
+            batch = tuple(changes)
+            if batch:
+                self._queue(Changes(batch))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue an already encoded frame (one encoding shared by many relay targets).
+
+        The frame must have been encoded with this session's compressor.
+        """
+        if self._require_open("send_frame"):
+            self._outgoing.append(frame)
+
+    def send_acknowledgement(self, version_vector: VersionVector) -> None:
+        """Tell the client the server durably stored everything in ``version_vector``."""
+        if self._require_open("send_acknowledgement"):
+            self._queue(Ack(version_vector))
+
+    def send_out_of_sync(self, message: str) -> None:
+        """Report that the client's changes could not be applied (missing
+        dependencies). The connection stays open: the client resynchronises."""
+        if self._require_open("send_out_of_sync"):
+            self._queue(Error(ErrorCode.OUT_OF_SYNC, message))
+
+    def send_awareness(self, update: AwarenessUpdate) -> None:
+        """Relay another peer's presence update."""
+        if self._require_open("send_awareness"):
+            self._queue(update)
+
+    def send_awareness_state(self, states: Iterable[AwarenessUpdate]) -> None:
+        """Send the presence of every peer on the document (answer to a query)."""
+        if self._require_open("send_awareness_state"):
+            self._queue(AwarenessState(tuple(states)))
+
+    def send_ping(self, nonce: int, timestamp_ms: int = 0) -> None:
+        """Queue a Ping (the client answers with a Pong: :class:`PongReceived`)."""
+        if self._require_open("send_ping"):
+            self._queue(Ping(nonce, timestamp_ms))
+
+    def fail(self, code: ErrorCode, message: str) -> None:
+        """End the session because of a server-side decision (limit exceeded,
+        timeout, internal error): Error to the client and close. Allowed in
+        every state but CLOSED, where it is ignored."""
+        if self._state is SessionState.CLOSED:
+            return
+        self._queue(Error(code, message))
+        self._close(SessionInput.LOCAL_CLOSE, close_code_for(code), _reason(code, message))
+
+    def close(self, code: CloseCode = CloseCode.GOING_AWAY, reason: str = "server closing") -> None:
+        """Close without an error (server shutting down). Idempotent."""
+        if self._state is not SessionState.CLOSED:
+            self._close(SessionInput.LOCAL_CLOSE, code, reason)
+
+    def connection_lost(self, reason: str = "connection lost") -> None:
+        """The transport is gone. Idempotent; pending output is dropped."""
+        if self._state is not SessionState.CLOSED:
+            self._outgoing.clear()
+            self._close(SessionInput.CONNECTION_LOST, CloseCode.GOING_AWAY, reason)
