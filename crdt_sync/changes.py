@@ -1,0 +1,446 @@
+"""Changes: what a transaction did, with ids, causal deps and a clock stamp.
+
+A change is stored as a plain tuple ``(peer, counter, timestamp, deps, ops, size)``
+(plain tuples of ints and strings are not tracked by the garbage collector, which
+matters with hundreds of thousands of them); :class:`Change` is the public,
+immutable view of one.
+
+Operations are tuples whose first two fields are the kind and the handler name:
+
+============  =========================================================  ======
+kind          fields after (kind, handler)                               ids
+============  =========================================================  ======
+TEXT_INSERT   left origin, right origin, text                            len(text)
+TEXT_DELETE   ((peer, counter, length), ...) elements to delete          1
+LIST_INSERT   left origin, right origin, (value, ...)                    len(values)
+LIST_DELETE   ((elem peer, elem counter, observed stamp), ...)           1
+LIST_MOVE     (elem peer, elem counter), left origin, right origin       1
+LIST_SET      (elem peer, elem counter), value                           1
+MAP_SET       key, value                                                 1
+MAP_DELETE    key                                                        1
+============  =========================================================  ======
+
+Origins are ``(peer, counter)`` or ``None``; a stamp is ``(timestamp, peer,
+counter)`` (the last-writer-wins order). The op ids of a change are
+``counter .. counter + size - 1``, handed out to its ops in order.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+from .codec import MAX_COUNT, Reader, Writer
+from .exceptions import DecodeError
+from .ids import OpId
+
+TEXT_INSERT = 1
+TEXT_DELETE = 2
+LIST_INSERT = 3
+LIST_DELETE = 4
+LIST_MOVE = 5
+LIST_SET = 6
+MAP_SET = 7
+MAP_DELETE = 8
+
+KIND_TEXT = "text"
+KIND_LIST = "list"
+KIND_MAP = "map"
+#: Which handler kind each op kind addresses.
+OP_HANDLER_KIND = {
+    TEXT_INSERT: KIND_TEXT,
+    TEXT_DELETE: KIND_TEXT,
+    LIST_INSERT: KIND_LIST,
+    LIST_DELETE: KIND_LIST,
+    LIST_MOVE: KIND_LIST,
+    LIST_SET: KIND_LIST,
+    MAP_SET: KIND_MAP,
+    MAP_DELETE: KIND_MAP,
+}
+
+ChangeTuple = tuple[str, int, int, tuple[tuple[str, int], ...], tuple[Any, ...], int]
+
+MAGIC = b"CRDC"
+FORMAT_VERSION = 1
+MAX_NAME = 1024
+
+
+def op_size(op: tuple[Any, ...]) -> int:
+    """How many op ids ``op`` consumes."""
+    kind = op[0]
+    if kind == TEXT_INSERT or kind == LIST_INSERT:
+        return len(op[4])
+    return 1
+
+
+class Change:
+    """One committed transaction of one peer: immutable, hashable, comparable by value."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: ChangeTuple) -> None:
+        self._data = data
+
+    @property
+    def id(self) -> OpId:
+        return OpId(self._data[0], self._data[1])
+
+    @property
+    def peer(self) -> str:
+        return self._data[0]
+
+    @property
+    def counter(self) -> int:
+        return self._data[1]
+
+    @property
+    def timestamp(self) -> int:
+        """Hybrid logical clock stamp: milliseconds << 16 | logical counter."""
+        return self._data[2]
+
+    @property
+    def deps(self) -> tuple[OpId, ...]:
+        return tuple(OpId(p, c) for p, c in self._data[3])
+
+    @property
+    def ops(self) -> tuple[Any, ...]:
+        return self._data[4]
+
+    @property
+    def size(self) -> int:
+        """How many op ids the change consumes (``counter .. counter + size - 1``)."""
+        return self._data[5]
+
+    def to_bytes(self) -> bytes:
+        return encode_changes([self])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Change:
+        changes = decode_changes(data)
+        if len(changes) != 1:
+            raise DecodeError(f"expected one change, found {len(changes)}")
+        return changes[0]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Change) and other._data == self._data
+
+    def __hash__(self) -> int:
+        return hash((self._data[0], self._data[1], self._data[2]))
+
+    def __repr__(self) -> str:
+        peer, ctr, ts, deps, ops, size = self._data
+        return f"Change({peer[:8]}@{ctr}, size={size}, ops={len(ops)}, deps={len(deps)})"
+
+
+# --------------------------------------------------------------------- encoding
+#
+# Layout (see docs/encoding.md): MAGIC, version byte, flags byte (bit 0: the rest
+# is zlib-compressed), then the body: peer table, handler-name table, changes.
+
+_F_SAME_PEER = 1
+_F_NEXT_COUNTER = 2
+_F_CHAIN_DEPS = 4
+
+_REF_NONE = 0
+_REF_PREV = 1  # (this change's peer, the op's first id - 1)
+_REF_FULL = 2
+
+
+class _Tables:
+    def __init__(self) -> None:
+        self.peers: dict[str, int] = {}
+        self.names: dict[str, int] = {}
+
+    def peer(self, peer: str) -> int:
+        index = self.peers.get(peer)
+        if index is None:
+            index = self.peers[peer] = len(self.peers)
+        return index
+
+    def name(self, name: str) -> int:
+        index = self.names.get(name)
+        if index is None:
+            index = self.names[name] = len(self.names)
+        return index
+
+
+def _write_ref(w: Writer, t: _Tables, ref: tuple[str, int] | None, peer: str, first: int) -> None:
+    if ref is None:
+        w.byte(_REF_NONE)
+    elif ref[0] == peer and ref[1] == first - 1:
+        w.byte(_REF_PREV)
+    else:
+        w.byte(_REF_FULL)
+        w.uint(t.peer(ref[0]))
+        w.uint(ref[1])
+
+
+def _write_id(w: Writer, t: _Tables, ref: tuple[str, int]) -> None:
+    w.uint(t.peer(ref[0]))
+    w.uint(ref[1])
+
+
+def _write_op(w: Writer, t: _Tables, op: tuple[Any, ...], peer: str, first: int) -> None:
+    kind = op[0]
+    w.byte(kind)
+    w.uint(t.name(op[1]))
+    if kind == TEXT_INSERT or kind == LIST_INSERT:
+        _write_ref(w, t, op[2], peer, first)
+        _write_ref(w, t, op[3], peer, first)
+        if kind == TEXT_INSERT:
+            w.str(op[4])
+        else:
+            w.uint(len(op[4]))
+            for value in op[4]:
+                w.json(value)
+    elif kind == TEXT_DELETE:
+        w.uint(len(op[2]))
+        for p, c, n in op[2]:
+            w.uint(t.peer(p))
+            w.uint(c)
+            w.uint(n)
+    elif kind == LIST_DELETE:
+        w.uint(len(op[2]))
+        for p, c, stamp in op[2]:
+            w.uint(t.peer(p))
+            w.uint(c)
+            w.uint(stamp[0])
+            _write_id(w, t, (stamp[1], stamp[2]))
+    elif kind == LIST_MOVE:
+        _write_id(w, t, op[2])
+        _write_ref(w, t, op[3], peer, first)
+        _write_ref(w, t, op[4], peer, first)
+    elif kind == LIST_SET:
+        _write_id(w, t, op[2])
+        w.json(op[3])
+    elif kind == MAP_SET:
+        w.str(op[2])
+        w.json(op[3])
+    elif kind == MAP_DELETE:
+        w.str(op[2])
+    else:  # pragma: no cover - ops are built by this package
+        raise ValueError(f"unknown op kind {kind}")
+
+
+def encode_change_tuples(changes: Iterable[ChangeTuple], compress: bool | None = None) -> bytes:
+    """Encode change tuples; ``compress`` None compresses bodies over 4 KiB."""
+    t = _Tables()
+    body = Writer()
+    count = 0
+    prev_peer = None
+    expect = 0
+    prev_ts = 0
+    for peer, ctr, ts, deps, ops, _size in changes:
+        count += 1
+        flags = 0
+        if peer == prev_peer:
+            flags |= _F_SAME_PEER
+            if ctr == expect:
+                flags |= _F_NEXT_COUNTER
+        if len(deps) == 1 and deps[0][0] == peer and deps[0][1] == ctr - 1:
+            flags |= _F_CHAIN_DEPS
+        body.byte(flags)
+        if not flags & _F_SAME_PEER:
+            body.uint(t.peer(peer))
+        if not flags & _F_NEXT_COUNTER:
+            body.uint(ctr)
+        body.sint(ts - prev_ts)
+        if not flags & _F_CHAIN_DEPS:
+            body.uint(len(deps))
+            for dep in deps:
+                _write_id(body, t, dep)
+        body.uint(len(ops))
+        first = ctr
+        for op in ops:
+            _write_op(body, t, op, peer, first)
+            first += op_size(op)
+        prev_peer = peer
+        expect = first
+        prev_ts = ts
+    head = Writer()
+    head.uint(len(t.peers))
+    for peer in t.peers:
+        head.str(peer)
+    head.uint(len(t.names))
+    for name in t.names:
+        head.str(name)
+    head.uint(count)
+    payload = head.getvalue() + body.getvalue()
+    if compress is None:
+        compress = len(payload) > 4096
+    if compress:
+        return MAGIC + bytes([FORMAT_VERSION, 1]) + zlib.compress(payload, 6)
+    return MAGIC + bytes([FORMAT_VERSION, 0]) + payload
+
+
+def encode_changes(changes: Iterable[Change], compress: bool | None = None) -> bytes:
+    """Encode changes (e.g. for the network or a file); see ``docs/encoding.md``."""
+    return encode_change_tuples((c._data for c in changes), compress)
+
+
+#: Largest body a compressed change batch may inflate to.
+MAX_INFLATED = 256 << 20
+
+
+def inflate(data: bytes, offset: int, limit: int = MAX_INFLATED) -> bytes:
+    """zlib-decompress at most ``limit`` bytes; DecodeError on bad or oversize data."""
+    try:
+        d = zlib.decompressobj()
+        out = d.decompress(data, limit)
+        if d.unconsumed_tail or not d.eof:
+            if d.unconsumed_tail:
+                raise DecodeError(f"compressed data inflates beyond {limit} bytes", offset)
+            raise DecodeError("truncated compressed data", offset)
+        if d.unused_data:
+            raise DecodeError("trailing bytes after compressed data", offset)
+    except zlib.error as exc:
+        raise DecodeError(f"bad compressed data: {exc}", offset) from None
+    return out
+
+
+def _read_header(data: bytes, magic: bytes) -> tuple[bytes, int]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"expected bytes, not {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < len(magic) + 2 or data[: len(magic)] != magic:
+        raise DecodeError("not crdt_sync data (bad magic bytes)", 0)
+    version = data[len(magic)]
+    if version != FORMAT_VERSION:
+        raise DecodeError(f"unsupported format version {version}", len(magic))
+    flags = data[len(magic) + 1]
+    if flags & ~1:
+        raise DecodeError(f"unknown flags {flags:#x}", len(magic) + 1)
+    start = len(magic) + 2
+    if flags & 1:
+        return inflate(data[start:], start), 0
+    return data, start
+
+
+def _read_peer(r: Reader, peers: list[str]) -> str:
+    index = r.uint()
+    if index >= len(peers):
+        raise r.fail(f"peer index {index} out of range")
+    return peers[index]
+
+
+def _read_id(r: Reader, peers: list[str]) -> tuple[str, int]:
+    return (_read_peer(r, peers), r.uint())
+
+
+def _read_ref(r: Reader, peers: list[str], peer: str, first: int) -> tuple[str, int] | None:
+    tag = r.byte()
+    if tag == _REF_NONE:
+        return None
+    if tag == _REF_PREV:
+        if first == 0:
+            raise r.fail("reference to the op before counter 0")
+        return (peer, first - 1)
+    if tag == _REF_FULL:
+        return _read_id(r, peers)
+    raise r.fail(f"unknown reference tag {tag}")
+
+
+def _read_op(r: Reader, peers: list[str], names: list[str], peer: str, first: int) -> Any:
+    kind = r.byte()
+    index = r.uint()
+    if index >= len(names):
+        raise r.fail(f"handler index {index} out of range")
+    name = names[index]
+    if kind == TEXT_INSERT or kind == LIST_INSERT:
+        left = _read_ref(r, peers, peer, first)
+        right = _read_ref(r, peers, peer, first)
+        if kind == TEXT_INSERT:
+            text = r.str()
+            if not text:
+                raise r.fail("empty insert")
+            return (kind, name, left, right, text)
+        n = r.count(2)
+        if not n:
+            raise r.fail("empty insert")
+        return (kind, name, left, right, tuple(r.json() for _ in range(n)))
+    if kind == TEXT_DELETE:
+        n = r.count(3)
+        ranges = []
+        for _ in range(n):
+            p, c = _read_id(r, peers)
+            length = r.uint(MAX_COUNT)
+            if not length:
+                raise r.fail("empty delete range")
+            ranges.append((p, c, length))
+        return (kind, name, tuple(ranges))
+    if kind == LIST_DELETE:
+        n = r.count(5)
+        items = []
+        for _ in range(n):
+            p, c = _read_id(r, peers)
+            ts = r.uint()
+            sp, sc = _read_id(r, peers)
+            items.append((p, c, (ts, sp, sc)))
+        return (kind, name, tuple(items))
+    if kind == LIST_MOVE:
+        elem = _read_id(r, peers)
+        return (kind, name, elem, _read_ref(r, peers, peer, first), _read_ref(r, peers, peer, first))
+    if kind == LIST_SET:
+        return (kind, name, _read_id(r, peers), r.json())
+    if kind == MAP_SET:
+        return (kind, name, r.str(), r.json())
+    if kind == MAP_DELETE:
+        return (kind, name, r.str())
+    raise DecodeError(f"unknown op kind {kind}", r.pos - 1)
+
+
+def decode_change_tuples(data: bytes) -> list[ChangeTuple]:
+    """Decode :func:`encode_changes` output; only ever raises :class:`DecodeError`."""
+    body, start = _read_header(data, MAGIC)
+    r = Reader(body, start)
+    peers = [r.str() for _ in range(r.count(1))]
+    if any(not p or len(p) > MAX_NAME for p in peers):
+        raise r.fail("bad peer id in the peer table")
+    names = [r.str() for _ in range(r.count(1))]
+    if any(len(n) > MAX_NAME for n in names):
+        raise r.fail("handler name too long")
+    n = r.count(4)
+    out: list[ChangeTuple] = []
+    peer = ""
+    expect = 0
+    ts = 0
+    for _ in range(n):
+        flags = r.byte()
+        if flags & ~7:
+            raise r.fail(f"unknown change flags {flags:#x}")
+        if flags & _F_SAME_PEER:
+            if not out:
+                raise r.fail("first change cannot reuse the previous peer")
+        else:
+            if flags & _F_NEXT_COUNTER:
+                raise r.fail("next-counter flag without the same-peer flag")
+            peer = _read_peer(r, peers)
+        ctr = expect if flags & _F_NEXT_COUNTER else r.uint(1 << 53)
+        ts += r.sint()
+        if ts < 0:
+            raise r.fail("negative timestamp")
+        if flags & _F_CHAIN_DEPS:
+            if ctr == 0:
+                raise r.fail("chained deps on counter 0")
+            deps: tuple[tuple[str, int], ...] = ((peer, ctr - 1),)
+        else:
+            deps = tuple(_read_id(r, peers) for _ in range(r.count(2)))
+        op_count = r.count(2)
+        if not op_count:
+            raise r.fail("change without ops")
+        ops = []
+        first = ctr
+        for _ in range(op_count):
+            op = _read_op(r, peers, names, peer, first)
+            ops.append(op)
+            first += op_size(op)
+        expect = first
+        out.append((peer, ctr, ts, deps, tuple(ops), first - ctr))
+    r.expect_end()
+    return out
+
+
+def decode_changes(data: bytes) -> list[Change]:
+    """Decode :func:`encode_changes` output; only ever raises :class:`DecodeError`."""
+    return [Change(t) for t in decode_change_tuples(data)]

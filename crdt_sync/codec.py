@@ -1,0 +1,203 @@
+"""Byte-level primitives shared by every encoder: varints, strings, JSON values.
+
+A :class:`Reader` never raises anything but :class:`DecodeError` on bad input, and
+every length it reads is checked against the bytes that remain (so a small input
+cannot make it allocate much), against :data:`MAX_COUNT` for element counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .exceptions import DecodeError
+
+#: Upper bound on any count read from the wire (items, ops, peers, changes).
+MAX_COUNT = 1 << 24
+#: Upper bound on nesting of JSON values (lists and dicts inside each other).
+MAX_JSON_DEPTH = 64
+
+JSONValue = Any
+
+
+def check_json(value: object, depth: int = 0) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``value`` is JSON-compatible.
+
+    JSON-compatible: None, bool, int, finite float, str, and lists / dicts with str
+    keys of those, nested at most :data:`MAX_JSON_DEPTH` deep.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite float {value!r} is not JSON")
+        return
+    if depth >= MAX_JSON_DEPTH:
+        raise ValueError(f"value nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, list):
+        for item in value:
+            check_json(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be str, not {type(key).__name__}")
+            check_json(item, depth + 1)
+        return
+    raise TypeError(f"{type(value).__name__} is not a JSON-compatible value")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def dump_json(value: JSONValue) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def load_json(data: bytes, offset: int = -1) -> JSONValue:
+    try:
+        value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        check_json(value)
+    except (ValueError, TypeError, RecursionError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"bad JSON value: {exc}", offset) from None
+    return value
+
+
+class Writer:
+    """Appends primitives to a growing buffer."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def getvalue(self) -> bytes:
+        return bytes(self.buf)
+
+    def raw(self, data: bytes) -> None:
+        self.buf += data
+
+    def byte(self, value: int) -> None:
+        self.buf.append(value)
+
+    def uint(self, value: int) -> None:
+        """Unsigned LEB128 varint."""
+        buf = self.buf
+        while value >= 0x80:
+            buf.append((value & 0x7F) | 0x80)
+            value >>= 7
+        buf.append(value)
+
+    def sint(self, value: int) -> None:
+        """Zig-zag signed varint."""
+        self.uint(value << 1 if value >= 0 else ((-value) << 1) - 1)
+
+    def bytes(self, data: bytes) -> None:
+        self.uint(len(data))
+        self.buf += data
+
+    def str(self, text: str) -> None:
+        # surrogatepass keeps lone surrogates (possible in Python str) lossless.
+        self.bytes(text.encode("utf-8", "surrogatepass"))
+
+    def json(self, value: JSONValue) -> None:
+        self.bytes(dump_json(value))
+
+
+class Reader:
+    """Reads primitives from ``data``; any problem raises :class:`DecodeError`."""
+
+    __slots__ = ("data", "end", "pos")
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"expected bytes, not {type(data).__name__}")
+        self.data = bytes(data)
+        self.pos = pos
+        self.end = len(self.data)
+
+    def fail(self, message: str) -> DecodeError:
+        return DecodeError(message, self.pos)
+
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def expect_end(self) -> None:
+        if self.pos != self.end:
+            raise self.fail(f"{self.end - self.pos} unexpected trailing bytes")
+
+    def byte(self) -> int:
+        if self.pos >= self.end:
+            raise self.fail("truncated: expected a byte")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def uint(self, limit: int = 1 << 64) -> int:
+        data, pos, end = self.data, self.pos, self.end
+        result = 0
+        shift = 0
+        while True:
+            if pos >= end:
+                raise DecodeError("truncated varint", pos)
+            b = data[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise DecodeError("varint too long", pos)
+        if result > limit:
+            raise DecodeError(f"value {result} exceeds the limit {limit}", self.pos)
+        self.pos = pos
+        return result
+
+    def count(self, min_bytes_each: int = 1) -> int:
+        """A count of elements that each need at least ``min_bytes_each`` bytes."""
+        n = self.uint(MAX_COUNT)
+        if min_bytes_each and n * min_bytes_each > self.end - self.pos:
+            raise self.fail(f"count {n} is larger than the remaining input allows")
+        return n
+
+    def sint(self) -> int:
+        v = self.uint()
+        return -((v + 1) >> 1) if v & 1 else v >> 1
+
+    def raw(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > self.end:
+            raise self.fail(f"truncated: expected {n} bytes")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def bytes(self) -> bytes:
+        n = self.uint(self.end - self.pos)
+        return self.raw(n)
+
+    def str(self) -> str:
+        start = self.pos
+        data = self.bytes()
+        try:
+            return data.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise DecodeError("invalid UTF-8 text", start) from None
+
+    def json(self) -> JSONValue:
+        start = self.pos
+        return load_json(self.bytes(), start)
+
+    def version_vector(self) -> Any:
+        from .ids import VersionVector
+
+        n = self.count(2)
+        entries: dict[str, int] = {}
+        for _ in range(n):
+            peer = self.str()
+            counter = self.uint()
+            if peer in entries:
+                raise self.fail(f"peer {peer!r} twice in a version vector")
+            entries[peer] = counter
+        return VersionVector(entries)

@@ -1,0 +1,560 @@
+"""The document: named handler states, transactions, and the change history.
+
+Theory of operation
+-------------------
+A document holds one *state* per handler name (text, list or map: see
+``state.py``) and the *history* of changes that built it (``_log``), kept apart.
+Local edits go through handlers, which apply them to the state at once and add
+an op to the open transaction; committing the transaction turns its ops into
+one :class:`Change` (first op id, ops, deps = the frontier, a hybrid logical
+clock stamp), appends it to the history and notifies subscribers. Remote
+changes are applied exactly once and in causal order: a change is ready when
+every dep is covered by the version vector and its first counter is the next
+one expected from its peer; otherwise it waits in a bounded pending buffer,
+filed under the peer whose progress it waits for.
+
+Handlers are views: a document with none registered (the server's) still
+applies every change, and a handler created later binds to the state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from .changes import (
+    KIND_MAP,
+    LIST_INSERT,
+    OP_HANDLER_KIND,
+    TEXT_INSERT,
+    Change,
+    ChangeTuple,
+    decode_change_tuples,
+    encode_change_tuples,
+)
+from .events import DeltaBuilder, ListEvent, MapEvent, Observers, Subscription, TextEvent, UpdateEvent
+from .exceptions import (
+    HandlerError,
+    HistoryCompactedError,
+    InvalidChangeError,
+    PendingBufferFullError,
+)
+from .ids import HybridLogicalClock, PeerId, VersionVector
+from .state import STATE_TYPES, MapState, NewIds, State
+
+if TYPE_CHECKING:
+    from .handlers import Handler
+    from .snapshot import Snapshot
+
+#: Default bound on changes waiting for missing dependencies.
+MAX_PENDING = 10_000
+
+
+class CRDTDocument:
+    """A replicated document of named text, list and map handlers.
+
+    ``peer_id`` identifies this replica (a new random one by default);
+    ``document_id`` names the document for routing and storage (a new UUID by
+    default) and never enters op ids.
+    """
+
+    def __init__(
+        self,
+        peer_id: PeerId | str | None = None,
+        document_id: str | None = None,
+        *,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        if peer_id is None:
+            peer_id = PeerId.generate()
+        elif isinstance(peer_id, str):
+            peer_id = PeerId.parse(peer_id)
+        elif not isinstance(peer_id, PeerId):
+            raise TypeError(f"peer_id must be a PeerId, not {type(peer_id).__name__}")
+        if document_id is None:
+            document_id = str(uuid.uuid4())
+        elif not isinstance(document_id, str) or not document_id:
+            raise ValueError("document_id must be a non-empty str")
+        self._peer_id = peer_id
+        self._peer = str(peer_id)
+        self._document_id = document_id
+        self._max_pending = max_pending
+        self._states: dict[str, State] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._vv: dict[str, int] = {}
+        self._frontier: dict[str, int] = {}
+        self._clock = HybridLogicalClock()
+        self._next = 0
+        # History: changes in the order applied (a causal order).
+        self._log: list[ChangeTuple] = []
+        self._log_ctrs: dict[str, list[int]] = {}
+        self._log_pos: dict[str, list[int]] = {}
+        # State known without its changes (a compacted or imported snapshot).
+        self._base_vv: dict[str, int] = {}
+        # Changes waiting for deps, filed under the peer they wait for.
+        self._waiting: dict[str, list[ChangeTuple]] = {}
+        self._pending_ids: set[tuple[str, int]] = set()
+        # The open transaction.
+        self._depth = 0
+        self._origin: object = None
+        self._ts = 0
+        self._first = 0
+        self._ops: list[tuple[Any, ...]] = []
+        self._builders: dict[str, DeltaBuilder] = {}
+        self._map_keys: dict[str, set[str]] = {}
+        self._undo_records: list[tuple[Any, ...]] = []
+        self._undo_tracking = 0
+        self._on_change: Observers[Change] = Observers()
+        self._on_update: Observers[UpdateEvent] = Observers()
+        self._on_local_step: Observers[tuple[object, list[tuple[Any, ...]]]] = Observers()
+
+    # ------------------------------------------------------------- properties
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self._peer_id
+
+    @property
+    def document_id(self) -> str:
+        return self._document_id
+
+    @property
+    def version_vector(self) -> VersionVector:
+        """What this document has seen, as an immutable value taken now."""
+        return VersionVector(self._vv)
+
+    @property
+    def pending_count(self) -> int:
+        """How many received changes wait for missing dependencies."""
+        return len(self._pending_ids)
+
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        return dict(self._handlers)
+
+    @property
+    def state_names(self) -> dict[str, str]:
+        """Every handler name with state in the document, mapped to its kind."""
+        return {name: state.kind for name, state in self._states.items()}
+
+    def __repr__(self) -> str:
+        return f"CRDTDocument(peer={self._peer[:8]}, document={self._document_id!r})"
+
+    # --------------------------------------------------------------- handlers
+
+    def register_handler(self, handler: Handler) -> None:
+        """Bind ``handler`` to the state of its name (created if new).
+
+        Registering the same handler twice is a no-op; another handler under a
+        taken name, or a name whose state is of another kind, raises HandlerError.
+        """
+        name = handler.name
+        current = self._handlers.get(name)
+        if current is handler:
+            return
+        if current is not None:
+            raise HandlerError(f"a handler named {name!r} is already registered")
+        state = self._state(name, handler.kind)
+        self._handlers[name] = handler
+        handler._bind(state)
+
+    def _state(self, name: str, kind: str) -> Any:
+        state = self._states.get(name)
+        if state is None:
+            state = self._states[name] = STATE_TYPES[kind]()
+        elif state.kind != kind:
+            raise HandlerError(f"{name!r} is a {state.kind}, not a {kind}")
+        return state
+
+    def get_value(self, name: str) -> Any:
+        """The current value of the state named ``name`` (KeyError if none)."""
+        return self._states[name].value()
+
+    # ------------------------------------------------------------ subscribing
+
+    def on_change(self, callback: Callable[[Change], None]) -> Subscription:
+        """Call ``callback`` with every locally created change, after it commits."""
+        return self._on_change.subscribe(callback)
+
+    def on_update(self, callback: Callable[[UpdateEvent], None]) -> Subscription:
+        """Call ``callback`` after every local commit and every import that applied something."""
+        return self._on_update.subscribe(callback)
+
+    # ------------------------------------------------------------ transactions
+
+    @contextmanager
+    def transaction(self, origin: object = None) -> Iterator[CRDTDocument]:
+        """Group edits into one change and one event per handler.
+
+        Nested use joins the open transaction (the outermost origin wins). If the
+        block raises, the edits made so far are still committed: each edit is
+        applied at once, and a replica must never hold state its history lacks.
+        """
+        self._begin(origin)
+        try:
+            yield self
+        finally:
+            self._end()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
+    def _begin(self, origin: object = None) -> None:
+        if self._depth == 0:
+            self._origin = origin
+            self._ts = self._clock.tick()
+            self._first = self._next
+        self._depth += 1
+
+    def _end(self) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        ops = self._ops
+        origin = self._origin
+        change: ChangeTuple | None = None
+        if ops:
+            self._ops = []
+            first = self._first
+            peer = self._peer
+            frontier = self._frontier
+            change = (peer, first, self._ts, tuple(frontier.items()), tuple(ops), self._next - first)
+            log = self._log
+            ctrs = self._log_ctrs.get(peer)
+            if ctrs is None:
+                ctrs = self._log_ctrs[peer] = []
+                self._log_pos[peer] = []
+            ctrs.append(first)
+            self._log_pos[peer].append(len(log))
+            log.append(change)
+            self._vv[peer] = self._next
+            frontier.clear()
+            frontier[peer] = self._next - 1
+        self._origin = None
+        self._emit_handler_events(origin, True)
+        if self._undo_records:
+            records = self._undo_records
+            self._undo_records = []
+            self._on_local_step.emit((origin, records))
+        if change is not None:
+            if self._on_change or self._on_update:
+                public = Change(change)
+                self._on_change.emit(public)
+                self._on_update.emit(UpdateEvent((public,), True, origin))
+
+    def _emit_handler_events(self, origin: object, local: bool) -> None:
+        if self._builders:
+            builders = self._builders
+            self._builders = {}
+            for name, builder in builders.items():
+                handler = self._handlers.get(name)
+                if handler is None or not builder:
+                    continue
+                delta = builder.delta()
+                if not delta:
+                    continue
+                if handler.kind == "text":
+                    handler._observers.emit(TextEvent(delta, origin, local))
+                else:
+                    handler._observers.emit(ListEvent(delta, origin, local))
+        if self._map_keys:
+            keys = self._map_keys
+            self._map_keys = {}
+            for name, changed in keys.items():
+                handler = self._handlers.get(name)
+                if handler is not None and changed:
+                    handler._observers.emit(MapEvent(frozenset(changed), origin, local))
+
+    def _builder(self, name: str) -> DeltaBuilder | None:
+        """The delta builder for ``name`` if anyone observes it, else None."""
+        handler = self._handlers.get(name)
+        if handler is None or not handler._observers:
+            return None
+        builder = self._builders.get(name)
+        if builder is None:
+            builder = self._builders[name] = DeltaBuilder()
+        return builder
+
+    def _map_out(self, name: str) -> set[str] | None:
+        handler = self._handlers.get(name)
+        if handler is None or not handler._observers:
+            return None
+        keys = self._map_keys.get(name)
+        if keys is None:
+            keys = self._map_keys[name] = set()
+        return keys
+
+    def _push_op(self, op: tuple[Any, ...], size: int) -> None:
+        """Record a local op that consumed ``size`` op ids (already applied)."""
+        ops = self._ops
+        kind = op[0]
+        if ops and (kind == TEXT_INSERT or kind == LIST_INSERT):
+            last = ops[-1]
+            # Typing within one transaction: merge with the insert just before.
+            if (
+                last[0] == kind
+                and last[1] == op[1]
+                and last[3] == op[3]
+                and op[2] == (self._peer, self._next - 1)
+            ):
+                ops[-1] = (kind, op[1], last[2], last[3], last[4] + op[4])
+                self._next += size
+                return
+        ops.append(op)
+        self._next += size
+
+    # --------------------------------------------------------------- history
+
+    def export_changes(self, since: VersionVector | None = None) -> list[Change]:
+        """The changes not covered by ``since`` (all when None), in causal order.
+
+        Raises HistoryCompactedError when some of them were dropped by compact();
+        check :meth:`can_export` and send a snapshot instead.
+        """
+        return [Change(t) for t in self._export(since)]
+
+    def _export(self, since: VersionVector | None) -> list[ChangeTuple]:
+        if since is None:
+            if self._base_vv:
+                raise HistoryCompactedError("history before the last compaction is gone")
+            return list(self._log)
+        if not self.can_export(since):
+            raise HistoryCompactedError("history the receiver lacks was compacted")
+        positions: list[int] = []
+        for peer, ctrs in self._log_ctrs.items():
+            have = since.get(peer, 0)
+            if self._vv.get(peer, 0) <= have:
+                continue
+            i = bisect_left(ctrs, have)
+            if i and i <= len(ctrs):
+                prev = self._log[self._log_pos[peer][i - 1]]
+                if prev[1] + prev[5] > have:
+                    i -= 1
+            positions.extend(self._log_pos[peer][i:])
+        positions.sort()
+        log = self._log
+        return [log[i] for i in positions]
+
+    def can_export(self, since: VersionVector) -> bool:
+        """Whether the changes ``since`` lacks are all still in the history."""
+        for peer, base in self._base_vv.items():
+            have = since.get(peer, 0)
+            if have < base and self._vv.get(peer, 0) > have:
+                return False
+        return True
+
+    def binary_export_changes(self, since: VersionVector | None = None) -> bytes:
+        return encode_change_tuples(self._export(since))
+
+    def binary_import_changes(self, data: bytes) -> int:
+        """Decode and import; a DecodeError leaves the document untouched."""
+        return self._import(decode_change_tuples(data))
+
+    def import_changes(self, changes: Iterable[Change]) -> int:
+        """Apply the changes not yet seen, in causal order; returns how many were applied.
+
+        Duplicates are ignored. A change whose deps are missing waits (bounded by
+        ``max_pending``) and is applied when they arrive, counted in the call that
+        applied it. An invalid change raises InvalidChangeError: the changes before
+        it stay applied, nothing of it is.
+        """
+        tuples = []
+        for change in changes:
+            if not isinstance(change, Change):
+                raise TypeError(f"expected Change, not {type(change).__name__}")
+            tuples.append(change._data)
+        return self._import(tuples)
+
+    def _import(self, changes: list[ChangeTuple]) -> int:
+        if self._depth:
+            raise RuntimeError("cannot import changes inside a transaction")
+        applied: list[ChangeTuple] = []
+        try:
+            for change in changes:
+                self._receive(change, applied)
+        finally:
+            if applied:
+                self._emit_handler_events(None, False)
+                if self._on_update:
+                    self._on_update.emit(
+                        UpdateEvent(tuple(Change(t) for t in applied), False, None)
+                    )
+        return len(applied)
+
+    def _receive(self, change: ChangeTuple, applied: list[ChangeTuple]) -> None:
+        work = [change]
+        vv = self._vv
+        while work:
+            t = work.pop()
+            peer, ctr = t[0], t[1]
+            have = vv.get(peer, 0)
+            if ctr < have:
+                if ctr + t[5] <= have:
+                    continue  # duplicate
+                raise InvalidChangeError(f"change {peer}@{ctr} overlaps ops already seen")
+            blocker = peer if ctr > have else None
+            if blocker is None:
+                for dpeer, dctr in t[3]:
+                    if vv.get(dpeer, 0) <= dctr:
+                        blocker = dpeer
+                        break
+            if blocker is not None:
+                key = (peer, ctr)
+                if key in self._pending_ids:
+                    continue
+                if len(self._pending_ids) >= self._max_pending:
+                    raise PendingBufferFullError(
+                        f"more than {self._max_pending} changes wait for dependencies",
+                        len(applied),
+                    )
+                self._pending_ids.add(key)
+                self._waiting.setdefault(blocker, []).append(t)
+                continue
+            self._apply(t)
+            applied.append(t)
+            waiting = self._waiting.pop(peer, None)
+            if waiting:
+                for w in waiting:
+                    self._pending_ids.discard((w[0], w[1]))
+                work.extend(reversed(waiting))
+
+    def _apply(self, t: ChangeTuple) -> None:
+        peer, ctr, ts, deps, ops, size = t
+        if ctr + size > 1 << 53:
+            raise InvalidChangeError("op counter out of range")
+        # Validate everything first: a change applies whole or not at all.
+        new = NewIds()
+        kinds: dict[str, str] = {}
+        first = ctr
+        for op in ops:
+            name = op[1]
+            kind = OP_HANDLER_KIND.get(op[0])
+            if kind is None:
+                raise InvalidChangeError(f"unknown op kind {op[0]}")
+            state = self._states.get(name)
+            have = state.kind if state is not None else kinds.get(name)
+            if have is not None and have != kind:
+                raise InvalidChangeError(f"{name!r} is a {have}, the change treats it as a {kind}")
+            kinds[name] = kind
+            n = len(op[4]) if op[0] in (TEXT_INSERT, LIST_INSERT) else 1
+            if state is not None:
+                state.validate(op, name, new)
+            else:
+                STATE_TYPES[kind]().validate(op, name, new)
+            new.add(name, peer, first, first + n)
+            first += n
+        if first - ctr != size:
+            raise InvalidChangeError(f"change size {size} does not match its ops")
+        self._clock.observe(ts)
+        first = ctr
+        for op in ops:
+            name = op[1]
+            state = self._state(name, kinds[name])
+            out: Any = self._map_out(name) if state.kind == KIND_MAP else self._builder(name)
+            state.apply(op, peer, first, ts, out)
+            first += len(op[4]) if op[0] in (TEXT_INSERT, LIST_INSERT) else 1
+        self._vv[peer] = ctr + size
+        frontier = self._frontier
+        for dpeer, dctr in deps:
+            if frontier.get(dpeer) == dctr:
+                del frontier[dpeer]
+        frontier[peer] = ctr + size - 1
+        log = self._log
+        ctrs = self._log_ctrs.get(peer)
+        if ctrs is None:
+            ctrs = self._log_ctrs[peer] = []
+            self._log_pos[peer] = []
+        ctrs.append(ctr)
+        self._log_pos[peer].append(len(log))
+        log.append(t)
+        if peer == self._peer:
+            # Our own changes coming back (e.g. after reloading an older snapshot).
+            self._next = max(self._next, ctr + size)
+
+    # -------------------------------------------------------------- snapshots
+
+    def take_snapshot(self) -> Snapshot:
+        """The encoded state now, tombstones included, so it can still merge anything."""
+        from .snapshot import Snapshot
+
+        return Snapshot.of(self)
+
+    def import_snapshot(self, snapshot: Snapshot) -> bool:
+        """Merge a snapshot's state; returns False if it held nothing new.
+
+        Works with concurrent local edits: the snapshot keeps element ids and
+        origins, so its elements are integrated like remote inserts.
+        """
+        from .snapshot import merge_snapshot
+
+        if self._depth:
+            raise RuntimeError("cannot import a snapshot inside a transaction")
+        if snapshot.version_vector <= self.version_vector:
+            return False
+        merge_snapshot(self, snapshot)
+        # Changes that waited for what the snapshot brought.
+        ready: list[ChangeTuple] = []
+        for peer in list(self._waiting):
+            ready.extend(self._waiting.pop(peer))
+        for t in ready:
+            self._pending_ids.discard((t[0], t[1]))
+        applied: list[ChangeTuple] = []
+        try:
+            for t in ready:
+                self._receive(t, applied)
+        finally:
+            self._emit_handler_events(None, False)
+            if self._on_update:
+                self._on_update.emit(UpdateEvent(tuple(Change(t) for t in applied), False, None))
+        return True
+
+    @classmethod
+    def from_snapshot(
+        cls, snapshot: Snapshot, peer_id: PeerId | str | None = None, document_id: str | None = None
+    ) -> CRDTDocument:
+        """A document holding the snapshot's state.
+
+        With the same ``peer_id`` as before, op counters continue after the ones
+        the snapshot records, so no op id is ever reissued. A snapshot may be
+        older than edits this peer already sent: prefer a new peer id per session
+        unless the snapshot is known to be the latest.
+        """
+        from .snapshot import load_snapshot
+
+        doc = cls(peer_id, document_id or snapshot.document_id)
+        load_snapshot(doc, snapshot)
+        return doc
+
+    def compact(self) -> None:
+        """Drop the change history; the state (with tombstones) still merges anything.
+
+        Afterwards :meth:`export_changes` can only serve receivers that already
+        have everything up to now; send them a snapshot otherwise.
+        """
+        if self._depth:
+            raise RuntimeError("cannot compact inside a transaction")
+        self._base_vv = dict(self._vv)
+        self._log = []
+        self._log_ctrs = {}
+        self._log_pos = {}
+
+    # ---------------------------------------------------------------- testing
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if internal structures disagree (for tests)."""
+        for state in self._states.values():
+            seq = getattr(state, "seq", None)
+            if seq is not None:
+                seq.check_invariants()
+        if isinstance(self._states, dict):
+            for name, state in self._states.items():
+                if isinstance(state, MapState):
+                    continue
+                if name in self._handlers and self._handlers[name].kind != state.kind:
+                    raise AssertionError(f"handler {name} kind mismatch")
+        if self._vv.get(self._peer, 0) != self._next:
+            raise AssertionError("own counter disagrees with the version vector")

@@ -1,0 +1,238 @@
+"""Events handlers and documents emit, their deltas, and subscriptions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from .changes import Change
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E")
+
+
+@dataclass(frozen=True, slots=True)
+class Retain:
+    """Keep ``count`` elements unchanged."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    """Insert ``content`` (a str for text, a list of values for a list)."""
+
+    content: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Remove ``count`` elements."""
+
+    count: int
+
+
+DeltaOp = Retain | Insert | Delete
+Delta = tuple[DeltaOp, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TextEvent:
+    """What one transaction or import did to a text: apply ``delta`` to the old value."""
+
+    delta: Delta
+    origin: object
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ListEvent:
+    """What one transaction or import did to a list: apply ``delta`` to the old value."""
+
+    delta: Delta
+    origin: object
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MapEvent:
+    """Which keys of a map one transaction or import changed."""
+
+    keys_changed: frozenset[str]
+    origin: object
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateEvent:
+    """A document changed: by a local commit (``local``) or by an import."""
+
+    changes: tuple[Change, ...]
+    local: bool
+    origin: object
+
+
+class Subscription:
+    """A registered callback; ``cancel()`` (or leaving a ``with`` block) removes it."""
+
+    __slots__ = ("_callback", "_observers")
+
+    def __init__(self, observers: Observers[Any], callback: Callable[[Any], None]) -> None:
+        self._observers: Observers[Any] | None = observers
+        self._callback = callback
+
+    def cancel(self) -> None:
+        if self._observers is not None:
+            self._observers._remove(self)
+            self._observers = None
+
+    @property
+    def active(self) -> bool:
+        return self._observers is not None
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class Observers(Generic[E]):
+    """A list of callbacks. A callback that raises is logged; the others still run."""
+
+    __slots__ = ("_subs",)
+
+    def __init__(self) -> None:
+        self._subs: list[Subscription] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._subs)
+
+    def subscribe(self, callback: Callable[[E], None]) -> Subscription:
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        sub = Subscription(self, callback)
+        self._subs.append(sub)
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        try:
+            self._subs.remove(sub)
+        except ValueError:
+            pass
+
+    def emit(self, event: E) -> None:
+        for sub in list(self._subs):
+            try:
+                sub._callback(event)
+            except Exception:
+                log.exception("observer %r raised", sub._callback)
+
+
+class DeltaBuilder:
+    """Composes sequential splices into one delta against the value before them.
+
+    ``splice(pos, delete, content)`` is given in the coordinates of the value as
+    it is after the previous splices; :meth:`delta` is the single retain / insert /
+    delete delta from the original value to the final one.
+    """
+
+    __slots__ = ("_ops",)
+
+    def __init__(self) -> None:
+        # [kind, value]: "r" -> count, "i" -> content, "d" -> count.
+        self._ops: list[list[Any]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._ops)
+
+    def splice(self, pos: int, delete: int, content: Any) -> None:
+        ops = self._ops
+        k = 0
+        cur = 0
+        while cur < pos:
+            if k == len(ops):
+                ops.append(["r", pos - cur])
+                k += 1
+                break
+            kind, v = ops[k]
+            w = v if kind == "r" else (len(v) if kind == "i" else 0)
+            if cur + w <= pos:
+                cur += w
+                k += 1
+                continue
+            off = pos - cur
+            if kind == "r":
+                ops[k : k + 1] = [["r", off], ["r", v - off]]
+            else:
+                ops[k : k + 1] = [["i", v[:off]], ["i", v[off:]]]
+            k += 1
+            break
+        j = k
+        rem = delete
+        while rem > 0:
+            if j == len(ops):
+                ops.append(["d", rem])
+                break
+            kind, v = ops[j]
+            if kind == "d":
+                j += 1
+                continue
+            w = v if kind == "r" else len(v)
+            take = w if w < rem else rem
+            if kind == "r":
+                if take < w:
+                    ops[j : j + 1] = [["d", take], ["r", w - take]]
+                else:
+                    ops[j] = ["d", take]
+                j += 1
+            elif take < w:
+                ops[j] = ["i", v[take:]]
+            else:
+                del ops[j]
+            rem -= take
+        if len(content):
+            ops.insert(k, ["i", content])
+
+    def delta(self) -> Delta:
+        out: list[list[Any]] = []
+        for kind, v in self._ops:
+            if (kind == "i" and not len(v)) or (kind != "i" and not v):
+                continue
+            if out and out[-1][0] == kind:
+                out[-1][1] = out[-1][1] + v
+            else:
+                out.append([kind, v])
+        while out and out[-1][0] == "r":
+            out.pop()
+        result: list[DeltaOp] = []
+        for kind, v in out:
+            if kind == "r":
+                result.append(Retain(v))
+            elif kind == "d":
+                result.append(Delete(v))
+            else:
+                result.append(Insert(v if isinstance(v, str) else list(v)))
+        return tuple(result)
+
+
+def apply_delta(value: Any, delta: Delta) -> Any:
+    """Apply ``delta`` to a str or list (a reference for tests and bindings)."""
+    out: list[Any] = []
+    pos = 0
+    for op in delta:
+        if isinstance(op, Retain):
+            out.append(value[pos : pos + op.count])
+            pos += op.count
+        elif isinstance(op, Delete):
+            pos += op.count
+        else:
+            out.append(op.content)
+    out.append(value[pos:])
+    if isinstance(value, str):
+        return "".join(out)
+    return [v for part in out for v in part]

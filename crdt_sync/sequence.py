@@ -1,0 +1,794 @@
+"""The sequence CRDT shared by text and list: run-length spans ordered by FugueMax.
+
+Theory of operation
+-------------------
+Every inserted element has an id ``(peer, counter)`` and two *origins*: the id of
+the element that was immediately to its left when it was inserted, and the id of
+the element immediately to its right (either may be ``None``: the start or the
+end). Deleted elements stay in the sequence as tombstones, so origins always
+resolve. Concurrent inserts between the same origins are ordered by
+:func:`integrate`, the one place that holds the ordering rule.
+
+Elements are stored in *spans*: a run of elements typed by one peer, with
+consecutive counters, each element's left origin being the previous element, all
+sharing one right origin and one deleted flag. A span is a small mutable list
+(see the ``P, C, N, ...`` field indexes below); typing at the end of one's own
+span grows it in place. Spans live in *chunks* of at most :data:`CHUNK_MAX`, each
+knowing its visible length, so a visible index is found by summing chunk lengths
+and then walking one chunk. A cursor cache remembers the last span used, so
+typing and deleting at one place costs O(1). An id index (per peer: the sorted
+starting counters of its spans, and the span for each start) finds the span
+holding any element id.
+
+Nothing here knows about changes, clocks or handlers: this is the state only.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterator
+from typing import Any
+
+# Span fields. A span is ``[peer, counter, length, content, deleted, left, right, chunk]``.
+P, C, N, X, D, L, R, CH = range(8)
+
+#: Spans per chunk before it is split in two (64-256 measured best, see the notes).
+CHUNK_MAX = 128
+
+Id = tuple[str, int]
+Span = list[Any]
+
+
+class Chunk:
+    """A run of consecutive spans and the number of visible elements in them."""
+
+    __slots__ = ("spans", "vis")
+
+    def __init__(self, spans: list[Span], vis: int) -> None:
+        self.spans = spans
+        self.vis = vis
+
+
+class SortedInts:
+    """A sorted multiset-free list of ints in blocks, for O(log n) insert and floor."""
+
+    __slots__ = ("blocks", "maxes")
+
+    BLOCK = 512
+
+    def __init__(self, values: list[int] | None = None) -> None:
+        self.blocks: list[list[int]] = []
+        self.maxes: list[int] = []
+        if values:
+            values = sorted(values)
+            for i in range(0, len(values), self.BLOCK):
+                block = values[i : i + self.BLOCK]
+                self.blocks.append(block)
+                self.maxes.append(block[-1])
+
+    def add(self, value: int) -> None:
+        maxes = self.maxes
+        if not maxes:
+            self.blocks.append([value])
+            maxes.append(value)
+            return
+        i = bisect_left(maxes, value)
+        if i == len(maxes):
+            i -= 1
+            self.blocks[i].append(value)
+            maxes[i] = value
+        else:
+            insort(self.blocks[i], value)
+        block = self.blocks[i]
+        if len(block) > 2 * self.BLOCK:
+            half = len(block) // 2
+            self.blocks[i : i + 1] = [block[:half], block[half:]]
+            maxes[i : i + 1] = [block[half - 1], block[-1]]
+
+    def remove(self, value: int) -> None:
+        i = bisect_left(self.maxes, value)
+        block = self.blocks[i]
+        del block[bisect_left(block, value)]
+        if block:
+            self.maxes[i] = block[-1]
+        else:
+            del self.blocks[i]
+            del self.maxes[i]
+
+    def floor(self, value: int) -> int | None:
+        """The largest member <= ``value``, or None."""
+        maxes = self.maxes
+        i = bisect_right(maxes, value)
+        if i < len(maxes):
+            block = self.blocks[i]
+            j = bisect_right(block, value)
+            if j:
+                return block[j - 1]
+        return maxes[i - 1] if i else None
+
+    def __iter__(self) -> Iterator[int]:
+        for block in self.blocks:
+            yield from block
+
+
+class Sequence:
+    """An ordered collection of elements with ids, origins and tombstones.
+
+    ``keep_deleted_content`` keeps the content of deleted elements (the list needs
+    its element ids; text drops deleted characters to save memory: undo keeps the
+    text it needs itself). ``empty`` is ``""`` for text and ``()`` for lists.
+    """
+
+    __slots__ = ("_cur", "_last", "_starts", "_where", "chunks", "empty", "keep", "length")
+
+    def __init__(self, empty: str | tuple[Any, ...], keep_deleted_content: bool) -> None:
+        self.chunks: list[Chunk] = [Chunk([], 0)]
+        self.length = 0
+        self.empty = empty
+        self.keep = keep_deleted_content
+        self._starts: dict[str, SortedInts] = {}
+        self._where: dict[str, dict[int, Span]] = {}
+        # Cursor cache: (chunk index, span index, visible elements before that span).
+        self._cur: tuple[int, int, int] | None = None
+        # The span found by the last id lookup.
+        self._last: Span | None = None
+
+    # ------------------------------------------------------------------ reading
+
+    def value(self) -> Any:
+        if isinstance(self.empty, str):
+            return "".join([s[X] for ch in self.chunks for s in ch.spans if not s[D]])
+        out: list[Any] = []
+        for ch in self.chunks:
+            for s in ch.spans:
+                if not s[D]:
+                    out.extend(s[X])
+        return out
+
+    def spans(self) -> Iterator[Span]:
+        """Every span in document order (tombstones included). Do not mutate."""
+        for ch in self.chunks:
+            yield from ch.spans
+
+    def span_count(self) -> int:
+        return sum(len(ch.spans) for ch in self.chunks)
+
+    def slice(self, start: int, stop: int) -> Any:
+        """Visible content ``[start, stop)`` (clamped), as a str or a list."""
+        out: list[Any] = []
+        if start < 0:
+            start = 0
+        if stop > self.length:
+            stop = self.length
+        if start >= stop:
+            return self.empty if isinstance(self.empty, str) else []
+        ci, si, off = self._seek(start)
+        need = stop - start
+        chunks = self.chunks
+        while need > 0:
+            spans = chunks[ci].spans
+            if si >= len(spans):
+                ci += 1
+                si = 0
+                continue
+            s = spans[si]
+            si += 1
+            if s[D]:
+                continue
+            part = s[X][off : off + need]
+            off = 0
+            out.append(part)
+            need -= len(part)
+        if isinstance(self.empty, str):
+            return "".join(out)
+        return [v for part in out for v in part]
+
+    def id_at(self, pos: int) -> Id:
+        """The id of the visible element at ``pos`` (0 <= pos < length)."""
+        ci, si, off = self._seek(pos)
+        s = self.chunks[ci].spans[si]
+        return (s[P], s[C] + off)
+
+    def content_at(self, pos: int) -> Any:
+        ci, si, off = self._seek(pos)
+        return self.chunks[ci].spans[si][X][off]
+
+    def contains(self, peer: str, ctr: int) -> bool:
+        return self._find(peer, ctr) is not None
+
+    def locate(self, peer: str, ctr: int) -> tuple[Span, int]:
+        """The span holding element ``(peer, ctr)`` and its offset; KeyError if unknown."""
+        found = self._find(peer, ctr)
+        if found is None:
+            raise KeyError((peer, ctr))
+        return found, ctr - found[C]
+
+    def is_visible(self, peer: str, ctr: int) -> bool:
+        span, _ = self.locate(peer, ctr)
+        return not span[D]
+
+    def visible_index(self, peer: str, ctr: int) -> int:
+        """How many visible elements precede element ``(peer, ctr)`` (KeyError if unknown)."""
+        span, off = self.locate(peer, ctr)
+        return self.span_visible_start(span) + (0 if span[D] else off)
+
+    def span_visible_start(self, span: Span) -> int:
+        chunk = span[CH]
+        chunks = self.chunks
+        ci = chunks.index(chunk)
+        total = 0
+        for i in range(ci):
+            total += chunks[i].vis
+        for s in chunk.spans:
+            if s is span:
+                break
+            if not s[D]:
+                total += s[N]
+        return total
+
+    # --------------------------------------------------------------- local edits
+
+    def local_insert(
+        self, pos: int, peer: str, ctr: int, content: Any
+    ) -> tuple[Id | None, Id | None]:
+        """Insert ``content`` so its first element lands at visible index ``pos``.
+
+        The new elements get ids ``(peer, ctr)``, ``(peer, ctr + 1)``, ...; returns the
+        ``(left, right)`` origins to record in the operation. ``0 <= pos <= length``.
+        """
+        n = len(content)
+        if pos == self.length:
+            # At the end: after every tombstone, nothing to the right.
+            ci = len(self.chunks) - 1
+            spans = self.chunks[ci].spans
+            while not spans and ci > 0:
+                ci -= 1
+                spans = self.chunks[ci].spans
+            if spans:
+                prev = spans[-1]
+                left: Id | None = (prev[P], prev[C] + prev[N] - 1)
+                if (
+                    prev[P] == peer
+                    and prev[C] + prev[N] == ctr
+                    and not prev[D]
+                    and prev[R] is None
+                ):
+                    self._extend(prev, content, n, n)
+                    self._cur = (ci, len(spans) - 1, pos - prev[N] + n)
+                    return left, None
+            else:
+                left = None
+            self._insert_span(ci, len(spans), [peer, ctr, n, content, False, left, None, None])
+            self._cur = (ci, len(self.chunks[ci].spans) - 1, pos)
+            self._rebalance(ci)
+            return left, None
+
+        ci, si, off = self._seek(pos)
+        chunk = self.chunks[ci]
+        s = chunk.spans[si]
+        if off:
+            # Inside a span: split it and put the new span between the halves.
+            left = (s[P], s[C] + off - 1)
+            right: Id | None = (s[P], s[C] + off)
+            self._split(s, chunk, si, off)
+            self._insert_span(ci, si + 1, [peer, ctr, n, content, False, left, right, None])
+            self._cur = (ci, si + 1, pos)
+            self._rebalance(ci)
+            return left, right
+        right = (s[P], s[C])
+        # The raw element before the visible one at pos (maybe a tombstone).
+        if si:
+            pci, prev = ci, chunk.spans[si - 1]
+        else:
+            pci = ci - 1
+            while pci >= 0 and not self.chunks[pci].spans:
+                pci -= 1
+            prev = self.chunks[pci].spans[-1] if pci >= 0 else None
+        if prev is None:
+            left = None
+        else:
+            left = (prev[P], prev[C] + prev[N] - 1)
+            if prev[P] == peer and prev[C] + prev[N] == ctr and not prev[D] and prev[R] == right:
+                self._extend(prev, content, n, n)
+                pspans = self.chunks[pci].spans
+                psi = si - 1 if pci == ci else len(pspans) - 1
+                self._cur = (pci, psi, pos - prev[N] + n)
+                return left, right
+        self._insert_span(ci, si, [peer, ctr, n, content, False, left, right, None])
+        self._cur = (ci, si, pos)
+        self._rebalance(ci)
+        return left, right
+
+    def local_delete(self, pos: int, count: int) -> list[tuple[str, int, int, Any]]:
+        """Delete ``count`` visible elements from ``pos``; returns the deleted pieces.
+
+        Each piece is ``(peer, counter, length, content)`` in document order.
+        """
+        pieces: list[tuple[str, int, int, Any]] = []
+        while count > 0:
+            ci, si, off = self._seek(pos)
+            s = self.chunks[ci].spans[si]
+            take = s[N] - off
+            if take > count:
+                take = count
+            pieces.append((s[P], s[C] + off, take, s[X][off : off + take]))
+            self._set_deleted(s, off, take, True, ci, si, pos - off)
+            count -= take
+        return pieces
+
+    # -------------------------------------------------------------- remote edits
+
+    def integrate(
+        self,
+        peer: str,
+        ctr: int,
+        content: Any,
+        left: Id | None,
+        right: Id | None,
+        deleted: bool = False,
+    ) -> tuple[Span, int]:
+        """Place elements made elsewhere; returns the span holding them and their offset.
+
+        Their origins must already be in the sequence (KeyError otherwise: the
+        caller validates first). This is the single place that orders concurrent
+        inserts: see the rule below.
+        """
+        n = len(content)
+        if not deleted or self.keep:
+            stored = content
+        else:
+            stored = self.empty
+        chunks = self.chunks
+        # The slot right after the left origin.
+        if left is None:
+            ci, si = 0, 0
+        else:
+            ls, loff = self.locate(*left)
+            lchunk = ls[CH]
+            ci = chunks.index(lchunk)
+            si = lchunk.spans.index(ls)
+            if loff < ls[N] - 1:
+                self._split(ls, lchunk, si, loff + 1)
+            si += 1
+        self._cur = None
+        # The element at the slot (skipping empty chunk tails).
+        nci, nsi = ci, si
+        nxt = None
+        while nci < len(chunks):
+            spans = chunks[nci].spans
+            if nsi < len(spans):
+                nxt = spans[nsi]
+                break
+            nci += 1
+            nsi = 0
+        nxt_id = None if nxt is None else (nxt[P], nxt[C])
+        if nxt_id != right:
+            ci, si = self._scan(peer, left, right, nci, nsi)
+        else:
+            # No concurrent insert between the origins: a run may just grow.
+            if left is not None and si > 0:
+                prev = chunks[ci].spans[si - 1]
+                if (
+                    prev[P] == peer
+                    and prev[C] + prev[N] == ctr
+                    and prev[D] == deleted
+                    and prev[R] == right
+                    and left == (peer, ctr - 1)
+                ):
+                    off = prev[N]
+                    self._extend(prev, stored, n, 0 if deleted else n)
+                    self._last = prev
+                    return prev, off
+        span = [peer, ctr, n, stored, deleted, left, right, None]
+        self._insert_span(ci, si, span)
+        self._rebalance(ci)
+        self._last = span
+        return span, 0
+
+    def _scan(
+        self, peer: str, left: Id | None, right: Id | None, ci: int, si: int
+    ) -> tuple[int, int]:
+        """FugueMax: where an insert with origins ``left``/``right`` goes among concurrent ones.
+
+        The ordering rule (Weidner and Kleppmann, "The Art of the Fugue: Minimizing
+        Interleaving in Collaborative Text Editing", 2023, FugueMax; the same rule
+        as "YjsMod" in Gentle's reference-crdts). Walk the elements after the left
+        origin up to the right origin; for each element ``o`` compare its origins
+        with ours by position:
+
+        * ``o.left`` before our left: ``o`` is not a sibling of ours: stop, insert here.
+        * ``o.left`` after our left: ``o`` is inside a subtree we are scanning past: skip.
+        * same left origin: a sibling. If ``o.right`` is before our right we cannot
+          decide yet: remember this place and keep scanning (``scanning``). If its
+          right is after ours, skip it. If both origins are equal the lower peer id
+          goes first.
+
+        Runs of one peer's typing keep their left origins inside the run, so a run
+        is never split by a concurrent run, forwards or backwards. Elements inside a
+        span have their left origin just before them, which is always "after our
+        left": only the first element of each span needs comparing.
+        """
+        if right is not None:
+            rs, roff = self.locate(*right)
+            if roff:
+                rchunk = rs[CH]
+                self._split(rs, rchunk, rchunk.spans.index(rs), roff)
+        # Collect the spans strictly between the origins.
+        chunks = self.chunks
+        region: list[tuple[int, int, Span]] = []
+        end_ci, end_si = ci, si
+        while ci < len(chunks):
+            spans = chunks[ci].spans
+            if si >= len(spans):
+                ci += 1
+                si = 0
+                continue
+            s = spans[si]
+            if right is not None and s[P] == right[0] and s[C] == right[1]:
+                break
+            region.append((ci, si, s))
+            si += 1
+        end_ci, end_si = ci, si
+        if ci == len(chunks):
+            end_ci = len(chunks) - 1
+            end_si = len(chunks[end_ci].spans)
+
+        ranges: dict[str, list[tuple[int, int, int]]] = {}
+        for k, (_, _, s) in enumerate(region):
+            ranges.setdefault(s[P], []).append((s[C], s[C] + s[N], k))
+
+        def ordinal(ident: Id | None) -> int | None:
+            if ident is None:
+                return None
+            for start, stop, k in ranges.get(ident[0], ()):
+                if start <= ident[1] < stop:
+                    return k
+            return None
+
+        dest = 0
+        scanning = False
+        for k, (_, _, o) in enumerate(region):
+            if not scanning:
+                dest = k
+            o_left = o[L]
+            if o_left != left:
+                lk = ordinal(o_left)
+                if lk is None or lk >= k:
+                    break  # o's left origin is before ours
+                continue  # o's left origin is after ours: o is in a subtree we pass
+            o_right = o[R]
+            if o_right == right:
+                if peer < o[P]:
+                    break
+                scanning = False
+                continue
+            rk = ordinal(o_right)
+            if rk is not None and rk > k:
+                scanning = True  # o's right origin is before ours
+            else:
+                scanning = False  # o's right origin is after ours
+        else:
+            if not scanning:
+                dest = len(region)
+        if dest < len(region):
+            dci, dsi, _ = region[dest]
+            return dci, dsi
+        return end_ci, end_si
+
+    def set_deleted(
+        self, peer: str, ctr: int, count: int, deleted: bool, want_index: bool
+    ) -> list[tuple[int, int, Any]]:
+        """Mark elements ``ctr .. ctr+count-1`` of ``peer`` deleted (or visible again).
+
+        Returns, for each run whose state changed, ``(visible index, length,
+        content)`` at the moment it changed (index -1 unless ``want_index``).
+        Unknown ids raise KeyError before anything changes.
+        """
+        self.check_range(peer, ctr, count)
+        changed: list[tuple[int, int, Any]] = []
+        self._cur = None
+        while count > 0:
+            s, off = self.locate(peer, ctr)
+            take = s[N] - off
+            if take > count:
+                take = count
+            if s[D] != deleted:
+                vis = -1
+                if want_index:
+                    vis = self.span_visible_start(s) + (0 if s[D] else off)
+                content = s[X][off : off + take]
+                chunk = s[CH]
+                self._set_deleted(s, off, take, deleted, -1, chunk.spans.index(s), -1)
+                changed.append((vis, take, content))
+            ctr += take
+            count -= take
+        return changed
+
+    def check_range(self, peer: str, ctr: int, count: int) -> None:
+        """Raise KeyError unless every element ``ctr .. ctr+count-1`` of ``peer`` exists."""
+        end = ctr + count
+        while ctr < end:
+            span, off = self.locate(peer, ctr)
+            ctr += span[N] - off
+
+    # ------------------------------------------------------------------ internals
+
+    def _find(self, peer: str, ctr: int) -> Span | None:
+        s = self._last
+        if s is not None and s[P] == peer and s[C] <= ctr < s[C] + s[N]:
+            return s
+        starts = self._starts.get(peer)
+        if starts is None:
+            return None
+        start = starts.floor(ctr)
+        if start is None:
+            return None
+        s = self._where[peer][start]
+        if ctr >= start + s[N]:
+            return None
+        self._last = s
+        return s
+
+    def _seek(self, pos: int) -> tuple[int, int, int]:
+        """(chunk, span, offset) of the visible element at ``pos`` (0 <= pos < length)."""
+        if not 0 <= pos < self.length:
+            raise IndexError(pos)
+        chunks = self.chunks
+        cur = self._cur
+        if cur is not None:
+            ci, si, vs = cur
+            steps = 64
+            if pos >= vs:
+                while steps:
+                    spans = chunks[ci].spans
+                    if si >= len(spans):
+                        ci += 1
+                        si = 0
+                        continue
+                    s = spans[si]
+                    if not s[D]:
+                        n = s[N]
+                        if pos < vs + n:
+                            self._cur = (ci, si, vs)
+                            return ci, si, pos - vs
+                        vs += n
+                    si += 1
+                    steps -= 1
+            else:
+                while steps:
+                    si -= 1
+                    while si < 0:
+                        ci -= 1
+                        si = len(chunks[ci].spans) - 1
+                    s = chunks[ci].spans[si]
+                    if not s[D]:
+                        vs -= s[N]
+                        if vs <= pos:
+                            self._cur = (ci, si, vs)
+                            return ci, si, pos - vs
+                    steps -= 1
+        # Far jump: sum chunk lengths, then walk one chunk.
+        acc = 0
+        for ci, chunk in enumerate(chunks):
+            if acc + chunk.vis > pos:
+                break
+            acc += chunk.vis
+        for si, s in enumerate(chunk.spans):
+            if not s[D]:
+                n = s[N]
+                if pos < acc + n:
+                    self._cur = (ci, si, acc)
+                    return ci, si, pos - acc
+                acc += n
+        raise AssertionError("visible lengths are inconsistent")  # pragma: no cover
+
+    def _extend(self, s: Span, content: Any, n: int, vis: int) -> None:
+        """Grow span ``s`` by ``n`` elements (``content`` is empty for text tombstones)."""
+        s[N] += n
+        if content:
+            s[X] = s[X] + content
+        if vis:
+            s[CH].vis += vis
+            self.length += vis
+
+    def _insert_span(self, ci: int, si: int, span: Span) -> None:
+        chunk = self.chunks[ci]
+        span[CH] = chunk
+        chunk.spans.insert(si, span)
+        if not span[D]:
+            chunk.vis += span[N]
+            self.length += span[N]
+        self._index_add(span)
+
+    def _index_add(self, span: Span) -> None:
+        peer = span[P]
+        starts = self._starts.get(peer)
+        if starts is None:
+            starts = self._starts[peer] = SortedInts()
+            self._where[peer] = {}
+        where = self._where[peer]
+        start = span[C]
+        if start not in where:
+            starts.add(start)
+        where[start] = span
+
+    def _index_remove(self, span: Span) -> None:
+        peer = span[P]
+        del self._where[peer][span[C]]
+        self._starts[peer].remove(span[C])
+        if self._last is span:
+            self._last = None
+
+    def _split(self, s: Span, chunk: Chunk, si: int, off: int) -> Span:
+        """Split span ``s`` (at ``chunk.spans[si]``) before offset ``off``; returns the tail."""
+        content = s[X]
+        tail = [
+            s[P],
+            s[C] + off,
+            s[N] - off,
+            content[off:],
+            s[D],
+            (s[P], s[C] + off - 1),
+            s[R],
+            chunk,
+        ]
+        s[N] = off
+        s[X] = content[:off]
+        chunk.spans.insert(si + 1, tail)
+        self._index_add(tail)
+        return tail
+
+    def _set_deleted(
+        self, s: Span, off: int, take: int, deleted: bool, ci: int, si: int, vs: int
+    ) -> None:
+        """Flip the deleted flag of ``take`` elements of ``s`` (at ``spans[si]``) from ``off``.
+
+        For local deletes ``ci`` and ``vs`` (chunk index, visible elements before
+        ``s``) keep the cursor cache pointing at the new tombstone; pass -1 otherwise.
+        """
+        chunk = s[CH]
+        spans = chunk.spans
+        if off:
+            if not s[D]:
+                vs += off
+            s = self._split(s, chunk, si, off)
+            si += 1
+        if take < s[N]:
+            self._split(s, chunk, si, take)
+        s[D] = deleted
+        delta = -take if deleted else take
+        chunk.vis += delta
+        self.length += delta
+        if deleted and not self.keep:
+            s[X] = self.empty
+        # Merge with neighbouring pieces of the same run now in the same state.
+        if si + 1 < len(spans) and self._mergeable(s, spans[si + 1]):
+            self._merge(s, spans, si + 1)
+        if si > 0 and self._mergeable(spans[si - 1], s):
+            prev_n = spans[si - 1][N]
+            self._merge(spans[si - 1], spans, si)
+            si -= 1
+            if not deleted:
+                vs -= prev_n
+        if ci >= 0 and vs >= 0:
+            self._cur = (ci, si, vs)
+        else:
+            self._cur = None
+
+    @staticmethod
+    def _mergeable(a: Span, b: Span) -> bool:
+        return (
+            a[D] == b[D]
+            and a[P] == b[P]
+            and a[C] + a[N] == b[C]
+            and b[R] == a[R]
+            and b[L] == (a[P], b[C] - 1)
+        )
+
+    def _merge(self, a: Span, spans: list[Span], bi: int) -> None:
+        b = spans[bi]
+        a[N] += b[N]
+        a[X] = a[X] + b[X]
+        del spans[bi]
+        self._index_remove(b)
+
+    def _rebalance(self, ci: int) -> None:
+        chunk = self.chunks[ci]
+        spans = chunk.spans
+        if len(spans) <= CHUNK_MAX:
+            return
+        half = len(spans) // 2
+        moved = spans[half:]
+        del spans[half:]
+        vis = 0
+        new = Chunk(moved, 0)
+        for s in moved:
+            s[CH] = new
+            if not s[D]:
+                vis += s[N]
+        new.vis = vis
+        chunk.vis -= vis
+        self.chunks.insert(ci + 1, new)
+        cur = self._cur
+        if cur is not None:
+            cci, csi, cvs = cur
+            if cci == ci and csi >= half:
+                self._cur = (ci + 1, csi - half, cvs)
+            elif cci > ci:
+                self._cur = (cci + 1, csi, cvs)
+
+    # ------------------------------------------------------------------ loading
+
+    def load_spans(self, spans: list[Span]) -> None:
+        """Replace the content with ``spans`` (document order, fields P..R)."""
+        chunks: list[Chunk] = []
+        starts: dict[str, list[int]] = {}
+        where: dict[str, dict[int, Span]] = {}
+        length = 0
+        for i in range(0, len(spans), CHUNK_MAX // 2 or 1):
+            part = spans[i : i + CHUNK_MAX // 2]
+            chunk = Chunk(part, 0)
+            vis = 0
+            for s in part:
+                s.append(chunk)
+                if not s[D]:
+                    vis += s[N]
+                peer = s[P]
+                w = where.get(peer)
+                if w is None:
+                    w = where[peer] = {}
+                    starts[peer] = []
+                w[s[C]] = s
+                starts[peer].append(s[C])
+            chunk.vis = vis
+            length += vis
+            chunks.append(chunk)
+        self.chunks = chunks or [Chunk([], 0)]
+        self.length = length
+        self._where = where
+        self._starts = {peer: SortedInts(values) for peer, values in starts.items()}
+        self._cur = None
+        self._last = None
+
+    # --------------------------------------------------------------- invariants
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the internal structure is inconsistent (tests)."""
+        total = 0
+        seen: set[tuple[str, int]] = set()
+        if len(self.chunks) > 1 and any(not ch.spans for ch in self.chunks):
+            raise AssertionError("empty chunk among several")
+        for chunk in self.chunks:
+            vis = 0
+            for s in chunk.spans:
+                if s[CH] is not chunk:
+                    raise AssertionError(f"span {s[:3]} points at the wrong chunk")
+                if s[N] <= 0:
+                    raise AssertionError(f"empty span {s[:3]}")
+                if (not s[D] or self.keep) and len(s[X]) != s[N]:
+                    raise AssertionError(f"span {s[:3]} content length {len(s[X])}")
+                if self._where[s[P]].get(s[C]) is not s:
+                    raise AssertionError(f"span {s[:3]} missing from the id index")
+                if (s[P], s[C]) in seen:
+                    raise AssertionError(f"span {s[:3]} twice")
+                seen.add((s[P], s[C]))
+                if not s[D]:
+                    vis += s[N]
+            if vis != chunk.vis:
+                raise AssertionError(f"chunk visible count {chunk.vis} != {vis}")
+            total += vis
+        if total != self.length:
+            raise AssertionError(f"length {self.length} != {total}")
+        indexed = sum(len(w) for w in self._where.values())
+        if indexed != len(seen):
+            raise AssertionError(f"id index has {indexed} spans, sequence {len(seen)}")
+        for peer, starts in self._starts.items():
+            if sorted(self._where[peer]) != list(starts):
+                raise AssertionError(f"sorted starts of {peer} disagree with the index")
+        if self._cur is not None:
+            ci, si, vs = self._cur
+            spans = self.chunks[ci].spans
+            if si < len(spans):
+                expect = self.span_visible_start(spans[si])
+                if expect != vs:
+                    raise AssertionError(f"cursor cache says {vs}, actual {expect}")

@@ -1,0 +1,613 @@
+"""Snapshots: the encoded state of a document, tombstones and origins included.
+
+Because a snapshot keeps every element's id and origins (deleted text keeps its
+ids, not its characters), a document loaded from one can still integrate any
+change made concurrently against older state, and two snapshots merge.
+
+Text spans are stored column by column as fixed-width little-endian arrays so
+that loading is a handful of C-level array reads rather than one varint at a
+time; the whole body is zlib-compressed. Lists and maps are small and stored
+row by row. The layout is in ``docs/encoding.md``.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from array import array
+from typing import TYPE_CHECKING, Any
+
+from .changes import FORMAT_VERSION, KIND_LIST, KIND_MAP, KIND_TEXT, _read_header
+from .codec import MAX_COUNT, Reader, Writer
+from .exceptions import DecodeError
+from .ids import VersionVector
+from .sequence import C, D, L, N, P, R, X, Sequence
+from .state import ListState, MapState, TextState
+
+if TYPE_CHECKING:
+    from .document import CRDTDocument
+
+MAGIC = b"CRDS"
+_KIND_CODES = {KIND_TEXT: 1, KIND_LIST: 2, KIND_MAP: 3}
+_KIND_NAMES = {v: k for k, v in _KIND_CODES.items()}
+
+# Span flag bits.
+_DELETED = 1
+_LEFT_NONE = 2
+_LEFT_PREV = 4  # left origin is (same peer, counter - 1)
+_RIGHT_NONE = 8
+_RIGHT_SAME = 16  # same right origin as the previous span
+
+_LITTLE = sys.byteorder == "little"
+
+
+def _array_bytes(code: str, values: list[int]) -> bytes:
+    a = array(code, values)
+    if not _LITTLE:  # pragma: no cover - big-endian hosts
+        a.byteswap()
+    return a.tobytes()
+
+
+def _read_array(r: Reader, code: str, n: int) -> array[int]:
+    a = array(code)
+    size = a.itemsize * n
+    a.frombytes(r.raw(size))
+    if not _LITTLE:  # pragma: no cover
+        a.byteswap()
+    return a
+
+
+class Snapshot:
+    """An immutable encoded document state. Build with ``doc.take_snapshot()``."""
+
+    __slots__ = ("_data", "_decoded", "document_id", "version_vector")
+
+    def __init__(self, data: bytes, document_id: str, version_vector: VersionVector) -> None:
+        self._data = data
+        self.document_id = document_id
+        self.version_vector = version_vector
+        self._decoded: _Decoded | None = None
+
+    @classmethod
+    def of(cls, doc: CRDTDocument) -> Snapshot:
+        data = _encode(doc)
+        return cls(data, doc.document_id, doc.version_vector)
+
+    def to_bytes(self) -> bytes:
+        return self._data
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Snapshot:
+        """Decode and validate; any malformed input raises :class:`DecodeError`."""
+        decoded = _decode(data)
+        snap = cls(bytes(data), decoded.document_id, decoded.vv)
+        snap._decoded = decoded
+        return snap
+
+    def _take_decoded(self) -> _Decoded:
+        decoded = self._decoded
+        self._decoded = None  # its span lists are handed to one document only
+        return decoded if decoded is not None else _decode(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Snapshot) and other._data == self._data
+
+    def __hash__(self) -> int:
+        return hash(self._data)
+
+    def __repr__(self) -> str:
+        return f"Snapshot({self.document_id!r}, {len(self._data)} bytes, {self.version_vector!r})"
+
+
+class _Decoded:
+    __slots__ = ("document_id", "frontier", "max_ts", "states", "vv")
+
+    def __init__(self) -> None:
+        self.document_id = ""
+        self.vv = VersionVector()
+        self.frontier: dict[str, int] = {}
+        self.max_ts = 0
+        self.states: dict[str, tuple[str, Any]] = {}
+
+
+# ----------------------------------------------------------------- encoding
+
+
+def _encode(doc: CRDTDocument) -> bytes:
+    peers: dict[str, int] = {}
+
+    def pid(peer: str) -> int:
+        index = peers.get(peer)
+        if index is None:
+            index = peers[peer] = len(peers)
+        return index
+
+    body = Writer()
+    vv = doc._vv
+    body.uint(len(vv))
+    for peer, counter in vv.items():
+        body.uint(pid(peer))
+        body.uint(counter)
+    body.uint(len(doc._frontier))
+    for peer, counter in doc._frontier.items():
+        body.uint(pid(peer))
+        body.uint(counter)
+    body.uint(doc._clock.last)
+    body.uint(len(doc._states))
+    for name, state in doc._states.items():
+        body.str(name)
+        body.byte(_KIND_CODES[state.kind])
+        part = Writer()
+        if isinstance(state, TextState):
+            _encode_text(part, state.seq, pid)
+        elif isinstance(state, ListState):
+            _encode_list(part, state, pid)
+        else:
+            _encode_map(part, state, pid)
+        body.bytes(part.getvalue())
+    head = Writer()
+    head.str(doc.document_id)
+    head.uint(len(peers))
+    for peer in peers:
+        head.str(peer)
+    payload = head.getvalue() + body.getvalue()
+    return MAGIC + bytes([FORMAT_VERSION, 1]) + zlib.compress(payload, 9)
+
+
+def _encode_text(w: Writer, seq: Sequence, pid: Any) -> None:
+    peer_col: list[int] = []
+    ctr_col: list[int] = []
+    len_col: list[int] = []
+    flags = bytearray()
+    left_peer: list[int] = []
+    left_ctr: list[int] = []
+    right_peer: list[int] = []
+    right_ctr: list[int] = []
+    text: list[str] = []
+    prev_right: Any = ()
+    for s in seq.spans():
+        peer, ctr, left, right = s[P], s[C], s[L], s[R]
+        f = _DELETED if s[D] else 0
+        if left is None:
+            f |= _LEFT_NONE
+        elif left[0] == peer and left[1] == ctr - 1:
+            f |= _LEFT_PREV
+        else:
+            left_peer.append(pid(left[0]))
+            left_ctr.append(left[1])
+        if right is None:
+            f |= _RIGHT_NONE
+        elif right == prev_right:
+            f |= _RIGHT_SAME
+        else:
+            right_peer.append(pid(right[0]))
+            right_ctr.append(right[1])
+        prev_right = right
+        flags.append(f)
+        peer_col.append(pid(peer))
+        ctr_col.append(ctr)
+        len_col.append(s[N])
+        if not s[D]:
+            text.append(s[X])
+    w.uint(len(flags))
+    w.uint(len(left_peer))
+    w.uint(len(right_peer))
+    w.raw(bytes(flags))
+    w.raw(_array_bytes("I", peer_col))
+    w.raw(_array_bytes("Q", ctr_col))
+    w.raw(_array_bytes("I", len_col))
+    w.raw(_array_bytes("I", left_peer))
+    w.raw(_array_bytes("Q", left_ctr))
+    w.raw(_array_bytes("I", right_peer))
+    w.raw(_array_bytes("Q", right_ctr))
+    w.str("".join(text))
+
+
+def _write_opt_id(w: Writer, ident: Any, pid: Any) -> None:
+    if ident is None:
+        w.byte(0)
+    else:
+        w.byte(1)
+        w.uint(pid(ident[0]))
+        w.uint(ident[1])
+
+
+def _write_stamp(w: Writer, stamp: Any, pid: Any) -> None:
+    w.uint(stamp[0])
+    w.uint(pid(stamp[1]))
+    w.uint(stamp[2])
+
+
+def _encode_list(w: Writer, state: ListState, pid: Any) -> None:
+    spans = list(state.seq.spans())
+    w.uint(len(spans))
+    for s in spans:
+        w.uint(pid(s[P]))
+        w.uint(s[C])
+        w.uint(s[N])
+        w.byte(1 if s[D] else 0)
+        _write_opt_id(w, s[L], pid)
+        _write_opt_id(w, s[R], pid)
+        for elem in s[X]:
+            w.uint(pid(elem[0]))
+            w.uint(elem[1])
+    w.uint(len(state.elems))
+    for elem, (value, vstamp, pos, pstamp, dstamp) in state.elems.items():
+        w.uint(pid(elem[0]))
+        w.uint(elem[1])
+        w.json(value)
+        _write_stamp(w, vstamp, pid)
+        w.uint(pid(pos[0]))
+        w.uint(pos[1])
+        _write_stamp(w, pstamp, pid)
+        if dstamp is None:
+            w.byte(0)
+        else:
+            w.byte(1)
+            _write_stamp(w, dstamp, pid)
+
+
+def _encode_map(w: Writer, state: MapState, pid: Any) -> None:
+    w.uint(len(state.entries))
+    for key, (stamp, present, value) in state.entries.items():
+        w.str(key)
+        _write_stamp(w, stamp, pid)
+        w.byte(1 if present else 0)
+        if present:
+            w.json(value)
+
+
+# ----------------------------------------------------------------- decoding
+
+
+def _decode(data: bytes) -> _Decoded:
+    body, start = _read_header(data, MAGIC)
+    r = Reader(body, start)
+    out = _Decoded()
+    out.document_id = r.str()
+    if not out.document_id:
+        raise r.fail("empty document id")
+    peers = [r.str() for _ in range(r.count(1))]
+    if any(not p for p in peers):
+        raise r.fail("empty peer id")
+
+    def peer_at(index: int) -> str:
+        if index >= len(peers):
+            raise r.fail(f"peer index {index} out of range")
+        return peers[index]
+
+    vv: dict[str, int] = {}
+    for _ in range(r.count(2)):
+        peer = peer_at(r.uint())
+        vv[peer] = r.uint(1 << 53)
+    out.vv = VersionVector(vv)
+    for _ in range(r.count(2)):
+        peer = peer_at(r.uint())
+        out.frontier[peer] = r.uint(1 << 53)
+    out.max_ts = r.uint()
+    for _ in range(r.count(2)):
+        name = r.str()
+        if not name or name in out.states:
+            raise r.fail(f"bad or repeated handler name {name!r}")
+        code = r.byte()
+        kind = _KIND_NAMES.get(code)
+        if kind is None:
+            raise r.fail(f"unknown handler kind {code}")
+        part = Reader(r.bytes())
+        try:
+            if kind == KIND_TEXT:
+                value: Any = _decode_text(part, peers)
+            elif kind == KIND_LIST:
+                value = _decode_list(part, peers)
+            else:
+                value = _decode_map(part, peers)
+            part.expect_end()
+        except DecodeError as exc:
+            raise DecodeError(f"in handler {name!r}: {exc}", r.pos) from None
+        out.states[name] = (kind, value)
+    r.expect_end()
+    return out
+
+
+def _decode_text(r: Reader, peers: list[str]) -> list[list[Any]]:
+    n = r.count(17)
+    nl = r.uint(n)
+    nr = r.uint(n)
+    flags = r.raw(n)
+    peer_col = _read_array(r, "I", n)
+    ctr_col = _read_array(r, "Q", n)
+    len_col = _read_array(r, "I", n)
+    lp = _read_array(r, "I", nl)
+    lc = _read_array(r, "Q", nl)
+    rp = _read_array(r, "I", nr)
+    rc = _read_array(r, "Q", nr)
+    text = r.str()
+    npeers = len(peers)
+    for col in (peer_col, lp, rp):
+        if col and max(col) >= npeers:
+            raise r.fail("peer index out of range")
+    if n and (min(len_col) == 0 or max(ctr_col) >= 1 << 53):
+        raise r.fail("empty span or counter out of range")
+    spans: list[list[Any]] = []
+    append = spans.append
+    li = ri = tpos = 0
+    right: Any = None
+    for k in range(n):
+        f = flags[k]
+        peer = peers[peer_col[k]]
+        ctr = ctr_col[k]
+        length = len_col[k]
+        if f & _LEFT_NONE:
+            left = None
+        elif f & _LEFT_PREV:
+            if not ctr:
+                raise r.fail("left origin before counter 0")
+            left = (peer, ctr - 1)
+        else:
+            if li >= nl:
+                raise r.fail("left origin column too short")
+            left = (peers[lp[li]], lc[li])
+            li += 1
+        if f & _RIGHT_NONE:
+            right = None
+        elif not f & _RIGHT_SAME:
+            if ri >= nr:
+                raise r.fail("right origin column too short")
+            right = (peers[rp[ri]], rc[ri])
+            ri += 1
+        if f & _DELETED:
+            append([peer, ctr, length, "", True, left, right])
+        else:
+            end = tpos + length
+            append([peer, ctr, length, text[tpos:end], False, left, right])
+            tpos = end
+    if li != nl or ri != nr or tpos != len(text) or any(f & ~31 for f in flags):
+        raise r.fail("text columns are inconsistent")
+    return spans
+
+
+def _read_opt_id(r: Reader, peers: list[str]) -> tuple[str, int] | None:
+    tag = r.byte()
+    if tag == 0:
+        return None
+    if tag != 1:
+        raise r.fail(f"bad id tag {tag}")
+    return _read_id(r, peers)
+
+
+def _read_id(r: Reader, peers: list[str]) -> tuple[str, int]:
+    index = r.uint()
+    if index >= len(peers):
+        raise r.fail(f"peer index {index} out of range")
+    return (peers[index], r.uint(1 << 53))
+
+
+def _read_stamp(r: Reader, peers: list[str]) -> tuple[int, str, int]:
+    ts = r.uint()
+    peer, ctr = _read_id(r, peers)
+    return (ts, peer, ctr)
+
+
+def _decode_list(r: Reader, peers: list[str]) -> tuple[list[list[Any]], dict[Any, list[Any]]]:
+    spans: list[list[Any]] = []
+    for _ in range(r.count(6)):
+        peer, ctr = _read_id(r, peers)
+        n = r.uint(MAX_COUNT)
+        if not n:
+            raise r.fail("empty span")
+        deleted = r.byte()
+        if deleted > 1:
+            raise r.fail("bad deleted flag")
+        left = _read_opt_id(r, peers)
+        right = _read_opt_id(r, peers)
+        if n * 2 > r.remaining():
+            raise r.fail("span longer than the input")
+        content = tuple(_read_id(r, peers) for _ in range(n))
+        spans.append([peer, ctr, n, content, bool(deleted), left, right])
+    elems: dict[Any, list[Any]] = {}
+    for _ in range(r.count(8)):
+        elem = _read_id(r, peers)
+        value = r.json()
+        vstamp = _read_stamp(r, peers)
+        pos = _read_id(r, peers)
+        pstamp = _read_stamp(r, peers)
+        tag = r.byte()
+        if tag > 1:
+            raise r.fail("bad delete stamp tag")
+        dstamp = _read_stamp(r, peers) if tag else None
+        elems[elem] = [value, vstamp, pos, pstamp, dstamp]
+    for s in spans:
+        for elem in s[X]:
+            if elem not in elems:
+                raise r.fail(f"list position refers to unknown element {elem}")
+    return spans, elems
+
+
+def _decode_map(r: Reader, peers: list[str]) -> dict[str, tuple[Any, bool, Any]]:
+    entries: dict[str, tuple[Any, bool, Any]] = {}
+    for _ in range(r.count(5)):
+        key = r.str()
+        stamp = _read_stamp(r, peers)
+        present = r.byte()
+        if present > 1:
+            raise r.fail("bad presence flag")
+        entries[key] = (stamp, bool(present), r.json() if present else None)
+    return entries
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _check_unique(spans: list[list[Any]]) -> None:
+    seen: set[tuple[str, int]] = set()
+    for s in spans:
+        key = (s[P], s[C])
+        if key in seen:
+            raise DecodeError(f"element {key} appears twice in a snapshot")
+        seen.add(key)
+
+
+def load_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
+    """Fill an empty ``doc`` from ``snapshot``."""
+    decoded = snapshot._take_decoded()
+    for name, (kind, value) in decoded.states.items():
+        state = doc._state(name, kind)
+        if kind == KIND_TEXT:
+            _check_unique(value)
+            state.seq.load_spans(value)
+        elif kind == KIND_LIST:
+            spans, elems = value
+            _check_unique(spans)
+            state.seq.load_spans(spans)
+            state.elems = elems
+        else:
+            state.entries = dict(value)
+    doc._vv = dict(decoded.vv)
+    doc._base_vv = dict(decoded.vv)
+    doc._frontier = dict(decoded.frontier)
+    doc._clock.observe(decoded.max_ts)
+    doc._next = doc._vv.get(doc._peer, 0)
+
+
+def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
+    """Merge ``snapshot`` into ``doc``, which may hold concurrent edits."""
+    decoded = snapshot._take_decoded()
+    for name, (kind, value) in decoded.states.items():
+        existing = doc._states.get(name)
+        if existing is None or (
+            kind != KIND_MAP and existing.kind == kind and not existing.seq.span_count()  # type: ignore[union-attr]
+        ):
+            state = doc._state(name, kind)
+            if kind == KIND_TEXT:
+                state.seq.load_spans(value)
+            elif kind == KIND_LIST:
+                state.seq.load_spans(value[0])
+                state.elems = value[1]
+            else:
+                state.entries = dict(value)
+            builder = doc._builder(name) if kind != KIND_MAP else None
+            if builder is not None and state.seq.length:
+                builder.splice(0, 0, state.value())
+            elif kind == KIND_MAP:
+                keys = doc._map_out(name)
+                if keys is not None:
+                    keys.update(state.value())
+            continue
+        state = doc._state(name, kind)
+        if kind == KIND_MAP:
+            keys = doc._map_out(name)
+            for key, entry in value.items():
+                old = state.entries.get(key)
+                if old is None or entry[0] > old[0]:
+                    state.entries[key] = entry
+                    if keys is not None:
+                        keys.add(key)
+            continue
+        spans = value if kind == KIND_TEXT else value[0]
+        if kind == KIND_LIST:
+            _merge_list_elems(doc, name, state, value[1])
+        _merge_sequence(doc, name, state, spans)
+    vv = dict(doc._vv)
+    for peer, counter in decoded.vv.items():
+        if counter > vv.get(peer, 0):
+            vv[peer] = counter
+    doc._vv = vv
+    base = doc._base_vv
+    for peer, counter in decoded.vv.items():
+        if counter > base.get(peer, 0):
+            base[peer] = counter
+    for peer, counter in decoded.frontier.items():
+        if counter > doc._frontier.get(peer, -1) and doc._frontier.get(peer) is not None:
+            doc._frontier[peer] = counter
+        elif peer not in doc._frontier:
+            doc._frontier[peer] = counter
+    doc._clock.observe(decoded.max_ts)
+    doc._next = max(doc._next, vv.get(doc._peer, 0))
+
+
+def _merge_sequence(doc: CRDTDocument, name: str, state: Any, spans: list[list[Any]]) -> None:
+    seq: Sequence = state.seq
+    builder = doc._builder(name)
+    is_list = isinstance(state, ListState)
+    todo: list[tuple[str, int, Any, Any, Any, bool]] = []
+    for s in spans:
+        peer, ctr, n, content, deleted, left, right = s[:7]
+        k = 0
+        while k < n:
+            if seq.contains(peer, ctr + k):
+                span, off = seq.locate(peer, ctr + k)
+                take = min(span[N] - off, n - k)
+                if deleted and not is_list and not span[D]:
+                    for vis, count, _ in seq.set_deleted(peer, ctr + k, take, True, True):
+                        if builder is not None:
+                            builder.splice(vis, count, "")
+                k += take
+                continue
+            j = k
+            while j < n and not seq.contains(peer, ctr + j):
+                j += 1
+            piece_left = left if k == 0 else (peer, ctr + k - 1)
+            piece = content[k:j] if (not deleted or is_list) else "\0" * (j - k)
+            todo.append((peer, ctr + k, piece, piece_left, right, deleted))
+            k = j
+    while todo:
+        rest = []
+        for peer, ctr, content, left, right, deleted in todo:
+            if (left is None or seq.contains(*left)) and (right is None or seq.contains(*right)):
+                if is_list:
+                    visible = _list_position_visible(state, (peer, ctr), content)
+                    span, off = seq.integrate(peer, ctr, content, left, right, deleted=True)
+                    for i, elem in enumerate(content):
+                        if visible[i]:
+                            for vis, _, _ in seq.set_deleted(peer, ctr + i, 1, False, True):
+                                if builder is not None:
+                                    builder.splice(vis, 0, [state.elems[elem][0]])
+                else:
+                    span, off = seq.integrate(peer, ctr, content, left, right, deleted=deleted)
+                    if builder is not None and not deleted:
+                        builder.splice(seq.span_visible_start(span) + off, 0, content)
+            else:
+                rest.append((peer, ctr, content, left, right, deleted))
+        if len(rest) == len(todo):
+            raise DecodeError("snapshot elements refer to origins that are nowhere")
+        todo = rest
+
+
+def _list_position_visible(state: ListState, first: tuple[str, int], content: Any) -> list[bool]:
+    out = []
+    for i, elem in enumerate(content):
+        rec = state.elems.get(elem)
+        pos = (first[0], first[1] + i)
+        out.append(rec is not None and rec[2] == pos and ListState.alive(rec))
+    return out
+
+
+def _merge_list_elems(doc: CRDTDocument, name: str, state: ListState, elems: dict[Any, Any]) -> None:
+    """Fold the snapshot's element records into ours (per-field maximum by stamp)."""
+    seq = state.seq
+    builder = doc._builder(name)
+    for elem, theirs in elems.items():
+        ours = state.elems.get(elem)
+        if ours is None:
+            state.elems[elem] = list(theirs)
+            continue
+        was_alive = ListState.alive(ours)
+        old_pos = ours[2]
+        if theirs[1] > ours[1]:
+            ours[0], ours[1] = theirs[0], theirs[1]
+        if theirs[3] > ours[3]:
+            ours[2], ours[3] = theirs[2], theirs[3]
+        if theirs[4] is not None and (ours[4] is None or theirs[4] > ours[4]):
+            ours[4] = theirs[4]
+        now_alive = ListState.alive(ours)
+        if was_alive and (not now_alive or ours[2] != old_pos) and seq.contains(*old_pos):
+            for vis, _, _ in seq.set_deleted(old_pos[0], old_pos[1], 1, True, True):
+                if builder is not None:
+                    builder.splice(vis, 1, ())
+        if now_alive and seq.contains(*ours[2]) and not seq.is_visible(*ours[2]):
+            for vis, _, _ in seq.set_deleted(ours[2][0], ours[2][1], 1, False, True):
+                if builder is not None:
+                    builder.splice(vis, 0, [ours[0]])

@@ -1,0 +1,263 @@
+"""Materialised state of each named handler: text, list and map.
+
+A state applies operations (local ones it creates, remote ones from changes) and
+reports what became visible through an optional :class:`DeltaBuilder`. States
+know nothing of transactions or history; the document drives them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .changes import (
+    KIND_LIST,
+    KIND_MAP,
+    KIND_TEXT,
+    LIST_DELETE,
+    LIST_INSERT,
+    LIST_MOVE,
+    LIST_SET,
+    MAP_DELETE,
+    MAP_SET,
+    TEXT_DELETE,
+    TEXT_INSERT,
+)
+from .events import DeltaBuilder
+from .exceptions import InvalidChangeError
+from .sequence import CH, D, N, X, Sequence
+
+Id = tuple[str, int]
+Stamp = tuple[int, str, int]
+
+
+class NewIds:
+    """Ids created by earlier ops of the change being validated, per handler."""
+
+    __slots__ = ("ranges",)
+
+    def __init__(self) -> None:
+        self.ranges: dict[str, list[tuple[str, int, int]]] = {}
+
+    def add(self, name: str, peer: str, start: int, stop: int) -> None:
+        self.ranges.setdefault(name, []).append((peer, start, stop))
+
+    def has(self, name: str, ident: Id) -> bool:
+        return any(
+            p == ident[0] and a <= ident[1] < b for p, a, b in self.ranges.get(name, ())
+        )
+
+
+class TextState:
+    """A text: a sequence of characters (Unicode code points)."""
+
+    kind = KIND_TEXT
+    __slots__ = ("seq",)
+
+    def __init__(self) -> None:
+        self.seq = Sequence("", keep_deleted_content=False)
+
+    def value(self) -> str:
+        result: str = self.seq.value()
+        return result
+
+    def validate(self, op: tuple[Any, ...], name: str, new: NewIds) -> None:
+        seq = self.seq
+        if op[0] == TEXT_INSERT:
+            if not isinstance(op[4], str) or not op[4]:
+                raise InvalidChangeError("a text insert needs a non-empty str")
+            for ref in (op[2], op[3]):
+                if ref is not None and not seq.contains(*ref) and not new.has(name, ref):
+                    raise InvalidChangeError(f"text insert refers to unknown element {ref}")
+        elif op[0] == TEXT_DELETE:
+            for peer, ctr, n in op[2]:
+                if new.has(name, (peer, ctr)):
+                    continue
+                try:
+                    seq.check_range(peer, ctr, n)
+                except KeyError:
+                    raise InvalidChangeError(
+                        f"text delete of unknown elements {peer}@{ctr}+{n}"
+                    ) from None
+        else:
+            raise InvalidChangeError(f"op kind {op[0]} does not apply to a text")
+
+    def apply(
+        self, op: tuple[Any, ...], peer: str, ctr: int, ts: int, out: DeltaBuilder | None
+    ) -> None:
+        seq = self.seq
+        if op[0] == TEXT_INSERT:
+            span, off = seq.integrate(peer, ctr, op[4], op[2], op[3])
+            if out is not None:
+                out.splice(seq.span_visible_start(span) + off, 0, op[4])
+        else:
+            for p, c, n in op[2]:
+                for vis, count, _ in seq.set_deleted(p, c, n, True, out is not None):
+                    if out is not None:
+                        out.splice(vis, count, "")
+
+
+class ListState:
+    """A list of JSON values with move and update.
+
+    Each element has an identity (the id of the op that inserted it) and, apart
+    from it, a *position*: an element of the underlying sequence whose content
+    is the element id. Inserting creates both; ``move`` creates a new position and
+    makes it current by last-writer-wins on the element, so concurrent moves
+    never duplicate an element. The value is a last-writer-wins register on the
+    element, so an update survives a concurrent move. A delete records the value
+    stamp it saw; an element is alive while its value stamp is newer than every
+    delete's, so an update concurrent with a delete keeps the element (with the
+    update) rather than being lost silently. A position is visible iff it is its
+    element's current position and the element is alive.
+    """
+
+    kind = KIND_LIST
+    __slots__ = ("elems", "seq")
+
+    # Element record fields: [value, value stamp, position id, position stamp, delete stamp]
+    VALUE, VSTAMP, POS, PSTAMP, DSTAMP = range(5)
+
+    def __init__(self) -> None:
+        self.seq = Sequence((), keep_deleted_content=True)
+        self.elems: dict[Id, list[Any]] = {}
+
+    def value(self) -> list[Any]:
+        elems = self.elems
+        return [elems[e][0] for e in self.seq.value()]
+
+    def elem_at(self, index: int) -> Id:
+        result: Id = self.seq.content_at(index)
+        return result
+
+    @staticmethod
+    def alive(rec: list[Any]) -> bool:
+        return rec[4] is None or rec[1] > rec[4]
+
+    def validate(self, op: tuple[Any, ...], name: str, new: NewIds) -> None:
+        kind = op[0]
+        refs: list[Id | None] = []
+        elems: list[Id] = []
+        if kind == LIST_INSERT:
+            if not op[4]:
+                raise InvalidChangeError("an empty list insert")
+            refs = [op[2], op[3]]
+        elif kind == LIST_DELETE:
+            elems = [(p, c) for p, c, _ in op[2]]
+        elif kind == LIST_MOVE:
+            elems = [op[2]]
+            refs = [op[3], op[4]]
+        elif kind == LIST_SET:
+            elems = [op[2]]
+        else:
+            raise InvalidChangeError(f"op kind {kind} does not apply to a list")
+        for ref in refs:
+            if ref is not None and not self.seq.contains(*ref) and not new.has(name, ref):
+                raise InvalidChangeError(f"list op refers to unknown position {ref}")
+        for elem in elems:
+            if elem not in self.elems and not new.has(name, elem):
+                raise InvalidChangeError(f"list op refers to unknown element {elem}")
+
+    def _show(self, pos: Id, visible: bool, out: DeltaBuilder | None) -> None:
+        """Make position ``pos`` visible or not, reporting it to ``out``."""
+        changed = self.seq.set_deleted(pos[0], pos[1], 1, not visible, out is not None)
+        if out is not None:
+            for vis, _, content in changed:
+                if visible:
+                    out.splice(vis, 0, [self.elems[content[0]][0]])
+                else:
+                    out.splice(vis, 1, ())
+
+    def apply(
+        self, op: tuple[Any, ...], peer: str, ctr: int, ts: int, out: DeltaBuilder | None
+    ) -> None:
+        kind = op[0]
+        seq = self.seq
+        elems = self.elems
+        if kind == LIST_INSERT:
+            values = op[4]
+            ids = tuple((peer, ctr + i) for i in range(len(values)))
+            for i, ident in enumerate(ids):
+                stamp = (ts, peer, ctr + i)
+                elems[ident] = [values[i], stamp, ident, stamp, None]
+            span, off = seq.integrate(peer, ctr, ids, op[2], op[3])
+            if out is not None:
+                out.splice(seq.span_visible_start(span) + off, 0, list(values))
+        elif kind == LIST_DELETE:
+            for p, c, observed in op[2]:
+                rec = elems[(p, c)]
+                was = self.alive(rec)
+                if rec[4] is None or observed > rec[4]:
+                    rec[4] = observed
+                if was and not self.alive(rec):
+                    self._show(rec[2], False, out)
+        elif kind == LIST_MOVE:
+            elem = op[2]
+            rec = elems[elem]
+            stamp = (ts, peer, ctr)
+            seq.integrate(peer, ctr, (elem,), op[3], op[4], deleted=True)
+            if stamp > rec[3]:
+                old = rec[2]
+                alive = self.alive(rec)
+                if alive:
+                    self._show(old, False, out)
+                rec[2] = (peer, ctr)
+                rec[3] = stamp
+                if alive:
+                    self._show(rec[2], True, out)
+        elif kind == LIST_SET:
+            rec = elems[op[2]]
+            stamp = (ts, peer, ctr)
+            if stamp > rec[1]:
+                was = self.alive(rec)
+                if was and out is not None:
+                    index = seq.visible_index(*rec[2])
+                    out.splice(index, 1, [op[3]])
+                rec[0] = op[3]
+                rec[1] = stamp
+                if not was and self.alive(rec):
+                    self._show(rec[2], True, out)
+
+
+class MapState:
+    """A map of str keys to JSON values, last-writer-wins per key by stamp."""
+
+    kind = KIND_MAP
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        # key -> (stamp, present, value)
+        self.entries: dict[str, tuple[Stamp, bool, Any]] = {}
+
+    def value(self) -> dict[str, Any]:
+        return {k: v for k, (_, present, v) in self.entries.items() if present}
+
+    def validate(self, op: tuple[Any, ...], name: str, new: NewIds) -> None:
+        if op[0] not in (MAP_SET, MAP_DELETE):
+            raise InvalidChangeError(f"op kind {op[0]} does not apply to a map")
+        if not isinstance(op[2], str):
+            raise InvalidChangeError("map keys are str")
+
+    def apply(self, op: tuple[Any, ...], peer: str, ctr: int, ts: int, out: set[str] | None) -> bool:
+        stamp = (ts, peer, ctr)
+        key = op[2]
+        old = self.entries.get(key)
+        if old is not None and old[0] >= stamp:
+            return False
+        if op[0] == MAP_SET:
+            self.entries[key] = (stamp, True, op[3])
+        else:
+            self.entries[key] = (stamp, False, None)
+        if out is not None:
+            out.add(key)
+        return True
+
+
+State = TextState | ListState | MapState
+
+STATE_TYPES: dict[str, type[TextState] | type[ListState] | type[MapState]] = {
+    KIND_TEXT: TextState,
+    KIND_LIST: ListState,
+    KIND_MAP: MapState,
+}
+
+__all__ = ["CH", "D", "N", "STATE_TYPES", "X", "ListState", "MapState", "NewIds", "State", "TextState"]

@@ -1,0 +1,158 @@
+"""Per-user undo and redo: undo only this peer's own edits, whatever others did since.
+
+Each local transaction on a tracked handler leaves *inverse records* (written by
+the handlers as they edit: "delete these element ids", "re-insert this text
+where its tombstone is", "set this list item back to that value"...). Records
+are addressed by element ids, never by indexes, so remote edits that arrived in
+between cannot make an undo hit the wrong place. Running a step's records
+produces the records of its own inverse, which become the redo (or undo) step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .document import CRDTDocument
+from .handlers import Handler
+
+Record = tuple[Any, ...]
+
+
+class UndoManager:
+    """Undo / redo of the local edits made to ``handlers`` of ``doc``.
+
+    Edits closer together than ``capture_timeout_ms`` form one step;
+    :meth:`stop_capturing` forces the next edit into a new step. Remote edits
+    are never undone. Transactions whose origin is in ``ignored_origins`` are
+    not captured.
+    """
+
+    def __init__(
+        self,
+        doc: CRDTDocument,
+        handlers: Iterable[Handler],
+        capture_timeout_ms: int = 500,
+        *,
+        ignored_origins: Iterable[object] = (),
+        max_steps: int = 1000,
+    ) -> None:
+        self._doc = doc
+        self._handlers: dict[str, Handler] = {}
+        for handler in handlers:
+            if handler.doc is not doc:
+                raise ValueError(f"handler {handler.name!r} belongs to another document")
+            self._handlers[handler.name] = handler
+        self.capture_timeout_ms = capture_timeout_ms
+        self._ignored = set(map(id, ignored_origins))
+        self._max_steps = max_steps
+        self._undo: list[list[Record]] = []
+        self._redo: list[list[Record]] = []
+        self._last_time = 0.0
+        self._capture_open = False
+        self._running: str | None = None
+        doc._undo_tracking += 1
+        self._sub = doc._on_local_step.subscribe(self._on_step)
+
+    def close(self) -> None:
+        """Stop tracking (the stacks are kept but no longer grow)."""
+        if self._sub.active:
+            self._sub.cancel()
+            self._doc._undo_tracking -= 1
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def clear(self) -> None:
+        self._undo.clear()
+        self._redo.clear()
+        self._capture_open = False
+
+    def stop_capturing(self) -> None:
+        """Make the next edit start a new undo step."""
+        self._capture_open = False
+
+    def _on_step(self, step: tuple[object, list[Record]]) -> None:
+        origin, records = step
+        records = [r for r in records if r[1] in self._handlers]
+        if not records:
+            return
+        if self._running == "undo":
+            self._redo.append(records)
+            return
+        if self._running == "redo":
+            self._undo.append(records)
+            return
+        if id(origin) in self._ignored:
+            return
+        now = time.monotonic()
+        if (
+            self._capture_open
+            and self._undo
+            and (now - self._last_time) * 1000 < self.capture_timeout_ms
+        ):
+            self._undo[-1].extend(records)
+        else:
+            self._undo.append(records)
+            if len(self._undo) > self._max_steps:
+                del self._undo[0]
+        self._last_time = now
+        self._capture_open = True
+        self._redo.clear()
+
+    def undo(self) -> bool:
+        """Revert the latest own step; returns False if there was none."""
+        return self._run(self._undo, "undo")
+
+    def redo(self) -> bool:
+        """Re-apply the latest undone step; returns False if there was none."""
+        return self._run(self._redo, "redo")
+
+    def _run(self, stack: list[list[Record]], mode: str) -> bool:
+        if not stack:
+            return False
+        records = stack.pop()
+        self._running = mode
+        self._capture_open = False
+        try:
+            with self._doc.transaction(origin=self):
+                for record in reversed(records):
+                    self._execute(record)
+        finally:
+            self._running = None
+        return True
+
+    def _execute(self, record: Record) -> None:
+        kind, name = record[0], record[1]
+        # The record kind says which handler type wrote it.
+        handler: Any = self._handlers[name]
+        if kind == "text_delete":
+            handler._delete_ids(record[2])
+        elif kind == "text_restore":
+            handler._restore(record[2])
+        elif kind == "list_delete":
+            handler._delete_elems(list(record[2]))
+        elif kind == "list_restore":
+            handler._restore(record[2])
+        elif kind == "list_set":
+            handler._set(record[2], record[3])
+        elif kind == "list_move":
+            elem, old_pos = record[2], record[3]
+            seq = handler._state.seq
+            target = seq.visible_index(*old_pos)
+            current = handler._state.elems[elem][2]
+            if seq.is_visible(*current) and seq.visible_index(*current) < target:
+                target -= 1
+            handler._move_elem(elem, target)
+        elif kind == "map_restore":
+            key, present, old = record[2], record[3], record[4]
+            if present:
+                handler.set(key, old)
+            elif key in handler:
+                handler.delete(key)
