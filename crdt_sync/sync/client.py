@@ -1,0 +1,520 @@
+"""The asyncio WebSocket client: a thin driver around :class:`ClientProtocol`.
+
+One supervisor task per client runs connection attempts one after another:
+connect the socket, hand the protocol's frames to it and its frames to the
+protocol (reader loop, writer task, pinger task, awareness upkeep), and when the
+connection ends, wait a backoff delay and try again, until :meth:`disconnect`
+or an error reconnecting cannot fix (``DOCUMENT_NOT_FOUND``, ``UNAUTHORIZED``,
+``UNSUPPORTED_PROTOCOL_VERSION``, ...), which leaves the status at ERROR.
+
+Edits need no queue: local changes made while connected are batched and sent
+by the writer; changes made while offline stay in the document and the next
+handshake sends them (see :mod:`crdt_sync.sync.protocol`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
+from websockets.uri import parse_uri
+
+from crdt_sync import Change, CRDTDocument, PeerId, VersionVector
+
+from .awareness import Awareness
+from .compression import Compressor
+from .events import (
+    Acknowledged,
+    AwarenessReceived,
+    ClientEvent,
+    ConnectionLost,
+    ErrorOccurred,
+    HandshakeCompleted,
+    ReconnectScheduled,
+)
+from .exceptions import ErrorCode
+from .messages import DEFAULT_MAX_MESSAGE_SIZE, AwarenessState, AwarenessUpdate
+from .protocol import ClientProtocol, count_unacknowledged
+from .streams import EventStream
+
+__all__ = ["ConnectionStatus", "ReconnectPolicy", "WebSocketClient"]
+
+_log = logging.getLogger(__name__)
+
+
+class ConnectionStatus(enum.Enum):
+    """What the client is doing, as shown to users."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    DISCONNECTED = "disconnected"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """Exponential backoff with jitter.
+
+    Attempt ``n`` (1-based) waits ``min(max_delay_s, initial_delay_s * multiplier**(n-1))``
+    scaled by a random factor in ``[1 - jitter, 1]`` (so many clients dropped at
+    once do not return at once). ``max_attempts`` None retries forever;
+    ``enabled`` False never retries.
+    """
+
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    max_attempts: int | None = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.initial_delay_s < 0 or self.max_delay_s < self.initial_delay_s:
+            raise ValueError("need 0 <= initial_delay_s <= max_delay_s")
+        if self.multiplier < 1:
+            raise ValueError("multiplier must be at least 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be within [0, 1]")
+        if self.max_attempts is not None and self.max_attempts < 0:
+            raise ValueError("max_attempts must be None or >= 0")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before attempt ``attempt`` (1-based)."""
+        if attempt < 1:
+            raise ValueError("attempts count from 1")
+        # Cap the exponent so huge attempt numbers cannot overflow a float.
+        base = self.initial_delay_s * self.multiplier ** min(attempt - 1, 64)
+        capped = min(self.max_delay_s, base)
+        factor = 1.0 - self.jitter * (rng or random).random()
+        return capped * factor
+
+    def allows(self, attempt: int) -> bool:
+        """Whether attempt ``attempt`` (1-based) may be made at all."""
+        return self.enabled and (self.max_attempts is None or attempt <= self.max_attempts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    handshake_completed: bool
+    final: bool
+    reason: str
+
+
+def _document_url(url: str, document_id: str) -> tuple[str, str]:
+    """(url to open, document id): the URL path names the document; an URL without a
+    path gets the document's own id appended."""
+    try:
+        parsed = parse_uri(url)
+    except InvalidURI as exc:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r} ({exc})") from None
+    path = parsed.path.split("?", 1)[0]
+    name = urllib.parse.unquote(path.lstrip("/"))
+    if name:
+        return url, name
+    base = url.split("?", 1)[0].rstrip("/")
+    query = url[len(url.split("?", 1)[0]) :]
+    return f"{base}/{urllib.parse.quote(document_id, safe='')}{query}", document_id
+
+
+class WebSocketClient:
+    """Keeps ``document`` in sync with the server document at ``url``.
+
+    ``url`` is ``ws://host:port/<document-id>`` (without a path the document's own
+    ``document_id`` is used). ``author`` is the display name announced in the
+    handshake. ``compressor`` must match the server's (a mismatch ends in the ERROR
+    status with an ``UNSUPPORTED_COMPRESSION`` error event). The client pings every
+    ``ping_interval`` seconds and drops a connection whose ping is unanswered for
+    ``ping_timeout`` seconds; a handshake unanswered within ``handshake_timeout``
+    also drops it. Frames over ``max_message_size`` are refused.
+
+    Everything runs on the event loop of the task that calls :meth:`connect`; the
+    document must only be edited from that loop's thread.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        document: CRDTDocument,
+        author: str | PeerId | None = None,
+        compressor: Compressor | None = None,
+        reconnect: ReconnectPolicy | None = None,
+        *,
+        auth_token: str | None = None,
+        ping_interval: float = 15.0,
+        ping_timeout: float = 30.0,
+        handshake_timeout: float = 10.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        awareness: Awareness | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if ping_interval <= 0 or ping_timeout <= 0 or handshake_timeout <= 0:
+            raise ValueError("ping_interval, ping_timeout and handshake_timeout must be > 0")
+        self.url, self.document_id = _document_url(url, document.document_id)
+        self.document = document
+        self.author = "" if author is None else str(author)
+        self.compressor = compressor
+        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
+        self.auth_token = auth_token
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.handshake_timeout = handshake_timeout
+        self.max_message_size = max_message_size
+        self._rng = rng or random.Random()
+        self.awareness = awareness if awareness is not None else Awareness(str(document.peer_id))
+
+        self.connection_status: EventStream[ConnectionStatus] = EventStream()
+        """Every status change."""
+        self.events: EventStream[ClientEvent] = EventStream()
+        """Protocol and connection events (see :mod:`crdt_sync.sync.events`)."""
+
+        self._status = ConnectionStatus.DISCONNECTED
+        self._acknowledged = VersionVector()
+        self._epoch: str | None = None
+        self._session_id: str | None = None
+        self._protocol: ClientProtocol | None = None
+        self._ws: ClientConnection | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._waiters: list[asyncio.Future[bool]] = []
+        self._retry_now: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._send_lock: asyncio.Lock | None = None
+        self._batch: list[Change] = []
+        self._change_subscription = document.on_change(self._on_local_change)
+        self.awareness.outgoing.subscribe(self._on_awareness_outgoing)
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def status(self) -> ConnectionStatus:
+        return self._status
+
+    @property
+    def session_id(self) -> str | None:
+        """The server's id for the current connection (None when not connected)."""
+        return self._session_id
+
+    @property
+    def epoch(self) -> str | None:
+        """The server document's epoch seen at the last handshake."""
+        return self._epoch
+
+    @property
+    def acknowledged(self) -> VersionVector:
+        """Everything the server confirmed it durably stores."""
+        return self._acknowledged
+
+    @property
+    def unacknowledged_changes(self) -> int:
+        """Local changes the server has not yet confirmed (made offline ones included)."""
+        return count_unacknowledged(self.document, self._acknowledged)
+
+    def _set_status(self, status: ConnectionStatus) -> None:
+        if status is not self._status:
+            self._status = status
+            self.connection_status.emit(status)
+
+    # ------------------------------------------------------------------ connect / disconnect
+
+    async def connect(self) -> bool:
+        """Connect (or reconnect now) and wait for the outcome of that attempt.
+
+        Returns True once the handshake completed. Returns False if the attempt
+        failed; unless the failure is final (status ERROR), the client keeps
+        retrying in the background per its :class:`ReconnectPolicy` until
+        :meth:`disconnect`.
+        """
+        if self._status is ConnectionStatus.CONNECTED:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(waiter)
+        if self._supervisor is None or self._supervisor.done():
+            self._stopping = False
+            self._retry_now = asyncio.Event()
+            self._wake = asyncio.Event()
+            self._send_lock = asyncio.Lock()
+            self._supervisor = asyncio.create_task(self._supervise(), name="crdt-sync-client")
+        elif self._retry_now is not None:
+            self._retry_now.set()  # skip the rest of a backoff wait
+        return await waiter
+
+    async def disconnect(self) -> None:
+        """Leave cleanly: announce the awareness leave, close the socket, stop
+        reconnecting. Status DISCONNECTED. Safe to call at any time; :meth:`connect`
+        may be called again afterwards."""
+        self._stopping = True
+        if self._retry_now is not None:
+            self._retry_now.set()
+        protocol, ws = self._protocol, self._ws
+        if protocol is not None and ws is not None:
+            if protocol.is_synced:
+                protocol.send_awareness_update(self.awareness.leave_update())
+            if not protocol.is_closed:
+                protocol.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flush(ws, protocol), timeout=1.0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), timeout=2.0)
+        task = self._supervisor
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=2.0)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._supervisor = None
+        self._after_connection()
+        self._resolve_waiters(False)
+        self._set_status(ConnectionStatus.DISCONNECTED)
+
+    # ------------------------------------------------------------------ supervisor
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        try:
+            while not self._stopping:
+                self._set_status(
+                    ConnectionStatus.CONNECTING if attempt == 0 else ConnectionStatus.RECONNECTING
+                )
+                outcome = await self._run_connection()
+                self._after_connection()
+                if not outcome.handshake_completed:
+                    self._resolve_waiters(False)
+                if self._stopping:
+                    break
+                self.events.emit(ConnectionLost(outcome.reason))
+                if outcome.final:
+                    self._set_status(ConnectionStatus.ERROR)
+                    self._resolve_waiters(False)
+                    break
+                attempt = 1 if outcome.handshake_completed else attempt + 1
+                if not self.reconnect.allows(attempt):
+                    self._set_status(ConnectionStatus.ERROR)
+                    self._resolve_waiters(False)
+                    break
+                delay = self.reconnect.delay(attempt, self._rng)
+                self._set_status(ConnectionStatus.RECONNECTING)
+                self.events.emit(ReconnectScheduled(attempt, delay, time.time() + delay))
+                assert self._retry_now is not None  # set by connect() with the task
+                self._retry_now.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), timeout=delay)
+        except Exception:  # a bug: report it rather than die silently
+            _log.exception("sync client supervisor failed")
+            self.events.emit(ErrorOccurred(ErrorCode.INTERNAL_ERROR, "client supervisor failed"))
+            self._set_status(ConnectionStatus.ERROR)
+            self._resolve_waiters(False)
+
+    def _resolve_waiters(self, result: bool) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(result)
+
+    def _after_connection(self) -> None:
+        self._protocol = None
+        self._ws = None
+        self._session_id = None
+        self._batch.clear()
+        self.awareness.clear_remote()
+
+    async def _run_connection(self) -> _Outcome:
+        """One connection attempt, from opening the socket until it ends."""
+        try:
+            ws = await connect(
+                self.url,
+                max_size=self.max_message_size,
+                open_timeout=self.handshake_timeout,
+                # Liveness is the protocol's Ping/Pong (it also measures round trips);
+                # compression is the protocol's own, negotiated in the handshake.
+                ping_interval=None,
+                compression=None,
+                close_timeout=min(2.0, self.ping_timeout),
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            final = status in (401, 403, 404)
+            code = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.UNAUTHORIZED}.get(
+                status,
+                ErrorCode.DOCUMENT_NOT_FOUND if status == 404 else ErrorCode.HANDSHAKE_FAILED,
+            )
+            message = f"server refused the WebSocket upgrade with HTTP {status}"
+            self.events.emit(ErrorOccurred(code, message, remote=True, final=final))
+            return _Outcome(False, final, message)
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            return _Outcome(False, False, f"cannot connect: {exc!r}")
+
+        protocol = ClientProtocol(
+            self.document,
+            document_id=self.document_id,
+            display_name=self.author,
+            auth_token=self.auth_token,
+            compressor=self.compressor,
+            max_message_size=self.max_message_size,
+            acknowledged=self._acknowledged,
+            known_epoch=self._epoch,
+        )
+        self._protocol, self._ws = protocol, ws
+        protocol.send_handshake()
+        tasks = [
+            asyncio.create_task(self._writer(ws, protocol)),
+            asyncio.create_task(self._pinger(ws, protocol)),
+            asyncio.create_task(self._handshake_timer(ws, protocol)),
+        ]
+        self._kick()
+        reason = "connection closed"
+        completed = False
+        try:
+            async for frame in ws:
+                data = frame.encode("utf-8") if isinstance(frame, str) else frame
+                protocol.receive_message(data)
+                completed = self._dispatch(protocol.events_received()) or completed
+                self._kick()
+                if protocol.is_closed:
+                    break
+        except ConnectionClosed as exc:
+            reason = f"connection closed: {exc}"
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        completed = self._dispatch(protocol.events_received()) or completed
+        if protocol.is_closed and protocol.error_code is not None:
+            reason = f"{protocol.error_code.name}: {protocol.error_message}"
+        else:
+            protocol.connection_lost()
+        # Send what is left (an Error telling the server why we leave), then close.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._flush(ws, protocol), timeout=1.0)
+        with contextlib.suppress(Exception):
+            await ws.close()
+        return _Outcome(completed, protocol.final, reason)
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _dispatch(self, events: Iterable[ClientEvent]) -> bool:
+        """Act on protocol events, then publish them; True if the handshake completed."""
+        protocol = self._protocol
+        completed = False
+        for event in events:
+            if isinstance(event, HandshakeCompleted):
+                completed = True
+                self._session_id = event.session_id
+                self._epoch = event.epoch
+                if protocol is not None:
+                    self._acknowledged = protocol.acknowledged
+                    if protocol.is_synced:
+                        self.awareness.reannounce()
+                        protocol.send_awareness_query()
+                self._set_status(ConnectionStatus.CONNECTED)
+                self._resolve_waiters(True)
+            elif isinstance(event, Acknowledged) and protocol is not None:
+                self._acknowledged = protocol.acknowledged
+            elif isinstance(event, AwarenessReceived):
+                if event.full:
+                    self.awareness.receive_state(AwarenessState(event.updates))
+                else:
+                    for update in event.updates:
+                        self.awareness.receive_update(update)
+            self.events.emit(event)
+        if protocol is not None:
+            self._acknowledged = self._acknowledged.merge(protocol.acknowledged)
+        return completed
+
+    # ------------------------------------------------------------------ tasks of one connection
+
+    async def _flush(self, ws: ClientConnection, protocol: ClientProtocol) -> None:
+        assert self._send_lock is not None  # created by connect() with the supervisor
+        async with self._send_lock:
+            if self._batch and protocol.is_synced:
+                batch, self._batch = self._batch, []
+                protocol.send_changes(batch)
+            for frame in protocol.messages_to_send():
+                await ws.send(frame)
+            # Sending changes may have produced events (ChangesSent).
+            self._dispatch(protocol.events_received())
+
+    async def _writer(self, ws: ClientConnection, protocol: ClientProtocol) -> None:
+        wake = self._wake
+        assert wake is not None
+        while True:
+            await wake.wait()
+            wake.clear()
+            try:
+                await self._flush(ws, protocol)
+            except ConnectionClosed:
+                return
+
+    async def _pinger(self, ws: ClientConnection, protocol: ClientProtocol) -> None:
+        # Check more often than we ping so a missing pong is noticed close to the timeout.
+        tick = min(self.ping_interval, self.ping_timeout / 2, self.awareness.renew_interval_s / 5)
+        next_ping = asyncio.get_running_loop().time() + self.ping_interval
+        while True:
+            await asyncio.sleep(tick)
+            self.awareness.tick()
+            if not protocol.is_synced:
+                continue
+            age = protocol.oldest_unanswered_ping_age()
+            if age is not None and age >= self.ping_timeout:
+                protocol.close(ErrorCode.TIMEOUT, f"no pong for {age:.1f} s")
+                self._dispatch(protocol.events_received())
+                await self._drop(ws, protocol)
+                return
+            if asyncio.get_running_loop().time() >= next_ping:
+                next_ping += self.ping_interval
+                protocol.send_ping()
+                self._kick()
+
+    async def _handshake_timer(self, ws: ClientConnection, protocol: ClientProtocol) -> None:
+        await asyncio.sleep(self.handshake_timeout)
+        if not protocol.is_synced and not protocol.is_closed:
+            protocol.close(
+                ErrorCode.TIMEOUT, f"no handshake response in {self.handshake_timeout} s"
+            )
+            self._dispatch(protocol.events_received())
+            await self._drop(ws, protocol)
+
+    async def _drop(self, ws: ClientConnection, protocol: ClientProtocol) -> None:
+        """Give up on a connection the peer no longer serves: best-effort Error, then
+        abort the transport (a dead peer would never complete a closing handshake)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._flush(ws, protocol), timeout=0.5)
+        ws.transport.abort()
+
+    # ------------------------------------------------------------------ hooks
+
+    def _on_local_change(self, change: Change) -> None:
+        protocol = self._protocol
+        # Not synced: the change stays in the document and the next handshake sends it.
+        if protocol is not None and protocol.is_synced:
+            self._batch.append(change)
+            self._kick()
+
+    def _on_awareness_outgoing(self, update: AwarenessUpdate) -> None:
+        protocol = self._protocol
+        if protocol is not None and protocol.is_synced:
+            protocol.send_awareness_update(update)
+            self._kick()
+
+    def close(self) -> None:
+        """Release the document subscription (after :meth:`disconnect`; the client is
+        unusable afterwards) and end every ``async for`` over the event streams."""
+        self._change_subscription.cancel()
+        self.connection_status.close()
+        self.events.close()

@@ -1,0 +1,522 @@
+"""The client side of the sync protocol, sans-I/O.
+
+Theory of operation
+-------------------
+:class:`ClientProtocol` holds one connection's worth of protocol state for one
+document. It never touches a socket or a clock it was not given: the driver
+(:class:`crdt_sync.sync.WebSocketClient`, or a test) feeds it whole frames with
+:meth:`~ClientProtocol.receive_message`, tells it what to do with the ``send_*``
+methods, and then drains :meth:`~ClientProtocol.messages_to_send` (frames to
+write, in order) and :meth:`~ClientProtocol.events_received` (what happened).
+
+The states and every allowed transition are the one table :data:`TRANSITIONS`.
+A local call the table forbids raises :class:`LocalProtocolError` naming the
+state and the trigger. A remote message the table forbids, and any bytes that do
+not decode, never raise: they become an :class:`ErrorOccurred` event, an
+``Error`` frame to send, and the CLOSED state; later input is discarded.
+
+Synchronisation needs no outbox: the handshake carries the client's version
+vector, the server answers with what the client lacks plus its own version
+vector, and the client answers with ``document.export_changes(server_vv)``: so
+edits made while offline simply live in the document until the next handshake.
+While connected, local changes are sent as the driver hands them over
+(:meth:`~ClientProtocol.send_changes`); ``Ack`` messages advance the
+acknowledged version vector; an ``OUT_OF_SYNC`` error from the server, or a gap
+(imported changes waiting for missing dependencies), starts a resync: a
+``DocumentStatusRequest`` answered by ``DocumentStatus``, after which the
+client again sends what the server lacks.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final
+
+from crdt_sync import Change, CRDTDocument, CRDTError, VersionVector
+
+from .compression import Compressor, NoCompression
+from .events import (
+    Acknowledged,
+    AwarenessReceived,
+    ChangesReceived,
+    ChangesSent,
+    ClientEvent,
+    ErrorOccurred,
+    HandshakeCompleted,
+    PongReceived,
+    ResyncCompleted,
+    ResyncRequested,
+    SnapshotReceived,
+)
+from .exceptions import (
+    FINAL_ERROR_CODES,
+    ErrorCode,
+    LocalProtocolError,
+    RemoteProtocolError,
+    UnexpectedMessage,
+)
+from .messages import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Ack,
+    AwarenessQuery,
+    AwarenessState,
+    AwarenessUpdate,
+    Changes,
+    DocumentStatus,
+    DocumentStatusRequest,
+    Error,
+    HandshakeRequest,
+    HandshakeResponse,
+    Message,
+    Ping,
+    Pong,
+    decode_message,
+    encode_message,
+)
+
+__all__ = ["TRANSITIONS", "ClientProtocol", "ClientState", "Trigger"]
+
+_log = logging.getLogger(__name__)
+
+
+class ClientState(enum.Enum):
+    """Where one connection stands."""
+
+    IDLE = "IDLE"
+    """Created; nothing sent yet."""
+    HANDSHAKING = "HANDSHAKING"
+    """HandshakeRequest sent; waiting for the HandshakeResponse."""
+    CONNECTED = "CONNECTED"
+    """In sync; changes flow both ways."""
+    RESYNCING = "RESYNCING"
+    """Connected, DocumentStatusRequest sent, waiting for DocumentStatus."""
+    CLOSED = "CLOSED"
+    """Finished (error, close or lost connection). Terminal: use a new protocol object."""
+
+
+class Trigger(enum.Enum):
+    """What can happen to a connection: a local action or a received message."""
+
+    SEND_HANDSHAKE = "send HandshakeRequest"
+    SEND_CHANGES = "send Changes"
+    SEND_PING = "send Ping"
+    SEND_DOCUMENT_STATUS_REQUEST = "send DocumentStatusRequest"
+    SEND_AWARENESS = "send awareness"
+    RECEIVE_HANDSHAKE_RESPONSE = "receive HandshakeResponse"
+    RECEIVE_CHANGES = "receive Changes"
+    RECEIVE_ACK = "receive Ack"
+    RECEIVE_DOCUMENT_STATUS = "receive DocumentStatus"
+    RECEIVE_PING = "receive Ping"
+    RECEIVE_PONG = "receive Pong"
+    RECEIVE_AWARENESS = "receive awareness"
+    RECEIVE_OUT_OF_SYNC = "receive Error OUT_OF_SYNC"
+    RECEIVE_ERROR = "receive Error"
+    PROTOCOL_VIOLATION = "protocol violation by the server"
+    CLOSE = "close"
+    CONNECTION_LOST = "connection lost"
+
+
+S = ClientState
+T = Trigger
+_ENDINGS: Final = {T.RECEIVE_ERROR: S.CLOSED, T.PROTOCOL_VIOLATION: S.CLOSED, T.CLOSE: S.CLOSED}
+_SYNCED: Final = {
+    T.SEND_CHANGES: None,
+    T.SEND_PING: None,
+    T.SEND_AWARENESS: None,
+    T.RECEIVE_CHANGES: None,
+    T.RECEIVE_ACK: None,
+    T.RECEIVE_PING: None,
+    T.RECEIVE_PONG: None,
+    T.RECEIVE_AWARENESS: None,
+}
+
+TRANSITIONS: Final[dict[ClientState, dict[Trigger, ClientState]]] = {
+    S.IDLE: {
+        T.SEND_HANDSHAKE: S.HANDSHAKING,
+        # Anything the server says before our handshake is a violation (or an error).
+        T.CONNECTION_LOST: S.CLOSED,
+        **_ENDINGS,
+    },
+    S.HANDSHAKING: {
+        T.RECEIVE_HANDSHAKE_RESPONSE: S.CONNECTED,
+        # A server may probe liveness before answering; answering keeps us alive.
+        T.RECEIVE_PING: S.HANDSHAKING,
+        # OUT_OF_SYNC before the handshake is a refusal like any other error.
+        T.RECEIVE_OUT_OF_SYNC: S.CLOSED,
+        T.CONNECTION_LOST: S.CLOSED,
+        **_ENDINGS,
+    },
+    S.CONNECTED: {
+        **{trigger: S.CONNECTED for trigger in _SYNCED},
+        T.SEND_DOCUMENT_STATUS_REQUEST: S.RESYNCING,
+        T.RECEIVE_OUT_OF_SYNC: S.RESYNCING,
+        T.CONNECTION_LOST: S.CLOSED,
+        **_ENDINGS,
+    },
+    S.RESYNCING: {
+        **{trigger: S.RESYNCING for trigger in _SYNCED},
+        T.RECEIVE_DOCUMENT_STATUS: S.CONNECTED,
+        # Already resyncing: one request in flight is enough.
+        T.RECEIVE_OUT_OF_SYNC: S.RESYNCING,
+        T.CONNECTION_LOST: S.CLOSED,
+        **_ENDINGS,
+    },
+    S.CLOSED: {
+        T.CLOSE: S.CLOSED,
+        T.CONNECTION_LOST: S.CLOSED,
+    },
+}
+"""Every allowed transition: ``TRANSITIONS[state][trigger]`` is the next state."""
+
+del S, T
+
+_RECEIVE_TRIGGERS: Final[dict[type, Trigger]] = {
+    HandshakeResponse: Trigger.RECEIVE_HANDSHAKE_RESPONSE,
+    Changes: Trigger.RECEIVE_CHANGES,
+    Ack: Trigger.RECEIVE_ACK,
+    DocumentStatus: Trigger.RECEIVE_DOCUMENT_STATUS,
+    Ping: Trigger.RECEIVE_PING,
+    Pong: Trigger.RECEIVE_PONG,
+    AwarenessUpdate: Trigger.RECEIVE_AWARENESS,
+    AwarenessState: Trigger.RECEIVE_AWARENESS,
+}
+# Messages a server never sends (HandshakeRequest, DocumentStatusRequest,
+# AwarenessQuery) have no trigger: receiving one is a protocol violation.
+
+# Outstanding pings kept for round-trip measurement; older ones are forgotten.
+_MAX_OUTSTANDING_PINGS: Final = 64
+
+
+class ClientProtocol:
+    """One connection of ``document`` to a server, as a sans-I/O state machine.
+
+    Parameters: ``document_id`` (default ``document.document_id``) names the
+    server document; ``display_name`` and ``auth_token`` go in the handshake;
+    ``compressor`` must match the server's (default none); ``acknowledged`` is
+    the acknowledged version vector carried over from an earlier connection and
+    ``known_epoch`` the server epoch seen then (both None on a first connection);
+    ``clock`` returns seconds (monotonic) and is only used for ping round trips.
+
+    Usage: :meth:`send_handshake`, then feed frames to :meth:`receive_message`
+    and hand over local changes with :meth:`send_changes` while
+    :attr:`is_synced`; after every call, write :meth:`messages_to_send` in order
+    and read :meth:`events_received`.
+    """
+
+    def __init__(
+        self,
+        document: CRDTDocument,
+        *,
+        document_id: str | None = None,
+        display_name: str = "",
+        auth_token: str | None = None,
+        compressor: Compressor | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        acknowledged: VersionVector | None = None,
+        known_epoch: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.document = document
+        self.document_id = document.document_id if document_id is None else document_id
+        self.display_name = display_name
+        self.auth_token = auth_token
+        self.compressor: Compressor = compressor if compressor is not None else NoCompression()
+        self.max_message_size = max_message_size
+        self._clock = clock
+        self._state = ClientState.IDLE
+        self._events: list[ClientEvent] = []
+        self._outgoing: list[bytes] = []
+        self._acknowledged = acknowledged if acknowledged is not None else VersionVector()
+        self._known_epoch = known_epoch
+        self.session_id: str | None = None
+        self.epoch: str | None = None
+        self.server_version_vector: VersionVector | None = None
+        self.error_code: ErrorCode | None = None
+        """The code of the error that closed the connection (sent or received), if any."""
+        self.error_message: str = ""
+        self._peer = str(document.peer_id)
+        self._nonces = itertools.count(1)
+        self._pings: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    @property
+    def is_synced(self) -> bool:
+        """True once the handshake completed and until the connection closes:
+        local changes may then be sent."""
+        return self._state in (ClientState.CONNECTED, ClientState.RESYNCING)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._state is ClientState.CLOSED
+
+    @property
+    def final(self) -> bool:
+        """True when the connection closed on an error reconnecting cannot fix."""
+        return self.error_code in FINAL_ERROR_CODES
+
+    @property
+    def acknowledged(self) -> VersionVector:
+        """What the server confirmed it durably holds (its handshake and status
+        version vectors, and every Ack), merged."""
+        return self._acknowledged
+
+    @property
+    def unacknowledged_changes(self) -> int:
+        """Local changes of this document not yet covered by :attr:`acknowledged`."""
+        return count_unacknowledged(self.document, self._acknowledged)
+
+    def _transition(self, trigger: Trigger) -> ClientState:
+        """Move along the table or raise LocalProtocolError (callers of remote
+        triggers check :meth:`_allowed` first)."""
+        try:
+            new_state = TRANSITIONS[self._state][trigger]
+        except KeyError:
+            raise LocalProtocolError(self._state.name, trigger.value) from None
+        self._state = new_state
+        return new_state
+
+    def _allowed(self, trigger: Trigger) -> bool:
+        return trigger in TRANSITIONS[self._state]
+
+    # ------------------------------------------------------------------ output
+
+    def events_received(self) -> list[ClientEvent]:
+        """Events since the last call, oldest first (the list is drained)."""
+        events, self._events = self._events, []
+        return events
+
+    def messages_to_send(self) -> list[bytes]:
+        """Frames to write, in order, since the last call (the list is drained)."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def _send(self, message: Message) -> None:
+        self._outgoing.append(encode_message(message, self.compressor))
+
+    # ------------------------------------------------------------------ local actions
+
+    def send_handshake(self) -> None:
+        """Start the connection: queue the HandshakeRequest (IDLE only)."""
+        self._transition(Trigger.SEND_HANDSHAKE)
+        self._send(
+            HandshakeRequest(
+                document_id=self.document_id,
+                peer_id=self._peer,
+                version_vector=self.document.version_vector,
+                display_name=self.display_name,
+                auth_token=self.auth_token,
+                compression=self.compressor.name,
+            )
+        )
+
+    def send_changes(self, changes: Sequence[Change]) -> None:
+        """Queue ``changes`` (causal order) for the server. Only while :attr:`is_synced`;
+        before that the next handshake carries them. An empty sequence sends nothing."""
+        self._transition(Trigger.SEND_CHANGES)
+        self._send_changes(changes)
+
+    def _send_changes(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        self._send(Changes(tuple(changes)))
+        local = sum(1 for change in changes if change.peer == self._peer)
+        self._events.append(ChangesSent(len(changes), local))
+
+    def send_ping(self) -> int:
+        """Queue a Ping and return its nonce (only while :attr:`is_synced`)."""
+        self._transition(Trigger.SEND_PING)
+        nonce = next(self._nonces)
+        self._pings[nonce] = self._clock()
+        while len(self._pings) > _MAX_OUTSTANDING_PINGS:
+            del self._pings[next(iter(self._pings))]
+        self._send(Ping(nonce, int(time.time() * 1000)))
+        return nonce
+
+    def oldest_unanswered_ping_age(self) -> float | None:
+        """Seconds since the oldest ping still waiting for its pong, or None.
+
+        The driver compares it with its ping timeout to detect a dead connection.
+        """
+        if not self._pings:
+            return None
+        return self._clock() - min(self._pings.values())
+
+    def request_resync(self, reason: str = "requested") -> None:
+        """Queue a DocumentStatusRequest (CONNECTED only: one resync at a time)."""
+        self._transition(Trigger.SEND_DOCUMENT_STATUS_REQUEST)
+        self._queue_resync(reason)
+
+    def _queue_resync(self, reason: str) -> None:
+        self._send(DocumentStatusRequest(self.document.version_vector))
+        self._events.append(ResyncRequested(reason))
+
+    def send_awareness_update(self, update: AwarenessUpdate) -> None:
+        """Queue this peer's presence (only while :attr:`is_synced`)."""
+        self._transition(Trigger.SEND_AWARENESS)
+        self._send(update)
+
+    def send_awareness_query(self) -> None:
+        """Ask the server for every peer's presence (only while :attr:`is_synced`)."""
+        self._transition(Trigger.SEND_AWARENESS)
+        self._send(AwarenessQuery())
+
+    def close(self, code: ErrorCode | None = None, message: str = "") -> None:
+        """Close the connection; with ``code``, first queue an Error telling the
+        server why (e.g. TIMEOUT). Idempotent; nothing is sent once CLOSED."""
+        was_open = self._state is not ClientState.CLOSED
+        self._transition(Trigger.CLOSE)
+        if was_open and code is not None:
+            self.error_code = code
+            self.error_message = message
+            self._send(Error(code, message))
+            self._events.append(ErrorOccurred(code, message, remote=False, final=self.final))
+
+    def connection_lost(self) -> None:
+        """The transport ended; the protocol closes without sending anything."""
+        self._transition(Trigger.CONNECTION_LOST)
+
+    # ------------------------------------------------------------------ input
+
+    def receive_message(self, data: bytes) -> None:
+        """Process one frame from the server. Never raises for anything the server
+        sends: bad input closes the connection with an Error (see the module doc)."""
+        if self._state is ClientState.CLOSED:
+            return  # after an error or close, later input is discarded
+        try:
+            message = decode_message(data, self.compressor, max_size=self.max_message_size)
+            self._dispatch(message)
+        except RemoteProtocolError as exc:
+            self._violation(exc.code, exc.message)
+        except CRDTError as exc:
+            # The document refused what the server sent (invalid change, snapshot).
+            self._violation(ErrorCode.INVALID_MESSAGE, f"server data rejected: {exc}")
+        except Exception as exc:  # a bug here must not take the caller down
+            _log.exception("internal error while handling a server message")
+            self._violation(ErrorCode.INTERNAL_ERROR, f"client failure: {exc!r}")
+
+    def _violation(self, code: ErrorCode, message: str) -> None:
+        if self._state is ClientState.CLOSED:
+            return
+        self._transition(Trigger.PROTOCOL_VIOLATION)
+        self.error_code = code
+        self.error_message = message
+        self._send(Error(code, message))
+        self._events.append(ErrorOccurred(code, message, remote=False, final=False))
+
+    def _dispatch(self, message: Message) -> None:
+        if isinstance(message, Error):
+            self._receive_error(message)
+            return
+        trigger = _RECEIVE_TRIGGERS.get(type(message))
+        if trigger is None or not self._allowed(trigger):
+            name = trigger.value if trigger else f"receive {type(message).__name__}"
+            raise UnexpectedMessage(self._state.name, name)
+        self._transition(trigger)
+        if isinstance(message, HandshakeResponse):
+            self._receive_handshake_response(message)
+        elif isinstance(message, Changes):
+            self._receive_changes(message.changes)
+        elif isinstance(message, Ack):
+            self._acknowledged = self._acknowledged.merge(message.version_vector)
+            self._events.append(Acknowledged(message.version_vector, self.unacknowledged_changes))
+        elif isinstance(message, DocumentStatus):
+            self._receive_payload(message.version_vector, message.changes, message)
+            # No gap check here: a gap the server could not fill would loop; the
+            # next import that grows the pending buffer starts a new resync.
+            self._events.append(ResyncCompleted(message.version_vector))
+        elif isinstance(message, Ping):
+            self._send(Pong(message.nonce, message.timestamp_ms))
+        elif isinstance(message, Pong):
+            sent = self._pings.pop(message.nonce, None)
+            if sent is not None:  # a pong for a forgotten ping is harmless
+                self._events.append(PongReceived((self._clock() - sent) * 1000.0))
+        elif isinstance(message, AwarenessUpdate):
+            self._events.append(AwarenessReceived((message,), full=False))
+        elif isinstance(message, AwarenessState):
+            self._events.append(AwarenessReceived(message.states, full=True))
+
+    def _receive_error(self, message: Error) -> None:
+        if message.code is ErrorCode.OUT_OF_SYNC:
+            before = self._state
+            self._transition(Trigger.RECEIVE_OUT_OF_SYNC)
+            if before is ClientState.CONNECTED:
+                self._events.append(ErrorOccurred(message.code, message.message, remote=True))
+                self._queue_resync(f"server: {message.message}" if message.message else "server")
+                return
+            if self._state is not ClientState.CLOSED:
+                return  # already resyncing
+        else:
+            self._transition(Trigger.RECEIVE_ERROR)
+        self.error_code = message.code
+        self.error_message = message.message
+        self._events.append(
+            ErrorOccurred(message.code, message.message, remote=True, final=self.final)
+        )
+
+    def _receive_handshake_response(self, message: HandshakeResponse) -> None:
+        self.session_id = message.session_id
+        epoch_changed = self._known_epoch is not None and message.epoch != self._known_epoch
+        if epoch_changed:
+            # A reset server holds none of what it acknowledged before.
+            self._acknowledged = VersionVector()
+        self.epoch = message.epoch
+        pending_before = self.document.pending_count
+        self._receive_payload(message.version_vector, message.changes, message)
+        self._events.append(
+            HandshakeCompleted(
+                message.session_id, message.epoch, message.version_vector, epoch_changed
+            )
+        )
+        self._after_import(pending_before)
+
+    def _receive_payload(
+        self,
+        server_vv: VersionVector,
+        changes: tuple[Change, ...],
+        message: HandshakeResponse | DocumentStatus,
+    ) -> None:
+        """Merge what the server sent, then send it exactly what it lacks."""
+        self.server_version_vector = server_vv
+        self._acknowledged = self._acknowledged.merge(server_vv)
+        if message.snapshot is not None:
+            self.document.import_snapshot(message.snapshot)
+            self._events.append(SnapshotReceived(message.snapshot.version_vector))
+        elif changes:
+            applied = self.document.import_changes(changes)
+            self._events.append(ChangesReceived(len(changes), applied))
+        self._send_changes(self.document.export_changes(server_vv))
+
+    def _receive_changes(self, changes: Iterable[Change]) -> None:
+        batch = tuple(changes)
+        pending_before = self.document.pending_count
+        applied = self.document.import_changes(batch)
+        self._events.append(ChangesReceived(len(batch), applied))
+        self._after_import(pending_before)
+
+    def _after_import(self, previous_pending: int) -> None:
+        """A gap (changes waiting for missing dependencies) starts a resync, once."""
+        pending = self.document.pending_count
+        if pending > previous_pending and self._state is ClientState.CONNECTED:
+            self._transition(Trigger.SEND_DOCUMENT_STATUS_REQUEST)
+            self._queue_resync(f"{pending} changes wait for missing dependencies")
+
+
+def count_unacknowledged(document: CRDTDocument, acknowledged: VersionVector) -> int:
+    """How many changes made by ``document``'s own peer ``acknowledged`` does not cover."""
+    peer = str(document.peer_id)
+    if document.version_vector.get(peer, 0) <= acknowledged.get(peer, 0):
+        return 0  # fast path: nothing of ours is newer than the acknowledgement
+    try:
+        return sum(1 for change in document.export_changes(acknowledged) if change.peer == peer)
+    except CRDTError:
+        # History compacted: fall back to counting op ids, an upper bound.
+        return document.version_vector.get(peer, 0) - acknowledged.get(peer, 0)

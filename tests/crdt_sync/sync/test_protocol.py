@@ -1,0 +1,550 @@
+"""The sans-I/O client protocol against an in-memory fake server: no sockets, no sleeps."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdt_sync import CRDTDocument, CRDTTextHandler, VersionVector
+from crdt_sync.sync import (
+    Ack,
+    AwarenessQuery,
+    AwarenessState,
+    AwarenessUpdate,
+    Changes,
+    DocumentStatus,
+    DocumentStatusRequest,
+    Error,
+    ErrorCode,
+    GzipCompressor,
+    HandshakeRequest,
+    HandshakeResponse,
+    LocalProtocolError,
+    Message,
+    Ping,
+    Pong,
+    decode_message,
+    encode_message,
+)
+from crdt_sync.sync.events import (
+    Acknowledged,
+    AwarenessReceived,
+    ChangesReceived,
+    ChangesSent,
+    ErrorOccurred,
+    HandshakeCompleted,
+    PongReceived,
+    ResyncCompleted,
+    ResyncRequested,
+    SnapshotReceived,
+)
+from crdt_sync.sync.protocol import TRANSITIONS, ClientProtocol, ClientState, Trigger
+
+from .fake_server import FakeServer, FakeSession
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ProtocolPair:
+    """A client protocol joined to one session of a fake server, in memory."""
+
+    def __init__(self, server: FakeServer, client: ClientProtocol) -> None:
+        self.server = server
+        self.client = client
+        self.session: FakeSession = server.open_session()
+        self.events: list[object] = []
+        self.to_server: list[Message] = []
+
+    def pump(self) -> None:
+        """Deliver frames both ways until neither side has anything to say."""
+        for _ in range(100):
+            moved = False
+            for frame in self.client.messages_to_send():
+                self.to_server.append(decode_message(frame, self.client.compressor))
+                self.server.receive(self.session, frame)
+                moved = True
+            outbox, self.session.outbox = self.session.outbox, []
+            for frame in outbox:
+                self.client.receive_message(frame)
+                moved = True
+            self.events.extend(self.client.events_received())
+            if not moved:
+                return
+        raise AssertionError("the pair never went quiet")
+
+    def connect(self) -> None:
+        self.client.send_handshake()
+        self.pump()
+
+
+def make_client(doc: CRDTDocument | None = None, **kwargs: object) -> ClientProtocol:
+    return ClientProtocol(doc or CRDTDocument(), document_id="doc", **kwargs)  # type: ignore[arg-type]
+
+
+def connected_pair(**server_kwargs: object) -> ProtocolPair:
+    pair = ProtocolPair(FakeServer(**server_kwargs), make_client())  # type: ignore[arg-type]
+    pair.connect()
+    assert pair.client.state is ClientState.CONNECTED
+    return pair
+
+
+def events_of(pair: ProtocolPair, kind: type) -> list[object]:
+    return [e for e in pair.events if isinstance(e, kind)]
+
+
+# --------------------------------------------------------------------------- handshake
+
+
+def test_handshake_request_carries_identity_version_vector_and_compression() -> None:
+    doc = CRDTDocument()
+    CRDTTextHandler(doc, "t").insert(0, "hi")
+    client = ClientProtocol(
+        doc,
+        document_id="notes",
+        display_name="Zoë",
+        auth_token="secret",
+        compressor=GzipCompressor(),
+    )
+    client.send_handshake()
+    (frame,) = client.messages_to_send()
+    request = decode_message(frame)
+    assert isinstance(request, HandshakeRequest)
+    assert request.document_id == "notes"
+    assert request.peer_id == str(doc.peer_id)
+    assert request.version_vector == doc.version_vector
+    assert request.display_name == "Zoë"
+    assert request.auth_token == "secret"
+    assert request.compression == "gzip"
+    assert client.state is ClientState.HANDSHAKING
+
+
+def test_handshake_exchanges_exactly_what_each_side_lacks() -> None:
+    server = FakeServer()
+    CRDTTextHandler(server.document, "t").insert(0, "server ")
+    doc = CRDTDocument()
+    text = CRDTTextHandler(doc, "t")
+    text.insert(0, "offline")  # made before connecting: no queue, the handshake sends it
+    pair = ProtocolPair(server, make_client(doc))
+    pair.connect()
+
+    assert pair.client.state is ClientState.CONNECTED
+    (completed,) = events_of(pair, HandshakeCompleted)
+    assert isinstance(completed, HandshakeCompleted)
+    assert completed.session_id == pair.session.session_id
+    assert completed.epoch == "epoch-1"
+    assert pair.client.session_id == pair.session.session_id
+    assert server.document.version_vector == doc.version_vector
+    sent = [m for m in pair.to_server if isinstance(m, Changes)]
+    assert len(sent) == 1 and [c.peer for c in sent[0].changes] == [str(doc.peer_id)]
+    received = events_of(pair, ChangesReceived)
+    assert len(received) == 1
+    assert pair.client.unacknowledged_changes == 0  # the Ack covered the offline edit
+
+
+def test_handshake_with_snapshot_merges_it() -> None:
+    server = FakeServer(use_snapshot=True)
+    CRDTTextHandler(server.document, "t").insert(0, "from snapshot")
+    doc = CRDTDocument()
+    text = CRDTTextHandler(doc, "t")
+    pair = ProtocolPair(server, make_client(doc))
+    pair.connect()
+    assert events_of(pair, SnapshotReceived)
+    assert text.value == "from snapshot"
+    assert doc.version_vector == server.document.version_vector
+
+
+def test_epoch_change_is_reported_and_resets_acknowledgement() -> None:
+    doc = CRDTDocument()
+    CRDTTextHandler(doc, "t").insert(0, "x")
+    stale = VersionVector({str(doc.peer_id): 99})
+    client = make_client(doc, acknowledged=stale, known_epoch="old-epoch")
+    server = FakeServer(epoch="new-epoch")
+    server.ack = False
+    pair = ProtocolPair(server, client)
+    pair.connect()
+    (completed,) = events_of(pair, HandshakeCompleted)
+    assert isinstance(completed, HandshakeCompleted) and completed.epoch_changed
+    # The stale acknowledgement from the old epoch is dropped: the edit counts again.
+    assert client.acknowledged == VersionVector()
+    assert client.unacknowledged_changes == 1
+    # The reset server got the edit again through the handshake.
+    assert server.document.version_vector == doc.version_vector
+
+
+def test_same_epoch_is_not_reported_as_changed() -> None:
+    pair = ProtocolPair(FakeServer(epoch="e"), make_client(known_epoch="e"))
+    pair.connect()
+    (completed,) = events_of(pair, HandshakeCompleted)
+    assert isinstance(completed, HandshakeCompleted) and not completed.epoch_changed
+
+
+# --------------------------------------------------------------------------- steady state
+
+
+def test_local_changes_are_sent_acknowledged_and_counted() -> None:
+    pair = connected_pair()
+    pair.server.ack = False
+    text = CRDTTextHandler(pair.client.document, "t")
+    changes = []
+    sub = pair.client.document.on_change(changes.append)
+    text.insert(0, "a")
+    text.insert(1, "b")
+    sub.cancel()
+    assert pair.client.unacknowledged_changes == 2
+    pair.client.send_changes(changes)
+    pair.pump()
+    assert events_of(pair, ChangesSent) == [ChangesSent(2, 2)]
+    assert pair.client.unacknowledged_changes == 2  # not acknowledged yet
+    pair.session.outbox.append(encode_message(Ack(pair.server.document.version_vector)))
+    pair.pump()
+    (ack,) = events_of(pair, Acknowledged)
+    assert isinstance(ack, Acknowledged) and ack.unacknowledged == 0
+    assert pair.client.unacknowledged_changes == 0
+
+
+def test_send_changes_with_nothing_sends_nothing() -> None:
+    pair = connected_pair()
+    pair.client.send_changes([])
+    assert pair.client.messages_to_send() == []
+
+
+def test_changes_from_the_server_are_imported() -> None:
+    pair = connected_pair()
+    other = CRDTDocument()
+    changes = []
+    other.on_change(changes.append)
+    CRDTTextHandler(other, "t").insert(0, "remote")
+    text = CRDTTextHandler(pair.client.document, "t")
+    pair.session.outbox.append(encode_message(Changes(tuple(changes))))
+    pair.pump()
+    assert text.value == "remote"
+    assert events_of(pair, ChangesReceived)[-1] == ChangesReceived(1, 1)
+
+
+def test_gap_in_received_changes_starts_a_resync_that_fills_it() -> None:
+    pair = connected_pair()
+    other = CRDTDocument()
+    changes = []
+    other.on_change(changes.append)
+    remote_text = CRDTTextHandler(other, "t")
+    remote_text.insert(0, "a")
+    remote_text.insert(1, "b")
+    pair.server.document.import_changes(changes)
+    text = CRDTTextHandler(pair.client.document, "t")
+    # Only the second change arrives: it waits for the first.
+    pair.session.outbox.append(encode_message(Changes((changes[1],))))
+    pair.pump()
+    assert events_of(pair, ResyncRequested)
+    assert any(isinstance(m, DocumentStatusRequest) for m in pair.to_server)
+    assert events_of(pair, ResyncCompleted)
+    assert pair.client.state is ClientState.CONNECTED
+    assert text.value == "ab"
+    assert pair.client.document.pending_count == 0
+
+
+def test_out_of_sync_error_resyncs_and_sends_what_the_server_lacks() -> None:
+    pair = connected_pair()
+    text = CRDTTextHandler(pair.client.document, "t")
+    changes = []
+    pair.client.document.on_change(changes.append)
+    text.insert(0, "lost")
+    pair.server.out_of_sync_next = True  # the server drops this batch and complains
+    pair.client.send_changes(changes)
+    pair.pump()
+    errors = events_of(pair, ErrorOccurred)
+    assert errors and isinstance(errors[0], ErrorOccurred)
+    assert errors[0].code is ErrorCode.OUT_OF_SYNC and errors[0].remote
+    assert events_of(pair, ResyncCompleted)
+    assert pair.client.state is ClientState.CONNECTED
+    assert pair.server.document.version_vector == pair.client.document.version_vector
+
+
+def test_out_of_sync_while_resyncing_sends_no_second_request() -> None:
+    pair = connected_pair()
+    pair.client.request_resync("test")
+    assert pair.client.state is ClientState.RESYNCING
+    pair.client.messages_to_send()
+    pair.client.receive_message(encode_message(Error(ErrorCode.OUT_OF_SYNC, "again")))
+    assert pair.client.state is ClientState.RESYNCING
+    assert pair.client.messages_to_send() == []
+
+
+def test_server_ping_is_answered_with_the_same_nonce() -> None:
+    pair = connected_pair()
+    pair.client.receive_message(encode_message(Ping(42, 7)))
+    (frame,) = pair.client.messages_to_send()
+    assert decode_message(frame) == Pong(42, 7)
+
+
+def test_ping_round_trip_is_measured_with_the_given_clock() -> None:
+    clock = FakeClock()
+    pair = ProtocolPair(FakeServer(), make_client(clock=clock))
+    pair.connect()
+    nonce = pair.client.send_ping()
+    (frame,) = pair.client.messages_to_send()
+    assert isinstance(decode_message(frame), Ping)
+    clock.now += 0.25
+    assert pair.client.oldest_unanswered_ping_age() == pytest.approx(0.25)
+    pair.client.receive_message(encode_message(Pong(nonce, 0)))
+    pair.events.extend(pair.client.events_received())
+    (pong,) = events_of(pair, PongReceived)
+    assert isinstance(pong, PongReceived) and pong.round_trip_ms == pytest.approx(250.0)
+    assert pair.client.oldest_unanswered_ping_age() is None
+
+
+def test_pong_for_an_unknown_ping_is_ignored() -> None:
+    pair = connected_pair()
+    pair.client.receive_message(encode_message(Pong(999, 0)))
+    assert pair.client.state is ClientState.CONNECTED
+    assert not [e for e in pair.client.events_received() if isinstance(e, PongReceived)]
+
+
+def test_awareness_messages_become_events() -> None:
+    pair = connected_pair()
+    update = AwarenessUpdate("peer-b", 3, {"name": "B"})
+    pair.client.receive_message(encode_message(update))
+    pair.client.receive_message(encode_message(AwarenessState((update,))))
+    events = pair.client.events_received()
+    assert AwarenessReceived((update,), full=False) in events
+    assert AwarenessReceived((update,), full=True) in events
+    pair.client.send_awareness_update(AwarenessUpdate(str(pair.client.document.peer_id), 1, {}))
+    pair.client.send_awareness_query()
+    sent = [decode_message(f) for f in pair.client.messages_to_send()]
+    assert isinstance(sent[0], AwarenessUpdate) and sent[1] == AwarenessQuery()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        ErrorCode.DOCUMENT_NOT_FOUND,
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.UNSUPPORTED_PROTOCOL_VERSION,
+        ErrorCode.UNSUPPORTED_COMPRESSION,
+    ],
+)
+def test_refusals_are_final(code: ErrorCode) -> None:
+    client = make_client()
+    client.send_handshake()
+    client.messages_to_send()
+    client.receive_message(encode_message(Error(code, "no")))
+    assert client.state is ClientState.CLOSED
+    assert client.final and client.error_code is code
+    (event,) = client.events_received()
+    assert event == ErrorOccurred(code, "no", remote=True, final=True)
+    assert client.messages_to_send() == []  # nothing is sent back to an Error
+
+
+def test_transient_errors_are_not_final() -> None:
+    pair = connected_pair()
+    pair.client.receive_message(encode_message(Error(ErrorCode.INTERNAL_ERROR, "oops")))
+    assert pair.client.is_closed and not pair.client.final
+
+
+def test_unknown_document_is_refused_by_server() -> None:
+    pair = ProtocolPair(FakeServer(known_documents={"other"}), make_client())
+    pair.connect()
+    assert pair.client.state is ClientState.CLOSED
+    assert pair.client.error_code is ErrorCode.DOCUMENT_NOT_FOUND and pair.client.final
+
+
+def test_compression_mismatch_is_a_clear_final_error() -> None:
+    pair = ProtocolPair(FakeServer(compressor=GzipCompressor()), make_client())
+    pair.connect()
+    assert pair.client.error_code is ErrorCode.UNSUPPORTED_COMPRESSION
+    assert "gzip" in pair.client.error_message and "none" in pair.client.error_message
+    assert pair.client.final
+
+
+def test_both_ends_compressing_sync_large_changes() -> None:
+    server = FakeServer(compressor=GzipCompressor())
+    CRDTTextHandler(server.document, "t").insert(0, "x" * 5000)
+    doc = CRDTDocument()
+    text = CRDTTextHandler(doc, "t")
+    pair = ProtocolPair(server, make_client(doc, compressor=GzipCompressor()))
+    pair.client.send_handshake()
+    pair.client.messages_to_send  # noqa: B018 - the frames go through pump below
+    pair.pump()
+    assert pair.client.state is ClientState.CONNECTED
+    assert text.value == "x" * 5000
+
+
+def test_compressed_frame_without_negotiated_compression_is_invalid() -> None:
+    pair = connected_pair()
+    frame = encode_message(Changes(()), GzipCompressor())
+    big = (
+        encode_message(Ping(1, 0))[:3]
+        + bytes([0x03, 0x01])
+        + GzipCompressor().compress(frame[5:] * 50)
+    )
+    pair.client.receive_message(big)
+    assert pair.client.state is ClientState.CLOSED
+    (error_frame,) = pair.client.messages_to_send()
+    error = decode_message(error_frame)
+    assert isinstance(error, Error) and error.code is ErrorCode.INVALID_MESSAGE
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"", ErrorCode.INVALID_MESSAGE),
+        (b"XX\x01\x03\x00", ErrorCode.INVALID_MESSAGE),
+        (b"CS\x09\x03\x00", ErrorCode.UNSUPPORTED_PROTOCOL_VERSION),
+        (b"CS\x01\x55\x00", ErrorCode.INVALID_MESSAGE),
+        (b"CS\x01\x07\x80", ErrorCode.INVALID_MESSAGE),
+        (b"CS\x01\x07\x00\x01", ErrorCode.INVALID_MESSAGE),
+    ],
+)
+def test_garbage_closes_with_a_typed_error(frame: bytes, code: ErrorCode) -> None:
+    pair = connected_pair()
+    pair.client.receive_message(frame)
+    assert pair.client.state is ClientState.CLOSED
+    (sent,) = pair.client.messages_to_send()
+    error = decode_message(sent)
+    assert isinstance(error, Error) and error.code is code
+    (event,) = pair.client.events_received()
+    assert isinstance(event, ErrorOccurred) and event.code is code and not event.remote
+    # Later input is discarded.
+    pair.client.receive_message(encode_message(Ping(1, 0)))
+    assert pair.client.messages_to_send() == [] and pair.client.events_received() == []
+
+
+def test_oversize_frame_is_refused_as_too_large() -> None:
+    client = make_client(max_message_size=64)
+    client.send_handshake()
+    client.messages_to_send()
+    client.receive_message(encode_message(Error(ErrorCode.INTERNAL_ERROR, "x" * 100)))
+    error = decode_message(client.messages_to_send()[0])
+    assert isinstance(error, Error) and error.code is ErrorCode.MESSAGE_TOO_LARGE
+
+
+def test_invalid_change_from_the_server_closes_the_connection() -> None:
+    pair = connected_pair()
+    frame = bytearray(encode_message(Changes(())))
+    # A changes field that the core decoder must reject.
+    frame[5:] = b"\x04junk"
+    pair.client.receive_message(bytes(frame))
+    assert pair.client.state is ClientState.CLOSED
+    assert pair.client.error_code is ErrorCode.INVALID_MESSAGE
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.binary(max_size=200))
+def test_receive_message_never_raises_on_random_bytes(data: bytes) -> None:
+    client = make_client()
+    client.send_handshake()
+    client.messages_to_send()
+    client.receive_message(data)
+    client.receive_message(b"CS\x01" + data)
+    assert client.state in (ClientState.HANDSHAKING, ClientState.CLOSED)
+
+
+def test_close_with_code_tells_the_server_once() -> None:
+    pair = connected_pair()
+    pair.client.close(ErrorCode.TIMEOUT, "no pong")
+    (frame,) = pair.client.messages_to_send()
+    assert decode_message(frame) == Error(ErrorCode.TIMEOUT, "no pong")
+    pair.client.close(ErrorCode.TIMEOUT, "again")
+    assert pair.client.messages_to_send() == []
+    assert pair.client.error_code is ErrorCode.TIMEOUT and not pair.client.final
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _to_state(state: ClientState) -> ClientProtocol:
+    client = make_client()
+    if state is ClientState.IDLE:
+        return client
+    client.send_handshake()
+    client.messages_to_send()
+    if state is ClientState.HANDSHAKING:
+        return client
+    if state is ClientState.CLOSED:
+        client.close()
+        client.messages_to_send()
+        return client
+    client.receive_message(encode_message(HandshakeResponse("s", VersionVector(), "e")))
+    if state is ClientState.RESYNCING:
+        client.request_resync()
+    assert client.state is state
+    client.messages_to_send()
+    client.events_received()
+    return client
+
+
+LOCAL_ACTIONS = {
+    Trigger.SEND_HANDSHAKE: lambda c: c.send_handshake(),
+    Trigger.SEND_CHANGES: lambda c: c.send_changes([]),
+    Trigger.SEND_PING: lambda c: c.send_ping(),
+    Trigger.SEND_DOCUMENT_STATUS_REQUEST: lambda c: c.request_resync(),
+    Trigger.SEND_AWARENESS: lambda c: c.send_awareness_query(),
+    Trigger.CLOSE: lambda c: c.close(),
+    Trigger.CONNECTION_LOST: lambda c: c.connection_lost(),
+}
+
+
+@pytest.mark.parametrize("state", list(ClientState))
+@pytest.mark.parametrize("trigger", list(LOCAL_ACTIONS))
+def test_local_actions_follow_the_table(state: ClientState, trigger: Trigger) -> None:
+    client = _to_state(state)
+    allowed = TRANSITIONS[state].get(trigger)
+    if allowed is None:
+        with pytest.raises(LocalProtocolError) as info:
+            LOCAL_ACTIONS[trigger](client)
+        assert state.name in str(info.value) and trigger.value in str(info.value)
+        assert client.state is state
+    else:
+        LOCAL_ACTIONS[trigger](client)
+        assert client.state is allowed
+
+
+REMOTE_MESSAGES: dict[Trigger | str, Message] = {
+    Trigger.RECEIVE_HANDSHAKE_RESPONSE: HandshakeResponse("s", VersionVector(), "e"),
+    Trigger.RECEIVE_CHANGES: Changes(()),
+    Trigger.RECEIVE_ACK: Ack(VersionVector()),
+    Trigger.RECEIVE_DOCUMENT_STATUS: DocumentStatus(VersionVector()),
+    Trigger.RECEIVE_PING: Ping(1, 0),
+    Trigger.RECEIVE_PONG: Pong(1, 0),
+    Trigger.RECEIVE_AWARENESS: AwarenessUpdate("p", 1, None),
+    Trigger.RECEIVE_OUT_OF_SYNC: Error(ErrorCode.OUT_OF_SYNC, ""),
+    Trigger.RECEIVE_ERROR: Error(ErrorCode.INTERNAL_ERROR, ""),
+    # Messages a server never sends: a protocol violation in every state.
+    "HandshakeRequest": HandshakeRequest("d", "p", VersionVector()),
+    "DocumentStatusRequest": DocumentStatusRequest(VersionVector()),
+    "AwarenessQuery": AwarenessQuery(),
+}
+
+
+@pytest.mark.parametrize("state", list(ClientState))
+@pytest.mark.parametrize("trigger", list(REMOTE_MESSAGES))
+def test_received_messages_follow_the_table(state: ClientState, trigger: Trigger | str) -> None:
+    client = _to_state(state)
+    client.receive_message(encode_message(REMOTE_MESSAGES[trigger]))
+    allowed = TRANSITIONS[state].get(trigger) if isinstance(trigger, Trigger) else None
+    if state is ClientState.CLOSED:
+        assert client.state is ClientState.CLOSED
+        assert client.messages_to_send() == []  # input after the close is discarded
+    elif allowed is not None:
+        assert client.state is allowed
+    else:
+        assert client.state is ClientState.CLOSED
+        (frame,) = client.messages_to_send()
+        error = decode_message(frame)
+        assert isinstance(error, Error) and error.code is ErrorCode.INVALID_MESSAGE
+        assert state.name in error.message
+
+
+def test_every_state_is_reachable_and_closed_is_terminal() -> None:
+    targets = {s for row in TRANSITIONS.values() for s in row.values()}
+    assert targets | {ClientState.IDLE} == set(ClientState)
+    assert set(TRANSITIONS[ClientState.CLOSED].values()) == {ClientState.CLOSED}
