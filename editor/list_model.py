@@ -243,16 +243,21 @@ class ListModel(QAbstractListModel):
             elif isinstance(op, Delete):
                 following = ops[i + 1] if i + 1 < len(ops) else None
                 if isinstance(following, Insert):
-                    # An update arrives as delete + insert at one place: show it
-                    # as changed rows so selection and editors stay put.
+                    # An update arrives as delete + insert (in either order) at one
+                    # place: show it as changed rows so selection and editors stay put.
                     row = self._replace(row, op.count, list(following.content))
                     i += 1
                 else:
                     self._remove(row, op.count)
             elif isinstance(op, Insert):
                 values = list(op.content)
-                self._emit_insert(row, values)
-                row += len(values)
+                following = ops[i + 1] if i + 1 < len(ops) else None
+                if isinstance(following, Delete):  # the core's order for an update
+                    row = self._replace(row, following.count, values)
+                    i += 1
+                else:
+                    self._emit_insert(row, values)
+                    row += len(values)
             i += 1
 
     def _replace(self, row: int, removed: int, values: list[Any]) -> int:

@@ -14,20 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-try:  # the real core may not have landed yet: fall back to the test stand-in
-    from crdt_sync import CRDTDocument  # noqa: F401
-except ImportError:
-    import fake_crdt
-
-    sys.modules["crdt_sync"] = fake_crdt.as_module()
 
 import qasync
 from PySide6.QtWidgets import QApplication

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call"
 """Tests for the one code-point <-> UTF-16 position converter."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call"
 """The sync panel as a view: status words and colours, peers, a bounded filterable log."""
 
 from __future__ import annotations

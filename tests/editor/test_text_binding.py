@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call"
 """The text binding: local Qt edits become CRDT splices, remote deltas reach the widget."""
 
 from __future__ import annotations

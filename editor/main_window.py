@@ -1,0 +1,553 @@
+"""The main window: shared text, shared list, sync panel, menus and toolbar.
+
+The window wires adapters together and runs user commands; it holds no sync
+logic. Long-running commands (host, join, disconnect, close) are coroutines on
+the qasync loop; menu actions start them with :meth:`MainWindow.run_task`.
+
+Closing the window does not quit by itself: ``closeEvent`` first runs the
+async shutdown (disconnect, save, stop the hosted server, remember settings),
+then closes for real and emits ``closed``; ``editor.app`` quits on that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import uuid
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from crdt_sync import CRDTDocument, CRDTError, Snapshot
+from crdt_sync.sync.client import ReconnectPolicy
+from editor.dialogs import HostDialog, JoinDialog
+from editor.hosting import HostedServer, HostingError, invite_link
+from editor.list_model import ListModel
+from editor.list_view import ListView
+from editor.persistence import data_dir, load_document, session_path
+from editor.remote_cursors import RemoteCursor, RemoteCursorOverlay
+from editor.resources import icon
+from editor.session import Session
+from editor.sync_panel import SyncPanel
+from editor.text_binding import TextBinding
+from editor.urls import InvalidSessionUrl, parse_session_url
+
+__all__ = ["MainWindow"]
+
+MAX_RECENT = 8
+
+
+class MainWindow(QMainWindow):
+    """One editor window (the app has one; tests make two)."""
+
+    closed = Signal()
+    sessionChanged = Signal()
+
+    def __init__(
+        self,
+        name: str | None = None,
+        settings: QSettings | None = None,
+        reconnect: ReconnectPolicy | None = None,
+        data_root: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings if settings is not None else QSettings()
+        self.data_root = data_root or data_dir()
+        self.reconnect = reconnect
+        self.user_name = name or str(self.settings.value("lastName", "")) or _default_name()
+        self.hosted: HostedServer | None = None
+        self.invite_url: str | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._shutdown_done = False
+        self._shutting_down = False
+
+        self.setWindowTitle("CRDT Editor")
+        self.setWindowIcon(icon("app"))
+        self.text_edit = QPlainTextEdit(self)
+        self.text_edit.setObjectName("sharedText")
+        self.text_edit.setPlaceholderText("Shared text: everyone in the session edits it live.")
+        self.cursor_overlay = RemoteCursorOverlay(self.text_edit)
+        self.list_view = ListView(self)
+        self.list_view.setObjectName("sharedList")
+        self.sync_panel = SyncPanel(self)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.sync_panel)
+        self._build_central()
+        self._build_invite_bar()
+        self._build_actions()
+
+        self.session: Session | None = None
+        self.text_binding: TextBinding | None = None
+        self.list_model: ListModel | None = None
+        self.set_session(self._new_local_session())
+        geometry = self.settings.value("geometry")
+        if isinstance(geometry, QByteArray):
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1100, 700)
+
+    # -- construction ------------------------------------------------------------
+    def _build_central(self) -> None:
+        list_pane = QWidget(self)
+        list_layout = QVBoxLayout(list_pane)
+        list_layout.setContentsMargins(0, 0, 0, 0)
+        list_layout.addWidget(QLabel("Shared list", list_pane))
+        list_layout.addWidget(self.list_view, 1)
+        buttons = QHBoxLayout()
+        self.add_button = QPushButton("Add", list_pane)
+        self.remove_button = QPushButton("Remove", list_pane)
+        self.up_button = QPushButton("Up", list_pane)
+        self.down_button = QPushButton("Down", list_pane)
+        for button in (self.add_button, self.remove_button, self.up_button, self.down_button):
+            buttons.addWidget(button)
+        list_layout.addLayout(buttons)
+        self.add_button.clicked.connect(lambda: self.list_view.add_after_current("New item"))
+        self.remove_button.clicked.connect(self.list_view.remove_current)
+        self.up_button.clicked.connect(lambda: self.list_view.move_current(-1))
+        self.down_button.clicked.connect(lambda: self.list_view.move_current(1))
+        splitter = QSplitter(self)
+        splitter.addWidget(self.text_edit)
+        splitter.addWidget(list_pane)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 1)
+        self.setCentralWidget(splitter)
+
+    def _build_invite_bar(self) -> None:
+        bar = QWidget(self)
+        layout = QHBoxLayout(bar)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(QLabel("Invite link:", bar))
+        self.invite_edit = QLineEdit(bar)
+        self.invite_edit.setObjectName("inviteLink")
+        self.invite_edit.setReadOnly(True)
+        self.invite_edit.setMinimumWidth(320)
+        layout.addWidget(self.invite_edit)
+        self.copy_invite_button = QToolButton(bar)
+        self.copy_invite_button.setIcon(icon("copy"))
+        self.copy_invite_button.setText("Copy")
+        self.copy_invite_button.setToolTip("Copy the invite link")
+        self.copy_invite_button.clicked.connect(self.copy_invite_link)
+        layout.addWidget(self.copy_invite_button)
+        self.invite_bar = bar
+        self.statusBar().addPermanentWidget(bar)
+        bar.hide()
+
+    def _action(self, text: str, slot: Any, shortcut: Any = None, icon_name: str = "") -> QAction:
+        action = QAction(text, self)
+        if icon_name:
+            action.setIcon(icon(icon_name))
+        if shortcut is not None:
+            if isinstance(shortcut, list):
+                action.setShortcuts(shortcut)
+            else:
+                action.setShortcut(shortcut)
+        action.triggered.connect(slot)
+        self.addAction(action)
+        return action
+
+    def _build_actions(self) -> None:
+        self.new_action = self._action(
+            "&New", self.on_new_action_triggered, QKeySequence.StandardKey.New
+        )
+        self.open_action = self._action(
+            "&Open…", self.on_open_action_triggered, QKeySequence.StandardKey.Open
+        )
+        self.save_as_action = self._action(
+            "Save &As…", self.on_save_as_action_triggered, QKeySequence.StandardKey.SaveAs
+        )
+        self.export_action = self._action("&Export as Plain Text…", self.on_export_action_triggered)
+        self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.undo_action = self._action("&Undo", self.undo, QKeySequence("Ctrl+Z"))
+        self.redo_action = self._action(
+            "&Redo", self.redo, [QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")]
+        )
+        self.host_action = self._action(
+            "&Host a Session…", self.on_host_action_triggered, icon_name="host"
+        )
+        self.join_action = self._action(
+            "&Join a Session…", self.on_join_action_triggered, icon_name="join"
+        )
+        self.copy_invite_action = self._action(
+            "&Copy Invite Link", self.copy_invite_link, icon_name="copy"
+        )
+        self.disconnect_action = self._action(
+            "&Disconnect", lambda: self.run_task(self.go_offline()), icon_name="disconnect"
+        )
+        self.stop_hosting_action = self._action(
+            "&Stop Hosting", lambda: self.run_task(self.stop_hosting()), icon_name="stop"
+        )
+
+        file_menu = self.menuBar().addMenu("&File")
+        file_menu.addAction(self.new_action)
+        file_menu.addAction(self.open_action)
+        file_menu.addAction(self.save_as_action)
+        file_menu.addAction(self.export_action)
+        self.recent_menu = QMenu("&Recent Sessions", self)
+        file_menu.addMenu(self.recent_menu)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+        edit_menu = self.menuBar().addMenu("&Edit")
+        edit_menu.addAction(self.undo_action)
+        edit_menu.addAction(self.redo_action)
+        session_menu = self.menuBar().addMenu("&Session")
+        for action in (
+            self.host_action,
+            self.join_action,
+            self.copy_invite_action,
+            self.disconnect_action,
+            self.stop_hosting_action,
+        ):
+            session_menu.addAction(action)
+        view_menu = self.menuBar().addMenu("&View")
+        view_menu.addAction(self.sync_panel.toggleViewAction())
+        toolbar = self.addToolBar("Session")
+        toolbar.setObjectName("sessionToolbar")
+        for action in (
+            self.host_action,
+            self.join_action,
+            self.copy_invite_action,
+            self.disconnect_action,
+            self.stop_hosting_action,
+        ):
+            toolbar.addAction(action)
+        self._refresh_recent_menu()
+        self._refresh_actions()
+
+    # -- sessions ------------------------------------------------------------------
+    def _new_local_session(self) -> Session:
+        document = CRDTDocument(document_id=uuid.uuid4().hex[:12])
+        store = session_path(f"local:{document.document_id}", self.data_root)
+        return Session(document, self.user_name, store=store, parent=self)
+
+    def set_session(self, session: Session) -> None:
+        """Show ``session`` in the window (the previous one must be closed by the caller)."""
+        if self.text_binding is not None:
+            self.text_binding.unbind()
+        if self.list_model is not None:
+            self.list_model.unbind()
+        self.session = session
+        self.text_binding = TextBinding(self.text_edit, session.document, session.text, self)
+        self.list_model = ListModel(session.document, session.items, self)
+        self.list_view.setModel(self.list_model)
+        session.statusChanged.connect(self.on_session_statusChanged)
+        session.eventLogged.connect(self.sync_panel.log)
+        session.presenceChanged.connect(self.on_session_presenceChanged)
+        session.unacknowledgedChanged.connect(self.sync_panel.set_unacknowledged)
+        self.text_binding.remoteEditApplied.connect(self.on_session_presenceChanged)
+        self.text_edit.cursorPositionChanged.connect(self.on_text_edit_cursorPositionChanged)
+        self.sync_panel.set_session(session.url, session.peer_id, session.name)
+        self.on_session_statusChanged()
+        self.on_session_presenceChanged()
+        self._refresh_actions()
+        self.sessionChanged.emit()
+
+    async def _replace_session(self, session: Session) -> None:
+        old = self.session
+        if old is not None:
+            await old.close()
+            old.statusChanged.disconnect(self.on_session_statusChanged)
+            old.presenceChanged.disconnect(self.on_session_presenceChanged)
+        self.set_session(session)
+
+    def _session_for_url(self, url: str, document_id: str) -> Session:
+        store = session_path(url, self.data_root)
+        document = load_document(store)
+        if document is None or document.document_id != document_id:
+            document = CRDTDocument(document_id=document_id)
+        return Session(document, self.user_name, url=url, store=store, parent=self)
+
+    async def join(self, url: str) -> None:
+        """Open ``url``'s document (the locally stored copy if any) and connect to it.
+
+        Raises :class:`editor.urls.InvalidSessionUrl` for a malformed URL.
+        """
+        checked = parse_session_url(url)
+        if self.hosted is not None:
+            await self.stop_hosting()
+        session = self._session_for_url(checked.url, checked.document_id)
+        await self._replace_session(session)
+        self._connect(session, checked.url)
+
+    def _connect(self, session: Session, url: str) -> None:
+        session.store = session_path(url, self.data_root)
+        session.start_sync(url, self.reconnect)
+        self.sync_panel.set_session(url, session.peer_id, session.name)
+        self._remember_url(url)
+        self._refresh_actions()
+
+    async def go_offline(self) -> None:
+        """Go offline; the document stays open and editable."""
+        if self.session is not None:
+            await self.session.stop_sync()
+        self._refresh_actions()
+
+    async def host(self, port: int = 0) -> str:
+        """Start the bundled server, connect the open document to it, return the invite link."""
+        if self.hosted is not None:
+            raise HostingError("already hosting; stop hosting first")
+        session = self.session
+        assert session is not None  # set in __init__, never cleared
+        server = HostedServer(self.data_root / "host.db", port, parent=self)
+        self.hosted = server
+        self._refresh_actions()
+        try:
+            bound = await server.start()
+        except HostingError:
+            self.hosted = None
+            self._refresh_actions()
+            raise
+        server.exited.connect(self.on_hosted_exited)
+        await session.stop_sync()
+        self.invite_url = invite_link(bound, session.document_id)
+        self._connect(session, f"ws://127.0.0.1:{bound}/{session.document_id}")
+        self.invite_edit.setText(self.invite_url)
+        self.invite_bar.show()
+        self.sync_panel.log("host", f"hosting on port {bound}; invite link {self.invite_url}")
+        self._refresh_actions()
+        return self.invite_url
+
+    async def stop_hosting(self) -> None:
+        """Disconnect and stop the child server, waiting until its process is gone."""
+        server = self.hosted
+        if server is None:
+            return
+        if self.session is not None:
+            await self.session.stop_sync()
+        await server.stop()
+        self.hosted = None
+        self.invite_url = None
+        self.invite_bar.hide()
+        self.sync_panel.log("host", "stopped hosting")
+        self._refresh_actions()
+
+    def copy_invite_link(self) -> None:
+        """Put the invite link (or the session URL when joined) on the clipboard."""
+        link = self.invite_url or (self.session.url if self.session else None)
+        if link:
+            QGuiApplication.clipboard().setText(link)
+            self.statusBar().showMessage("Invite link copied", 3000)
+
+    # -- undo ------------------------------------------------------------------------
+    def undo(self) -> None:
+        """Undo this user's last edit (text or list), never a collaborator's."""
+        if self.session is not None:
+            self.session.undo.undo()
+
+    def redo(self) -> None:
+        """Redo what :meth:`undo` undid."""
+        if self.session is not None:
+            self.session.undo.redo()
+
+    # -- tasks -------------------------------------------------------------------------
+    def run_task(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        """Run a command coroutine on the loop; report its failure in a message box."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._on_task_done)
+        return task
+
+    def _on_task_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self.sync_panel.log("error", str(error))
+            if not self._shutting_down:
+                QMessageBox.warning(self, "CRDT Editor", str(error))
+
+    # -- slots -----------------------------------------------------------------------
+    def on_session_statusChanged(self) -> None:
+        """Mirror the session's status in the panel and the actions."""
+        if self.session is None:
+            return
+        self.sync_panel.set_status(self.session.state, self.session.detail, self.session.retry_at)
+        self.sync_panel.set_unacknowledged(self.session.unacknowledged)
+        self.on_session_presenceChanged()
+        self._refresh_actions()
+
+    def on_session_presenceChanged(self) -> None:
+        """Refresh who is online and the collaborators' cursors."""
+        session, binding = self.session, self.text_binding
+        if session is None or binding is None:
+            return
+        self.sync_panel.set_peers(session.peers())
+        cursors: list[RemoteCursor] = []
+        for presence in session.remote_presences():
+            if presence.head is None:
+                continue
+            anchor = presence.anchor if presence.anchor is not None else presence.head
+            cursors.append(
+                RemoteCursor(
+                    presence.peer_id,
+                    presence.name,
+                    presence.colour,
+                    binding.to_qt(anchor),
+                    binding.to_qt(presence.head),
+                )
+            )
+        self.cursor_overlay.set_cursors(cursors)
+
+    def on_text_edit_cursorPositionChanged(self) -> None:
+        """Publish the local caret and selection to collaborators."""
+        if self.session is not None and self.text_binding is not None:
+            self.session.set_local_cursor(*self.text_binding.local_selection())
+
+    def on_hosted_exited(self, code: int) -> None:
+        """The child server ended (also when it ended on its own)."""
+        if self.hosted is not None and not self.hosted.running and self.hosted.port is None:
+            self.sync_panel.log("host", f"the hosted server exited (code {code})")
+
+    def on_new_action_triggered(self) -> None:
+        """Start a fresh, offline document."""
+        self.run_task(self._new_document())
+
+    async def _new_document(self) -> None:
+        if self.hosted is not None:
+            await self.stop_hosting()
+        await self._replace_session(self._new_local_session())
+
+    def on_open_action_triggered(self) -> None:
+        """Open a document snapshot file (offline; host or join to share it)."""
+        path, _ = QFileDialog.getOpenFileName(self, "Open document", "", "CRDT documents (*.crdt)")
+        if path:
+            self.run_task(self.open_file(Path(path)))
+
+    async def open_file(self, path: Path) -> None:
+        """Load a snapshot file as a new offline document (fresh peer id)."""
+        try:
+            document = CRDTDocument.from_snapshot(Snapshot.from_bytes(path.read_bytes()))
+        except (OSError, CRDTError) as error:
+            raise RuntimeError(f"Cannot open {path.name}: {error}") from error
+        if self.hosted is not None:
+            await self.stop_hosting()
+        store = session_path(f"local:{document.document_id}", self.data_root)
+        await self._replace_session(Session(document, self.user_name, store=store, parent=self))
+
+    def on_save_as_action_triggered(self) -> None:
+        """Save the document's snapshot to a file."""
+        path, _ = QFileDialog.getSaveFileName(self, "Save document", "", "CRDT documents (*.crdt)")
+        if path and self.session is not None:
+            self.session.save_as(Path(path))
+
+    def on_export_action_triggered(self) -> None:
+        """Write the shared text to a UTF-8 text file."""
+        path, _ = QFileDialog.getSaveFileName(self, "Export as plain text", "", "Text (*.txt)")
+        if path and self.session is not None:
+            Path(path).write_text(self.session.text.value, encoding="utf-8")
+
+    def on_host_action_triggered(self) -> None:
+        """Ask for a port, then host."""
+        dialog = HostDialog(_as_int(self.settings.value("hostPort", 0)), self)
+        if dialog.exec() == HostDialog.DialogCode.Accepted:
+            self.settings.setValue("hostPort", dialog.port)
+            self.run_task(self.host(dialog.port))
+
+    def on_join_action_triggered(self) -> None:
+        """Ask for a URL (refused in the dialog when malformed), then join."""
+        dialog = JoinDialog(self.recent_urls(), self)
+        if dialog.exec() == JoinDialog.DialogCode.Accepted and dialog.session_url is not None:
+            self.run_task(self.join(dialog.session_url.url))
+
+    # -- settings -----------------------------------------------------------------------
+    def recent_urls(self) -> list[str]:
+        """Recently used session URLs, newest first."""
+        value = self.settings.value("recentUrls", [])
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list):
+            return []
+        return [str(v) for v in value][:MAX_RECENT]
+
+    def _remember_url(self, url: str) -> None:
+        urls = [url] + [u for u in self.recent_urls() if u != url]
+        self.settings.setValue("recentUrls", urls[:MAX_RECENT])
+        self._refresh_recent_menu()
+
+    def _refresh_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        for url in self.recent_urls():
+            action = self.recent_menu.addAction(url)
+            action.triggered.connect(lambda _checked=False, u=url: self.run_task(self.join(u)))
+        self.recent_menu.setEnabled(bool(self.recent_urls()))
+
+    def _refresh_actions(self) -> None:
+        online = self.session is not None and self.session.client is not None
+        self.disconnect_action.setEnabled(online)
+        self.stop_hosting_action.setEnabled(self.hosted is not None)
+        self.host_action.setEnabled(self.hosted is None)
+        self.copy_invite_action.setEnabled(bool(self.invite_url) or online)
+
+    # -- closing --------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """Disconnect, save, stop hosting, remember settings. Idempotent."""
+        if self._shutdown_done:
+            return
+        self._shutting_down = True
+        try:
+            if self.session is not None:
+                await self.session.close()
+            await self.stop_hosting()
+        finally:
+            self.settings.setValue("geometry", self.saveGeometry())
+            self.settings.setValue("lastName", self.user_name)
+            self.settings.sync()
+            self._shutdown_done = True
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        """Run :meth:`shutdown` first, then close for real and emit ``closed``."""
+        if self._shutdown_done:
+            event.accept()
+            self.closed.emit()
+            return
+        event.ignore()
+        if not self._shutting_down:
+            task = self.run_task(self.shutdown())
+            task.add_done_callback(lambda _task: self.close())
+            self._shutting_down = True
+
+    def shutdown_now(self) -> None:
+        """Last resort without a loop: stop the child server synchronously."""
+        if self.hosted is not None:
+            self.hosted.stop_now()
+        if self.session is not None:
+            self.session.save()
+
+
+def _as_int(value: object) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+def _default_name() -> str:
+    try:
+        return getpass.getuser().capitalize()
+    except (OSError, KeyError):
+        return "Me"
+
+
+def parse_or_none(url: str) -> str | None:
+    """``url`` when it is a valid session URL, else ``None`` (for command-line input)."""
+    try:
+        return parse_session_url(url).url
+    except InvalidSessionUrl:
+        return None

@@ -1,0 +1,88 @@
+"""Offline persistence: each session's document kept in the user data directory.
+
+A session's document lives in ``<data dir>/sessions/<hash of URL>.crdt`` (the
+snapshot bytes) beside ``<same>.json`` (the URL and this app's peer id for it,
+so a reopened document keeps its peer id and its op counters never repeat).
+Writes are atomic (temporary file, then ``os.replace``) so a crash mid-write
+leaves the previous copy intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from crdt_sync import CRDTDocument, CRDTError, PeerId, Snapshot
+
+__all__ = [
+    "StoredSession",
+    "data_dir",
+    "load_document",
+    "save_document",
+    "session_path",
+    "write_atomically",
+]
+
+APP_NAME = "crdt-editor"
+
+
+def data_dir() -> Path:
+    """The per-user data directory (``CRDT_EDITOR_DATA_DIR`` overrides it, for tests)."""
+    override = os.environ.get("CRDT_EDITOR_DATA_DIR")
+    if override:
+        return Path(override)
+    return platformdirs.user_data_path(APP_NAME, appauthor=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """Where one session URL's document is kept."""
+
+    url: str
+    snapshot_path: Path
+    meta_path: Path
+
+
+def session_path(url: str, root: Path | None = None) -> StoredSession:
+    """The files for ``url`` (not created)."""
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:24]
+    folder = (root or data_dir()) / "sessions"
+    return StoredSession(url, folder / f"{digest}.crdt", folder / f"{digest}.json")
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
+def save_document(document: CRDTDocument, stored: StoredSession) -> None:
+    """Write ``document``'s snapshot and its peer id for ``stored.url``."""
+    write_atomically(stored.snapshot_path, document.take_snapshot().to_bytes())
+    meta = {"url": stored.url, "peer_id": str(document.peer_id)}
+    write_atomically(stored.meta_path, json.dumps(meta).encode("utf-8"))
+
+
+def load_document(stored: StoredSession) -> CRDTDocument | None:
+    """The stored document for ``stored.url``, or ``None`` when there is none.
+
+    A corrupt or unreadable store is treated as absent (``None``): the server
+    still has every acknowledged change, and the caller starts afresh.
+    """
+    try:
+        data = stored.snapshot_path.read_bytes()
+        meta = json.loads(stored.meta_path.read_text(encoding="utf-8"))
+        peer_id = PeerId.parse(str(meta["peer_id"]))
+        return CRDTDocument.from_snapshot(Snapshot.from_bytes(data), peer_id=peer_id)
+    except (OSError, ValueError, KeyError, TypeError, CRDTError):
+        return None

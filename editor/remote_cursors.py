@@ -1,0 +1,110 @@
+"""Draw collaborators' carets and selections in a ``QPlainTextEdit``.
+
+Selections are extra selections (Qt paints them under the text); carets and
+name labels are painted by a transparent overlay on the viewport. Positions
+arrive as Qt UTF-16 offsets: the session adapter resolves each collaborator's
+stable positions (``StickyIndex``) against the CRDT and converts them through
+``editor.positions`` via the text binding, so they stay in place as text
+changes around them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtCore import QEvent, QObject, QPoint, QRect, Qt
+from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPaintEvent, QTextCursor
+from PySide6.QtWidgets import QPlainTextEdit, QTextEdit, QWidget
+
+__all__ = ["RemoteCursor", "RemoteCursorOverlay"]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCursor:
+    """One collaborator's caret (``head``) and selection (``anchor``..``head``), UTF-16."""
+
+    peer_id: str
+    name: str
+    colour: str
+    anchor: int
+    head: int
+
+
+class RemoteCursorOverlay(QWidget):
+    """Paints :class:`RemoteCursor` carets and labels over ``editor``'s viewport."""
+
+    def __init__(self, editor: QPlainTextEdit) -> None:
+        super().__init__(editor.viewport())
+        self._editor = editor
+        self._cursors: list[RemoteCursor] = []
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.setAttribute(Qt.WidgetAttribute.WA_NoSystemBackground)
+        self.resize(editor.viewport().size())
+        editor.viewport().installEventFilter(self)
+        editor.updateRequest.connect(lambda *_: self.update())
+        self.show()
+
+    @property
+    def cursors(self) -> list[RemoteCursor]:
+        """The collaborators drawn now."""
+        return list(self._cursors)
+
+    def set_cursors(self, cursors: list[RemoteCursor]) -> None:
+        """Replace the drawn collaborators (offsets are clamped to the document)."""
+        self._cursors = list(cursors)
+        limit = self._editor.document().characterCount() - 1
+        selections: list[QTextEdit.ExtraSelection] = []
+        for remote in self._cursors:
+            if remote.anchor == remote.head:
+                continue
+            selection = QTextEdit.ExtraSelection()
+            cursor = QTextCursor(self._editor.document())
+            cursor.setPosition(max(0, min(remote.anchor, limit)))
+            cursor.setPosition(max(0, min(remote.head, limit)), QTextCursor.MoveMode.KeepAnchor)
+            selection.cursor = cursor
+            colour = QColor(remote.colour)
+            colour.setAlpha(70)
+            selection.format.setBackground(colour)
+            selections.append(selection)
+        self._editor.setExtraSelections(selections)
+        self.update()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        """Follow the viewport's size."""
+        if watched is self._editor.viewport() and event.type() == QEvent.Type.Resize:
+            self.resize(self._editor.viewport().size())
+        return False
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        """A 2 px caret and a small name tag above it for each collaborator."""
+        if not self._cursors:
+            return
+        painter = QPainter(self)
+        metrics = QFontMetrics(self.font())
+        limit = self._editor.document().characterCount() - 1
+        for remote in self._cursors:
+            cursor = QTextCursor(self._editor.document())
+            cursor.setPosition(max(0, min(remote.head, limit)))
+            rect = self._editor.cursorRect(cursor)
+            colour = QColor(remote.colour)
+            painter.fillRect(QRect(rect.left(), rect.top(), 2, rect.height()), colour)
+            label = remote.name or remote.peer_id[:8]
+            width = metrics.horizontalAdvance(label) + 6
+            height = metrics.height()
+            top = rect.top() - height if rect.top() >= height else rect.bottom()
+            tag = QRect(rect.left(), top, width, height)
+            painter.fillRect(tag, colour)
+            painter.setPen(QColor("white") if colour.lightness() < 160 else QColor("black"))
+            painter.drawText(tag.adjusted(3, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, label)
+            painter.setPen(Qt.PenStyle.NoPen)
+        painter.end()
+        del event
+
+    def label_position(self, peer_id: str) -> QPoint | None:
+        """Where ``peer_id``'s caret is drawn (viewport coordinates), for tests."""
+        for remote in self._cursors:
+            if remote.peer_id == peer_id:
+                cursor = QTextCursor(self._editor.document())
+                cursor.setPosition(remote.head)
+                return self._editor.cursorRect(cursor).topLeft()
+        return None

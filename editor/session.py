@@ -1,0 +1,360 @@
+"""One open document and its (optional) connection: the app's sync adapter.
+
+A :class:`Session` owns a ``CRDTDocument`` with the shared text
+(``"shared_text"``) and list (``"shared_list"``), the ``UndoManager`` over both
+(which undoes only this peer's edits), the local store (a snapshot written
+after every change, debounced, and on close), and, while online, a
+``WebSocketClient``. It turns the client's status and event streams into Qt
+signals and plain values that the window and the sync panel show; widgets never
+talk to the client.
+
+Presence: the local awareness state is ``{"name", "colour", "cursor"}`` where
+``cursor`` holds the caret and anchor as ``StickyIndex.to_json()`` values, so a
+collaborator's cursor stays on the same characters whatever is edited around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from crdt_sync import (
+    CRDTDocument,
+    CRDTListHandler,
+    CRDTTextHandler,
+    StickyIndex,
+    UndoManager,
+    UpdateEvent,
+)
+from crdt_sync.sync.client import ConnectionStatus, ReconnectPolicy, WebSocketClient
+from crdt_sync.sync.events import (
+    Acknowledged,
+    AwarenessReceived,
+    ChangesReceived,
+    ChangesSent,
+    ClientEvent,
+    ConnectionLost,
+    ErrorOccurred,
+    HandshakeCompleted,
+    PongReceived,
+    ReconnectScheduled,
+    ResyncCompleted,
+    ResyncRequested,
+    SnapshotReceived,
+)
+from editor.persistence import StoredSession, save_document, session_path
+from editor.sync_panel import PeerInfo, SyncState
+
+__all__ = ["PALETTE", "RemotePresence", "Session", "colour_for", "describe_event"]
+
+TEXT_NAME = "shared_text"
+LIST_NAME = "shared_list"
+SAVE_DELAY_MS = 300
+
+#: Collaborator colours, picked per peer id (distinct, readable behind black text).
+PALETTE = (
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42a5b3",
+    "#f032e6",
+    "#9a6324",
+    "#808000",
+    "#000075",
+)
+
+
+def colour_for(peer_id: str) -> str:
+    """A stable colour for ``peer_id``."""
+    digest = hashlib.sha256(peer_id.encode("utf-8")).digest()
+    return PALETTE[digest[0] % len(PALETTE)]
+
+
+def describe_event(event: ClientEvent) -> tuple[str, str]:
+    """The sync log's ``(kind, message)`` for one client event."""
+    if isinstance(event, HandshakeCompleted):
+        extra = " (the server's document was replaced)" if event.epoch_changed else ""
+        return "handshake", f"joined session {event.session_id[:8]}{extra}"
+    if isinstance(event, ChangesSent):
+        return "sent", f"{event.count} change(s) sent ({event.local_count} made here)"
+    if isinstance(event, ChangesReceived):
+        return "received", f"{event.count} change(s) received, {event.applied} new"
+    if isinstance(event, SnapshotReceived):
+        return "snapshot", "snapshot received and merged"
+    if isinstance(event, Acknowledged):
+        return "ack", f"server stored the changes; {event.unacknowledged} not yet confirmed"
+    if isinstance(event, PongReceived):
+        return "ping", f"round trip {event.round_trip_ms:.1f} ms"
+    if isinstance(event, ReconnectScheduled):
+        return "reconnect", f"attempt {event.attempt} in {event.delay_s:.1f} s"
+    if isinstance(event, ErrorOccurred):
+        source = "server" if event.remote else "client"
+        return "error", f"{event.code.name} ({source}): {event.message}"
+    if isinstance(event, ConnectionLost):
+        return "disconnect", f"connection lost: {event.reason}"
+    if isinstance(event, ResyncRequested):
+        return "resync", f"resync requested: {event.reason}"
+    if isinstance(event, ResyncCompleted):
+        return "resync", "resync completed"
+    if isinstance(event, AwarenessReceived):
+        return "presence", f"{len(event.updates)} presence update(s)"
+    return "event", type(event).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePresence:
+    """A collaborator's presence resolved against the local document (code points)."""
+
+    peer_id: str
+    name: str
+    colour: str
+    anchor: int | None
+    head: int | None
+
+
+class Session(QObject):
+    """A document, its undo manager, its local store and its optional connection.
+
+    Signals: ``statusChanged`` (read :attr:`state`, :attr:`detail`,
+    :attr:`retry_at`), ``eventLogged(kind, message)``, ``presenceChanged``
+    (read :meth:`peers` and :meth:`remote_presences`), ``unacknowledgedChanged(n)``
+    and ``saved``.
+    """
+
+    statusChanged = Signal()
+    eventLogged = Signal(str, str)
+    presenceChanged = Signal()
+    unacknowledgedChanged = Signal(int)
+    saved = Signal()
+
+    def __init__(
+        self,
+        document: CRDTDocument,
+        name: str,
+        url: str | None = None,
+        store: StoredSession | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.document = document
+        self.name = name
+        self.url = url
+        self.store = store if store is not None else (session_path(url) if url else None)
+        self.text = CRDTTextHandler(document, TEXT_NAME)
+        self.items = CRDTListHandler(document, LIST_NAME)
+        self.undo = UndoManager(document, [self.text, self.items], capture_timeout_ms=500)
+        self.colour = colour_for(str(document.peer_id))
+        self.client: WebSocketClient | None = None
+        self.state = SyncState.DISCONNECTED
+        self.detail = ""
+        self.retry_at: float | None = None
+        self._subscriptions: list[Any] = []
+        self._connect_task: asyncio.Future[bool] | None = None
+        self._local_cursor: tuple[int, int] | None = None
+        self._save_timer = QTimer(self)
+        self._save_timer.setSingleShot(True)
+        self._save_timer.setInterval(SAVE_DELAY_MS)
+        self._save_timer.timeout.connect(self.save)
+        self._update_subscription = document.on_update(self._on_document_update)
+
+    @property
+    def peer_id(self) -> str:
+        """This app's peer id in the document."""
+        return str(self.document.peer_id)
+
+    @property
+    def document_id(self) -> str:
+        """The shared document's id (the URL path)."""
+        return self.document.document_id
+
+    # -- persistence ------------------------------------------------------------
+    def save(self) -> None:
+        """Write the document to the local store now (no-op without a store)."""
+        self._save_timer.stop()
+        if self.store is not None:
+            save_document(self.document, self.store)
+            self.saved.emit()
+
+    def save_as(self, path: Path) -> None:
+        """Write the document's snapshot to ``path`` (File > Save As)."""
+        from editor.persistence import write_atomically
+
+        write_atomically(path, self.document.take_snapshot().to_bytes())
+
+    def _on_document_update(self, event: UpdateEvent) -> None:
+        if self.store is not None:
+            self._save_timer.start()
+        if self.client is not None:
+            self.unacknowledgedChanged.emit(self.client.unacknowledged_changes)
+        if not event.local:
+            self.presenceChanged.emit()  # remote cursors re-resolve against the new text
+
+    # -- connection -------------------------------------------------------------
+    def start_sync(self, url: str, reconnect: ReconnectPolicy | None = None) -> None:
+        """Connect to ``url`` in the background (status arrives via ``statusChanged``).
+
+        The local store switches to the one for ``url`` (unless one was given).
+        """
+        if self.client is not None:
+            raise RuntimeError("this session is already connected; call stop_sync() first")
+        self.url = url
+        if self.store is None:
+            self.store = session_path(url)
+        client = WebSocketClient(url, self.document, author=self.name, reconnect=reconnect)
+        self.client = client
+        self._subscriptions = [
+            client.connection_status.subscribe(self._on_connection_status),
+            client.events.subscribe(self._on_client_event),
+            client.awareness.changes.subscribe(lambda _change: self.presenceChanged.emit()),
+        ]
+        self._publish_presence()
+        self._set_state(SyncState.CONNECTING)
+        self._connect_task = asyncio.ensure_future(client.connect())
+        self._connect_task.add_done_callback(self._on_connect_done)
+        self.eventLogged.emit("connect", f"connecting to {url}")
+
+    def _on_connect_done(self, task: asyncio.Future[bool]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._set_state(SyncState.ERROR, str(error))
+            self.eventLogged.emit("error", str(error))
+
+    async def stop_sync(self) -> None:
+        """Disconnect (announcing the leave) and forget the client. Safe when offline."""
+        client, self.client = self.client, None
+        for subscription in self._subscriptions:
+            subscription.cancel()
+        self._subscriptions = []
+        if client is not None:
+            await client.disconnect()
+            client.close()
+            self.eventLogged.emit("disconnect", "disconnected")
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        self._connect_task = None
+        self._set_state(SyncState.DISCONNECTED)
+        self.presenceChanged.emit()
+
+    async def close(self) -> None:
+        """Disconnect, save, and stop following the document."""
+        await self.stop_sync()
+        self.save()
+        self._update_subscription.cancel()
+
+    @property
+    def unacknowledged(self) -> int:
+        """Local changes the server has not confirmed (0 when offline with no client)."""
+        return self.client.unacknowledged_changes if self.client is not None else 0
+
+    def _set_state(self, state: SyncState, detail: str = "", retry_at: float | None = None) -> None:
+        self.state, self.detail, self.retry_at = state, detail, retry_at
+        self.statusChanged.emit()
+
+    def _on_connection_status(self, status: ConnectionStatus) -> None:
+        state = SyncState[status.name]
+        if state is SyncState.RECONNECTING:
+            self._set_state(state, self.detail, self.retry_at)
+        elif state is SyncState.ERROR:
+            self._set_state(state, self.detail)
+        else:
+            self._set_state(state)
+        self.eventLogged.emit("status", state.value)
+        if self.client is not None:
+            self.unacknowledgedChanged.emit(self.client.unacknowledged_changes)
+
+    def _on_client_event(self, event: ClientEvent) -> None:
+        kind, message = describe_event(event)
+        self.eventLogged.emit(kind, message)
+        if isinstance(event, ReconnectScheduled):
+            self._set_state(SyncState.RECONNECTING, "", event.at_time)
+        elif isinstance(event, ErrorOccurred):
+            self.detail = f"{event.code.name}: {event.message}"
+            if event.final:
+                self._set_state(SyncState.ERROR, self.detail)
+        elif isinstance(event, Acknowledged):
+            self.unacknowledgedChanged.emit(event.unacknowledged)
+        elif isinstance(event, HandshakeCompleted):
+            self._publish_presence()
+
+    # -- presence ----------------------------------------------------------------
+    def set_local_cursor(self, anchor: int, head: int) -> None:
+        """Publish this peer's selection (code points) as stable positions."""
+        self._local_cursor = (anchor, head)
+        self._publish_presence()
+
+    def _publish_presence(self) -> None:
+        if self.client is None:
+            return
+        state: dict[str, Any] = {"name": self.name, "colour": self.colour}
+        if self._local_cursor is not None:
+            size = len(self.text)
+            anchor, head = (max(0, min(i, size)) for i in self._local_cursor)
+            state["cursor"] = {
+                "anchor": self.text.sticky_index(anchor, 0).to_json(),
+                "head": self.text.sticky_index(head, 0).to_json(),
+            }
+        try:
+            self.client.awareness.set_local_state(state)
+        except (TypeError, ValueError) as error:
+            self.eventLogged.emit("error", f"presence not sent: {error}")
+
+    def peers(self) -> list[PeerInfo]:
+        """Who is online (this peer first), from the awareness states."""
+        result = [PeerInfo(self.peer_id, self.name, self.colour, True)]
+        if self.client is None or self.state is not SyncState.CONNECTED:
+            return result
+        for peer_id, state in self.client.awareness.states.items():
+            if peer_id == self.peer_id:
+                continue
+            result.append(PeerInfo(peer_id, *self._name_and_colour(peer_id, state)))
+        return result
+
+    def remote_presences(self) -> list[RemotePresence]:
+        """Collaborators' cursors resolved to code-point indexes in the local text."""
+        if self.client is None:
+            return []
+        result: list[RemotePresence] = []
+        for peer_id, state in self.client.awareness.states.items():
+            if peer_id == self.peer_id:
+                continue
+            name, colour = self._name_and_colour(peer_id, state)
+            cursor = state.get("cursor")
+            anchor = head = None
+            if isinstance(cursor, Mapping):
+                anchor = self._resolve(cursor.get("anchor"))
+                head = self._resolve(cursor.get("head"))
+            result.append(RemotePresence(peer_id, name, colour, anchor, head))
+        return result
+
+    def _resolve(self, value: object) -> int | None:
+        # Remote input: anything malformed just means "no cursor shown".
+        if not isinstance(value, Mapping):
+            return None
+        try:
+            return self.text.resolve(StickyIndex.from_json(dict(value)))
+        except Exception:
+            return None
+
+    @staticmethod
+    def _name_and_colour(peer_id: str, state: Mapping[str, Any]) -> tuple[str, str]:
+        name = state.get("name")
+        colour = state.get("colour")
+        shown = name if isinstance(name, str) and name else peer_id[:8]
+        valid = isinstance(colour, str) and len(colour) in (4, 7) and colour.startswith("#")
+        return shown[:40], colour if valid else colour_for(peer_id)  # type: ignore[return-value]
+
+
+def now() -> _dt.datetime:
+    """The current local time (one place, so tests could freeze it)."""
+    return _dt.datetime.now()

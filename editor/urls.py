@@ -1,0 +1,61 @@
+"""Session URLs: ``ws://host[:port]/<document-id>`` (or ``wss://``), checked for the Join dialog.
+
+:func:`parse_session_url` either returns a :class:`SessionUrl` or raises
+:class:`InvalidSessionUrl` whose message is the reason shown to the user.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+__all__ = ["InvalidSessionUrl", "SessionUrl", "parse_session_url"]
+
+_DOCUMENT_ID = re.compile(r"^[A-Za-z0-9._~-]{1,200}$")
+
+
+class InvalidSessionUrl(ValueError):
+    """The text is not a session URL; ``str(error)`` says why, for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUrl:
+    """A checked session URL."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    document_id: str
+
+
+def parse_session_url(text: str) -> SessionUrl:
+    """Check ``text`` and return its parts; raises :class:`InvalidSessionUrl` with the reason."""
+    text = text.strip()
+    if not text:
+        raise InvalidSessionUrl("Paste the session link, like ws://192.168.1.20:8080/notes.")
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as error:
+        raise InvalidSessionUrl(f"The port is not valid ({error}).") from None
+    if parts.scheme not in ("ws", "wss"):
+        shown = parts.scheme or "none"
+        raise InvalidSessionUrl(f"The link must start with ws:// or wss:// (scheme: {shown}).")
+    if not parts.hostname:
+        raise InvalidSessionUrl("The link has no host name or address.")
+    if parts.username or parts.password:
+        raise InvalidSessionUrl("The link must not contain a user name or password.")
+    if parts.query or parts.fragment:
+        raise InvalidSessionUrl("The link must not have a ?query or #fragment.")
+    document_id = parts.path[1:] if parts.path.startswith("/") else ""
+    if not document_id:
+        raise InvalidSessionUrl("The link has no document id after the host (…/<document-id>).")
+    if not _DOCUMENT_ID.match(document_id):
+        raise InvalidSessionUrl(
+            "The document id may only use letters, digits, '.', '_', '~' and '-'."
+        )
+    if port is None:
+        port = 443 if parts.scheme == "wss" else 80
+    return SessionUrl(text, parts.scheme, parts.hostname, port, document_id)
