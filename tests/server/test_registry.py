@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from crdt_sync import Change, CRDTDocument, CRDTListHandler, CRDTMapHandler, CRDTTextHandler
 from server.exceptions import (
@@ -41,12 +44,20 @@ class Editor:
         self.doc.on_change(self.changes.append)
 
     def take(self) -> list[Change]:
-        out, self.changes = self.changes, []
+        out = list(self.changes)
+        self.changes.clear()
         return out
 
 
+_TEXTS: weakref.WeakKeyDictionary[CRDTDocument, CRDTTextHandler] = weakref.WeakKeyDictionary()
+
+
 def text_of(document: CRDTDocument) -> str:
-    return str(CRDTTextHandler(document, "text").value)
+    """The document's shared text (a handler is bound once per document)."""
+    handler = _TEXTS.get(document)
+    if handler is None:
+        handler = _TEXTS[document] = CRDTTextHandler(document, "text")
+    return str(handler.value)
 
 
 class DictRegistry(CRDTServerRegistry):
@@ -121,8 +132,10 @@ def sqlite(tmp_path: Path) -> CRDTServerRegistry:
 REGISTRIES = [memory, custom, no_init, sqlite]
 
 
-@pytest.fixture(params=REGISTRIES, ids=lambda f: f.__name__)
-async def registry(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+@pytest_asyncio.fixture(params=REGISTRIES, ids=lambda f: f.__name__)
+async def registry(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[CRDTServerRegistry]:
     made: CRDTServerRegistry = request.param(tmp_path)
     yield made
     await made.close()
