@@ -78,6 +78,9 @@ class MainWindow(QMainWindow):
         self._tasks: set[asyncio.Future[Any]] = set()
         self._shutdown_done = False
         self._shutting_down = False
+        self.session: Session | None = None
+        self.text_binding: TextBinding | None = None
+        self.list_model: ListModel | None = None
 
         self.setWindowTitle("CRDT Editor")
         self.setWindowIcon(icon("app"))
@@ -92,10 +95,6 @@ class MainWindow(QMainWindow):
         self._build_central()
         self._build_invite_bar()
         self._build_actions()
-
-        self.session: Session | None = None
-        self.text_binding: TextBinding | None = None
-        self.list_model: ListModel | None = None
         self.set_session(self._new_local_session())
         geometry = self.settings.value("geometry")
         if isinstance(geometry, QByteArray):
