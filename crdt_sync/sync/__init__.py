@@ -3,7 +3,24 @@ and the asyncio client. See ``docs/protocol.md`` for the wire format."""
 
 from __future__ import annotations
 
+from .awareness import Awareness, AwarenessChanged
+from .client import ConnectionStatus, ReconnectPolicy, WebSocketClient
 from .compression import Compressor, GzipCompressor, NoCompression, compressor_for_name
+from .events import (
+    Acknowledged,
+    AwarenessReceived,
+    ChangesReceived,
+    ChangesSent,
+    ClientEvent,
+    ConnectionLost,
+    ErrorOccurred,
+    HandshakeCompleted,
+    PongReceived,
+    ReconnectScheduled,
+    ResyncCompleted,
+    ResyncRequested,
+    SnapshotReceived,
+)
 from .exceptions import (
     FINAL_ERROR_CODES,
     DecompressionError,
@@ -38,23 +55,40 @@ from .messages import (
     decode_message,
     encode_message,
 )
+from .protocol import TRANSITIONS, ClientProtocol, ClientState, Trigger
+from .streams import EventStream, StreamSubscription
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "FINAL_ERROR_CODES",
     "PROTOCOL_VERSION",
+    "TRANSITIONS",
     "Ack",
+    "Acknowledged",
+    "Awareness",
+    "AwarenessChanged",
     "AwarenessQuery",
+    "AwarenessReceived",
     "AwarenessState",
     "AwarenessUpdate",
     "Changes",
+    "ChangesReceived",
+    "ChangesSent",
+    "ClientEvent",
+    "ClientProtocol",
+    "ClientState",
     "Compressor",
+    "ConnectionLost",
+    "ConnectionStatus",
     "DecompressionError",
     "DocumentStatus",
     "DocumentStatusRequest",
     "Error",
     "ErrorCode",
+    "ErrorOccurred",
+    "EventStream",
     "GzipCompressor",
+    "HandshakeCompleted",
     "HandshakeRequest",
     "HandshakeResponse",
     "LocalProtocolError",
@@ -65,12 +99,21 @@ __all__ = [
     "NoCompression",
     "Ping",
     "Pong",
+    "PongReceived",
     "ProtocolError",
+    "ReconnectPolicy",
+    "ReconnectScheduled",
     "RemoteError",
     "RemoteProtocolError",
+    "ResyncCompleted",
+    "ResyncRequested",
+    "SnapshotReceived",
+    "StreamSubscription",
+    "Trigger",
     "UnexpectedMessage",
     "UnknownMessageType",
     "UnsupportedProtocolVersion",
+    "WebSocketClient",
     "compressor_for_name",
     "decode_message",
     "encode_message",

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdt_sync import CRDTDocument, CRDTTextHandler, VersionVector
+from crdt_sync import Change, CRDTDocument, CRDTTextHandler, VersionVector
 from crdt_sync.sync import (
     Ack,
     AwarenessQuery,
@@ -192,7 +192,7 @@ def test_local_changes_are_sent_acknowledged_and_counted() -> None:
     pair = connected_pair()
     pair.server.ack = False
     text = CRDTTextHandler(pair.client.document, "t")
-    changes = []
+    changes: list[Change] = []
     sub = pair.client.document.on_change(changes.append)
     text.insert(0, "a")
     text.insert(1, "b")
@@ -218,7 +218,7 @@ def test_send_changes_with_nothing_sends_nothing() -> None:
 def test_changes_from_the_server_are_imported() -> None:
     pair = connected_pair()
     other = CRDTDocument()
-    changes = []
+    changes: list[Change] = []
     other.on_change(changes.append)
     CRDTTextHandler(other, "t").insert(0, "remote")
     text = CRDTTextHandler(pair.client.document, "t")
@@ -231,7 +231,7 @@ def test_changes_from_the_server_are_imported() -> None:
 def test_gap_in_received_changes_starts_a_resync_that_fills_it() -> None:
     pair = connected_pair()
     other = CRDTDocument()
-    changes = []
+    changes: list[Change] = []
     other.on_change(changes.append)
     remote_text = CRDTTextHandler(other, "t")
     remote_text.insert(0, "a")
@@ -252,7 +252,7 @@ def test_gap_in_received_changes_starts_a_resync_that_fills_it() -> None:
 def test_out_of_sync_error_resyncs_and_sends_what_the_server_lacks() -> None:
     pair = connected_pair()
     text = CRDTTextHandler(pair.client.document, "t")
-    changes = []
+    changes: list[Change] = []
     pair.client.document.on_change(changes.append)
     text.insert(0, "lost")
     pair.server.out_of_sync_next = True  # the server drops this batch and complains
