@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import uuid
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .changes import (
@@ -48,6 +47,8 @@ from .state import STATE_TYPES, MapState, NewIds, State
 if TYPE_CHECKING:
     from .handlers import Handler
     from .snapshot import Snapshot
+
+_NO_NEW_IDS = NewIds()
 
 #: Default bound on changes waiting for missing dependencies.
 MAX_PENDING = 10_000
@@ -92,6 +93,8 @@ class CRDTDocument:
         self._log: list[ChangeTuple] = []
         self._log_ctrs: dict[str, list[int]] = {}
         self._log_pos: dict[str, list[int]] = {}
+        self._own_ctrs: list[int] = self._log_ctrs.setdefault(self._peer, [])
+        self._own_pos: list[int] = self._log_pos.setdefault(self._peer, [])
         # State known without its changes (a compacted or imported snapshot).
         self._base_vv: dict[str, int] = {}
         # Changes waiting for deps, filed under the peer they wait for.
@@ -185,19 +188,14 @@ class CRDTDocument:
 
     # ------------------------------------------------------------ transactions
 
-    @contextmanager
-    def transaction(self, origin: object = None) -> Iterator[CRDTDocument]:
-        """Group edits into one change and one event per handler.
+    def transaction(self, origin: object = None) -> _Transaction:
+        """Group edits into one change and one event per handler: ``with doc.transaction():``.
 
         Nested use joins the open transaction (the outermost origin wins). If the
         block raises, the edits made so far are still committed: each edit is
         applied at once, and a replica must never hold state its history lacks.
         """
-        self._begin(origin)
-        try:
-            yield self
-        finally:
-            self._end()
+        return _Transaction(self, origin)
 
     @property
     def in_transaction(self) -> bool:
@@ -216,35 +214,33 @@ class CRDTDocument:
             return
         ops = self._ops
         origin = self._origin
+        self._origin = None
         change: ChangeTuple | None = None
         if ops:
             self._ops = []
             first = self._first
             peer = self._peer
+            nxt = self._next
             frontier = self._frontier
-            change = (peer, first, self._ts, tuple(frontier.items()), tuple(ops), self._next - first)
+            change = (peer, first, self._ts, tuple(frontier.items()), tuple(ops), nxt - first)
             log = self._log
-            ctrs = self._log_ctrs.get(peer)
-            if ctrs is None:
-                ctrs = self._log_ctrs[peer] = []
-                self._log_pos[peer] = []
-            ctrs.append(first)
-            self._log_pos[peer].append(len(log))
+            self._own_ctrs.append(first)
+            self._own_pos.append(len(log))
             log.append(change)
-            self._vv[peer] = self._next
-            frontier.clear()
-            frontier[peer] = self._next - 1
-        self._origin = None
-        self._emit_handler_events(origin, True)
+            self._vv[peer] = nxt
+            if len(frontier) != 1 or peer not in frontier:
+                frontier.clear()
+            frontier[peer] = nxt - 1
+        if self._builders or self._map_keys:
+            self._emit_handler_events(origin, True)
         if self._undo_records:
             records = self._undo_records
             self._undo_records = []
             self._on_local_step.emit((origin, records))
-        if change is not None:
-            if self._on_change or self._on_update:
-                public = Change(change)
-                self._on_change.emit(public)
-                self._on_update.emit(UpdateEvent((public,), True, origin))
+        if change is not None and (self._on_change._subs or self._on_update._subs):
+            public = Change(change)
+            self._on_change.emit(public)
+            self._on_update.emit(UpdateEvent((public,), True, origin))
 
     def _emit_handler_events(self, origin: object, local: bool) -> None:
         if self._builders:
@@ -386,8 +382,18 @@ class CRDTDocument:
         return len(applied)
 
     def _receive(self, change: ChangeTuple, applied: list[ChangeTuple]) -> None:
-        work = [change]
         vv = self._vv
+        peer = change[0]
+        if vv.get(peer, 0) == change[1] and not self._waiting:
+            for dpeer, dctr in change[3]:
+                if vv.get(dpeer, 0) <= dctr:
+                    break
+            else:
+                # Ready and nothing waits: the common case of in-order delivery.
+                self._apply(change)
+                applied.append(change)
+                return
+        work = [change]
         while work:
             t = work.pop()
             peer, ctr = t[0], t[1]
@@ -426,26 +432,45 @@ class CRDTDocument:
         peer, ctr, ts, deps, ops, size = t
         if ctr + size > 1 << 53:
             raise InvalidChangeError("op counter out of range")
+        states = self._states
+        if len(ops) == 1:
+            # The common case, kept short: one op on an existing state.
+            op = ops[0]
+            code = op[0]
+            name = op[1]
+            state = states.get(name)
+            if state is not None and state.kind == OP_HANDLER_KIND.get(code):
+                n = len(op[4]) if code == TEXT_INSERT or code == LIST_INSERT else 1
+                if n != size:
+                    raise InvalidChangeError(f"change size {size} does not match its ops")
+                state.validate(op, name, _NO_NEW_IDS)
+                if ts > self._clock.last:
+                    self._clock.last = ts
+                handler = self._handlers.get(name)
+                out: Any = None
+                if handler is not None and handler._observers._subs:
+                    out = self._map_out(name) if state.kind == KIND_MAP else self._builder(name)
+                state.apply(op, peer, ctr, ts, out)
+                self._record(t)
+                return
         # Validate everything first: a change applies whole or not at all.
-        new = NewIds()
         kinds: dict[str, str] = {}
+        new = NewIds()
         first = ctr
         for op in ops:
             name = op[1]
             kind = OP_HANDLER_KIND.get(op[0])
             if kind is None:
                 raise InvalidChangeError(f"unknown op kind {op[0]}")
-            state = self._states.get(name)
+            state = states.get(name)
             have = state.kind if state is not None else kinds.get(name)
             if have is not None and have != kind:
                 raise InvalidChangeError(f"{name!r} is a {have}, the change treats it as a {kind}")
             kinds[name] = kind
-            n = len(op[4]) if op[0] in (TEXT_INSERT, LIST_INSERT) else 1
-            if state is not None:
-                state.validate(op, name, new)
-            else:
-                STATE_TYPES[kind]().validate(op, name, new)
-            new.add(name, peer, first, first + n)
+            (state if state is not None else STATE_TYPES[kind]()).validate(op, name, new)
+            n = len(op[4]) if op[0] == TEXT_INSERT or op[0] == LIST_INSERT else 1
+            if len(ops) > 1:
+                new.add(name, peer, first, first + n)
             first += n
         if first - ctr != size:
             raise InvalidChangeError(f"change size {size} does not match its ops")
@@ -453,10 +478,20 @@ class CRDTDocument:
         first = ctr
         for op in ops:
             name = op[1]
-            state = self._state(name, kinds[name])
-            out: Any = self._map_out(name) if state.kind == KIND_MAP else self._builder(name)
+            state = states.get(name)
+            if state is None:
+                state = self._state(name, kinds[name])
+            handler = self._handlers.get(name)
+            out = None
+            if handler is not None and handler._observers._subs:
+                out = self._map_out(name) if state.kind == KIND_MAP else self._builder(name)
             state.apply(op, peer, first, ts, out)
-            first += len(op[4]) if op[0] in (TEXT_INSERT, LIST_INSERT) else 1
+            first += len(op[4]) if op[0] == TEXT_INSERT or op[0] == LIST_INSERT else 1
+        self._record(t)
+
+    def _record(self, t: ChangeTuple) -> None:
+        """Bookkeeping after applying remote change ``t``: vector, frontier, history."""
+        peer, ctr, _, deps, _, size = t
         self._vv[peer] = ctr + size
         frontier = self._frontier
         for dpeer, dctr in deps:
@@ -539,8 +574,10 @@ class CRDTDocument:
             raise RuntimeError("cannot compact inside a transaction")
         self._base_vv = dict(self._vv)
         self._log = []
-        self._log_ctrs = {}
-        self._log_pos = {}
+        self._own_ctrs = []
+        self._own_pos = []
+        self._log_ctrs = {self._peer: self._own_ctrs}
+        self._log_pos = {self._peer: self._own_pos}
 
     # ---------------------------------------------------------------- testing
 
@@ -558,3 +595,20 @@ class CRDTDocument:
                     raise AssertionError(f"handler {name} kind mismatch")
         if self._vv.get(self._peer, 0) != self._next:
             raise AssertionError("own counter disagrees with the version vector")
+
+
+class _Transaction:
+    """The context manager :meth:`CRDTDocument.transaction` returns."""
+
+    __slots__ = ("_doc", "_origin")
+
+    def __init__(self, doc: CRDTDocument, origin: object) -> None:
+        self._doc = doc
+        self._origin = origin
+
+    def __enter__(self) -> CRDTDocument:
+        self._doc._begin(self._origin)
+        return self._doc
+
+    def __exit__(self, *exc: object) -> None:
+        self._doc._end()

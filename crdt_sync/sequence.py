@@ -119,7 +119,17 @@ class Sequence:
     text it needs itself). ``empty`` is ``""`` for text and ``()`` for lists.
     """
 
-    __slots__ = ("_cur", "_last", "_starts", "_where", "chunks", "empty", "keep", "length")
+    __slots__ = (
+        "_cur",
+        "_hint",
+        "_last",
+        "_starts",
+        "_where",
+        "chunks",
+        "empty",
+        "keep",
+        "length",
+    )
 
     def __init__(self, empty: str | tuple[Any, ...], keep_deleted_content: bool) -> None:
         self.chunks: list[Chunk] = [Chunk([], 0)]
@@ -130,8 +140,9 @@ class Sequence:
         self._where: dict[str, dict[int, Span]] = {}
         # Cursor cache: (chunk index, span index, visible elements before that span).
         self._cur: tuple[int, int, int] | None = None
-        # The span found by the last id lookup.
+        # The span found by the last id lookup, and where a span was last placed.
         self._last: Span | None = None
+        self._hint = (0, 0)
 
     # ------------------------------------------------------------------ reading
 
@@ -345,8 +356,8 @@ class Sequence:
         else:
             ls, loff = self.locate(*left)
             lchunk = ls[CH]
-            ci = chunks.index(lchunk)
-            si = lchunk.spans.index(ls)
+            ci = self._chunk_index(lchunk)
+            si = self._span_index(lchunk, ls)
             if loff < ls[N] - 1:
                 self._split(ls, lchunk, si, loff + 1)
             si += 1
@@ -378,9 +389,11 @@ class Sequence:
                     off = prev[N]
                     self._extend(prev, stored, n, 0 if deleted else n)
                     self._last = prev
+                    self._hint = (ci, si - 1)
                     return prev, off
         span = [peer, ctr, n, stored, deleted, left, right, None]
         self._insert_span(ci, si, span)
+        self._hint = (ci, si)
         self._rebalance(ci)
         self._last = span
         return span, 0
@@ -512,6 +525,24 @@ class Sequence:
             ctr += span[N] - off
 
     # ------------------------------------------------------------------ internals
+
+    def _chunk_index(self, chunk: Chunk) -> int:
+        ci = self._hint[0]
+        chunks = self.chunks
+        if ci < len(chunks) and chunks[ci] is chunk:
+            return ci
+        return chunks.index(chunk)
+
+    def _span_index(self, chunk: Chunk, span: Span) -> int:
+        si = self._hint[1]
+        spans = chunk.spans
+        if si < len(spans) and spans[si] is span:
+            return si
+        return spans.index(span)
+
+    def find(self, peer: str, ctr: int) -> Span | None:
+        """The span holding element ``(peer, ctr)``, or None."""
+        return self._find(peer, ctr)
 
     def _find(self, peer: str, ctr: int) -> Span | None:
         s = self._last

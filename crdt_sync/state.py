@@ -24,7 +24,7 @@ from .changes import (
 )
 from .events import DeltaBuilder
 from .exceptions import InvalidChangeError
-from .sequence import CH, D, N, X, Sequence
+from .sequence import C, CH, D, N, R, X, Sequence
 
 Id = tuple[str, int]
 Stamp = tuple[int, str, int]
@@ -65,9 +65,16 @@ class TextState:
         if op[0] == TEXT_INSERT:
             if not isinstance(op[4], str) or not op[4]:
                 raise InvalidChangeError("a text insert needs a non-empty str")
-            for ref in (op[2], op[3]):
-                if ref is not None and not seq.contains(*ref) and not new.has(name, ref):
-                    raise InvalidChangeError(f"text insert refers to unknown element {ref}")
+            left, right = op[2], op[3]
+            if left is not None:
+                span = seq.find(*left)
+                if span is None:
+                    if not new.has(name, left):
+                        raise InvalidChangeError(f"text insert refers to unknown element {left}")
+                elif span[R] == right and span[C] + span[N] - 1 == left[1]:
+                    return  # typing on: the right origin is the left span's, known to exist
+            if right is not None and not seq.contains(*right) and not new.has(name, right):
+                raise InvalidChangeError(f"text insert refers to unknown element {right}")
         elif op[0] == TEXT_DELETE:
             for peer, ctr, n in op[2]:
                 if new.has(name, (peer, ctr)):
