@@ -129,7 +129,7 @@ class Change:
         return hash((self._data[0], self._data[1], self._data[2]))
 
     def __repr__(self) -> str:
-        peer, ctr, ts, deps, ops, size = self._data
+        peer, ctr, _, deps, ops, size = self._data
         return f"Change({peer[:8]}@{ctr}, size={size}, ops={len(ops)}, deps={len(deps)})"
 
 
@@ -231,7 +231,7 @@ def encode_change_tuples(changes: Iterable[ChangeTuple], compress: bool | None =
     prev_peer = None
     expect = 0
     prev_ts = 0
-    for peer, ctr, ts, deps, ops, _size in changes:
+    for peer, ctr, stamp, deps, ops, _size in changes:
         count += 1
         flags = 0
         if peer == prev_peer:
@@ -245,7 +245,7 @@ def encode_change_tuples(changes: Iterable[ChangeTuple], compress: bool | None =
             body.uint(t.peer(peer))
         if not flags & _F_NEXT_COUNTER:
             body.uint(ctr)
-        body.sint(ts - prev_ts)
+        body.sint(stamp - prev_ts)
         if not flags & _F_CHAIN_DEPS:
             body.uint(len(deps))
             for dep in deps:
@@ -257,7 +257,7 @@ def encode_change_tuples(changes: Iterable[ChangeTuple], compress: bool | None =
             first += op_size(op)
         prev_peer = peer
         expect = first
-        prev_ts = ts
+        prev_ts = stamp
     head = Writer()
     head.uint(len(t.peers))
     for peer in t.peers:
@@ -380,7 +380,13 @@ def _read_op(r: Reader, peers: list[str], names: list[str], peer: str, first: in
         return (kind, name, tuple(items))
     if kind == LIST_MOVE:
         elem = _read_id(r, peers)
-        return (kind, name, elem, _read_ref(r, peers, peer, first), _read_ref(r, peers, peer, first))
+        return (
+            kind,
+            name,
+            elem,
+            _read_ref(r, peers, peer, first),
+            _read_ref(r, peers, peer, first),
+        )
     if kind == LIST_SET:
         return (kind, name, _read_id(r, peers), r.json())
     if kind == MAP_SET:

@@ -34,7 +34,15 @@ from .changes import (
     decode_change_tuples,
     encode_change_tuples,
 )
-from .events import DeltaBuilder, ListEvent, MapEvent, Observers, Subscription, TextEvent, UpdateEvent
+from .events import (
+    DeltaBuilder,
+    ListEvent,
+    MapEvent,
+    Observers,
+    Subscription,
+    TextEvent,
+    UpdateEvent,
+)
 from .exceptions import (
     HandlerError,
     HistoryCompactedError,
@@ -429,7 +437,7 @@ class CRDTDocument:
                 work.extend(reversed(waiting))
 
     def _apply(self, t: ChangeTuple) -> None:
-        peer, ctr, ts, deps, ops, size = t
+        peer, ctr, ts, _, ops, size = t
         if ctr + size > 1 << 53:
             raise InvalidChangeError("op counter out of range")
         states = self._states

@@ -27,7 +27,7 @@ from .changes import (
 from .codec import check_json
 from .document import CRDTDocument
 from .events import ListEvent, MapEvent, Observers, Subscription, TextEvent
-from .sequence import C, D, N, P
+from .sequence import D, N
 from .state import ListState, MapState, TextState
 from .sticky import StickyIndex
 
@@ -130,7 +130,9 @@ class CRDTTextHandler(Handler):
                 if builder is not None:
                     builder.splice(index, 0, text)
             if doc._undo_tracking:
-                doc._undo_records.append(("text_delete", self._name, ((doc._peer, ctr, len(text)),)))
+                doc._undo_records.append(
+                    ("text_delete", self._name, ((doc._peer, ctr, len(text)),))
+                )
         finally:
             doc._end()
 
@@ -499,6 +501,3 @@ class CRDTMapHandler(Handler):
 
     def items(self) -> list[tuple[str, Any]]:
         return list(self._state.value().items())
-
-
-__all__ = ["C", "P", "CRDTListHandler", "CRDTMapHandler", "CRDTTextHandler", "Handler"]

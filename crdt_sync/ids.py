@@ -7,8 +7,6 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
-from .exceptions import DecodeError
-
 
 class PeerId:
     """A peer's identity: a UUID, compared and hashed by its canonical text."""
@@ -145,7 +143,7 @@ class VersionVector(Mapping[str, int]):
         from .codec import Reader
 
         r = Reader(data)
-        vv = r.version_vector()
+        vv: VersionVector = r.version_vector()
         r.expect_end()
         return vv
 

@@ -258,12 +258,7 @@ class Sequence:
             if spans:
                 prev = spans[-1]
                 left: Id | None = (prev[P], prev[C] + prev[N] - 1)
-                if (
-                    prev[P] == peer
-                    and prev[C] + prev[N] == ctr
-                    and not prev[D]
-                    and prev[R] is None
-                ):
+                if prev[P] == peer and prev[C] + prev[N] == ctr and not prev[D] and prev[R] is None:
                     self._extend(prev, content, n, n)
                     self._cur = (ci, len(spans) - 1, pos - prev[N] + n)
                     return left, None
@@ -294,7 +289,7 @@ class Sequence:
             pci = ci - 1
             while pci >= 0 and not self.chunks[pci].spans:
                 pci -= 1
-            prev = self.chunks[pci].spans[-1] if pci >= 0 else None
+            prev = self.chunks[pci].spans[-1] if pci >= 0 else None  # type: ignore[assignment]
         if prev is None:
             left = None
         else:
@@ -600,10 +595,12 @@ class Sequence:
                     steps -= 1
         # Far jump: sum chunk lengths, then walk one chunk.
         acc = 0
-        for ci, chunk in enumerate(chunks):
+        ci = 0
+        for chunk in chunks:
             if acc + chunk.vis > pos:
                 break
             acc += chunk.vis
+            ci += 1
         for si, s in enumerate(chunk.spans):
             if not s[D]:
                 n = s[N]
@@ -708,7 +705,7 @@ class Sequence:
 
     @staticmethod
     def _mergeable(a: Span, b: Span) -> bool:
-        return (
+        return bool(
             a[D] == b[D]
             and a[P] == b[P]
             and a[C] + a[N] == b[C]

@@ -21,7 +21,7 @@ from .changes import FORMAT_VERSION, KIND_LIST, KIND_MAP, KIND_TEXT, _read_heade
 from .codec import MAX_COUNT, Reader, Writer
 from .exceptions import DecodeError
 from .ids import VersionVector
-from .sequence import C, D, L, N, P, R, X, Sequence
+from .sequence import C, D, L, N, P, R, Sequence, X
 from .state import ListState, MapState, TextState
 
 if TYPE_CHECKING:
@@ -520,9 +520,9 @@ def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
         if counter > base.get(peer, 0):
             base[peer] = counter
     for peer, counter in decoded.frontier.items():
-        if counter > doc._frontier.get(peer, -1) and doc._frontier.get(peer) is not None:
-            doc._frontier[peer] = counter
-        elif peer not in doc._frontier:
+        if (
+            counter > doc._frontier.get(peer, -1) and doc._frontier.get(peer) is not None
+        ) or peer not in doc._frontier:
             doc._frontier[peer] = counter
     doc._clock.observe(decoded.max_ts)
     doc._next = max(doc._next, vv.get(doc._peer, 0))
@@ -585,7 +585,9 @@ def _list_position_visible(state: ListState, first: tuple[str, int], content: An
     return out
 
 
-def _merge_list_elems(doc: CRDTDocument, name: str, state: ListState, elems: dict[Any, Any]) -> None:
+def _merge_list_elems(
+    doc: CRDTDocument, name: str, state: ListState, elems: dict[Any, Any]
+) -> None:
     """Fold the snapshot's element records into ours (per-field maximum by stamp)."""
     seq = state.seq
     builder = doc._builder(name)

@@ -24,7 +24,7 @@ from .changes import (
 )
 from .events import DeltaBuilder
 from .exceptions import InvalidChangeError
-from .sequence import C, CH, D, N, R, X, Sequence
+from .sequence import C, N, R, Sequence
 
 Id = tuple[str, int]
 Stamp = tuple[int, str, int]
@@ -42,9 +42,7 @@ class NewIds:
         self.ranges.setdefault(name, []).append((peer, start, stop))
 
     def has(self, name: str, ident: Id) -> bool:
-        return any(
-            p == ident[0] and a <= ident[1] < b for p, a, b in self.ranges.get(name, ())
-        )
+        return any(p == ident[0] and a <= ident[1] < b for p, a, b in self.ranges.get(name, ()))
 
 
 class TextState:
@@ -244,7 +242,9 @@ class MapState:
         if not isinstance(op[2], str):
             raise InvalidChangeError("map keys are str")
 
-    def apply(self, op: tuple[Any, ...], peer: str, ctr: int, ts: int, out: set[str] | None) -> bool:
+    def apply(
+        self, op: tuple[Any, ...], peer: str, ctr: int, ts: int, out: set[str] | None
+    ) -> bool:
         stamp = (ts, peer, ctr)
         key = op[2]
         old = self.entries.get(key)
@@ -266,5 +266,3 @@ STATE_TYPES: dict[str, type[TextState] | type[ListState] | type[MapState]] = {
     KIND_LIST: ListState,
     KIND_MAP: MapState,
 }
-
-__all__ = ["CH", "D", "N", "STATE_TYPES", "X", "ListState", "MapState", "NewIds", "State", "TextState"]
