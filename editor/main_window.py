@@ -18,8 +18,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
+from PySide6.QtCore import QByteArray, QEvent, QObject, QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from crdt_sync import CRDTDocument, CRDTError, Snapshot
+from crdt_sync import CRDTDocument, CRDTError, CRDTListHandler, CRDTTextHandler, Snapshot
 from crdt_sync.sync.client import ReconnectPolicy
 from editor.dialogs import HostDialog, JoinDialog
 from editor.hosting import HostedServer, HostingError, invite_link
@@ -45,7 +45,7 @@ from editor.list_view import ListView
 from editor.persistence import data_dir, load_document, session_path
 from editor.remote_cursors import RemoteCursor, RemoteCursorOverlay
 from editor.resources import icon
-from editor.session import Session
+from editor.session import LIST_NAME, TEXT_NAME, Session
 from editor.sync_panel import SyncPanel
 from editor.text_binding import TextBinding
 from editor.urls import InvalidSessionUrl, parse_session_url
@@ -95,6 +95,7 @@ class MainWindow(QMainWindow):
         self._build_central()
         self._build_invite_bar()
         self._build_actions()
+        self.text_edit.installEventFilter(self)
         self.set_session(self._new_local_session())
         geometry = self.settings.value("geometry")
         if isinstance(geometry, QByteArray):
@@ -249,7 +250,9 @@ class MainWindow(QMainWindow):
         session.eventLogged.connect(self.sync_panel.log)
         session.presenceChanged.connect(self.on_session_presenceChanged)
         session.unacknowledgedChanged.connect(self.sync_panel.set_unacknowledged)
+        # Collaborators' cursors are re-resolved whenever the text changes.
         self.text_binding.remoteEditApplied.connect(self.on_session_presenceChanged)
+        self.text_binding.localEditCommitted.connect(self.on_session_presenceChanged)
         self.text_edit.cursorPositionChanged.connect(self.on_text_edit_cursorPositionChanged)
         self.sync_panel.set_session(session.url, session.peer_id, session.name)
         self.on_session_statusChanged()
@@ -344,6 +347,30 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Invite link copied", 3000)
 
     # -- undo ------------------------------------------------------------------------
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        """Route the undo/redo keys pressed in the text editor to the CRDT undo manager.
+
+        QPlainTextEdit claims those keys for its own (disabled) undo stack, so
+        the window's shortcuts would never see them.
+        """
+        if watched is self.text_edit and isinstance(event, QKeyEvent):
+            action = self._undo_redo_for(event)
+            if action is not None:
+                if event.type() == QEvent.Type.ShortcutOverride:
+                    event.accept()  # deliver the key press here, below
+                    return True
+                if event.type() == QEvent.Type.KeyPress:
+                    action.trigger()
+                    return True
+        return super().eventFilter(watched, event)
+
+    def _undo_redo_for(self, event: QKeyEvent) -> QAction | None:
+        pressed = QKeySequence(event.keyCombination())
+        for action in (self.undo_action, self.redo_action):
+            if any(pressed == sequence for sequence in action.shortcuts()):
+                return action
+        return None
+
     def undo(self) -> None:
         """Undo this user's last edit (text or list), never a collaborator's."""
         if self.session is not None:
@@ -430,15 +457,27 @@ class MainWindow(QMainWindow):
             self.run_task(self.open_file(Path(path)))
 
     async def open_file(self, path: Path) -> None:
-        """Load a snapshot file as a new offline document (fresh peer id)."""
+        """Open a snapshot file as a new offline document.
+
+        The content is copied into a fresh document as new edits: a document
+        rebuilt from a snapshot has no history to send, so it could not be
+        shared by hosting or joining.
+        """
         try:
-            document = CRDTDocument.from_snapshot(Snapshot.from_bytes(path.read_bytes()))
+            source = CRDTDocument.from_snapshot(Snapshot.from_bytes(path.read_bytes()))
         except (OSError, CRDTError) as error:
             raise RuntimeError(f"Cannot open {path.name}: {error}") from error
+        text = CRDTTextHandler(source, TEXT_NAME).value
+        items = CRDTListHandler(source, LIST_NAME).value
         if self.hosted is not None:
             await self.stop_hosting()
-        store = session_path(f"local:{document.document_id}", self.data_root)
-        await self._replace_session(Session(document, self.user_name, store=store, parent=self))
+        session = self._new_local_session()
+        with session.document.transaction(origin="open"):
+            session.text.insert(0, text)
+            for item in items:
+                session.items.append(item)
+        session.undo.clear()
+        await self._replace_session(session)
 
     def on_save_as_action_triggered(self) -> None:
         """Save the document's snapshot to a file."""

@@ -1,8 +1,13 @@
 """Offline persistence: each session's document kept in the user data directory.
 
-A session's document lives in ``<data dir>/sessions/<hash of URL>.crdt`` (the
-snapshot bytes) beside ``<same>.json`` (the URL and this app's peer id for it,
-so a reopened document keeps its peer id and its op counters never repeat).
+A session's document lives in ``<data dir>/sessions/<hash of URL>.crdt`` (its
+full change history, ``binary_export_changes()``) beside ``<same>.json`` (the
+URL, the document id and this app's peer id for it, so a reopened document
+keeps its peer id and its op counters never repeat).
+
+The history, not a snapshot, is stored: a document rebuilt from a snapshot has
+no changes to send, and the next handshake must send the server every change
+made offline.
 Writes are atomic (temporary file, then ``os.replace``) so a crash mid-write
 leaves the previous copy intact.
 """
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import platformdirs
 
-from crdt_sync import CRDTDocument, CRDTError, PeerId, Snapshot
+from crdt_sync import CRDTDocument, CRDTError, PeerId
 
 __all__ = [
     "StoredSession",
@@ -67,9 +72,13 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def save_document(document: CRDTDocument, stored: StoredSession) -> None:
-    """Write ``document``'s snapshot and its peer id for ``stored.url``."""
-    write_atomically(stored.snapshot_path, document.take_snapshot().to_bytes())
-    meta = {"url": stored.url, "peer_id": str(document.peer_id)}
+    """Write ``document``'s change history, id and peer id for ``stored.url``."""
+    write_atomically(stored.snapshot_path, document.binary_export_changes())
+    meta = {
+        "url": stored.url,
+        "peer_id": str(document.peer_id),
+        "document_id": document.document_id,
+    }
     write_atomically(stored.meta_path, json.dumps(meta).encode("utf-8"))
 
 
@@ -83,6 +92,8 @@ def load_document(stored: StoredSession) -> CRDTDocument | None:
         data = stored.snapshot_path.read_bytes()
         meta = json.loads(stored.meta_path.read_text(encoding="utf-8"))
         peer_id = PeerId.parse(str(meta["peer_id"]))
-        return CRDTDocument.from_snapshot(Snapshot.from_bytes(data), peer_id=peer_id)
+        document = CRDTDocument(peer_id=peer_id, document_id=str(meta["document_id"]))
+        document.binary_import_changes(data)
+        return document
     except (OSError, ValueError, KeyError, TypeError, CRDTError):
         return None
