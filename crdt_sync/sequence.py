@@ -748,35 +748,41 @@ class Sequence:
     # ------------------------------------------------------------------ loading
 
     def load_spans(self, spans: list[Span]) -> None:
-        """Replace the content with ``spans`` (document order, fields P..R)."""
+        """Replace the content with ``spans`` (document order, all eight fields).
+
+        Raises DecodeError if an element id appears twice.
+        """
         chunks: list[Chunk] = []
-        starts: dict[str, list[int]] = {}
         where: dict[str, dict[int, Span]] = {}
+        size = CHUNK_MAX // 2
         length = 0
-        for i in range(0, len(spans), CHUNK_MAX // 2 or 1):
-            part = spans[i : i + CHUNK_MAX // 2]
+        for i in range(0, len(spans), size):
+            part = spans[i : i + size]
             chunk = Chunk(part, 0)
             vis = 0
             for s in part:
-                s.append(chunk)
+                s[CH] = chunk
                 if not s[D]:
                     vis += s[N]
-                peer = s[P]
-                w = where.get(peer)
-                if w is None:
-                    w = where[peer] = {}
-                    starts[peer] = []
-                w[s[C]] = s
-                starts[peer].append(s[C])
             chunk.vis = vis
             length += vis
             chunks.append(chunk)
+        for s in spans:
+            w = where.get(s[P])
+            if w is None:
+                w = where[s[P]] = {}
+            w[s[C]] = s
+        if sum(map(len, where.values())) != len(spans):
+            from .exceptions import DecodeError
+
+            raise DecodeError("an element appears twice in the sequence")
         self.chunks = chunks or [Chunk([], 0)]
         self.length = length
         self._where = where
-        self._starts = {peer: SortedInts(values) for peer, values in starts.items()}
+        self._starts = {peer: SortedInts(list(w)) for peer, w in where.items()}
         self._cur = None
         self._last = None
+        self._hint = (0, 0)
 
     # --------------------------------------------------------------- invariants
 

@@ -331,40 +331,41 @@ def _decode_text(r: Reader, peers: list[str]) -> list[list[Any]]:
             raise r.fail("peer index out of range")
     if n and (min(len_col) == 0 or max(ctr_col) >= 1 << 53):
         raise r.fail("empty span or counter out of range")
+    i = -1
+    for _ in range(ctr_col.count(0)):
+        i = ctr_col.index(0, i + 1)
+        if flags[i] & _LEFT_PREV:
+            raise r.fail("left origin before counter 0")
+    if n and max(flags) > 31:
+        raise r.fail("unknown span flags")
+    get = peers.__getitem__
+    lefts = iter(list(zip(map(get, lp), lc)))
+    rights = iter(list(zip(map(get, rp), rc)))
     spans: list[list[Any]] = []
     append = spans.append
-    li = ri = tpos = 0
+    tpos = 0
     right: Any = None
-    for k in range(n):
-        f = flags[k]
-        peer = peers[peer_col[k]]
-        ctr = ctr_col[k]
-        length = len_col[k]
-        if f & _LEFT_NONE:
-            left = None
-        elif f & _LEFT_PREV:
-            if not ctr:
-                raise r.fail("left origin before counter 0")
-            left = (peer, ctr - 1)
-        else:
-            if li >= nl:
-                raise r.fail("left origin column too short")
-            left = (peers[lp[li]], lc[li])
-            li += 1
-        if f & _RIGHT_NONE:
-            right = None
-        elif not f & _RIGHT_SAME:
-            if ri >= nr:
-                raise r.fail("right origin column too short")
-            right = (peers[rp[ri]], rc[ri])
-            ri += 1
-        if f & _DELETED:
-            append([peer, ctr, length, "", True, left, right])
-        else:
-            end = tpos + length
-            append([peer, ctr, length, text[tpos:end], False, left, right])
-            tpos = end
-    if li != nl or ri != nr or tpos != len(text) or any(f & ~31 for f in flags):
+    try:
+        for f, peer, ctr, length in zip(flags, map(get, peer_col), ctr_col, len_col):
+            if f & _LEFT_PREV:
+                left: Any = (peer, ctr - 1)
+            elif f & _LEFT_NONE:
+                left = None
+            else:
+                left = next(lefts)
+            if f & _RIGHT_NONE:
+                right = None
+            elif not f & _RIGHT_SAME:
+                right = next(rights)
+            if f & _DELETED:
+                append([peer, ctr, length, "", True, left, right, None])
+            else:
+                end = tpos + length
+                append([peer, ctr, length, text[tpos:end], False, left, right, None])
+                tpos = end
+    except StopIteration:
+        raise r.fail("origin columns too short") from None
+    if next(lefts, None) is not None or next(rights, None) is not None or tpos != len(text):
         raise r.fail("text columns are inconsistent")
     return spans
 
@@ -406,7 +407,7 @@ def _decode_list(r: Reader, peers: list[str]) -> tuple[list[list[Any]], dict[Any
         if n * 2 > r.remaining():
             raise r.fail("span longer than the input")
         content = tuple(_read_id(r, peers) for _ in range(n))
-        spans.append([peer, ctr, n, content, bool(deleted), left, right])
+        spans.append([peer, ctr, n, content, bool(deleted), left, right, None])
     elems: dict[Any, list[Any]] = {}
     for _ in range(r.count(8)):
         elem = _read_id(r, peers)
@@ -441,26 +442,15 @@ def _decode_map(r: Reader, peers: list[str]) -> dict[str, tuple[Any, bool, Any]]
 # ------------------------------------------------------------------ loading
 
 
-def _check_unique(spans: list[list[Any]]) -> None:
-    seen: set[tuple[str, int]] = set()
-    for s in spans:
-        key = (s[P], s[C])
-        if key in seen:
-            raise DecodeError(f"element {key} appears twice in a snapshot")
-        seen.add(key)
-
-
 def load_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
     """Fill an empty ``doc`` from ``snapshot``."""
     decoded = snapshot._take_decoded()
     for name, (kind, value) in decoded.states.items():
         state = doc._state(name, kind)
         if kind == KIND_TEXT:
-            _check_unique(value)
             state.seq.load_spans(value)
         elif kind == KIND_LIST:
             spans, elems = value
-            _check_unique(spans)
             state.seq.load_spans(spans)
             state.elems = elems
         else:
