@@ -14,6 +14,7 @@ from pytestqt.qtbot import QtBot
 
 from crdt_sync.sync.client import ReconnectPolicy
 from editor.main_window import MainWindow
+from editor.sync_panel import SyncState
 from server.registry import InMemoryServerRegistry
 from server.server import WebSocketServer
 
@@ -72,3 +73,14 @@ def place_caret(editor: QPlainTextEdit, position: int, anchor: int | None = None
     if anchor is not None:
         cursor.setPosition(position, QTextCursor.MoveMode.KeepAnchor)
     editor.setTextCursor(cursor)
+
+
+def wait_for_state(
+    qtbot: QtBot, window: MainWindow, state: SyncState, timeout: int = 10000
+) -> None:
+    """Wait until ``window``'s sync panel shows ``state``."""
+
+    def shown() -> None:
+        assert window.sync_panel.state is state, window.sync_panel.status_text()
+
+    qtbot.waitUntil(shown, timeout=timeout)

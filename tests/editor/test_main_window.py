@@ -8,7 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import close_window, make_window, place_caret, run, start_server, widget_text
+from helpers import (
+    close_window,
+    make_window,
+    place_caret,
+    run,
+    start_server,
+    wait_for_state,
+    widget_text,
+)
 from PySide6.QtCore import QModelIndex, Qt
 from PySide6.QtGui import QGuiApplication
 from pytestqt.modeltest import ModelTester
@@ -38,7 +46,7 @@ class Duo:
         for window in (self.a, self.b):
             run(qtbot, window.join(url))
         for window in (self.a, self.b):
-            qtbot.waitUntil(lambda w=window: w.sync_panel.state is SyncState.CONNECTED)
+            wait_for_state(qtbot, window, SyncState.CONNECTED)
 
     def converge_text(self, expected: str) -> None:
         def both() -> None:
@@ -171,7 +179,7 @@ def test_offline_edit_survives_restart_and_arrives(
     b = make_window(tmp_path, "Bo")
     run(qtbot, a.join(url))
     run(qtbot, b.join(url))
-    qtbot.waitUntil(lambda: a.sync_panel.state is SyncState.CONNECTED)
+    wait_for_state(qtbot, a, SyncState.CONNECTED)
     run(qtbot, a.go_offline())
     assert a.sync_panel.state is SyncState.DISCONNECTED
     qtbot.keyClicks(a.text_edit, "written offline")
