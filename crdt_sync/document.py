@@ -50,13 +50,44 @@ from .exceptions import (
     PendingBufferFullError,
 )
 from .ids import HybridLogicalClock, PeerId, VersionVector
-from .state import STATE_TYPES, MapState, NewIds, State
+from .state import STATE_TYPES, MapState, NewIds, State, TextState
 
 if TYPE_CHECKING:
     from .handlers import Handler
     from .snapshot import Snapshot
 
 _NO_NEW_IDS = NewIds()
+
+
+def _typing_run_end(changes: list[ChangeTuple], i: int) -> int:
+    """The end of the run of changes from ``i`` that are one peer typing on.
+
+    Each change after the first is a single text insert on the same handler,
+    right after the previous change's last character (left origin), with the
+    same right origin, and depends only on the previous change.
+    """
+    peer, ctr, _, _, ops, size = changes[i]
+    if len(ops) != 1 or ops[0][0] != TEXT_INSERT:
+        return i + 1
+    name = ops[0][1]
+    right = ops[0][3]
+    end = ctr + size
+    k = i + 1
+    count = len(changes)
+    while k < count:
+        u = changes[k]
+        if u[0] != peer or u[1] != end or len(u[4]) != 1:
+            break
+        op = u[4][0]
+        prev = (peer, end - 1)
+        if op[0] != TEXT_INSERT or op[1] != name or op[3] != right or op[2] != prev:
+            break
+        if u[3] != (prev,):
+            break
+        end += u[5]
+        k += 1
+    return k
+
 
 #: Default bound on changes waiting for missing dependencies.
 MAX_PENDING = 10_000
@@ -378,8 +409,15 @@ class CRDTDocument:
             raise RuntimeError("cannot import changes inside a transaction")
         applied: list[ChangeTuple] = []
         try:
-            for change in changes:
-                self._receive(change, applied)
+            i = 0
+            count = len(changes)
+            while i < count:
+                j = _typing_run_end(changes, i)
+                if j - i > 1 and self._apply_typing_run(changes, i, j, applied):
+                    i = j
+                    continue
+                self._receive(changes[i], applied)
+                i += 1
         finally:
             if applied:
                 self._emit_handler_events(None, False)
@@ -388,6 +426,62 @@ class CRDTDocument:
                         UpdateEvent(tuple(Change(t) for t in applied), False, None)
                     )
         return len(applied)
+
+    def _apply_typing_run(
+        self, changes: list[ChangeTuple], i: int, j: int, applied: list[ChangeTuple]
+    ) -> bool:
+        """Apply changes ``i .. j-1``, one peer typing on (see ``_typing_run_end``), at once.
+
+        Integrating the run's text in one go places it exactly where applying
+        the changes one by one would: each character's left origin is the one
+        before it, so nothing concurrent can come between them. Returns False
+        (doing nothing) unless the first change is ready and valid as it is.
+        """
+        first = changes[i]
+        peer, ctr, _, deps, ops, _ = first
+        vv = self._vv
+        if self._waiting or vv.get(peer, 0) != ctr:
+            return False
+        for dpeer, dctr in deps:
+            if vv.get(dpeer, 0) <= dctr:
+                return False
+        op = ops[0]
+        state = self._states.get(op[1])
+        if not isinstance(state, TextState):
+            return False
+        try:
+            state.validate(op, op[1], _NO_NEW_IDS)
+        except InvalidChangeError:
+            return False
+        run = changes[i:j]
+        last = run[-1]
+        text = "".join([t[4][0][4] for t in run])
+        self._clock.observe(max(t[2] for t in run))
+        handler = self._handlers.get(op[1])
+        out = None
+        if handler is not None and handler._observers._subs:
+            out = self._builder(op[1])
+        state.apply((TEXT_INSERT, op[1], op[2], op[3], text), peer, ctr, 0, out)
+        end = last[1] + last[5]
+        vv[peer] = end
+        frontier = self._frontier
+        for dpeer, dctr in deps:
+            if frontier.get(dpeer) == dctr:
+                del frontier[dpeer]
+        frontier[peer] = end - 1
+        log = self._log
+        ctrs = self._log_ctrs.get(peer)
+        if ctrs is None:
+            ctrs = self._log_ctrs[peer] = []
+            self._log_pos[peer] = []
+        base = len(log)
+        ctrs.extend([t[1] for t in run])
+        self._log_pos[peer].extend(range(base, base + len(run)))
+        log.extend(run)
+        applied.extend(run)
+        if peer == self._peer:
+            self._next = max(self._next, end)
+        return True
 
     def _receive(self, change: ChangeTuple, applied: list[ChangeTuple]) -> None:
         vv = self._vv

@@ -339,14 +339,14 @@ def _decode_text(r: Reader, peers: list[str]) -> list[list[Any]]:
     if n and max(flags) > 31:
         raise r.fail("unknown span flags")
     get = peers.__getitem__
-    lefts = iter(list(zip(map(get, lp), lc)))
-    rights = iter(list(zip(map(get, rp), rc)))
+    lefts = iter(list(zip(map(get, lp), lc, strict=True)))
+    rights = iter(list(zip(map(get, rp), rc, strict=True)))
     spans: list[list[Any]] = []
     append = spans.append
     tpos = 0
     right: Any = None
     try:
-        for f, peer, ctr, length in zip(flags, map(get, peer_col), ctr_col, len_col):
+        for f, peer, ctr, length in zip(flags, map(get, peer_col), ctr_col, len_col, strict=True):
             if f & _LEFT_PREV:
                 left: Any = (peer, ctr - 1)
             elif f & _LEFT_NONE:
