@@ -184,6 +184,8 @@ class WebSocketServer:
             handshake (``TIMEOUT`` otherwise).
         ping_interval, ping_timeout: WebSocket keepalive: a client that does
             not answer a ping within ``ping_timeout`` is dropped (None: off).
+        close_timeout: seconds to wait for a client to complete the closing
+            handshake before the TCP connection is cut (a dead peer never does).
         awareness_timeout: seconds after which a presence state that was not
             renewed is removed (and its removal relayed).
         idle_unload_after: seconds a document stays loaded after its last
@@ -207,6 +209,7 @@ class WebSocketServer:
         handshake_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
+        close_timeout: float = 5.0,
         awareness_timeout: float = 30.0,
         idle_unload_after: float = 60.0,
         max_outbound_bytes: int = 64 * 1024 * 1024,
@@ -239,6 +242,7 @@ class WebSocketServer:
         self.handshake_timeout = handshake_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
         self.awareness_timeout = awareness_timeout
         self.idle_unload_after = idle_unload_after
         self.max_outbound_bytes = max_outbound_bytes
@@ -300,6 +304,7 @@ class WebSocketServer:
             max_size=2 * self.max_message_size,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
+            close_timeout=self.close_timeout,
             compression=None,  # frames are compressed (or not) by our own Compressor
         )
         self._remove_snapshot_listener = self.registry.add_snapshot_listener(self._on_snapshot)

@@ -1,0 +1,212 @@
+"""The command line: the server as a real child process (`python -m server`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from server_helpers import Peer, peers, wait_converged, wait_for
+
+from crdt_sync.sync.client import ConnectionStatus
+from server.cli import build_parser, listening_line
+
+# What the desktop app uses to find the port.
+PORT_RE = re.compile(r"listening on ws://[^ ]*:(\d+)/")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_listening_line_is_parseable_and_names_a_share_url() -> None:
+    line = listening_line("127.0.0.1", 8765)
+    match = PORT_RE.search(line)
+    assert match is not None and match.group(1) == "8765"
+    assert line.startswith("crdt-sync-server listening on ws://127.0.0.1:8765/ (share: ws://")
+    assert line.endswith(":8765/<document-id>)")
+    wildcard = listening_line("0.0.0.0", 9000)
+    assert PORT_RE.search(wildcard) is not None
+    assert "share: ws://0.0.0.0" not in wildcard  # a wildcard is not an address to share
+    assert PORT_RE.search(listening_line("::1", 9001)) is not None
+
+
+def test_parser_defaults_and_refusals(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args([])
+    assert (args.host, args.port, args.memory, args.compression) == (
+        "127.0.0.1",
+        8080,
+        False,
+        "none",
+    )
+    assert not args.no_create and not args.exit_with_parent
+    for bad in (["--port", "70000"], ["--memory", "--db", "x"], ["--compression", "brotli"]):
+        with pytest.raises(SystemExit) as caught:
+            build_parser().parse_args(bad)
+        assert caught.value.code == 2
+    capsys.readouterr()
+
+
+def start_server(*arguments: str) -> tuple[subprocess.Popen[str], int]:
+    """Start `python -m server ...` and return it with the port from its first line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "--log-level", "WARNING", *arguments],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 20)
+    assert ready, "the server printed nothing"
+    line = process.stdout.readline()
+    match = PORT_RE.search(line)
+    if match is None:
+        process.kill()
+        _, err = process.communicate()
+        raise AssertionError(f"unexpected first line {line!r}; stderr: {err}")
+    return process, int(match.group(1))
+
+
+@contextmanager
+def running(*arguments: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    process, port = start_server(*arguments)
+    try:
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=20)
+
+
+def test_sigterm_stops_cleanly_with_status_zero(tmp_path: Path) -> None:
+    with running("--port", "0", "--db", str(tmp_path / "store.sqlite3")) as (process, _):
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert process.stdout is not None and process.stdout.read() == ""  # one line only
+    assert (tmp_path / "store.sqlite3").exists()
+
+
+def test_a_busy_port_is_a_clear_startup_failure(tmp_path: Path) -> None:
+    with running("--port", "0", "--memory") as (_, port):
+        second = subprocess.run(
+            [sys.executable, "-m", "server", "--port", str(port), "--memory"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 1
+        assert "cannot listen" in second.stderr
+
+
+def test_a_corrupt_database_is_a_clear_startup_failure(tmp_path: Path) -> None:
+    path = tmp_path / "broken.sqlite3"
+    path.write_bytes(b"definitely not sqlite" * 50)
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "--port", "0", "--db", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "not a crdt-sync-server database" in result.stderr
+    assert result.stdout == ""
+
+
+def pid_exits_within(pid: int, seconds: float) -> bool:
+    """Wait for a process that is not our child to end (Linux pidfd: no polling)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], seconds)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfd_open")
+def test_exit_with_parent_leaves_no_orphan(tmp_path: Path) -> None:
+    # A stand-in for the desktop app: starts the server, prints its pid, then is killed.
+    launcher = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'server', '--port', '0', '--memory',"
+        " '--exit-with-parent'], stdout=subprocess.PIPE, text=True)\n"
+        "print(child.pid, child.stdout.readline().strip(), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", launcher],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    first = parent.stdout.readline()
+    child_pid = int(first.split()[0])
+    assert PORT_RE.search(first)
+    assert not pid_exits_within(child_pid, 0.2)  # alive while the parent lives
+    parent.kill()
+    parent.communicate(timeout=20)  # also closes our ends of its pipes
+    assert pid_exits_within(child_pid, 20), "the server outlived its parent"
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_sigkill_mid_session_loses_no_acknowledged_change(tmp_path: Path) -> None:
+    database = str(tmp_path / "store.sqlite3")
+    process, port = start_server("--port", "0", "--db", database)
+    url = f"ws://127.0.0.1:{port}/meeting"
+    try:
+        async with peers(url, 3) as group:
+            ada, bob, cy = group
+            ada.text.insert(0, "minutes: ")
+            bob.items.append("agenda item")
+            cy.meta.set("title", "Weekly")
+            await wait_converged(group)
+            for peer in group:
+                await peer.wait_acknowledged()
+            acknowledged = ada.state()
+
+            process.kill()  # SIGKILL: no flush, no goodbye
+            process.communicate(timeout=20)
+            for peer in group:
+                await peer.wait_status(ConnectionStatus.RECONNECTING)
+            # Everyone keeps editing while the server is down.
+            ada.text.insert(len(ada.text.value), "offline note")
+            bob.items.append("offline item")
+
+            process, _ = start_server("--port", str(port), "--db", database)
+            for peer in group:
+                await peer.wait_status(ConnectionStatus.CONNECTED)
+            await wait_converged(group)
+            for peer in group:
+                await peer.wait_acknowledged()
+            assert "minutes: " in ada.text.value and "offline note" in cy.text.value
+            assert ada.items.value[0] == "agenda item" or "agenda item" in ada.items.value
+
+        # A newcomer, knowing nothing, finds everything acknowledged before the kill.
+        newcomer = Peer(url, "newcomer")
+        await newcomer.connect()
+        await wait_for(
+            lambda: (
+                newcomer.meta.value == acknowledged[2]
+                and acknowledged[0] in newcomer.text.value
+                and "agenda item" in newcomer.items.value
+            ),
+            documents=(newcomer.document,),
+            what="the newcomer sees the acknowledged state",
+        )
+        await newcomer.client.disconnect()
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
