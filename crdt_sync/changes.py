@@ -347,14 +347,16 @@ def _read_op(r: Reader, peers: list[str], names: list[str], peer: str, first: in
     if index >= len(names):
         raise r.fail(f"handler index {index} out of range")
     name = names[index]
-    if kind == TEXT_INSERT or kind == LIST_INSERT:
+    if kind == TEXT_INSERT:
         left = _read_ref(r, peers, peer, first)
         right = _read_ref(r, peers, peer, first)
-        if kind == TEXT_INSERT:
-            text = r.str()
-            if not text:
-                raise r.fail("empty insert")
-            return (kind, name, left, right, text)
+        text = r.str()
+        if not text:
+            raise r.fail("empty insert")
+        return (kind, name, left, right, text)
+    if kind == LIST_INSERT:
+        left = _read_ref(r, peers, peer, first)
+        right = _read_ref(r, peers, peer, first)
         n = r.count(2)
         if not n:
             raise r.fail("empty insert")

@@ -137,6 +137,12 @@ class Reader:
 
     def uint(self, limit: int = 1 << 64) -> int:
         data, pos, end = self.data, self.pos, self.end
+        if pos < end:
+            b = data[pos]
+            if b < 0x80 and b <= limit:
+                # One-byte varints are the common case: small counts, indexes, deltas.
+                self.pos = pos + 1
+                return b
         result = 0
         shift = 0
         while True:
