@@ -242,7 +242,8 @@ class CRDTServerRegistry(ABC):
 
         return remove
 
-    def _notify_snapshot(self, document_id: str, snapshot: Snapshot) -> None:
+    def notify_snapshot(self, document_id: str, snapshot: Snapshot) -> None:
+        """Tell the listeners a snapshot of ``document_id`` was stored (subclasses call it)."""
         for listener in list(self._listeners()):
             listener(document_id, snapshot)
 
@@ -348,7 +349,7 @@ class CRDTServerRegistry(ABC):
             raise DocumentNotFoundError(document_id)
         snapshot = document.take_snapshot()
         self._snapshots()[document_id] = snapshot
-        self._notify_snapshot(document_id, snapshot)
+        self.notify_snapshot(document_id, snapshot)
         return snapshot
 
     async def get_latest_snapshot(self, document_id: str) -> Snapshot | None:
@@ -896,7 +897,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
             # Periodic snapshots are not awaited by anyone: retrieve the
             # outcome here (a failure leaves the log in place, nothing lost).
             if not future.cancelled() and future.exception() is None:
-                self._notify_snapshot(document_id, snapshot)
+                self.notify_snapshot(document_id, snapshot)
 
         committed.add_done_callback(stored)
         return committed
