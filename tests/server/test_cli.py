@@ -210,3 +210,11 @@ async def test_sigkill_mid_session_loses_no_acknowledged_change(tmp_path: Path) 
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         process.communicate(timeout=20)
+
+
+def test_the_server_never_imports_qt() -> None:
+    code = "import sys, server, server.cli; assert 'PySide6' not in sys.modules, 'Qt imported'"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
