@@ -116,11 +116,14 @@ class CRDTTextHandler(Handler):
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, not {type(text).__name__}")
         seq = self._state.seq
-        _check_index(index, seq.length, True)
+        if type(index) is not int or not 0 <= index <= seq.length:
+            _check_index(index, seq.length, True)
         if not text:
             return
         doc = self._doc
-        doc._begin()
+        outer = not doc._depth
+        if outer:
+            doc._begin()
         try:
             ctr = doc._next
             left, right = seq.local_insert(index, doc._peer, ctr, text)
@@ -134,7 +137,8 @@ class CRDTTextHandler(Handler):
                     ("text_delete", self._name, ((doc._peer, ctr, len(text)),))
                 )
         finally:
-            doc._end()
+            if outer:
+                doc._end()
 
     def delete(self, index: int, count: int) -> None:
         """Delete ``count`` characters from ``index`` (the range must lie inside the text)."""
@@ -146,7 +150,9 @@ class CRDTTextHandler(Handler):
         if not count:
             return
         doc = self._doc
-        doc._begin()
+        outer = not doc._depth
+        if outer:
+            doc._begin()
         try:
             pieces = seq.local_delete(index, count)
             doc._push_op((TEXT_DELETE, self._name, tuple((p, c, n) for p, c, n, _ in pieces)), 1)
@@ -157,7 +163,8 @@ class CRDTTextHandler(Handler):
             if doc._undo_tracking:
                 doc._undo_records.append(("text_restore", self._name, tuple(pieces)))
         finally:
-            doc._end()
+            if outer:
+                doc._end()
 
     def _delete_ids(self, ranges: tuple[tuple[str, int, int], ...]) -> None:
         """Delete whichever of the elements in ``ranges`` are still visible (undo)."""
