@@ -57,6 +57,9 @@ def invite_link(port: int, document_id: str, host: str | None = None) -> str:
 class HostedServer(QObject):
     """One child server process. Start it with :meth:`start`, end it with :meth:`stop`.
 
+    The documents are stored in the SQLite file ``db_path`` (``memory=True``:
+    kept in memory only, for benchmarks).
+
     ``exited`` is emitted with the exit code whenever the child ends, also when
     it ends on its own (crash, killed from outside).
     """
@@ -69,8 +72,11 @@ class HostedServer(QObject):
         port: int = 0,
         log_path: Path | None = None,
         parent: QObject | None = None,
+        *,
+        memory: bool = False,
     ) -> None:
         super().__init__(parent)
+        self._memory = memory
         self._db_path = db_path
         self._requested_port = port
         self._log_path = log_path or db_path.with_suffix(".log")
@@ -107,8 +113,7 @@ class HostedServer(QObject):
             "0.0.0.0",
             "--port",
             str(self._requested_port),
-            "--db",
-            str(self._db_path),
+            *(["--memory"] if self._memory else ["--db", str(self._db_path)]),
             "--exit-with-parent",
         ]
 

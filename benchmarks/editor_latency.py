@@ -1,0 +1,208 @@
+"""Desktop editor latency: prints figures, asserts nothing.
+
+    QT_QPA_PLATFORM=offscreen python benchmarks/editor_latency.py [--keystrokes N]
+
+1. Keystroke to remote widget: two editor windows (offscreen) joined through a
+   real server (the bundled server as a child process, as when hosting); a key
+   pressed in one window, timed until the text has changed in the other
+   window's widget (p50 / p99 / max). Run twice: with the SQLite store the
+   hosted server uses (it relays a change after storing it durably) and with
+   ``--memory``.
+2. Opening the final ``automerge-paper`` document: the trace is replayed into a
+   CRDT document (one transaction per trace transaction, not timed), then the
+   time to bind it to an editor window (widget filled, list model, session) is
+   measured.
+3. Per-keystroke handling in that document: a key press in the middle of the
+   104,852-character text, from the key event to the CRDT transaction done
+   and the widget updated (p50 / p99 / max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication
+
+from crdt_sync import CRDTDocument, CRDTTextHandler, Snapshot
+from crdt_sync.sync.client import ReconnectPolicy
+from editor.hosting import HostedServer
+from editor.main_window import MainWindow
+from editor.refguard import RefcountGuard
+from editor.session import TEXT_NAME, Session
+from editor.sync_panel import SyncState
+
+TRACE = (
+    Path(__file__).resolve().parent.parent.parent
+    / "shared"
+    / "traces"
+    / "sequential"
+    / "automerge-paper.json.gz"
+)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def report(label: str, samples_ms: list[float]) -> None:
+    print(
+        f"{label}: n={len(samples_ms)} p50={statistics.median(samples_ms):.2f} ms "
+        f"p99={percentile(samples_ms, 0.99):.2f} ms max={max(samples_ms):.2f} ms"
+    )
+
+
+def make_window(root: Path, name: str) -> MainWindow:
+    settings = QSettings(str(root / f"{name}.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(
+        name=name,
+        settings=settings,
+        reconnect=ReconnectPolicy(initial_delay_s=0.05, max_delay_s=0.5),
+        data_root=root / name,
+    )
+    window.show()
+    return window
+
+
+async def wait_until(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.001)
+
+
+async def keystroke_to_remote(root: Path, keystrokes: int, memory: bool) -> None:
+    server = HostedServer(root / "bench-host.db", memory=memory)
+    port = await server.start()
+    a = make_window(root, "A")
+    b = make_window(root, "B")
+    try:
+        url = f"ws://127.0.0.1:{port}/latency"
+        await a.join(url)
+        await b.join(url)
+        await wait_until(lambda: a.sync_panel.state is SyncState.CONNECTED)
+        await wait_until(lambda: b.sync_panel.state is SyncState.CONNECTED)
+        assert b.text_binding is not None
+        loop = asyncio.get_running_loop()
+        samples: list[float] = []
+        for i in range(keystrokes + 20):
+            arrived: asyncio.Future[float] = loop.create_future()
+
+            def on_remote(future: asyncio.Future[float] = arrived) -> None:
+                if not future.done():
+                    future.set_result(time.perf_counter())
+
+            b.text_binding.remoteEditApplied.connect(on_remote)
+            started = time.perf_counter()
+            QTest.keyClick(a.text_edit, "abcdefghij"[i % 10])
+            finished = await asyncio.wait_for(arrived, 10)
+            b.text_binding.remoteEditApplied.disconnect(on_remote)
+            if i >= 20:  # warm-up excluded
+                samples.append((finished - started) * 1000)
+        assert a.session is not None and b.session is not None
+        assert a.session.text.value == b.session.text.value
+        store = "in-memory store" if memory else "SQLite store, relay after durable write"
+        report(f"keystroke -> other window's widget (child server, {store})", samples)
+    finally:
+        await a.shutdown()
+        await b.shutdown()
+        a.close()
+        b.close()
+        await server.stop()
+
+
+def replay_trace() -> CRDTDocument:
+    with gzip.open(TRACE, "rt", encoding="utf-8") as stream:
+        trace = json.load(stream)
+    document = CRDTDocument(document_id="automerge-paper")
+    text = CRDTTextHandler(document, TEXT_NAME)
+    for txn in trace["txns"]:
+        with document.transaction():
+            for position, removed, inserted in txn["patches"]:
+                if removed:
+                    text.delete(position, removed)
+                if inserted:
+                    text.insert(position, inserted)
+    if text.value != trace["endContent"]:
+        raise SystemExit("trace replay does not match endContent")
+    return document
+
+
+async def open_and_type(root: Path, keystrokes: int) -> None:
+    started = time.perf_counter()
+    source = replay_trace()
+    print(f"(replayed automerge-paper in {time.perf_counter() - started:.2f} s, not counted)")
+    snapshot = source.take_snapshot().to_bytes()
+    window = make_window(root, "Paper")
+    try:
+        app = QApplication.instance()
+        assert app is not None
+        opened: list[float] = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            document = CRDTDocument.from_snapshot(Snapshot.from_bytes(snapshot))
+            session = Session(document, "Paper", parent=window)
+            window.set_session(session)
+            app.processEvents()  # layout and first paint of the new text
+            opened.append((time.perf_counter() - t0) * 1000)
+        length = len(window.text_edit.toPlainText())
+        print(
+            f"open automerge-paper ({length:,} chars) into the window "
+            f"(snapshot decode + bind + first paint): best={min(opened):.1f} ms "
+            f"median={statistics.median(opened):.1f} ms"
+        )
+        cursor = window.text_edit.textCursor()
+        cursor.setPosition(length // 2)
+        window.text_edit.setTextCursor(cursor)
+        samples: list[float] = []
+        for i in range(keystrokes + 20):
+            key = Qt.Key.Key_Backspace if i % 5 == 4 else "x"
+            t0 = time.perf_counter()
+            QTest.keyClick(window.text_edit, key)
+            if i >= 20:
+                samples.append((time.perf_counter() - t0) * 1000)
+        assert window.session is not None
+        assert window.session.text.value == window.text_binding.text  # type: ignore[union-attr]
+        report("keystroke handling in automerge-paper (key event -> CRDT + widget)", samples)
+    finally:
+        await window.shutdown()
+        window.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        await keystroke_to_remote(root, args.keystrokes, memory=False)
+        await keystroke_to_remote(root, args.keystrokes, memory=True)
+        await open_and_type(root, args.keystrokes)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keystrokes", type=int, default=300)
+    arguments = parser.parse_args()
+    application = QApplication(sys.argv[:1])
+    application.setQuitOnLastWindowClosed(False)
+    guard = RefcountGuard()  # PySide6 6.12 on Python 3.11 loses references
+    ticker = QTimer()
+    ticker.timeout.connect(guard.top_up)
+    ticker.start(200)
+    import qasync
+
+    qasync.run(main(arguments))
