@@ -110,7 +110,7 @@ async def keystroke_to_remote(root: Path, keystrokes: int, memory: bool) -> None
 
             b.text_binding.remoteEditApplied.connect(on_remote)
             started = time.perf_counter()
-            QTest.keyClick(a.text_edit, "abcdefghij"[i % 10])
+            QTest.keyClick(a.text_edit, Qt.Key(Qt.Key.Key_A.value + i % 10))
             finished = await asyncio.wait_for(arrived, 10)
             b.text_binding.remoteEditApplied.disconnect(on_remote)
             if i >= 20:  # warm-up excluded
@@ -172,7 +172,7 @@ async def open_and_type(root: Path, keystrokes: int) -> None:
         window.text_edit.setTextCursor(cursor)
         samples: list[float] = []
         for i in range(keystrokes + 20):
-            key = Qt.Key.Key_Backspace if i % 5 == 4 else "x"
+            key = Qt.Key.Key_Backspace if i % 5 == 4 else Qt.Key.Key_X
             t0 = time.perf_counter()
             QTest.keyClick(window.text_edit, key)
             if i >= 20:

@@ -37,7 +37,7 @@ class RefcountGuard:
         if not _NEEDED:
             return
         for obj in self._objects:
-            reserve_list = [obj] * reserve
+            reserve_list: list[object] = [obj] * reserve
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(reserve_list))  # never freed
             self._bank[id(obj)] = reserve_list
             self._baseline[id(obj)] = sys.getrefcount(obj)

@@ -76,8 +76,8 @@ class RemoteCursorOverlay(QWidget):
                 start, end = sorted((remote.anchor, remote.head))
                 shade = QColor(remote.colour)
                 shade.setAlpha(60)
-                for rect in self._selection_rects(max(0, start), min(end, limit)):
-                    painter.fillRect(rect, shade)
+                for area in self._selection_rects(max(0, start), min(end, limit)):
+                    painter.fillRect(area, shade)
         for remote in self._cursors:
             cursor = QTextCursor(self._editor.document())
             cursor.setPosition(max(0, min(remote.head, limit)))
