@@ -195,14 +195,30 @@ class CRDTTextHandler(Handler):
             doc._end()
 
     def _restore(self, pieces: tuple[tuple[str, int, int, Any], ...]) -> None:
-        """Insert deleted ``pieces`` again where their tombstones are (undo)."""
+        """Insert deleted ``pieces`` again right after their own tombstones (undo).
+
+        Anchoring each piece to its tombstone, not to a visible index, keeps
+        pieces in their order even when several tombstones sit side by side.
+        """
         seq = self._state.seq
         doc = self._doc
+        builder = doc._builder(self._name)
         doc._begin()
         try:
-            for peer, ctr, _, content in pieces:
-                if content:
-                    self.insert(seq.visible_index(peer, ctr), content)
+            for peer, ctr, n, content in pieces:
+                if not content:
+                    continue
+                new_ctr = doc._next
+                left, right, index = seq.insert_after(
+                    (peer, ctr + n - 1), doc._peer, new_ctr, content
+                )
+                doc._push_op((TEXT_INSERT, self._name, left, right, content), len(content))
+                if builder is not None:
+                    builder.splice(index, 0, content)
+                if doc._undo_tracking:
+                    doc._undo_records.append(
+                        ("text_delete", self._name, ((doc._peer, new_ctr, len(content)),))
+                    )
         finally:
             doc._end()
 

@@ -305,6 +305,37 @@ class Sequence:
         self._rebalance(ci)
         return left, right
 
+    def insert_after(
+        self, after: Id, peer: str, ctr: int, content: Any
+    ) -> tuple[Id | None, Id | None, int]:
+        """Insert ``content`` right after element ``after`` (visible or not).
+
+        Used to put deleted text back exactly where its tombstone is (undo).
+        Returns the ``(left, right)`` origins and the visible index of the new
+        elements. KeyError if ``after`` is unknown.
+        """
+        span, off = self.locate(*after)
+        chunk = span[CH]
+        ci = self._chunk_index(chunk)
+        si = self._span_index(chunk, span)
+        if off < span[N] - 1:
+            self._split(span, chunk, si, off + 1)
+        si += 1
+        nci, nsi = ci, si
+        right: Id | None = None
+        while nci < len(self.chunks):
+            spans = self.chunks[nci].spans
+            if nsi < len(spans):
+                right = (spans[nsi][P], spans[nsi][C])
+                break
+            nci += 1
+            nsi = 0
+        new = [peer, ctr, len(content), content, False, after, right, None]
+        self._insert_span(ci, si, new)
+        self._cur = None
+        self._rebalance(ci)
+        return after, right, self.span_visible_start(new)
+
     def local_delete(self, pos: int, count: int) -> list[tuple[str, int, int, Any]]:
         """Delete ``count`` visible elements from ``pos``; returns the deleted pieces.
 
