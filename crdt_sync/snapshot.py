@@ -588,13 +588,24 @@ def _merge_list_elems(
             continue
         was_alive = ListState.alive(ours)
         old_pos = ours[2]
-        if theirs[1] > ours[1]:
+        value_changed = theirs[1] > ours[1]
+        if value_changed:
             ours[0], ours[1] = theirs[0], theirs[1]
         if theirs[3] > ours[3]:
             ours[2], ours[3] = theirs[2], theirs[3]
         if theirs[4] is not None and (ours[4] is None or theirs[4] > ours[4]):
             ours[4] = theirs[4]
         now_alive = ListState.alive(ours)
+        if (
+            value_changed
+            and was_alive
+            and now_alive
+            and ours[2] == old_pos
+            and seq.contains(*old_pos)
+            and seq.is_visible(*old_pos)
+            and builder is not None
+        ):
+            builder.splice(seq.visible_index(*old_pos), 1, [ours[0]])
         if was_alive and (not now_alive or ours[2] != old_pos) and seq.contains(*old_pos):
             for vis, _, _ in seq.set_deleted(old_pos[0], old_pos[1], 1, True, True):
                 if builder is not None:
