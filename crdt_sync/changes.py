@@ -280,7 +280,7 @@ def encode_changes(changes: Iterable[Change], compress: bool | None = None) -> b
 
 
 #: Largest body a compressed change batch may inflate to.
-MAX_INFLATED = 256 << 20
+MAX_INFLATED = 64 << 20
 
 
 def inflate(data: bytes, offset: int, limit: int = MAX_INFLATED) -> bytes:

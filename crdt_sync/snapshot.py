@@ -540,7 +540,8 @@ def _merge_sequence(doc: CRDTDocument, name: str, state: Any, spans: list[list[A
             while j < n and not seq.contains(peer, ctr + j):
                 j += 1
             piece_left = left if k == 0 else (peer, ctr + k - 1)
-            piece = content[k:j] if (not deleted or is_list) else "\0" * (j - k)
+            # Deleted text keeps no characters: a range stands in for their count.
+            piece = content[k:j] if (not deleted or is_list) else range(j - k)
             todo.append((peer, ctr + k, piece, piece_left, right, deleted))
             k = j
     while todo:
