@@ -94,10 +94,36 @@ def marker(client: int, seq: int) -> str:
 
 @dataclass
 class Wire:
-    """Bytes written and read by the clients' TCP connections."""
+    """Bytes written and read by the clients' TCP connections, and messages by type."""
 
     sent: int = 0
     received: int = 0
+    #: message type -> [count, payload bytes], per direction (WebSocket payloads only).
+    sent_by_type: dict[str, list[int]] = field(default_factory=dict)
+    received_by_type: dict[str, list[int]] = field(default_factory=dict)
+
+    @staticmethod
+    def tally(table: dict[str, list[int]], kind: str, size: int) -> None:
+        entry = table.setdefault(kind, [0, 0])
+        entry[0] += 1
+        entry[1] += size
+
+
+def our_message_type(data: bytes) -> str:
+    from crdt_sync.sync.messages import peek_message_type
+
+    kind = peek_message_type(data)
+    return "?" if kind is None else kind.name
+
+
+#: y-protocols: first byte 0 = sync (second byte: step 1, step 2, update), 1 = awareness.
+_Y_SYNC = {0: "SYNC_STEP1", 1: "SYNC_STEP2", 2: "SYNC_UPDATE"}
+
+
+def y_message_type(data: bytes) -> str:
+    if len(data) >= 2 and data[0] == 0:
+        return _Y_SYNC.get(data[1], "SYNC_?")
+    return {1: "AWARENESS", 2: "AUTH", 3: "QUERY_AWARENESS"}.get(data[0], "?") if data else "?"
 
 
 class _CountingTransport:
@@ -119,8 +145,9 @@ class _CountingTransport:
         return getattr(self._transport, name)
 
 
-def counting_connection(wire: Wire) -> type[ClientConnection]:
-    """A websockets ClientConnection class that counts its TCP bytes into ``wire``."""
+def counting_connection(wire: Wire, classify: Callable[[bytes], str]) -> type[ClientConnection]:
+    """A websockets ClientConnection class that counts into ``wire``: TCP bytes both
+    ways, and binary messages by ``classify(payload)``."""
 
     class CountingConnection(ClientConnection):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -130,6 +157,17 @@ def counting_connection(wire: Wire) -> type[ClientConnection]:
         def data_received(self, data: bytes) -> None:
             wire.received += len(data)
             super().data_received(data)
+
+        async def recv(self, decode: bool | None = None) -> Any:
+            data = await super().recv(decode)
+            if isinstance(data, bytes):
+                Wire.tally(wire.received_by_type, classify(data), len(data))
+            return data
+
+        async def send(self, message: Any, *, text: bool | None = None) -> None:
+            if isinstance(message, bytes):
+                Wire.tally(wire.sent_by_type, classify(message), len(message))
+            await super().send(message, text=text)
 
     return CountingConnection
 
@@ -444,7 +482,7 @@ class PycrdtClient(BenchClient):
 
         self.connection = await websockets.connect(
             self.url,
-            create_connection=counting_connection(self.wire),
+            create_connection=counting_connection(self.wire, y_message_type),
             compression=None,
             open_timeout=CONNECT_TIMEOUT,
             max_size=None,
@@ -723,6 +761,16 @@ def report_load(results: list[RunResult], args: argparse.Namespace) -> None:
     add("edits fired > 1 interval late", [f"{r.late_edits:,}" for r in results])
     add("connect all clients", [f"{r.connect_s:.2f} s" for r in results])
     print_table(header, rows)
+    for r in results:
+        for direction, table in (
+            ("sent", r.wire.sent_by_type),
+            ("received", r.wire.received_by_type),
+        ):
+            parts = ", ".join(
+                f"{kind} {count:,} ({fmt_bytes(size)}, {size / count:.0f} B each)"
+                for kind, (count, size) in sorted(table.items(), key=lambda kv: -kv[1][1])
+            )
+            print(f"{r.library} messages {direction} by clients: {parts or '-'}")
     if len(results) == 2 and results[0].latencies and results[1].latencies:
         ours99 = percentile(results[0].latencies, 0.99)
         theirs99 = percentile(results[1].latencies, 0.99)
@@ -831,7 +879,9 @@ async def amain(args: argparse.Namespace) -> int:
     def use_counting_connect(wire: Wire) -> None:
         # Our client opens its socket through the module's ``connect``; give it a
         # connection class that counts TCP bytes (the benchmark's own instrument).
-        counting = functools.partial(original_connect, create_connection=counting_connection(wire))
+        counting = functools.partial(
+            original_connect, create_connection=counting_connection(wire, our_message_type)
+        )
         setattr(client_module, "connect", counting)  # noqa: B010
 
     try:
