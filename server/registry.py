@@ -85,6 +85,7 @@ __all__ = [
     "InMemoryServerRegistry",
     "SnapshotListener",
     "SqliteServerRegistry",
+    "merge_snapshot_checked",
     "new_epoch",
     "validate_document_id",
     "version_vector_of",
@@ -175,6 +176,48 @@ def import_and_collect(
     finally:
         subscription.cancel()
     return collector.changes, refusal
+
+
+def merge_snapshot_checked(
+    document: CRDTDocument, snapshot: Snapshot
+) -> tuple[bool, list[Change], CRDTError | None]:
+    """Merge a client's ``snapshot`` into ``document``, refusing it while nothing changed.
+
+    Returns ``(merged, ready, refusal)``: ``merged`` is False when the snapshot
+    held nothing the document lacks (nothing was touched); ``ready`` lists the
+    changes that waited for missing dependencies and that the snapshot made
+    applicable (applied too, in order); ``refusal`` is the core's error if
+    applying one of those failed after the merge (the merged state stands and
+    must still be stored before the error is reported).
+
+    The merge is first tried on a scratch copy of the document, because a
+    snapshot that decodes can still be impossible to merge (a name that is text
+    here and a list there, elements whose origins are nowhere) and the core
+    could fail half-way through. Uploads are rare, so the copy is affordable.
+
+    Raises:
+        CRDTError: the snapshot cannot be merged; ``document`` is untouched.
+    """
+    if snapshot.version_vector <= document.version_vector:
+        return False, [], None
+    try:
+        scratch = CRDTDocument.from_snapshot(document.take_snapshot())
+        scratch.import_snapshot(snapshot)
+    except CRDTError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, RecursionError) as error:
+        # Remote input: whatever the core trips on is a refusal, not a crash.
+        raise DecodeError(f"the snapshot cannot be merged: {error!r}") from error
+    collector = _ChangeCollector()
+    subscription = document.on_update(collector)
+    refusal: CRDTError | None = None
+    try:
+        document.import_snapshot(snapshot)
+    except CRDTError as error:
+        refusal = error
+    finally:
+        subscription.cancel()
+    return True, collector.changes, refusal
 
 
 class CRDTServerRegistry(ABC):
@@ -321,6 +364,42 @@ class CRDTServerRegistry(ABC):
         if refusal is not None:
             raise ChangesRejectedError(refusal, applied) from refusal
         return applied
+
+    async def apply_snapshot(
+        self, document_id: str, snapshot: Snapshot
+    ) -> tuple[bool, list[Change]]:
+        """Merge a client's uploaded ``snapshot`` into the document and store the result.
+
+        Returns ``(merged, ready)``: ``merged`` is False when the snapshot held
+        nothing new (nothing stored); ``ready`` lists changes that waited for
+        dependencies the snapshot brought, now applied. When this returns, the
+        merged state is stored as durably as the registry can store it, and
+        :meth:`durable_version_vector` covers ``snapshot.version_vector``: the
+        server acknowledges the upload next. The document's history no longer
+        covers everything it holds, so clients lagging behind get a snapshot.
+
+        The default merges into the document from :meth:`get_document` and
+        stores it again with :meth:`set_document`.
+
+        Raises:
+            DocumentNotFoundError: no such document.
+            ChangesRejectedError: the snapshot cannot be merged (the document is
+                untouched, ``applied`` is empty), or applying a change it made
+                ready failed after the merge (the merged state is stored, the
+                changes applied are in ``applied``).
+        """
+        document = await self.get_document(document_id)
+        if document is None:
+            raise DocumentNotFoundError(document_id)
+        try:
+            merged, ready, refusal = merge_snapshot_checked(document, snapshot)
+        except CRDTError as error:
+            raise ChangesRejectedError(error, []) from error
+        if merged:
+            await self.set_document(document_id, document)
+        if refusal is not None:
+            raise ChangesRejectedError(refusal, ready) from refusal
+        return merged, ready
 
     async def durable_version_vector(self, document_id: str) -> VersionVector:
         """What of the document is durably stored (the server acknowledges up to this).
@@ -850,6 +929,30 @@ class SqliteServerRegistry(CRDTServerRegistry):
         if refusal is not None:
             raise ChangesRejectedError(refusal, applied) from refusal
         return applied
+
+    async def apply_snapshot(
+        self, document_id: str, snapshot: Snapshot
+    ) -> tuple[bool, list[Change]]:
+        """Merge the upload, then store a snapshot of the merged document (which
+        replaces the change log, as compaction does) and wait for the commit."""
+        loaded = await self._load(document_id)
+        if loaded is None:
+            raise DocumentNotFoundError(document_id)
+        try:
+            merged, ready, refusal = merge_snapshot_checked(loaded.document, snapshot)
+        except CRDTError as error:
+            raise ChangesRejectedError(error, []) from error
+        if merged:
+            # The stored snapshot covers every change in memory: each one's log
+            # row is queued ahead of it, so deleting the log stays exact.
+            committed = self._queue_snapshot(document_id, loaded)
+            stored = loaded.snapshot
+            await committed
+            if stored is not None:
+                loaded.durable = loaded.durable.merge(stored.version_vector)
+        if refusal is not None:
+            raise ChangesRejectedError(refusal, ready) from refusal
+        return merged, ready
 
     async def _log(self, document_id: str, loaded: _Loaded, applied: list[Change]) -> None:
         """Append ``applied`` to the log (compacting when due) and wait for the commit."""

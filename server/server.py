@@ -48,13 +48,14 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from crdt_sync import Change, CRDTDocument
-from crdt_sync.exceptions import InvalidChangeError, PendingBufferFullError
+from crdt_sync import Change, CRDTDocument, CRDTError, Snapshot
+from crdt_sync.exceptions import PendingBufferFullError
 from crdt_sync.sync import (
     DEFAULT_MAX_MESSAGE_SIZE,
     AwarenessUpdate,
     Changes,
     Compressor,
+    DocumentStatus,
     ErrorCode,
     HandshakeRequest,
     NoCompression,
@@ -75,6 +76,7 @@ from .session import (
     ServerSession,
     SessionClosed,
     SessionState,
+    SnapshotUploaded,
 )
 
 __all__ = ["Authenticator", "WebSocketServer"]
@@ -480,6 +482,8 @@ class WebSocketServer:
                     await self._join(connection, event)
                 elif isinstance(event, ChangesReceived):
                     await self._apply(connection, event.changes)
+                elif isinstance(event, SnapshotUploaded):
+                    await self._apply_snapshot(connection, event.snapshot)
                 elif isinstance(event, AwarenessReceived):
                     self._awareness_update(connection, event.update)
                 elif isinstance(event, AwarenessQueried):
@@ -648,12 +652,7 @@ class WebSocketServer:
         durable = await self.registry.durable_version_vector(room.document_id)
         session.send_acknowledgement(durable)
         if refusal is not None:
-            if isinstance(refusal, PendingBufferFullError):
-                session.fail(ErrorCode.LIMIT_EXCEEDED, f"too many changes wait: {refusal}")
-            elif isinstance(refusal, InvalidChangeError):
-                session.fail(ErrorCode.INVALID_MESSAGE, f"invalid change: {refusal}")
-            else:
-                session.fail(ErrorCode.INTERNAL_ERROR, f"changes refused: {refusal}")
+            _refuse(session, refusal, "change")
             return
         document = room.document
         if document.pending_count > self.max_pending_changes:
@@ -677,7 +676,67 @@ class WebSocketServer:
                 count=waiting,
             )
 
-    def _relay_changes(self, room: _Room, changes: list[Change], sender: _Connection) -> None:
+    async def _apply_snapshot(self, connection: _Connection, snapshot: Snapshot) -> None:
+        """A client uploaded its whole state: merge, store, acknowledge, push to the others.
+
+        The merge is validated before the document is touched (the registry's
+        ``apply_snapshot``); the upload is acknowledged only once the merged state
+        is durable. The other clients get the uploaded snapshot itself (exactly
+        what they lack, and covered by the durable version vector sent with it)
+        as an unsolicited ``DocumentStatus``; changes that waited for what the
+        snapshot brought are relayed to everyone, the uploader included.
+        """
+        session = connection.session
+        room = connection.room
+        if room is None:  # pragma: no cover - OPEN sessions are always in a room
+            return
+        refusal: Exception | None = None
+        news = not snapshot.version_vector <= room.document.version_vector
+        try:
+            merged, ready = await self.registry.apply_snapshot(room.document_id, snapshot)
+        except ChangesRejectedError as error:
+            ready, refusal = error.applied, error.cause
+            # Refused before the merge (document untouched) or after it (stored).
+            merged = news and snapshot.version_vector <= room.document.version_vector
+        except RegistryError as error:
+            self._emit(
+                ServerEventType.ERROR,
+                f"storing the snapshot of {connection.client_id} failed: {error}",
+                client_id=connection.client_id,
+                document_id=room.document_id,
+            )
+            session.fail(ErrorCode.INTERNAL_ERROR, "the server could not store the snapshot")
+            return
+        durable = await self.registry.durable_version_vector(room.document_id)
+        session.send_acknowledgement(durable)
+        if merged:
+            others = [c for c in room.connections if c is not connection]
+            if others:
+                push = encode_message(DocumentStatus(durable, snapshot=snapshot), self.compressor)
+                for target in others:
+                    target.session.send_frame(push)
+                    target.flush()
+            if ready:
+                self._relay_changes(room, ready, None)
+            self._emit(
+                ServerEventType.CLIENT_CHANGE_APPLIED,
+                f"snapshot from {connection.client_id} ({len(snapshot)} bytes) merged into"
+                f" {room.document_id!r}",
+                client_id=connection.client_id,
+                document_id=room.document_id,
+                peer_id=session.peer_id,
+                snapshot=True,
+                snapshot_bytes=len(snapshot),
+                version_vector=dict(snapshot.version_vector),
+                count=len(ready),
+            )
+        if refusal is not None:
+            _refuse(session, refusal, "snapshot")
+
+    def _relay_changes(
+        self, room: _Room, changes: list[Change], sender: _Connection | None
+    ) -> None:
+        """Send ``changes`` to the room's clients except ``sender`` (None: to all)."""
         targets = [c for c in room.connections if c is not sender]
         if not targets:
             return
@@ -738,6 +797,18 @@ class WebSocketServer:
                         room, AwarenessUpdate(peer_id, presence.update.clock, None), presence.owner
                     )
         return dropped
+
+
+def _refuse(session: ServerSession, refusal: Exception, what: str) -> None:
+    """End the session of a client whose input the document refused."""
+    if isinstance(refusal, PendingBufferFullError):
+        session.fail(ErrorCode.LIMIT_EXCEEDED, f"too many changes wait: {refusal}")
+    elif isinstance(refusal, CRDTError):
+        # Invalid change, a snapshot that cannot be merged (kind clash, dangling
+        # origins): the client's data, not our failure.
+        session.fail(ErrorCode.INVALID_MESSAGE, f"invalid {what}: {refusal}")
+    else:
+        session.fail(ErrorCode.INTERNAL_ERROR, f"{what} refused: {refusal}")
 
 
 def _describe_close(closed: ConnectionClosed) -> str:

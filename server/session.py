@@ -63,6 +63,7 @@ from crdt_sync.sync import (
     decode_message,
     encode_message,
 )
+from crdt_sync.sync.messages import SnapshotUpload
 
 from .exceptions import InvalidDocumentIdError, LocalProtocolError
 from .registry import validate_document_id
@@ -84,6 +85,7 @@ __all__ = [
     "SessionEvent",
     "SessionInput",
     "SessionState",
+    "SnapshotUploaded",
 ]
 
 
@@ -157,6 +159,7 @@ _INPUT_OF: Mapping[type[Message], SessionInput] = {
     Pong: _I.CLIENT_MESSAGE,
     AwarenessUpdate: _I.CLIENT_MESSAGE,
     AwarenessQuery: _I.CLIENT_MESSAGE,
+    SnapshotUpload: _I.CLIENT_MESSAGE,
     HandshakeResponse: _I.SERVER_MESSAGE,
     Ack: _I.SERVER_MESSAGE,
     DocumentStatus: _I.SERVER_MESSAGE,
@@ -217,6 +220,16 @@ class ChangesReceived:
     """The client sent changes: apply them (durably), then ``send_acknowledgement``."""
 
     changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True)
+class SnapshotUploaded:
+    """The client sent its whole state (it cannot send what the server lacks as
+    changes). Merge it into the document, store the merged state durably, then
+    ``send_acknowledgement`` and push it to the document's other clients
+    (``send_snapshot_push`` or ``send_frame``)."""
+
+    snapshot: Snapshot
 
 
 @dataclass(frozen=True)
@@ -285,6 +298,7 @@ class SessionClosed:
 SessionEvent = (
     HandshakeRequested
     | ChangesReceived
+    | SnapshotUploaded
     | DocumentStatusSent
     | PingReceived
     | PongReceived
@@ -482,6 +496,8 @@ class ServerSession:
         elif isinstance(message, Changes):
             if message.changes:
                 self._events.append(ChangesReceived(message.changes))
+        elif isinstance(message, SnapshotUpload):
+            self._events.append(SnapshotUploaded(message.snapshot))
         elif isinstance(message, DocumentStatusRequest):
             self._receive_status_request(message)
         elif isinstance(message, Pong):
@@ -615,6 +631,16 @@ class ServerSession:
         """
         if self._require_open("send_frame"):
             self._outgoing.append(frame)
+
+    def send_snapshot_push(self, version_vector: VersionVector, snapshot: Snapshot) -> None:
+        """Push state this client lacks and no change describes (another client's
+        snapshot upload): an unsolicited ``DocumentStatus`` with ``snapshot``.
+
+        ``version_vector`` is what the server durably stores; the client merges
+        the snapshot, then sends what that vector does not cover.
+        """
+        if self._require_open("send_snapshot_push"):
+            self._queue(DocumentStatus(version_vector, snapshot=snapshot))
 
     def send_acknowledgement(self, version_vector: VersionVector) -> None:
         """Tell the client the server durably stored everything in ``version_vector``."""

@@ -72,6 +72,7 @@ __all__ = [
     "MessageType",
     "Ping",
     "Pong",
+    "SnapshotUpload",
     "decode_message",
     "encode_message",
     "peek_message_type",
@@ -120,6 +121,7 @@ class MessageType(enum.IntEnum):
     DOCUMENT_STATUS = 0x06
     PING = 0x07
     PONG = 0x08
+    SNAPSHOT_UPLOAD = 0x09
     AWARENESS_UPDATE = 0x10
     AWARENESS_QUERY = 0x11
     AWARENESS_STATE = 0x12
@@ -244,6 +246,24 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotUpload:
+    """Client -> server: the client's whole document state, sent instead of
+    :class:`Changes` when the client cannot serve the server's missing changes as
+    changes (``document.can_export(server_vv)`` is False: the document was loaded
+    from a snapshot, imported one, or was compacted).
+
+    The server merges it (``import_snapshot``: safe with concurrent edits),
+    stores the merged state durably, then answers with an :class:`Ack` covering
+    ``snapshot.version_vector`` and pushes the new state to the document's other
+    clients (an unsolicited :class:`DocumentStatus` carrying a snapshot).
+    """
+
+    snapshot: Snapshot
+
+    TYPE = MessageType.SNAPSHOT_UPLOAD
+
+
+@dataclass(frozen=True, slots=True)
 class AwarenessUpdate:
     """Either direction: one peer's presence. ``clock`` grows with every update
     from that peer; ``state`` None means the peer left."""
@@ -292,6 +312,7 @@ Message: TypeAlias = (
     | DocumentStatus
     | Ping
     | Pong
+    | SnapshotUpload
     | AwarenessUpdate
     | AwarenessQuery
     | AwarenessState
@@ -394,6 +415,10 @@ def _encode_body(message: Message) -> bytes:
     elif isinstance(message, Ping | Pong):
         w.uint(message.nonce)
         w.uint(message.timestamp_ms)
+    elif isinstance(message, SnapshotUpload):
+        if not isinstance(message.snapshot, Snapshot):
+            raise TypeError("a SnapshotUpload carries a crdt_sync.Snapshot")
+        w.blob(message.snapshot.to_bytes())
     elif isinstance(message, AwarenessUpdate):
         w.awareness(message)
     elif isinstance(message, AwarenessQuery):
@@ -628,6 +653,8 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
         message = Ping(r.uint("nonce"), r.uint("timestamp"))
     elif kind is MessageType.PONG:
         message = Pong(r.uint("nonce"), r.uint("timestamp"))
+    elif kind is MessageType.SNAPSHOT_UPLOAD:
+        message = SnapshotUpload(r.snapshot("uploaded snapshot"))
     elif kind is MessageType.AWARENESS_UPDATE:
         message = r.awareness()
     elif kind is MessageType.AWARENESS_QUERY:

@@ -19,12 +19,19 @@ Synchronisation needs no outbox: the handshake carries the client's version
 vector, the server answers with what the client lacks plus its own version
 vector, and the client answers with ``document.export_changes(server_vv)``: so
 edits made while offline simply live in the document until the next handshake.
+When the document cannot serve those changes as changes (it was loaded from a
+snapshot, imported one, or was compacted: ``document.can_export(server_vv)`` is
+False), the client uploads its whole state instead (``SnapshotUpload``); the
+server merges it, and its ``Ack`` covering the snapshot's version vector
+acknowledges everything the snapshot holds.
 While connected, local changes are sent as the driver hands them over
 (:meth:`~ClientProtocol.send_changes`); ``Ack`` messages advance the
 acknowledged version vector; an ``OUT_OF_SYNC`` error from the server, or a gap
 (imported changes waiting for missing dependencies), starts a resync: a
 ``DocumentStatusRequest`` answered by ``DocumentStatus``, after which the
-client again sends what the server lacks.
+client again sends what the server lacks. The server also pushes an unsolicited
+``DocumentStatus`` (carrying a snapshot) when another client uploaded a
+snapshot; the client handles it exactly like an answer to a resync.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ from .messages import (
     Message,
     Ping,
     Pong,
+    SnapshotUpload,
     decode_message,
     encode_message,
 )
@@ -103,6 +111,7 @@ class Trigger(enum.Enum):
 
     SEND_HANDSHAKE = "send HandshakeRequest"
     SEND_CHANGES = "send Changes"
+    SEND_SNAPSHOT = "send SnapshotUpload"
     SEND_PING = "send Ping"
     SEND_DOCUMENT_STATUS_REQUEST = "send DocumentStatusRequest"
     SEND_AWARENESS = "send awareness"
@@ -125,6 +134,7 @@ T = Trigger
 _ENDINGS: Final = {T.RECEIVE_ERROR: S.CLOSED, T.PROTOCOL_VIOLATION: S.CLOSED, T.CLOSE: S.CLOSED}
 _SYNCED: Final = {
     T.SEND_CHANGES: None,
+    T.SEND_SNAPSHOT: None,
     T.SEND_PING: None,
     T.SEND_AWARENESS: None,
     T.RECEIVE_CHANGES: None,
@@ -153,6 +163,9 @@ TRANSITIONS: Final[dict[ClientState, dict[Trigger, ClientState]]] = {
     S.CONNECTED: {
         **{trigger: S.CONNECTED for trigger in _SYNCED},
         T.SEND_DOCUMENT_STATUS_REQUEST: S.RESYNCING,
+        # Unsolicited: the server pushes the merged state after another client's
+        # snapshot upload. Handled like the answer to a resync.
+        T.RECEIVE_DOCUMENT_STATUS: S.CONNECTED,
         T.RECEIVE_OUT_OF_SYNC: S.RESYNCING,
         T.CONNECTION_LOST: S.CLOSED,
         **_ENDINGS,
@@ -271,7 +284,11 @@ class ClientProtocol:
 
     @property
     def unacknowledged_changes(self) -> int:
-        """Local changes of this document not yet covered by :attr:`acknowledged`."""
+        """Local changes of this document not yet covered by :attr:`acknowledged`.
+
+        A snapshot upload needs no separate count: the server's ``Ack`` covers the
+        snapshot's version vector, which acknowledges every local change it holds.
+        """
         return count_unacknowledged(self.document, self._acknowledged)
 
     def _transition(self, trigger: Trigger) -> ClientState:
@@ -323,6 +340,25 @@ class ClientProtocol:
         before that the next handshake carries them. An empty sequence sends nothing."""
         self._transition(Trigger.SEND_CHANGES)
         self._send_changes(changes)
+
+    def send_snapshot(self) -> None:
+        """Queue a SnapshotUpload of the whole document (only while :attr:`is_synced`).
+
+        The protocol does this by itself after a handshake or a document status
+        when the document cannot export what the server lacks; a driver calls it
+        when the document gained state that no local change describes (it imported
+        a snapshot while connected).
+        """
+        self._transition(Trigger.SEND_SNAPSHOT)
+        self._send(SnapshotUpload(self.document.take_snapshot()))
+
+    def _send_what_the_server_lacks(self, server_vv: VersionVector) -> None:
+        """Send what ``server_vv`` does not cover: as changes while the history
+        holds them, else (compacted or snapshot-loaded document) as a snapshot."""
+        if self.document.can_export(server_vv):
+            self._send_changes(self.document.export_changes(server_vv))
+        else:
+            self.send_snapshot()
 
     def _send_changes(self, changes: Sequence[Change]) -> None:
         if not changes:
@@ -429,6 +465,10 @@ class ClientProtocol:
             self._acknowledged = self._acknowledged.merge(message.version_vector)
             self._events.append(Acknowledged(message.version_vector, self.unacknowledged_changes))
         elif isinstance(message, DocumentStatus):
+            # The answer to our request, or a push after another client's snapshot
+            # upload (then possibly received while RESYNCING, before the answer:
+            # it carries the server's state too, and the answer is then handled as
+            # a push). Either way: merge it, send what the server lacks.
             self._receive_payload(message.version_vector, message.changes, message)
             # No gap check here: a gap the server could not fill would loop; the
             # next import that grows the pending buffer starts a new resync.
@@ -493,7 +533,7 @@ class ClientProtocol:
         elif changes:
             applied = self.document.import_changes(changes)
             self._events.append(ChangesReceived(len(changes), applied))
-        self._send_changes(self.document.export_changes(server_vv))
+        self._send_what_the_server_lacks(server_vv)
 
     def _receive_changes(self, changes: Iterable[Change]) -> None:
         batch = tuple(changes)
@@ -511,12 +551,24 @@ class ClientProtocol:
 
 
 def count_unacknowledged(document: CRDTDocument, acknowledged: VersionVector) -> int:
-    """How many changes made by ``document``'s own peer ``acknowledged`` does not cover."""
+    """How many changes made by ``document``'s own peer ``acknowledged`` does not cover.
+
+    Other peers' entries do not matter, so only this peer's part of the history
+    is read: a document loaded from a snapshot (whose other peers' history is
+    gone) still counts its own later changes exactly. When this peer's own
+    unacknowledged history was compacted away, the count falls back to op ids,
+    an upper bound.
+    """
     peer = str(document.peer_id)
-    if document.version_vector.get(peer, 0) <= acknowledged.get(peer, 0):
+    mine = document.version_vector.get(peer, 0)
+    acked = acknowledged.get(peer, 0)
+    if mine <= acked:
         return 0  # fast path: nothing of ours is newer than the acknowledgement
+    # Everyone else as the document has them: the export holds only our changes.
+    since = VersionVector({**document.version_vector, peer: acked})
+    if not document.can_export(since):
+        return mine - acked
     try:
-        return sum(1 for change in document.export_changes(acknowledged) if change.peer == peer)
-    except CRDTError:
-        # History compacted: fall back to counting op ids, an upper bound.
-        return document.version_vector.get(peer, 0) - acknowledged.get(peer, 0)
+        return sum(1 for change in document.export_changes(since) if change.peer == peer)
+    except CRDTError:  # pragma: no cover - can_export said yes
+        return mine - acked
