@@ -14,6 +14,7 @@ from crdt_sync import (
     CRDTListHandler,
     CRDTTextHandler,
     DecodeError,
+    Snapshot,
     VersionVector,
 )
 from crdt_sync.sync import (
@@ -43,7 +44,7 @@ from crdt_sync.sync import (
     decode_message,
     encode_message,
 )
-from crdt_sync.sync.messages import peek_message_type
+from crdt_sync.sync.messages import SnapshotUpload, peek_message_type
 
 
 def sample_changes() -> tuple[Change, ...]:
@@ -75,6 +76,8 @@ def sample_messages() -> list[Message]:
         DocumentStatus(VersionVector(), snapshot=doc.take_snapshot()),
         Ping(2**62, 1_700_000_000_000),
         Pong(0, 0),
+        SnapshotUpload(doc.take_snapshot()),
+        SnapshotUpload(CRDTDocument().take_snapshot()),
         AwarenessUpdate("peer", 5, {"name": "Å", "cursor": {"anchor": [1, 2]}, "x": 1.5}),
         AwarenessUpdate("peer", 6, None),
         AwarenessQuery(),
@@ -203,6 +206,63 @@ def test_unknown_error_code_decodes_as_internal_error() -> None:
     assert decode_message(frame) == Error(ErrorCode.INTERNAL_ERROR, "hi")
 
 
+def test_snapshot_upload_layout_is_type_9_with_the_snapshot_bytes() -> None:
+    doc = CRDTDocument()
+    CRDTTextHandler(doc, "t").insert(0, "ünï 🎉")
+    CRDTListHandler(doc, "l").append([1, {"a": None}])
+    snapshot = doc.take_snapshot()
+    data = snapshot.to_bytes()
+    frame = encode_message(SnapshotUpload(snapshot))
+    # Header, then the snapshot as `bytes`: a varint length and the encoded snapshot.
+    assert frame[:5] == b"CS\x01\x09\x00"
+    assert int(MessageType.SNAPSHOT_UPLOAD) == 0x09
+    assert frame[5:].endswith(data) and len(frame) == 5 + _varint_size(len(data)) + len(data)
+    decoded = decode_message(frame)
+    assert isinstance(decoded, SnapshotUpload)
+    assert decoded.snapshot.version_vector == doc.version_vector
+    assert CRDTDocument.from_snapshot(decoded.snapshot).get_value("t") == "ünï 🎉"
+
+
+def _varint_size(value: int) -> int:
+    size = 1
+    while value >= 0x80:
+        value >>= 7
+        size += 1
+    return size
+
+
+def test_snapshot_upload_with_bad_snapshot_bytes_is_a_typed_decode_error() -> None:
+    good = CRDTDocument().take_snapshot().to_bytes()
+    for junk in (b"", b"\x00", good[:-1], b"XX" + good[2:]):
+        frame = b"CS\x01\x09\x00" + bytes([len(junk)]) + junk
+        with pytest.raises(MessageDecodeError, match="uploaded snapshot") as info:
+            decode_message(frame)
+        assert isinstance(info.value, DecodeError) and info.value.code is ErrorCode.INVALID_MESSAGE
+    # A length that runs past the frame is refused before anything is allocated.
+    with pytest.raises(MessageDecodeError):
+        decode_message(b"CS\x01\x09\x00" + b"\xff\xff\xff\xff\x0f" + good)
+
+
+def test_snapshot_upload_respects_the_frame_and_decompression_bounds() -> None:
+    doc = CRDTDocument()
+    CRDTTextHandler(doc, "t").insert(0, "x" * 50_000)
+    message = SnapshotUpload(doc.take_snapshot())
+    plain = encode_message(message)
+    with pytest.raises(MessageTooLarge):
+        decode_message(plain, max_size=len(plain) - 1)
+    packed = encode_message(message, GzipCompressor())
+    assert packed[4] == 1 and len(packed) < len(plain)
+    with pytest.raises(MessageTooLarge):  # small on the wire, too big once inflated
+        decode_message(packed, GzipCompressor(), max_size=len(plain) - 10)
+    decoded = decode_message(packed, GzipCompressor(), max_size=len(plain))
+    assert isinstance(decoded, SnapshotUpload) and decoded.snapshot == message.snapshot
+
+
+def test_snapshot_upload_needs_a_snapshot() -> None:
+    with pytest.raises(TypeError):
+        encode_message(SnapshotUpload(b"not a snapshot"))  # type: ignore[arg-type]
+
+
 def test_encode_refuses_out_of_bounds_fields() -> None:
     with pytest.raises(ValueError):
         encode_message(HandshakeRequest("d" * 1000, "p", VersionVector()))
@@ -272,6 +332,30 @@ _json = st.recursive(
     max_leaves=10,
 )
 _state = st.none() | st.dictionaries(st.text(max_size=8), _json, max_size=4)
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> Snapshot:
+    """A snapshot of a document edited by a few generated operations."""
+    doc = CRDTDocument()
+    text = CRDTTextHandler(doc, "t")
+    items = CRDTListHandler(doc, "l")
+    for value in draw(st.lists(st.text(max_size=8), max_size=6)):
+        text.insert(draw(st.integers(0, len(text))), value)
+        if len(text) and draw(st.booleans()):
+            text.delete(draw(st.integers(0, len(text) - 1)), 1)
+        items.append(value)
+    return doc.take_snapshot()
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(snapshots(), st.sampled_from([None, GzipCompressor()]))
+def test_generated_snapshot_uploads_round_trip(snapshot: Snapshot, compressor: object) -> None:
+    frame = encode_message(SnapshotUpload(snapshot), compressor)  # type: ignore[arg-type]
+    decoded = decode_message(frame, compressor)  # type: ignore[arg-type]
+    assert decoded == SnapshotUpload(snapshot)
+    assert isinstance(decoded, SnapshotUpload)
+    assert decoded.snapshot.version_vector == snapshot.version_vector
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

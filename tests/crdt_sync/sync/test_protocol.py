@@ -39,6 +39,7 @@ from crdt_sync.sync.events import (
     ResyncRequested,
     SnapshotReceived,
 )
+from crdt_sync.sync.messages import SnapshotUpload
 from crdt_sync.sync.protocol import TRANSITIONS, ClientProtocol, ClientState, Trigger
 
 from .fake_server import FakeServer, FakeSession
@@ -485,6 +486,7 @@ def _to_state(state: ClientState) -> ClientProtocol:
 LOCAL_ACTIONS = {
     Trigger.SEND_HANDSHAKE: lambda c: c.send_handshake(),
     Trigger.SEND_CHANGES: lambda c: c.send_changes([]),
+    Trigger.SEND_SNAPSHOT: lambda c: c.send_snapshot(),
     Trigger.SEND_PING: lambda c: c.send_ping(),
     Trigger.SEND_DOCUMENT_STATUS_REQUEST: lambda c: c.request_resync(),
     Trigger.SEND_AWARENESS: lambda c: c.send_awareness_query(),
@@ -522,6 +524,7 @@ REMOTE_MESSAGES: dict[Trigger | str, Message] = {
     "HandshakeRequest": HandshakeRequest("d", "p", VersionVector()),
     "DocumentStatusRequest": DocumentStatusRequest(VersionVector()),
     "AwarenessQuery": AwarenessQuery(),
+    "SnapshotUpload": SnapshotUpload(CRDTDocument().take_snapshot()),
 }
 
 
@@ -548,3 +551,221 @@ def test_every_state_is_reachable_and_closed_is_terminal() -> None:
     targets = {s for row in TRANSITIONS.values() for s in row.values()}
     assert targets | {ClientState.IDLE} == set(ClientState)
     assert set(TRANSITIONS[ClientState.CLOSED].values()) == {ClientState.CLOSED}
+
+
+# --------------------------------------------------------------------------- snapshot upload
+
+
+class SnapshotServer(FakeServer):
+    """The fake server plus what the real one does with snapshots: it answers with a
+    snapshot when its history cannot serve the client, merges uploads, acknowledges
+    them and pushes them to its other clients as an unsolicited DocumentStatus."""
+
+    def receive(self, session: FakeSession, data: bytes) -> None:
+        if session.peer_id is None or session.closed:
+            super().receive(session, data)
+            return
+        message = decode_message(data, self.compressor)
+        if isinstance(message, SnapshotUpload):
+            session.received.append(message)
+            self.document.import_snapshot(message.snapshot)
+            if self.ack:
+                self._send(session, Ack(self.document.version_vector))
+            push = DocumentStatus(self.document.version_vector, snapshot=message.snapshot)
+            for other in self._others(session):
+                self._send(other, push)
+        elif isinstance(message, DocumentStatusRequest) and not self.document.can_export(
+            message.version_vector
+        ):
+            session.received.append(message)
+            snapshot = self.document.take_snapshot()
+            self._send(session, DocumentStatus(self.document.version_vector, snapshot=snapshot))
+        else:
+            super().receive(session, data)
+
+
+def offline_copy(source: CRDTDocument, edit: str) -> tuple[CRDTDocument, CRDTTextHandler]:
+    """A document rebuilt from ``source``'s snapshot (new peer) with one offline edit."""
+    doc = CRDTDocument.from_snapshot(source.take_snapshot())
+    text = CRDTTextHandler(doc, "t")
+    text.insert(len(text), edit)
+    return doc, text
+
+
+def sent_of(pair: ProtocolPair, kind: type) -> list[Message]:
+    return [m for m in pair.to_server if isinstance(m, kind)]
+
+
+def test_snapshot_loaded_document_uploads_a_snapshot_to_a_server_that_lacks_its_state() -> None:
+    origin = CRDTDocument()
+    CRDTTextHandler(origin, "t").insert(0, "from the file ")
+    doc, text = offline_copy(origin, "and offline")
+    server = SnapshotServer()  # a reset server: it has nothing
+    server.ack = False
+    pair = ProtocolPair(server, make_client(doc))
+    pair.connect()
+
+    assert pair.client.state is ClientState.CONNECTED
+    (upload,) = sent_of(pair, SnapshotUpload)
+    assert isinstance(upload, SnapshotUpload)
+    assert upload.snapshot.version_vector == doc.version_vector
+    assert sent_of(pair, Changes) == []  # export_changes would have raised
+    assert server.document.get_value("t") == text.value == "from the file and offline"
+    # Before the Ack: only the offline edit is this peer's own change, counted exactly.
+    assert pair.client.unacknowledged_changes == 1
+    pair.session.outbox.append(encode_message(Ack(server.document.version_vector)))
+    pair.pump()
+    (ack,) = events_of(pair, Acknowledged)
+    assert isinstance(ack, Acknowledged) and ack.unacknowledged == 0
+    assert pair.client.unacknowledged_changes == 0
+
+
+def test_handshake_upload_is_acknowledged_by_the_ack_covering_the_snapshot() -> None:
+    origin = CRDTDocument()
+    CRDTTextHandler(origin, "t").insert(0, "x")
+    doc, _ = offline_copy(origin, "y")
+    pair = ProtocolPair(SnapshotServer(), make_client(doc))
+    pair.connect()
+    assert sent_of(pair, SnapshotUpload)
+    assert pair.client.acknowledged >= doc.version_vector
+    assert pair.client.unacknowledged_changes == 0
+
+
+def test_snapshot_loaded_document_sends_only_changes_when_the_server_has_the_snapshot() -> None:
+    origin = CRDTDocument()
+    CRDTTextHandler(origin, "t").insert(0, "shared ")
+    server = SnapshotServer()
+    server.document.import_changes(origin.export_changes())
+    doc, text = offline_copy(origin, "edit")
+    pair = ProtocolPair(server, make_client(doc))
+    pair.connect()
+    assert sent_of(pair, SnapshotUpload) == []
+    (sent,) = sent_of(pair, Changes)
+    assert isinstance(sent, Changes) and [c.peer for c in sent.changes] == [str(doc.peer_id)]
+    assert server.document.get_value("t") == text.value == "shared edit"
+
+
+def test_compacted_document_uploads_a_snapshot_after_the_handshake() -> None:
+    doc = CRDTDocument()
+    text = CRDTTextHandler(doc, "t")
+    text.insert(0, "compacted")
+    doc.compact()
+    server = SnapshotServer()
+    CRDTTextHandler(server.document, "t").insert(0, "server ")
+    pair = ProtocolPair(server, make_client(doc))
+    pair.connect()
+    assert len(sent_of(pair, SnapshotUpload)) == 1
+    assert text.value == server.document.get_value("t")
+    assert set(text.value) == set("server compacted")
+    assert server.document.version_vector == doc.version_vector
+    assert pair.client.unacknowledged_changes == 0
+
+
+def test_compacted_document_counts_its_own_unacknowledged_ops_as_an_upper_bound() -> None:
+    doc = CRDTDocument()
+    text = CRDTTextHandler(doc, "t")
+    text.insert(0, "ab")  # one change, two op ids
+    doc.compact()  # our own history is gone: only op ids can be counted
+    client = make_client(doc)
+    assert client.unacknowledged_changes == 2
+    text.insert(2, "c")
+    assert client.unacknowledged_changes == 3
+
+
+def test_resync_after_importing_a_snapshot_while_connected_uploads_it() -> None:
+    pair = ProtocolPair(SnapshotServer(), make_client())
+    pair.connect()
+    outside = CRDTDocument()
+    CRDTTextHandler(outside, "t").insert(0, "opened file")
+    text = CRDTTextHandler(pair.client.document, "t")
+    pair.client.document.import_snapshot(outside.take_snapshot())
+    # The server knows nothing of the file; a local edit on top of it cannot apply there.
+    changes: list[Change] = []
+    pair.client.document.on_change(changes.append)
+    text.insert(0, "> ")
+    server = pair.server
+    pair.client.send_changes(changes)
+    pair.pump()
+    # The fake server holds the change (missing dependencies) and says OUT_OF_SYNC;
+    # the DocumentStatus that follows shows the server lacks the file: upload.
+    assert events_of(pair, ResyncRequested)
+    assert len(sent_of(pair, SnapshotUpload)) == 1
+    assert server.document.pending_count == 0
+    assert server.document.get_value("t") == text.value == "> opened file"
+    assert pair.client.state is ClientState.CONNECTED
+
+
+def test_send_snapshot_uploads_the_whole_document_while_connected() -> None:
+    pair = connected_pair(use_snapshot=True)
+    text = CRDTTextHandler(pair.client.document, "t")
+    text.insert(0, "state")
+    pair.client.send_snapshot()
+    (frame,) = pair.client.messages_to_send()
+    message = decode_message(frame)
+    assert isinstance(message, SnapshotUpload)
+    assert message.snapshot.version_vector == pair.client.document.version_vector
+
+
+def _server_with_two_clients() -> tuple[SnapshotServer, ProtocolPair, ProtocolPair]:
+    server = SnapshotServer()
+    first = ProtocolPair(server, make_client())
+    first.connect()
+    second = ProtocolPair(server, make_client())
+    second.connect()
+    return server, first, second
+
+
+def test_uploaded_snapshot_is_pushed_to_the_other_clients_while_connected() -> None:
+    server, first, second = _server_with_two_clients()
+    first_text = CRDTTextHandler(first.client.document, "t")
+    second_text = CRDTTextHandler(second.client.document, "t")
+    origin = CRDTDocument()
+    CRDTTextHandler(origin, "t").insert(0, "uploaded")
+    uploader = ProtocolPair(server, make_client(offline_copy(origin, "!")[0]))
+    uploader.connect()
+    first.pump()
+    second.pump()
+    for pair, text in ((first, first_text), (second, second_text)):
+        assert pair.client.state is ClientState.CONNECTED  # a push is not a violation
+        assert events_of(pair, SnapshotReceived)
+        assert text.value == "uploaded!"
+        # They lacked nothing the server has: they answer the push with nothing.
+        assert sent_of(pair, SnapshotUpload) == []
+        assert [m for m in pair.to_server if isinstance(m, Changes) and m.changes] == []
+
+
+def test_push_sends_back_what_the_server_lacks() -> None:
+    server, first, _ = _server_with_two_clients()
+    first.server.ack = False
+    text = CRDTTextHandler(first.client.document, "t")
+    text.insert(0, "unsent ")  # made locally, not yet handed to the protocol
+    origin = CRDTDocument()
+    CRDTTextHandler(origin, "t").insert(0, "pushed")
+    snapshot = origin.take_snapshot()
+    server.document.import_snapshot(snapshot)  # another client uploaded it
+    first.session.outbox.append(
+        encode_message(DocumentStatus(server.document.version_vector, snapshot=snapshot))
+    )
+    first.pump()
+    (sent,) = sent_of(first, Changes)
+    assert isinstance(sent, Changes) and len(sent.changes) == 1
+    assert server.document.get_value("t") == text.value
+
+
+def test_push_while_resyncing_completes_the_resync_and_the_answer_is_merged_later() -> None:
+    pair = connected_pair()
+    text = CRDTTextHandler(pair.client.document, "t")
+    pair.client.request_resync("test")
+    pair.client.messages_to_send()  # the request stays unanswered for now
+    origin = CRDTDocument()
+    CRDTTextHandler(origin, "t").insert(0, "pushed")
+    pair.client.receive_message(
+        encode_message(DocumentStatus(origin.version_vector, snapshot=origin.take_snapshot()))
+    )
+    assert pair.client.state is ClientState.CONNECTED
+    assert text.value == "pushed"
+    # The answer to the request arrives after the push: still fine.
+    pair.client.receive_message(encode_message(DocumentStatus(origin.version_vector)))
+    assert pair.client.state is ClientState.CONNECTED
+    events = pair.client.events_received()
+    assert [type(e) for e in events].count(ResyncCompleted) == 2
