@@ -127,7 +127,9 @@ class MainWindow(QMainWindow):
         splitter.addWidget(list_pane)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
+        splitter.setSizes([520, 220])
         self.setCentralWidget(splitter)
+        self.resizeDocks([self.sync_panel], [330], Qt.Orientation.Horizontal)
 
     def _build_invite_bar(self) -> None:
         bar = QWidget(self)
