@@ -26,6 +26,7 @@ from crdt_sync.sync import (
     decode_message,
     encode_message,
 )
+from crdt_sync.sync.messages import SnapshotUpload
 from server.exceptions import LocalProtocolError
 from server.session import (
     TRANSITIONS,
@@ -43,6 +44,7 @@ from server.session import (
     SessionClosed,
     SessionInput,
     SessionState,
+    SnapshotUploaded,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -390,6 +392,123 @@ def test_server_messages_and_a_second_handshake_are_invalid_when_open(message: M
     assert_refused(session, ErrorCode.INVALID_MESSAGE)
 
 
+# ------------------------------------------------------------------------ snapshot upload
+
+
+def client_snapshot_document(text: str) -> CRDTDocument:
+    """A client document that cannot export its history: loaded from a snapshot."""
+    origin = CRDTDocument()
+    CRDTTextHandler(origin, "text").insert(0, text)
+    return CRDTDocument.from_snapshot(origin.take_snapshot())
+
+
+def test_snapshot_upload_becomes_an_event_for_the_driver() -> None:
+    session = open_session()
+    snapshot = client_snapshot_document("uploaded").take_snapshot()
+    session.receive_message(frame(SnapshotUpload(snapshot)))
+    assert session.state is SessionState.OPEN
+    [event] = session.events_received()
+    assert isinstance(event, SnapshotUploaded)
+    assert event.snapshot == snapshot
+    assert event.snapshot.version_vector == snapshot.version_vector
+    assert session.messages_to_send() == []  # the driver acknowledges once stored
+
+
+def test_compressed_snapshot_upload_is_accepted_after_the_handshake() -> None:
+    gzip = GzipCompressor()
+    session = ServerSession("notes", gzip)
+    session.receive_message(frame(handshake(compression="gzip")))
+    session.accept_handshake(server_document(), "e")
+    session.messages_to_send()
+    session.events_received()
+    snapshot = client_snapshot_document("squeeze me " * 100).take_snapshot()
+    plain = frame(SnapshotUpload(snapshot))
+    # Compressed whether or not gzip wins on this body: the receiver must accept it.
+    session.receive_message(plain[:4] + b"\x01" + gzip.compress(plain[5:]))
+    [event] = session.events_received()
+    assert isinstance(event, SnapshotUploaded) and event.snapshot == snapshot
+
+
+def test_snapshot_upload_before_the_handshake_is_invalid() -> None:
+    session = ServerSession("notes")
+    session.receive_message(frame(SnapshotUpload(client_snapshot_document("x").take_snapshot())))
+    assert_refused(session, ErrorCode.INVALID_MESSAGE)
+
+
+def test_snapshot_upload_while_the_handshake_is_decided_is_invalid() -> None:
+    session = ServerSession("notes")
+    session.receive_message(frame(handshake()))
+    session.events_received()
+    session.receive_message(frame(SnapshotUpload(client_snapshot_document("x").take_snapshot())))
+    assert_refused(session, ErrorCode.INVALID_MESSAGE)
+
+
+def test_snapshot_upload_that_does_not_decode_is_refused_and_nothing_reaches_the_driver() -> None:
+    data = bytearray(frame(SnapshotUpload(client_snapshot_document("broken").take_snapshot())))
+    data[7] ^= 0xFF  # inside the snapshot's magic
+    session = open_session()
+    session.receive_message(bytes(data))
+    assert_refused(session, ErrorCode.INVALID_MESSAGE)
+
+
+def test_snapshot_upload_over_the_size_bound_is_refused() -> None:
+    snapshot = client_snapshot_document("large " * 2000).take_snapshot()
+    session = ServerSession("notes", max_message_size=len(snapshot) // 2)
+    session.receive_message(frame(handshake()))
+    session.accept_handshake(server_document(), "e")
+    session.messages_to_send()
+    session.events_received()
+    session.receive_message(frame(SnapshotUpload(snapshot)))
+    assert_refused(session, ErrorCode.MESSAGE_TOO_LARGE)
+
+
+def test_snapshot_push_is_an_unsolicited_document_status_with_the_snapshot() -> None:
+    document = server_document()
+    session = open_session(document)
+    snapshot = client_snapshot_document("from another client").take_snapshot()
+    document.import_snapshot(snapshot)
+    session.send_snapshot_push(document.version_vector, snapshot)
+    [push] = sent(session)
+    assert isinstance(push, DocumentStatus)
+    assert push.version_vector == document.version_vector
+    assert push.snapshot == snapshot and push.changes == ()
+    session.close()
+    session.send_snapshot_push(document.version_vector, snapshot)  # closed: ignored
+    assert session.messages_to_send() == []
+    with pytest.raises(LocalProtocolError):
+        ServerSession("notes").send_snapshot_push(VersionVector(), snapshot)
+
+
+def test_after_a_merged_upload_lagging_clients_get_a_snapshot_not_changes() -> None:
+    document = server_document("server history ")
+    history = document.version_vector
+    uploaded = client_snapshot_document("uploaded state")
+    document.import_snapshot(uploaded.take_snapshot())
+    # The server's history no longer covers what the upload brought.
+    assert not document.can_export(VersionVector())
+    for client_vv in (VersionVector(), history):
+        session = ServerSession("notes")
+        session.receive_message(frame(handshake(vv=client_vv)))
+        session.accept_handshake(document, "e")
+        [response] = sent(session)
+        assert isinstance(response, HandshakeResponse)
+        assert response.snapshot is not None and response.changes == ()
+        client = CRDTDocument()
+        client.import_snapshot(response.snapshot)
+        assert client.get_value("text") == document.get_value("text")
+        # The same holds for a resync.
+        session.receive_message(frame(DocumentStatusRequest(client_vv)))
+        [status] = sent(session)
+        assert isinstance(status, DocumentStatus) and status.snapshot is not None
+    # A client that has everything the upload brought still gets plain changes.
+    session = ServerSession("notes")
+    session.receive_message(frame(handshake(vv=uploaded.version_vector)))
+    session.accept_handshake(document, "e")
+    [response] = sent(session)
+    assert isinstance(response, HandshakeResponse)
+    assert response.snapshot is None and len(response.changes) == 1
+
+
 # ------------------------------------------------------------------------------ garbage
 
 
@@ -562,6 +681,7 @@ VALID_FRAMES = [
     frame(DocumentStatusRequest(VersionVector())),
     frame(AwarenessUpdate(PEER, 3, {"name": "Ada"})),
     frame(Changes(tuple(server_document("fuzz").export_changes()))),
+    frame(SnapshotUpload(server_document("snapshot fuzz").take_snapshot())),
 ]
 
 
