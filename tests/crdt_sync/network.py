@@ -299,3 +299,21 @@ def assert_rebuilds_equal(doc: CRDTDocument) -> None:
         again = CRDTDocument()
         again.import_changes(decode_changes(encode_changes(doc.export_changes())))
         assert document_values(again) == document_values(doc)
+
+
+def exchange(*docs: CRDTDocument) -> None:
+    """Bring every document up to date with every other, by changes (full mesh)."""
+    for target in docs:
+        for source in docs:
+            if source is not target:
+                target.import_changes(source.export_changes(target.version_vector))
+
+
+def fingerprint(doc: CRDTDocument) -> tuple[Any, ...]:
+    """Everything observable about ``doc``, to prove a failed call changed nothing."""
+    return (
+        document_values(doc),
+        doc.version_vector,
+        doc.pending_count,
+        doc.take_snapshot().to_bytes(),
+    )

@@ -1,0 +1,284 @@
+"""The sequence CRDT: FugueMax ordering (no interleaving), run-length spans, code points.
+
+Most tests drive the sequence through text and list handlers (its public face)
+and compare with a plain Python ``str`` / ``list`` model; the run-length and
+invariant checks look at the :class:`Sequence` behind a handler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from network import exchange
+
+from crdt_sync import CRDTDocument, CRDTListHandler, CRDTTextHandler, PeerId
+from crdt_sync.sequence import Sequence
+
+
+def peer(n: int) -> PeerId:
+    return PeerId.parse(f"00000000-0000-4000-8000-{n:012d}")
+
+
+def texts(count: int) -> tuple[list[CRDTDocument], list[CRDTTextHandler]]:
+    docs = [CRDTDocument(peer(i + 1)) for i in range(count)]
+    return docs, [CRDTTextHandler(d, "t") for d in docs]
+
+
+def seq_of(text: CRDTTextHandler | CRDTListHandler) -> Sequence:
+    seq: Sequence = text._state.seq
+    return seq
+
+
+def type_forwards(text: CRDTTextHandler, index: int, word: str) -> None:
+    """One keystroke (one transaction) per character, cursor moving right."""
+    for i, ch in enumerate(word):
+        text.insert(index + i, ch)
+
+
+def type_backwards(text: CRDTTextHandler, index: int, word: str) -> None:
+    """One keystroke per character, each typed at the same index (cursor moved left)."""
+    for ch in reversed(word):
+        text.insert(index, ch)
+
+
+# ------------------------------------------------------------ non-interleaving
+
+
+@pytest.mark.parametrize("base", ["", "xy", "0123456789"])
+@pytest.mark.parametrize(
+    "typing",
+    [
+        (type_forwards, type_forwards),
+        (type_backwards, type_backwards),
+        (type_forwards, type_backwards),
+        (type_backwards, type_forwards),
+    ],
+    ids=["forwards", "backwards", "forwards-vs-backwards", "backwards-vs-forwards"],
+)
+def test_two_concurrent_runs_of_typing_never_interleave(base: str, typing: Any) -> None:
+    docs, (a, b) = texts(2)
+    a.insert(0, base)
+    exchange(*docs)
+    pos = len(base) // 2
+    typing[0](a, pos, "hello")
+    typing[1](b, pos, "WORLD")
+    assert a.value == base[:pos] + "hello" + base[pos:]
+    assert b.value == base[:pos] + "WORLD" + base[pos:]
+    exchange(*docs)
+    assert a.value == b.value
+    assert a.value in (
+        base[:pos] + "helloWORLD" + base[pos:],
+        base[:pos] + "WORLDhello" + base[pos:],
+    )
+    for doc in docs:
+        doc.check_invariants()
+
+
+def test_concurrent_runs_stay_whole_when_typed_in_several_bursts() -> None:
+    docs, (a, b) = texts(2)
+    type_forwards(a, 0, "abc")
+    type_backwards(b, 0, "XYZ")
+    exchange(*docs)
+    first = a.value
+    # Both keep typing where they were, after seeing each other's text.
+    type_forwards(a, a.value.index("c") + 1, "def")
+    type_backwards(b, b.value.index("X"), "UVW")
+    exchange(*docs)
+    assert a.value == b.value
+    assert "abcdef" in a.value and "UVWXYZ" in a.value
+    assert len(a.value) == len(first) + 6
+
+
+@given(
+    base=st.text(alphabet="0123456789", max_size=6),
+    runs=st.lists(
+        st.tuples(st.integers(0, 100), st.booleans(), st.integers(1, 6)), min_size=2, max_size=4
+    ),
+)
+def test_concurrent_runs_of_any_number_of_peers_never_interleave(
+    base: str, runs: list[tuple[int, bool, int]]
+) -> None:
+    docs, handlers = texts(len(runs))
+    handlers[0].insert(0, base)
+    exchange(*docs)
+    words = []
+    for k, (where, backwards, length) in enumerate(runs):
+        # Each peer's word uses letters nobody else uses.
+        word = "".join(
+            chr(0x3B1 + 8 * k + i) if k % 2 else chr(0x41 + 8 * k + i) for i in range(length)
+        )
+        words.append(word)
+        index = where % (len(base) + 1)
+        (type_backwards if backwards else type_forwards)(handlers[k], index, word)
+    exchange(*docs)
+    value = handlers[0].value
+    assert all(h.value == value for h in handlers)
+    rest = value
+    for word in words:
+        assert word in value, f"{word!r} interleaved in {value!r}"
+        rest = rest.replace(word, "")
+    assert rest == base
+    for doc in docs:
+        doc.check_invariants()
+
+
+def test_concurrent_list_inserts_keep_each_run_together() -> None:
+    a_doc, b_doc = CRDTDocument(peer(1)), CRDTDocument(peer(2))
+    a, b = CRDTListHandler(a_doc, "l"), CRDTListHandler(b_doc, "l")
+    for i in range(3):
+        a.insert(i, f"a{i}")
+        b.insert(0, f"b{2 - i}")  # typed backwards
+    exchange(a_doc, b_doc)
+    assert a.value == b.value
+    assert a.value in (["a0", "a1", "a2", "b0", "b1", "b2"], ["b0", "b1", "b2", "a0", "a1", "a2"])
+
+
+# ----------------------------------------------------------- code points
+
+
+ASTRAL = "😀👩\u200d💻\U0001d538e\u0301\U0001f1eb\U0001f1f7中"
+
+
+def test_text_indexes_count_code_points_through_every_operation() -> None:
+    docs, (a, b) = texts(2)
+    a.insert(0, ASTRAL)
+    assert len(a) == len(ASTRAL) == 10
+    a.delete(1, 3)  # the ZWJ sequence, code point by code point
+    assert a.value == ASTRAL[:1] + ASTRAL[4:]
+    a.insert(2, "🎉")
+    expected = ASTRAL[:1] + ASTRAL[4:5] + "🎉" + ASTRAL[5:]
+    assert a.value == expected
+    exchange(*docs)
+    assert b.value == expected
+    b.delete(4, 1)  # the combining acute accent alone
+    assert b.value == expected[:4] + expected[5:]
+    exchange(*docs)
+    assert a.value == b.value
+    for doc in docs:
+        doc.check_invariants()
+
+
+# -------------------------------------------------------------- model-based
+
+
+text_ops = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.integers(0, 1000),
+        st.integers(0, 1000),
+        st.text(
+            alphabet=["a", "b", "é", "\u0301", "😀", "\U0001d538", "\n"], min_size=1, max_size=8
+        ),
+    ),
+    max_size=40,
+)
+
+
+@given(text_ops)
+def test_text_matches_a_python_str_under_random_splices(
+    ops: list[tuple[bool, int, int, str]],
+) -> None:
+    doc = CRDTDocument()
+    text = CRDTTextHandler(doc, "t")
+    model = ""
+    for is_insert, a, b, chars in ops:
+        if is_insert or not model:
+            i = a % (len(model) + 1)
+            text.insert(i, chars)
+            model = model[:i] + chars + model[i:]
+        else:
+            i = a % len(model)
+            n = 1 + b % (len(model) - i)
+            text.delete(i, n)
+            model = model[:i] + model[i + n :]
+        assert text.value == model
+        assert len(text) == len(model)
+        doc.check_invariants()
+    remote = CRDTDocument()
+    remote_text = CRDTTextHandler(remote, "t")
+    remote.import_changes(doc.export_changes())
+    assert remote_text.value == model
+    remote.check_invariants()
+
+
+list_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["insert", "delete", "move", "update"]),
+        st.integers(0, 99),
+        st.integers(0, 99),
+    ),
+    max_size=40,
+)
+
+
+@given(list_ops)
+def test_list_matches_a_python_list_under_random_edits(ops: list[tuple[str, int, int]]) -> None:
+    doc = CRDTDocument()
+    lst = CRDTListHandler(doc, "l")
+    model: list[Any] = []
+    for k, (kind, a, b) in enumerate(ops):
+        if kind == "insert" or not model:
+            i = a % (len(model) + 1)
+            lst.insert(i, k)
+            model.insert(i, k)
+        elif kind == "delete":
+            i = a % len(model)
+            n = 1 + b % min(3, len(model) - i)
+            lst.delete(i, n)
+            del model[i : i + n]
+        elif kind == "move":
+            i, j = a % len(model), b % len(model)
+            lst.move(i, j)
+            model.insert(j, model.pop(i))
+        else:
+            i = a % len(model)
+            lst.update(i, {"v": k})
+            model[i] = {"v": k}
+        assert lst.value == model
+        assert len(lst) == len(model)
+        doc.check_invariants()
+    remote = CRDTDocument()
+    remote_list = CRDTListHandler(remote, "l")
+    remote.import_changes(doc.export_changes())
+    assert remote_list.value == model
+    remote.check_invariants()
+
+
+# ----------------------------------------------------------- run-length spans
+
+
+def test_typing_forwards_is_one_span_locally_and_remotely() -> None:
+    docs, (a, b) = texts(2)
+    for i in range(500):
+        a.insert(i, "x")
+    assert seq_of(a).span_count() == 1
+    exchange(*docs)
+    assert b.value == "x" * 500
+    assert seq_of(b).span_count() == 1
+
+
+def test_an_edit_inside_a_run_splits_it_once() -> None:
+    docs, (a, b) = texts(2)
+    a.insert(0, "abcdef")
+    exchange(*docs)
+    b.insert(3, "X")
+    exchange(*docs)
+    assert a.value == b.value == "abcXdef"
+    assert seq_of(a).span_count() == 3
+    a.delete(1, 1)
+    assert seq_of(a).span_count() == 5  # a | b (tombstone) | c | X | def
+    for doc in docs:
+        doc.check_invariants()
+
+
+def test_deleted_text_keeps_its_ids_for_later_inserts() -> None:
+    docs, (a, b) = texts(2)
+    a.insert(0, "abc")
+    exchange(*docs)
+    a.delete(0, 3)
+    b.insert(2, "Z")  # concurrently, between b and c, both deleted on a
+    exchange(*docs)
+    assert a.value == b.value == "Z"
