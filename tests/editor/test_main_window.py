@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import (
+from editor_helpers import (
     close_window,
     make_window,
     place_caret,
@@ -157,11 +157,6 @@ def test_undo_after_interleaved_remote_edit_undoes_only_own_edit(duo: Duo, qtbot
     duo.converge_text(" theirs")
 
 
-@pytest.mark.xfail(
-    reason="core UndoManager.redo re-inserts a step of several typed transactions "
-    "in reverse order ('mine' comes back as 'enim'); reported to the lead",
-    strict=True,
-)
 def test_redo_restores_own_typing_in_both_windows(duo: Duo, qtbot: QtBot) -> None:
     qtbot.keyClicks(duo.a.text_edit, "mine")
     duo.converge_text("mine")

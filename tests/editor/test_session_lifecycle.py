@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from helpers import close_window, make_window, run, start_server, wait_for_state, widget_text
+from editor_helpers import close_window, make_window, run, start_server, wait_for_state, widget_text
 from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
 
