@@ -660,6 +660,8 @@ class IdleResult:
     connect_s: float = 0.0
     still_connected: int = 0
     client_rss_growth: int = 0
+    hold_cpu_s: float = 0.0
+    close_s: float = 0.0
     error: str | None = None
 
 
@@ -676,13 +678,17 @@ async def run_idle(
     try:
         clients = await connect_all(factory, args.idle, url, None, Wire())
         result.connect_s = time.perf_counter() - t0
+        cpu0 = server.cpu_seconds()
         await asyncio.sleep(args.idle_hold)
+        result.hold_cpu_s = server.cpu_seconds() - cpu0
         result.rss_after = server.rss()
         result.rss_peak = server.peak_rss()
         result.still_connected = sum(c.connected() for c in clients)
         result.client_rss_growth = psutil.Process().memory_info().rss - own_rss0
     finally:
+        t1 = time.perf_counter()
         await stop_all(clients)
+        result.close_s = time.perf_counter() - t1
     return result
 
 
@@ -818,6 +824,12 @@ def report_idle(results: list[IdleResult]) -> None:
     )
     add("server peak RSS", [fmt_bytes(r.rss_peak) for r in results])
     add("time to connect all", [f"{r.connect_s:.2f} s" for r in results])
+    add(
+        "server CPU while idle (the hold)",
+        [f"{r.hold_cpu_s:.2f} s" for r in results],
+        [r.hold_cpu_s for r in results],
+    )
+    add("time to close all", [f"{r.close_s:.2f} s" for r in results])
     add("client process RSS growth", [fmt_bytes(r.client_rss_growth) for r in results])
     print_table(header, rows)
     if results and results[0].library == "crdt_sync":
