@@ -138,3 +138,19 @@ def test_drag_and_drop_move_uses_move_rows(qtbot: QtBot) -> None:
     assert rows(peers.model) == ["b", "c", "a"]
     peers.sync()
     assert peers.b_list.value == ["b", "c", "a"]
+
+
+def test_undo_of_list_edits_reaches_the_views_and_keeps_remote_items() -> None:
+    from crdt_sync import UndoManager
+
+    peers = Peers(["a"])
+    undo = UndoManager(peers.a, [peers.a_list])
+    peers.model.add_item("mine")
+    undo.stop_capturing()
+    peers.b_list.append("theirs")
+    peers.sync()
+    assert rows(peers.model) == ["a", "mine", "theirs"]
+    assert undo.undo()
+    assert rows(peers.model) == peers.a_list.value == ["a", "theirs"]
+    peers.sync()
+    assert peers.b_list.value == ["a", "theirs"]
