@@ -16,7 +16,6 @@ collaborator's cursor stays on the same characters whatever is edited around it.
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from crdt_sync.sync.events import (
     ResyncRequested,
     SnapshotReceived,
 )
-from editor.persistence import StoredSession, save_document, session_path
+from editor.persistence import StoredSession, save_document, session_path, write_atomically
 from editor.sync_panel import PeerInfo, SyncState
 
 __all__ = ["PALETTE", "RemotePresence", "Session", "colour_for", "describe_event"]
@@ -186,8 +185,6 @@ class Session(QObject):
 
     def save_as(self, path: Path) -> None:
         """Write the document's snapshot to ``path`` (File > Save As)."""
-        from editor.persistence import write_atomically
-
         write_atomically(path, self.document.take_snapshot().to_bytes())
 
     def _on_document_update(self, event: UpdateEvent) -> None:
@@ -353,8 +350,3 @@ class Session(QObject):
         shown = name if isinstance(name, str) and name else peer_id[:8]
         valid = isinstance(colour, str) and len(colour) in (4, 7) and colour.startswith("#")
         return shown[:40], colour if valid else colour_for(peer_id)  # type: ignore[return-value]
-
-
-def now() -> _dt.datetime:
-    """The current local time (one place, so tests could freeze it)."""
-    return _dt.datetime.now()
