@@ -707,6 +707,10 @@ class WebSocketServer:
             )
             session.fail(ErrorCode.INTERNAL_ERROR, "the server could not store the snapshot")
             return
+        if refusal is not None and not merged:
+            # Refused before the merge: the document and the store are untouched.
+            _refuse(session, refusal, "snapshot")
+            return
         durable = await self.registry.durable_version_vector(room.document_id)
         session.send_acknowledgement(durable)
         if merged:
