@@ -29,7 +29,11 @@ Ordering guarantees:
   version vector, so an acknowledged change survives a crash;
 * a joining client is added to the room in the same step that computes
   what it lacks, so it misses no relay (at worst it gets a duplicate,
-  which the CRDT ignores).
+  which the CRDT ignores);
+* a client's snapshot upload (its document cannot send changes: loaded
+  from a snapshot, or compacted) is merged only if the merge is possible,
+  stored (the merged state) before the ``Ack``, and pushed to the other
+  clients as an unsolicited ``DocumentStatus`` carrying the snapshot.
 """
 
 from __future__ import annotations
