@@ -33,7 +33,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtCore import QSettings, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
@@ -41,7 +41,6 @@ from crdt_sync import CRDTDocument, CRDTTextHandler, Snapshot
 from crdt_sync.sync.client import ReconnectPolicy
 from editor.hosting import HostedServer
 from editor.main_window import MainWindow
-from editor.refguard import RefcountGuard
 from editor.session import TEXT_NAME, Session
 from editor.sync_panel import SyncState
 
@@ -199,10 +198,6 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     application = QApplication(sys.argv[:1])
     application.setQuitOnLastWindowClosed(False)
-    guard = RefcountGuard()  # PySide6 6.12 on Python 3.11 loses references
-    ticker = QTimer()
-    ticker.timeout.connect(guard.top_up)
-    ticker.start(200)
     import qasync
 
     qasync.run(main(arguments))

@@ -18,7 +18,6 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from editor.main_window import MainWindow
-from editor.refguard import RefcountGuard
 from editor.resources import icon, style_sheet
 from editor.urls import InvalidSessionUrl, parse_session_url
 
@@ -81,11 +80,9 @@ async def run(args: argparse.Namespace) -> int:
         QTimer.singleShot(0, window.close)
 
     previous = {sig: signal.signal(sig, request_close) for sig in (signal.SIGINT, signal.SIGTERM)}
-    # Python signal handlers only run when Python code runs: wake up regularly,
-    # and use the wake-ups to top up the references PySide6 loses.
-    guard = RefcountGuard()
+    # Python signal handlers only run when Python code runs: wake up regularly.
     ticker = QTimer()
-    ticker.timeout.connect(guard.top_up)
+    ticker.timeout.connect(lambda: None)
     ticker.start(200)
     try:
         await closed.wait()

@@ -1,5 +1,7 @@
 """The one module that loads files from ``resources/`` (icons, style sheet).
 
+An installed app carries ``resources/`` as the data package ``editor.assets``.
+
 Icons are SVG files drawn for this project. When the folder is absent (an
 install that did not ship it), every function degrades gracefully: icons come
 back empty and the style sheet is the empty string, so the app still runs.
@@ -15,7 +17,21 @@ from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 
 __all__ = ["colour_dot", "icon", "resource_path", "style_sheet"]
 
-_ROOT = Path(__file__).resolve().parent.parent / "resources"
+
+def _find_root() -> Path:
+    """``resources/`` of a source checkout, else the installed ``editor.assets``."""
+    checkout = Path(__file__).resolve().parent.parent / "resources"
+    if checkout.is_dir():
+        return checkout
+    from importlib.util import find_spec
+
+    spec = find_spec("editor.assets")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return checkout
+
+
+_ROOT = _find_root()
 
 
 def resource_path(relative: str) -> Path:

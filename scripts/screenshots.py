@@ -25,13 +25,12 @@ if not os.environ.get("DISPLAY"):
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from PySide6.QtCore import QSettings, QTimer  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
 from PySide6.QtGui import QPainter, QPixmap, QTextCursor  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from crdt_sync.sync.client import ReconnectPolicy  # noqa: E402
 from editor.main_window import MainWindow  # noqa: E402
-from editor.refguard import RefcountGuard  # noqa: E402
 from editor.resources import icon, style_sheet  # noqa: E402
 from editor.sync_panel import SyncState  # noqa: E402
 
@@ -143,10 +142,6 @@ if __name__ == "__main__":
     app.setWindowIcon(icon("app"))
     app.setStyleSheet(style_sheet())
     app.setQuitOnLastWindowClosed(False)
-    guard = RefcountGuard()  # PySide6 6.12 on Python 3.11 loses references
-    ticker = QTimer()
-    ticker.timeout.connect(guard.top_up)
-    ticker.start(200)
     import qasync
 
     qasync.run(main())

@@ -24,18 +24,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import qasync
 from PySide6.QtWidgets import QApplication
 
-from editor.refguard import RefcountGuard
-
-#: PySide6 6.12 on Python 3.11 loses references to None/True (see editor.refguard).
-_GUARD = RefcountGuard()
-
-
-@pytest.fixture(autouse=True)
-def _top_up_references() -> Iterator[None]:
-    _GUARD.top_up()
-    yield
-    _GUARD.top_up()
-
 
 @pytest.fixture
 def loop(qapp: QApplication) -> Iterator[asyncio.AbstractEventLoop]:
