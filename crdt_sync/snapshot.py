@@ -15,11 +15,12 @@ from __future__ import annotations
 import sys
 import zlib
 from array import array
+from bisect import bisect_right
 from typing import TYPE_CHECKING, Any
 
 from .changes import FORMAT_VERSION, KIND_LIST, KIND_MAP, KIND_TEXT, _read_header
 from .codec import MAX_COUNT, Reader, Writer
-from .exceptions import DecodeError
+from .exceptions import DecodeError, InvalidChangeError
 from .ids import VersionVector
 from .sequence import C, D, L, N, P, R, Sequence, X
 from .state import ListState, MapState, TextState
@@ -462,9 +463,52 @@ def load_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
     doc._next = doc._vv.get(doc._peer, 0)
 
 
+def _check_mergeable(doc: CRDTDocument, decoded: _Decoded) -> None:
+    """Raise before anything changes if ``decoded`` cannot merge into ``doc``.
+
+    Kinds must agree, and every origin a snapshot span names must be an
+    element of the document or of the snapshot, so integration cannot stall
+    halfway through.
+    """
+    for name, (kind, value) in decoded.states.items():
+        existing = doc._states.get(name)
+        if existing is None:
+            continue
+        if existing.kind != kind:
+            raise InvalidChangeError(
+                f"{name!r} is a {existing.kind} here, a {kind} in the snapshot"
+            )
+        if kind == KIND_MAP:
+            continue
+        spans = value if kind == KIND_TEXT else value[0]
+        covered: dict[str, list[tuple[int, int]]] = {}
+        for sp in spans:
+            covered.setdefault(sp[P], []).append((sp[C], sp[C] + sp[N]))
+        for ranges in covered.values():
+            ranges.sort()
+        seq = existing.seq  # type: ignore[union-attr]
+        for sp in spans:
+            if not _known(sp[L], seq, covered) or not _known(sp[R], seq, covered):
+                raise DecodeError(f"snapshot element {sp[P]}@{sp[C]} has an unknown origin")
+
+
+def _known(ident: Any, seq: Sequence, covered: dict[str, list[tuple[int, int]]]) -> bool:
+    """Whether origin ``ident`` is an element of ``seq`` or of the snapshot (``covered``)."""
+    if ident is None or seq.contains(*ident):
+        return True
+    ranges = covered.get(ident[0], [])
+    i = bisect_right(ranges, (ident[1], 1 << 62)) - 1
+    return i >= 0 and ranges[i][0] <= ident[1] < ranges[i][1]
+
+
 def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
-    """Merge ``snapshot`` into ``doc``, which may hold concurrent edits."""
+    """Merge ``snapshot`` into ``doc``, which may hold concurrent edits.
+
+    Checked first (:func:`_check_mergeable`): a snapshot that cannot merge
+    raises with the document untouched.
+    """
     decoded = snapshot._take_decoded()
+    _check_mergeable(doc, decoded)
     for name, (kind, value) in decoded.states.items():
         existing = doc._states.get(name)
         if existing is None or (

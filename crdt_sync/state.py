@@ -41,6 +41,13 @@ class NewIds:
     def add(self, name: str, peer: str, start: int, stop: int) -> None:
         self.ranges.setdefault(name, []).append((peer, start, stop))
 
+    def end_of(self, name: str, ident: Id) -> int | None:
+        """The end of the new range holding ``ident``, or None."""
+        for p, a, b in self.ranges.get(name, ()):
+            if p == ident[0] and a <= ident[1] < b:
+                return b
+        return None
+
     def has(self, name: str, ident: Id) -> bool:
         return any(p == ident[0] and a <= ident[1] < b for p, a, b in self.ranges.get(name, ()))
 
@@ -75,14 +82,16 @@ class TextState:
                 raise InvalidChangeError(f"text insert refers to unknown element {right}")
         elif op[0] == TEXT_DELETE:
             for peer, ctr, n in op[2]:
-                if new.has(name, (peer, ctr)):
-                    continue
-                try:
-                    seq.check_range(peer, ctr, n)
-                except KeyError:
-                    raise InvalidChangeError(
-                        f"text delete of unknown elements {peer}@{ctr}+{n}"
-                    ) from None
+                # A range may run from existing elements into ones this change made.
+                at, end = ctr, ctr + n
+                while at < end:
+                    span = seq.find(peer, at)
+                    stop = span[C] + span[N] if span is not None else new.end_of(name, (peer, at))
+                    if stop is None:
+                        raise InvalidChangeError(
+                            f"text delete of unknown elements {peer}@{ctr}+{n}"
+                        )
+                    at = stop
         else:
             raise InvalidChangeError(f"op kind {op[0]} does not apply to a text")
 

@@ -47,6 +47,7 @@ from crdt_sync.sync.events import (
     ResyncCompleted,
     ResyncRequested,
     SnapshotReceived,
+    SnapshotSent,
 )
 from editor.persistence import StoredSession, save_document, session_path, write_atomically
 from editor.sync_panel import PeerInfo, SyncState
@@ -89,6 +90,8 @@ def describe_event(event: ClientEvent) -> tuple[str, str]:
         return "received", f"{event.count} change(s) received, {event.applied} new"
     if isinstance(event, SnapshotReceived):
         return "snapshot", "snapshot received and merged"
+    if isinstance(event, SnapshotSent):
+        return "snapshot", "whole document sent to the server as a snapshot"
     if isinstance(event, Acknowledged):
         return "ack", f"server stored the changes; {event.unacknowledged} not yet confirmed"
     if isinstance(event, PongReceived):

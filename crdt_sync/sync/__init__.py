@@ -20,6 +20,7 @@ from .events import (
     ResyncCompleted,
     ResyncRequested,
     SnapshotReceived,
+    SnapshotSent,
 )
 from .exceptions import (
     FINAL_ERROR_CODES,
@@ -52,6 +53,7 @@ from .messages import (
     MessageType,
     Ping,
     Pong,
+    SnapshotUpload,
     decode_message,
     encode_message,
 )
@@ -108,6 +110,8 @@ __all__ = [
     "ResyncCompleted",
     "ResyncRequested",
     "SnapshotReceived",
+    "SnapshotSent",
+    "SnapshotUpload",
     "StreamSubscription",
     "Trigger",
     "UnexpectedMessage",

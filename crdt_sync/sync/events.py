@@ -30,6 +30,7 @@ __all__ = [
     "ResyncCompleted",
     "ResyncRequested",
     "SnapshotReceived",
+    "SnapshotSent",
 ]
 
 
@@ -61,6 +62,14 @@ class ChangesReceived:
 
     count: int
     applied: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSent:
+    """The whole document went to the server as a snapshot (its history could not
+    describe what the server lacked)."""
+
+    version_vector: VersionVector
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +150,7 @@ ClientEvent: TypeAlias = (
     | ChangesSent
     | ChangesReceived
     | SnapshotReceived
+    | SnapshotSent
     | Acknowledged
     | ResyncRequested
     | ResyncCompleted

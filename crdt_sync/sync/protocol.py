@@ -58,6 +58,7 @@ from .events import (
     ResyncCompleted,
     ResyncRequested,
     SnapshotReceived,
+    SnapshotSent,
 )
 from .exceptions import (
     FINAL_ERROR_CODES,
@@ -350,7 +351,9 @@ class ClientProtocol:
         a snapshot while connected).
         """
         self._transition(Trigger.SEND_SNAPSHOT)
-        self._send(SnapshotUpload(self.document.take_snapshot()))
+        snapshot = self.document.take_snapshot()
+        self._send(SnapshotUpload(snapshot))
+        self._events.append(SnapshotSent(snapshot.version_vector))
 
     def _send_what_the_server_lacks(self, server_vv: VersionVector) -> None:
         """Send what ``server_vv`` does not cover: as changes while the history
