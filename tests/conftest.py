@@ -11,8 +11,24 @@ No deadline: this machine is shared, and a slow example is not a failure.
 from __future__ import annotations
 
 import os
+import warnings
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
+
+# When a Hypothesis test fails, its pytest plugin imports this module (through
+# libcst, which triggers a third-party DeprecationWarning); with warnings as
+# errors that turns every property failure into a pytest INTERNALERROR that
+# hides the counterexample. Importing it once here, warnings silenced, avoids that.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    try:
+        import hypothesis.extra._patching  # noqa: F401
+    except ImportError:  # pragma: no cover - optional dependency missing
+        pass
+
+# The "explain" phase traces every line of a failing example again, which
+# takes minutes on the core's hot loops: report failures without it.
+_PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
 
 settings.register_profile(
     "ci",
@@ -21,6 +37,7 @@ settings.register_profile(
     max_examples=30,
     deadline=None,
     print_blob=True,
+    phases=_PHASES,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
@@ -28,6 +45,7 @@ settings.register_profile(
     max_examples=1000,
     deadline=None,
     print_blob=True,
+    phases=_PHASES,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
