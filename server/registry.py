@@ -736,8 +736,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
                     continue
                 if ok:
                     future.set_result(result)
-                else:
-                    assert isinstance(result, BaseException)  # our own bookkeeping, not input
+                elif isinstance(result, BaseException):
                     future.set_exception(result)
 
     async def _read(self, function: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -1011,8 +1010,10 @@ class SqliteServerRegistry(CRDTServerRegistry):
             raise DocumentNotFoundError(document_id)
         committed = self._queue_snapshot(document_id, loaded)
         await committed
-        assert loaded.snapshot is not None  # set by _queue_snapshot just above
-        return loaded.snapshot
+        snapshot = loaded.snapshot  # set by _queue_snapshot just above
+        if snapshot is None:
+            raise StorageError(f"snapshot of {document_id!r} vanished while being stored")
+        return snapshot
 
     async def get_latest_snapshot(self, document_id: str) -> Snapshot | None:
         loaded = await self._load(document_id)

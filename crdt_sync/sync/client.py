@@ -307,10 +307,10 @@ class WebSocketClient:
                 delay = self.reconnect.delay(attempt, self._rng)
                 self._set_status(ConnectionStatus.RECONNECTING)
                 self.events.emit(ReconnectScheduled(attempt, delay, time.time() + delay))
-                assert self._retry_now is not None  # set by connect() with the task
-                self._retry_now.clear()
+                retry_now = self._retry_now or asyncio.Event()  # set by connect()
+                retry_now.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._retry_now.wait(), timeout=delay)
+                    await asyncio.wait_for(retry_now.wait(), timeout=delay)
         except Exception:  # a bug: report it rather than die silently
             _log.exception("sync client supervisor failed")
             self.events.emit(ErrorOccurred(ErrorCode.INTERNAL_ERROR, "client supervisor failed"))
@@ -440,7 +440,8 @@ class WebSocketClient:
     # ------------------------------------------------------------------ tasks of one connection
 
     async def _flush(self, ws: ClientConnection, protocol: ClientProtocol) -> None:
-        assert self._send_lock is not None  # created by connect() with the supervisor
+        if self._send_lock is None:  # created by connect() with the supervisor
+            self._send_lock = asyncio.Lock()
         async with self._send_lock:
             if self._batch and protocol.is_synced:
                 batch, self._batch = self._batch, []
@@ -452,7 +453,8 @@ class WebSocketClient:
 
     async def _writer(self, ws: ClientConnection, protocol: ClientProtocol) -> None:
         wake = self._wake
-        assert wake is not None
+        if wake is None:  # created by connect() with the supervisor
+            wake = self._wake = asyncio.Event()
         while True:
             await wake.wait()
             wake.clear()
