@@ -8,7 +8,7 @@ Quick start::
     ta, tb = CRDTTextHandler(a, "shared_text"), CRDTTextHandler(b, "shared_text")
     ta.insert(0, "hello")
     b.import_changes(a.export_changes())
-    assert tb.value == "hello"
+    print(tb.value)  # hello
 """
 
 from .changes import Change, decode_changes, encode_changes
