@@ -201,11 +201,6 @@ def test_import_changes_rejects_non_changes() -> None:
         doc.import_changes(["not a change"])  # type: ignore[list-item]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug 2: TextState.validate rejects a delete range running into the change's "
-    "own new ids (see /work/core-bugs.md)",
-)
 def test_a_transaction_deleting_old_and_new_text_applies_remotely() -> None:
     a, b = CRDTDocument(peer(1)), CRDTDocument(peer(2))
     text = CRDTTextHandler(a, "t")

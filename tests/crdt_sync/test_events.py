@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-from hypothesis import Phase, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from network import exchange
 
@@ -156,17 +155,13 @@ edits = st.lists(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug 2: a transaction that deletes text it just typed cannot be applied "
-    "remotely (see /work/core-bugs.md)",
-)
-# No shrinking while the xfail stands (it only slows the expected failure down);
-# the explicit example is bug 2's shrunk counterexample, so the xfail is certain.
-@settings(phases=[Phase.explicit, Phase.reuse, Phase.generate])
+# The explicit example is core bug 2's shrunk counterexample (fixed in cb33089).
 @given(steps=st.lists(st.tuples(st.booleans(), edits), min_size=1, max_size=6))
 @example(
-    steps=[(False, [(0, 0, 0, "x")]), (False, [(0, 1, 0, "x"), (0, 0, 0, "x"), (1, 0, 3, "x")])]
+    steps=[
+        (False, [(0, 0, 0, "x")]),
+        (False, [(0, 1, 0, "x"), (0, 0, 0, "x"), (0, 0, 0, "x"), (1, 0, 3, "x")]),
+    ]
 )
 def test_deltas_rebuild_values_for_local_and_remote_multi_op_transactions(
     steps: list[tuple[bool, list[tuple[int, int, int, str]]]],
