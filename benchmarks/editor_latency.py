@@ -73,6 +73,7 @@ def make_window(root: Path, name: str) -> MainWindow:
         settings=settings,
         reconnect=ReconnectPolicy(initial_delay_s=0.05, max_delay_s=0.5),
         data_root=root / name,
+        host_address="127.0.0.1",
     )
     window.show()
     return window
@@ -87,7 +88,7 @@ async def wait_until(predicate: object, timeout: float = 30.0) -> None:
 
 
 async def keystroke_to_remote(root: Path, keystrokes: int, memory: bool) -> None:
-    server = HostedServer(root / "bench-host.db", memory=memory)
+    server = HostedServer(root / "bench-host.db", memory=memory, bind_address="127.0.0.1")
     port = await server.start()
     a = make_window(root, "A")
     b = make_window(root, "B")

@@ -58,7 +58,8 @@ class HostedServer(QObject):
     """One child server process. Start it with :meth:`start`, end it with :meth:`stop`.
 
     The documents are stored in the SQLite file ``db_path`` (``memory=True``:
-    kept in memory only, for benchmarks).
+    kept in memory only, for benchmarks). ``bind_address`` is every interface by
+    default, so people on the LAN can join; tests and benchmarks use loopback.
 
     ``exited`` is emitted with the exit code whenever the child ends, also when
     it ends on its own (crash, killed from outside).
@@ -74,9 +75,11 @@ class HostedServer(QObject):
         parent: QObject | None = None,
         *,
         memory: bool = False,
+        bind_address: str = "0.0.0.0",
     ) -> None:
         super().__init__(parent)
         self._memory = memory
+        self._bind_address = bind_address
         self._db_path = db_path
         self._requested_port = port
         self._log_path = log_path or db_path.with_suffix(".log")
@@ -110,7 +113,7 @@ class HostedServer(QObject):
             "-m",
             "server",
             "--host",
-            "0.0.0.0",
+            self._bind_address,
             "--port",
             str(self._requested_port),
             *(["--memory"] if self._memory else ["--db", str(self._db_path)]),

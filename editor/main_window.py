@@ -67,8 +67,11 @@ class MainWindow(QMainWindow):
         settings: QSettings | None = None,
         reconnect: ReconnectPolicy | None = None,
         data_root: Path | None = None,
+        host_address: str = "0.0.0.0",
     ) -> None:
         super().__init__()
+        # The address a hosted server listens on: every interface, for the LAN.
+        self.host_address = host_address
         self.settings = settings if settings is not None else QSettings()
         self.data_root = data_root or data_dir()
         self.reconnect = reconnect
@@ -308,7 +311,9 @@ class MainWindow(QMainWindow):
             raise HostingError("already hosting; stop hosting first")
         session = self.session
         assert session is not None  # set in __init__, never cleared
-        server = HostedServer(self.data_root / "host.db", port, parent=self)
+        server = HostedServer(
+            self.data_root / "host.db", port, parent=self, bind_address=self.host_address
+        )
         self.hosted = server
         self._refresh_actions()
         try:

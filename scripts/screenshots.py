@@ -59,6 +59,7 @@ def make_window(root: Path, name: str) -> MainWindow:
         settings=settings,
         reconnect=ReconnectPolicy(initial_delay_s=2.0, max_delay_s=10.0),
         data_root=root / name,
+        host_address="127.0.0.1",
     )
     window.resize(*SIZE)
     window.show()

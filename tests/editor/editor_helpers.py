@@ -46,7 +46,11 @@ def make_window(root: Path, name: str) -> MainWindow:
     """
     settings = QSettings(str(root / f"{name}.ini"), QSettings.Format.IniFormat)
     window = MainWindow(
-        name=name, settings=settings, reconnect=FAST_RECONNECT, data_root=root / name
+        name=name,
+        settings=settings,
+        reconnect=FAST_RECONNECT,
+        data_root=root / name,
+        host_address="127.0.0.1",
     )
     window.show()
     return window
