@@ -1,0 +1,293 @@
+"""Decoders on hostile bytes: truncations, bit flips, random bytes.
+
+Decoding may only raise :class:`DecodeError`. Importing hostile bytes into a
+document either applies something well-formed (the invariants still hold) or
+raises a typed error and leaves the document exactly as it was: same values,
+version, pending buffer and snapshot bytes.
+
+Snapshots and large change batches are zlib-compressed, where almost every flip
+just breaks the checksum, so the structure-aware cases mutate the *inflated*
+body and compress it again, reaching the parsers behind the compression.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from network import exchange, fingerprint
+
+from crdt_sync import (
+    Change,
+    CRDTDocument,
+    CRDTError,
+    CRDTListHandler,
+    CRDTMapHandler,
+    CRDTTextHandler,
+    DecodeError,
+    PeerId,
+    Snapshot,
+    VersionVector,
+    decode_changes,
+    encode_changes,
+)
+
+HEADER = 6  # magic (4), format version, flags
+
+
+def peer(n: int) -> PeerId:
+    return PeerId.parse(f"00000000-0000-4000-8000-{n:012d}")
+
+
+@cache
+def sources() -> tuple[CRDTDocument, CRDTDocument]:
+    """``base`` holds the first half of the edits, ``full`` all of them (never mutated)."""
+    full, other = CRDTDocument(peer(1), "doc"), CRDTDocument(peer(2), "doc")
+    text, lst, meta = (
+        CRDTTextHandler(full, "t"),
+        CRDTListHandler(full, "l"),
+        CRDTMapHandler(full, "m"),
+    )
+    text.insert(0, "h\u00e9llo \U0001f600 e\u0301")
+    lst.extend([1, "\U0001d538", {"k": [None, True, 2.5]}])
+    meta.set("\U0001f511", "v")
+    exchange(full, other)
+    ot = CRDTTextHandler(other, "t")
+    ot.insert(3, "XYZ")
+    ot.delete(0, 2)
+    with full.transaction():
+        text.insert(len(text), "!")
+        lst.move(0, 2)
+        lst.update(1, "u")
+        lst.delete(0)
+        meta.delete("\U0001f511")
+    exchange(full, other)
+    base = CRDTDocument(peer(3), "doc")
+    CRDTTextHandler(base, "t")
+    base.import_changes(full.export_changes()[:2])
+    return base, full
+
+
+def change_bytes(compress: bool) -> bytes:
+    base, full = sources()
+    return encode_changes(full.export_changes(base.version_vector), compress=compress)
+
+
+def snapshot_payload() -> bytes:
+    data = sources()[1].take_snapshot().to_bytes()
+    return zlib.decompress(data[HEADER:])
+
+
+def recompress(header: bytes, payload: bytes) -> bytes:
+    return header[:5] + b"\x01" + zlib.compress(payload)
+
+
+def only_decode_errors(decode: Callable[[bytes], Any], data: bytes) -> Any:
+    try:
+        return decode(data)
+    except DecodeError:
+        return None
+
+
+def import_or_unchanged(doc: CRDTDocument, apply: Callable[[], Any]) -> None:
+    """Apply hostile input: success, or a typed error that left ``doc`` untouched.
+
+    (A batch whose bytes decode but one of whose changes cannot be applied keeps
+    the changes before it: core bug 5, pinned by
+    ``test_a_batch_with_an_invalid_change_applies_nothing``; until it is fixed
+    only a DecodeError must leave the document untouched here.)
+    """
+    before = fingerprint(doc)
+    try:
+        apply()
+    except DecodeError:
+        assert fingerprint(doc) == before, "a failed decode changed the document"
+    except CRDTError:
+        pass
+    doc.check_invariants()
+
+
+def fresh_base() -> CRDTDocument:
+    base = sources()[0]
+    return CRDTDocument.from_snapshot(Snapshot.from_bytes(base.take_snapshot().to_bytes()))
+
+
+def flip(data: bytes, position: int, bit: int) -> bytes:
+    i = position % len(data)
+    return data[:i] + bytes([data[i] ^ (1 << bit)]) + data[i + 1 :]
+
+
+# ------------------------------------------------------------ all or nothing
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug 5: binary_import_changes keeps the changes before an invalid one",
+)
+def test_a_batch_with_an_invalid_change_applies_nothing() -> None:
+    sender = CRDTDocument(peer(1))
+    CRDTMapHandler(sender, "m").set("k", "applied?")
+    valid = sender.export_changes()[0]
+    # Well-formed bytes, but the insert's left origin exists nowhere.
+    bogus = Change((str(peer(2)), 0, valid.timestamp, (), ((1, "t", ("ghost", 5), None, "z"),), 1))
+    data = encode_changes([valid, bogus])
+    doc = CRDTDocument(peer(3))
+    before = fingerprint(doc)
+    with pytest.raises(CRDTError):
+        doc.binary_import_changes(data)
+    assert fingerprint(doc) == before, "no half-applied import"
+
+
+# ------------------------------------------------------------------ truncations
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_every_truncation_of_changes_is_a_decode_error(compress: bool) -> None:
+    data = change_bytes(compress)
+    for end in range(len(data)):
+        with pytest.raises(DecodeError):
+            decode_changes(data[:end])
+
+
+def test_every_truncation_of_a_snapshot_is_a_decode_error() -> None:
+    data = sources()[1].take_snapshot().to_bytes()
+    for end in range(len(data)):
+        with pytest.raises(DecodeError):
+            Snapshot.from_bytes(data[:end])
+    payload = snapshot_payload()
+    for end in range(len(payload)):
+        with pytest.raises(DecodeError):
+            Snapshot.from_bytes(recompress(data[:HEADER], payload[:end]))
+
+
+def test_every_truncation_of_a_version_vector_is_a_decode_error() -> None:
+    data = sources()[1].version_vector.to_bytes()
+    for end in range(len(data)):
+        with pytest.raises(DecodeError):
+            VersionVector.from_bytes(data[:end])
+
+
+def test_a_truncated_import_leaves_the_document_as_it_was() -> None:
+    data = change_bytes(False)
+    doc = fresh_base()
+    before = fingerprint(doc)
+    for end in range(0, len(data), 7):
+        with pytest.raises(DecodeError):
+            doc.binary_import_changes(data[:end])
+    assert fingerprint(doc) == before
+
+
+# -------------------------------------------------------------------- bit flips
+
+flips = st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 7)), min_size=1, max_size=4)
+
+
+def mutate(data: bytes, changes: list[tuple[int, int]]) -> bytes:
+    for position, bit in changes:
+        data = flip(data, position, bit)
+    return data
+
+
+@given(flips, st.booleans())
+def test_flipped_changes_only_raise_decode_errors_and_never_half_apply(
+    changes: list[tuple[int, int]], compress: bool
+) -> None:
+    data = mutate(change_bytes(compress), changes)
+    only_decode_errors(decode_changes, data)
+    doc = fresh_base()
+    import_or_unchanged(doc, lambda: doc.binary_import_changes(data))
+
+
+@given(flips)
+def test_flipped_snapshots_only_raise_decode_errors(changes: list[tuple[int, int]]) -> None:
+    data = sources()[1].take_snapshot().to_bytes()
+    only_decode_errors(Snapshot.from_bytes, mutate(data, changes))
+
+
+@given(flips)
+def test_snapshots_with_flipped_bodies_load_or_fail_cleanly(changes: list[tuple[int, int]]) -> None:
+    header = sources()[1].take_snapshot().to_bytes()[:HEADER]
+    data = recompress(header, mutate(snapshot_payload(), changes))
+    snap = only_decode_errors(Snapshot.from_bytes, data)
+    if snap is None:
+        return
+    try:
+        loaded = CRDTDocument.from_snapshot(Snapshot.from_bytes(data))
+    except CRDTError:
+        pass
+    else:
+        loaded.check_invariants()
+    doc = fresh_base()
+    import_or_unchanged(doc, lambda: doc.import_snapshot(Snapshot.from_bytes(data)))
+
+
+@given(flips)
+def test_flipped_version_vectors_only_raise_decode_errors(changes: list[tuple[int, int]]) -> None:
+    only_decode_errors(
+        VersionVector.from_bytes, mutate(sources()[1].version_vector.to_bytes(), changes)
+    )
+
+
+# ---------------------------------------------------------------- random bytes
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_only_raise_decode_errors(data: bytes) -> None:
+    only_decode_errors(decode_changes, data)
+    only_decode_errors(Snapshot.from_bytes, data)
+    only_decode_errors(VersionVector.from_bytes, data)
+
+
+@given(st.binary(max_size=300))
+def test_random_bodies_behind_valid_headers_only_raise_decode_errors(body: bytes) -> None:
+    for magic in (b"CRDC", b"CRDS"):
+        for flags in (b"\x00", b"\x01"):
+            data = magic + b"\x01" + flags + (zlib.compress(body) if flags == b"\x01" else body)
+            only_decode_errors(decode_changes, data)
+            only_decode_errors(Snapshot.from_bytes, data)
+    doc = fresh_base()
+    import_or_unchanged(doc, lambda: doc.binary_import_changes(b"CRDC\x01\x00" + body))
+
+
+def test_huge_claimed_counts_fail_fast_without_allocating() -> None:
+    # A count of 2**24 items in a few bytes must be refused, not allocated.
+    for body in (b"\xff\xff\xff\x07", b"\x01\x01a\x00\xff\xff\xff\x07"):
+        with pytest.raises(DecodeError):
+            decode_changes(b"CRDC\x01\x00" + body)
+        with pytest.raises(DecodeError):
+            Snapshot.from_bytes(b"CRDS\x01\x00\x03doc" + body)
+
+
+def test_a_compressed_bomb_is_refused() -> None:
+    bomb = zlib.compress(b"\x00" * (300 << 20), 9)
+    with pytest.raises(DecodeError):
+        decode_changes(b"CRDC\x01\x01" + bomb)
+    with pytest.raises(DecodeError):
+        Snapshot.from_bytes(b"CRDS\x01\x01" + bomb)
+
+
+@pytest.mark.slow
+@settings(parent=settings.get_profile("slow"), max_examples=20_000)
+@given(flips, st.booleans())
+def test_many_flipped_change_batches(changes: list[tuple[int, int]], compress: bool) -> None:
+    data = mutate(change_bytes(compress), changes)
+    only_decode_errors(decode_changes, data)
+    doc = fresh_base()
+    import_or_unchanged(doc, lambda: doc.binary_import_changes(data))
+
+
+@pytest.mark.slow
+@settings(parent=settings.get_profile("slow"), max_examples=20_000)
+@given(flips)
+def test_many_snapshots_with_flipped_bodies(changes: list[tuple[int, int]]) -> None:
+    header = sources()[1].take_snapshot().to_bytes()[:HEADER]
+    data = recompress(header, mutate(snapshot_payload(), changes))
+    if only_decode_errors(Snapshot.from_bytes, data) is None:
+        return
+    doc = fresh_base()
+    import_or_unchanged(doc, lambda: doc.import_snapshot(Snapshot.from_bytes(data)))
