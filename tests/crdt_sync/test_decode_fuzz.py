@@ -36,6 +36,7 @@ from crdt_sync import (
     decode_changes,
     encode_changes,
 )
+from crdt_sync.changes import MAX_INFLATED
 
 HEADER = 6  # magic (4), format version, flags
 
@@ -264,7 +265,11 @@ def test_huge_claimed_counts_fail_fast_without_allocating() -> None:
 
 
 def test_a_compressed_bomb_is_refused() -> None:
-    bomb = zlib.compress(b"\x00" * (300 << 20), 9)
+    # Just over the inflate bound, a megabyte of zeros at a time (about 64 KB compressed).
+    packer = zlib.compressobj(1)
+    chunk = bytes(1 << 20)
+    parts = [packer.compress(chunk) for _ in range((MAX_INFLATED >> 20) + 1)]
+    bomb = b"".join(parts) + packer.flush()
     with pytest.raises(DecodeError):
         decode_changes(b"CRDC\x01\x01" + bomb)
     with pytest.raises(DecodeError):
