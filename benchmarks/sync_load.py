@@ -539,7 +539,7 @@ class RunResult:
     wire: Wire = field(default_factory=Wire)
     connect_s: float = 0.0
     late_edits: int = 0
-    error: str | None = None
+    unknown: int = 0
 
 
 ClientFactory = Callable[[int, str, LoadState | None, Wire], BenchClient]
@@ -644,6 +644,7 @@ async def run_load(
         result.still_connected = sum(c.connected() for c in clients)
         result.delivered = state.delivered
         result.duplicates = state.duplicates
+        result.unknown = state.unknown
         result.latencies = sorted(state.latencies)
     finally:
         await stop_all(clients)
@@ -662,7 +663,6 @@ class IdleResult:
     client_rss_growth: int = 0
     hold_cpu_s: float = 0.0
     close_s: float = 0.0
-    error: str | None = None
 
 
 async def run_idle(
@@ -731,7 +731,7 @@ def report_load(results: list[RunResult], args: argparse.Namespace) -> None:
         "deliveries (edit x other client)",
         [f"{r.delivered:,} / {r.expected:,}" for r in results],
     )
-    add("duplicate deliveries", [f"{r.duplicates:,}" for r in results])
+    add("duplicate / unknown deliveries", [f"{r.duplicates:,} / {r.unknown:,}" for r in results])
     add(
         "converged (texts equal, all markers)",
         [f"{'yes' if r.converged else 'NO'}, {'yes' if r.all_markers else 'NO'}" for r in results],

@@ -35,9 +35,11 @@ import argparse
 import gc
 import gzip
 import json
+import marshal
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -292,20 +294,21 @@ def run_pycrdt(trace: Trace, res: Results, first: bool) -> None:
 # ------------------------------------------------------------- memory probes
 
 
-def memory_probe(library: str, traces_dir: Path, name: str) -> dict[str, int]:
+def memory_probe(library: str, probe_file: Path) -> dict[str, int]:
     """Measure one local replay's memory in THIS process (meant to be a fresh child).
 
-    First a plain replay: the growth of the RSS (sampled) over the RSS once
-    the trace is loaded, and the RSS still held after it. Then, with that
-    document dropped, a replay under tracemalloc for the peak of Python
-    allocations (it slows the replay, so it is not the timed one; it cannot
-    see memory that pycrdt's Rust code allocates).
+    The trace comes from ``probe_file`` as marshalled tuples, so the child
+    never parses JSON: memory freed after parsing would be reused by the
+    replay and hide part of its growth. First a plain replay: the growth of
+    the RSS (sampled every 2 ms) over the RSS once the trace is loaded, and
+    the RSS still held after it. Then, with that document dropped, a replay
+    under tracemalloc for the peak of Python allocations and what is still
+    allocated after it (tracemalloc slows the replay, so it is not the timed
+    one; it cannot see memory that pycrdt's Rust code allocates).
     """
-    trace = load_trace(traces_dir, name, ascii_only=library == "pycrdt")
+    txns: Txns = marshal.loads(probe_file.read_bytes())
     replay: Callable[[Txns], Any] = replay_ours if library == "ours" else replay_pycrdt
     gc.collect()
-    # The peak RSS so far (ru_maxrss) may come from parsing the JSON, so the
-    # replay's own peak is sampled by a thread instead (every 2 ms).
     rss0 = rss_bytes()
     peak = [rss0]
     done = threading.Event()
@@ -316,7 +319,7 @@ def memory_probe(library: str, traces_dir: Path, name: str) -> dict[str, int]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    kept = replay(trace.txns)
+    kept = replay(txns)
     gc.collect()
     done.set()
     sampler.join()
@@ -327,26 +330,29 @@ def memory_probe(library: str, traces_dir: Path, name: str) -> dict[str, int]:
     del kept
     gc.collect()
     tracemalloc.start()
-    kept = replay(trace.txns)
+    kept = replay(txns)
     out["tracemalloc peak"] = tracemalloc.get_traced_memory()[1]
+    gc.collect()
+    out["tracemalloc held after replay"] = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     del kept
     return out
 
 
-def measure_memory(library: str, traces_dir: Path, name: str) -> dict[str, int]:
+def measure_memory(library: str, trace: Trace) -> dict[str, int]:
     """Run :func:`memory_probe` in a child process (a fresh heap) and return its figures."""
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--memory-probe",
-        library,
-        "--trace",
-        name,
-        "--traces-dir",
-        str(traces_dir),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe_file = Path(tmp) / "trace.marshal"
+        probe_file.write_bytes(marshal.dumps(trace.txns))
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--memory-probe",
+            library,
+            "--probe-file",
+            str(probe_file),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
         print(f"memory probe for {library} failed: {proc.stderr.strip()}", file=sys.stderr)
         return {}
@@ -432,7 +438,13 @@ def report(trace: Trace, ours: Results, theirs: Results | None) -> None:
                 else ""
             )
         rows.append(row)
-    for key in ("tracemalloc peak", "peak RSS growth", "RSS held after replay"):
+    memory_keys = (
+        "tracemalloc peak",
+        "tracemalloc held after replay",
+        "peak RSS growth",
+        "RSS held after replay",
+    )
+    for key in memory_keys:
         row = [f"local replay memory: {key}", fmt_bytes(ours.memory.get(key))]
         if theirs is not None:
             row += [
@@ -502,6 +514,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-memory", action="store_true", help="skip the memory probes (child processes)"
     )
     parser.add_argument("--memory-probe", choices=("ours", "pycrdt"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -519,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
 
     if args.memory_probe:
-        print(json.dumps(memory_probe(args.memory_probe, traces_dir, names[0])))
+        print(json.dumps(memory_probe(args.memory_probe, args.probe_file)))
         return 0
 
     load = os.getloadavg()
@@ -551,9 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if theirs is not None and ascii_trace is not None:
                 run_pycrdt(ascii_trace, theirs, first=i == 0)
         if not args.no_memory:
-            ours.memory = measure_memory("ours", traces_dir, name)
-            if theirs is not None:
-                theirs.memory = measure_memory("pycrdt", traces_dir, name)
+            ours.memory = measure_memory("ours", trace)
+            if theirs is not None and ascii_trace is not None:
+                theirs.memory = measure_memory("pycrdt", ascii_trace)
         report(trace, ours, theirs)
         del trace, ascii_trace
         gc.collect()
