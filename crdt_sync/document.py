@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .changes import (
     KIND_MAP,
+    KIND_TEXT,
     LIST_INSERT,
     OP_HANDLER_KIND,
     TEXT_INSERT,
@@ -50,13 +51,14 @@ from .exceptions import (
     PendingBufferFullError,
 )
 from .ids import HybridLogicalClock, PeerId, VersionVector
-from .state import STATE_TYPES, MapState, NewIds, State, TextState
+from .state import STATE_TYPES, MapState, NewIds, State
 
 if TYPE_CHECKING:
     from .handlers import Handler
     from .snapshot import Snapshot
 
-_NO_NEW_IDS = NewIds()
+#: Empty states to validate ops for names the document has no state for yet.
+_EMPTY_STATES: dict[str, Any] = {kind: cls() for kind, cls in STATE_TYPES.items()}
 
 
 def _typing_run_end(changes: list[ChangeTuple], i: int) -> int:
@@ -394,8 +396,9 @@ class CRDTDocument:
 
         Duplicates are ignored. A change whose deps are missing waits (bounded by
         ``max_pending``) and is applied when they arrive, counted in the call that
-        applied it. An invalid change raises InvalidChangeError: the changes before
-        it stay applied, nothing of it is.
+        applied it. The batch applies whole or not at all: an invalid change raises
+        InvalidChangeError, a full pending buffer PendingBufferFullError, and the
+        document is left exactly as it was.
         """
         tuples = []
         for change in changes:
@@ -405,65 +408,143 @@ class CRDTDocument:
         return self._import(tuples)
 
     def _import(self, changes: list[ChangeTuple]) -> int:
+        """Schedule, validate, then apply: a batch applies whole or not at all."""
         if self._depth:
             raise RuntimeError("cannot import changes inside a transaction")
-        applied: list[ChangeTuple] = []
-        try:
-            i = 0
-            count = len(changes)
-            while i < count:
-                j = _typing_run_end(changes, i)
-                if j - i > 1 and self._apply_typing_run(changes, i, j, applied):
-                    i = j
-                    continue
-                self._receive(changes[i], applied)
+        order, waiting, pending_ids = self._schedule(changes)
+        self._validate(order)
+        # From here on nothing can fail on account of the input.
+        self._waiting = waiting
+        self._pending_ids = pending_ids
+        if not order:
+            return 0
+        i = 0
+        count = len(order)
+        while i < count:
+            j = _typing_run_end(order, i)
+            if j - i > 1:
+                self._apply_typing_run(order, i, j)
+                i = j
+            else:
+                self._apply(order[i])
                 i += 1
-        finally:
-            if applied:
-                self._emit_handler_events(None, False)
-                if self._on_update:
-                    self._on_update.emit(
-                        UpdateEvent(tuple(Change(t) for t in applied), False, None)
-                    )
-        return len(applied)
+        self._emit_handler_events(None, False)
+        if self._on_update._subs:
+            self._on_update.emit(UpdateEvent(tuple(Change(t) for t in order), False, None))
+        return count
 
-    def _apply_typing_run(
-        self, changes: list[ChangeTuple], i: int, j: int, applied: list[ChangeTuple]
-    ) -> bool:
-        """Apply changes ``i .. j-1``, one peer typing on (see ``_typing_run_end``), at once.
+    def _schedule(
+        self, changes: list[ChangeTuple]
+    ) -> tuple[list[ChangeTuple], dict[str, list[ChangeTuple]], set[tuple[str, int]]]:
+        """The order in which ``changes`` (and changes they unblock) will apply.
+
+        Works on copies: returns ``(order, waiting, pending ids)`` for the caller
+        to install once the order has been validated. Duplicates are dropped; a
+        change overlapping ops already seen raises InvalidChangeError, a full
+        pending buffer PendingBufferFullError, both before anything changes.
+        """
+        vv = dict(self._vv)
+        waiting = {peer: list(ws) for peer, ws in self._waiting.items()}
+        pending_ids = set(self._pending_ids)
+        order: list[ChangeTuple] = []
+        for change in changes:
+            peer, ctr = change[0], change[1]
+            if vv.get(peer, 0) == ctr and not waiting:
+                for dpeer, dctr in change[3]:
+                    if vv.get(dpeer, 0) <= dctr:
+                        break
+                else:
+                    # Ready and nothing waits: the common case of in-order delivery.
+                    order.append(change)
+                    vv[peer] = ctr + change[5]
+                    continue
+            work = [change]
+            while work:
+                t = work.pop()
+                peer, ctr = t[0], t[1]
+                have = vv.get(peer, 0)
+                if ctr < have:
+                    if ctr + t[5] <= have:
+                        continue  # duplicate
+                    raise InvalidChangeError(f"change {peer}@{ctr} overlaps ops already seen")
+                blocker = peer if ctr > have else None
+                if blocker is None:
+                    for dpeer, dctr in t[3]:
+                        if vv.get(dpeer, 0) <= dctr:
+                            blocker = dpeer
+                            break
+                if blocker is not None:
+                    key = (peer, ctr)
+                    if key in pending_ids:
+                        continue
+                    if len(pending_ids) >= self._max_pending:
+                        raise PendingBufferFullError(
+                            f"more than {self._max_pending} changes wait for dependencies", 0
+                        )
+                    pending_ids.add(key)
+                    waiting.setdefault(blocker, []).append(t)
+                    continue
+                order.append(t)
+                vv[peer] = ctr + t[5]
+                unblocked = waiting.pop(peer, None)
+                if unblocked:
+                    for w in unblocked:
+                        pending_ids.discard((w[0], w[1]))
+                    work.extend(reversed(unblocked))
+        return order, waiting, pending_ids
+
+    def _validate(self, order: list[ChangeTuple]) -> None:
+        """Raise InvalidChangeError unless every change of ``order`` applies, in order.
+
+        References may name elements of the document or of changes earlier in
+        ``order`` (tracked in ``created``), exactly what applying will find.
+        """
+        states = self._states
+        created = NewIds()
+        kinds: dict[str, str] = {}
+        for peer, ctr, _, _, ops, size in order:
+            if ctr + size > 1 << 53 or not ops:
+                raise InvalidChangeError(f"change {peer}@{ctr} has no ops or too large a counter")
+            first = ctr
+            for op in ops:
+                code = op[0]
+                name = op[1]
+                kind = OP_HANDLER_KIND.get(code)
+                if kind is None:
+                    raise InvalidChangeError(f"unknown op kind {code}")
+                state = states.get(name)
+                have = state.kind if state is not None else kinds.get(name)
+                if have is not None and have != kind:
+                    raise InvalidChangeError(
+                        f"{name!r} is a {have}, change {peer}@{ctr} treats it as a {kind}"
+                    )
+                kinds[name] = kind
+                (state if state is not None else _EMPTY_STATES[kind]).validate(op, name, created)
+                n = len(op[4]) if code == TEXT_INSERT or code == LIST_INSERT else 1
+                created.add(name, peer, first, first + n)
+                first += n
+            if first - ctr != size:
+                raise InvalidChangeError(f"change {peer}@{ctr}: size {size} does not match its ops")
+
+    def _apply_typing_run(self, changes: list[ChangeTuple], i: int, j: int) -> None:
+        """Apply validated changes ``i .. j-1``, one peer typing on, in one integration.
 
         Integrating the run's text in one go places it exactly where applying
         the changes one by one would: each character's left origin is the one
-        before it, so nothing concurrent can come between them. Returns False
-        (doing nothing) unless the first change is ready and valid as it is.
+        before it, so nothing concurrent can come between them.
         """
-        first = changes[i]
-        peer, ctr, _, deps, ops, _ = first
-        vv = self._vv
-        if self._waiting or vv.get(peer, 0) != ctr:
-            return False
-        for dpeer, dctr in deps:
-            if vv.get(dpeer, 0) <= dctr:
-                return False
-        op = ops[0]
-        state = self._states.get(op[1])
-        if not isinstance(state, TextState):
-            return False
-        try:
-            state.validate(op, op[1], _NO_NEW_IDS)
-        except InvalidChangeError:
-            return False
         run = changes[i:j]
+        peer, ctr, _, deps, ops, _ = run[0]
         last = run[-1]
+        op = ops[0]
+        name = op[1]
         text = "".join([t[4][0][4] for t in run])
         self._clock.observe(max(t[2] for t in run))
-        handler = self._handlers.get(op[1])
-        out = None
-        if handler is not None and handler._observers._subs:
-            out = self._builder(op[1])
-        state.apply((TEXT_INSERT, op[1], op[2], op[3], text), peer, ctr, 0, out)
+        state = self._state(name, KIND_TEXT)
+        out = self._builder(name)
+        state.apply((TEXT_INSERT, name, op[2], op[3], text), peer, ctr, 0, out)
         end = last[1] + last[5]
-        vv[peer] = end
+        self._vv[peer] = end
         frontier = self._frontier
         for dpeer, dctr in deps:
             if frontier.get(dpeer) == dctr:
@@ -478,117 +559,28 @@ class CRDTDocument:
         ctrs.extend([t[1] for t in run])
         self._log_pos[peer].extend(range(base, base + len(run)))
         log.extend(run)
-        applied.extend(run)
         if peer == self._peer:
             self._next = max(self._next, end)
-        return True
-
-    def _receive(self, change: ChangeTuple, applied: list[ChangeTuple]) -> None:
-        vv = self._vv
-        peer = change[0]
-        if vv.get(peer, 0) == change[1] and not self._waiting:
-            for dpeer, dctr in change[3]:
-                if vv.get(dpeer, 0) <= dctr:
-                    break
-            else:
-                # Ready and nothing waits: the common case of in-order delivery.
-                self._apply(change)
-                applied.append(change)
-                return
-        work = [change]
-        while work:
-            t = work.pop()
-            peer, ctr = t[0], t[1]
-            have = vv.get(peer, 0)
-            if ctr < have:
-                if ctr + t[5] <= have:
-                    continue  # duplicate
-                raise InvalidChangeError(f"change {peer}@{ctr} overlaps ops already seen")
-            blocker = peer if ctr > have else None
-            if blocker is None:
-                for dpeer, dctr in t[3]:
-                    if vv.get(dpeer, 0) <= dctr:
-                        blocker = dpeer
-                        break
-            if blocker is not None:
-                key = (peer, ctr)
-                if key in self._pending_ids:
-                    continue
-                if len(self._pending_ids) >= self._max_pending:
-                    raise PendingBufferFullError(
-                        f"more than {self._max_pending} changes wait for dependencies",
-                        len(applied),
-                    )
-                self._pending_ids.add(key)
-                self._waiting.setdefault(blocker, []).append(t)
-                continue
-            self._apply(t)
-            applied.append(t)
-            waiting = self._waiting.pop(peer, None)
-            if waiting:
-                for w in waiting:
-                    self._pending_ids.discard((w[0], w[1]))
-                work.extend(reversed(waiting))
 
     def _apply(self, t: ChangeTuple) -> None:
-        peer, ctr, ts, _, ops, size = t
-        if ctr + size > 1 << 53:
-            raise InvalidChangeError("op counter out of range")
+        """Apply one validated change to the states, then record it."""
+        peer, ctr, ts, _, ops, _ = t
+        if ts > self._clock.last:
+            self._clock.last = ts
         states = self._states
-        if len(ops) == 1:
-            # The common case, kept short: one op on an existing state.
-            op = ops[0]
+        first = ctr
+        for op in ops:
             code = op[0]
             name = op[1]
             state = states.get(name)
-            if state is not None and state.kind == OP_HANDLER_KIND.get(code):
-                n = len(op[4]) if code == TEXT_INSERT or code == LIST_INSERT else 1
-                if n != size:
-                    raise InvalidChangeError(f"change size {size} does not match its ops")
-                state.validate(op, name, _NO_NEW_IDS)
-                if ts > self._clock.last:
-                    self._clock.last = ts
-                handler = self._handlers.get(name)
-                out: Any = None
-                if handler is not None and handler._observers._subs:
-                    out = self._map_out(name) if state.kind == KIND_MAP else self._builder(name)
-                state.apply(op, peer, ctr, ts, out)
-                self._record(t)
-                return
-        # Validate everything first: a change applies whole or not at all.
-        kinds: dict[str, str] = {}
-        new = NewIds()
-        first = ctr
-        for op in ops:
-            name = op[1]
-            kind = OP_HANDLER_KIND.get(op[0])
-            if kind is None:
-                raise InvalidChangeError(f"unknown op kind {op[0]}")
-            state = states.get(name)
-            have = state.kind if state is not None else kinds.get(name)
-            if have is not None and have != kind:
-                raise InvalidChangeError(f"{name!r} is a {have}, the change treats it as a {kind}")
-            kinds[name] = kind
-            (state if state is not None else STATE_TYPES[kind]()).validate(op, name, new)
-            n = len(op[4]) if op[0] == TEXT_INSERT or op[0] == LIST_INSERT else 1
-            if len(ops) > 1:
-                new.add(name, peer, first, first + n)
-            first += n
-        if first - ctr != size:
-            raise InvalidChangeError(f"change size {size} does not match its ops")
-        self._clock.observe(ts)
-        first = ctr
-        for op in ops:
-            name = op[1]
-            state = states.get(name)
             if state is None:
-                state = self._state(name, kinds[name])
+                state = self._state(name, OP_HANDLER_KIND[code])
+            out: Any = None
             handler = self._handlers.get(name)
-            out = None
             if handler is not None and handler._observers._subs:
                 out = self._map_out(name) if state.kind == KIND_MAP else self._builder(name)
             state.apply(op, peer, first, ts, out)
-            first += len(op[4]) if op[0] == TEXT_INSERT or op[0] == LIST_INSERT else 1
+            first += len(op[4]) if code == TEXT_INSERT or code == LIST_INSERT else 1
         self._record(t)
 
     def _record(self, t: ChangeTuple) -> None:
@@ -633,20 +625,16 @@ class CRDTDocument:
         if snapshot.version_vector <= self.version_vector:
             return False
         merge_snapshot(self, snapshot)
-        # Changes that waited for what the snapshot brought.
-        ready: list[ChangeTuple] = []
-        for peer in list(self._waiting):
-            ready.extend(self._waiting.pop(peer))
-        for t in ready:
-            self._pending_ids.discard((t[0], t[1]))
-        applied: list[ChangeTuple] = []
+        # Changes that waited may be ready now: schedule them again.
+        waiting = [t for ws in self._waiting.values() for t in ws]
+        self._waiting = {}
+        self._pending_ids = set()
         try:
-            for t in ready:
-                self._receive(t, applied)
+            self._import(waiting)
         finally:
             self._emit_handler_events(None, False)
-            if self._on_update:
-                self._on_update.emit(UpdateEvent(tuple(Change(t) for t in applied), False, None))
+            # The merge itself changed the document even when no change was applied.
+            self._on_update.emit(UpdateEvent((), False, None))
         return True
 
     @classmethod

@@ -7,6 +7,7 @@ know nothing of transactions or history; the document drives them.
 
 from __future__ import annotations
 
+from bisect import bisect_right, insort
 from typing import Any
 
 from .changes import (
@@ -31,25 +32,45 @@ Stamp = tuple[int, str, int]
 
 
 class NewIds:
-    """Ids created by earlier ops of the change being validated, per handler."""
+    """Ids made by the ops already validated in a batch, per handler and peer.
 
-    __slots__ = ("ranges",)
+    Ranges of one peer usually arrive in counter order and touch (typing), so
+    they are kept merged and sorted: lookups are a bisection.
+    """
+
+    __slots__ = ("ranges", "validated")
 
     def __init__(self) -> None:
-        self.ranges: dict[str, list[tuple[str, int, int]]] = {}
+        self.ranges: dict[tuple[str, str], list[list[int]]] = {}
+        # Right origins already checked to exist (typing repeats the same one).
+        self.validated: set[tuple[str, Id]] = set()
 
     def add(self, name: str, peer: str, start: int, stop: int) -> None:
-        self.ranges.setdefault(name, []).append((peer, start, stop))
+        ranges = self.ranges.get((name, peer))
+        if ranges is None:
+            self.ranges[(name, peer)] = [[start, stop]]
+            return
+        last = ranges[-1]
+        if last[1] == start:
+            last[1] = stop
+        elif last[1] < start:
+            ranges.append([start, stop])
+        else:
+            insort(ranges, [start, stop])
 
     def end_of(self, name: str, ident: Id) -> int | None:
         """The end of the new range holding ``ident``, or None."""
-        for p, a, b in self.ranges.get(name, ()):
-            if p == ident[0] and a <= ident[1] < b:
-                return b
+        ranges = self.ranges.get((name, ident[0]))
+        if not ranges:
+            return None
+        ctr = ident[1]
+        i = bisect_right(ranges, [ctr, 1 << 62]) - 1
+        if i >= 0 and ranges[i][0] <= ctr < ranges[i][1]:
+            return ranges[i][1]
         return None
 
     def has(self, name: str, ident: Id) -> bool:
-        return any(p == ident[0] and a <= ident[1] < b for p, a, b in self.ranges.get(name, ()))
+        return self.end_of(name, ident) is not None
 
 
 class TextState:
@@ -78,8 +99,10 @@ class TextState:
                         raise InvalidChangeError(f"text insert refers to unknown element {left}")
                 elif span[R] == right and span[C] + span[N] - 1 == left[1]:
                     return  # typing on: the right origin is the left span's, known to exist
-            if right is not None and not seq.contains(*right) and not new.has(name, right):
-                raise InvalidChangeError(f"text insert refers to unknown element {right}")
+            if right is not None and (name, right) not in new.validated:
+                if not seq.contains(*right) and not new.has(name, right):
+                    raise InvalidChangeError(f"text insert refers to unknown element {right}")
+                new.validated.add((name, right))
         elif op[0] == TEXT_DELETE:
             for peer, ctr, n in op[2]:
                 # A range may run from existing elements into ones this change made.

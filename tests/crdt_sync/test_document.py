@@ -187,9 +187,12 @@ def test_the_pending_buffer_is_bounded() -> None:
     b = CRDTDocument(max_pending=3)
     with pytest.raises(PendingBufferFullError) as raised:
         b.import_changes(changes[1:])
+    # A refused batch changes nothing: not even the buffer keeps part of it.
     assert raised.value.applied == 0
-    assert b.pending_count == 3
+    assert b.pending_count == 0
     assert b.version_vector == VersionVector()
+    assert b.import_changes(changes[1:4]) == 0
+    assert b.pending_count == 3
     # Once the gap is filled everything still arrives.
     assert b.import_changes(changes) == 6
     assert b.get_value("t") == "xxxxxx" and b.pending_count == 0

@@ -500,7 +500,7 @@ async def test_sqlite_rows_that_do_not_decode_are_a_typed_error(tmp_path: Path) 
 
 
 @pytest.mark.asyncio
-async def test_sqlite_refused_changes_still_store_what_was_applied(tmp_path: Path) -> None:
+async def test_sqlite_refused_batch_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite3"
     registry = SqliteServerRegistry(path)
     await registry.create_document("notes")
@@ -517,12 +517,20 @@ async def test_sqlite_refused_changes_still_store_what_was_applied(tmp_path: Pat
     impostor.text.insert(0, "evil and longer")
     with pytest.raises(ChangesRejectedError) as caught:
         await registry.apply_changes("notes", [*good, *impostor.take()])
-    assert [c.id for c in caught.value.applied] == [good[0].id]
+    # The core applies a batch whole or not at all: the good change is refused too
+    # (its sender resends it after the error), and nothing reaches the file.
+    assert caught.value.applied == []
     await registry.close()
     reopened = SqliteServerRegistry(path)
     try:
         stored = await reopened.get_document("notes")
         assert stored is not None
-        assert text_of(stored) == "good"
+        assert text_of(stored) == ""
     finally:
         await reopened.close()
+    # The good change alone is accepted.
+    again = SqliteServerRegistry(path)
+    try:
+        assert [c.id for c in await again.apply_changes("notes", good)] == [good[0].id]
+    finally:
+        await again.close()
