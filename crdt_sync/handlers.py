@@ -194,12 +194,17 @@ class CRDTTextHandler(Handler):
         finally:
             doc._end()
 
-    def _restore(self, pieces: tuple[tuple[str, int, int, Any], ...]) -> None:
+    def _restore(
+        self, pieces: tuple[tuple[str, int, int, Any], ...]
+    ) -> list[tuple[str, int, int, str, int]]:
         """Insert deleted ``pieces`` again right after their own tombstones (undo).
 
         Anchoring each piece to its tombstone, not to a visible index, keeps
         pieces in their order even when several tombstones sit side by side.
+        Returns ``(peer, counter, length, new peer, new counter)`` for each piece:
+        the restored text has new ids, which later undo steps must follow.
         """
+        moved: list[tuple[str, int, int, str, int]] = []
         seq = self._state.seq
         doc = self._doc
         builder = doc._builder(self._name)
@@ -209,6 +214,7 @@ class CRDTTextHandler(Handler):
                 if not content:
                     continue
                 new_ctr = doc._next
+                moved.append((peer, ctr, n, doc._peer, new_ctr))
                 left, right, index = seq.insert_after(
                     (peer, ctr + n - 1), doc._peer, new_ctr, content
                 )
@@ -221,6 +227,7 @@ class CRDTTextHandler(Handler):
                     )
         finally:
             doc._end()
+        return moved
 
     def sticky_index(self, index: int, assoc: int = 0) -> StickyIndex:
         """A position that follows the text around it as others edit.
@@ -378,7 +385,7 @@ class CRDTListHandler(Handler):
         _check_index(index, state.seq.length, False)
         self._set(state.elem_at(index), value)
 
-    def _set(self, elem: tuple[str, int], value: Any) -> None:
+    def _set(self, elem: tuple[str, int], value: Any, record: bool = True) -> None:
         state = self._state
         doc = self._doc
         doc._begin()
@@ -388,7 +395,7 @@ class CRDTListHandler(Handler):
             op = (LIST_SET, self._name, elem, value)
             state.apply(op, doc._peer, doc._next, doc._ts, doc._builder(self._name))
             doc._push_op(op, 1)
-            if doc._undo_tracking:
+            if doc._undo_tracking and record:
                 doc._undo_records.append(("list_set", self._name, elem, old))
         finally:
             doc._end()
@@ -444,7 +451,10 @@ class CRDTListHandler(Handler):
         doc._begin()
         try:
             for elem, value in items:
-                self._set(elem, value)
+                self._set(elem, value, record=False)
+            if doc._undo_tracking:
+                # The inverse of bringing items back is deleting them again.
+                doc._undo_records.append(("list_delete", self._name, tuple(e for e, _ in items)))
         finally:
             doc._end()
 

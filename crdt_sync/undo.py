@@ -52,6 +52,8 @@ class UndoManager:
         self._last_time = 0.0
         self._capture_open = False
         self._running: str | None = None
+        # Per handler: (peer, start, stop, new peer, new start) for restored text.
+        self._moved: dict[str, list[tuple[str, int, int, str, int]]] = {}
         doc._undo_tracking += 1
         self._sub = doc._on_local_step.subscribe(self._on_step)
 
@@ -72,6 +74,7 @@ class UndoManager:
     def clear(self) -> None:
         self._undo.clear()
         self._redo.clear()
+        self._moved.clear()
         self._capture_open = False
 
     def stop_capturing(self) -> None:
@@ -128,14 +131,39 @@ class UndoManager:
             self._running = None
         return True
 
+    def _follow(
+        self, name: str, ranges: tuple[tuple[str, int, int], ...]
+    ) -> tuple[tuple[str, int, int], ...]:
+        """``ranges`` plus every range their text was restored as since (transitively).
+
+        Undoing a delete brings the text back with new ids; a later step that
+        deletes the original ids must delete the restored copies too.
+        """
+        moved = self._moved.get(name)
+        if not moved:
+            return ranges
+        out = list(ranges)
+        work = list(ranges)
+        while work:
+            peer, ctr, n = work.pop()
+            for mpeer, start, stop, new_peer, new_start in moved:
+                if mpeer == peer and start < ctr + n and ctr < stop:
+                    lo, hi = max(start, ctr), min(stop, ctr + n)
+                    target = (new_peer, new_start + lo - start, hi - lo)
+                    if target not in out:
+                        out.append(target)
+                        work.append(target)
+        return tuple(out)
+
     def _execute(self, record: Record) -> None:
         kind, name = record[0], record[1]
         # The record kind says which handler type wrote it.
         handler: Any = self._handlers[name]
         if kind == "text_delete":
-            handler._delete_ids(record[2])
+            handler._delete_ids(self._follow(name, record[2]))
         elif kind == "text_restore":
-            handler._restore(record[2])
+            for peer, ctr, n, new_peer, new_ctr in handler._restore(record[2]):
+                self._moved.setdefault(name, []).append((peer, ctr, ctr + n, new_peer, new_ctr))
         elif kind == "list_delete":
             handler._delete_elems(list(record[2]))
         elif kind == "list_restore":
