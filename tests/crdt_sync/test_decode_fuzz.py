@@ -96,20 +96,12 @@ def only_decode_errors(decode: Callable[[bytes], Any], data: bytes) -> Any:
 
 
 def import_or_unchanged(doc: CRDTDocument, apply: Callable[[], Any]) -> None:
-    """Apply hostile input: success, or a typed error that left ``doc`` untouched.
-
-    (A batch whose bytes decode but one of whose changes cannot be applied keeps
-    the changes before it: core bug 5, pinned by
-    ``test_a_batch_with_an_invalid_change_applies_nothing``; until it is fixed
-    only a DecodeError must leave the document untouched here.)
-    """
+    """Apply hostile input: success, or a typed error that left ``doc`` untouched."""
     before = fingerprint(doc)
     try:
         apply()
-    except DecodeError:
-        assert fingerprint(doc) == before, "a failed decode changed the document"
     except CRDTError:
-        pass
+        assert fingerprint(doc) == before, "a refused import changed the document"
     doc.check_invariants()
 
 
@@ -126,10 +118,6 @@ def flip(data: bytes, position: int, bit: int) -> bytes:
 # ------------------------------------------------------------ all or nothing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug 5: binary_import_changes keeps the changes before an invalid one",
-)
 def test_a_batch_with_an_invalid_change_applies_nothing() -> None:
     sender = CRDTDocument(peer(1))
     CRDTMapHandler(sender, "m").set("k", "applied?")

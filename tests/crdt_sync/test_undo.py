@@ -177,7 +177,6 @@ def test_list_and_map_edits_undo_with_remote_edits_between() -> None:
     b.check_invariants()
 
 
-@pytest.mark.xfail(strict=True, reason="core bug 4: redo of a list delete only sets the value")
 def test_list_and_map_edits_redo_with_remote_edits_between() -> None:
     a, b, la, lb, ma, mb, undo, history = list_and_map_history()
     while undo.undo():
@@ -190,7 +189,6 @@ def test_list_and_map_edits_redo_with_remote_edits_between() -> None:
         assert ma.value == mb.value == expected_map
 
 
-@pytest.mark.xfail(strict=True, reason="core bug 4: redo of a list delete only sets the value")
 def test_redo_of_a_list_delete_deletes_again() -> None:
     doc = CRDTDocument()
     lst = CRDTListHandler(doc, "l")
@@ -204,9 +202,6 @@ def test_redo_of_a_list_delete_deletes_again() -> None:
     assert lst.value == ["y"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="core bug 3: restored text gets new ids the insert's undo misses"
-)
 def test_undo_of_an_insert_after_undo_of_its_partial_delete() -> None:
     doc = CRDTDocument()
     text = CRDTTextHandler(doc, "t")
@@ -222,9 +217,6 @@ def test_undo_of_an_insert_after_undo_of_its_partial_delete() -> None:
     assert text.value == "ac"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="core bug 3: restored text gets new ids the insert's undo misses"
-)
 @given(
     script=st.lists(
         st.tuples(st.booleans(), st.booleans(), st.integers(0, 40), st.integers(1, 4)),
