@@ -765,6 +765,11 @@ class WebSocketServer:
             return  # stale (reordered or replayed): ignore
         now = time.monotonic()
         if update.state is None:
+            if current is None:
+                # Leaving without ever having announced a presence: nobody needs
+                # to hear it (relaying it would cost N messages per departure, so
+                # N clients leaving together would cost N squared).
+                return
             room.presence.pop(update.peer_id, None)
         else:
             room.presence[update.peer_id] = _Presence(update, connection, now)

@@ -258,7 +258,8 @@ class WebSocketClient:
             self._retry_now.set()
         protocol, ws = self._protocol, self._ws
         if protocol is not None and ws is not None:
-            if protocol.is_synced:
+            if protocol.is_synced and self.awareness.local_state is not None:
+                # Only a peer that announced a presence has one to withdraw.
                 protocol.send_awareness_update(self.awareness.leave_update())
             if not protocol.is_closed:
                 protocol.close()

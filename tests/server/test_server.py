@@ -619,3 +619,23 @@ async def test_start_twice_is_refused() -> None:
     finally:
         await server.stop()
     await server.stop()  # idempotent
+
+
+async def test_a_leave_without_a_presence_is_not_relayed(server: WebSocketServer) -> None:
+    # Relaying it would cost one message per other client for every departure:
+    # N clients leaving together would cost N squared messages.
+    watcher_id, quiet_id = str(PeerId.generate()), str(PeerId.generate())
+    watcher = await connect(url_of(server), ping_interval=None)
+    quiet = await connect(url_of(server), ping_interval=None)
+    try:
+        for ws, peer in ((watcher, watcher_id), (quiet, quiet_id)):
+            await ws.send(encode_message(HandshakeRequest("notes", peer, VersionVector())))
+            assert isinstance(await recv_message(ws), HandshakeResponse)
+        await quiet.send(encode_message(AwarenessUpdate(quiet_id, 1, None)))
+        await quiet.send(encode_message(AwarenessUpdate(quiet_id, 2, {"name": "Quiet"})))
+        first = await asyncio.wait_for(recv_message(watcher), timeout=10)
+        assert isinstance(first, AwarenessUpdate)
+        assert first.state == {"name": "Quiet"}, "the presence-less leave was relayed"
+    finally:
+        await quiet.close()
+        await watcher.close()
