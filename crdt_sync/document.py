@@ -61,6 +61,18 @@ if TYPE_CHECKING:
 _EMPTY_STATES: dict[str, Any] = {kind: cls() for kind, cls in STATE_TYPES.items()}
 
 
+def _typing_runs(changes: list[ChangeTuple]) -> list[tuple[int, int]]:
+    """``changes`` cut into ``(start, stop)`` slices: typing runs and single changes."""
+    runs = []
+    i = 0
+    count = len(changes)
+    while i < count:
+        j = _typing_run_end(changes, i)
+        runs.append((i, j))
+        i = j
+    return runs
+
+
 def _typing_run_end(changes: list[ChangeTuple], i: int) -> int:
     """The end of the run of changes from ``i`` that are one peer typing on.
 
@@ -412,26 +424,22 @@ class CRDTDocument:
         if self._depth:
             raise RuntimeError("cannot import changes inside a transaction")
         order, waiting, pending_ids = self._schedule(changes)
-        self._validate(order)
+        runs = _typing_runs(order)
+        self._validate(order, runs)
         # From here on nothing can fail on account of the input.
         self._waiting = waiting
         self._pending_ids = pending_ids
         if not order:
             return 0
-        i = 0
-        count = len(order)
-        while i < count:
-            j = _typing_run_end(order, i)
+        for i, j in runs:
             if j - i > 1:
                 self._apply_typing_run(order, i, j)
-                i = j
             else:
                 self._apply(order[i])
-                i += 1
         self._emit_handler_events(None, False)
         if self._on_update._subs:
             self._on_update.emit(UpdateEvent(tuple(Change(t) for t in order), False, None))
-        return count
+        return len(order)
 
     def _schedule(
         self, changes: list[ChangeTuple]
@@ -493,38 +501,57 @@ class CRDTDocument:
                     work.extend(reversed(unblocked))
         return order, waiting, pending_ids
 
-    def _validate(self, order: list[ChangeTuple]) -> None:
+    def _validate(self, order: list[ChangeTuple], runs: list[tuple[int, int]]) -> None:
         """Raise InvalidChangeError unless every change of ``order`` applies, in order.
 
         References may name elements of the document or of changes earlier in
         ``order`` (tracked in ``created``), exactly what applying will find.
         """
-        states = self._states
         created = NewIds()
         kinds: dict[str, str] = {}
-        for peer, ctr, _, _, ops, size in order:
-            if ctr + size > 1 << 53 or not ops:
-                raise InvalidChangeError(f"change {peer}@{ctr} has no ops or too large a counter")
-            first = ctr
-            for op in ops:
-                code = op[0]
-                name = op[1]
-                kind = OP_HANDLER_KIND.get(code)
-                if kind is None:
-                    raise InvalidChangeError(f"unknown op kind {code}")
-                state = states.get(name)
-                have = state.kind if state is not None else kinds.get(name)
-                if have is not None and have != kind:
-                    raise InvalidChangeError(
-                        f"{name!r} is a {have}, change {peer}@{ctr} treats it as a {kind}"
-                    )
-                kinds[name] = kind
-                (state if state is not None else _EMPTY_STATES[kind]).validate(op, name, created)
-                n = len(op[4]) if code == TEXT_INSERT or code == LIST_INSERT else 1
-                created.add(name, peer, first, first + n)
-                first += n
-            if first - ctr != size:
-                raise InvalidChangeError(f"change {peer}@{ctr}: size {size} does not match its ops")
+        for i, j in runs:
+            peer, ctr, _, _, ops, _ = order[i]
+            if j - i > 1:
+                # Typing on: once the first insert is valid, each next one names the
+                # character just before it and the same right origin. Check only
+                # what a run cannot guarantee: the sizes.
+                last = order[j - 1]
+                for t in order[i + 1 : j]:
+                    if t[5] != len(t[4][0][4]) or not t[5]:
+                        raise InvalidChangeError(f"change {t[0]}@{t[1]}: size does not match")
+                if last[1] + last[5] > 1 << 53:
+                    raise InvalidChangeError(f"change {last[0]}@{last[1]}: counter too large")
+                self._validate_one(order[i], created, kinds)
+                created.add(ops[0][1], peer, ctr, last[1] + last[5])
+            else:
+                self._validate_one(order[i], created, kinds)
+
+    def _validate_one(self, change: ChangeTuple, created: NewIds, kinds: dict[str, str]) -> None:
+        """Raise InvalidChangeError unless ``change`` applies after those in ``created``."""
+        states = self._states
+        peer, ctr, _, _, ops, size = change
+        if ctr + size > 1 << 53 or not ops:
+            raise InvalidChangeError(f"change {peer}@{ctr} has no ops or too large a counter")
+        first = ctr
+        for op in ops:
+            code = op[0]
+            name = op[1]
+            kind = OP_HANDLER_KIND.get(code)
+            if kind is None:
+                raise InvalidChangeError(f"unknown op kind {code}")
+            state = states.get(name)
+            have = state.kind if state is not None else kinds.get(name)
+            if have is not None and have != kind:
+                raise InvalidChangeError(
+                    f"{name!r} is a {have}, change {peer}@{ctr} treats it as a {kind}"
+                )
+            kinds[name] = kind
+            (state if state is not None else _EMPTY_STATES[kind]).validate(op, name, created)
+            n = len(op[4]) if code == TEXT_INSERT or code == LIST_INSERT else 1
+            created.add(name, peer, first, first + n)
+            first += n
+        if first - ctr != size:
+            raise InvalidChangeError(f"change {peer}@{ctr}: size {size} does not match its ops")
 
     def _apply_typing_run(self, changes: list[ChangeTuple], i: int, j: int) -> None:
         """Apply validated changes ``i .. j-1``, one peer typing on, in one integration.

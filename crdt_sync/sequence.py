@@ -521,13 +521,15 @@ class Sequence:
 
         Returns, for each run whose state changed, ``(visible index, length,
         content)`` at the moment it changed (index -1 unless ``want_index``).
-        Unknown ids raise KeyError before anything changes.
+        The ids must exist (callers validate first: see :meth:`check_range`).
         """
-        self.check_range(peer, ctr, count)
         changed: list[tuple[int, int, Any]] = []
         self._cur = None
         while count > 0:
-            s, off = self.locate(peer, ctr)
+            s = self._find(peer, ctr)
+            if s is None:
+                raise KeyError((peer, ctr))
+            off = ctr - s[C]
             take = s[N] - off
             if take > count:
                 take = count
@@ -537,7 +539,7 @@ class Sequence:
                     vis = self.span_visible_start(s) + (0 if s[D] else off)
                 content = s[X][off : off + take]
                 chunk = s[CH]
-                self._set_deleted(s, off, take, deleted, -1, chunk.spans.index(s), -1)
+                self._set_deleted(s, off, take, deleted, -1, self._span_index(chunk, s), -1)
                 changed.append((vis, take, content))
             ctr += take
             count -= take
