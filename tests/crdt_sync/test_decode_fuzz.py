@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable
 from functools import cache
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -37,6 +38,7 @@ from crdt_sync import (
     encode_changes,
 )
 from crdt_sync.changes import MAX_INFLATED
+from crdt_sync.snapshot import _decode as snapshot_decode
 
 HEADER = 6  # magic (4), format version, flags
 
@@ -45,9 +47,21 @@ def peer(n: int) -> PeerId:
     return PeerId.parse(f"00000000-0000-4000-8000-{n:012d}")
 
 
+FIXED_NOW_NS = 1_700_000_000_000_000_000
+
+
 @cache
 def sources() -> tuple[CRDTDocument, CRDTDocument]:
-    """``base`` holds the first half of the edits, ``full`` all of them (never mutated)."""
+    """``base`` holds the first half of the edits, ``full`` all of them (never mutated).
+
+    The clock is frozen while they are built, so their bytes (and so every
+    mutation below, and any counterexample) are the same on every run.
+    """
+    with mock.patch("crdt_sync.ids.time.time_ns", return_value=FIXED_NOW_NS):
+        return _build_sources()
+
+
+def _build_sources() -> tuple[CRDTDocument, CRDTDocument]:
     full, other = CRDTDocument(peer(1), "doc"), CRDTDocument(peer(2), "doc")
     text, lst, meta = (
         CRDTTextHandler(full, "t"),
@@ -130,6 +144,114 @@ def test_a_batch_with_an_invalid_change_applies_nothing() -> None:
     with pytest.raises(CRDTError):
         doc.binary_import_changes(data)
     assert fingerprint(doc) == before, "no half-applied import"
+
+
+# ------------------------------------------------------- every single bit flip
+
+
+@pytest.mark.xfail(strict=True, reason="core bug 6: a list delete of a same-change move id")
+def test_every_single_bit_flip_of_a_change_batch_is_refused_cleanly_or_applies() -> None:
+    data = change_bytes(False)
+    for position in range(len(data)):
+        for bit in range(8):
+            import_changes_into_base(flip(data, position, bit))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="core bugs 7-9: corrupt snapshot bodies merge unsafely")
+def test_every_single_bit_flip_of_a_snapshot_body_is_refused_cleanly_or_loads() -> None:
+    header = sources()[1].take_snapshot().to_bytes()[:HEADER]
+    payload = snapshot_payload()
+    for position in range(len(payload)):
+        for bit in range(8):
+            data = recompress(header, flip(payload, position, bit))
+            if only_decode_errors(Snapshot.from_bytes, data) is None:
+                continue
+            try:
+                CRDTDocument.from_snapshot(Snapshot.from_bytes(data)).check_invariants()
+            except CRDTError:
+                pass
+            import_snapshot_into_base(data)
+
+
+def import_changes_into_base(data: bytes) -> None:
+    doc = fresh_base()
+    import_or_unchanged(doc, lambda: doc.binary_import_changes(data))
+
+
+def import_snapshot_into_base(data: bytes) -> None:
+    doc = fresh_base()
+    import_or_unchanged(doc, lambda: doc.import_snapshot(Snapshot.from_bytes(data)))
+
+
+@pytest.mark.xfail(strict=True, reason="core bug 6: a list delete of a same-change move id")
+def test_a_list_delete_of_a_move_position_is_refused_cleanly() -> None:
+    """A delete naming the id of a move made earlier in the same change (core bug 6)."""
+    a, b = CRDTDocument(peer(1)), CRDTDocument(peer(2))
+    CRDTListHandler(a, "l").extend(["x", "y"])
+    lb = CRDTListHandler(b, "l")
+    b.import_changes(a.export_changes())
+    p, c = str(a.peer_id), a.version_vector[str(a.peer_id)]
+    ts = a.export_changes()[-1].timestamp + 1
+    move, delete = 5, 4  # op kinds (changes.py)
+    ops = ((move, "l", (p, 0), None, None), (delete, "l", ((p, c, (ts, p, c)),)))
+    bogus = Change((p, c, ts, ((p, c - 1),), ops, 2))
+    before = fingerprint(b)
+    with pytest.raises(CRDTError):
+        b.binary_import_changes(encode_changes([bogus]))
+    assert fingerprint(b) == before and lb.value == ["x", "y"]
+
+
+def flipped_snapshot(position: int, bit: int) -> tuple[bytes, list[list[Any]]]:
+    """The fixture's snapshot with one bit of its body flipped, and its decoded text spans.
+
+    The spans let each test check the flip still makes the corruption it is about
+    (the encoding may change; the test must then be re-pinned, not pass vacuously).
+    """
+    header = sources()[1].take_snapshot().to_bytes()[:HEADER]
+    data = recompress(header, flip(snapshot_payload(), position, bit))
+    kind, spans = snapshot_decode(data).states["t"]
+    assert kind == "text"
+    return data, spans
+
+
+@pytest.mark.xfail(strict=True, reason="core bug 7: overlapping snapshot spans")
+def test_a_snapshot_with_overlapping_spans_is_refused_cleanly() -> None:
+    """Core bug 7: two text spans claim the same ids; merging corrupts the sequence."""
+    data, spans = flipped_snapshot(116, 0)
+    p2 = str(peer(2))
+    claimed = [(s[1], s[1] + s[2]) for s in spans if s[0] == p2]
+    assert (0, 3) in claimed and (2, 3) in claimed, "the flip no longer makes overlapping spans"
+    doc = fresh_base()
+    import_or_unchanged(doc, lambda: doc.import_snapshot(Snapshot.from_bytes(data)))
+
+
+@pytest.mark.xfail(strict=True, reason="core bug 8: unbounded snapshot span length")
+def test_a_snapshot_whose_span_claims_ids_beyond_its_version_is_refused() -> None:
+    """Core bug 8: one span claims 8 million ids (the vector says 19): import takes seconds.
+
+    Without a bound here a few bytes make a replica spin for hours (the length is a
+    varint); such a snapshot is malformed and must be a DecodeError.
+    """
+    data, spans = flipped_snapshot(174, 7)
+    assert spans[0][2] == 8388610, "the flip no longer makes a huge span"
+    with pytest.raises(DecodeError):
+        CRDTDocument.from_snapshot(Snapshot.from_bytes(data))
+    doc = fresh_base()
+    before = fingerprint(doc)
+    with pytest.raises(DecodeError):
+        doc.import_snapshot(Snapshot.from_bytes(data))
+    assert fingerprint(doc) == before
+
+
+@pytest.mark.xfail(strict=True, reason="core bug 9: refused snapshot merge half-applied")
+def test_a_snapshot_span_whose_origin_is_inside_itself_is_refused_cleanly() -> None:
+    """Core bug 9: the refused merge had already integrated part of the snapshot."""
+    data, spans = flipped_snapshot(192, 0)
+    xyz = next(s for s in spans if s[3] == "XYZ")
+    assert xyz[5] == (str(peer(2)), 2), "the flip no longer points XYZ's origin into itself"
+    doc = fresh_base()
+    import_or_unchanged(doc, lambda: doc.import_snapshot(Snapshot.from_bytes(data)))
 
 
 # ------------------------------------------------------------------ truncations
