@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import functools
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -25,6 +26,7 @@ from PySide6.QtCore import (
     QPersistentModelIndex,
     QSortFilterProxyModel,
     Qt,
+    QTimer,
     Signal,
 )
 from PySide6.QtGui import QColor
@@ -76,7 +78,7 @@ class PeerInfo:
     is_self: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LogEntry:
     """One line of the sync log."""
 
@@ -84,6 +86,7 @@ class LogEntry:
     kind: str
     message: str
 
+    @functools.cached_property
     def text(self) -> str:
         """The line as displayed."""
         return f"{self.time:%H:%M:%S}  {self.kind:<12} {self.message}"
@@ -112,7 +115,7 @@ class LogModel(QAbstractListModel):
             return None
         entry = self._entries[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return entry.text()
+            return entry.text
         if role == Qt.ItemDataRole.UserRole:
             return entry.kind
         if role == Qt.ItemDataRole.ForegroundRole and entry.kind == "error":
@@ -121,13 +124,22 @@ class LogModel(QAbstractListModel):
 
     def append(self, entry: LogEntry) -> None:
         """Add ``entry`` at the end, dropping the oldest beyond the bound."""
-        if len(self._entries) >= self._max:
-            self.beginRemoveRows(QModelIndex(), 0, 0)
-            self._entries.popleft()
+        self.extend([entry])
+
+    def extend(self, entries: list[LogEntry]) -> None:
+        """Add ``entries`` at the end (one insertion for the views), keeping the bound."""
+        entries = entries[-self._max :]
+        if not entries:
+            return
+        excess = len(self._entries) + len(entries) - self._max
+        if excess > 0:
+            self.beginRemoveRows(QModelIndex(), 0, excess - 1)
+            for _ in range(excess):
+                self._entries.popleft()
             self.endRemoveRows()
         row = len(self._entries)
-        self.beginInsertRows(QModelIndex(), row, row)
-        self._entries.append(entry)
+        self.beginInsertRows(QModelIndex(), row, row + len(entries) - 1)
+        self._entries.extend(entries)
         self.endInsertRows()
 
     def clear(self) -> None:
@@ -145,6 +157,9 @@ class SyncPanel(QDockWidget):
     """The sync side panel (a ``QDockWidget``)."""
 
     clearRequested = Signal()
+
+    #: Longest time (ms) a logged event waits before it is shown.
+    LOG_FLUSH_MS = 100
 
     def __init__(self, parent: QWidget | None = None, max_log_entries: int = 500) -> None:
         super().__init__("Sync", parent)
@@ -197,6 +212,8 @@ class SyncPanel(QDockWidget):
         self.log_view.setObjectName("syncLog")
         self.log_view.setModel(self.log_filter)
         self.log_view.setUniformItemSizes(True)
+        self._pending_log: list[LogEntry] = []
+        self._peers: list[PeerInfo] = []
         layout.addWidget(self.log_view, 1)
 
         self.filter_edit.textChanged.connect(self.on_filter_edit_textChanged)
@@ -248,7 +265,14 @@ class SyncPanel(QDockWidget):
         self.name_label.setText(name)
 
     def set_peers(self, peers: list[PeerInfo]) -> None:
-        """Replace the "online" list."""
+        """Replace the "online" list (nothing to do when it did not change).
+
+        Presence changes with every keystroke (the cursor moves); rebuilding the
+        list each time would repaint the panel for nothing.
+        """
+        if peers == self._peers:
+            return
+        self._peers = list(peers)
         self.peer_list.clear()
         for peer in peers:
             label = f"{peer.name} (you)" if peer.is_self else peer.name
@@ -263,15 +287,32 @@ class SyncPanel(QDockWidget):
 
     def set_unacknowledged(self, count: int) -> None:
         """Show how many local changes the server has not confirmed yet."""
-        self.unacknowledged_label.setText(str(count))
+        text = str(count)
+        if text != self.unacknowledged_label.text():
+            self.unacknowledged_label.setText(text)
 
     def log(self, kind: str, message: str, when: _dt.datetime | None = None) -> None:
-        """Append one event to the log and keep the newest line in view."""
-        self.log_model.append(LogEntry(when or _dt.datetime.now(), kind, message))
+        """Append one event to the log and keep the newest line in view.
+
+        Entries reach the view in batches, at most every ``LOG_FLUSH_MS``: every
+        keystroke logs several events, and repainting the log for each one would
+        cost more than the edit itself.
+        """
+        self._pending_log.append(LogEntry(when or _dt.datetime.now(), kind, message))
+        if len(self._pending_log) == 1:
+            QTimer.singleShot(self.LOG_FLUSH_MS, self.flush_log)
+
+    def flush_log(self) -> None:
+        """Show the entries logged since the last flush now."""
+        if not self._pending_log:
+            return
+        entries, self._pending_log = self._pending_log, []
+        self.log_model.extend(entries)
         self.log_view.scrollToBottom()
 
     def visible_log_lines(self) -> list[str]:
         """The log lines that pass the filter, oldest first."""
+        self.flush_log()
         return [
             str(self.log_filter.data(self.log_filter.index(row, 0)))
             for row in range(self.log_filter.rowCount())
@@ -284,5 +325,6 @@ class SyncPanel(QDockWidget):
 
     def on_clear_button_clicked(self) -> None:
         """Empty the log."""
+        self._pending_log.clear()
         self.log_model.clear()
         self.clearRequested.emit()

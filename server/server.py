@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from crdt_sync import Change, CRDTDocument, CRDTError, Snapshot
+from crdt_sync import Change, CRDTDocument, CRDTError, Snapshot, UpdateEvent
 from crdt_sync.exceptions import PendingBufferFullError
 from crdt_sync.sync import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -630,6 +630,21 @@ class WebSocketServer:
         if room is None:  # pragma: no cover - OPEN sessions are always in a room
             return
         refusal: Exception | None = None
+        # Relay as soon as the changes are in the document, while the registry
+        # still writes them: only the sender's Ack waits for durability. If the
+        # server dies before the write, nothing is lost: the sender still holds
+        # them unacknowledged and every client sends what the server lacks at the
+        # next handshake.
+        submitted = {change.id for change in changes}
+        relayed: set[Any] = set()
+
+        def relay_early(event: UpdateEvent) -> None:
+            early = [c for c in event.changes if c.id in submitted and c.id not in relayed]
+            if not event.local and early:
+                relayed.update(c.id for c in early)
+                self._relay_changes(room, early, connection)
+
+        subscription = room.document.on_update(relay_early)
         try:
             applied = await self.registry.apply_changes(room.document_id, changes)
         except ChangesRejectedError as error:
@@ -643,8 +658,12 @@ class WebSocketServer:
             )
             session.fail(ErrorCode.INTERNAL_ERROR, "the server could not store the changes")
             return
+        finally:
+            subscription.cancel()
         if applied:
-            self._relay_changes(room, applied, connection)
+            late = [change for change in applied if change.id not in relayed]
+            if late:
+                self._relay_changes(room, late, connection)
             self._emit(
                 ServerEventType.CLIENT_CHANGE_APPLIED,
                 f"{len(applied)} change(s) from {connection.client_id} applied to"
