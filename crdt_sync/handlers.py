@@ -109,7 +109,7 @@ class CRDTTextHandler(Handler):
         return self._state.value()
 
     def __len__(self) -> int:
-        return self._state.seq.length
+        return self._state.length
 
     def insert(self, index: int, text: str) -> None:
         """Insert ``text`` so it starts at ``index`` (0 <= index <= len)."""

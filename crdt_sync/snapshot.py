@@ -16,6 +16,8 @@ import sys
 import zlib
 from array import array
 from bisect import bisect_right
+from collections.abc import Callable
+from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 from .changes import FORMAT_VERSION, KIND_LIST, KIND_MAP, KIND_TEXT, _read_header
@@ -300,7 +302,7 @@ def _decode(data: bytes) -> _Decoded:
         part = Reader(r.bytes())
         try:
             if kind == KIND_TEXT:
-                value: Any = _decode_text(part, peers)
+                value: Any = TextColumns(part, peers)
             elif kind == KIND_LIST:
                 value = _decode_list(part, peers)
             else:
@@ -313,41 +315,69 @@ def _decode(data: bytes) -> _Decoded:
     return out
 
 
-def _decode_text(r: Reader, peers: list[str]) -> list[list[Any]]:
-    n = r.count(17)
-    nl = r.uint(n)
-    nr = r.uint(n)
-    flags = r.raw(n)
-    peer_col = _read_array(r, "I", n)
-    ctr_col = _read_array(r, "Q", n)
-    len_col = _read_array(r, "I", n)
-    lp = _read_array(r, "I", nl)
-    lc = _read_array(r, "Q", nl)
-    rp = _read_array(r, "I", nr)
-    rc = _read_array(r, "Q", nr)
-    text = r.str()
-    npeers = len(peers)
-    for col in (peer_col, lp, rp):
-        if col and max(col) >= npeers:
-            raise r.fail("peer index out of range")
-    if n and (min(len_col) == 0 or max(ctr_col) >= 1 << 53):
-        raise r.fail("empty span or counter out of range")
-    i = -1
-    for _ in range(ctr_col.count(0)):
-        i = ctr_col.index(0, i + 1)
-        if flags[i] & _LEFT_PREV:
-            raise r.fail("left origin before counter 0")
-    if n and max(flags) > 31:
-        raise r.fail("unknown span flags")
-    get = peers.__getitem__
-    lefts = iter(list(zip(map(get, lp), lc, strict=True)))
-    rights = iter(list(zip(map(get, rp), rc, strict=True)))
-    spans: list[list[Any]] = []
-    append = spans.append
-    tpos = 0
-    right: Any = None
-    try:
-        for f, peer, ctr, length in zip(flags, map(get, peer_col), ctr_col, len_col, strict=True):
+class TextColumns:
+    """A text state as decoded from a snapshot: validated columns, spans on demand.
+
+    Everything that can be wrong with the bytes is checked when decoding; the
+    span lists (one Python object per span) are built only by :meth:`spans`, so
+    a document loaded to be read or shown never pays for them.
+    """
+
+    __slots__ = ("ctr", "flags", "lc", "length", "lp", "peer", "peers", "rc", "rp", "text")
+
+    def __init__(self, r: Reader, peers: list[str]) -> None:
+        n = r.count(17)
+        nl = r.uint(n)
+        nr = r.uint(n)
+        flags = r.raw(n)
+        peer_col = _read_array(r, "I", n)
+        ctr_col = _read_array(r, "Q", n)
+        len_col = _read_array(r, "I", n)
+        self.lp = _read_array(r, "I", nl)
+        self.lc = _read_array(r, "Q", nl)
+        self.rp = _read_array(r, "I", nr)
+        self.rc = _read_array(r, "Q", nr)
+        text = r.str()
+        npeers = len(peers)
+        for col in (peer_col, self.lp, self.rp):
+            if col and max(col) >= npeers:
+                raise r.fail("peer index out of range")
+        if n and (min(len_col) == 0 or max(ctr_col) >= 1 << 53 or max(flags) > 31):
+            raise r.fail("empty span, counter out of range or unknown span flags")
+        i = -1
+        for _ in range(ctr_col.count(0)):
+            i = ctr_col.index(0, i + 1)
+            if flags[i] & _LEFT_PREV:
+                raise r.fail("left origin before counter 0")
+        # The columns must agree with each other: as many explicit origins as
+        # spans that name one, as many characters as visible elements.
+        if flags.translate(_EXPLICIT_LEFT).count(1) != nl:
+            raise r.fail("left origin column does not match the flags")
+        if flags.translate(_EXPLICIT_RIGHT).count(1) != nr:
+            raise r.fail("right origin column does not match the flags")
+        if sum(compress(len_col, flags.translate(_VISIBLE))) != len(text):
+            raise r.fail("text length does not match the visible spans")
+        if len(set(zip(peer_col, ctr_col, strict=True))) != n:
+            raise r.fail("an element appears twice")
+        self.peers = peers
+        self.flags = flags
+        self.peer = peer_col
+        self.ctr = ctr_col
+        self.length = len_col
+        self.text = text
+
+    def spans(self) -> list[list[Any]]:
+        """The spans, in document order (a new list each call)."""
+        get = self.peers.__getitem__
+        lefts = iter(list(zip(map(get, self.lp), self.lc, strict=True)))
+        rights = iter(list(zip(map(get, self.rp), self.rc, strict=True)))
+        text = self.text
+        spans: list[list[Any]] = []
+        append = spans.append
+        tpos = 0
+        right: Any = None
+        columns = zip(self.flags, map(get, self.peer), self.ctr, self.length, strict=True)
+        for f, peer, ctr, length in columns:
             if f & _LEFT_PREV:
                 left: Any = (peer, ctr - 1)
             elif f & _LEFT_NONE:
@@ -364,11 +394,16 @@ def _decode_text(r: Reader, peers: list[str]) -> list[list[Any]]:
                 end = tpos + length
                 append([peer, ctr, length, text[tpos:end], False, left, right, None])
                 tpos = end
-    except StopIteration:
-        raise r.fail("origin columns too short") from None
-    if next(lefts, None) is not None or next(rights, None) is not None or tpos != len(text):
-        raise r.fail("text columns are inconsistent")
-    return spans
+        return spans
+
+
+def _flag_table(test: Callable[[int], bool]) -> bytes:
+    return bytes(1 if test(f) else 0 for f in range(256))
+
+
+_EXPLICIT_LEFT = _flag_table(lambda f: not f & (_LEFT_PREV | _LEFT_NONE))
+_EXPLICIT_RIGHT = _flag_table(lambda f: not f & (_RIGHT_NONE | _RIGHT_SAME))
+_VISIBLE = _flag_table(lambda f: not f & _DELETED)
 
 
 def _read_opt_id(r: Reader, peers: list[str]) -> tuple[str, int] | None:
@@ -449,7 +484,7 @@ def load_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
     for name, (kind, value) in decoded.states.items():
         state = doc._state(name, kind)
         if kind == KIND_TEXT:
-            state.seq.load_spans(value)
+            state.load_lazily(value)
         elif kind == KIND_LIST:
             spans, elems = value
             state.seq.load_spans(spans)
@@ -480,7 +515,7 @@ def _check_mergeable(doc: CRDTDocument, decoded: _Decoded) -> None:
             )
         if kind == KIND_MAP:
             continue
-        spans = value if kind == KIND_TEXT else value[0]
+        spans = value.spans() if kind == KIND_TEXT else value[0]
         covered: dict[str, list[tuple[int, int]]] = {}
         for sp in spans:
             covered.setdefault(sp[P], []).append((sp[C], sp[C] + sp[N]))
@@ -516,15 +551,16 @@ def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
         ):
             state = doc._state(name, kind)
             if kind == KIND_TEXT:
-                state.seq.load_spans(value)
+                state.load_lazily(value)
             elif kind == KIND_LIST:
                 state.seq.load_spans(value[0])
                 state.elems = value[1]
             else:
                 state.entries = dict(value)
             builder = doc._builder(name) if kind != KIND_MAP else None
-            if builder is not None and state.seq.length:
-                builder.splice(0, 0, state.value())
+            loaded = state.value()
+            if builder is not None and loaded:
+                builder.splice(0, 0, loaded)
             elif kind == KIND_MAP:
                 keys = doc._map_out(name)
                 if keys is not None:
@@ -540,7 +576,7 @@ def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
                     if keys is not None:
                         keys.add(key)
             continue
-        spans = value if kind == KIND_TEXT else value[0]
+        spans = value.spans() if kind == KIND_TEXT else value[0]
         if kind == KIND_LIST:
             _merge_list_elems(doc, name, state, value[1])
         _merge_sequence(doc, name, state, spans)

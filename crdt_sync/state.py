@@ -74,16 +74,44 @@ class NewIds:
 
 
 class TextState:
-    """A text: a sequence of characters (Unicode code points)."""
+    """A text: a sequence of characters (Unicode code points).
+
+    A text loaded from a snapshot starts *lazy*: it holds the snapshot's
+    validated columns and their visible text, and builds its sequence the first
+    time something needs element ids (an edit, a remote op, a position). Opening
+    a document to read or display it therefore costs no more than decoding.
+    """
 
     kind = KIND_TEXT
-    __slots__ = ("seq",)
+    __slots__ = ("_lazy", "_seq")
 
     def __init__(self) -> None:
-        self.seq = Sequence("", keep_deleted_content=False)
+        self._seq = Sequence("", keep_deleted_content=False)
+        self._lazy: Any = None
+
+    def load_lazily(self, columns: Any) -> None:
+        """Hold ``columns`` (an object with ``.text`` and ``.spans()``) until needed."""
+        self._lazy = columns
+
+    @property
+    def seq(self) -> Sequence:
+        lazy = self._lazy
+        if lazy is not None:
+            self._lazy = None
+            self._seq.load_spans(lazy.spans())
+        return self._seq
+
+    @property
+    def length(self) -> int:
+        lazy = self._lazy
+        return len(lazy.text) if lazy is not None else self._seq.length
 
     def value(self) -> str:
-        result: str = self.seq.value()
+        lazy = self._lazy
+        if lazy is not None:
+            text: str = lazy.text
+            return text
+        result: str = self._seq.value()
         return result
 
     def validate(self, op: tuple[Any, ...], name: str, new: NewIds) -> None:
