@@ -117,7 +117,11 @@ async def keystroke_to_remote(root: Path, keystrokes: int, memory: bool) -> None
                 samples.append((finished - started) * 1000)
         assert a.session is not None and b.session is not None
         assert a.session.text.value == b.session.text.value
-        store = "in-memory store" if memory else "SQLite store: relayed at once, acknowledged once durable"
+        store = (
+            "in-memory store"
+            if memory
+            else "SQLite store: relayed at once, acknowledged once durable"
+        )
         report(f"keystroke -> other window's widget (child server, {store})", samples)
     finally:
         await a.shutdown()

@@ -28,6 +28,7 @@ from .changes import (
     KIND_MAP,
     KIND_TEXT,
     LIST_INSERT,
+    LIST_MOVE,
     OP_HANDLER_KIND,
     TEXT_INSERT,
     Change,
@@ -473,6 +474,11 @@ class CRDTDocument:
                 have = vv.get(peer, 0)
                 if ctr < have:
                     if ctr + t[5] <= have:
+                        if self._conflicts_with_history(t):
+                            raise InvalidChangeError(
+                                f"change {peer}@{ctr} reuses op ids of a different change"
+                                " (a replica reloaded an old snapshot under the same peer id?)"
+                            )
                         continue  # duplicate
                     raise InvalidChangeError(f"change {peer}@{ctr} overlaps ops already seen")
                 blocker = peer if ctr > have else None
@@ -500,6 +506,22 @@ class CRDTDocument:
                         pending_ids.discard((w[0], w[1]))
                     work.extend(reversed(unblocked))
         return order, waiting, pending_ids
+
+    def _conflicts_with_history(self, change: ChangeTuple) -> bool:
+        """Whether ``change`` has the id of a logged change but other content.
+
+        Op ids must never be reused; a duplicate that differs means some replica
+        did (e.g. reloaded an older snapshot under its old peer id). Silently
+        dropping it would let the replicas diverge for good.
+        """
+        ctrs = self._log_ctrs.get(change[0])
+        if not ctrs:
+            return False  # never logged here (or compacted): nothing to compare
+        i = bisect_left(ctrs, change[1])
+        if i == len(ctrs) or ctrs[i] != change[1]:
+            return False
+        logged = self._log[self._log_pos[change[0]][i]]
+        return logged[3:] != change[3:]
 
     def _validate(self, order: list[ChangeTuple], runs: list[tuple[int, int]]) -> None:
         """Raise InvalidChangeError unless every change of ``order`` applies, in order.
@@ -548,7 +570,11 @@ class CRDTDocument:
             kinds[name] = kind
             (state if state is not None else _EMPTY_STATES[kind]).validate(op, name, created)
             n = len(op[4]) if code == TEXT_INSERT or code == LIST_INSERT else 1
-            created.add(name, peer, first, first + n)
+            if code == TEXT_INSERT or code == LIST_MOVE:
+                created.add(name, peer, first, first + n)
+            elif code == LIST_INSERT:
+                created.add(name, peer, first, first + n)
+                created.add_element(name, peer, first, first + n)
             first += n
         if first - ctr != size:
             raise InvalidChangeError(f"change {peer}@{ctr}: size {size} does not match its ops")
@@ -666,17 +692,33 @@ class CRDTDocument:
 
     @classmethod
     def from_snapshot(
-        cls, snapshot: Snapshot, peer_id: PeerId | str | None = None, document_id: str | None = None
+        cls,
+        snapshot: Snapshot,
+        peer_id: PeerId | str | None = None,
+        document_id: str | None = None,
+        *,
+        resume: bool = False,
     ) -> CRDTDocument:
         """A document holding the snapshot's state.
 
-        With the same ``peer_id`` as before, op counters continue after the ones
-        the snapshot records, so no op id is ever reissued. A snapshot may be
-        older than edits this peer already sent: prefer a new peer id per session
-        unless the snapshot is known to be the latest.
+        By default it gets a new peer id, which is always safe. To continue as a
+        peer that already made ops in the snapshot, pass that ``peer_id`` and
+        ``resume=True``: op counters then continue after the ones the snapshot
+        records, so none of them is reissued. Only do that with the peer's
+        *latest* state: ops made after an older snapshot (and already sent) would
+        get their ids reissued, and replicas that saw the originals would ignore
+        the new ones. Without ``resume`` such a ``peer_id`` raises ValueError.
         """
         from .snapshot import load_snapshot
 
+        if peer_id is not None and not resume:
+            authored = snapshot.version_vector.get(str(peer_id), 0)
+            if authored:
+                raise ValueError(
+                    f"the snapshot holds {authored} op(s) of peer {peer_id}: continuing as"
+                    " that peer could reissue op ids if the snapshot is not its latest"
+                    " state; pass resume=True if it is, or use a new peer id"
+                )
         doc = cls(peer_id, document_id or snapshot.document_id)
         load_snapshot(doc, snapshot)
         return doc

@@ -15,9 +15,10 @@ from __future__ import annotations
 import sys
 import zlib
 from array import array
-from bisect import bisect_right
 from collections.abc import Callable
-from itertools import compress
+from collections.abc import Sequence as Sequence_
+from itertools import compress, islice
+from operator import add, gt
 from typing import TYPE_CHECKING, Any
 
 from .changes import FORMAT_VERSION, KIND_LIST, KIND_MAP, KIND_TEXT, _read_header
@@ -302,9 +303,9 @@ def _decode(data: bytes) -> _Decoded:
         part = Reader(r.bytes())
         try:
             if kind == KIND_TEXT:
-                value: Any = TextColumns(part, peers)
+                value: Any = TextColumns(part, peers, out.vv)
             elif kind == KIND_LIST:
-                value = _decode_list(part, peers)
+                value = _decode_list(part, peers, out.vv)
             else:
                 value = _decode_map(part, peers)
             part.expect_end()
@@ -325,7 +326,7 @@ class TextColumns:
 
     __slots__ = ("ctr", "flags", "lc", "length", "lp", "peer", "peers", "rc", "rp", "text")
 
-    def __init__(self, r: Reader, peers: list[str]) -> None:
+    def __init__(self, r: Reader, peers: list[str], vv: VersionVector) -> None:
         n = r.count(17)
         nl = r.uint(n)
         nr = r.uint(n)
@@ -357,8 +358,7 @@ class TextColumns:
             raise r.fail("right origin column does not match the flags")
         if sum(compress(len_col, flags.translate(_VISIBLE))) != len(text):
             raise r.fail("text length does not match the visible spans")
-        if len(set(zip(peer_col, ctr_col, strict=True))) != n:
-            raise r.fail("an element appears twice")
+        _check_id_ranges(r, peer_col, ctr_col, len_col, peers, vv)
         self.peers = peers
         self.flags = flags
         self.peer = peer_col
@@ -397,6 +397,42 @@ class TextColumns:
         return spans
 
 
+def _check_id_ranges(
+    r: Reader,
+    peer_col: Sequence_[int],
+    ctr_col: Sequence_[int],
+    len_col: Sequence_[int],
+    peers: list[str],
+    vv: VersionVector,
+) -> None:
+    """Raise unless the id ranges ``(peer, counter, length)`` of the spans are
+    disjoint and inside the snapshot's own version vector.
+
+    A span is a few bytes however many ids it claims: without this bound a
+    tiny snapshot could make a replica walk millions of ids, and overlapping
+    spans would corrupt the id index. Half-open ranges of one peer are disjoint
+    exactly when, with starts and ends each sorted, every end is at most the
+    next start: two sorts and a comparison, all at C speed.
+    """
+    groups: dict[int, tuple[list[int], list[int]]] = {}
+    if len(set(peer_col)) == 1:
+        groups[peer_col[0]] = (list(ctr_col), list(len_col))
+    else:
+        for p, c, n in zip(peer_col, ctr_col, len_col, strict=True):
+            group = groups.get(p)
+            if group is None:
+                group = groups[p] = ([], [])
+            group[0].append(c)
+            group[1].append(n)
+    for p, (counters, lengths) in groups.items():
+        starts = sorted(counters)
+        ends = sorted(map(add, counters, lengths))
+        if any(map(gt, ends, islice(starts, 1, None))):
+            raise r.fail(f"element ids of {peers[p]} overlap")
+        if ends[-1] > vv.get(peers[p], 0):
+            raise r.fail(f"a span of {peers[p]} reaches beyond the snapshot's version")
+
+
 def _flag_table(test: Callable[[int], bool]) -> bytes:
     return bytes(1 if test(f) else 0 for f in range(256))
 
@@ -428,7 +464,9 @@ def _read_stamp(r: Reader, peers: list[str]) -> tuple[int, str, int]:
     return (ts, peer, ctr)
 
 
-def _decode_list(r: Reader, peers: list[str]) -> tuple[list[list[Any]], dict[Any, list[Any]]]:
+def _decode_list(
+    r: Reader, peers: list[str], vv: VersionVector
+) -> tuple[list[list[Any]], dict[Any, list[Any]]]:
     spans: list[list[Any]] = []
     for _ in range(r.count(6)):
         peer, ctr = _read_id(r, peers)
@@ -444,6 +482,9 @@ def _decode_list(r: Reader, peers: list[str]) -> tuple[list[list[Any]], dict[Any
             raise r.fail("span longer than the input")
         content = tuple(_read_id(r, peers) for _ in range(n))
         spans.append([peer, ctr, n, content, bool(deleted), left, right, None])
+    index = {peer: i for i, peer in enumerate(peers)}
+    cols = [index[sp[P]] for sp in spans], [sp[C] for sp in spans], [sp[N] for sp in spans]
+    _check_id_ranges(r, *cols, peers, vv)
     elems: dict[Any, list[Any]] = {}
     for _ in range(r.count(8)):
         elem = _read_id(r, peers)
@@ -498,13 +539,77 @@ def load_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
     doc._next = doc._vv.get(doc._peer, 0)
 
 
-def _check_mergeable(doc: CRDTDocument, decoded: _Decoded) -> None:
-    """Raise before anything changes if ``decoded`` cannot merge into ``doc``.
+Piece = tuple[str, int, Any, Any, Any, bool]  # peer, counter, content, left, right, deleted
 
-    Kinds must agree, and every origin a snapshot span names must be an
-    element of the document or of the snapshot, so integration cannot stall
-    halfway through.
+
+class _Plan:
+    """How one sequence state merges: deletions of known elements, then pieces in order."""
+
+    __slots__ = ("deletions", "pieces")
+
+    def __init__(self) -> None:
+        self.deletions: list[tuple[str, int, int]] = []
+        self.pieces: list[Piece] = []
+
+
+def _plan_sequence(seq: Sequence, spans: list[list[Any]], is_list: bool) -> _Plan:
+    """Work out, without touching ``seq``, how ``spans`` merge into it.
+
+    Elements ``seq`` lacks become pieces, ordered so that each piece's origins
+    exist when it is integrated (in ``seq``, or in a piece before it). Raises
+    DecodeError if some piece can never be placed (its origins are nowhere, or
+    inside itself): the document is then left untouched.
     """
+    plan = _Plan()
+    todo: list[Piece] = []
+    for sp in spans:
+        peer, ctr, n, content, deleted, left, right = sp[:7]
+        k = 0
+        while k < n:
+            found = seq.find(peer, ctr + k)
+            if found is not None:
+                take = min(found[C] + found[N] - (ctr + k), n - k)
+                if deleted and not is_list and not found[D]:
+                    plan.deletions.append((peer, ctr + k, take))
+                k += take
+                continue
+            j = k + 1
+            while j < n and seq.find(peer, ctr + j) is None:
+                j += 1
+            piece_left = left if k == 0 else (peer, ctr + k - 1)
+            # Deleted text keeps no characters: a range stands in for their count.
+            piece = content[k:j] if (not deleted or is_list) else range(j - k)
+            todo.append((peer, ctr + k, piece, piece_left, right, deleted))
+            k = j
+    placed: dict[str, list[tuple[int, int]]] = {}
+
+    def exists(ident: Any) -> bool:
+        if ident is None or seq.contains(*ident):
+            return True
+        return any(a <= ident[1] < b for a, b in placed.get(ident[0], ()))
+
+    while todo:
+        rest: list[Piece] = []
+        for piece in todo:
+            if exists(piece[3]) and exists(piece[4]):
+                plan.pieces.append(piece)
+                placed.setdefault(piece[0], []).append((piece[1], piece[1] + len(piece[2])))
+            else:
+                rest.append(piece)
+        if len(rest) == len(todo):
+            raise DecodeError("snapshot elements refer to origins that are nowhere")
+        todo = rest
+    return plan
+
+
+def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
+    """Merge ``snapshot`` into ``doc``, which may hold concurrent edits.
+
+    Everything is checked and planned first: a snapshot that cannot merge
+    raises with the document untouched.
+    """
+    decoded = snapshot._take_decoded()
+    plans: dict[str, _Plan] = {}
     for name, (kind, value) in decoded.states.items():
         existing = doc._states.get(name)
         if existing is None:
@@ -513,58 +618,22 @@ def _check_mergeable(doc: CRDTDocument, decoded: _Decoded) -> None:
             raise InvalidChangeError(
                 f"{name!r} is a {existing.kind} here, a {kind} in the snapshot"
             )
-        if kind == KIND_MAP:
-            continue
-        spans = value.spans() if kind == KIND_TEXT else value[0]
-        covered: dict[str, list[tuple[int, int]]] = {}
-        for sp in spans:
-            covered.setdefault(sp[P], []).append((sp[C], sp[C] + sp[N]))
-        for ranges in covered.values():
-            ranges.sort()
-        seq = existing.seq  # type: ignore[union-attr]
-        for sp in spans:
-            if not _known(sp[L], seq, covered) or not _known(sp[R], seq, covered):
-                raise DecodeError(f"snapshot element {sp[P]}@{sp[C]} has an unknown origin")
-
-
-def _known(ident: Any, seq: Sequence, covered: dict[str, list[tuple[int, int]]]) -> bool:
-    """Whether origin ``ident`` is an element of ``seq`` or of the snapshot (``covered``)."""
-    if ident is None or seq.contains(*ident):
-        return True
-    ranges = covered.get(ident[0], [])
-    i = bisect_right(ranges, (ident[1], 1 << 62)) - 1
-    return i >= 0 and ranges[i][0] <= ident[1] < ranges[i][1]
-
-
-def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
-    """Merge ``snapshot`` into ``doc``, which may hold concurrent edits.
-
-    Checked first (:func:`_check_mergeable`): a snapshot that cannot merge
-    raises with the document untouched.
-    """
-    decoded = snapshot._take_decoded()
-    _check_mergeable(doc, decoded)
+        if kind != KIND_MAP and existing.seq.span_count():  # type: ignore[union-attr]
+            spans = value.spans() if kind == KIND_TEXT else value[0]
+            plans[name] = _plan_sequence(existing.seq, spans, kind == KIND_LIST)  # type: ignore[union-attr]
     for name, (kind, value) in decoded.states.items():
-        existing = doc._states.get(name)
-        if existing is None or (
-            kind != KIND_MAP and existing.kind == kind and not existing.seq.span_count()  # type: ignore[union-attr]
-        ):
+        if kind != KIND_MAP and name not in plans:
+            # New to this document (or empty here): load it as it is.
             state = doc._state(name, kind)
             if kind == KIND_TEXT:
                 state.load_lazily(value)
-            elif kind == KIND_LIST:
+            else:
                 state.seq.load_spans(value[0])
                 state.elems = value[1]
-            else:
-                state.entries = dict(value)
-            builder = doc._builder(name) if kind != KIND_MAP else None
+            builder = doc._builder(name)
             loaded = state.value()
             if builder is not None and loaded:
                 builder.splice(0, 0, loaded)
-            elif kind == KIND_MAP:
-                keys = doc._map_out(name)
-                if keys is not None:
-                    keys.update(state.value())
             continue
         state = doc._state(name, kind)
         if kind == KIND_MAP:
@@ -576,10 +645,9 @@ def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
                     if keys is not None:
                         keys.add(key)
             continue
-        spans = value.spans() if kind == KIND_TEXT else value[0]
         if kind == KIND_LIST:
             _merge_list_elems(doc, name, state, value[1])
-        _merge_sequence(doc, name, state, spans)
+        _merge_sequence(doc, name, state, plans[name])
     vv = dict(doc._vv)
     for peer, counter in decoded.vv.items():
         if counter > vv.get(peer, 0):
@@ -590,61 +658,34 @@ def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
         if counter > base.get(peer, 0):
             base[peer] = counter
     for peer, counter in decoded.frontier.items():
-        if (
-            counter > doc._frontier.get(peer, -1) and doc._frontier.get(peer) is not None
-        ) or peer not in doc._frontier:
+        if counter > doc._frontier.get(peer, -1):
             doc._frontier[peer] = counter
     doc._clock.observe(decoded.max_ts)
     doc._next = max(doc._next, vv.get(doc._peer, 0))
 
 
-def _merge_sequence(doc: CRDTDocument, name: str, state: Any, spans: list[list[Any]]) -> None:
+def _merge_sequence(doc: CRDTDocument, name: str, state: Any, plan: _Plan) -> None:
+    """Carry out ``plan`` (from :func:`_plan_sequence`) on ``state``, reporting deltas."""
     seq: Sequence = state.seq
     builder = doc._builder(name)
     is_list = isinstance(state, ListState)
-    todo: list[tuple[str, int, Any, Any, Any, bool]] = []
-    for s in spans:
-        peer, ctr, n, content, deleted, left, right = s[:7]
-        k = 0
-        while k < n:
-            if seq.contains(peer, ctr + k):
-                span, off = seq.locate(peer, ctr + k)
-                take = min(span[N] - off, n - k)
-                if deleted and not is_list and not span[D]:
-                    for vis, count, _ in seq.set_deleted(peer, ctr + k, take, True, True):
+    for peer, ctr, take in plan.deletions:
+        for vis, count, _ in seq.set_deleted(peer, ctr, take, True, True):
+            if builder is not None:
+                builder.splice(vis, count, "")
+    for peer, ctr, content, left, right, deleted in plan.pieces:
+        if is_list:
+            visible = _list_position_visible(state, (peer, ctr), content)
+            seq.integrate(peer, ctr, content, left, right, deleted=True)
+            for i, elem in enumerate(content):
+                if visible[i]:
+                    for vis, _, _ in seq.set_deleted(peer, ctr + i, 1, False, True):
                         if builder is not None:
-                            builder.splice(vis, count, "")
-                k += take
-                continue
-            j = k
-            while j < n and not seq.contains(peer, ctr + j):
-                j += 1
-            piece_left = left if k == 0 else (peer, ctr + k - 1)
-            # Deleted text keeps no characters: a range stands in for their count.
-            piece = content[k:j] if (not deleted or is_list) else range(j - k)
-            todo.append((peer, ctr + k, piece, piece_left, right, deleted))
-            k = j
-    while todo:
-        rest = []
-        for peer, ctr, content, left, right, deleted in todo:
-            if (left is None or seq.contains(*left)) and (right is None or seq.contains(*right)):
-                if is_list:
-                    visible = _list_position_visible(state, (peer, ctr), content)
-                    span, off = seq.integrate(peer, ctr, content, left, right, deleted=True)
-                    for i, elem in enumerate(content):
-                        if visible[i]:
-                            for vis, _, _ in seq.set_deleted(peer, ctr + i, 1, False, True):
-                                if builder is not None:
-                                    builder.splice(vis, 0, [state.elems[elem][0]])
-                else:
-                    span, off = seq.integrate(peer, ctr, content, left, right, deleted=deleted)
-                    if builder is not None and not deleted:
-                        builder.splice(seq.span_visible_start(span) + off, 0, content)
-            else:
-                rest.append((peer, ctr, content, left, right, deleted))
-        if len(rest) == len(todo):
-            raise DecodeError("snapshot elements refer to origins that are nowhere")
-        todo = rest
+                            builder.splice(vis, 0, [state.elems[elem][0]])
+        else:
+            span, off = seq.integrate(peer, ctr, content, left, right, deleted=deleted)
+            if builder is not None and not deleted:
+                builder.splice(seq.span_visible_start(span) + off, 0, content)
 
 
 def _list_position_visible(state: ListState, first: tuple[str, int], content: Any) -> list[bool]:

