@@ -30,6 +30,7 @@ from .changes import (
     LIST_INSERT,
     LIST_MOVE,
     OP_HANDLER_KIND,
+    TEXT_DELETE,
     TEXT_INSERT,
     Change,
     ChangeTuple,
@@ -52,7 +53,8 @@ from .exceptions import (
     PendingBufferFullError,
 )
 from .ids import HybridLogicalClock, PeerId, VersionVector
-from .state import STATE_TYPES, MapState, NewIds, State
+from .sequence import C, N
+from .state import STATE_TYPES, MapState, NewIds, State, TextState
 
 if TYPE_CHECKING:
     from .handlers import Handler
@@ -68,6 +70,11 @@ def _typing_runs(changes: list[ChangeTuple]) -> list[tuple[int, int]]:
     i = 0
     count = len(changes)
     while i < count:
+        ops = changes[i][4]
+        if ops[0][0] != TEXT_INSERT or len(ops) != 1:
+            runs.append((i, i + 1))  # not an insert: cannot start a run
+            i += 1
+            continue
         j = _typing_run_end(changes, i)
         runs.append((i, j))
         i = j
@@ -545,8 +552,26 @@ class CRDTDocument:
                     raise InvalidChangeError(f"change {last[0]}@{last[1]}: counter too large")
                 self._validate_one(order[i], created, kinds)
                 created.add(ops[0][1], peer, ctr, last[1] + last[5])
+            elif (
+                len(ops) == 1
+                and ops[0][0] == TEXT_DELETE
+                and len(ops[0][2]) == 1
+                and self._deletes_known_text(ops[0])
+            ):
+                # A delete of existing characters (backspace): nothing else to check.
+                if ctr + 1 > 1 << 53 or order[i][5] != 1:
+                    raise InvalidChangeError(f"change {peer}@{ctr}: bad size or counter")
             else:
                 self._validate_one(order[i], created, kinds)
+
+    def _deletes_known_text(self, op: tuple[Any, ...]) -> bool:
+        """Whether text delete ``op`` names one range inside one existing span."""
+        state = self._states.get(op[1])
+        if not isinstance(state, TextState):
+            return False
+        peer, ctr, n = op[2][0]
+        span = state.seq.find(peer, ctr)
+        return span is not None and ctr + n <= span[C] + span[N]
 
     def _validate_one(self, change: ChangeTuple, created: NewIds, kinds: dict[str, str]) -> None:
         """Raise InvalidChangeError unless ``change`` applies after those in ``created``."""

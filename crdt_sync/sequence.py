@@ -95,6 +95,15 @@ class SortedInts:
             del self.blocks[i]
             del self.maxes[i]
 
+    def replace(self, old: int, new: int) -> None:
+        """Change member ``old`` into ``new``; no other member may lie between them."""
+        i = bisect_left(self.maxes, old)
+        block = self.blocks[i]
+        j = bisect_left(block, old)
+        block[j] = new
+        if j == len(block) - 1:
+            self.maxes[i] = new
+
     def floor(self, value: int) -> int | None:
         """The largest member <= ``value``, or None."""
         maxes = self.maxes
@@ -709,6 +718,13 @@ class Sequence:
         """
         chunk = s[CH]
         spans = chunk.spans
+        if deleted and not s[D] and not self.keep and self._shift_boundary(s, spans, si, off, take):
+            # Backspace or forward delete next to a tombstone of the same run:
+            # the boundary between them moved, no span was split or merged.
+            chunk.vis -= take
+            self.length -= take
+            self._cur = (ci, si, vs) if ci >= 0 and vs >= 0 else None
+            return
         if off:
             if not s[D]:
                 vs += off
@@ -735,6 +751,53 @@ class Sequence:
             self._cur = (ci, si, vs)
         else:
             self._cur = None
+
+    def _shift_boundary(self, s: Span, spans: list[Span], si: int, off: int, take: int) -> bool:
+        """Delete a prefix or suffix of visible text span ``s`` into the tombstone of
+        the same run beside it, by moving their boundary. False if that does not apply.
+        """
+        n = s[N]
+        peer = s[P]
+        if off and off + take == n and si + 1 < len(spans):
+            t = spans[si + 1]  # the tombstone after s?
+            if (
+                t[D]
+                and t[P] == peer
+                and t[C] == s[C] + n
+                and t[R] == s[R]
+                and t[L] == (peer, t[C] - 1)
+            ):
+                self._move_start(t, t[C] - take)
+                t[N] += take
+                t[L] = (peer, t[C] - 1)
+                s[N] = off
+                s[X] = s[X][:off]
+                return True
+        elif not off and take < n and si:
+            q = spans[si - 1]  # the tombstone before s?
+            if (
+                q[D]
+                and q[P] == peer
+                and q[C] + q[N] == s[C]
+                and q[R] == s[R]
+                and s[L] == (peer, s[C] - 1)
+            ):
+                q[N] += take
+                self._move_start(s, s[C] + take)
+                s[N] -= take
+                s[X] = s[X][take:]
+                s[L] = (peer, s[C] - 1)
+                return True
+        return False
+
+    def _move_start(self, span: Span, start: int) -> None:
+        """Re-key ``span`` in the id index under a new first counter ``start``."""
+        peer = span[P]
+        where = self._where[peer]
+        del where[span[C]]
+        where[start] = span
+        self._starts[peer].replace(span[C], start)
+        span[C] = start
 
     @staticmethod
     def _mergeable(a: Span, b: Span) -> bool:
