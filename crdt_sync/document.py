@@ -64,21 +64,66 @@ if TYPE_CHECKING:
 _EMPTY_STATES: dict[str, Any] = {kind: cls() for kind, cls in STATE_TYPES.items()}
 
 
-def _typing_runs(changes: list[ChangeTuple]) -> list[tuple[int, int]]:
-    """``changes`` cut into ``(start, stop)`` slices: typing runs and single changes."""
+SINGLE, TYPING, DELETING = 0, 1, 2
+
+
+def _typing_runs(changes: list[ChangeTuple]) -> list[tuple[int, int, int]]:
+    """``changes`` cut into ``(start, stop, kind)`` slices.
+
+    ``TYPING``: one peer typing on (see :func:`_typing_run_end`); ``DELETING``:
+    one peer deleting text change after change (see :func:`_delete_run_end`);
+    ``SINGLE``: anything else, one change.
+    """
     runs = []
     i = 0
     count = len(changes)
     while i < count:
         ops = changes[i][4]
-        if ops[0][0] != TEXT_INSERT or len(ops) != 1:
-            runs.append((i, i + 1))  # not an insert: cannot start a run
-            i += 1
-            continue
-        j = _typing_run_end(changes, i)
-        runs.append((i, j))
+        code = ops[0][0]
+        if len(ops) == 1 and code == TEXT_INSERT:
+            j = _typing_run_end(changes, i)
+            runs.append((i, j, TYPING if j - i > 1 else SINGLE))
+        elif len(ops) == 1 and code == TEXT_DELETE:
+            j = _delete_run_end(changes, i)
+            runs.append((i, j, DELETING if j - i > 1 else SINGLE))
+        else:
+            j = i + 1
+            runs.append((i, j, SINGLE))
         i = j
     return runs
+
+
+def _delete_run_end(changes: list[ChangeTuple], i: int) -> int:
+    """The end of the run of changes from ``i`` that are one peer deleting text:
+    each a single text delete on the same handler, depending only on the one before.
+    """
+    peer, ctr, _, _, ops, size = changes[i]
+    name = ops[0][1]
+    end = ctr + size
+    k = i + 1
+    count = len(changes)
+    while k < count:
+        u = changes[k]
+        if u[0] != peer or u[1] != end or len(u[4]) != 1:
+            break
+        op = u[4][0]
+        if op[0] != TEXT_DELETE or op[1] != name or u[3] != ((peer, end - 1),):
+            break
+        end += u[5]
+        k += 1
+    return k
+
+
+def _coalesce(ranges: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """Sorted, merged ``(peer, counter, length)`` ranges (deletes commute)."""
+    out: list[list[Any]] = []
+    for peer, ctr, n in sorted(ranges):
+        if out and out[-1][0] == peer and ctr <= out[-1][1] + out[-1][2]:
+            last = out[-1]
+            last[2] = max(last[2], ctr + n - last[1])
+        else:
+            out.append([peer, ctr, n])
+    return [(p, c, n) for p, c, n in out]
 
 
 def _typing_run_end(changes: list[ChangeTuple], i: int) -> int:
@@ -439,9 +484,11 @@ class CRDTDocument:
         self._pending_ids = pending_ids
         if not order:
             return 0
-        for i, j in runs:
-            if j - i > 1:
+        for i, j, kind in runs:
+            if kind == TYPING:
                 self._apply_typing_run(order, i, j)
+            elif kind == DELETING:
+                self._apply_delete_run(order, i, j)
             else:
                 self._apply(order[i])
         self._emit_handler_events(None, False)
@@ -530,7 +577,7 @@ class CRDTDocument:
         logged = self._log[self._log_pos[change[0]][i]]
         return logged[3:] != change[3:]
 
-    def _validate(self, order: list[ChangeTuple], runs: list[tuple[int, int]]) -> None:
+    def _validate(self, order: list[ChangeTuple], runs: list[tuple[int, int, int]]) -> None:
         """Raise InvalidChangeError unless every change of ``order`` applies, in order.
 
         References may name elements of the document or of changes earlier in
@@ -538,40 +585,52 @@ class CRDTDocument:
         """
         created = NewIds()
         kinds: dict[str, str] = {}
-        for i, j in runs:
+        for i, j, kind in runs:
             peer, ctr, _, _, ops, _ = order[i]
-            if j - i > 1:
+            last = order[j - 1]
+            if last[1] + last[5] > 1 << 53:
+                raise InvalidChangeError(f"change {last[0]}@{last[1]}: counter too large")
+            if kind == TYPING:
                 # Typing on: once the first insert is valid, each next one names the
                 # character just before it and the same right origin. Check only
                 # what a run cannot guarantee: the sizes.
-                last = order[j - 1]
                 for t in order[i + 1 : j]:
                     if t[5] != len(t[4][0][4]) or not t[5]:
                         raise InvalidChangeError(f"change {t[0]}@{t[1]}: size does not match")
-                if last[1] + last[5] > 1 << 53:
-                    raise InvalidChangeError(f"change {last[0]}@{last[1]}: counter too large")
                 self._validate_one(order[i], created, kinds)
                 created.add(ops[0][1], peer, ctr, last[1] + last[5])
-            elif (
-                len(ops) == 1
-                and ops[0][0] == TEXT_DELETE
-                and len(ops[0][2]) == 1
-                and self._deletes_known_text(ops[0])
-            ):
-                # A delete of existing characters (backspace): nothing else to check.
-                if ctr + 1 > 1 << 53 or order[i][5] != 1:
-                    raise InvalidChangeError(f"change {peer}@{ctr}: bad size or counter")
+            elif kind == DELETING and self._deletes_known(order[i:j], created, kinds):
+                pass  # every range names existing characters; nothing else to check
             else:
-                self._validate_one(order[i], created, kinds)
+                for t in order[i:j]:
+                    self._validate_one(t, created, kinds)
 
-    def _deletes_known_text(self, op: tuple[Any, ...]) -> bool:
-        """Whether text delete ``op`` names one range inside one existing span."""
-        state = self._states.get(op[1])
+    def _deletes_known(
+        self, run: list[ChangeTuple], created: NewIds, kinds: dict[str, str]
+    ) -> bool:
+        """Whether the text deletes of ``run`` (one handler) all name known characters
+        and each change's size is 1. False means: check them one by one."""
+        name = run[0][4][0][1]
+        state = self._states.get(name)
+        if state is None and kinds.get(name) == KIND_TEXT:
+            state = _EMPTY_STATES[KIND_TEXT]  # a text this batch creates
         if not isinstance(state, TextState):
             return False
-        peer, ctr, n = op[2][0]
-        span = state.seq.find(peer, ctr)
-        return span is not None and ctr + n <= span[C] + span[N]
+        seq = state.seq
+        ranges = []
+        for t in run:
+            if t[5] != 1 or not t[4][0][2]:
+                return False
+            ranges.extend(t[4][0][2])
+        for peer, ctr, n in _coalesce(ranges):
+            at, end = ctr, ctr + n
+            while at < end:
+                span = seq.find(peer, at)
+                stop = span[C] + span[N] if span is not None else created.end_of(name, (peer, at))
+                if stop is None:
+                    return False
+                at = stop
+        return True
 
     def _validate_one(self, change: ChangeTuple, created: NewIds, kinds: dict[str, str]) -> None:
         """Raise InvalidChangeError unless ``change`` applies after those in ``created``."""
@@ -612,8 +671,7 @@ class CRDTDocument:
         before it, so nothing concurrent can come between them.
         """
         run = changes[i:j]
-        peer, ctr, _, deps, ops, _ = run[0]
-        last = run[-1]
+        peer, ctr, _, _, ops, _ = run[0]
         op = ops[0]
         name = op[1]
         text = "".join([t[4][0][4] for t in run])
@@ -621,6 +679,27 @@ class CRDTDocument:
         state = self._state(name, KIND_TEXT)
         out = self._builder(name)
         state.apply((TEXT_INSERT, name, op[2], op[3], text), peer, ctr, 0, out)
+        self._record_run(run)
+
+    def _apply_delete_run(self, changes: list[ChangeTuple], i: int, j: int) -> None:
+        """Apply validated changes ``i .. j-1``, one peer deleting text, at once.
+
+        Deletes commute and are idempotent, so the union of their ranges, merged
+        (a backspaced word is one range), gives the same state in fewer steps.
+        """
+        run = changes[i:j]
+        name = run[0][4][0][1]
+        self._clock.observe(max(t[2] for t in run))
+        state = self._state(name, KIND_TEXT)
+        out = self._builder(name)
+        ranges = _coalesce([r for t in run for r in t[4][0][2]])
+        state.apply((TEXT_DELETE, name, tuple(ranges)), run[0][0], run[0][1], 0, out)
+        self._record_run(run)
+
+    def _record_run(self, run: list[ChangeTuple]) -> None:
+        """Bookkeeping after applying a run of one peer's chained changes."""
+        peer, _, _, deps, _, _ = run[0]
+        last = run[-1]
         end = last[1] + last[5]
         self._vv[peer] = end
         frontier = self._frontier
