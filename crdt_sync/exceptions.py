@@ -27,6 +27,7 @@ class DecodeError(CRDTError):
     def __init__(self, message: str, offset: int = -1) -> None:
         super().__init__(f"{message} (at byte {offset})" if offset >= 0 else message)
         self.offset = offset
+        self.detail = message
 
 
 class InvalidChangeError(CRDTError):

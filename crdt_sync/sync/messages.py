@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from crdt_sync import Change, Snapshot, VersionVector, decode_changes, encode_changes
+from crdt_sync.codec import Reader, Writer
 from crdt_sync.exceptions import DecodeError
 
 from .compression import Compressor, NoCompression
@@ -328,27 +329,18 @@ def _check_payload(changes: tuple[Change, ...], snapshot: Snapshot | None) -> No
 # --------------------------------------------------------------------------- writing
 
 
-class _Writer:
-    __slots__ = ("buf",)
+class _Writer(Writer):
+    """The core's writer, with the wire's bounds on integers and named fields."""
 
-    def __init__(self) -> None:
-        self.buf = bytearray()
+    __slots__ = ()
 
     def uint(self, value: int) -> None:
         if value < 0 or value > MAX_COUNTER:
             raise ValueError(f"{value} is out of range for a wire integer")
-        buf = self.buf
-        while value >= 0x80:
-            buf.append((value & 0x7F) | 0x80)
-            value >>= 7
-        buf.append(value)
-
-    def byte(self, value: int) -> None:
-        self.buf.append(value)
+        super().uint(value)
 
     def blob(self, data: bytes) -> None:
-        self.uint(len(data))
-        self.buf += data
+        self.bytes(data)
 
     def text(self, text: str, limit: int, what: str) -> None:
         data = text.encode("utf-8")
@@ -464,26 +456,19 @@ def encode_message(message: Message, compressor: Compressor | None = None) -> by
 # --------------------------------------------------------------------------- reading
 
 
-class _Reader:
-    __slots__ = ("base", "data", "end", "pos")
+class _Reader(Reader):
+    """The core's reader, with named fields in its errors and offsets into the frame."""
+
+    __slots__ = ("base",)
 
     def __init__(self, data: bytes, base: int) -> None:
-        self.data = data
-        self.pos = 0
-        self.end = len(data)
+        super().__init__(data)
         # Offset of data[0] in the frame, so errors point into the frame
         # (meaningful for uncompressed bodies).
         self.base = base
 
     def fail(self, message: str) -> MessageDecodeError:
         return MessageDecodeError(message, self.base + self.pos)
-
-    def byte(self) -> int:
-        if self.pos >= self.end:
-            raise self.fail("truncated: expected a byte")
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
 
     def flag(self, what: str) -> bool:
         value = self.byte()
@@ -493,31 +478,16 @@ class _Reader:
             )
         return value == 1
 
-    def uint(self, what: str, limit: int = MAX_COUNTER) -> int:
-        data, pos, end = self.data, self.pos, self.end
-        result = 0
-        shift = 0
-        while True:
-            if pos >= end:
-                raise MessageDecodeError(f"{what}: truncated varint", self.base + pos)
-            b = data[pos]
-            pos += 1
-            result |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-            if shift > 63:
-                raise MessageDecodeError(f"{what}: varint longer than 10 bytes", self.base + pos)
-        if result > limit:
-            raise MessageDecodeError(
-                f"{what}: {result} exceeds the limit {limit}", self.base + self.pos
-            )
-        self.pos = pos
-        return result
+    def number(self, what: str, limit: int = MAX_COUNTER) -> int:
+        """A varint field named ``what`` (for the error message), at most ``limit``."""
+        try:
+            return super().uint(limit)
+        except DecodeError as exc:
+            raise MessageDecodeError(f"{what}: {exc.detail}", self.base + exc.offset) from None
 
     def blob(self, what: str, limit: int | None = None) -> bytes:
         remaining = self.end - self.pos
-        n = self.uint(what, remaining if limit is None else min(limit, remaining))
+        n = self.number(what, remaining if limit is None else min(limit, remaining))
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
@@ -535,11 +505,11 @@ class _Reader:
 
     def vv(self, what: str) -> VersionVector:
         # Each entry takes at least 2 bytes, which bounds the count by the input.
-        n = self.uint(f"{what} size", (self.end - self.pos) // 2)
+        n = self.number(f"{what} size", (self.end - self.pos) // 2)
         entries: dict[str, int] = {}
         for _ in range(n):
             peer = self.text(f"{what} peer", MAX_ID_BYTES)
-            counter = self.uint(f"{what} counter")
+            counter = self.number(f"{what} counter")
             if peer in entries:
                 raise self.fail(f"{what}: peer {peer!r} appears twice")
             entries[peer] = counter
@@ -577,7 +547,7 @@ class _Reader:
 
     def awareness(self) -> AwarenessUpdate:
         peer_id = self.text("awareness peer id", MAX_ID_BYTES)
-        clock = self.uint("awareness clock")
+        clock = self.number("awareness clock")
         state: AwarenessStateValue | None = None
         if self.flag("awareness state presence"):
             start = self.pos
@@ -621,7 +591,7 @@ def _load_state(text: str, offset: int) -> AwarenessStateValue:
 def _decode_body(kind: MessageType, r: _Reader) -> Message:
     message: Message
     if kind is MessageType.HANDSHAKE_REQUEST:
-        version = r.uint("protocol version")
+        version = r.number("protocol version")
         if version not in SUPPORTED_PROTOCOL_VERSIONS:
             raise UnsupportedProtocolVersion(version, SUPPORTED_PROTOCOL_VERSIONS)
         document_id = r.text("document id", MAX_ID_BYTES)
@@ -650,9 +620,9 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
         changes, snapshot = r.payload("document status")
         message = DocumentStatus(vv, changes, snapshot)
     elif kind is MessageType.PING:
-        message = Ping(r.uint("nonce"), r.uint("timestamp"))
+        message = Ping(r.number("nonce"), r.number("timestamp"))
     elif kind is MessageType.PONG:
-        message = Pong(r.uint("nonce"), r.uint("timestamp"))
+        message = Pong(r.number("nonce"), r.number("timestamp"))
     elif kind is MessageType.SNAPSHOT_UPLOAD:
         message = SnapshotUpload(r.snapshot("uploaded snapshot"))
     elif kind is MessageType.AWARENESS_UPDATE:
@@ -661,11 +631,11 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
         message = AwarenessQuery()
     elif kind is MessageType.AWARENESS_STATE:
         # An entry takes at least 3 bytes (empty peer, clock, presence flag).
-        n = r.uint("awareness count", (r.end - r.pos) // 3)
+        n = r.number("awareness count", (r.end - r.pos) // 3)
         states = tuple(r.awareness() for _ in range(n))
         message = AwarenessState(states)
     else:  # MessageType.ERROR
-        code = ErrorCode.from_wire(r.uint("error code"))
+        code = ErrorCode.from_wire(r.number("error code"))
         raw = r.blob("error message", MAX_ERROR_TEXT_BYTES)
         # Error text is for humans: be lenient rather than lose the report.
         message = Error(code, raw.decode("utf-8", "replace"))
