@@ -323,22 +323,9 @@ class Sequence:
         Returns the ``(left, right)`` origins and the visible index of the new
         elements. KeyError if ``after`` is unknown.
         """
-        span, off = self.locate(*after)
-        chunk = span[CH]
-        ci = self._chunk_index(chunk)
-        si = self._span_index(chunk, span)
-        if off < span[N] - 1:
-            self._split(span, chunk, si, off + 1)
-        si += 1
-        nci, nsi = ci, si
-        right: Id | None = None
-        while nci < len(self.chunks):
-            spans = self.chunks[nci].spans
-            if nsi < len(spans):
-                right = (spans[nsi][P], spans[nsi][C])
-                break
-            nci += 1
-            nsi = 0
+        ci, si = self._slot_after(after)
+        nxt = self._span_from(ci, si)
+        right: Id | None = None if nxt is None else (nxt[P], nxt[C])
         new = [peer, ctr, len(content), content, False, after, right, None]
         self._insert_span(ci, si, new)
         self._cur = None
@@ -386,29 +373,12 @@ class Sequence:
             stored = self.empty
         chunks = self.chunks
         # The slot right after the left origin.
-        if left is None:
-            ci, si = 0, 0
-        else:
-            ls, loff = self.locate(*left)
-            lchunk = ls[CH]
-            ci = self._chunk_index(lchunk)
-            si = self._span_index(lchunk, ls)
-            if loff < ls[N] - 1:
-                self._split(ls, lchunk, si, loff + 1)
-            si += 1
+        ci, si = (0, 0) if left is None else self._slot_after(left)
         self._cur = None
-        # The element at the slot (skipping empty chunk tails).
-        nci, nsi = ci, si
-        nxt = None
-        while nci < len(chunks):
-            spans = chunks[nci].spans
-            if nsi < len(spans):
-                nxt = spans[nsi]
-                break
-            nci += 1
-            nsi = 0
+        nxt = self._span_from(ci, si)
         nxt_id = None if nxt is None else (nxt[P], nxt[C])
         if nxt_id != right:
+            nci, nsi = self._position_of(nxt) if nxt is not None else (len(chunks), 0)
             ci, si = self._scan(peer, left, right, nci, nsi)
         else:
             # No concurrent insert between the origins: a run may just grow.
@@ -562,6 +532,33 @@ class Sequence:
             ctr += span[N] - off
 
     # ------------------------------------------------------------------ internals
+
+    def _slot_after(self, ident: Id) -> tuple[int, int]:
+        """(chunk, span) index of the slot right after element ``ident``, splitting
+        its span there if needed. KeyError if ``ident`` is unknown."""
+        span, off = self.locate(*ident)
+        chunk = span[CH]
+        ci = self._chunk_index(chunk)
+        si = self._span_index(chunk, span)
+        if off < span[N] - 1:
+            self._split(span, chunk, si, off + 1)
+        return ci, si + 1
+
+    def _span_from(self, ci: int, si: int) -> Span | None:
+        """The first span at or after slot (``ci``, ``si``), or None at the end."""
+        chunks = self.chunks
+        while ci < len(chunks):
+            spans = chunks[ci].spans
+            if si < len(spans):
+                span: Span = spans[si]
+                return span
+            ci += 1
+            si = 0
+        return None
+
+    def _position_of(self, span: Span) -> tuple[int, int]:
+        chunk = span[CH]
+        return self._chunk_index(chunk), self._span_index(chunk, span)
 
     def _chunk_index(self, chunk: Chunk) -> int:
         ci = self._hint[0]
