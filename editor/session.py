@@ -343,7 +343,7 @@ class Session(QObject):
             return None
         try:
             return self.text.resolve(StickyIndex.from_json(dict(value)))
-        except Exception:
+        except (ValueError, TypeError, KeyError):
             return None
 
     @staticmethod
