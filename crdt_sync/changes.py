@@ -409,12 +409,29 @@ def decode_change_tuples(data: bytes) -> list[ChangeTuple]:
     if any(len(n) > MAX_NAME for n in names):
         raise r.fail("handler name too long")
     n = r.count(4)
+    try:
+        out = _decode_body(r, n, peers, names)
+    except IndexError:
+        # Reading past the end of the body: the inline readers below rely on it.
+        raise DecodeError("truncated change", r.pos) from None
+    r.expect_end()
+    return out
+
+
+def _decode_body(r: Reader, n: int, peers: list[str], names: list[str]) -> list[ChangeTuple]:
+    """The changes of a batch. Hot: varints under 128 and text ops are read inline
+    (an index past the end raises IndexError, which the caller turns into a
+    DecodeError); everything else goes through the Reader."""
+    data = r.data
+    npeers = len(peers)
+    nnames = len(names)
     out: list[ChangeTuple] = []
     peer = ""
     expect = 0
     ts = 0
     for _ in range(n):
-        flags = r.byte()
+        flags = data[r.pos]
+        r.pos += 1
         if flags & ~7:
             raise r.fail(f"unknown change flags {flags:#x}")
         if flags & _F_SAME_PEER:
@@ -440,12 +457,48 @@ def decode_change_tuples(data: bytes) -> list[ChangeTuple]:
         ops = []
         first = ctr
         for _ in range(op_count):
-            op = _read_op(r, peers, names, peer, first)
+            pos = r.pos
+            kind = data[pos]
+            index = data[pos + 1]
+            if kind == TEXT_INSERT and index < 0x80 and index < nnames:
+                # Typing: kind, handler, two origin tags, then the text.
+                pos += 2
+                tag = data[pos]
+                if tag == _REF_PREV and first:
+                    left: tuple[str, int] | None = (peer, first - 1)
+                    pos += 1
+                elif tag == _REF_NONE:
+                    left = None
+                    pos += 1
+                else:
+                    r.pos = pos
+                    left = _read_ref(r, peers, peer, first)
+                    pos = r.pos
+                tag = data[pos]
+                if tag == _REF_NONE:
+                    right: tuple[str, int] | None = None
+                    pos += 1
+                elif (
+                    tag == _REF_FULL and data[pos + 1] < min(npeers, 0x80) and data[pos + 2] < 0x80
+                ):
+                    right = (peers[data[pos + 1]], data[pos + 2])
+                    pos += 3
+                else:
+                    r.pos = pos
+                    right = _read_ref(r, peers, peer, first)
+                    pos = r.pos
+                r.pos = pos
+                text = r.str()
+                if not text:
+                    raise r.fail("empty insert")
+                op: Any = (TEXT_INSERT, names[index], left, right, text)
+                first += len(text)
+            else:
+                op = _read_op(r, peers, names, peer, first)
+                first += op_size(op)
             ops.append(op)
-            first += op_size(op)
         expect = first
         out.append((peer, ctr, ts, deps, tuple(ops), first - ctr))
-    r.expect_end()
     return out
 
 
