@@ -60,10 +60,10 @@ from crdt_sync.sync import (
     Ping,
     Pong,
     RemoteProtocolError,
+    SnapshotUpload,
     decode_message,
     encode_message,
 )
-from crdt_sync.sync.messages import SnapshotUpload
 
 from .exceptions import InvalidDocumentIdError, LocalProtocolError
 from .registry import validate_document_id
