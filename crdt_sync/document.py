@@ -6,8 +6,8 @@ A document holds one *state* per handler name (text, list or map: see
 ``state.py``) and the *history* of changes that built it (``_log``), kept apart.
 Local edits go through handlers, which apply them to the state at once and add
 an op to the open transaction; committing the transaction turns its ops into
-one :class:`Change` (first op id, ops, deps = the frontier, a hybrid logical
-clock stamp), appends it to the history and notifies subscribers. Remote
+one :class:`Change` (first op id, ops, minimal deps: see ``_deps_of``, a hybrid
+logical clock stamp), appends it to the history and notifies subscribers. Remote
 changes are applied exactly once and in causal order: a change is ready when
 every dep is covered by the version vector and its first counter is the next
 one expected from its peer; otherwise it waits in a bounded pending buffer,
@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 from .changes import (
     KIND_MAP,
     KIND_TEXT,
+    LIST_DELETE,
     LIST_INSERT,
     LIST_MOVE,
+    LIST_SET,
     OP_HANDLER_KIND,
     TEXT_DELETE,
     TEXT_INSERT,
@@ -65,6 +67,45 @@ _EMPTY_STATES: dict[str, Any] = {kind: cls() for kind, cls in STATE_TYPES.items(
 
 
 SINGLE, TYPING, DELETING = 0, 1, 2
+
+
+def _deps_of(peer: str, first: int, ops: list[tuple[Any, ...]]) -> tuple[tuple[str, int], ...]:
+    """The deps of a local change: this peer's previous op, and the newest op of
+    each other peer whose elements the ops name (origins, deleted or updated
+    elements).
+
+    That is all a receiver needs before applying the change: every element it
+    refers to then exists. Concurrency needs no more (map and list registers
+    compare clock stamps, sequences compare origins), and keeping deps this
+    small keeps changes small in sessions with many writers, where the whole
+    frontier would name every one of them.
+    """
+    newest: dict[str, int] = {}
+
+    def need(ident: tuple[str, int] | None) -> None:
+        if ident is not None and ident[0] != peer and newest.get(ident[0], -1) < ident[1]:
+            newest[ident[0]] = ident[1]
+
+    for op in ops:
+        code = op[0]
+        if code == TEXT_INSERT or code == LIST_INSERT:
+            need(op[2])
+            need(op[3])
+        elif code == TEXT_DELETE:
+            for p, c, n in op[2]:
+                need((p, c + n - 1))
+        elif code == LIST_DELETE:
+            for p, c, _ in op[2]:
+                need((p, c))
+        elif code == LIST_MOVE:
+            need(op[2])
+            need(op[3])
+            need(op[4])
+        elif code == LIST_SET:
+            need(op[2])
+    deps = [(peer, first - 1)] if first else []
+    deps.extend(newest.items())
+    return tuple(deps)
 
 
 def _typing_runs(changes: list[ChangeTuple]) -> list[tuple[int, int, int]]:
@@ -328,7 +369,7 @@ class CRDTDocument:
             peer = self._peer
             nxt = self._next
             frontier = self._frontier
-            change = (peer, first, self._ts, tuple(frontier.items()), tuple(ops), nxt - first)
+            change = (peer, first, self._ts, _deps_of(peer, first, ops), tuple(ops), nxt - first)
             log = self._log
             self._own_ctrs.append(first)
             self._own_pos.append(len(log))
