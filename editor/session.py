@@ -162,6 +162,7 @@ class Session(QObject):
         self._subscriptions: list[Any] = []
         self._connect_task: asyncio.Future[bool] | None = None
         self._local_cursor: tuple[int, int] | None = None
+        self._cursor_pending = False
         self._save_timer = QTimer(self)
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(SAVE_DELAY_MS)
@@ -288,9 +289,23 @@ class Session(QObject):
             self._publish_presence()
 
     # -- presence ----------------------------------------------------------------
+    #: Longest time (ms) a moved cursor waits before collaborators are told.
+    CURSOR_PUBLISH_MS = 40
+
     def set_local_cursor(self, anchor: int, head: int) -> None:
-        """Publish this peer's selection (code points) as stable positions."""
+        """Publish this peer's selection (code points) as stable positions.
+
+        The cursor moves with every keystroke; collaborators hear of it at most
+        every ``CURSOR_PUBLISH_MS``, so typing sends one presence message per
+        burst rather than one per key, and the edits themselves go out first.
+        """
         self._local_cursor = (anchor, head)
+        if not self._cursor_pending:
+            self._cursor_pending = True
+            QTimer.singleShot(self.CURSOR_PUBLISH_MS, self, self._publish_cursor)
+
+    def _publish_cursor(self) -> None:
+        self._cursor_pending = False
         self._publish_presence()
 
     def _publish_presence(self) -> None:

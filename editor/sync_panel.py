@@ -300,7 +300,7 @@ class SyncPanel(QDockWidget):
         """
         self._pending_log.append(LogEntry(when or _dt.datetime.now(), kind, message))
         if len(self._pending_log) == 1:
-            QTimer.singleShot(self.LOG_FLUSH_MS, self.flush_log)
+            QTimer.singleShot(self.LOG_FLUSH_MS, self, self.flush_log)
 
     def flush_log(self) -> None:
         """Show the entries logged since the last flush now."""
