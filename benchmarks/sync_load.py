@@ -290,7 +290,7 @@ async def serve_pycrdt() -> int:
     async with WebsocketServer(log=None) as room_server:
 
         async def handler(connection: Any) -> None:
-            await room_server.serve(ServerChannel(connection))
+            await room_server.serve(Channel(connection, connection.request.path))
 
         async with websockets.serve(handler, HOST, 0, compression=None) as listener:
             port = listener.sockets[0].getsockname()[1]
@@ -303,14 +303,14 @@ async def serve_pycrdt() -> int:
     return 0
 
 
-class ServerChannel:
-    """pycrdt's Channel over a websockets server connection (its path names the room)."""
+class Channel:
+    """pycrdt's Channel over a websockets connection (server or client side)."""
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, path: str) -> None:
         self._connection = connection
-        self.path: str = connection.request.path
+        self.path = path
 
-    def __aiter__(self) -> ServerChannel:
+    def __aiter__(self) -> Channel:
         return self
 
     async def __anext__(self) -> bytes:
@@ -431,30 +431,6 @@ class OurClient(BenchClient):
         self.client.close()
 
 
-class ClientChannel:
-    """pycrdt's Channel over a websockets client connection."""
-
-    def __init__(self, connection: ClientConnection, path: str) -> None:
-        self._connection = connection
-        self.path = path
-
-    def __aiter__(self) -> ClientChannel:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return await self.recv()
-        except websockets.ConnectionClosed:
-            raise StopAsyncIteration from None
-
-    async def send(self, message: bytes) -> None:
-        await self._connection.send(message)
-
-    async def recv(self) -> bytes:
-        data = await self._connection.recv()
-        return data if isinstance(data, bytes) else data.encode()
-
-
 class PycrdtClient(BenchClient):
     def __init__(self, index: int, url: str, state: LoadState | None, wire: Wire) -> None:
         from pycrdt import Doc, Text
@@ -487,7 +463,7 @@ class PycrdtClient(BenchClient):
             open_timeout=CONNECT_TIMEOUT,
             max_size=None,
         )
-        self.provider = Provider(self.doc, ClientChannel(self.connection, f"/{DOCUMENT}"))
+        self.provider = Provider(self.doc, Channel(self.connection, f"/{DOCUMENT}"))
         self.task = asyncio.create_task(self.provider.start())
         await asyncio.wait_for(self.provider.started.wait(), CONNECT_TIMEOUT)
         await asyncio.wait_for(self.provider.synced.wait(), CONNECT_TIMEOUT)
