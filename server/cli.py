@@ -1,7 +1,8 @@
-"""``crdt-sync-server``: run the sync server headless.
+"""``crdt-sync-server``: run the sync server headless, or mint invite tokens.
 
     crdt-sync-server --host 127.0.0.1 --port 8080 --db PATH
     python -m server --memory --port 0
+    crdt-sync-server token DOC [--role write|read] [--expires 7d] [--url ws://HOST:PORT]
 
 Once the server listens, exactly one line goes to standard output (and is
 flushed), for people and for the desktop app that starts the server as a
@@ -17,6 +18,11 @@ leaves an orphan server behind).
 
 Exit status: 0 after a clean stop, 1 when the server cannot start (port in
 use, unusable database), 2 for bad arguments.
+
+``crdt-sync-server token DOC`` prints a token for ``DOC`` (or, with ``--url``,
+an invite link carrying it) as the last line of its standard output, signed
+with the same secret file the server uses (created if missing); a description
+of what it grants goes to standard error.
 """
 
 from __future__ import annotations
@@ -30,19 +36,37 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import platformdirs
 
+from crdt_sync.sync import Role
 from crdt_sync.sync.compression import Compressor, GzipCompressor, NoCompression
 
+from .auth import (
+    DEFAULT_TOKEN_LIFETIME,
+    SecretFileError,
+    TokenAuthority,
+    default_secret_path,
+    invite_link,
+    parse_duration,
+)
 from .events import ServerEvent, ServerEventType
 from .exceptions import StorageError
 from .registry import CRDTServerRegistry, InMemoryServerRegistry, SqliteServerRegistry
 from .server import WebSocketServer
 
-__all__ = ["build_parser", "default_database_path", "lan_address", "main", "run"]
+__all__ = [
+    "build_parser",
+    "build_token_parser",
+    "default_database_path",
+    "lan_address",
+    "main",
+    "run",
+    "token_main",
+]
 
 _log = logging.getLogger("server")
 
@@ -184,6 +208,107 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_token_parser() -> argparse.ArgumentParser:
+    """The parser of ``crdt-sync-server token`` (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="crdt-sync-server token",
+        description="Print an invite token (or, with --url, an invite link) for a document,"
+        " signed with the server's secret. The token is the last line of the output.",
+    )
+    parser.add_argument(
+        "document", metavar="DOC", help="the document id, or a prefix ending in * (team-*)"
+    )
+    parser.add_argument(
+        "--role",
+        choices=("write", "read"),
+        default="write",
+        help="write: edit (default); read: receive only",
+    )
+    parser.add_argument(
+        "--expires",
+        type=_duration,
+        default=DEFAULT_TOKEN_LIFETIME,
+        metavar="DURATION",
+        help="lifetime: a number and a unit s, m, h or d (90s, 12h, 7d; default 7d)",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--secret-file", type=Path, default=None, help="the server's secret file")
+    where.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help="the server's database; its secret file lies beside it (DB.secret)",
+    )
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="print an invite link for this server (ws://HOST:PORT or wss://HOST:PORT)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="with --url: pin this certificate in the link (for self-signed servers)",
+    )
+    return parser
+
+
+def secret_path(secret_file: Path | None, db: Path | None) -> Path:
+    """The secret file named by ``--secret-file``, or the one beside the database."""
+    if secret_file is not None:
+        return secret_file
+    return default_secret_path(db if db is not None else default_database_path())
+
+
+def token_main(argv: Sequence[str]) -> int:
+    """``crdt-sync-server token ...``; returns the exit status."""
+    args = build_token_parser().parse_args(argv)
+    path = secret_path(args.secret_file, args.db)
+    try:
+        authority, created = TokenAuthority.from_file(path)
+    except SecretFileError as error:
+        print(f"crdt-sync-server: {error}", file=sys.stderr)
+        return 1
+    if created:
+        print(f"created the server secret {path}", file=sys.stderr)
+    role = Role.from_label(args.role)
+    try:
+        token = authority.issue(args.document, role, args.expires)
+    except ValueError as error:
+        print(f"crdt-sync-server token: {error}", file=sys.stderr)
+        return 2
+    pin = None
+    if args.tls_cert is not None:
+        from .tls import certificate_pin
+
+        try:
+            pin = certificate_pin(args.tls_cert)
+        except (OSError, ValueError) as error:
+            print(f"crdt-sync-server token: {error}", file=sys.stderr)
+            return 1
+    line = token
+    if args.url is not None:
+        try:
+            line = invite_link(args.url, args.document, token, pin)
+        except ValueError as error:
+            print(f"crdt-sync-server token: {error}", file=sys.stderr)
+            return 2
+    expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() + args.expires))
+    print(
+        f"{role.label} access to {args.document!r} until {expires} (secret {path})",
+        file=sys.stderr,
+    )
+    print(line, flush=True)
+    return 0
+
+
 def _make_compressor(name: str) -> Compressor:
     return GzipCompressor() if name == "gzip" else NoCompression()
 
@@ -274,7 +399,10 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["token"]:
+        return token_main(arguments[1:])
+    args = build_parser().parse_args(arguments)
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -3,6 +3,7 @@ and the asyncio client. See ``docs/protocol.md`` for the wire format."""
 
 from __future__ import annotations
 
+from .access import CertificatePinError, Invite, Role, certificate_fingerprint, split_invite
 from .awareness import Awareness, AwarenessChanged
 from .client import ConnectionStatus, ReconnectPolicy, WebSocketClient
 from .compression import Compressor, GzipCompressor, NoCompression, compressor_for_name
@@ -73,6 +74,7 @@ __all__ = [
     "AwarenessReceived",
     "AwarenessState",
     "AwarenessUpdate",
+    "CertificatePinError",
     "Changes",
     "ChangesReceived",
     "ChangesSent",
@@ -93,6 +95,7 @@ __all__ = [
     "HandshakeCompleted",
     "HandshakeRequest",
     "HandshakeResponse",
+    "Invite",
     "LocalProtocolError",
     "Message",
     "MessageDecodeError",
@@ -109,6 +112,7 @@ __all__ = [
     "RemoteProtocolError",
     "ResyncCompleted",
     "ResyncRequested",
+    "Role",
     "SnapshotReceived",
     "SnapshotSent",
     "SnapshotUpload",
@@ -118,7 +122,9 @@ __all__ = [
     "UnknownMessageType",
     "UnsupportedProtocolVersion",
     "WebSocketClient",
+    "certificate_fingerprint",
     "compressor_for_name",
     "decode_message",
     "encode_message",
+    "split_invite",
 ]
