@@ -97,9 +97,7 @@ def test_valid_document_ids_are_accepted(good: str) -> None:
     assert validate_document_id(good) == good
 
 
-@pytest.mark.parametrize(
-    "bad", ["", ".hidden", "a/b", "..", "A" * 129, "a\x00", "a\x7f"]
-)
+@pytest.mark.parametrize("bad", ["", ".hidden", "a/b", "..", "A" * 129, "a\x00", "a\x7f"])
 def test_invalid_document_ids_are_refused_with_a_typed_error(bad: str) -> None:
     with pytest.raises(InvalidDocumentIdError):
         validate_document_id(bad)
