@@ -8,6 +8,8 @@ rule:
 * 1 to :data:`MAX_DOCUMENT_ID_LENGTH` characters (code points);
 * not starting with ``.`` (no ``.``, ``..`` or hidden names);
 * no ``/`` (an id is one path segment, never a path);
+* no ``*`` (an invite token names a document or a prefix ending in ``*``:
+  ``server/auth.py``);
 * no control characters (Unicode category ``Cc``: C0, DEL, C1) and no lone
   surrogates (``Cs``, which UTF-8 cannot carry).
 
@@ -60,6 +62,8 @@ def document_id_problem(document_id: object) -> str | None:
         return "a document id cannot start with '.'"
     if "/" in document_id:
         return "a document id cannot contain '/'"
+    if "*" in document_id:
+        return "a document id cannot contain '*'"
     for character in document_id:
         if unicodedata.category(character) in _FORBIDDEN_CATEGORIES:
             return f"a document id cannot contain the control character U+{ord(character):04X}"

@@ -40,6 +40,8 @@ RULE = [
     ("..", False, "'.'"),
     ("a/b", False, "'/'"),
     ("/", False, "'/'"),
+    ("team-*", False, "'*'"),
+    ("*", False, "'*'"),
     ("a\x00", False, "U+0000"),
     ("tab\there", False, "U+0009"),
     ("line\nbreak", False, "U+000A"),
