@@ -148,9 +148,7 @@ class MainWindow(QMainWindow):
         if isinstance(splitter_state, QByteArray):
             self.splitter.restoreState(splitter_state)
         window_state = self.settings.value("windowState")
-        self._docks_sized = isinstance(window_state, QByteArray) and self.restoreState(
-            window_state
-        )
+        self._docks_sized = isinstance(window_state, QByteArray) and self.restoreState(window_state)
 
     # -- construction ------------------------------------------------------------
     def _build_central(self) -> None:
