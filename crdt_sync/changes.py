@@ -299,9 +299,16 @@ def inflate(data: bytes, offset: int, limit: int = MAX_INFLATED) -> bytes:
     return out
 
 
-def _read_header(data: bytes, magic: bytes) -> tuple[bytes, int]:
+def _read_header(data: bytes, magic: bytes, max_size: int = MAX_INFLATED) -> tuple[bytes, int]:
+    """The body of ``data`` after its header (inflated if compressed) and where it starts.
+
+    ``max_size`` bounds the body: a compressed body may inflate to at most that
+    many bytes, an uncompressed one may be at most that long (DecodeError).
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"expected bytes, not {type(data).__name__}")
+    if not isinstance(max_size, int) or max_size < 0:
+        raise ValueError(f"max_size must be an int >= 0, not {max_size!r}")
     data = bytes(data)
     if len(data) < len(magic) + 2 or data[: len(magic)] != magic:
         raise DecodeError("not crdt_sync data (bad magic bytes)", 0)
@@ -313,7 +320,9 @@ def _read_header(data: bytes, magic: bytes) -> tuple[bytes, int]:
         raise DecodeError(f"unknown flags {flags:#x}", len(magic) + 1)
     start = len(magic) + 2
     if flags & 1:
-        return inflate(data[start:], start), 0
+        return inflate(data[start:], start, max_size), 0
+    if len(data) - start > max_size:
+        raise DecodeError(f"{len(data) - start} bytes exceed the limit of {max_size}", start)
     return data, start
 
 
@@ -398,9 +407,14 @@ def _read_op(r: Reader, peers: list[str], names: list[str], peer: str, first: in
     raise DecodeError(f"unknown op kind {kind}", r.pos - 1)
 
 
-def decode_change_tuples(data: bytes) -> list[ChangeTuple]:
-    """Decode :func:`encode_changes` output; only ever raises :class:`DecodeError`."""
-    body, start = _read_header(data, MAGIC)
+def decode_change_tuples(data: bytes, max_size: int = MAX_INFLATED) -> list[ChangeTuple]:
+    """Decode :func:`encode_changes` output; only ever raises :class:`DecodeError`
+    (for bad bytes; ``TypeError``/``ValueError`` for bad arguments).
+
+    ``max_size`` bounds the decoded body: what a compressed batch inflates to,
+    or an uncompressed batch's length (a server passes its message size limit).
+    """
+    body, start = _read_header(data, MAGIC, max_size)
     r = Reader(body, start)
     peers = [r.str() for _ in range(r.count(1))]
     if any(not p or len(p) > MAX_NAME for p in peers):
@@ -502,6 +516,8 @@ def _decode_body(r: Reader, n: int, peers: list[str], names: list[str]) -> list[
     return out
 
 
-def decode_changes(data: bytes) -> list[Change]:
-    """Decode :func:`encode_changes` output; only ever raises :class:`DecodeError`."""
-    return [Change(t) for t in decode_change_tuples(data)]
+def decode_changes(data: bytes, max_size: int = MAX_INFLATED) -> list[Change]:
+    """Decode :func:`encode_changes` output; only ever raises :class:`DecodeError`
+    for bad bytes. ``max_size`` bounds the decoded body (see :func:`decode_change_tuples`).
+    """
+    return [Change(t) for t in decode_change_tuples(data, max_size)]

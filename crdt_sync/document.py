@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A document holds one *state* per handler name (text, list or map: see
+A document holds one *state* per shared object, named by ``(name, kind)`` (see
 ``state.py``) and the *history* of changes that built it (``_log``), kept apart.
 Local edits go through handlers, which apply them to the state at once and add
 an op to the open transaction; committing the transaction turns its ops into
@@ -20,7 +20,7 @@ applies every change, and a handler created later binds to the state.
 from __future__ import annotations
 
 import uuid
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from .changes import (
     LIST_INSERT,
     LIST_MOVE,
     LIST_SET,
+    MAX_INFLATED,
     OP_HANDLER_KIND,
     TEXT_DELETE,
     TEXT_INSERT,
@@ -56,7 +57,7 @@ from .exceptions import (
 )
 from .ids import HybridLogicalClock, PeerId, VersionVector
 from .sequence import C, N
-from .state import STATE_TYPES, MapState, NewIds, State, TextState
+from .state import STATE_TYPES, NewIds, State, StateKey, TextState
 
 if TYPE_CHECKING:
     from .handlers import Handler
@@ -230,8 +231,10 @@ class CRDTDocument:
         self._peer = str(peer_id)
         self._document_id = document_id
         self._max_pending = max_pending
-        self._states: dict[str, State] = {}
-        self._handlers: dict[str, Handler] = {}
+        # States and handlers by (name, kind): the kind is part of an object's
+        # identity, so a name used as text and as a list is two objects.
+        self._states: dict[StateKey, State] = {}
+        self._handlers: dict[StateKey, Handler] = {}
         self._vv: dict[str, int] = {}
         self._frontier: dict[str, int] = {}
         self._clock = HybridLogicalClock()
@@ -253,8 +256,8 @@ class CRDTDocument:
         self._ts = 0
         self._first = 0
         self._ops: list[tuple[Any, ...]] = []
-        self._builders: dict[str, DeltaBuilder] = {}
-        self._map_keys: dict[str, set[str]] = {}
+        self._builders: dict[StateKey, DeltaBuilder] = {}
+        self._map_keys: dict[StateKey, set[str]] = {}
         self._undo_records: list[tuple[Any, ...]] = []
         self._undo_tracking = 0
         self._on_change: Observers[Change] = Observers()
@@ -282,13 +285,21 @@ class CRDTDocument:
         return len(self._pending_ids)
 
     @property
-    def handlers(self) -> dict[str, Handler]:
+    def handlers(self) -> dict[tuple[str, str], Handler]:
+        """The registered handlers, by ``(name, kind)``."""
         return dict(self._handlers)
 
     @property
-    def state_names(self) -> dict[str, str]:
-        """Every handler name with state in the document, mapped to its kind."""
-        return {name: state.kind for name, state in self._states.items()}
+    def state_names(self) -> dict[str, tuple[str, ...]]:
+        """Every name with state in the document, mapped to its kinds (sorted).
+
+        A name usually has one kind; it has several when replicas used it as,
+        say, a text and a list: those are separate objects (see ``docs/internals.md``).
+        """
+        out: dict[str, list[str]] = {}
+        for name, kind in self._states:
+            out.setdefault(name, []).append(kind)
+        return {name: tuple(sorted(kinds)) for name, kinds in out.items()}
 
     def __repr__(self) -> str:
         return f"CRDTDocument(peer={self._peer[:8]}, document={self._document_id!r})"
@@ -296,32 +307,47 @@ class CRDTDocument:
     # --------------------------------------------------------------- handlers
 
     def register_handler(self, handler: Handler) -> None:
-        """Bind ``handler`` to the state of its name (created if new).
+        """Bind ``handler`` to the state of its name and kind (created if new).
 
-        Registering the same handler twice is a no-op; another handler under a
-        taken name, or a name whose state is of another kind, raises HandlerError.
+        Registering the same handler twice is a no-op; another handler of the
+        same name and kind raises HandlerError. Handlers of one name and
+        different kinds are different objects and never block each other.
         """
-        name = handler.name
-        current = self._handlers.get(name)
+        key = (handler.name, handler.kind)
+        current = self._handlers.get(key)
         if current is handler:
             return
         if current is not None:
-            raise HandlerError(f"a handler named {name!r} is already registered")
-        state = self._state(name, handler.kind)
-        self._handlers[name] = handler
+            raise HandlerError(f"a {key[1]} handler named {key[0]!r} is already registered")
+        state = self._state(key)
+        self._handlers[key] = handler
         handler._bind(state)
 
-    def _state(self, name: str, kind: str) -> Any:
-        state = self._states.get(name)
+    def _state(self, key: StateKey) -> Any:
+        """The state of ``key`` = ``(name, kind)``, created empty if new."""
+        state = self._states.get(key)
         if state is None:
-            state = self._states[name] = STATE_TYPES[kind]()
-        elif state.kind != kind:
-            raise HandlerError(f"{name!r} is a {state.kind}, not a {kind}")
+            state = self._states[key] = STATE_TYPES[key[1]]()
         return state
 
-    def get_value(self, name: str) -> Any:
-        """The current value of the state named ``name`` (KeyError if none)."""
-        return self._states[name].value()
+    def get_value(self, name: str, kind: str | None = None) -> Any:
+        """The current value of the state ``name`` of ``kind`` ("text", "list", "map").
+
+        Without ``kind``, the value of the one state of that name; raises
+        KeyError if there is none and HandlerError if the name has several
+        kinds (pass ``kind`` then).
+        """
+        if kind is not None:
+            if kind not in STATE_TYPES:
+                raise ValueError(f"unknown kind {kind!r}")
+            return self._states[(name, kind)].value()
+        found = [state for (n, _), state in self._states.items() if n == name]
+        if not found:
+            raise KeyError(name)
+        if len(found) > 1:
+            kinds = ", ".join(sorted(state.kind for state in found))
+            raise HandlerError(f"{name!r} names several objects ({kinds}): pass kind")
+        return found[0].value()
 
     # ------------------------------------------------------------ subscribing
 
@@ -393,8 +419,8 @@ class CRDTDocument:
         if self._builders:
             builders = self._builders
             self._builders = {}
-            for name, builder in builders.items():
-                handler = self._handlers.get(name)
+            for key, builder in builders.items():
+                handler = self._handlers.get(key)
                 if handler is None or not builder:
                     continue
                 delta = builder.delta()
@@ -407,28 +433,28 @@ class CRDTDocument:
         if self._map_keys:
             keys = self._map_keys
             self._map_keys = {}
-            for name, changed in keys.items():
-                handler = self._handlers.get(name)
+            for key, changed in keys.items():
+                handler = self._handlers.get(key)
                 if handler is not None and changed:
                     handler._observers.emit(MapEvent(frozenset(changed), origin, local))
 
-    def _builder(self, name: str) -> DeltaBuilder | None:
-        """The delta builder for ``name`` if anyone observes it, else None."""
-        handler = self._handlers.get(name)
+    def _builder(self, key: StateKey) -> DeltaBuilder | None:
+        """The delta builder for state ``key`` if anyone observes it, else None."""
+        handler = self._handlers.get(key)
         if handler is None or not handler._observers:
             return None
-        builder = self._builders.get(name)
+        builder = self._builders.get(key)
         if builder is None:
-            builder = self._builders[name] = DeltaBuilder()
+            builder = self._builders[key] = DeltaBuilder()
         return builder
 
-    def _map_out(self, name: str) -> set[str] | None:
-        handler = self._handlers.get(name)
+    def _map_out(self, key: StateKey) -> set[str] | None:
+        handler = self._handlers.get(key)
         if handler is None or not handler._observers:
             return None
-        keys = self._map_keys.get(name)
+        keys = self._map_keys.get(key)
         if keys is None:
-            keys = self._map_keys[name] = set()
+            keys = self._map_keys[key] = set()
         return keys
 
     def _push_op(self, op: tuple[Any, ...], size: int) -> None:
@@ -493,9 +519,13 @@ class CRDTDocument:
     def binary_export_changes(self, since: VersionVector | None = None) -> bytes:
         return encode_change_tuples(self._export(since))
 
-    def binary_import_changes(self, data: bytes) -> int:
-        """Decode and import; a DecodeError leaves the document untouched."""
-        return self._import(decode_change_tuples(data))
+    def binary_import_changes(self, data: bytes, max_size: int = MAX_INFLATED) -> int:
+        """Decode and import; a DecodeError leaves the document untouched.
+
+        ``max_size`` bounds the decoded body of ``data`` (what its compressed
+        form may inflate to): a server passes its message size limit.
+        """
+        return self._import(decode_change_tuples(data, max_size))
 
     def import_changes(self, changes: Iterable[Change]) -> int:
         """Apply the changes not yet seen, in causal order; returns how many were applied.
@@ -625,7 +655,6 @@ class CRDTDocument:
         ``order`` (tracked in ``created``), exactly what applying will find.
         """
         created = NewIds()
-        kinds: dict[str, str] = {}
         for i, j, kind in runs:
             peer, ctr, _, _, ops, _ = order[i]
             last = order[j - 1]
@@ -638,24 +667,22 @@ class CRDTDocument:
                 for t in order[i + 1 : j]:
                     if t[5] != len(t[4][0][4]) or not t[5]:
                         raise InvalidChangeError(f"change {t[0]}@{t[1]}: size does not match")
-                self._validate_one(order[i], created, kinds)
-                created.add(ops[0][1], peer, ctr, last[1] + last[5])
-            elif kind == DELETING and self._deletes_known(order[i:j], created, kinds):
+                self._validate_one(order[i], created)
+                created.add((ops[0][1], KIND_TEXT), peer, ctr, last[1] + last[5])
+            elif kind == DELETING and self._deletes_known(order[i:j], created):
                 pass  # every range names existing characters; nothing else to check
             else:
                 for t in order[i:j]:
-                    self._validate_one(t, created, kinds)
+                    self._validate_one(t, created)
 
-    def _deletes_known(
-        self, run: list[ChangeTuple], created: NewIds, kinds: dict[str, str]
-    ) -> bool:
+    def _deletes_known(self, run: list[ChangeTuple], created: NewIds) -> bool:
         """Whether the text deletes of ``run`` (one handler) all name known characters
         and each change's size is 1. False means: check them one by one."""
-        name = run[0][4][0][1]
-        state = self._states.get(name)
-        if state is None and kinds.get(name) == KIND_TEXT:
-            state = _EMPTY_STATES[KIND_TEXT]  # a text this batch creates
-        if not isinstance(state, TextState):
+        key = (run[0][4][0][1], KIND_TEXT)
+        state = self._states.get(key)
+        if state is None:
+            state = _EMPTY_STATES[KIND_TEXT]  # maybe a text this batch creates
+        if not isinstance(state, TextState):  # pragma: no cover - keys carry the kind
             return False
         seq = state.seq
         ranges = []
@@ -667,13 +694,13 @@ class CRDTDocument:
             at, end = ctr, ctr + n
             while at < end:
                 span = seq.find(peer, at)
-                stop = span[C] + span[N] if span is not None else created.end_of(name, (peer, at))
+                stop = span[C] + span[N] if span is not None else created.end_of(key, (peer, at))
                 if stop is None:
                     return False
                 at = stop
         return True
 
-    def _validate_one(self, change: ChangeTuple, created: NewIds, kinds: dict[str, str]) -> None:
+    def _validate_one(self, change: ChangeTuple, created: NewIds) -> None:
         """Raise InvalidChangeError unless ``change`` applies after those in ``created``."""
         states = self._states
         peer, ctr, _, _, ops, size = change
@@ -682,24 +709,20 @@ class CRDTDocument:
         first = ctr
         for op in ops:
             code = op[0]
-            name = op[1]
             kind = OP_HANDLER_KIND.get(code)
             if kind is None:
                 raise InvalidChangeError(f"unknown op kind {code}")
-            state = states.get(name)
-            have = state.kind if state is not None else kinds.get(name)
-            if have is not None and have != kind:
-                raise InvalidChangeError(
-                    f"{name!r} is a {have}, change {peer}@{ctr} treats it as a {kind}"
-                )
-            kinds[name] = kind
-            (state if state is not None else _EMPTY_STATES[kind]).validate(op, name, created)
+            # The op's kind is part of the object's identity: a name used as
+            # another kind elsewhere is another object, never a conflict.
+            key = (op[1], kind)
+            state = states.get(key)
+            (state if state is not None else _EMPTY_STATES[kind]).validate(op, key, created)
             n = len(op[4]) if code == TEXT_INSERT or code == LIST_INSERT else 1
             if code == TEXT_INSERT or code == LIST_MOVE:
-                created.add(name, peer, first, first + n)
+                created.add(key, peer, first, first + n)
             elif code == LIST_INSERT:
-                created.add(name, peer, first, first + n)
-                created.add_element(name, peer, first, first + n)
+                created.add(key, peer, first, first + n)
+                created.add_element(key, peer, first, first + n)
             first += n
         if first - ctr != size:
             raise InvalidChangeError(f"change {peer}@{ctr}: size {size} does not match its ops")
@@ -717,8 +740,9 @@ class CRDTDocument:
         name = op[1]
         text = "".join([t[4][0][4] for t in run])
         self._clock.observe(max(t[2] for t in run))
-        state = self._state(name, KIND_TEXT)
-        out = self._builder(name)
+        key = (name, KIND_TEXT)
+        state = self._state(key)
+        out = self._builder(key)
         state.apply((TEXT_INSERT, name, op[2], op[3], text), peer, ctr, 0, out)
         self._record_run(run)
 
@@ -731,8 +755,9 @@ class CRDTDocument:
         run = changes[i:j]
         name = run[0][4][0][1]
         self._clock.observe(max(t[2] for t in run))
-        state = self._state(name, KIND_TEXT)
-        out = self._builder(name)
+        key = (name, KIND_TEXT)
+        state = self._state(key)
+        out = self._builder(key)
         ranges = _coalesce([r for t in run for r in t[4][0][2]])
         state.apply((TEXT_DELETE, name, tuple(ranges)), run[0][0], run[0][1], 0, out)
         self._record_run(run)
@@ -769,14 +794,14 @@ class CRDTDocument:
         first = ctr
         for op in ops:
             code = op[0]
-            name = op[1]
-            state = states.get(name)
+            key = (op[1], OP_HANDLER_KIND[code])
+            state = states.get(key)
             if state is None:
-                state = self._state(name, OP_HANDLER_KIND[code])
+                state = self._state(key)
             out: Any = None
-            handler = self._handlers.get(name)
+            handler = self._handlers.get(key)
             if handler is not None and handler._observers._subs:
-                out = self._map_out(name) if state.kind == KIND_MAP else self._builder(name)
+                out = self._map_out(key) if state.kind == KIND_MAP else self._builder(key)
             state.apply(op, peer, first, ts, out)
             first += len(op[4]) if code == TEXT_INSERT or code == LIST_INSERT else 1
         self._record(t)
@@ -801,6 +826,29 @@ class CRDTDocument:
         if peer == self._peer:
             # Our own changes coming back (e.g. after reloading an older snapshot).
             self._next = max(self._next, ctr + size)
+
+    def timestamp_of(self, op_id: tuple[str, int]) -> int | None:
+        """The clock stamp of the change that made op ``op_id`` = ``(peer, counter)``.
+
+        A hybrid logical clock stamp (milliseconds since the epoch << 16 | a
+        logical counter): ``stamp >> 16`` is Unix time in milliseconds, as the
+        author's clock saw it. None when this document does not hold that
+        change: never seen, or known only from a snapshot or before a
+        :meth:`compact`.
+        """
+        peer, ctr = op_id
+        if peer == self._peer and self._depth and self._first <= ctr < self._next:
+            return self._ts  # made by the open transaction
+        ctrs = self._log_ctrs.get(peer)
+        if not ctrs:
+            return None
+        i = bisect_right(ctrs, ctr) - 1
+        if i < 0:
+            return None
+        change = self._log[self._log_pos[peer][i]]
+        if ctr >= change[1] + change[5]:
+            return None
+        return change[2]
 
     # -------------------------------------------------------------- snapshots
 
@@ -891,12 +939,12 @@ class CRDTDocument:
             seq = getattr(state, "seq", None)
             if seq is not None:
                 seq.check_invariants()
-        if isinstance(self._states, dict):
-            for name, state in self._states.items():
-                if isinstance(state, MapState):
-                    continue
-                if name in self._handlers and self._handlers[name].kind != state.kind:
-                    raise AssertionError(f"handler {name} kind mismatch")
+        for key, state in self._states.items():
+            if state.kind != key[1]:
+                raise AssertionError(f"state {key} holds a {state.kind}")
+            handler = self._handlers.get(key)
+            if handler is not None and handler._state is not state:
+                raise AssertionError(f"handler {key} is bound to another state")
         if self._vv.get(self._peer, 0) != self._next:
             raise AssertionError("own counter disagrees with the version vector")
 

@@ -8,7 +8,8 @@ The tree::
     │                              overlapping op ids, kind mismatch); nothing of it is applied
     ├── PendingBufferFullError     too many changes wait for missing dependencies
     ├── HistoryCompactedError      the history asked for was dropped by compact()
-    └── HandlerError               a handler name is taken by another handler or kind
+    └── HandlerError               a (name, kind) already has a handler, or a name
+                                   given without its kind names several objects
 
 Bad arguments to the public API raise what Python containers raise: ``IndexError``,
 ``ValueError`` and ``TypeError``.
@@ -50,4 +51,4 @@ class HistoryCompactedError(CRDTError):
 
 
 class HandlerError(CRDTError):
-    """A handler name is already used by a different handler or a different kind."""
+    """A name and kind already have another handler, or a name is ambiguous without its kind."""

@@ -46,6 +46,9 @@ class Handler:
             raise ValueError("a handler name must be a non-empty str")
         self._doc = doc
         self._name = name
+        # The state's identity in the document: a name used with another kind
+        # is another object.
+        self._key = (name, self.kind)
         self._observers: Observers[Any] = Observers()
         doc.register_handler(self)
 
@@ -129,7 +132,7 @@ class CRDTTextHandler(Handler):
             left, right = seq.local_insert(index, doc._peer, ctr, text)
             doc._push_op((TEXT_INSERT, self._name, left, right, text), len(text))
             if self._observers:
-                builder = doc._builder(self._name)
+                builder = doc._builder(self._key)
                 if builder is not None:
                     builder.splice(index, 0, text)
             if doc._undo_tracking:
@@ -157,7 +160,7 @@ class CRDTTextHandler(Handler):
             pieces = seq.local_delete(index, count)
             doc._push_op((TEXT_DELETE, self._name, tuple((p, c, n) for p, c, n, _ in pieces)), 1)
             if self._observers:
-                builder = doc._builder(self._name)
+                builder = doc._builder(self._key)
                 if builder is not None:
                     builder.splice(index, count, "")
             if doc._undo_tracking:
@@ -172,7 +175,7 @@ class CRDTTextHandler(Handler):
         doc = self._doc
         targets: list[tuple[str, int, int]] = []
         pieces: list[tuple[str, int, int, Any]] = []
-        builder = doc._builder(self._name)
+        builder = doc._builder(self._key)
         doc._begin()
         try:
             for peer, ctr, n in ranges:
@@ -207,7 +210,7 @@ class CRDTTextHandler(Handler):
         moved: list[tuple[str, int, int, str, int]] = []
         seq = self._state.seq
         doc = self._doc
-        builder = doc._builder(self._name)
+        builder = doc._builder(self._key)
         doc._begin()
         try:
             for peer, ctr, n, content in pieces:
@@ -228,6 +231,21 @@ class CRDTTextHandler(Handler):
         finally:
             doc._end()
         return moved
+
+    def id_runs(self) -> list[tuple[int, int, str, int]]:
+        """Who wrote what: the visible text as ``(start, length, peer, counter)`` runs.
+
+        Each run is ``length`` characters from index ``start``, typed by peer id
+        ``peer`` as the consecutive op ids ``counter .. counter + length - 1``.
+        Runs are in text order and cover the whole text; neighbouring runs can
+        share a peer (typed apart, or with another's text deleted in between).
+        Cost is one step per run-length span, not per character.
+        :meth:`CRDTDocument.timestamp_of` gives a run's time::
+
+            for start, length, peer, counter in text.id_runs():
+                when = doc.timestamp_of((peer, counter))  # None if compacted
+        """
+        return self._state.id_runs()
 
     def sticky_index(self, index: int, assoc: int = 0) -> StickyIndex:
         """A position that follows the text around it as others edit.
@@ -333,7 +351,7 @@ class CRDTListHandler(Handler):
                 state.elems[ident] = [values[i], stamp, ident, stamp, None]
             left, right = seq.local_insert(index, peer, ctr, ids)
             doc._push_op((LIST_INSERT, self._name, left, right, tuple(values)), len(values))
-            builder = doc._builder(self._name)
+            builder = doc._builder(self._key)
             if builder is not None:
                 builder.splice(index, 0, list(values))
             if doc._undo_tracking:
@@ -373,7 +391,7 @@ class CRDTListHandler(Handler):
         if not targets:
             return
         op = (LIST_DELETE, self._name, tuple(targets))
-        state.apply(op, doc._peer, doc._next, doc._ts, doc._builder(self._name))
+        state.apply(op, doc._peer, doc._next, doc._ts, doc._builder(self._key))
         doc._push_op(op, 1)
         if doc._undo_tracking:
             doc._undo_records.append(("list_restore", self._name, tuple(restore)))
@@ -393,7 +411,7 @@ class CRDTListHandler(Handler):
             rec = state.elems[elem]
             old = rec[0]
             op = (LIST_SET, self._name, elem, value)
-            state.apply(op, doc._peer, doc._next, doc._ts, doc._builder(self._name))
+            state.apply(op, doc._peer, doc._next, doc._ts, doc._builder(self._key))
             doc._push_op(op, 1)
             if doc._undo_tracking and record:
                 doc._undo_records.append(("list_set", self._name, elem, old))
@@ -422,7 +440,7 @@ class CRDTListHandler(Handler):
         try:
             rec = state.elems[elem]
             old_pos = rec[2]
-            builder = doc._builder(self._name)
+            builder = doc._builder(self._key)
             alive = state.alive(rec)
             if alive:
                 from_index = seq.visible_index(*old_pos)
@@ -497,7 +515,7 @@ class CRDTMapHandler(Handler):
         doc._begin()
         try:
             present, old = self._entry(op[2])
-            self._state.apply(op, doc._peer, doc._next, doc._ts, doc._map_out(self._name))
+            self._state.apply(op, doc._peer, doc._next, doc._ts, doc._map_out(self._key))
             doc._push_op(op, 1)
             if doc._undo_tracking:
                 doc._undo_records.append(("map_restore", self._name, op[2], present, old))

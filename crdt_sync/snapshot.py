@@ -21,9 +21,9 @@ from itertools import compress, islice
 from operator import add, gt
 from typing import TYPE_CHECKING, Any
 
-from .changes import FORMAT_VERSION, KIND_LIST, KIND_MAP, KIND_TEXT, _read_header
+from .changes import FORMAT_VERSION, KIND_LIST, KIND_MAP, KIND_TEXT, MAX_INFLATED, _read_header
 from .codec import MAX_COUNT, Reader, Writer
-from .exceptions import DecodeError, InvalidChangeError
+from .exceptions import DecodeError
 from .ids import VersionVector
 from .sequence import C, D, L, N, P, R, Sequence, X
 from .state import ListState, MapState, TextState
@@ -81,9 +81,12 @@ class Snapshot:
         return self._data
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Snapshot:
-        """Decode and validate; any malformed input raises :class:`DecodeError`."""
-        decoded = _decode(data)
+    def from_bytes(cls, data: bytes, max_size: int = MAX_INFLATED) -> Snapshot:
+        """Decode and validate; any malformed input raises :class:`DecodeError`.
+
+        ``max_size`` bounds what the compressed body may inflate to.
+        """
+        decoded = _decode(data, max_size)
         snap = cls(bytes(data), decoded.document_id, decoded.vv)
         snap._decoded = decoded
         return snap
@@ -114,7 +117,8 @@ class _Decoded:
         self.vv = VersionVector()
         self.frontier: dict[str, int] = {}
         self.max_ts = 0
-        self.states: dict[str, tuple[str, Any]] = {}
+        # (name, kind) -> the decoded state of that object.
+        self.states: dict[tuple[str, str], Any] = {}
 
 
 # ----------------------------------------------------------------- encoding
@@ -141,9 +145,9 @@ def _encode(doc: CRDTDocument) -> bytes:
         body.uint(counter)
     body.uint(doc._clock.last)
     body.uint(len(doc._states))
-    for name, state in doc._states.items():
+    for (name, kind), state in doc._states.items():
         body.str(name)
-        body.byte(_KIND_CODES[state.kind])
+        body.byte(_KIND_CODES[kind])
         part = Writer()
         if isinstance(state, TextState):
             _encode_text(part, state.seq, pid)
@@ -267,8 +271,8 @@ def _encode_map(w: Writer, state: MapState, pid: Any) -> None:
 # ----------------------------------------------------------------- decoding
 
 
-def _decode(data: bytes) -> _Decoded:
-    body, start = _read_header(data, MAGIC)
+def _decode(data: bytes, max_size: int = MAX_INFLATED) -> _Decoded:
+    body, start = _read_header(data, MAGIC, max_size)
     r = Reader(body, start)
     out = _Decoded()
     out.document_id = r.str()
@@ -294,12 +298,15 @@ def _decode(data: bytes) -> _Decoded:
     out.max_ts = r.uint()
     for _ in range(r.count(2)):
         name = r.str()
-        if not name or name in out.states:
-            raise r.fail(f"bad or repeated handler name {name!r}")
+        if not name:
+            raise r.fail("empty handler name")
         code = r.byte()
         kind = _KIND_NAMES.get(code)
         if kind is None:
             raise r.fail(f"unknown handler kind {code}")
+        if (name, kind) in out.states:
+            # One name may hold objects of several kinds, each once.
+            raise r.fail(f"repeated {kind} {name!r}")
         part = Reader(r.bytes())
         try:
             if kind == KIND_TEXT:
@@ -311,7 +318,7 @@ def _decode(data: bytes) -> _Decoded:
             part.expect_end()
         except DecodeError as exc:
             raise DecodeError(f"in handler {name!r}: {exc}", r.pos) from None
-        out.states[name] = (kind, value)
+        out.states[(name, kind)] = value
     r.expect_end()
     return out
 
@@ -522,8 +529,9 @@ def _decode_map(r: Reader, peers: list[str]) -> dict[str, tuple[Any, bool, Any]]
 def load_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
     """Fill an empty ``doc`` from ``snapshot``."""
     decoded = snapshot._take_decoded()
-    for name, (kind, value) in decoded.states.items():
-        state = doc._state(name, kind)
+    for key, value in decoded.states.items():
+        kind = key[1]
+        state = doc._state(key)
         if kind == KIND_TEXT:
             state.load_lazily(value)
         elif kind == KIND_LIST:
@@ -609,35 +617,35 @@ def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
     raises with the document untouched.
     """
     decoded = snapshot._take_decoded()
-    plans: dict[str, _Plan] = {}
-    for name, (kind, value) in decoded.states.items():
-        existing = doc._states.get(name)
+    plans: dict[tuple[str, str], _Plan] = {}
+    for key, value in decoded.states.items():
+        # The kind is part of the identity: a name that is a text here and a
+        # list in the snapshot is two objects, which merge separately.
+        kind = key[1]
+        existing = doc._states.get(key)
         if existing is None:
             continue
-        if existing.kind != kind:
-            raise InvalidChangeError(
-                f"{name!r} is a {existing.kind} here, a {kind} in the snapshot"
-            )
         if kind != KIND_MAP and existing.seq.span_count():  # type: ignore[union-attr]
             spans = value.spans() if kind == KIND_TEXT else value[0]
-            plans[name] = _plan_sequence(existing.seq, spans, kind == KIND_LIST)  # type: ignore[union-attr]
-    for name, (kind, value) in decoded.states.items():
-        if kind != KIND_MAP and name not in plans:
+            plans[key] = _plan_sequence(existing.seq, spans, kind == KIND_LIST)  # type: ignore[union-attr]
+    for key, value in decoded.states.items():
+        kind = key[1]
+        if kind != KIND_MAP and key not in plans:
             # New to this document (or empty here): load it as it is.
-            state = doc._state(name, kind)
+            state = doc._state(key)
             if kind == KIND_TEXT:
                 state.load_lazily(value)
             else:
                 state.seq.load_spans(value[0])
                 state.elems = value[1]
-            builder = doc._builder(name)
+            builder = doc._builder(key)
             loaded = state.value()
             if builder is not None and loaded:
                 builder.splice(0, 0, loaded)
             continue
-        state = doc._state(name, kind)
+        state = doc._state(key)
         if kind == KIND_MAP:
-            keys = doc._map_out(name)
+            keys = doc._map_out(key)
             for key, entry in value.items():
                 old = state.entries.get(key)
                 if old is None or entry[0] > old[0]:
@@ -646,8 +654,8 @@ def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
                         keys.add(key)
             continue
         if kind == KIND_LIST:
-            _merge_list_elems(doc, name, state, value[1])
-        _merge_sequence(doc, name, state, plans[name])
+            _merge_list_elems(doc, key, state, value[1])
+        _merge_sequence(doc, key, state, plans[key])
     vv = dict(doc._vv)
     for peer, counter in decoded.vv.items():
         if counter > vv.get(peer, 0):
@@ -664,10 +672,10 @@ def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
     doc._next = max(doc._next, vv.get(doc._peer, 0))
 
 
-def _merge_sequence(doc: CRDTDocument, name: str, state: Any, plan: _Plan) -> None:
+def _merge_sequence(doc: CRDTDocument, key: tuple[str, str], state: Any, plan: _Plan) -> None:
     """Carry out ``plan`` (from :func:`_plan_sequence`) on ``state``, reporting deltas."""
     seq: Sequence = state.seq
-    builder = doc._builder(name)
+    builder = doc._builder(key)
     is_list = isinstance(state, ListState)
     for peer, ctr, take in plan.deletions:
         for vis, count, _ in seq.set_deleted(peer, ctr, take, True, True):
@@ -698,11 +706,11 @@ def _list_position_visible(state: ListState, first: tuple[str, int], content: An
 
 
 def _merge_list_elems(
-    doc: CRDTDocument, name: str, state: ListState, elems: dict[Any, Any]
+    doc: CRDTDocument, key: tuple[str, str], state: ListState, elems: dict[Any, Any]
 ) -> None:
     """Fold the snapshot's element records into ours (per-field maximum by stamp)."""
     seq = state.seq
-    builder = doc._builder(name)
+    builder = doc._builder(key)
     for elem, theirs in elems.items():
         ours = state.elems.get(elem)
         if ours is None:

@@ -25,14 +25,16 @@ from .changes import (
 )
 from .events import DeltaBuilder
 from .exceptions import InvalidChangeError
-from .sequence import C, N, R, Sequence
+from .sequence import C, D, N, P, R, Sequence
 
 Id = tuple[str, int]
 Stamp = tuple[int, str, int]
+#: A shared object's identity in a document: ``(name, kind)``.
+StateKey = tuple[str, str]
 
 
 class NewIds:
-    """Ids made by the ops already validated in a batch, per handler and peer.
+    """Ids made by the ops already validated in a batch, per state key and peer.
 
     Ranges of one peer usually arrive in counter order and touch (typing), so
     they are kept merged and sorted: lookups are a bisection.
@@ -44,23 +46,23 @@ class NewIds:
         # Positions (anything an origin may name: text characters, list
         # positions made by inserts and moves), and list elements (made by
         # inserts only: what deletes, sets and moves name).
-        self.ranges: dict[tuple[str, str], list[list[int]]] = {}
+        self.ranges: dict[tuple[StateKey, str], list[list[int]]] = {}
         self.elements: NewIds | None = None
         # Right origins already checked to exist (typing repeats the same one).
-        self.validated: set[tuple[str, Id]] = set()
+        self.validated: set[tuple[StateKey, Id]] = set()
 
-    def add_element(self, name: str, peer: str, start: int, stop: int) -> None:
+    def add_element(self, key: StateKey, peer: str, start: int, stop: int) -> None:
         if self.elements is None:
             self.elements = NewIds()
-        self.elements.add(name, peer, start, stop)
+        self.elements.add(key, peer, start, stop)
 
-    def has_element(self, name: str, ident: Id) -> bool:
-        return self.elements is not None and self.elements.has(name, ident)
+    def has_element(self, key: StateKey, ident: Id) -> bool:
+        return self.elements is not None and self.elements.has(key, ident)
 
-    def add(self, name: str, peer: str, start: int, stop: int) -> None:
-        ranges = self.ranges.get((name, peer))
+    def add(self, key: StateKey, peer: str, start: int, stop: int) -> None:
+        ranges = self.ranges.get((key, peer))
         if ranges is None:
-            self.ranges[(name, peer)] = [[start, stop]]
+            self.ranges[(key, peer)] = [[start, stop]]
             return
         last = ranges[-1]
         if last[1] == start:
@@ -70,9 +72,9 @@ class NewIds:
         else:
             insort(ranges, [start, stop])
 
-    def end_of(self, name: str, ident: Id) -> int | None:
+    def end_of(self, key: StateKey, ident: Id) -> int | None:
         """The end of the new range holding ``ident``, or None."""
-        ranges = self.ranges.get((name, ident[0]))
+        ranges = self.ranges.get((key, ident[0]))
         if not ranges:
             return None
         ctr = ident[1]
@@ -81,8 +83,8 @@ class NewIds:
             return ranges[i][1]
         return None
 
-    def has(self, name: str, ident: Id) -> bool:
-        return self.end_of(name, ident) is not None
+    def has(self, key: StateKey, ident: Id) -> bool:
+        return self.end_of(key, ident) is not None
 
 
 class TextState:
@@ -126,7 +128,37 @@ class TextState:
         result: str = self._seq.value()
         return result
 
-    def validate(self, op: tuple[Any, ...], name: str, new: NewIds) -> None:
+    def id_runs(self) -> list[tuple[int, int, str, int]]:
+        """The visible text as ``(start, length, peer, first counter)`` runs.
+
+        One entry per run of visible characters one peer typed with consecutive
+        counters (spans, not characters, are walked). A lazily loaded text is
+        read from its columns without building its spans.
+        """
+        runs: list[list[Any]] = []
+        pos = 0
+        lazy = self._lazy
+        if lazy is not None:
+            peers = lazy.peers
+            rows: Any = (
+                (peers[p], c, n)
+                for f, p, c, n in zip(lazy.flags, lazy.peer, lazy.ctr, lazy.length, strict=True)
+                if not f & 1
+            )
+        else:
+            rows = ((s[P], s[C], s[N]) for s in self._seq.spans() if not s[D])
+        for peer, ctr, n in rows:
+            if runs:
+                last = runs[-1]
+                if last[2] == peer and last[3] + last[1] == ctr:
+                    last[1] += n
+                    pos += n
+                    continue
+            runs.append([pos, n, peer, ctr])
+            pos += n
+        return [(a, b, c, d) for a, b, c, d in runs]
+
+    def validate(self, op: tuple[Any, ...], key: StateKey, new: NewIds) -> None:
         seq = self.seq
         if op[0] == TEXT_INSERT:
             if not isinstance(op[4], str) or not op[4]:
@@ -135,21 +167,21 @@ class TextState:
             if left is not None:
                 span = seq.find(*left)
                 if span is None:
-                    if not new.has(name, left):
+                    if not new.has(key, left):
                         raise InvalidChangeError(f"text insert refers to unknown element {left}")
                 elif span[R] == right and span[C] + span[N] - 1 == left[1]:
                     return  # typing on: the right origin is the left span's, known to exist
-            if right is not None and (name, right) not in new.validated:
-                if not seq.contains(*right) and not new.has(name, right):
+            if right is not None and (key, right) not in new.validated:
+                if not seq.contains(*right) and not new.has(key, right):
                     raise InvalidChangeError(f"text insert refers to unknown element {right}")
-                new.validated.add((name, right))
+                new.validated.add((key, right))
         elif op[0] == TEXT_DELETE:
             for peer, ctr, n in op[2]:
                 # A range may run from existing elements into ones this change made.
                 at, end = ctr, ctr + n
                 while at < end:
                     span = seq.find(peer, at)
-                    stop = span[C] + span[N] if span is not None else new.end_of(name, (peer, at))
+                    stop = span[C] + span[N] if span is not None else new.end_of(key, (peer, at))
                     if stop is None:
                         raise InvalidChangeError(
                             f"text delete of unknown elements {peer}@{ctr}+{n}"
@@ -210,7 +242,7 @@ class ListState:
     def alive(rec: list[Any]) -> bool:
         return rec[4] is None or rec[1] > rec[4]
 
-    def validate(self, op: tuple[Any, ...], name: str, new: NewIds) -> None:
+    def validate(self, op: tuple[Any, ...], key: StateKey, new: NewIds) -> None:
         kind = op[0]
         refs: list[Id | None] = []
         elems: list[Id] = []
@@ -228,10 +260,10 @@ class ListState:
         else:
             raise InvalidChangeError(f"op kind {kind} does not apply to a list")
         for ref in refs:
-            if ref is not None and not self.seq.contains(*ref) and not new.has(name, ref):
+            if ref is not None and not self.seq.contains(*ref) and not new.has(key, ref):
                 raise InvalidChangeError(f"list op refers to unknown position {ref}")
         for elem in elems:
-            if elem not in self.elems and not new.has_element(name, elem):
+            if elem not in self.elems and not new.has_element(key, elem):
                 raise InvalidChangeError(f"list op refers to unknown element {elem}")
 
     def _show(self, pos: Id, visible: bool, out: DeltaBuilder | None) -> None:
@@ -308,7 +340,7 @@ class MapState:
     def value(self) -> dict[str, Any]:
         return {k: v for k, (_, present, v) in self.entries.items() if present}
 
-    def validate(self, op: tuple[Any, ...], name: str, new: NewIds) -> None:
+    def validate(self, op: tuple[Any, ...], key: StateKey, new: NewIds) -> None:
         if op[0] not in (MAP_SET, MAP_DELETE):
             raise InvalidChangeError(f"op kind {op[0]} does not apply to a map")
         if not isinstance(op[2], str):

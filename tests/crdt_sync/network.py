@@ -1,15 +1,18 @@
 """An in-memory network of N peers for convergence tests.
 
 Every peer is a :class:`CRDTDocument` with a text (``"text"``), a list
-(``"list"``) and a map (``"meta"``) handler. Each locally created change is
-sent to every other online peer's inbox; nothing is delivered until the test
-says so, and then in whatever order it picks, so messages are reordered and
-delayed. The test can also duplicate old messages, partition the peers into
-two groups (messages across the cut stay queued until :meth:`Network.heal`),
-take a peer offline (messages to it are lost, its own edits are not sent) and
-bring it back (it then catches up through an anti-entropy sync, by changes when
-the other side still has them, by snapshot when they were compacted away),
-merge snapshots mid-run, reload a peer from its own snapshot and compact.
+(``"list"``) and a map (``"meta"``) handler, plus a list named ``"text"`` and a
+text named ``"list"``: the kind is part of an object's identity, so those are
+two more objects, which must converge without disturbing the first three. Each
+locally created change is sent to every other online peer's inbox; nothing is
+delivered until the test says so, and then in whatever order it picks, so
+messages are reordered and delayed. The test can also duplicate old messages,
+partition the peers into two groups (messages across the cut stay queued until
+:meth:`Network.heal`), take a peer offline (messages to it are lost, its own
+edits are not sent) and bring it back (it then catches up through an
+anti-entropy sync, by changes when the other side still has them, by snapshot
+when they were compacted away), merge snapshots mid-run, reload a peer from its
+own snapshot and compact.
 
 Every choice is an explicit int argument (reduced modulo what is available),
 so a Hypothesis strategy or a seeded ``random.Random`` can drive it, and a
@@ -59,12 +62,12 @@ def document_values(doc: CRDTDocument) -> dict[str, Any]:
     one with a handler has an empty one: both mean the same, so empty values are
     left out.
     """
-    kinds = doc.state_names
     out: dict[str, Any] = {}
-    for name, kind in kinds.items():
-        value = doc.get_value(name)
-        if value or not isinstance(value, str | list | dict):
-            out[f"{kind}:{name}"] = value
+    for name, kinds in doc.state_names.items():
+        for kind in kinds:
+            value = doc.get_value(name, kind)
+            if value or not isinstance(value, str | list | dict):
+                out[f"{kind}:{name}"] = value
     return out
 
 
@@ -93,6 +96,9 @@ class Peer:
         self.text = CRDTTextHandler(doc, TEXT)
         self.lst = CRDTListHandler(doc, LIST)
         self.meta = CRDTMapHandler(doc, MAP)
+        # Same names, other kinds: other objects.
+        self.list_named_text = CRDTListHandler(doc, TEXT)
+        self.text_named_list = CRDTTextHandler(doc, LIST)
         self.text_mirror: str = self.text.value
         self.list_mirror: list[Any] = self.lst.value
         self.map_mirror: dict[str, Any] = self.meta.value

@@ -48,6 +48,8 @@ edit = st.one_of(
     st.tuples(st.just("list_update"), anywhere, json_values),
     st.tuples(st.just("map_set"), keys, json_values),
     st.tuples(st.just("map_delete"), keys),
+    st.tuples(st.just("clash_text"), anywhere, texts),
+    st.tuples(st.just("clash_list"), anywhere, json_values),
 )
 step = st.one_of(
     st.tuples(st.just("edit"), peer_ix, edit),
@@ -107,6 +109,15 @@ def apply_edit(peer: Peer, op: tuple[Any, ...]) -> None:
         if op[1] in peer.meta:
             peer.meta.delete(op[1])
             assert op[1] not in peer.meta
+    elif kind == "clash_text":
+        # The text named like the list: another object than the list.
+        before = peer.lst.value
+        peer.text_named_list.insert(op[1] % (len(peer.text_named_list) + 1), op[2])
+        assert peer.lst.value == before
+    elif kind == "clash_list":
+        before = peer.text.value
+        peer.list_named_text.insert(op[1] % (len(peer.list_named_text) + 1), op[2])
+        assert peer.text.value == before
     else:  # pragma: no cover - the strategies make only the kinds above
         raise AssertionError(kind)
 
@@ -186,16 +197,21 @@ def test_long_random_runs_converge(count: int, steps: list[tuple[Any, ...]], bin
     run(count, steps, binary)
 
 
-def random_steps(rng: random.Random, length: int) -> list[tuple[Any, ...]]:
-    """A long seeded run drawn without Hypothesis (cheap to generate in bulk)."""
+def random_steps(rng: random.Random, length: int, clash: bool = False) -> list[tuple[Any, ...]]:
+    """A long seeded run drawn without Hypothesis (cheap to generate in bulk).
+
+    ``clash`` mixes in edits of the list named like the text and the text named
+    like the list.
+    """
     out: list[tuple[Any, ...]] = []
     for _ in range(length):
         r = rng.random()
         p = rng.randrange(5)
         if r < 0.55:
-            out.append(("edit", p, random_edit(rng)))
+            out.append(("edit", p, random_edit(rng, clash)))
         elif r < 0.6:
-            out.append(("txn", p, [random_edit(rng) for _ in range(rng.randint(1, 4))]))
+            edits = [random_edit(rng, clash) for _ in range(rng.randint(1, 4))]
+            out.append(("txn", p, edits))
         elif r < 0.85:
             out.append(("deliver", p, rng.randrange(1 << 16)))
         elif r < 0.87:
@@ -219,17 +235,20 @@ def random_steps(rng: random.Random, length: int) -> list[tuple[Any, ...]]:
     return out
 
 
-def random_edit(rng: random.Random) -> tuple[Any, ...]:
+def random_edit(rng: random.Random, clash: bool = False) -> tuple[Any, ...]:
     kind = rng.choice(
         ["text_insert"] * 4
         + ["text_delete"] * 2
         + ["list_insert"] * 2
         + ["list_delete", "list_move", "list_move", "list_update", "map_set", "map_delete"]
+        + (["clash_text", "clash_list"] * 2 if clash else [])
     )
     a, b = rng.randrange(1 << 16), rng.randrange(1 << 16)
     text = "".join(rng.choice(CHARS) for _ in range(rng.randint(1, 6)))
-    if kind == "text_insert":
+    if kind in ("text_insert", "clash_text"):
         return (kind, a, text)
+    if kind == "clash_list":
+        return (kind, a, rng.choice([None, a, text]))
     if kind in ("text_delete", "list_delete", "list_move"):
         return (kind, a, b)
     if kind in ("list_insert", "list_update"):
@@ -250,3 +269,12 @@ def test_seeded_long_run_converges(seed: int) -> None:
 def test_many_seeded_long_runs_converge(seed: int) -> None:
     rng = random.Random(seed)
     run(rng.randint(2, 5), random_steps(rng, 400), binary=bool(seed % 2))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_seeded_runs_with_one_name_of_two_kinds_converge(seed: int) -> None:
+    """A name used as a text and as a list is two objects: both converge."""
+    rng = random.Random(1000 + seed)
+    net = run(rng.randint(2, 5), random_steps(rng, 300, clash=True), binary=bool(seed % 2))
+    doc = net.peers[0].doc
+    assert set(doc.state_names["text"]) == {"text", "list"}

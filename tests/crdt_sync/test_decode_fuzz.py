@@ -233,7 +233,7 @@ def test_a_snapshot_whose_span_claims_ids_beyond_its_version_is_refused() -> Non
 def test_a_snapshot_span_whose_origin_is_inside_itself_is_refused_cleanly() -> None:
     """Core bug 9 (fixed): the refused merge had already integrated part of the snapshot."""
     data = flipped_snapshot(192, 0)
-    spans = snapshot_decode(data).states["t"][1].spans()
+    spans = snapshot_decode(data).states[("t", "text")].spans()
     xyz = next(s for s in spans if s[3] == "XYZ")
     assert xyz[5] == (str(peer(2)), 2), "the flip no longer points XYZ's origin into itself"
     doc = fresh_base()
@@ -372,6 +372,32 @@ def test_a_compressed_bomb_is_refused() -> None:
         decode_changes(b"CRDC\x01\x01" + bomb)
     with pytest.raises(DecodeError):
         Snapshot.from_bytes(b"CRDS\x01\x01" + bomb)
+
+
+def test_the_caller_bounds_what_a_batch_or_snapshot_may_inflate_to() -> None:
+    """A server passes its message size limit: the change format's own zlib layer
+    (and the snapshot's) must not inflate past it."""
+    doc = CRDTDocument()
+    CRDTTextHandler(doc, "t").insert(0, "abc" * 5000)
+    packed = doc.binary_export_changes()
+    plain = encode_changes(doc.export_changes(), compress=False)
+    snap = doc.take_snapshot().to_bytes()
+    assert packed[5] == 1 and plain[5] == 0 and len(packed) < 1000
+    for data in (packed, plain):
+        with pytest.raises(DecodeError, match=r"beyond 10000|limit of 10000"):
+            decode_changes(data, max_size=10_000)
+        before = fingerprint(doc)
+        with pytest.raises(DecodeError):
+            doc.binary_import_changes(data, max_size=10_000)
+        assert fingerprint(doc) == before
+        assert len(decode_changes(data, max_size=20_000)) == 1
+        fresh = CRDTDocument()
+        assert fresh.binary_import_changes(data, max_size=20_000) == 1
+    with pytest.raises(DecodeError):
+        Snapshot.from_bytes(snap, max_size=1_000)
+    assert Snapshot.from_bytes(snap, max_size=100_000).version_vector == doc.version_vector
+    with pytest.raises(ValueError):
+        decode_changes(packed, max_size=-1)
 
 
 @pytest.mark.slow

@@ -186,10 +186,10 @@ def test_registering_the_same_handler_again_is_a_no_op() -> None:
     doc = CRDTDocument()
     text = CRDTTextHandler(doc, "t")
     doc.register_handler(text)
-    assert doc.handlers == {"t": text}
+    assert doc.handlers == {("t", "text"): text}
 
 
-def test_a_taken_name_or_a_different_kind_raises() -> None:
+def test_a_taken_name_and_kind_raises_and_another_kind_is_another_object() -> None:
     doc = CRDTDocument()
     CRDTTextHandler(doc, "t")
     with pytest.raises(HandlerError):
@@ -198,8 +198,13 @@ def test_a_taken_name_or_a_different_kind_raises() -> None:
     CRDTListHandler(other, "x").append(1)
     server = CRDTDocument()
     server.import_changes(other.export_changes())
+    # The kind is part of the identity: a text "x" is not the list "x".
+    text = CRDTTextHandler(server, "x")
+    assert text.value == "" and server.get_value("x", "list") == [1]
+    CRDTListHandler(server, "x").append(2)
     with pytest.raises(HandlerError):
-        CRDTTextHandler(server, "x")
+        CRDTListHandler(server, "x")
+    assert server.get_value("x", "list") == [1, 2] and text.value == ""
 
 
 def test_bad_handler_names_and_documents_raise() -> None:
@@ -216,7 +221,7 @@ def test_a_handler_created_later_binds_to_state_applied_without_one() -> None:
     CRDTMapHandler(a, "m").set("k", "v")
     server = CRDTDocument()
     server.import_changes(a.export_changes())
-    assert server.state_names == {"t": "text", "l": "list", "m": "map"}
+    assert server.state_names == {"t": ("text",), "l": ("list",), "m": ("map",)}
     assert server.get_value("t") == "héllo"
     later = CRDTTextHandler(server, "t")
     assert later.value == "héllo"

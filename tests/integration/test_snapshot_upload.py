@@ -360,9 +360,13 @@ async def test_snapshot_that_cannot_be_merged_is_refused_and_changes_nothing(
     await bob.wait_acknowledged()
     before = bob.state()
 
-    # "text" is a text here and a list in the upload: decodes, cannot merge.
+    # The upload's "text" names a left origin nobody has: decodes, cannot merge.
     hostile = CRDTDocument()
     CRDTListHandler(hostile, "text").append("not text")
+    forged = CRDTTextHandler(hostile, "text")
+    forged.insert(0, "dangling")
+    span = next(forged._state.seq.spans())
+    span[5] = (str(PeerId.generate()), 3)  # its left origin (field L)
     CRDTTextHandler(hostile, "other").insert(0, "half of a merge")
     async with connect(server.url()) as ws:
         await ws.send(
