@@ -6,6 +6,14 @@ where its tombstone is", "set this list item back to that value"...). Records
 are addressed by element ids, never by indexes, so remote edits that arrived in
 between cannot make an undo hit the wrong place. Running a step's records
 produces the records of its own inverse, which become the redo (or undo) step.
+
+Undo takes back only this peer's own *effect*. A value this peer wrote (a list
+item's value or position, a map key) is put back only while a write of this
+peer is still the one that wins: values are last-writer-wins by stamp, so a
+collaborator's later write has the larger stamp and wins, and then the undo
+leaves their value alone (and an item a collaborator deleted stays deleted).
+Text is safe by construction: undo deletes only this peer's own characters by
+id and restores deleted ones next to their own tombstones.
 """
 
 from __future__ import annotations
@@ -81,6 +89,19 @@ class UndoManager:
         """Make the next edit start a new undo step."""
         self._capture_open = False
 
+    def _stamp(self, record: Record) -> Any:
+        """The stamp ``(time, peer, counter)`` of the write that wins ``record``'s value now."""
+        kind = record[0]
+        state: Any = self._handlers[record[1]]._state
+        if kind == "list_set":
+            return state.elems[record[2]][1]
+        if kind == "list_move":
+            return state.elems[record[2]][3]
+        if kind == "map_restore":
+            entry = state.entries.get(record[2])
+            return None if entry is None else entry[0]
+        return None
+
     def _on_step(self, step: tuple[object, list[Record]]) -> None:
         origin, records = step
         records = [r for r in records if r[1] in self._handlers]
@@ -126,9 +147,25 @@ class UndoManager:
         try:
             with self._doc.transaction(origin=self):
                 for record in reversed(records):
-                    self._execute(record)
+                    if self._still_ours(record):
+                        self._execute(record)
         finally:
             self._running = None
+        return True
+
+    def _still_ours(self, record: Record) -> bool:
+        """Whether ``record`` may run: no collaborator's write has won its value since."""
+        kind = record[0]
+        if kind not in ("list_set", "list_move", "map_restore"):
+            return True
+        stamp = self._stamp(record)
+        if stamp is not None and stamp[1] != self._doc._peer:
+            return False  # a collaborator's later write wins now: leave it
+        if kind == "list_set":
+            # An item a collaborator deleted after this write stays deleted.
+            rec = self._handlers[record[1]]._state.elems[record[2]]
+            if rec[4] is not None and rec[1] <= rec[4]:
+                return False
         return True
 
     def _follow(

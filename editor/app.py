@@ -75,6 +75,8 @@ async def run(args: argparse.Namespace) -> int:
         window.run_task(window.join(args.join))
     elif args.host is not None:
         window.run_task(window.host(args.host))
+    else:
+        window.run_task(window.reopen_last_session())
 
     def request_close(_signum: int, _frame: object) -> None:
         QTimer.singleShot(0, window.close)

@@ -43,6 +43,7 @@ class JoinDialog(QDialog):
         self.error_label.setObjectName("joinError")
         self.error_label.setStyleSheet("color: #d64545;")
         self.error_label.setWordWrap(True)
+        self.error_label.setMinimumWidth(380)
         layout.addWidget(self.error_label)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self
@@ -61,6 +62,8 @@ class JoinDialog(QDialog):
         except InvalidSessionUrl as error:
             self.session_url = None
             self.error_label.setText(str(error))
+            self.error_label.setToolTip(str(error))
+            self.adjustSize()  # the whole reason shows, wrapped, never cut off
             return
         super().accept()
 

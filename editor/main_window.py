@@ -20,8 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QByteArray, QEvent, QObject, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QGuiApplication,
+    QKeyEvent,
+    QKeySequence,
+    QShowEvent,
+)
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -43,6 +51,7 @@ from editor.dialogs import HostDialog, JoinDialog
 from editor.hosting import HostedServer, HostingError, invite_link
 from editor.list_model import ListModel
 from editor.list_view import ListView
+from editor.messages import port_in_use_message
 from editor.persistence import data_dir, load_document, session_path
 from editor.remote_cursors import RemoteCursor, RemoteCursorOverlay
 from editor.resources import icon
@@ -54,6 +63,17 @@ from editor.urls import InvalidSessionUrl, parse_session_url
 __all__ = ["MainWindow"]
 
 MAX_RECENT = 8
+
+#: The text never gets narrower than this (px): about 30 average characters.
+TEXT_MIN_WIDTH = 240
+#: The sync panel's first width (px); later the user's choice is remembered.
+DOCK_WIDTH = 260
+
+#: Plain-text files File > Open accepts (as a new document with that text).
+TEXT_SUFFIXES = (".txt", ".md")
+OPEN_FILTER = (
+    "Documents (*.crdt *.txt *.md);;CRDT documents (*.crdt);;Text and Markdown (*.txt *.md)"
+)
 
 
 #: How long after opening a document its objects are set aside from collection.
@@ -96,6 +116,7 @@ class MainWindow(QMainWindow):
         self.user_name = name or str(self.settings.value("lastName", "")) or _default_name()
         self.hosted: HostedServer | None = None
         self.invite_url: str | None = None
+        self.error_box: QMessageBox | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self._shutdown_done = False
         self._shutting_down = False
@@ -123,6 +144,11 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         else:
             self.resize(1100, 700)
+        splitter_state = self.settings.value("splitterState")
+        if isinstance(splitter_state, QByteArray):
+            self.splitter.restoreState(splitter_state)
+        window_state = self.settings.value("windowState")
+        self._docks_sized = isinstance(window_state, QByteArray) and self.restoreState(window_state)
 
     # -- construction ------------------------------------------------------------
     def _build_central(self) -> None:
@@ -143,14 +169,21 @@ class MainWindow(QMainWindow):
         self.remove_button.clicked.connect(self.list_view.remove_current)
         self.up_button.clicked.connect(lambda: self.list_view.move_current(-1))
         self.down_button.clicked.connect(lambda: self.list_view.move_current(1))
+        # The text gets most of the width: it grows with the window, the list
+        # does not, and neither can be squeezed below a readable width.
         splitter = QSplitter(self)
+        splitter.setObjectName("mainSplitter")
         splitter.addWidget(self.text_edit)
         splitter.addWidget(list_pane)
-        splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 1)
-        splitter.setSizes([520, 220])
+        splitter.setStretchFactor(0, 1)
+        splitter.setStretchFactor(1, 0)
+        splitter.setCollapsible(0, False)
+        self.text_edit.setMinimumWidth(TEXT_MIN_WIDTH)
+        list_pane.setMinimumWidth(160)
+        splitter.setSizes([640, 200])
+        self.splitter = splitter
         self.setCentralWidget(splitter)
-        self.resizeDocks([self.sync_panel], [330], Qt.Orientation.Horizontal)
+        self.sync_panel.setMinimumWidth(200)
 
     def _build_invite_bar(self) -> None:
         bar = QWidget(self)
@@ -201,6 +234,29 @@ class MainWindow(QMainWindow):
         self.redo_action = self._action(
             "&Redo", self.redo, [QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")]
         )
+        self.cut_action = self._action(
+            "Cu&t", lambda: self._edit_command("cut"), QKeySequence.StandardKey.Cut
+        )
+        self.copy_action = self._action(
+            "&Copy", lambda: self._edit_command("copy"), QKeySequence.StandardKey.Copy
+        )
+        self.paste_action = self._action(
+            "&Paste", lambda: self._edit_command("paste"), QKeySequence.StandardKey.Paste
+        )
+        self.select_all_action = self._action(
+            "Select &All",
+            lambda: self._edit_command("selectAll"),
+            QKeySequence.StandardKey.SelectAll,
+        )
+        # Shortcuts of these four reach the focused editor directly; the
+        # actions serve the menu (and any widget without its own binding).
+        edit_actions = (self.cut_action, self.copy_action, self.paste_action)
+        for action in (*edit_actions, self.select_all_action):
+            action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        self.reopen_action = QAction("Reopen the Last Session at Start", self)
+        self.reopen_action.setCheckable(True)
+        self.reopen_action.setChecked(self.reopen_last_session_enabled)
+        self.reopen_action.toggled.connect(self.on_reopen_action_toggled)
         self.host_action = self._action(
             "&Host a Session…", self.on_host_action_triggered, icon_name="host"
         )
@@ -224,11 +280,18 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.export_action)
         self.recent_menu = QMenu("&Recent Sessions", self)
         file_menu.addMenu(self.recent_menu)
+        file_menu.addAction(self.reopen_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         edit_menu = self.menuBar().addMenu("&Edit")
         edit_menu.addAction(self.undo_action)
         edit_menu.addAction(self.redo_action)
+        edit_menu.addSeparator()
+        for action in (self.cut_action, self.copy_action, self.paste_action):
+            edit_menu.addAction(action)
+        edit_menu.addSeparator()
+        edit_menu.addAction(self.select_all_action)
+        self.edit_menu = edit_menu
         session_menu = self.menuBar().addMenu("&Session")
         for action in (
             self.host_action,
@@ -240,6 +303,7 @@ class MainWindow(QMainWindow):
             session_menu.addAction(action)
         view_menu = self.menuBar().addMenu("&View")
         view_menu.addAction(self.sync_panel.toggleViewAction())
+        self.view_menu = view_menu
         toolbar = self.addToolBar("Session")
         toolbar.setObjectName("sessionToolbar")
         for action in (
@@ -252,6 +316,13 @@ class MainWindow(QMainWindow):
             toolbar.addAction(action)
         self._refresh_recent_menu()
         self._refresh_actions()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        """On first show without remembered sizes, keep the panel narrower than the text."""
+        super().showEvent(event)
+        if not self._docks_sized:
+            self._docks_sized = True
+            self.resizeDocks([self.sync_panel], [DOCK_WIDTH], Qt.Orientation.Horizontal)
 
     # -- sessions ------------------------------------------------------------------
     def _new_local_session(self) -> Session:
@@ -281,6 +352,7 @@ class MainWindow(QMainWindow):
         self.on_session_statusChanged()
         self.on_session_presenceChanged()
         self._refresh_actions()
+        self._remember_session()
         self.sessionChanged.emit()
         QTimer.singleShot(SETTLE_MS, self, _freeze_long_lived_objects)
 
@@ -316,6 +388,7 @@ class MainWindow(QMainWindow):
         session.start_sync(url, self.reconnect)
         self.sync_panel.set_session(url, session.peer_id, session.name)
         self._remember_url(url)
+        self._remember_session()
         self._refresh_actions()
 
     async def go_offline(self) -> None:
@@ -337,9 +410,12 @@ class MainWindow(QMainWindow):
         self._refresh_actions()
         try:
             bound = await server.start()
-        except HostingError:
+        except HostingError as error:
             self.hosted = None
             self._refresh_actions()
+            in_use = port_in_use_message(f"{error}\n{server.log_tail()}", port or None)
+            if in_use is not None:
+                raise HostingError(in_use) from error
             raise
         server.exited.connect(self.on_hosted_exited)
         await session.stop_sync()
@@ -362,6 +438,8 @@ class MainWindow(QMainWindow):
         self.hosted = None
         self.invite_url = None
         self.invite_bar.hide()
+        if not self._shutting_down:
+            self._remember_session()
         self.sync_panel.log("host", "stopped hosting")
         self._refresh_actions()
 
@@ -397,6 +475,14 @@ class MainWindow(QMainWindow):
                 return action
         return None
 
+    def _edit_command(self, name: str) -> None:
+        """Run ``cut``/``copy``/``paste``/``selectAll`` on the focused text field."""
+        focused = QApplication.focusWidget()
+        target: QWidget | None = focused if focused is not None else self.text_edit
+        if not isinstance(target, (QPlainTextEdit, QLineEdit)):
+            target = self.text_edit
+        getattr(target, name)()
+
     def undo(self) -> None:
         """Undo this user's last edit (text or list), never a collaborator's."""
         if self.session is not None:
@@ -423,7 +509,20 @@ class MainWindow(QMainWindow):
         if error is not None:
             self.sync_panel.log("error", str(error))
             if not self._shutting_down:
-                QMessageBox.warning(self, "CRDT Editor", str(error))
+                self.show_error(str(error))
+
+    def show_error(self, text: str, details: str = "") -> None:
+        """A warning box whose text is never cut off (wraps; the full text in details)."""
+        box = QMessageBox(QMessageBox.Icon.Warning, "CRDT Editor", text, parent=self)
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        if details and details != text:
+            box.setDetailedText(details)
+        label = box.findChild(QLabel, "qt_msgbox_label")
+        if label is not None:
+            label.setWordWrap(True)
+            label.setMinimumWidth(360)
+        box.open()
+        self.error_box = box
 
     # -- slots -----------------------------------------------------------------------
     def on_session_statusChanged(self) -> None:
@@ -477,24 +576,34 @@ class MainWindow(QMainWindow):
         await self._replace_session(self._new_local_session())
 
     def on_open_action_triggered(self) -> None:
-        """Open a document snapshot file (offline; host or join to share it)."""
-        path, _ = QFileDialog.getOpenFileName(self, "Open document", "", "CRDT documents (*.crdt)")
+        """Open a document file, or a text/Markdown file as a new document (offline)."""
+        path, _ = QFileDialog.getOpenFileName(self, "Open document", "", OPEN_FILTER)
         if path:
             self.run_task(self.open_file(Path(path)))
 
     async def open_file(self, path: Path) -> None:
-        """Open a snapshot file as a new offline document.
+        """Open ``path`` as a new offline document.
 
-        The content is copied into a fresh document as new edits: a document
-        rebuilt from a snapshot has no history to send, so it could not be
-        shared by hosting or joining.
+        A ``.txt`` or ``.md`` file becomes a document with that text (read as
+        UTF-8); anything else is read as a ``.crdt`` snapshot. The content is
+        copied into a fresh document as new edits: a document rebuilt from a
+        snapshot has no history to send, so it could not be shared by hosting
+        or joining.
         """
-        try:
-            source = CRDTDocument.from_snapshot(Snapshot.from_bytes(path.read_bytes()))
-        except (OSError, CRDTError) as error:
-            raise RuntimeError(f"Cannot open {path.name}: {error}") from error
-        text = CRDTTextHandler(source, TEXT_NAME).value
-        items = CRDTListHandler(source, LIST_NAME).value
+        items: list[Any] = []
+        if path.suffix.lower() in TEXT_SUFFIXES:
+            try:
+                text = path.read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError) as error:
+                raise RuntimeError(f"Cannot open {path.name}: {error}") from error
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        else:
+            try:
+                source = CRDTDocument.from_snapshot(Snapshot.from_bytes(path.read_bytes()))
+            except (OSError, CRDTError) as error:
+                raise RuntimeError(f"Cannot open {path.name}: {error}") from error
+            text = CRDTTextHandler(source, TEXT_NAME).value
+            items = CRDTListHandler(source, LIST_NAME).value
         if self.hosted is not None:
             await self.stop_hosting()
         session = self._new_local_session()
@@ -531,6 +640,54 @@ class MainWindow(QMainWindow):
             self.run_task(self.join(dialog.session_url.url))
 
     # -- settings -----------------------------------------------------------------------
+    @property
+    def reopen_last_session_enabled(self) -> bool:
+        """Whether the app reopens the last session at start (on unless turned off)."""
+        return str(self.settings.value("reopenLastSession", "true")).lower() != "false"
+
+    def on_reopen_action_toggled(self, checked: bool) -> None:
+        """File > Reopen the Last Session at Start."""
+        self.settings.setValue("reopenLastSession", "true" if checked else "false")
+
+    def _remember_session(self) -> None:
+        """Note the open session so the next start can reopen it."""
+        session = self.session
+        if session is None or (session.url is None and not session.document.version_vector):
+            return  # a new, untouched document is not worth reopening
+        key = session.url or f"local:{session.document_id}"
+        self.settings.setValue("lastSession", key)
+        self.settings.setValue("lastSessionHosted", "true" if self.hosted else "false")
+
+    async def reopen_last_session(self) -> bool:
+        """Open the session that was open when the app last closed (see the setting).
+
+        A joined session is joined again; one this app hosted, or a local
+        document, opens offline from its local copy (host it again to share
+        it). Returns whether something was reopened.
+        """
+        if not self.reopen_last_session_enabled:
+            return False
+        key = str(self.settings.value("lastSession", "") or "")
+        hosted = str(self.settings.value("lastSessionHosted", "false")).lower() == "true"
+        if not key:
+            return False
+        if key.startswith("local:") or hosted:
+            store = session_path(key, self.data_root)
+            document = load_document(store)
+            if document is None:
+                return False
+            session = Session(document, self.user_name, store=store, parent=self)
+            if hosted:
+                # Keep editing the hosted copy; a new host run stores under its own link.
+                session.store = session_path(f"local:{document.document_id}", self.data_root)
+            await self._replace_session(session)
+            return True
+        try:
+            await self.join(key)
+        except InvalidSessionUrl:
+            return False
+        return True
+
     def recent_urls(self) -> list[str]:
         """Recently used session URLs, newest first."""
         value = self.settings.value("recentUrls", [])
@@ -566,11 +723,14 @@ class MainWindow(QMainWindow):
             return
         self._shutting_down = True
         try:
+            self._remember_session()
             if self.session is not None:
                 await self.session.close()
             await self.stop_hosting()
         finally:
             self.settings.setValue("geometry", self.saveGeometry())
+            self.settings.setValue("splitterState", self.splitter.saveState())
+            self.settings.setValue("windowState", self.saveState())
             self.settings.setValue("lastName", self.user_name)
             self.settings.sync()
             self._shutdown_done = True

@@ -8,26 +8,36 @@ keeps its peer id and its op counters never repeat).
 The history, not a snapshot, is stored: a document rebuilt from a snapshot has
 no changes to send, and the next handshake must send the server every change
 made offline.
-Writes are atomic (temporary file, then ``os.replace``) so a crash mid-write
-leaves the previous copy intact.
+Writes are atomic (a temporary file of its own, then ``os.replace``) so a crash
+mid-write leaves the previous copy intact, and two writers never share a
+temporary file.
+
+``<same>.ack.json`` keeps the version the server last confirmed storing, so
+"not yet acknowledged" shows the same count after the app is reopened as
+before it was closed (before the first handshake, too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
-from crdt_sync import CRDTDocument, CRDTError, PeerId
+from crdt_sync import CRDTDocument, CRDTError, PeerId, VersionVector
 
 __all__ = [
     "StoredSession",
     "data_dir",
+    "load_acknowledged",
     "load_document",
+    "save_acknowledged",
     "save_document",
     "session_path",
     "write_atomically",
@@ -63,12 +73,17 @@ def session_path(url: str, root: Path | None = None) -> StoredSession:
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with open(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
 
 
 def save_document(document: CRDTDocument, stored: StoredSession) -> None:
@@ -97,3 +112,24 @@ def load_document(stored: StoredSession) -> CRDTDocument | None:
         return document
     except (OSError, ValueError, KeyError, TypeError, CRDTError):
         return None
+
+
+def _acknowledged_path(stored: StoredSession) -> Path:
+    return stored.meta_path.with_name(stored.meta_path.stem + ".ack.json")
+
+
+def save_acknowledged(stored: StoredSession, acknowledged: Mapping[str, int]) -> None:
+    """Remember the version the server last confirmed storing for ``stored.url``."""
+    data = json.dumps({str(k): int(v) for k, v in acknowledged.items()})
+    write_atomically(_acknowledged_path(stored), data.encode("utf-8"))
+
+
+def load_acknowledged(stored: StoredSession) -> VersionVector:
+    """The remembered acknowledged version (empty when none or unreadable)."""
+    try:
+        raw = json.loads(_acknowledged_path(stored).read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            return VersionVector()
+        return VersionVector({str(k): v for k, v in raw.items() if type(v) is int and v >= 0})
+    except (OSError, ValueError, TypeError):
+        return VersionVector()

@@ -8,14 +8,28 @@ arrive as Qt UTF-16 offsets: the session adapter resolves each collaborator's
 stable positions (``StickyIndex``) against the CRDT and converts them through
 ``editor.positions`` via the text binding, so they stay in place as text
 changes around them.
+
+Name labels fade: a label shows while its collaborator's caret moves and for
+``LABEL_SHOW_S`` seconds after, then fades out over ``LABEL_FADE_S`` so it does
+not cover the neighbouring line; it comes back when the caret moves again or
+when the mouse hovers near the caret. The caret itself always shows.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QRectF, Qt
-from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPaintEvent, QTextCursor
+from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QRectF, Qt, QTimer
+from PySide6.QtGui import (
+    QColor,
+    QFontMetrics,
+    QMouseEvent,
+    QPainter,
+    QPaintEvent,
+    QTextCursor,
+)
 from PySide6.QtWidgets import QPlainTextEdit, QWidget
 
 __all__ = ["RemoteCursor", "RemoteCursorOverlay"]
@@ -35,10 +49,24 @@ class RemoteCursor:
 class RemoteCursorOverlay(QWidget):
     """Paints :class:`RemoteCursor` carets and labels over ``editor``'s viewport."""
 
-    def __init__(self, editor: QPlainTextEdit) -> None:
+    #: Seconds a label stays fully visible after its caret last moved.
+    LABEL_SHOW_S = 3.0
+    #: Seconds the label then takes to fade out.
+    LABEL_FADE_S = 0.6
+    #: How near (px) the mouse must come to a caret to show its label again.
+    HOVER_PX = 12
+
+    def __init__(self, editor: QPlainTextEdit, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(editor.viewport())
         self._editor = editor
         self._cursors: list[RemoteCursor] = []
+        self._clock = clock
+        self._moved_at: dict[str, float] = {}
+        self._hovered: str | None = None
+        self._fade_timer = QTimer(self)
+        self._fade_timer.setInterval(100)
+        self._fade_timer.timeout.connect(self._on_fade_tick)
+        editor.viewport().setMouseTracking(True)
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self.setAttribute(Qt.WidgetAttribute.WA_NoSystemBackground)
         self.resize(editor.viewport().size())
@@ -55,13 +83,71 @@ class RemoteCursorOverlay(QWidget):
         """Replace the drawn collaborators (offsets are clamped when painting)."""
         if cursors == self._cursors:
             return
+        before = {c.peer_id: (c.anchor, c.head) for c in self._cursors}
+        now = self._clock()
+        for remote in cursors:
+            if before.get(remote.peer_id) != (remote.anchor, remote.head):
+                self._moved_at[remote.peer_id] = now
         self._cursors = list(cursors)
+        present = {c.peer_id for c in cursors}
+        self._moved_at = {k: v for k, v in self._moved_at.items() if k in present}
+        self._start_fading()
         self.update()
 
+    def label_opacity(self, peer_id: str) -> float:
+        """How visible ``peer_id``'s name label is now: 1 shown, 0 hidden."""
+        if peer_id == self._hovered:
+            return 1.0
+        moved = self._moved_at.get(peer_id)
+        if moved is None:
+            return 0.0
+        idle = self._clock() - moved
+        if idle <= self.LABEL_SHOW_S:
+            return 1.0
+        return max(0.0, 1.0 - (idle - self.LABEL_SHOW_S) / self.LABEL_FADE_S)
+
+    def _start_fading(self) -> None:
+        if not self._fade_timer.isActive():
+            self._fade_timer.start()
+
+    def _on_fade_tick(self) -> None:
+        self.update()
+        if not any(self.label_opacity(c.peer_id) > 0 for c in self._cursors):
+            self._fade_timer.stop()
+
+    def _caret_rect(self, remote: RemoteCursor) -> QRect:
+        limit = self._editor.document().characterCount() - 1
+        cursor = QTextCursor(self._editor.document())
+        cursor.setPosition(max(0, min(remote.head, limit)))
+        return self._editor.cursorRect(cursor)
+
+    def hover(self, point: QPoint) -> None:
+        """The mouse is at ``point`` (viewport coordinates): show the label of a caret near it."""
+        hovered = None
+        for remote in self._cursors:
+            near = self._caret_rect(remote).adjusted(
+                -self.HOVER_PX, -self.HOVER_PX, self.HOVER_PX, self.HOVER_PX
+            )
+            if near.contains(point):
+                hovered = remote.peer_id
+                break
+        if hovered != self._hovered:
+            if self._hovered is not None:
+                # Leaving a caret: its label fades from now on.
+                self._moved_at[self._hovered] = self._clock()
+                self._start_fading()
+            self._hovered = hovered
+            self.update()
+
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        """Follow the viewport's size."""
-        if watched is self._editor.viewport() and event.type() == QEvent.Type.Resize:
-            self.resize(self._editor.viewport().size())
+        """Follow the viewport's size and the mouse (to show a hovered caret's label)."""
+        if watched is self._editor.viewport():
+            if event.type() == QEvent.Type.Resize:
+                self.resize(self._editor.viewport().size())
+            elif isinstance(event, QMouseEvent) and event.type() == QEvent.Type.MouseMove:
+                self.hover(event.position().toPoint())
+            elif event.type() == QEvent.Type.Leave:
+                self.hover(QPoint(-10_000, -10_000))
         return False
 
     def paintEvent(self, event: QPaintEvent) -> None:
@@ -79,11 +165,13 @@ class RemoteCursorOverlay(QWidget):
                 for area in self._selection_rects(max(0, start), min(end, limit)):
                     painter.fillRect(area, shade)
         for remote in self._cursors:
-            cursor = QTextCursor(self._editor.document())
-            cursor.setPosition(max(0, min(remote.head, limit)))
-            rect = self._editor.cursorRect(cursor)
+            rect = self._caret_rect(remote)
             colour = QColor(remote.colour)
             painter.fillRect(QRect(rect.left(), rect.top(), 2, rect.height()), colour)
+            opacity = self.label_opacity(remote.peer_id)
+            if opacity <= 0:
+                continue
+            painter.setOpacity(opacity)
             label = remote.name or remote.peer_id[:8]
             width = metrics.horizontalAdvance(label) + 6
             height = metrics.height()
@@ -93,6 +181,7 @@ class RemoteCursorOverlay(QWidget):
             painter.setPen(QColor("white") if colour.lightness() < 160 else QColor("black"))
             painter.drawText(tag.adjusted(3, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, label)
             painter.setPen(Qt.PenStyle.NoPen)
+            painter.setOpacity(1.0)
         painter.end()
         del event
 

@@ -31,6 +31,7 @@ from crdt_sync import (
     StickyIndex,
     UndoManager,
     UpdateEvent,
+    VersionVector,
 )
 from crdt_sync.sync.client import ConnectionStatus, ReconnectPolicy, WebSocketClient
 from crdt_sync.sync.events import (
@@ -49,7 +50,16 @@ from crdt_sync.sync.events import (
     SnapshotReceived,
     SnapshotSent,
 )
-from editor.persistence import StoredSession, save_document, session_path, write_atomically
+from crdt_sync.sync.protocol import count_unacknowledged
+from editor.messages import human_reason
+from editor.persistence import (
+    StoredSession,
+    load_acknowledged,
+    save_acknowledged,
+    save_document,
+    session_path,
+    write_atomically,
+)
 from editor.sync_panel import PeerInfo, SyncState
 
 __all__ = ["PALETTE", "RemotePresence", "Session", "colour_for", "describe_event"]
@@ -79,8 +89,12 @@ def colour_for(peer_id: str) -> str:
     return PALETTE[digest[0] % len(PALETTE)]
 
 
-def describe_event(event: ClientEvent) -> tuple[str, str]:
-    """The sync log's ``(kind, message)`` for one client event."""
+def describe_event(event: ClientEvent, connected: bool = True) -> tuple[str, str]:
+    """The sync log's ``(kind, message)`` for one client event.
+
+    ``connected``: whether this connection attempt had got through; an attempt
+    that never did is "could not connect", not "connection lost".
+    """
     if isinstance(event, HandshakeCompleted):
         extra = " (the server's document was replaced)" if event.epoch_changed else ""
         return "handshake", f"joined session {event.session_id[:8]}{extra}"
@@ -102,7 +116,9 @@ def describe_event(event: ClientEvent) -> tuple[str, str]:
         source = "server" if event.remote else "client"
         return "error", f"{event.code.name} ({source}): {event.message}"
     if isinstance(event, ConnectionLost):
-        return "disconnect", f"connection lost: {event.reason}"
+        if not connected:
+            return "disconnect", f"could not connect: {human_reason(event.reason)}"
+        return "disconnect", f"connection lost: {human_reason(event.reason)}"
     if isinstance(event, ResyncRequested):
         return "resync", f"resync requested: {event.reason}"
     if isinstance(event, ResyncCompleted):
@@ -127,13 +143,13 @@ class Session(QObject):
     """A document, its undo manager, its local store and its optional connection.
 
     Signals: ``statusChanged`` (read :attr:`state`, :attr:`detail`,
-    :attr:`retry_at`), ``eventLogged(kind, message)``, ``presenceChanged``
+    :attr:`retry_at`), ``eventLogged(kind, message, full text)``, ``presenceChanged``
     (read :meth:`peers` and :meth:`remote_presences`), ``unacknowledgedChanged(n)``
     and ``saved``.
     """
 
     statusChanged = Signal()
-    eventLogged = Signal(str, str)
+    eventLogged = Signal(str, str, str)
     presenceChanged = Signal()
     unacknowledgedChanged = Signal(int)
     saved = Signal()
@@ -167,6 +183,10 @@ class Session(QObject):
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(SAVE_DELAY_MS)
         self._save_timer.timeout.connect(self.save)
+        # What the server confirmed storing, remembered across restarts.
+        self.acknowledged = load_acknowledged(self.store) if self.store else VersionVector()
+        self._connected_once = False  # this connection attempt got through
+        self._last_reason = ""
         self._update_subscription = document.on_update(self._on_document_update)
 
     @property
@@ -183,9 +203,15 @@ class Session(QObject):
     def save(self) -> None:
         """Write the document to the local store now (no-op without a store)."""
         self._save_timer.stop()
-        if self.store is not None:
-            save_document(self.document, self.store)
-            self.saved.emit()
+        store = self.store
+        if store is None:
+            return
+        if not self.document.version_vector and not store.snapshot_path.exists():
+            return  # an untouched new document leaves nothing behind
+        save_document(self.document, store)
+        if self.url is not None:
+            save_acknowledged(store, self.acknowledged)
+        self.saved.emit()
 
     def save_as(self, path: Path) -> None:
         """Write the document's snapshot to ``path`` (File > Save As)."""
@@ -194,8 +220,8 @@ class Session(QObject):
     def _on_document_update(self, event: UpdateEvent) -> None:
         if self.store is not None:
             self._save_timer.start()
-        if self.client is not None:
-            self.unacknowledgedChanged.emit(self.client.unacknowledged_changes)
+        if self.url is not None:
+            self.unacknowledgedChanged.emit(self.unacknowledged)
         if not event.local:
             self.presenceChanged.emit()  # remote cursors re-resolve against the new text
 
@@ -218,18 +244,19 @@ class Session(QObject):
             client.awareness.changes.subscribe(lambda _change: self.presenceChanged.emit()),
         ]
         self._publish_presence()
+        self._connected_once = False
         self._set_state(SyncState.CONNECTING)
         self._connect_task = asyncio.ensure_future(client.connect())
         self._connect_task.add_done_callback(self._on_connect_done)
-        self.eventLogged.emit("connect", f"connecting to {url}")
+        self._log("connect", f"connecting to {url}")
 
     def _on_connect_done(self, task: asyncio.Future[bool]) -> None:
         if task.cancelled():
             return
         error = task.exception()
         if error is not None:
-            self._set_state(SyncState.ERROR, str(error))
-            self.eventLogged.emit("error", str(error))
+            self._set_state(SyncState.ERROR, human_reason(str(error)))
+            self._log("error", human_reason(str(error)), str(error))
 
     async def stop_sync(self) -> None:
         """Disconnect (announcing the leave) and forget the client. Safe when offline."""
@@ -240,7 +267,7 @@ class Session(QObject):
         if client is not None:
             await client.disconnect()
             client.close()
-            self.eventLogged.emit("disconnect", "disconnected")
+            self._log("disconnect", "disconnected")
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         self._connect_task = None
@@ -255,8 +282,19 @@ class Session(QObject):
 
     @property
     def unacknowledged(self) -> int:
-        """Local changes the server has not confirmed (0 when offline with no client)."""
-        return self.client.unacknowledged_changes if self.client is not None else 0
+        """Local changes the server has not confirmed (0 for a document never shared).
+
+        Counted against what the server confirmed in this run or an earlier one
+        (remembered on disk), so the figure does not jump after a reopen.
+        """
+        if self.url is None:
+            return 0
+        if self.client is not None:
+            self.acknowledged = self.acknowledged.merge(self.client.acknowledged)
+        return count_unacknowledged(self.document, self.acknowledged)
+
+    def _log(self, kind: str, message: str, full: str = "") -> None:
+        self.eventLogged.emit(kind, message, full or message)
 
     def _set_state(self, state: SyncState, detail: str = "", retry_at: float | None = None) -> None:
         self.state, self.detail, self.retry_at = state, detail, retry_at
@@ -270,22 +308,35 @@ class Session(QObject):
             self._set_state(state, self.detail)
         else:
             self._set_state(state)
-        self.eventLogged.emit("status", state.value)
+        self._log("status", state.value)
         if self.client is not None:
-            self.unacknowledgedChanged.emit(self.client.unacknowledged_changes)
+            self.unacknowledgedChanged.emit(self.unacknowledged)
 
     def _on_client_event(self, event: ClientEvent) -> None:
-        kind, message = describe_event(event)
-        self.eventLogged.emit(kind, message)
+        kind, message = describe_event(event, self._connected_once)
+        full = message
+        if isinstance(event, ConnectionLost):
+            full = f"{message}\n{event.reason}"
+            what = "connection lost" if self._connected_once else "could not connect"
+            self._last_reason = f"{what}: {human_reason(event.reason)}"
+            self._connected_once = False
+        self._log(kind, message, full)
         if isinstance(event, ReconnectScheduled):
-            self._set_state(SyncState.RECONNECTING, "", event.at_time)
+            # The status says why it is reconnecting, not only when.
+            self._set_state(SyncState.RECONNECTING, self._last_reason, event.at_time)
         elif isinstance(event, ErrorOccurred):
             self.detail = f"{event.code.name}: {event.message}"
+            self._last_reason = self.detail
             if event.final:
                 self._set_state(SyncState.ERROR, self.detail)
         elif isinstance(event, Acknowledged):
-            self.unacknowledgedChanged.emit(event.unacknowledged)
+            self.unacknowledgedChanged.emit(self.unacknowledged)
         elif isinstance(event, HandshakeCompleted):
+            self._connected_once = True
+            self._last_reason = ""
+            if self.client is not None:
+                known = VersionVector() if event.epoch_changed else self.acknowledged
+                self.acknowledged = known.merge(self.client.acknowledged)
             self._publish_presence()
 
     # -- presence ----------------------------------------------------------------
@@ -322,7 +373,7 @@ class Session(QObject):
         try:
             self.client.awareness.set_local_state(state)
         except (TypeError, ValueError) as error:
-            self.eventLogged.emit("error", f"presence not sent: {error}")
+            self._log("error", f"presence not sent: {error}")
 
     def peers(self) -> list[PeerInfo]:
         """Who is online (this peer first), from the awareness states."""

@@ -7,7 +7,11 @@ adapter (``editor.session``) calls :meth:`SyncPanel.set_status`,
 testable with plain calls and keeps sync logic out of widgets.
 
 The log is bounded (oldest entries fall off the top), newest last, filterable
-by a substring of the kind or the message, and clearable.
+by a substring of the kind or the message, and clearable. Entries arrive in
+batches of at most ``LOG_FLUSH_MS``; within a batch, routine events of one kind
+("sent", "ack", "received", "presence", "ping", "status") become one row that
+says how many there were. Every row's tooltip holds its full text (reasons
+included), however narrow the panel.
 """
 
 from __future__ import annotations
@@ -40,13 +44,14 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
 from editor.resources import colour_dot, icon
 
-__all__ = ["LogEntry", "LogModel", "PeerInfo", "SyncPanel", "SyncState"]
+__all__ = ["LogEntry", "LogModel", "PeerInfo", "SyncPanel", "SyncState", "coalesce"]
 
 
 class SyncState(Enum):
@@ -78,18 +83,62 @@ class PeerInfo:
     is_self: bool = False
 
 
+#: Kinds whose entries within one flush batch are shown as one row.
+COALESCED_KINDS = frozenset({"sent", "ack", "received", "presence", "ping", "status"})
+
+
 @dataclass(frozen=True)
 class LogEntry:
-    """One line of the sync log."""
+    """One line of the sync log (``full``: the complete text, for the tooltip)."""
 
     time: _dt.datetime
     kind: str
     message: str
+    full: str = ""
+    count: int = 1
 
     @functools.cached_property
     def text(self) -> str:
         """The line as displayed."""
-        return f"{self.time:%H:%M:%S}  {self.kind:<12} {self.message}"
+        more = f" (\u00d7{self.count})" if self.count > 1 else ""
+        return f"{self.time:%H:%M:%S}  {self.kind:<12} {self.message}{more}"
+
+    @property
+    def tooltip(self) -> str:
+        """The full text of the entry."""
+        return self.full or self.message
+
+
+def coalesce(entries: list[LogEntry]) -> list[LogEntry]:
+    """One row per routine kind in ``entries`` (the latest message, with the count).
+
+    Rows keep the order of each kind's last entry; other kinds pass unchanged.
+    """
+    last: dict[str, int] = {}
+    for position, entry in enumerate(entries):
+        if entry.kind in COALESCED_KINDS:
+            last[entry.kind] = position
+    if not last:
+        return entries
+    counts: dict[str, int] = {}
+    texts: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry.kind in COALESCED_KINDS:
+            counts[entry.kind] = counts.get(entry.kind, 0) + entry.count
+            texts.setdefault(entry.kind, []).append(entry.tooltip)
+    result: list[LogEntry] = []
+    for position, entry in enumerate(entries):
+        if entry.kind not in COALESCED_KINDS:
+            result.append(entry)
+        elif last[entry.kind] == position:
+            lines = texts[entry.kind]
+            shown = lines if len(lines) <= 20 else [*lines[:10], "…", *lines[-9:]]
+            result.append(
+                LogEntry(
+                    entry.time, entry.kind, entry.message, "\n".join(shown), counts[entry.kind]
+                )
+            )
+    return result
 
 
 _Index = QModelIndex | QPersistentModelIndex
@@ -118,6 +167,8 @@ class LogModel(QAbstractListModel):
             return entry.text
         if role == Qt.ItemDataRole.UserRole:
             return entry.kind
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return entry.tooltip
         if role == Qt.ItemDataRole.ForegroundRole and entry.kind == "error":
             return QColor(_STATE_COLOURS[SyncState.ERROR])
         return None
@@ -184,6 +235,12 @@ class SyncPanel(QDockWidget):
         self.peer_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.name_label = QLabel("—", body)
         self.unacknowledged_label = QLabel("0", body)
+        # Long values (a UUID, a URL) may be clipped in a narrow panel rather
+        # than widen it; their tooltips hold the whole text.
+        for label in (self.url_label, self.peer_label, self.name_label):
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            label.setMinimumWidth(40)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         form.addRow("Session:", self.url_label)
         form.addRow("You:", self.name_label)
         form.addRow("Peer id:", self.peer_label)
@@ -261,8 +318,11 @@ class SyncPanel(QDockWidget):
     def set_session(self, url: str | None, peer_id: str, name: str) -> None:
         """Show the session URL (``None``: not in a session), own peer id and name."""
         self.url_label.setText(url or "— (offline)")
+        self.url_label.setToolTip(url or "")
         self.peer_label.setText(peer_id)
+        self.peer_label.setToolTip(peer_id)
         self.name_label.setText(name)
+        self.name_label.setToolTip(name)
 
     def set_peers(self, peers: list[PeerInfo]) -> None:
         """Replace the "online" list (nothing to do when it did not change).
@@ -291,14 +351,17 @@ class SyncPanel(QDockWidget):
         if text != self.unacknowledged_label.text():
             self.unacknowledged_label.setText(text)
 
-    def log(self, kind: str, message: str, when: _dt.datetime | None = None) -> None:
+    def log(
+        self, kind: str, message: str, full: str = "", when: _dt.datetime | None = None
+    ) -> None:
         """Append one event to the log and keep the newest line in view.
 
         Entries reach the view in batches, at most every ``LOG_FLUSH_MS``: every
         keystroke logs several events, and repainting the log for each one would
-        cost more than the edit itself.
+        cost more than the edit itself; routine kinds are coalesced per batch.
+        ``full`` is the complete text shown in the row's tooltip.
         """
-        self._pending_log.append(LogEntry(when or _dt.datetime.now(), kind, message))
+        self._pending_log.append(LogEntry(when or _dt.datetime.now(), kind, message, full))
         if len(self._pending_log) == 1:
             QTimer.singleShot(self.LOG_FLUSH_MS, self, self.flush_log)
 
@@ -307,7 +370,7 @@ class SyncPanel(QDockWidget):
         if not self._pending_log:
             return
         entries, self._pending_log = self._pending_log, []
-        self.log_model.extend(entries)
+        self.log_model.extend(coalesce(entries))
         self.log_view.scrollToBottom()
 
     def visible_log_lines(self) -> list[str]:

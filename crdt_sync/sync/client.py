@@ -32,6 +32,7 @@ from crdt_sync import Change, CRDTDocument, PeerId, VersionVector
 
 from .awareness import Awareness
 from .compression import Compressor
+from .document_ids import document_url_path, validate_document_id
 from .events import (
     Acknowledged,
     AwarenessReceived,
@@ -112,7 +113,8 @@ class _Outcome:
 
 def _document_url(url: str, document_id: str) -> tuple[str, str]:
     """(url to open, document id): the URL path names the document; an URL without a
-    path gets the document's own id appended."""
+    path gets the document's own id appended. The id must follow the one rule of
+    :mod:`crdt_sync.sync.document_ids` (``InvalidDocumentId``, a ``ValueError``)."""
     try:
         parsed = parse_uri(url)
     except InvalidURI as exc:
@@ -120,10 +122,10 @@ def _document_url(url: str, document_id: str) -> tuple[str, str]:
     path = parsed.path.split("?", 1)[0]
     name = urllib.parse.unquote(path.lstrip("/"))
     if name:
-        return url, name
+        return url, validate_document_id(name)
     base = url.split("?", 1)[0].rstrip("/")
     query = url[len(url.split("?", 1)[0]) :]
-    return f"{base}/{urllib.parse.quote(document_id, safe='')}{query}", document_id
+    return f"{base}{document_url_path(validate_document_id(document_id))}{query}", document_id
 
 
 class WebSocketClient:

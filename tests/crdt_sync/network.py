@@ -9,10 +9,10 @@ delivered until the test says so, and then in whatever order it picks, so
 messages are reordered and delayed. The test can also duplicate old messages,
 partition the peers into two groups (messages across the cut stay queued until
 :meth:`Network.heal`), take a peer offline (messages to it are lost, its own
-edits are not sent) and bring it back (it then catches up through an
-anti-entropy sync, by changes when the other side still has them, by snapshot
-when they were compacted away), merge snapshots mid-run, reload a peer from its
-own snapshot and compact.
+edits are not sent) and bring it back (it then catches up through an anti-
+entropy sync, by changes when the other side still has them, by snapshot when
+they were compacted away), merge snapshots mid-run, reload a peer from its own
+snapshot and compact.
 
 Every choice is an explicit int argument (reduced modulo what is available),
 so a Hypothesis strategy or a seeded ``random.Random`` can drive it, and a

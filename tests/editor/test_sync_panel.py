@@ -50,10 +50,10 @@ def test_session_facts_and_peers(qtbot: QtBot) -> None:
 def test_log_is_bounded_newest_last_filterable_and_clearable(qtbot: QtBot) -> None:
     panel = make_panel(qtbot, max_entries=3)
     for i in range(5):
-        panel.log("change" if i % 2 else "ping", f"event {i}")
+        panel.log("change" if i % 2 else "host", f"event {i}")
     lines = panel.visible_log_lines()
     assert [line.split()[-1] for line in lines] == ["2", "3", "4"]
-    qtbot.keyClicks(panel.filter_edit, "PING")
+    qtbot.keyClicks(panel.filter_edit, "HOST")
     assert [line.split()[-1] for line in panel.visible_log_lines()] == ["2", "4"]
     with qtbot.waitSignal(panel.clearRequested):
         panel.clear_button.click()

@@ -90,14 +90,14 @@ class NoInitRegistry(DictRegistry):
 # ------------------------------------------------------------------------ document ids
 
 
-@pytest.mark.parametrize("good", ["a", "doc-1", "Team_Notes.v2", "x~y", "A" * 128, "0"])
+# The whole rule is tested in tests/crdt_sync/sync/test_document_ids.py; these check
+# that the registry uses it and raises its own typed error.
+@pytest.mark.parametrize("good", ["a", "doc-1", "Team_Notes.v2", "with space", "é", "A" * 128])
 def test_valid_document_ids_are_accepted(good: str) -> None:
     assert validate_document_id(good) == good
 
 
-@pytest.mark.parametrize(
-    "bad", ["", ".hidden", "a/b", "..", "with space", "é", "a?b", "a%20b", "A" * 129, "a\x00"]
-)
+@pytest.mark.parametrize("bad", ["", ".hidden", "a/b", "..", "A" * 129, "a\x00", "a\x7f"])
 def test_invalid_document_ids_are_refused_with_a_typed_error(bad: str) -> None:
     with pytest.raises(InvalidDocumentIdError):
         validate_document_id(bad)

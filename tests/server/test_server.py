@@ -35,6 +35,7 @@ from crdt_sync.sync import (
     encode_message,
 )
 from crdt_sync.sync.client import ConnectionStatus
+from crdt_sync.sync.document_ids import document_url_path
 from crdt_sync.sync.events import ErrorOccurred
 from server import (
     InMemoryServerRegistry,
@@ -464,6 +465,49 @@ async def test_changes_with_missing_dependencies_get_out_of_sync_and_resync(
     await ws.close()
 
 
+@pytest.mark.parametrize("document_id", ["Notizen über 🌍", "a?b#c%20d", "メモ"])
+async def test_document_ids_of_any_script_travel_percent_encoded(
+    server: WebSocketServer, document_id: str
+) -> None:
+    url = f"ws://127.0.0.1:{server.port}{document_url_path(document_id)}"
+    async with peers(url, 2) as group:
+        group[0].text.insert(0, "hello")
+        await wait_converged(group)
+    assert server.loaded_document_ids() == [document_id]
+    assert await server.registry.has_document(document_id)
+
+
+async def test_changes_a_client_unblocks_are_relayed_to_that_client_too(
+    server: WebSocketServer,
+) -> None:
+    # The server holds B (its dependency A is missing). When another client sends
+    # A, B becomes applicable: it must reach every client, including the one whose
+    # change unblocked it (issue 12's delivery bug: it was relayed to everyone but
+    # that client, which then lacked B until its next resynchronisation).
+    holder = await raw_joined(server)
+    unblocker = await raw_joined(server)
+    watcher = await raw_joined(server)
+    first, second = client_changes(2)
+    await holder.send(encode_message(Changes((second,))))
+    replies = [await recv_message(holder), await recv_message(holder)]
+    assert any(isinstance(m, Error) and m.code is ErrorCode.OUT_OF_SYNC for m in replies)
+    await unblocker.send(encode_message(Changes((first,))))
+    received: list[Change] = []
+    while not isinstance(message := await recv_message(unblocker), Ack):
+        if isinstance(message, Changes):
+            received.extend(message.changes)
+    # Relays go out before the sender's Ack, so by now it has what it unblocked.
+    assert [change.id for change in received] == [second.id]
+    seen: list[Change] = []
+    while len(seen) < 2:
+        message = await recv_message(watcher)
+        if isinstance(message, Changes):
+            seen.extend(message.changes)
+    assert {change.id for change in seen} == {first.id, second.id}
+    for ws in (holder, unblocker, watcher):
+        await ws.close()
+
+
 async def test_too_many_pending_changes_close_the_sender_only() -> None:
     async with (
         WebSocketServer("127.0.0.1", 0, max_pending_changes=2) as server,
@@ -574,7 +618,8 @@ async def test_idle_documents_are_flushed_and_unloaded(tmp_path: Path) -> None:
         async with peers(url_of(server), 1) as [peer]:
             peer.text.insert(0, "persist me")
             await peer.wait_acknowledged()
-        room = server._rooms["notes"]
+        room = server.room("notes")
+        assert room is not None
         if room.unload_task is not None:
             await asyncio.wait_for(room.unload_task, 10)
         assert server.loaded_document_ids() == []

@@ -220,7 +220,7 @@ def test_rejected_handshake_sends_the_error_and_closes() -> None:
     [
         ("notes", handshake("other"), ErrorCode.HANDSHAKE_FAILED),
         ("notes", handshake("bad/id"), ErrorCode.HANDSHAKE_FAILED),
-        ("bad id", handshake("bad id"), ErrorCode.HANDSHAKE_FAILED),
+        (".hidden", handshake(".hidden"), ErrorCode.HANDSHAKE_FAILED),
         ("notes", handshake(peer_id="not-a-uuid"), ErrorCode.HANDSHAKE_FAILED),
         ("notes", handshake(compression="gzip"), ErrorCode.UNSUPPORTED_COMPRESSION),
     ],

@@ -1,0 +1,184 @@
+"""One client connection: its socket, its protocol session, its reader and writer.
+
+Each WebSocket connection gets a :class:`~server.session.ServerSession` (the
+protocol, sans-I/O) and two loops: the *reader* (:meth:`Connection.serve`)
+feeds frames to the session and carries out what the session asks for
+through the rooms (join, apply changes, publish presence); the *writer*
+(:meth:`Connection.write_loop`) sends the session's output in order and
+closes the socket when the session closes. A slow client therefore never
+blocks the others: relays go into its outbox, and a client whose outbox grows
+past ``max_outbound`` is dropped (it resynchronises when it reconnects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from crdt_sync.sync import ErrorCode, HandshakeRequest
+from crdt_sync.sync.document_ids import document_id_from_url_path
+
+from .events import ServerEventType
+from .rooms import Emit, Room, Rooms
+from .session import (
+    AwarenessQueried,
+    AwarenessReceived,
+    ChangesReceived,
+    DocumentStatusSent,
+    ErrorReceived,
+    HandshakeRequested,
+    ProtocolViolation,
+    ServerSession,
+    SessionClosed,
+    SessionState,
+    SnapshotUploaded,
+)
+
+__all__ = ["Authenticator", "Connection", "describe_close", "document_id_from_url_path"]
+
+_log = logging.getLogger(__name__)
+
+#: ``authenticate(request) -> bool`` (or an awaitable of it): may this client join?
+Authenticator = Callable[[HandshakeRequest], "bool | Awaitable[bool]"]
+
+
+class Connection:
+    """One client: its socket, its session, its outbox and writer task."""
+
+    def __init__(self, ws: ServerConnection, session: ServerSession, max_outbound: int) -> None:
+        self.ws = ws
+        self.session = session
+        self.client_id = session.session_id
+        self.room: Room | None = None
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._outbox_bytes = 0
+        self._max_outbound = max_outbound
+        self._wakeup = asyncio.Event()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Move the session's output to the outbox and wake the writer."""
+        frames = self.session.messages_to_send()
+        if frames:
+            for frame in frames:
+                self._outbox.append(frame)
+                self._outbox_bytes += len(frame)
+            if self._outbox_bytes > self._max_outbound and self.session.state is SessionState.OPEN:
+                # The client does not read fast enough: drop the backlog (it will
+                # resynchronise on reconnect) and tell it why.
+                self._outbox.clear()
+                self._outbox_bytes = 0
+                self.session.fail(
+                    ErrorCode.LIMIT_EXCEEDED,
+                    f"more than {self._max_outbound} bytes waiting to be sent: client too slow",
+                )
+                self._outbox.extend(self.session.messages_to_send())
+        self._wakeup.set()
+
+    async def write_loop(self) -> None:
+        """Send queued frames in order; close the socket once the session is closed."""
+        ws = self.ws
+        try:
+            while True:
+                while self._outbox:
+                    frame = self._outbox.popleft()
+                    self._outbox_bytes -= len(frame)
+                    await ws.send(frame)
+                if self.session.state is SessionState.CLOSED:
+                    code = int(self.session.close_code or 1000)
+                    await ws.close(code, self.session.close_reason)
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        except ConnectionClosed:
+            return
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        rooms: Rooms,
+        *,
+        handshake_timeout: float,
+        authenticate: Authenticator | None,
+        emit: Emit,
+    ) -> None:
+        """Read frames until the session closes; raises ConnectionClosed when the peer goes."""
+        session = self.session
+        ws = self.ws
+        try:
+            async with asyncio.timeout(handshake_timeout):
+                while session.state in (SessionState.AWAITING_HANDSHAKE, SessionState.HANDSHAKING):
+                    session.receive_message(await ws.recv())
+                    await self._process(rooms, authenticate, emit)
+        except TimeoutError:
+            session.fail(ErrorCode.TIMEOUT, f"no handshake within {handshake_timeout:g} seconds")
+            self.flush()
+            return
+        while session.state is SessionState.OPEN:
+            session.receive_message(await ws.recv())
+            await self._process(rooms, authenticate, emit)
+
+    async def _process(self, rooms: Rooms, authenticate: Authenticator | None, emit: Emit) -> None:
+        """Carry out everything the session asked for, until it asks for nothing."""
+        session = self.session
+        while True:
+            events = session.events_received()
+            if not events:
+                break
+            for event in events:
+                if isinstance(event, HandshakeRequested):
+                    if await self._authenticated(event.request, authenticate):
+                        await rooms.join(self, event.request, event.document_id)
+                elif isinstance(event, ChangesReceived):
+                    await rooms.apply(self, event.changes)
+                elif isinstance(event, SnapshotUploaded):
+                    await rooms.apply_snapshot(self, event.snapshot)
+                elif isinstance(event, AwarenessReceived):
+                    rooms.awareness_update(self, event.update)
+                elif isinstance(event, AwarenessQueried):
+                    if self.room is not None:
+                        session.send_awareness_state(rooms.awareness_states(self))
+                elif isinstance(event, DocumentStatusSent):
+                    _log.debug("%s resynchronised", self.client_id)
+                elif isinstance(event, ProtocolViolation | ErrorReceived):
+                    side = "sent" if isinstance(event, ProtocolViolation) else "reported"
+                    emit(
+                        ServerEventType.ERROR,
+                        f"client {self.client_id} {side} {event.code.name}: {event.message}",
+                        client_id=self.client_id,
+                        document_id=session.document_id,
+                        code=event.code.name,
+                    )
+                elif isinstance(event, SessionClosed):
+                    pass  # the writer closes the socket once the outbox is empty
+            self.flush()
+        self.flush()
+
+    async def _authenticated(
+        self, request: HandshakeRequest, authenticate: Authenticator | None
+    ) -> bool:
+        """Whether the client may join; refuses the handshake (UNAUTHORIZED) if not."""
+        if authenticate is None:
+            return True
+        verdict = authenticate(request)
+        allowed = await verdict if isinstance(verdict, Awaitable) else verdict
+        if not allowed:
+            self.session.reject_handshake(
+                ErrorCode.UNAUTHORIZED, "not allowed to join this document"
+            )
+        return bool(allowed)
+
+
+def describe_close(closed: ConnectionClosed) -> str:
+    """A short reason for a closed connection, for events and logs."""
+    frame = closed.rcvd or closed.sent
+    if frame is None:
+        return "connection lost"
+    return f"closed {frame.code}{': ' + frame.reason if frame.reason else ''}"

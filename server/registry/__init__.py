@@ -1,0 +1,36 @@
+"""Document registries: where the server keeps its documents.
+
+* :mod:`server.registry.base` -- the contract (:class:`CRDTServerRegistry`)
+  and the helpers every implementation shares;
+* :mod:`server.registry.memory` -- :class:`InMemoryServerRegistry`, a dict;
+* :mod:`server.registry.sqlite` -- :class:`SqliteServerRegistry`, one SQLite
+  file with group commit.
+"""
+
+from __future__ import annotations
+
+from .base import (
+    MAX_DOCUMENT_ID_LENGTH,
+    CRDTServerRegistry,
+    SnapshotListener,
+    import_and_collect,
+    merge_snapshot_checked,
+    new_epoch,
+    validate_document_id,
+    version_vector_of,
+)
+from .memory import InMemoryServerRegistry
+from .sqlite import SqliteServerRegistry
+
+__all__ = [
+    "MAX_DOCUMENT_ID_LENGTH",
+    "CRDTServerRegistry",
+    "InMemoryServerRegistry",
+    "SnapshotListener",
+    "SqliteServerRegistry",
+    "import_and_collect",
+    "merge_snapshot_checked",
+    "new_epoch",
+    "validate_document_id",
+    "version_vector_of",
+]

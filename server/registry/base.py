@@ -1,0 +1,421 @@
+"""The registry contract: where the server keeps its documents.
+
+Theory of operation
+-------------------
+The server holds one :class:`~crdt_sync.CRDTDocument` per document id and asks
+a *registry* for it. A registry answers three questions (the ones the Dart
+reference's README asks of a custom registry) and this module derives the
+rest from them:
+
+* :meth:`CRDTServerRegistry.get_document` -- the document under an id, or None;
+* :meth:`CRDTServerRegistry.set_document` -- store a document under an id;
+* :meth:`CRDTServerRegistry.document_ids` -- every id stored.
+
+Everything else (creating documents with an epoch, applying a client's
+changes, snapshots, unloading, flushing, closing) has a default built on
+those three, so a dict-backed registry is a dozen lines (see
+``docs/server.md``). Persistent registries override the defaults to keep
+their promises:
+
+* **Durability before acknowledgement.** :meth:`apply_changes` returns only
+  once the changes it reports as applied are durably stored; the server
+  acknowledges a client's changes after that call returns, never before.
+* **Epochs.** Every document gets a random *epoch* id when it is created.
+  Clients remember it; a server that lost a document and recreated it has a
+  new epoch, so a client can tell "the server is behind me" (send it my
+  history) from "this is a different document that happens to have the same
+  name" (do not merge blindly).
+
+Every method is a coroutine so a registry may do I/O; the server only ever
+calls them from its event loop. The implementations live next to this
+module: :mod:`server.registry.memory` and :mod:`server.registry.sqlite`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+
+from crdt_sync import (
+    Change,
+    CRDTDocument,
+    CRDTError,
+    DecodeError,
+    Snapshot,
+    UpdateEvent,
+    VersionVector,
+)
+from crdt_sync.sync.document_ids import MAX_DOCUMENT_ID_LENGTH, document_id_problem
+
+from ..exceptions import (
+    ChangesRejectedError,
+    DocumentExistsError,
+    DocumentNotFoundError,
+    InvalidDocumentIdError,
+)
+
+__all__ = [
+    "MAX_DOCUMENT_ID_LENGTH",
+    "CRDTServerRegistry",
+    "SnapshotListener",
+    "import_and_collect",
+    "merge_snapshot_checked",
+    "new_epoch",
+    "validate_document_id",
+    "version_vector_of",
+]
+
+#: ``listener(document_id, snapshot)``, see :meth:`CRDTServerRegistry.add_snapshot_listener`.
+SnapshotListener = Callable[[str, Snapshot], None]
+
+
+def validate_document_id(document_id: object) -> str:
+    """Return ``document_id`` if it is an allowed document id.
+
+    The rule is :mod:`crdt_sync.sync.document_ids` (shared with the client and
+    the app): 1 to :data:`MAX_DOCUMENT_ID_LENGTH` characters, not starting with
+    a dot, no ``/``, no control characters.
+
+    Raises:
+        InvalidDocumentIdError: anything else (also a ``ValueError``).
+    """
+    problem = document_id_problem(document_id)
+    if problem is not None or not isinstance(document_id, str):
+        raise InvalidDocumentIdError(f"invalid document id {document_id!r}: {problem}")
+    return document_id
+
+
+def new_epoch() -> str:
+    """A fresh random epoch id (32 lowercase hex digits)."""
+    return uuid.uuid4().hex
+
+
+def version_vector_of(changes: Iterable[Change]) -> VersionVector:
+    """The smallest version vector that includes every op of ``changes``."""
+    ends: dict[str, int] = {}
+    for change in changes:
+        end = change.counter + change.size
+        if end > ends.get(change.peer, 0):
+            ends[change.peer] = end
+    return VersionVector(ends)
+
+
+class _ChangeCollector:
+    """Collects the changes a remote import applied (pending ones that became ready too)."""
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    def __call__(self, event: UpdateEvent) -> None:
+        if not event.local:
+            self.changes.extend(event.changes)
+
+
+def import_and_collect(
+    document: CRDTDocument, changes: Iterable[Change]
+) -> tuple[list[Change], CRDTError | None]:
+    """Import ``changes`` into ``document``; return (the changes applied, the refusal).
+
+    The list includes earlier pending changes that this import made ready,
+    in the order the document applied them, and excludes duplicates and
+    changes left pending for missing dependencies. The second item is the
+    core's error if it refused part of the input (an invalid change, a full
+    pending buffer); what it applied before that is still in the list, and
+    the caller must store it before reporting the error.
+    """
+    collector = _ChangeCollector()
+    subscription = document.on_update(collector)
+    refusal: CRDTError | None = None
+    try:
+        document.import_changes(changes)
+    except CRDTError as error:
+        refusal = error
+    finally:
+        subscription.cancel()
+    return collector.changes, refusal
+
+
+def merge_snapshot_checked(
+    document: CRDTDocument, snapshot: Snapshot
+) -> tuple[bool, list[Change], CRDTError | None]:
+    """Merge a client's ``snapshot`` into ``document``, refusing it while nothing changed.
+
+    Returns ``(merged, ready, refusal)``: ``merged`` is False when the snapshot
+    held nothing the document lacks (nothing was touched); ``ready`` lists the
+    changes that waited for missing dependencies and that the snapshot made
+    applicable (applied too, in order); ``refusal`` is the core's error if
+    applying one of those failed after the merge (the merged state stands and
+    must still be stored before the error is reported).
+
+    The merge is first tried on a scratch copy of the document, because a
+    snapshot that decodes can still be impossible to merge (a name that is text
+    here and a list there, elements whose origins are nowhere) and the core
+    could fail half-way through. Uploads are rare, so the copy is affordable.
+
+    Raises:
+        CRDTError: the snapshot cannot be merged; ``document`` is untouched.
+    """
+    if snapshot.version_vector <= document.version_vector:
+        return False, [], None
+    try:
+        scratch = CRDTDocument.from_snapshot(document.take_snapshot())
+        scratch.import_snapshot(snapshot)
+    except CRDTError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, RecursionError) as error:
+        # Remote input: whatever the core trips on is a refusal, not a crash.
+        raise DecodeError(f"the snapshot cannot be merged: {error!r}") from error
+    collector = _ChangeCollector()
+    subscription = document.on_update(collector)
+    refusal: CRDTError | None = None
+    try:
+        document.import_snapshot(snapshot)
+    except CRDTError as error:
+        refusal = error
+    finally:
+        subscription.cancel()
+    return True, collector.changes, refusal
+
+
+class CRDTServerRegistry(ABC):
+    """Where a server keeps its documents (abstract base).
+
+    Subclasses must implement :meth:`get_document`, :meth:`set_document` and
+    :meth:`document_ids`; every other method has a working default built on
+    those three. A subclass that defines ``__init__`` should call
+    ``super().__init__()`` (the defaults keep a little state: epochs and the
+    latest snapshots); one that does not still works.
+
+    Document ids passed in by the server have already been checked with
+    :func:`validate_document_id`.
+    """
+
+    def __init__(self) -> None:
+        self._default_epochs: dict[str, str] = {}
+        self._default_snapshots: dict[str, Snapshot] = {}
+        self._snapshot_listeners: list[SnapshotListener] = []
+
+    # -- the three required operations ----------------------------------------------------
+
+    @abstractmethod
+    async def get_document(self, document_id: str) -> CRDTDocument | None:
+        """Return the document stored under ``document_id``, or None if there is none."""
+
+    @abstractmethod
+    async def set_document(self, document_id: str, document: CRDTDocument) -> None:
+        """Store ``document`` under ``document_id``, replacing any earlier one."""
+
+    @abstractmethod
+    async def document_ids(self) -> list[str]:
+        """Every document id stored (loaded or not), in no particular order."""
+
+    # -- derived operations, override for efficiency or durability --------------------------
+
+    def _epochs(self) -> dict[str, str]:
+        # Tolerate subclasses that skipped super().__init__().
+        try:
+            return self._default_epochs
+        except AttributeError:
+            self._default_epochs = {}
+            return self._default_epochs
+
+    def _listeners(self) -> list[SnapshotListener]:
+        try:
+            return self._snapshot_listeners
+        except AttributeError:
+            self._snapshot_listeners = []
+            return self._snapshot_listeners
+
+    def add_snapshot_listener(self, listener: SnapshotListener) -> Callable[[], None]:
+        """Call ``listener(document_id, snapshot)`` after every stored snapshot.
+
+        Returns a function that removes the listener. The server uses this to
+        emit ``SNAPSHOT_CREATED``. Listeners run on the event loop and must
+        not raise (an exception propagates to whoever triggered the snapshot).
+        """
+        listeners = self._listeners()
+        listeners.append(listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                listeners.remove(listener)
+
+        return remove
+
+    def notify_snapshot(self, document_id: str, snapshot: Snapshot) -> None:
+        """Tell the listeners a snapshot of ``document_id`` was stored (subclasses call it)."""
+        for listener in list(self._listeners()):
+            listener(document_id, snapshot)
+
+    def _snapshots(self) -> dict[str, Snapshot]:
+        try:
+            return self._default_snapshots
+        except AttributeError:
+            self._default_snapshots = {}
+            return self._default_snapshots
+
+    async def has_document(self, document_id: str) -> bool:
+        """Whether a document is stored under ``document_id``."""
+        return await self.get_document(document_id) is not None
+
+    async def document_count(self) -> int:
+        """How many documents are stored."""
+        return len(await self.document_ids())
+
+    async def create_document(self, document_id: str) -> CRDTDocument:
+        """Create, store and return an empty document with a fresh epoch.
+
+        Raises:
+            DocumentExistsError: a document with that id exists.
+            InvalidDocumentIdError: the id is not valid.
+        """
+        validate_document_id(document_id)
+        if await self.has_document(document_id):
+            raise DocumentExistsError(document_id)
+        document = CRDTDocument(document_id=document_id)
+        self._epochs()[document_id] = new_epoch()
+        await self.set_document(document_id, document)
+        return document
+
+    async def get_epoch(self, document_id: str) -> str:
+        """The epoch id the document got when it was created.
+
+        The default keeps epochs in memory, so a custom in-memory registry
+        gets a new epoch per process (which is right: its documents do not
+        survive a restart either). A document stored behind this default's
+        back (``set_document`` without ``create_document``) gets an epoch on
+        first request.
+
+        Raises:
+            DocumentNotFoundError: no such document.
+        """
+        if not await self.has_document(document_id):
+            raise DocumentNotFoundError(document_id)
+        return self._epochs().setdefault(document_id, new_epoch())
+
+    async def apply_changes(self, document_id: str, changes: Sequence[Change]) -> list[Change]:
+        """Import a client's ``changes`` into the document; return what got applied.
+
+        The result lists every change newly applied by this call, in
+        application order (earlier pending changes made ready included;
+        duplicates and changes still waiting for dependencies excluded).
+        When this returns, those changes are stored as durably as the
+        registry can store them: the server acknowledges them next.
+
+        The default imports into the document from :meth:`get_document`
+        and then stores it again with :meth:`set_document` (the only
+        persistence hook a minimal custom registry has).
+
+        Raises:
+            DocumentNotFoundError: no such document.
+            ChangesRejectedError: the document refused part of the input; the
+                changes applied before the refusal are stored and listed in
+                the error's ``applied``.
+        """
+        document = await self.get_document(document_id)
+        if document is None:
+            raise DocumentNotFoundError(document_id)
+        applied, refusal = import_and_collect(document, changes)
+        if applied:
+            await self.set_document(document_id, document)
+        if refusal is not None:
+            raise ChangesRejectedError(refusal, applied) from refusal
+        return applied
+
+    async def apply_snapshot(
+        self, document_id: str, snapshot: Snapshot
+    ) -> tuple[bool, list[Change]]:
+        """Merge a client's uploaded ``snapshot`` into the document and store the result.
+
+        Returns ``(merged, ready)``: ``merged`` is False when the snapshot held
+        nothing new (nothing stored); ``ready`` lists changes that waited for
+        dependencies the snapshot brought, now applied. When this returns, the
+        merged state is stored as durably as the registry can store it, and
+        :meth:`durable_version_vector` covers ``snapshot.version_vector``: the
+        server acknowledges the upload next. The document's history no longer
+        covers everything it holds, so clients lagging behind get a snapshot.
+
+        The default merges into the document from :meth:`get_document` and
+        stores it again with :meth:`set_document`.
+
+        Raises:
+            DocumentNotFoundError: no such document.
+            ChangesRejectedError: the snapshot cannot be merged (the document is
+                untouched, ``applied`` is empty), or applying a change it made
+                ready failed after the merge (the merged state is stored, the
+                changes applied are in ``applied``).
+        """
+        document = await self.get_document(document_id)
+        if document is None:
+            raise DocumentNotFoundError(document_id)
+        try:
+            merged, ready, refusal = merge_snapshot_checked(document, snapshot)
+        except CRDTError as error:
+            raise ChangesRejectedError(error, []) from error
+        if merged:
+            await self.set_document(document_id, document)
+        if refusal is not None:
+            raise ChangesRejectedError(refusal, ready) from refusal
+        return merged, ready
+
+    async def durable_version_vector(self, document_id: str) -> VersionVector:
+        """What of the document is durably stored (the server acknowledges up to this).
+
+        Never covers more than the in-memory document's version vector, and
+        never shrinks while the document stays loaded. The default (for
+        registries that store on every :meth:`apply_changes`) is the
+        document's version vector.
+
+        Raises:
+            DocumentNotFoundError: no such document.
+        """
+        document = await self.get_document(document_id)
+        if document is None:
+            raise DocumentNotFoundError(document_id)
+        return document.version_vector
+
+    async def create_snapshot(self, document_id: str) -> Snapshot:
+        """Take a snapshot of the document, remember it as the latest, and return it.
+
+        Raises:
+            DocumentNotFoundError: no such document.
+        """
+        document = await self.get_document(document_id)
+        if document is None:
+            raise DocumentNotFoundError(document_id)
+        snapshot = document.take_snapshot()
+        self._snapshots()[document_id] = snapshot
+        self.notify_snapshot(document_id, snapshot)
+        return snapshot
+
+    async def get_latest_snapshot(self, document_id: str) -> Snapshot | None:
+        """The latest snapshot made by :meth:`create_snapshot`, or None."""
+        return self._snapshots().get(document_id)
+
+    async def remove_document(self, document_id: str) -> bool:
+        """Delete the document; return whether there was one.
+
+        The default cannot delete through the three required operations and
+        raises ``NotImplementedError``; registries that support deletion
+        override it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot remove documents")
+
+    async def release_document(self, document_id: str) -> None:
+        """The server no longer needs the document in memory (its last client left).
+
+        A persistent registry flushes it and drops it from memory; the next
+        :meth:`get_document` loads it again. The default keeps it (a memory
+        registry has nowhere else to keep it).
+        """
+        return None
+
+    async def flush(self) -> None:
+        """Wait until everything written so far is durably stored."""
+        return None
+
+    async def close(self) -> None:
+        """Flush and release resources. The registry must not be used afterwards."""
+        await self.flush()

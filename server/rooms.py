@@ -1,0 +1,453 @@
+"""Rooms: one per loaded document, with its clients; applying and relaying changes.
+
+No sockets here. A room's members are anything with a session and a
+``flush()`` (:class:`Member`; the server's connections in production): a
+room hands them frames through ``member.session`` and calls ``flush()`` to
+have them sent.
+
+A room is created when the first client's handshake is accepted (creating
+the document in the registry when ``allow_create`` is on) and released
+``idle_unload_after`` seconds after the last client left (the registry
+flushes it first). A per-document lock serialises joining and unloading so
+no client ever holds a copy the registry has dropped.
+
+Ordering guarantees:
+
+* a client's changes are applied in the order it sent them (the connection
+  awaits each :meth:`Rooms.apply` in turn);
+* they are relayed to the other clients as soon as they are in the document,
+  and acknowledged to the sender with the registry's *durable* version
+  vector once stored, so an acknowledged change survives a crash;
+* changes that waited for missing dependencies and that a client's change
+  made ready are relayed to every client, that client included (it has
+  never seen them);
+* a joining client is added to the room in the same step that computes
+  what it lacks, so it misses no relay (at worst it gets a duplicate,
+  which the CRDT ignores);
+* a client's snapshot upload (its document cannot send changes: loaded
+  from a snapshot, or compacted) is merged only if the merge is possible,
+  stored (the merged state) before the ``Ack``, and pushed to the other
+  clients as an unsolicited ``DocumentStatus`` carrying the snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from crdt_sync import Change, CRDTDocument, CRDTError, Snapshot, UpdateEvent
+from crdt_sync.exceptions import PendingBufferFullError
+from crdt_sync.sync import (
+    AwarenessUpdate,
+    Changes,
+    Compressor,
+    DocumentStatus,
+    ErrorCode,
+    HandshakeRequest,
+    encode_message,
+)
+
+from .events import ServerEventType
+from .exceptions import ChangesRejectedError, DocumentExistsError, RegistryError
+from .presence import RoomPresence
+from .registry import CRDTServerRegistry
+from .session import ServerSession, SessionState
+
+__all__ = ["Emit", "Member", "Room", "Rooms", "Spawn"]
+
+_log = logging.getLogger(__name__)
+
+#: ``emit(type, message, **data)``: report a server event.
+Emit = Callable[..., None]
+#: ``spawn(coroutine, name)``: run a background task the server cancels on stop.
+Spawn = Callable[[Awaitable[Any], str], "asyncio.Task[Any]"]
+
+
+class Member(Protocol):
+    """A client in a room: its protocol session, and a way to send what it queued."""
+
+    client_id: str
+    session: ServerSession
+    room: Room | None
+
+    def flush(self) -> None:
+        """Send what the session queued (never blocks)."""
+
+
+@dataclass(eq=False)
+class Room:
+    """A loaded document and the clients on it."""
+
+    document_id: str
+    document: CRDTDocument
+    epoch: str
+    members: set[Member] = field(default_factory=set)
+    presence: RoomPresence = field(default_factory=RoomPresence)
+    unload_task: asyncio.Task[None] | None = None
+
+
+class Rooms:
+    """Every room of a server, and what clients do in them.
+
+    Args:
+        registry: where documents live.
+        compressor: the frame compression every client uses.
+        allow_create: create a document on its first handshake.
+        max_pending_changes: bound on changes waiting for dependencies.
+        idle_unload_after: seconds a room outlives its last client.
+        awareness_timeout: seconds a presence state lives without renewal.
+        emit: reports server events.
+        spawn: runs background tasks (idle unloads) that the server cancels.
+    """
+
+    def __init__(
+        self,
+        registry: CRDTServerRegistry,
+        compressor: Compressor,
+        *,
+        allow_create: bool,
+        max_pending_changes: int,
+        idle_unload_after: float,
+        awareness_timeout: float,
+        emit: Emit,
+        spawn: Spawn,
+    ) -> None:
+        self.registry = registry
+        self.compressor = compressor
+        self.allow_create = allow_create
+        self.max_pending_changes = max_pending_changes
+        self.idle_unload_after = idle_unload_after
+        self.awareness_timeout = awareness_timeout
+        self._emit = emit
+        self._spawn = spawn
+        self.rooms: dict[str, Room] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: Set when the server stops: no new joins, no idle unloads.
+        self.closing = False
+
+    def get(self, document_id: str) -> Room | None:
+        """The room of a loaded document, or None."""
+        return self.rooms.get(document_id)
+
+    def _lock(self, document_id: str) -> asyncio.Lock:
+        lock = self._locks.get(document_id)
+        if lock is None:
+            lock = self._locks[document_id] = asyncio.Lock()
+        return lock
+
+    # -- joining and leaving -----------------------------------------------------------
+
+    async def join(self, member: Member, request: HandshakeRequest, document_id: str) -> None:
+        """Answer ``member``'s handshake: open the room (loading or creating) and join it."""
+        session = member.session
+        try:
+            async with self._lock(document_id):
+                room = self.rooms.get(document_id)
+                if room is None:
+                    room = await self._open_room(document_id)
+                    if room is None:
+                        session.reject_handshake(
+                            ErrorCode.DOCUMENT_NOT_FOUND,
+                            f"no document {document_id!r} on this server",
+                        )
+                        return
+                if room.unload_task is not None:
+                    room.unload_task.cancel()
+                    room.unload_task = None
+                durable = await self.registry.durable_version_vector(document_id)
+                if session.state is not SessionState.HANDSHAKING or self.closing:
+                    return  # timed out or closed while we looked the document up
+                # Same synchronous step: compute what the client lacks, join the room.
+                session.accept_handshake(room.document, room.epoch, durable)
+                room.members.add(member)
+                member.room = room
+        except RegistryError as error:
+            self._emit(
+                ServerEventType.ERROR,
+                f"cannot open {document_id!r}: {error}",
+                client_id=member.client_id,
+                document_id=document_id,
+            )
+            if session.state is SessionState.HANDSHAKING:
+                session.reject_handshake(ErrorCode.INTERNAL_ERROR, "the document cannot be opened")
+            return
+        self._emit(
+            ServerEventType.CLIENT_HANDSHAKE,
+            f"client {member.client_id} joined {document_id!r} as {request.peer_id}",
+            client_id=member.client_id,
+            document_id=document_id,
+            peer_id=request.peer_id,
+            name=request.display_name,
+        )
+
+    async def _open_room(self, document_id: str) -> Room | None:
+        """Load (or create) the document and make its room; None if it does not exist."""
+        document = await self.registry.get_document(document_id)
+        if document is None:
+            if not self.allow_create:
+                return None
+            try:
+                document = await self.registry.create_document(document_id)
+            except DocumentExistsError:  # created behind our back (shared registry)
+                document = await self.registry.get_document(document_id)
+                if document is None:
+                    return None
+        epoch = await self.registry.get_epoch(document_id)
+        room = Room(document_id, document, epoch)
+        self.rooms[document_id] = room
+        return room
+
+    def leave(self, member: Member) -> None:
+        """``member`` is gone: drop it and its presence; unload the room later if empty."""
+        room = member.room
+        if room is None:
+            return
+        member.room = None
+        room.members.discard(member)
+        for removal in room.presence.remove_owner(member):
+            self._relay_awareness(room, removal, member)
+        if not room.members and not self.closing:
+            room.unload_task = self._spawn(
+                self._unload_later(room), f"crdt-unload-{room.document_id}"
+            )
+
+    async def _unload_later(self, room: Room) -> None:
+        await asyncio.sleep(self.idle_unload_after)
+        async with self._lock(room.document_id):
+            if room.members or self.rooms.get(room.document_id) is not room:
+                return
+            try:
+                await self.registry.release_document(room.document_id)
+            except RegistryError as error:
+                self._emit(
+                    ServerEventType.ERROR,
+                    f"could not release {room.document_id!r}: {error}",
+                    document_id=room.document_id,
+                )
+                return  # keep it loaded: nothing is dropped that was not stored
+            del self.rooms[room.document_id]
+            room.unload_task = None
+            _log.info("unloaded idle document %r", room.document_id)
+
+    async def release_all(self) -> None:
+        """Release every loaded document (the server is stopping)."""
+        for document_id in list(self.rooms):
+            try:
+                await self.registry.release_document(document_id)
+            except RegistryError as error:
+                self._emit(
+                    ServerEventType.ERROR,
+                    f"could not release {document_id!r}: {error}",
+                    document_id=document_id,
+                )
+        self.rooms.clear()
+
+    # -- changes ------------------------------------------------------------------------
+
+    async def apply(self, member: Member, changes: tuple[Change, ...]) -> None:
+        """Apply ``member``'s changes: relay, store, acknowledge; refuse what is invalid."""
+        session = member.session
+        room = member.room
+        if room is None:  # pragma: no cover - OPEN sessions are always in a room
+            return
+        refusal: Exception | None = None
+        # Relay as soon as the changes are in the document, while the registry
+        # still writes them: only the sender's Ack waits for durability. If the
+        # server dies before the write, nothing is lost: the sender still holds
+        # them unacknowledged and every client sends what the server lacks at the
+        # next handshake.
+        submitted = {change.id for change in changes}
+        relayed: set[Any] = set()
+
+        def relay_early(event: UpdateEvent) -> None:
+            early = [c for c in event.changes if c.id in submitted and c.id not in relayed]
+            if not event.local and early:
+                relayed.update(c.id for c in early)
+                self.relay_changes(room, early, member)
+
+        subscription = room.document.on_update(relay_early)
+        try:
+            applied = await self.registry.apply_changes(room.document_id, changes)
+        except ChangesRejectedError as error:
+            applied, refusal = error.applied, error.cause
+        except RegistryError as error:
+            self._emit(
+                ServerEventType.ERROR,
+                f"storing changes of {member.client_id} failed: {error}",
+                client_id=member.client_id,
+                document_id=room.document_id,
+            )
+            session.fail(ErrorCode.INTERNAL_ERROR, "the server could not store the changes")
+            return
+        finally:
+            subscription.cancel()
+        if applied:
+            late = [change for change in applied if change.id not in relayed]
+            # The sender's own changes go to the others; changes that waited for
+            # dependencies and that the sender's changes made ready go to everyone:
+            # the sender has never seen them.
+            own = [change for change in late if change.id in submitted]
+            unblocked = [change for change in late if change.id not in submitted]
+            if own:
+                self.relay_changes(room, own, member)
+            if unblocked:
+                self.relay_changes(room, unblocked, None)
+            self._emit(
+                ServerEventType.CLIENT_CHANGE_APPLIED,
+                f"{len(applied)} change(s) from {member.client_id} applied to {room.document_id!r}",
+                client_id=member.client_id,
+                document_id=room.document_id,
+                count=len(applied),
+            )
+        durable = await self.registry.durable_version_vector(room.document_id)
+        session.send_acknowledgement(durable)
+        if refusal is not None:
+            refuse(session, refusal, "change")
+            return
+        document = room.document
+        if document.pending_count > self.max_pending_changes:
+            session.fail(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"the document holds more than {self.max_pending_changes} changes waiting"
+                " for missing dependencies",
+            )
+            return
+        known = document.version_vector
+        waiting = sum(1 for change in changes if not known.includes(change.id))
+        if waiting:
+            session.send_out_of_sync(
+                f"{waiting} change(s) wait for dependencies the server lacks: resynchronise"
+            )
+            self._emit(
+                ServerEventType.CLIENT_OUT_OF_SYNC,
+                f"client {member.client_id} is out of sync ({waiting} waiting)",
+                client_id=member.client_id,
+                document_id=room.document_id,
+                count=waiting,
+            )
+
+    async def apply_snapshot(self, member: Member, snapshot: Snapshot) -> None:
+        """A client uploaded its whole state: merge, store, acknowledge, push to the others.
+
+        The merge is validated before the document is touched (the registry's
+        ``apply_snapshot``); the upload is acknowledged only once the merged state
+        is durable. The other clients get the uploaded snapshot itself (exactly
+        what they lack, and covered by the durable version vector sent with it)
+        as an unsolicited ``DocumentStatus``; changes that waited for what the
+        snapshot brought are relayed to everyone, the uploader included.
+        """
+        session = member.session
+        room = member.room
+        if room is None:  # pragma: no cover - OPEN sessions are always in a room
+            return
+        refusal: Exception | None = None
+        news = not snapshot.version_vector <= room.document.version_vector
+        try:
+            merged, ready = await self.registry.apply_snapshot(room.document_id, snapshot)
+        except ChangesRejectedError as error:
+            ready, refusal = error.applied, error.cause
+            # Refused before the merge (document untouched) or after it (stored).
+            merged = news and snapshot.version_vector <= room.document.version_vector
+        except RegistryError as error:
+            self._emit(
+                ServerEventType.ERROR,
+                f"storing the snapshot of {member.client_id} failed: {error}",
+                client_id=member.client_id,
+                document_id=room.document_id,
+            )
+            session.fail(ErrorCode.INTERNAL_ERROR, "the server could not store the snapshot")
+            return
+        if refusal is not None and not merged:
+            # Refused before the merge: the document and the store are untouched.
+            refuse(session, refusal, "snapshot")
+            return
+        durable = await self.registry.durable_version_vector(room.document_id)
+        session.send_acknowledgement(durable)
+        if merged:
+            others = [m for m in room.members if m is not member]
+            if others:
+                push = encode_message(DocumentStatus(durable, snapshot=snapshot), self.compressor)
+                for target in others:
+                    target.session.send_frame(push)
+                    target.flush()
+            if ready:
+                self.relay_changes(room, ready, None)
+            self._emit(
+                ServerEventType.CLIENT_CHANGE_APPLIED,
+                f"snapshot from {member.client_id} ({len(snapshot)} bytes) merged into"
+                f" {room.document_id!r}",
+                client_id=member.client_id,
+                document_id=room.document_id,
+                peer_id=session.peer_id,
+                snapshot=True,
+                snapshot_bytes=len(snapshot),
+                version_vector=dict(snapshot.version_vector),
+                count=len(ready),
+            )
+        if refusal is not None:
+            refuse(session, refusal, "snapshot")
+
+    def relay_changes(self, room: Room, changes: list[Change], sender: Member | None) -> None:
+        """Send ``changes`` to the room's clients except ``sender`` (None: to all)."""
+        targets = [m for m in room.members if m is not sender]
+        if not targets:
+            return
+        # One encoding for every target: they all use the server's compressor.
+        frame = encode_message(Changes(tuple(changes)), self.compressor)
+        for target in targets:
+            target.session.send_frame(frame)
+            target.flush()
+
+    # -- presence -----------------------------------------------------------------------
+
+    def awareness_update(self, member: Member, update: AwarenessUpdate) -> None:
+        """``member`` published (or withdrew) its presence: record it, relay it."""
+        room = member.room
+        if room is None:  # pragma: no cover - OPEN sessions are always in a room
+            return
+        if room.presence.receive(member, update, time.monotonic()):
+            self._relay_awareness(room, update, member)
+
+    def awareness_states(self, member: Member) -> Iterable[AwarenessUpdate]:
+        """Every presence state of ``member``'s room (its answer to an ``AwarenessQuery``)."""
+        room = member.room
+        return () if room is None else room.presence.states()
+
+    def _relay_awareness(self, room: Room, update: AwarenessUpdate, sender: Member) -> None:
+        frame: bytes | None = None
+        for target in room.members:
+            if target is sender or target.session.state is not SessionState.OPEN:
+                continue
+            if frame is None:
+                frame = encode_message(update, self.compressor)
+            target.session.send_frame(frame)
+            target.flush()
+
+    def expire_awareness(self, now: float) -> int:
+        """Drop presence states last renewed before ``now - awareness_timeout``.
+
+        Relays the removals; returns how many were dropped.
+        """
+        dropped = 0
+        deadline = now - self.awareness_timeout
+        for room in list(self.rooms.values()):
+            for removal, owner in room.presence.expire(deadline):
+                dropped += 1
+                self._relay_awareness(room, removal, owner)
+        return dropped
+
+
+def refuse(session: ServerSession, refusal: Exception, what: str) -> None:
+    """End the session of a client whose input the document refused."""
+    if isinstance(refusal, PendingBufferFullError):
+        session.fail(ErrorCode.LIMIT_EXCEEDED, f"too many changes wait: {refusal}")
+    elif isinstance(refusal, CRDTError):
+        # Invalid change, a snapshot that cannot be merged (kind clash, dangling
+        # origins): the client's data, not our failure.
+        session.fail(ErrorCode.INVALID_MESSAGE, f"invalid {what}: {refusal}")
+    else:
+        session.fail(ErrorCode.INTERNAL_ERROR, f"{what} refused: {refusal}")
