@@ -71,6 +71,9 @@ async def run(args: argparse.Namespace) -> int:
     closed = asyncio.Event()
     window.closed.connect(closed.set)
     window.show()
+    # A session another window already has open brings that window forward
+    # and this one closes (editor.single_instance).
+    window.exit_on_handoff = True
     if args.join:
         window.run_task(window.join(args.join))
     elif args.host is not None:

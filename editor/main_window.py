@@ -52,10 +52,11 @@ from editor.hosting import HostedServer, HostingError, invite_link
 from editor.list_model import ListModel
 from editor.list_view import ListView
 from editor.messages import port_in_use_message
-from editor.persistence import data_dir, load_document, session_path
+from editor.persistence import StoredSession, data_dir, load_document, session_path
 from editor.remote_cursors import RemoteCursor, RemoteCursorOverlay
 from editor.resources import icon
 from editor.session import LIST_NAME, TEXT_NAME, Session
+from editor.single_instance import HandoffServer, SessionInUse, StoreLock, request_handoff
 from editor.sync_panel import SyncPanel
 from editor.text_binding import TextBinding
 from editor.urls import InvalidSessionUrl, parse_session_url
@@ -98,6 +99,8 @@ class MainWindow(QMainWindow):
 
     closed = Signal()
     sessionChanged = Signal()
+    #: Another window asked for this window's session: it was brought forward.
+    broughtForward = Signal()
 
     def __init__(
         self,
@@ -117,6 +120,13 @@ class MainWindow(QMainWindow):
         self.hosted: HostedServer | None = None
         self.invite_url: str | None = None
         self.error_box: QMessageBox | None = None
+        # One replica per session: the open session's store is locked, and a
+        # window asked for it by another one comes forward (editor.single_instance).
+        self.handoff = HandoffServer(self)
+        self.handoff.requested.connect(self.on_handoff_requested)
+        self._store_lock: StoreLock | None = None
+        #: Set by the app for its start-up command: a handoff then closes this window.
+        self.exit_on_handoff = False
         self._tasks: set[asyncio.Future[Any]] = set()
         self._shutdown_done = False
         self._shutting_down = False
@@ -328,7 +338,30 @@ class MainWindow(QMainWindow):
     def _new_local_session(self) -> Session:
         document = CRDTDocument(document_id=uuid.uuid4().hex[:12])
         store = session_path(f"local:{document.document_id}", self.data_root)
-        return Session(document, self.user_name, store=store, parent=self)
+        session = Session(document, self.user_name, store=store, parent=self)
+        session.store_lock = self._try_lock(store)  # a fresh id: nobody else has it
+        return session
+
+    def _try_lock(self, store: StoredSession) -> StoreLock | None:
+        lock = StoreLock(store, self.handoff.name)
+        return lock if lock.acquire() else None
+
+    async def _lock_or_hand_off(self, store: StoredSession) -> StoreLock:
+        """Lock ``store`` for this window, or bring its holder forward and raise.
+
+        Raises :class:`editor.single_instance.SessionInUse` when another window
+        or app has the session open.
+        """
+        if self.session is not None:
+            held = self.session.store_lock
+            if held is not None and held.stored.meta_path == store.meta_path:
+                return held  # this window has it already
+        lock = self._try_lock(store)
+        if lock is not None:
+            return lock
+        owner = StoreLock.owner_of(store)
+        answered = await request_handoff(owner, store.url) if owner else False
+        raise SessionInUse(store.url, answered)
 
     def set_session(self, session: Session) -> None:
         """Show ``session`` in the window (the previous one must be closed by the caller)."""
@@ -360,16 +393,24 @@ class MainWindow(QMainWindow):
         old = self.session
         if old is not None:
             await old.close()
+            if old.store_lock is not None and old.store_lock is not session.store_lock:
+                old.store_lock.release()
             old.statusChanged.disconnect(self.on_session_statusChanged)
             old.presenceChanged.disconnect(self.on_session_presenceChanged)
         self.set_session(session)
 
-    def _session_for_url(self, url: str, document_id: str) -> Session:
+    async def _session_for_url(self, url: str, document_id: str) -> Session:
         store = session_path(url, self.data_root)
+        lock = await self._lock_or_hand_off(store)
+        if self.session is not None and self.session.store_lock is lock:
+            await self.session.close()  # reopened below from what it saved
+            self.session.store_lock = None
         document = load_document(store)
         if document is None or document.document_id != document_id:
             document = CRDTDocument(document_id=document_id)
-        return Session(document, self.user_name, url=url, store=store, parent=self)
+        session = Session(document, self.user_name, url=url, store=store, parent=self)
+        session.store_lock = lock
+        return session
 
     async def join(self, url: str) -> None:
         """Open ``url``'s document (the locally stored copy if any) and connect to it.
@@ -379,12 +420,20 @@ class MainWindow(QMainWindow):
         checked = parse_session_url(url)
         if self.hosted is not None:
             await self.stop_hosting()
-        session = self._session_for_url(checked.url, checked.document_id)
+        session = await self._session_for_url(checked.url, checked.document_id)
         await self._replace_session(session)
         self._connect(session, checked.url)
 
     def _connect(self, session: Session, url: str) -> None:
-        session.store = session_path(url, self.data_root)
+        store = session_path(url, self.data_root)
+        if session.store_lock is None or session.store_lock.stored.meta_path != store.meta_path:
+            lock = self._try_lock(store)
+            if lock is None:
+                raise SessionInUse(url, False)
+            if session.store_lock is not None:
+                session.store_lock.release()
+            session.store_lock = lock
+        session.store = store
         session.start_sync(url, self.reconnect)
         self.sync_panel.set_session(url, session.peer_id, session.name)
         self._remember_url(url)
@@ -506,7 +555,14 @@ class MainWindow(QMainWindow):
         if task.cancelled():
             return
         error = task.exception()
-        if error is not None:
+        exit_on_handoff, self.exit_on_handoff = self.exit_on_handoff, False
+        if isinstance(error, SessionInUse):
+            self.sync_panel.log("session", str(error))
+            if exit_on_handoff:
+                QTimer.singleShot(0, self.close)  # the other window has it: nothing to do here
+            elif not self._shutting_down:
+                self.show_error(str(error))
+        elif error is not None:
             self.sync_panel.log("error", str(error))
             if not self._shutting_down:
                 self.show_error(str(error))
@@ -560,6 +616,19 @@ class MainWindow(QMainWindow):
         """Publish the local caret and selection to collaborators."""
         if self.session is not None and self.text_binding is not None:
             self.session.set_local_cursor(*self.text_binding.local_selection())
+
+    def on_handoff_requested(self, url: str) -> None:
+        """Another window wants this window's session: come forward."""
+        session = self.session
+        if session is None or session.store is None or session.store.url != url:
+            return
+        if self.isMinimized():
+            self.showNormal()
+        self.show()
+        self.raise_()
+        self.activateWindow()
+        self.statusBar().showMessage("This session was asked for by another window", 5000)
+        self.broughtForward.emit()
 
     def on_hosted_exited(self, code: int) -> None:
         """The child server ended (also when it ended on its own)."""
@@ -673,13 +742,13 @@ class MainWindow(QMainWindow):
             return False
         if key.startswith("local:") or hosted:
             store = session_path(key, self.data_root)
+            lock = await self._lock_or_hand_off(store)
             document = load_document(store)
             if document is None:
+                lock.release()
                 return False
             session = Session(document, self.user_name, store=store, parent=self)
-            if hosted:
-                # Keep editing the hosted copy; a new host run stores under its own link.
-                session.store = session_path(f"local:{document.document_id}", self.data_root)
+            session.store_lock = lock
             await self._replace_session(session)
             return True
         try:
@@ -726,7 +795,10 @@ class MainWindow(QMainWindow):
             self._remember_session()
             if self.session is not None:
                 await self.session.close()
+                if self.session.store_lock is not None:
+                    self.session.store_lock.release()
             await self.stop_hosting()
+            self.handoff.close()
         finally:
             self.settings.setValue("geometry", self.saveGeometry())
             self.settings.setValue("splitterState", self.splitter.saveState())

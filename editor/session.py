@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
@@ -61,6 +61,9 @@ from editor.persistence import (
     write_atomically,
 )
 from editor.sync_panel import PeerInfo, SyncState
+
+if TYPE_CHECKING:
+    from editor.single_instance import StoreLock
 
 __all__ = ["PALETTE", "RemotePresence", "Session", "colour_for", "describe_event"]
 
@@ -188,6 +191,8 @@ class Session(QObject):
         self._connected_once = False  # this connection attempt got through
         self._last_reason = ""
         self._update_subscription = document.on_update(self._on_document_update)
+        #: The lock this window holds on :attr:`store` (``editor.single_instance``).
+        self.store_lock: StoreLock | None = None
 
     @property
     def peer_id(self) -> str:

@@ -2,17 +2,24 @@
 
 :func:`parse_session_url` either returns a :class:`SessionUrl` or raises
 :class:`InvalidSessionUrl` whose message is the reason shown to the user.
+The document id follows the one rule shared with the client and the server
+(:mod:`crdt_sync.sync.document_ids`): the dialog accepts exactly the ids the
+server accepts. The checked URL is canonical: the id percent-encoded
+(``ws://host/Notizen für Mai`` becomes ``ws://host/Notizen%20f%C3%BCr%20Mai``).
 """
 
 from __future__ import annotations
 
-import re
 import urllib.parse
 from dataclasses import dataclass
 
-__all__ = ["InvalidSessionUrl", "SessionUrl", "parse_session_url"]
+from crdt_sync.sync.document_ids import (
+    document_id_from_url_path,
+    document_id_problem,
+    document_url_path,
+)
 
-_DOCUMENT_ID = re.compile(r"^[A-Za-z0-9._~-]{1,200}$")
+__all__ = ["InvalidSessionUrl", "SessionUrl", "parse_session_url"]
 
 
 class InvalidSessionUrl(ValueError):
@@ -49,13 +56,13 @@ def parse_session_url(text: str) -> SessionUrl:
         raise InvalidSessionUrl("The link must not contain a user name or password.")
     if parts.query or parts.fragment:
         raise InvalidSessionUrl("The link must not have a ?query or #fragment.")
-    document_id = parts.path[1:] if parts.path.startswith("/") else ""
+    document_id = document_id_from_url_path(parts.path) if parts.path.startswith("/") else None
     if not document_id:
         raise InvalidSessionUrl("The link has no document id after the host (…/<document-id>).")
-    if not _DOCUMENT_ID.match(document_id):
-        raise InvalidSessionUrl(
-            "The document id may only use letters, digits, '.', '_', '~' and '-'."
-        )
+    problem = document_id_problem(document_id)
+    if problem is not None:
+        raise InvalidSessionUrl(f"The document id is not allowed: {problem}.")
     if port is None:
         port = 443 if parts.scheme == "wss" else 80
-    return SessionUrl(text, parts.scheme, parts.hostname, port, document_id)
+    canonical = f"{parts.scheme}://{parts.netloc}{document_url_path(document_id)}"
+    return SessionUrl(canonical, parts.scheme, parts.hostname, port, document_id)
