@@ -13,22 +13,22 @@ This module decides *what* to relay; the room (:mod:`server.rooms`) sends it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from crdt_sync.sync import AwarenessUpdate
 
-if TYPE_CHECKING:
-    from .rooms import Member
+__all__ = ["REMOTE", "PresenceEntry", "RoomPresence"]
 
-__all__ = ["PresenceEntry", "RoomPresence"]
+#: The owner of a presence state published through another server process.
+REMOTE: object = object()
 
 
 @dataclass
 class PresenceEntry:
-    """A peer's latest presence, the connection that published it, and when (monotonic)."""
+    """A peer's latest presence, who published it (a connection, or :data:`REMOTE`), and
+    when (monotonic)."""
 
     update: AwarenessUpdate
-    owner: Member
+    owner: object
     last_seen: float
 
 
@@ -45,7 +45,7 @@ class RoomPresence:
         """Every current state (the answer to an ``AwarenessQuery``)."""
         return [entry.update for entry in self._entries.values()]
 
-    def receive(self, owner: Member, update: AwarenessUpdate, now: float) -> bool:
+    def receive(self, owner: object, update: AwarenessUpdate, now: float) -> bool:
         """Record ``update`` from ``owner``; return whether to relay it.
 
         A stale update (a lower clock than the one held: reordered or replayed)
@@ -65,7 +65,7 @@ class RoomPresence:
             self._entries[update.peer_id] = PresenceEntry(update, owner, now)
         return True
 
-    def remove_owner(self, owner: Member) -> list[AwarenessUpdate]:
+    def remove_owner(self, owner: object) -> list[AwarenessUpdate]:
         """Drop every state ``owner`` published (it left); return the removals to relay."""
         removals = []
         for peer_id, entry in list(self._entries.items()):
@@ -74,7 +74,7 @@ class RoomPresence:
                 removals.append(AwarenessUpdate(peer_id, entry.update.clock, None))
         return removals
 
-    def expire(self, deadline: float) -> list[tuple[AwarenessUpdate, Member]]:
+    def expire(self, deadline: float) -> list[tuple[AwarenessUpdate, object]]:
         """Drop states last renewed before ``deadline``; return (removal, its owner) pairs."""
         expired = []
         for peer_id, entry in list(self._entries.items()):

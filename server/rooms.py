@@ -35,26 +35,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from crdt_sync import Change, CRDTDocument, CRDTError, Snapshot, UpdateEvent
+from crdt_sync import Change, CRDTDocument, CRDTError, Snapshot, VersionVector, encode_changes
 from crdt_sync.exceptions import PendingBufferFullError
 from crdt_sync.sync import (
     AwarenessUpdate,
-    Changes,
     Compressor,
     DocumentStatus,
     ErrorCode,
     HandshakeRequest,
     encode_message,
 )
+from crdt_sync.sync.messages import encode_changes_frame
 
 from .events import ServerEventType
 from .exceptions import ChangesRejectedError, DocumentExistsError, RegistryError
-from .presence import RoomPresence
-from .registry import CRDTServerRegistry
+from .presence import REMOTE, RoomPresence
+from .registry import CRDTServerRegistry, RegistryObserver
 from .session import ServerSession, SessionState
 
 __all__ = ["Emit", "Member", "Room", "Rooms", "Spawn"]
@@ -90,8 +90,11 @@ class Room:
     unload_task: asyncio.Task[None] | None = None
 
 
-class Rooms:
+class Rooms(RegistryObserver):
     """Every room of a server, and what clients do in them.
+
+    It observes the registry: what clients of other server processes do
+    (a shared registry reports it) is relayed to this process's clients.
 
     Args:
         registry: where documents live.
@@ -210,6 +213,7 @@ class Rooms:
         room.members.discard(member)
         for removal in room.presence.remove_owner(member):
             self._relay_awareness(room, removal, member)
+            self.registry.publish_presence(room.document_id, removal)
         if not room.members and not self.closing:
             room.unload_task = self._spawn(
                 self._unload_later(room), f"crdt-unload-{room.document_id}"
@@ -249,31 +253,36 @@ class Rooms:
     # -- changes ------------------------------------------------------------------------
 
     async def apply(self, member: Member, changes: tuple[Change, ...]) -> None:
-        """Apply ``member``'s changes: relay, store, acknowledge; refuse what is invalid."""
+        """Apply ``member``'s changes: relay, store, acknowledge; refuse what is invalid.
+
+        The changes are relayed as soon as they are in the document, while the
+        registry still stores them: only the sender's ``Ack`` waits for
+        durability. If the server dies before the write, nothing is lost: the
+        sender still holds them unacknowledged and every client sends what the
+        server lacks at the next handshake. The relay frame wraps the bytes the
+        registry encoded for its store (one encoding per batch).
+        """
         session = member.session
         room = member.room
         if room is None:  # pragma: no cover - OPEN sessions are always in a room
             return
-        refusal: Exception | None = None
-        # Relay as soon as the changes are in the document, while the registry
-        # still writes them: only the sender's Ack waits for durability. If the
-        # server dies before the write, nothing is lost: the sender still holds
-        # them unacknowledged and every client sends what the server lacks at the
-        # next handshake.
-        submitted = {change.id for change in changes}
-        relayed: set[Any] = set()
-
-        def relay_early(event: UpdateEvent) -> None:
-            early = [c for c in event.changes if c.id in submitted and c.id not in relayed]
-            if not event.local and early:
-                relayed.update(c.id for c in early)
-                self.relay_changes(room, early, member)
-
-        subscription = room.document.on_update(relay_early)
         try:
-            applied = await self.registry.apply_changes(room.document_id, changes)
-        except ChangesRejectedError as error:
-            applied, refusal = error.applied, error.cause
+            result = await self.registry.apply(room.document_id, changes)
+            if result.applied:
+                self._relay_encoded(room, result.encoded, member)
+                if result.unblocked:
+                    # They waited for dependencies the sender's changes brought: the
+                    # sender has never seen them (the others got them just above).
+                    self.relay_changes_to(member, list(result.unblocked))
+                self._emit(
+                    ServerEventType.CLIENT_CHANGE_APPLIED,
+                    f"{len(result.applied)} change(s) from {member.client_id} applied to"
+                    f" {room.document_id!r}",
+                    client_id=member.client_id,
+                    document_id=room.document_id,
+                    count=len(result.applied),
+                )
+            durable = await result.stored
         except RegistryError as error:
             self._emit(
                 ServerEventType.ERROR,
@@ -281,53 +290,32 @@ class Rooms:
                 client_id=member.client_id,
                 document_id=room.document_id,
             )
-            session.fail(ErrorCode.INTERNAL_ERROR, "the server could not store the changes")
-            return
-        finally:
-            subscription.cancel()
-        if applied:
-            late = [change for change in applied if change.id not in relayed]
-            # The sender's own changes go to the others; changes that waited for
-            # dependencies and that the sender's changes made ready go to everyone:
-            # the sender has never seen them.
-            own = [change for change in late if change.id in submitted]
-            unblocked = [change for change in late if change.id not in submitted]
-            if own:
-                self.relay_changes(room, own, member)
-            if unblocked:
-                self.relay_changes(room, unblocked, None)
-            self._emit(
-                ServerEventType.CLIENT_CHANGE_APPLIED,
-                f"{len(applied)} change(s) from {member.client_id} applied to {room.document_id!r}",
-                client_id=member.client_id,
-                document_id=room.document_id,
-                count=len(applied),
+            session.fail(
+                ErrorCode.INTERNAL_ERROR,
+                f"the server could not store the changes ({error}); reconnect and resend",
             )
-        durable = await self.registry.durable_version_vector(room.document_id)
-        session.send_acknowledgement(durable)
-        if refusal is not None:
-            refuse(session, refusal, "change")
             return
-        document = room.document
-        if document.pending_count > self.max_pending_changes:
+        session.send_acknowledgement(durable)
+        if result.refusal is not None:
+            refuse(session, result.refusal, "change")
+            return
+        if result.pending_count > self.max_pending_changes:
             session.fail(
                 ErrorCode.LIMIT_EXCEEDED,
                 f"the document holds more than {self.max_pending_changes} changes waiting"
                 " for missing dependencies",
             )
             return
-        known = document.version_vector
-        waiting = sum(1 for change in changes if not known.includes(change.id))
-        if waiting:
+        if result.waiting:
             session.send_out_of_sync(
-                f"{waiting} change(s) wait for dependencies the server lacks: resynchronise"
+                f"{result.waiting} change(s) wait for dependencies the server lacks: resynchronise"
             )
             self._emit(
                 ServerEventType.CLIENT_OUT_OF_SYNC,
-                f"client {member.client_id} is out of sync ({waiting} waiting)",
+                f"client {member.client_id} is out of sync ({result.waiting} waiting)",
                 client_id=member.client_id,
                 document_id=room.document_id,
-                count=waiting,
+                count=result.waiting,
             )
 
     async def apply_snapshot(self, member: Member, snapshot: Snapshot) -> None:
@@ -393,11 +381,20 @@ class Rooms:
 
     def relay_changes(self, room: Room, changes: list[Change], sender: Member | None) -> None:
         """Send ``changes`` to the room's clients except ``sender`` (None: to all)."""
+        self._relay_encoded(room, encode_changes(changes), sender)
+
+    def relay_changes_to(self, member: Member, changes: list[Change]) -> None:
+        """Send ``changes`` to ``member`` only."""
+        member.session.send_frame(encode_changes_frame(encode_changes(changes), self.compressor))
+        member.flush()
+
+    def _relay_encoded(self, room: Room, encoded: bytes, sender: Member | None) -> None:
+        """Send the changes ``encoded`` to the room's clients except ``sender``."""
         targets = [m for m in room.members if m is not sender]
         if not targets:
             return
-        # One encoding for every target: they all use the server's compressor.
-        frame = encode_message(Changes(tuple(changes)), self.compressor)
+        # One frame for every target: they all use the server's compressor.
+        frame = encode_changes_frame(encoded, self.compressor)
         for target in targets:
             target.session.send_frame(frame)
             target.flush()
@@ -411,13 +408,14 @@ class Rooms:
             return
         if room.presence.receive(member, update, time.monotonic()):
             self._relay_awareness(room, update, member)
+            self.registry.publish_presence(room.document_id, update)
 
     def awareness_states(self, member: Member) -> Iterable[AwarenessUpdate]:
         """Every presence state of ``member``'s room (its answer to an ``AwarenessQuery``)."""
         room = member.room
         return () if room is None else room.presence.states()
 
-    def _relay_awareness(self, room: Room, update: AwarenessUpdate, sender: Member) -> None:
+    def _relay_awareness(self, room: Room, update: AwarenessUpdate, sender: object) -> None:
         frame: bytes | None = None
         for target in room.members:
             if target is sender or target.session.state is not SessionState.OPEN:
@@ -438,7 +436,42 @@ class Rooms:
             for removal, owner in room.presence.expire(deadline):
                 dropped += 1
                 self._relay_awareness(room, removal, owner)
+                if owner is not REMOTE:  # the others expire remote states themselves
+                    self.registry.publish_presence(room.document_id, removal)
         return dropped
+
+    # -- what other server processes did (RegistryObserver) -----------------------------------
+
+    def remote_changes(self, document_id: str, changes: Sequence[Change], encoded: bytes) -> None:
+        room = self.rooms.get(document_id)
+        if room is not None and changes:
+            self._relay_encoded(room, encoded, None)
+
+    def remote_snapshot(self, document_id: str, snapshot: Snapshot) -> None:
+        room = self.rooms.get(document_id)
+        if room is None or not room.members:
+            return
+        push = encode_message(
+            DocumentStatus(snapshot.version_vector, snapshot=snapshot), self.compressor
+        )
+        for target in room.members:
+            if target.session.state is SessionState.OPEN:
+                target.session.send_frame(push)
+                target.flush()
+
+    def remote_presence(self, document_id: str, update: AwarenessUpdate) -> None:
+        room = self.rooms.get(document_id)
+        if room is not None and room.presence.receive(REMOTE, update, time.monotonic()):
+            self._relay_awareness(room, update, REMOTE)
+
+    def durable_advanced(self, document_id: str, durable: VersionVector) -> None:
+        room = self.rooms.get(document_id)
+        if room is None:
+            return
+        for target in room.members:
+            if target.session.state is SessionState.OPEN:
+                target.session.send_acknowledgement(durable)
+                target.flush()
 
 
 def refuse(session: ServerSession, refusal: Exception, what: str) -> None:

@@ -147,6 +147,7 @@ class WebSocketServer:
         )
         self._sweeper: asyncio.Task[None] | None = None
         self._remove_snapshot_listener: Callable[[], None] | None = None
+        self._remove_observer: Callable[[], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class WebSocketServer:
             compression=None,  # frames are compressed (or not) by our own Compressor
         )
         self._remove_snapshot_listener = self.registry.add_snapshot_listener(self._on_snapshot)
+        self._remove_observer = self.registry.add_observer(self.rooms)
         self._sweeper = asyncio.get_running_loop().create_task(
             self._sweep_awareness(), name="crdt-awareness-sweeper"
         )
@@ -242,6 +244,8 @@ class WebSocketServer:
             self._emit(ServerEventType.ERROR, f"could not flush the registry: {error}")
         if self._remove_snapshot_listener is not None:
             self._remove_snapshot_listener()
+        if self._remove_observer is not None:
+            self._remove_observer()
         self._emit(ServerEventType.STOPPED, "server stopped")
         self.server_events.close()
 

@@ -75,6 +75,7 @@ __all__ = [
     "Pong",
     "SnapshotUpload",
     "decode_message",
+    "encode_changes_frame",
     "encode_message",
     "peek_message_type",
 ]
@@ -438,19 +439,33 @@ def encode_message(message: Message, compressor: Compressor | None = None) -> by
     ``TypeError`` for a message that cannot be encoded (a field over its bound,
     a negative integer, a non-dict awareness state).
     """
-    body = _encode_body(message)
+    return _frame(message.TYPE, _encode_body(message), compressor)
+
+
+def encode_changes_frame(encoded_changes: bytes, compressor: Compressor | None = None) -> bytes:
+    """A ``Changes`` frame around changes already encoded by :func:`crdt_sync.encode_changes`.
+
+    Equal to ``encode_message(Changes(changes), compressor)``; lets a server that
+    stored ``encoded_changes`` relay the same bytes without encoding them again.
+    """
+    w = _Writer()
+    w.blob(encoded_changes)
+    return _frame(MessageType.CHANGES, bytes(w.buf), compressor)
+
+
+def _frame(kind: MessageType, body: bytes, compressor: Compressor | None) -> bytes:
     flags = 0
     if (
         compressor is not None
         and not isinstance(compressor, NoCompression)
-        and message.TYPE not in _NEVER_COMPRESSED
+        and kind not in _NEVER_COMPRESSED
         and len(body) >= _MIN_COMPRESS_SIZE
     ):
         packed = compressor.compress(body)
         if len(packed) < len(body):
             body = packed
             flags |= FLAG_COMPRESSED
-    return MAGIC + bytes((FORMAT_VERSION, message.TYPE, flags)) + body
+    return MAGIC + bytes((FORMAT_VERSION, kind, flags)) + body
 
 
 # --------------------------------------------------------------------------- reading

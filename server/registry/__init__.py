@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from .base import (
     MAX_DOCUMENT_ID_LENGTH,
+    MAX_SECRET_HASH_BYTES,
+    Applied,
     CRDTServerRegistry,
+    RegistryObserver,
     SnapshotListener,
+    applied_result,
+    check_secret_hash,
     import_and_collect,
     merge_snapshot_checked,
     new_epoch,
@@ -24,10 +29,15 @@ from .sqlite import SqliteServerRegistry
 
 __all__ = [
     "MAX_DOCUMENT_ID_LENGTH",
+    "MAX_SECRET_HASH_BYTES",
+    "Applied",
     "CRDTServerRegistry",
     "InMemoryServerRegistry",
+    "RegistryObserver",
     "SnapshotListener",
     "SqliteServerRegistry",
+    "applied_result",
+    "check_secret_hash",
     "import_and_collect",
     "merge_snapshot_checked",
     "new_epoch",

@@ -33,10 +33,13 @@ module: :mod:`server.registry.memory` and :mod:`server.registry.sqlite`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from crdt_sync import (
     Change,
@@ -46,7 +49,9 @@ from crdt_sync import (
     Snapshot,
     UpdateEvent,
     VersionVector,
+    encode_changes,
 )
+from crdt_sync.sync import AwarenessUpdate
 from crdt_sync.sync.document_ids import MAX_DOCUMENT_ID_LENGTH, document_id_problem
 
 from ..exceptions import (
@@ -58,8 +63,13 @@ from ..exceptions import (
 
 __all__ = [
     "MAX_DOCUMENT_ID_LENGTH",
+    "MAX_SECRET_HASH_BYTES",
+    "Applied",
     "CRDTServerRegistry",
+    "RegistryObserver",
     "SnapshotListener",
+    "applied_result",
+    "check_secret_hash",
     "import_and_collect",
     "merge_snapshot_checked",
     "new_epoch",
@@ -69,6 +79,89 @@ __all__ = [
 
 #: ``listener(document_id, snapshot)``, see :meth:`CRDTServerRegistry.add_snapshot_listener`.
 SnapshotListener = Callable[[str, Snapshot], None]
+
+#: Longest replica-secret hash :meth:`CRDTServerRegistry.claim_peer` stores, in bytes.
+MAX_SECRET_HASH_BYTES = 64
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Applied:
+    """What :meth:`CRDTServerRegistry.apply` did with a client's changes.
+
+    The registry, not the server, looks at the document: the server relays
+    :attr:`encoded`, acknowledges with what :attr:`stored` resolves to, and
+    answers :attr:`waiting` with ``OUT_OF_SYNC``.
+
+    Attributes:
+        applied: every change newly applied by the call, in application order
+            (earlier pending changes made ready included; duplicates and
+            changes still waiting for dependencies excluded).
+        unblocked: the changes of :attr:`applied` that were not in the input:
+            they waited for dependencies that the input brought, so its sender
+            has never seen them.
+        encoded: ``encode_changes(applied)`` (empty when nothing was applied):
+            the one encoding, shared by the store and the relay frame.
+        waiting: how many changes of the input wait for missing dependencies.
+        pending_count: how many changes the document holds waiting (all senders).
+        refusal: the core's error when it refused part of the input (an invalid
+            change, a full pending buffer); :attr:`applied` lists what it applied
+            before that, and it is stored all the same.
+        stored: resolves once :attr:`applied` is durably stored, to the
+            document's durable version vector (the server acknowledges with
+            it); raises a ``StorageError`` when the store fails.
+    """
+
+    applied: tuple[Change, ...]
+    unblocked: tuple[Change, ...]
+    encoded: bytes
+    waiting: int
+    pending_count: int
+    refusal: CRDTError | None
+    stored: Awaitable[VersionVector]
+
+
+def applied_result(
+    document: CRDTDocument,
+    changes: Sequence[Change],
+    applied: Sequence[Change],
+    refusal: CRDTError | None,
+    stored: Awaitable[VersionVector],
+    encoded: bytes | None = None,
+) -> Applied:
+    """Build the :class:`Applied` of an import of ``changes`` into ``document``."""
+    submitted = {change.id for change in changes}
+    known = document.version_vector
+    return Applied(
+        applied=tuple(applied),
+        unblocked=tuple(change for change in applied if change.id not in submitted),
+        encoded=(encode_changes(applied) if applied else b"") if encoded is None else encoded,
+        waiting=sum(1 for change in changes if not known.includes(change.id)),
+        pending_count=document.pending_count,
+        refusal=refusal,
+        stored=stored,
+    )
+
+
+class RegistryObserver:
+    """What a registry shared by several server processes tells the server unasked.
+
+    The server registers one with :meth:`CRDTServerRegistry.add_observer`. The
+    memory and SQLite registries never call it; a registry shared between
+    processes (Redis) calls it, on the event loop, when another process's work
+    reaches this one. Every method is a no-op here.
+    """
+
+    def remote_changes(self, document_id: str, changes: Sequence[Change], encoded: bytes) -> None:
+        """``changes`` (another process's, encoded as ``encoded``) are now in the document."""
+
+    def remote_snapshot(self, document_id: str, snapshot: Snapshot) -> None:
+        """Another process merged a client's uploaded ``snapshot``; so did this one."""
+
+    def remote_presence(self, document_id: str, update: AwarenessUpdate) -> None:
+        """A client of another process published (or withdrew) its presence."""
+
+    def durable_advanced(self, document_id: str, durable: VersionVector) -> None:
+        """Writes that had failed were stored later: ``durable`` now covers them."""
 
 
 def validate_document_id(document_id: object) -> str:
@@ -196,6 +289,8 @@ class CRDTServerRegistry(ABC):
         self._default_epochs: dict[str, str] = {}
         self._default_snapshots: dict[str, Snapshot] = {}
         self._snapshot_listeners: list[SnapshotListener] = []
+        self._observers: list[RegistryObserver] = []
+        self._default_claims: dict[tuple[str, str], bytes] = {}
 
     # -- the three required operations ----------------------------------------------------
 
@@ -249,6 +344,45 @@ class CRDTServerRegistry(ABC):
         for listener in list(self._listeners()):
             listener(document_id, snapshot)
 
+    def add_observer(self, observer: RegistryObserver) -> Callable[[], None]:
+        """Tell ``observer`` what other processes do (see :class:`RegistryObserver`).
+
+        Returns a function that removes it.
+        """
+        try:
+            observers = self._observers
+        except AttributeError:
+            observers = self._observers = []
+        observers.append(observer)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                observers.remove(observer)
+
+        return remove
+
+    def observers(self) -> list[RegistryObserver]:
+        """The registered observers (subclasses call them)."""
+        try:
+            return list(self._observers)
+        except AttributeError:
+            return []
+
+    def publish_presence(self, document_id: str, update: AwarenessUpdate) -> None:
+        """Tell the other server processes about a local client's presence.
+
+        Presence is ephemeral: best effort, never waited for. The default (one
+        process) does nothing.
+        """
+        return None
+
+    async def check_health(self) -> None:
+        """Return when the store answers (for ``/healthz``); raise ``StorageError`` if not.
+
+        The default has nothing to check.
+        """
+        return None
+
     def _snapshots(self) -> dict[str, Snapshot]:
         try:
             return self._default_snapshots
@@ -295,24 +429,20 @@ class CRDTServerRegistry(ABC):
             raise DocumentNotFoundError(document_id)
         return self._epochs().setdefault(document_id, new_epoch())
 
-    async def apply_changes(self, document_id: str, changes: Sequence[Change]) -> list[Change]:
-        """Import a client's ``changes`` into the document; return what got applied.
+    async def apply(self, document_id: str, changes: Sequence[Change]) -> Applied:
+        """Import a client's ``changes`` into the document; say what happened (:class:`Applied`).
 
-        The result lists every change newly applied by this call, in
-        application order (earlier pending changes made ready included;
-        duplicates and changes still waiting for dependencies excluded).
-        When this returns, those changes are stored as durably as the
-        registry can store them: the server acknowledges them next.
+        Returns once the changes are in the document (the server relays them at
+        once); :attr:`Applied.stored` resolves once they are durably stored (the
+        server acknowledges them then). Stores keep the order of calls: what one
+        call's ``stored`` covers includes everything applied by earlier calls.
 
-        The default imports into the document from :meth:`get_document`
-        and then stores it again with :meth:`set_document` (the only
-        persistence hook a minimal custom registry has).
+        The default imports into the document from :meth:`get_document` and
+        stores it again with :meth:`set_document` (the only persistence hook a
+        minimal custom registry has) before returning.
 
         Raises:
             DocumentNotFoundError: no such document.
-            ChangesRejectedError: the document refused part of the input; the
-                changes applied before the refusal are stored and listed in
-                the error's ``applied``.
         """
         document = await self.get_document(document_id)
         if document is None:
@@ -320,9 +450,48 @@ class CRDTServerRegistry(ABC):
         applied, refusal = import_and_collect(document, changes)
         if applied:
             await self.set_document(document_id, document)
-        if refusal is not None:
-            raise ChangesRejectedError(refusal, applied) from refusal
-        return applied
+        stored = asyncio.get_running_loop().create_future()
+        stored.set_result(await self.durable_version_vector(document_id))
+        return applied_result(document, changes, applied, refusal, stored)
+
+    async def apply_changes(self, document_id: str, changes: Sequence[Change]) -> list[Change]:
+        """:meth:`apply`, then wait until stored; return the changes applied.
+
+        Raises:
+            DocumentNotFoundError: no such document.
+            ChangesRejectedError: the document refused part of the input; the
+                changes applied before the refusal are stored and listed in
+                the error's ``applied``.
+            StorageError: the store failed.
+        """
+        result = await self.apply(document_id, changes)
+        await result.stored
+        if result.refusal is not None:
+            raise ChangesRejectedError(result.refusal, result.applied) from result.refusal
+        return list(result.applied)
+
+    async def claim_peer(self, document_id: str, peer_id: str, secret_hash: bytes) -> bool:
+        """Claim ``peer_id`` on the document for the replica whose secret hashes to ``secret_hash``.
+
+        First claim wins: the first call for a (document, peer id) stores the
+        hash and returns True; later calls return True only with the same hash
+        (compared in constant time). The claim is stored as durably as the
+        documents, and holds for every server process sharing the registry.
+        It lives as long as the document (:meth:`remove_document` drops it).
+        The default keeps claims in memory.
+
+        Raises:
+            ValueError: ``secret_hash`` is not 1 to :data:`MAX_SECRET_HASH_BYTES` bytes.
+        """
+        stored = self._claims().setdefault((document_id, peer_id), check_secret_hash(secret_hash))
+        return hmac.compare_digest(stored, secret_hash)
+
+    def _claims(self) -> dict[tuple[str, str], bytes]:
+        try:
+            return self._default_claims
+        except AttributeError:
+            self._default_claims = {}
+            return self._default_claims
 
     async def apply_snapshot(
         self, document_id: str, snapshot: Snapshot
@@ -419,3 +588,14 @@ class CRDTServerRegistry(ABC):
     async def close(self) -> None:
         """Flush and release resources. The registry must not be used afterwards."""
         await self.flush()
+
+
+def check_secret_hash(secret_hash: object) -> bytes:
+    """``secret_hash`` as bytes if it is 1 to :data:`MAX_SECRET_HASH_BYTES` bytes long."""
+    if not isinstance(secret_hash, bytes | bytearray):
+        raise ValueError(f"a secret hash is bytes, not {type(secret_hash).__name__}")
+    if not 0 < len(secret_hash) <= MAX_SECRET_HASH_BYTES:
+        raise ValueError(
+            f"a secret hash has 1 to {MAX_SECRET_HASH_BYTES} bytes, not {len(secret_hash)}"
+        )
+    return bytes(secret_hash)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
-from crdt_sync import Change, CRDTDocument
+from crdt_sync import Change, CRDTDocument, VersionVector
 
-from ..exceptions import ChangesRejectedError, DocumentNotFoundError
-from .base import CRDTServerRegistry, import_and_collect, validate_document_id
+from ..exceptions import DocumentNotFoundError
+from .base import (
+    Applied,
+    CRDTServerRegistry,
+    applied_result,
+    import_and_collect,
+    validate_document_id,
+)
 
 __all__ = ["InMemoryServerRegistry"]
 
@@ -36,16 +43,19 @@ class InMemoryServerRegistry(CRDTServerRegistry):
     async def has_document(self, document_id: str) -> bool:
         return document_id in self._documents
 
-    async def apply_changes(self, document_id: str, changes: Sequence[Change]) -> list[Change]:
+    async def apply(self, document_id: str, changes: Sequence[Change]) -> Applied:
         document = self._documents.get(document_id)
         if document is None:
             raise DocumentNotFoundError(document_id)
         applied, refusal = import_and_collect(document, changes)
-        if refusal is not None:
-            raise ChangesRejectedError(refusal, applied) from refusal
-        return applied
+        # Stored as soon as it is in the document: this process's memory is the store.
+        stored: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
+        stored.set_result(document.version_vector)
+        return applied_result(document, changes, applied, refusal, stored)
 
     async def remove_document(self, document_id: str) -> bool:
         self._epochs().pop(document_id, None)
         self._snapshots().pop(document_id, None)
+        for key in [key for key in self._claims() if key[0] == document_id]:
+            del self._claims()[key]
         return self._documents.pop(document_id, None) is not None

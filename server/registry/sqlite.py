@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import os
 import sqlite3
 import time
@@ -44,7 +45,10 @@ from ..exceptions import (
     StorageError,
 )
 from .base import (
+    Applied,
     CRDTServerRegistry,
+    applied_result,
+    check_secret_hash,
     import_and_collect,
     merge_snapshot_checked,
     new_epoch,
@@ -57,7 +61,7 @@ __all__ = ["SqliteServerRegistry"]
 _T = TypeVar("_T")
 
 _APPLICATION_ID = 0x43525344  # "CRSD": marks files written by this server
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE documents (
     id TEXT PRIMARY KEY,
@@ -77,6 +81,23 @@ CREATE TABLE changes (
     data BLOB NOT NULL
 );
 CREATE INDEX changes_by_document ON changes(document_id, seq);
+CREATE TABLE peers (
+    document_id TEXT NOT NULL,
+    peer_id TEXT NOT NULL,
+    secret_hash BLOB NOT NULL,
+    claimed_at REAL NOT NULL,
+    PRIMARY KEY (document_id, peer_id)
+) WITHOUT ROWID;
+"""
+# Format 1 -> 2: the replica identity claims (claim_peer).
+_UPGRADE_TO_2 = """
+CREATE TABLE IF NOT EXISTS peers (
+    document_id TEXT NOT NULL,
+    peer_id TEXT NOT NULL,
+    secret_hash BLOB NOT NULL,
+    claimed_at REAL NOT NULL,
+    PRIMARY KEY (document_id, peer_id)
+) WITHOUT ROWID
 """
 
 # One unit of work for the writer thread: runs inside an open transaction.
@@ -143,6 +164,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
         self.snapshot_every = snapshot_every
         self._loaded: dict[str, _Loaded] = {}
         self._loading: dict[str, asyncio.Future[_Loaded | None]] = {}
+        # (document id, peer id) -> secret hash, for claims read or made.
+        self._peer_claims: dict[tuple[str, str], bytes] = {}
         self._closed = False
         # Group commit state: ops waiting for the next transaction.
         self._queue: list[tuple[_WriteOp, asyncio.Future[object]]] = []
@@ -209,6 +232,11 @@ class SqliteServerRegistry(CRDTServerRegistry):
             )
         elif not {"documents", "snapshots", "changes"} <= tables:
             raise StorageCorruptError(f"{path} is missing tables: damaged database", path=path)
+        elif user_version < _SCHEMA_VERSION:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute(_UPGRADE_TO_2)
+            connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            connection.execute("COMMIT")
         try:
             mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             connection.execute(f"PRAGMA synchronous = {synchronous}")
@@ -469,16 +497,25 @@ class SqliteServerRegistry(CRDTServerRegistry):
             raise DocumentNotFoundError(document_id)
         return loaded.durable
 
-    async def apply_changes(self, document_id: str, changes: Sequence[Change]) -> list[Change]:
+    async def apply(self, document_id: str, changes: Sequence[Change]) -> Applied:
+        """Import, queue the log row (compacting when due); ``stored`` resolves at the commit."""
         loaded = await self._load(document_id)
         if loaded is None:
             raise DocumentNotFoundError(document_id)
         applied, refusal = import_and_collect(loaded.document, changes)
+        encoded = encode_changes(applied) if applied else b""
         if applied:
-            await self._log(document_id, loaded, applied)
-        if refusal is not None:
-            raise ChangesRejectedError(refusal, applied) from refusal
-        return applied
+            stored = self._log(document_id, loaded, applied, encoded)
+        else:
+            stored = asyncio.ensure_future(self._settled(loaded))
+        return applied_result(loaded.document, changes, applied, refusal, stored, encoded)
+
+    @staticmethod
+    async def _settled(loaded: _Loaded) -> VersionVector:
+        """The durable version vector once the writes queued so far are committed."""
+        if loaded.in_flight:
+            await asyncio.gather(*list(loaded.in_flight), return_exceptions=True)
+        return loaded.durable
 
     async def apply_snapshot(
         self, document_id: str, snapshot: Snapshot
@@ -504,10 +541,15 @@ class SqliteServerRegistry(CRDTServerRegistry):
             raise ChangesRejectedError(refusal, ready) from refusal
         return merged, ready
 
-    async def _log(self, document_id: str, loaded: _Loaded, applied: list[Change]) -> None:
-        """Append ``applied`` to the log (compacting when due) and wait for the commit."""
-        data = encode_changes(applied)
+    def _log(
+        self, document_id: str, loaded: _Loaded, applied: list[Change], data: bytes
+    ) -> asyncio.Future[VersionVector]:
+        """Queue ``applied`` (encoded as ``data``) for the log, compacting when due.
+
+        The future resolves to the durable version vector once the row is committed.
+        """
         count = len(applied)
+        covers = version_vector_of(applied)
 
         def append(connection: sqlite3.Connection) -> None:
             connection.execute(
@@ -520,8 +562,21 @@ class SqliteServerRegistry(CRDTServerRegistry):
         if loaded.changes_since_snapshot >= self.snapshot_every:
             # Queued right behind the append, so it lands in the same or the next commit.
             self._queue_snapshot(document_id, loaded)
-        await committed
-        loaded.durable = loaded.durable.merge(version_vector_of(applied))
+        stored: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
+
+        def on_commit(future: asyncio.Future[object]) -> None:
+            if stored.done():
+                return
+            if future.cancelled():
+                stored.cancel()
+            elif (error := future.exception()) is not None:
+                stored.set_exception(error)
+            else:
+                loaded.durable = loaded.durable.merge(covers)
+                stored.set_result(loaded.durable)
+
+        committed.add_done_callback(on_commit)
+        return stored
 
     def _queue_snapshot(self, document_id: str, loaded: _Loaded) -> asyncio.Future[object]:
         """Snapshot the in-memory document now and queue "store it, drop the log it covers".
@@ -572,8 +627,35 @@ class SqliteServerRegistry(CRDTServerRegistry):
             raise DocumentNotFoundError(document_id)
         return loaded.snapshot
 
+    async def claim_peer(self, document_id: str, peer_id: str, secret_hash: bytes) -> bool:
+        """First claim wins, committed before returning (see the contract)."""
+        self._check_open()
+        candidate = check_secret_hash(secret_hash)
+        key = (document_id, peer_id)
+        stored = self._peer_claims.get(key)
+        if stored is None:
+
+            def claim(connection: sqlite3.Connection) -> bytes:
+                connection.execute(
+                    "INSERT OR IGNORE INTO peers (document_id, peer_id, secret_hash, claimed_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (document_id, peer_id, candidate, time.time()),
+                )
+                row = connection.execute(
+                    "SELECT secret_hash FROM peers WHERE document_id = ? AND peer_id = ?",
+                    (document_id, peer_id),
+                ).fetchone()
+                return bytes(row[0])
+
+            result = await self._write(claim)
+            stored = result if isinstance(result, bytes) else candidate
+            self._peer_claims[key] = stored
+        return hmac.compare_digest(stored, candidate)
+
     async def remove_document(self, document_id: str) -> bool:
         self._check_open()
+        for key in [key for key in self._peer_claims if key[0] == document_id]:
+            del self._peer_claims[key]
         loaded = self._loaded.pop(document_id, None)
         if loaded is not None and loaded.in_flight:
             await asyncio.gather(*loaded.in_flight, return_exceptions=True)
@@ -581,6 +663,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
         def delete(connection: sqlite3.Connection) -> bool:
             connection.execute("DELETE FROM changes WHERE document_id = ?", (document_id,))
             connection.execute("DELETE FROM snapshots WHERE document_id = ?", (document_id,))
+            connection.execute("DELETE FROM peers WHERE document_id = ?", (document_id,))
             cursor = connection.execute("DELETE FROM documents WHERE id = ?", (document_id,))
             return cursor.rowcount > 0
 

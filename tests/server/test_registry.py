@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from crdt_sync import Change, CRDTDocument, CRDTListHandler, CRDTMapHandler, CRDTTextHandler
+from crdt_sync import (
+    Change,
+    CRDTDocument,
+    CRDTListHandler,
+    CRDTMapHandler,
+    CRDTTextHandler,
+    VersionVector,
+    decode_changes,
+)
 from server.exceptions import (
     ChangesRejectedError,
     DocumentExistsError,
@@ -220,6 +228,45 @@ async def test_a_change_with_missing_dependencies_waits_then_applies(
     assert [c.id for c in applied] == [first[0].id, second[0].id]
     assert text_of(document) == "abcd"
     assert document.pending_count == 0
+
+
+@pytest.mark.asyncio
+async def test_apply_says_what_it_applied_unblocked_and_left_waiting(
+    registry: CRDTServerRegistry,
+) -> None:
+    await registry.create_document("notes")
+    editor = Editor()
+    editor.text.insert(0, "ab")
+    first = editor.take()
+    editor.text.insert(2, "cd")
+    second = editor.take()
+    held = await registry.apply("notes", second)
+    assert held.applied == () and held.encoded == b"" and held.refusal is None
+    assert held.waiting == 1 and held.pending_count == 1
+    assert await held.stored == VersionVector()
+    made_ready = await registry.apply("notes", first)
+    assert [c.id for c in made_ready.applied] == [first[0].id, second[0].id]
+    assert [c.id for c in made_ready.unblocked] == [second[0].id]
+    assert made_ready.waiting == 0 and made_ready.pending_count == 0
+    # The one encoding the store and the relay share.
+    assert decode_changes(made_ready.encoded) == list(made_ready.applied)
+    assert await made_ready.stored == editor.doc.version_vector
+    assert await registry.durable_version_vector("notes") == editor.doc.version_vector
+
+
+@pytest.mark.asyncio
+async def test_a_peer_id_belongs_to_its_first_claimant(registry: CRDTServerRegistry) -> None:
+    await registry.create_document("notes")
+    await registry.create_document("other")
+    mine, theirs = b"\x01" * 32, b"\x02" * 32
+    assert await registry.claim_peer("notes", "peer-a", mine)
+    assert await registry.claim_peer("notes", "peer-a", mine)  # the same replica again
+    assert not await registry.claim_peer("notes", "peer-a", theirs)
+    assert await registry.claim_peer("notes", "peer-b", theirs)
+    assert await registry.claim_peer("other", "peer-a", theirs)  # per document
+    for bad in (b"", b"x" * 65):
+        with pytest.raises(ValueError):
+            await registry.claim_peer("notes", "peer-c", bad)
 
 
 @pytest.mark.asyncio
@@ -467,6 +514,44 @@ def test_sqlite_refuses_a_database_written_by_another_program(tmp_path: Path) ->
         connection.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
     with pytest.raises(ForeignStorageError):
         SqliteServerRegistry(path)
+
+
+@pytest.mark.asyncio
+async def test_sqlite_peer_claims_survive_a_restart_and_leave_with_the_document(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.sqlite3"
+    registry = SqliteServerRegistry(path)
+    await registry.create_document("notes")
+    assert await registry.claim_peer("notes", "peer-a", b"\x01" * 32)
+    await registry.close()
+    registry = SqliteServerRegistry(path)
+    assert not await registry.claim_peer("notes", "peer-a", b"\x02" * 32)
+    assert await registry.claim_peer("notes", "peer-a", b"\x01" * 32)
+    assert await registry.remove_document("notes")
+    assert await registry.claim_peer("notes", "peer-a", b"\x02" * 32)
+    await registry.close()
+
+
+@pytest.mark.asyncio
+async def test_sqlite_upgrades_a_format_1_file(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    registry = SqliteServerRegistry(path)
+    editor = Editor()
+    await registry.create_document("notes")
+    editor.text.insert(0, "kept")
+    await registry.apply_changes("notes", editor.take())
+    await registry.close()
+    with sqlite3.connect(path) as connection:  # what a format-1 server wrote
+        connection.execute("DROP TABLE peers")
+        connection.execute("PRAGMA user_version = 1")
+    registry = SqliteServerRegistry(path)
+    document = await registry.get_document("notes")
+    assert document is not None and text_of(document) == "kept"
+    assert await registry.claim_peer("notes", "peer-a", b"\x01" * 32)
+    await registry.close()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 @pytest.mark.asyncio
