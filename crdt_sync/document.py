@@ -19,6 +19,7 @@ applies every change, and a handler created later binds to the state.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
@@ -207,7 +208,9 @@ class CRDTDocument:
 
     ``peer_id`` identifies this replica (a new random one by default);
     ``document_id`` names the document for routing and storage (a new UUID by
-    default) and never enters op ids.
+    default) and never enters op ids. ``replica_secret`` (16 to 64 bytes, a new
+    random one by default) proves to a sync server that this replica owns
+    ``peer_id``: persist it beside the peer id and pass it back when reopening.
     """
 
     def __init__(
@@ -216,6 +219,7 @@ class CRDTDocument:
         document_id: str | None = None,
         *,
         max_pending: int = MAX_PENDING,
+        replica_secret: bytes | None = None,
     ) -> None:
         if peer_id is None:
             peer_id = PeerId.generate()
@@ -227,6 +231,11 @@ class CRDTDocument:
             document_id = str(uuid.uuid4())
         elif not isinstance(document_id, str) or not document_id:
             raise ValueError("document_id must be a non-empty str")
+        if replica_secret is None:
+            replica_secret = secrets.token_bytes(32)
+        elif not isinstance(replica_secret, bytes) or not 16 <= len(replica_secret) <= 64:
+            raise ValueError("replica_secret must be 16 to 64 bytes")
+        self._replica_secret = replica_secret
         self._peer_id = peer_id
         self._peer = str(peer_id)
         self._document_id = document_id
@@ -273,6 +282,11 @@ class CRDTDocument:
     @property
     def document_id(self) -> str:
         return self._document_id
+
+    @property
+    def replica_secret(self) -> bytes:
+        """This replica's proof of its peer id (keep it private, persist it with the peer id)."""
+        return self._replica_secret
 
     @property
     def version_vector(self) -> VersionVector:

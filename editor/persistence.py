@@ -2,8 +2,9 @@
 
 A session's document lives in ``<data dir>/sessions/<hash of URL>.crdt`` (its
 full change history, ``binary_export_changes()``) beside ``<same>.json`` (the
-URL, the document id and this app's peer id for it, so a reopened document
-keeps its peer id and its op counters never repeat).
+URL, the document id, this app's peer id for it and the replica secret that
+proves that peer id to the server, so a reopened document keeps its peer id,
+its op counters never repeat and the server accepts it as the same replica).
 
 The history, not a snapshot, is stored: a document rebuilt from a snapshot has
 no changes to send, and the next handshake must send the server every change
@@ -19,6 +20,7 @@ before it was closed (before the first handshake, too).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -93,6 +95,7 @@ def save_document(document: CRDTDocument, stored: StoredSession) -> None:
         "url": stored.url,
         "peer_id": str(document.peer_id),
         "document_id": document.document_id,
+        "replica_secret": base64.b64encode(document.replica_secret).decode("ascii"),
     }
     write_atomically(stored.meta_path, json.dumps(meta).encode("utf-8"))
 
@@ -107,7 +110,13 @@ def load_document(stored: StoredSession) -> CRDTDocument | None:
         data = stored.snapshot_path.read_bytes()
         meta = json.loads(stored.meta_path.read_text(encoding="utf-8"))
         peer_id = PeerId.parse(str(meta["peer_id"]))
-        document = CRDTDocument(peer_id=peer_id, document_id=str(meta["document_id"]))
+        # A store written before secrets existed gets a new one: the server then
+        # accepts it only if no other replica claimed the peer id first.
+        encoded = meta.get("replica_secret")
+        secret = None if encoded is None else base64.b64decode(str(encoded), validate=True)
+        document = CRDTDocument(
+            peer_id=peer_id, document_id=str(meta["document_id"]), replica_secret=secret
+        )
         document.binary_import_changes(data)
         return document
     except (OSError, ValueError, KeyError, TypeError, CRDTError):

@@ -36,6 +36,7 @@ document" and "send to them".
 from __future__ import annotations
 
 import enum
+import hashlib
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ __all__ = [
     "SessionInput",
     "SessionState",
     "SnapshotUploaded",
+    "secret_hash",
 ]
 
 
@@ -309,6 +311,20 @@ SessionEvent = (
     | SessionClosed
 )
 
+
+def secret_hash(document_id: str, peer_id: str, secret: bytes) -> bytes:
+    """The hash a server keeps of a replica secret, per document and peer.
+
+    The document and peer ids are hashed in, so one secret never yields the
+    same stored value twice and a leaked table reveals nothing reusable.
+    """
+    digest = hashlib.sha256()
+    for part in (b"crdt-sync replica v1", document_id.encode(), peer_id.encode(), secret):
+        digest.update(len(part).to_bytes(4, "big"))
+        digest.update(part)
+    return digest.digest()
+
+
 # Above this many changes, compare the encoded changes with a snapshot and send
 # the smaller; below it, changes are always smaller in practice.
 _COMPARE_WITH_SNAPSHOT_FROM = 64
@@ -368,6 +384,7 @@ class ServerSession:
         self._peer_id: str | None = None
         self._display_name = ""
         self._client_version_vector = VersionVector()
+        self._secret_hash = b""
         self.close_code: CloseCode | None = None
         self.close_reason = ""
 
@@ -387,6 +404,12 @@ class ServerSession:
     def peer_id(self) -> str | None:
         """The client's peer id, once it sent a valid handshake request."""
         return self._peer_id
+
+    @property
+    def secret_hash(self) -> bytes:
+        """Hash of the replica secret of the handshake (b"" before): what the
+        registry keeps to bind the peer id to this replica (see :func:`secret_hash`)."""
+        return self._secret_hash
 
     @property
     def display_name(self) -> str:
@@ -494,6 +517,14 @@ class ServerSession:
         elif isinstance(message, Error):
             self._receive_error(message)
         elif isinstance(message, Changes):
+            foreign = next((c.peer for c in message.changes if c.peer != self._peer_id), None)
+            if foreign is not None:
+                # The identity rule: a connection speaks only for its own peer.
+                self._fail(
+                    ErrorCode.FORBIDDEN_PEER,
+                    f"changes of peer {foreign!r} on the connection of peer {self._peer_id!r}",
+                )
+                return
             if message.changes:
                 self._events.append(ChangesReceived(message.changes))
         elif isinstance(message, SnapshotUpload):
@@ -505,7 +536,7 @@ class ServerSession:
         elif isinstance(message, AwarenessUpdate):
             if message.peer_id != self._peer_id:
                 self._fail(
-                    ErrorCode.INVALID_MESSAGE,
+                    ErrorCode.FORBIDDEN_PEER,
                     "an awareness update may only describe the sender's own peer",
                 )
                 return
@@ -548,6 +579,7 @@ class ServerSession:
         self._peer_id = request.peer_id
         self._display_name = request.display_name
         self._client_version_vector = request.version_vector
+        self._secret_hash = secret_hash(document_id, request.peer_id, request.replica_secret)
         self._events.append(HandshakeRequested(request, document_id))
 
     def _receive_error(self, message: Error) -> None:

@@ -37,6 +37,7 @@ from .exceptions import (
     UnknownMessageType,
     UnsupportedProtocolVersion,
 )
+from .identity import ForkError, fork_with_new_peer
 from .messages import (
     DEFAULT_MAX_MESSAGE_SIZE,
     PROTOCOL_VERSION,
@@ -91,6 +92,7 @@ __all__ = [
     "ErrorCode",
     "ErrorOccurred",
     "EventStream",
+    "ForkError",
     "GzipCompressor",
     "HandshakeCompleted",
     "HandshakeRequest",
@@ -126,5 +128,6 @@ __all__ = [
     "compressor_for_name",
     "decode_message",
     "encode_message",
+    "fork_with_new_peer",
     "split_invite",
 ]

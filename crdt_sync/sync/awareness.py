@@ -31,10 +31,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from .messages import MAX_AWARENESS_BYTES, AwarenessState, AwarenessUpdate
+from .messages import MAX_AWARENESS_BYTES, MAX_COUNTER, AwarenessState, AwarenessUpdate
 from .streams import EventStream
 
-__all__ = ["Awareness", "AwarenessChanged"]
+__all__ = ["MAX_SANE_CLOCK", "Awareness", "AwarenessChanged"]
+
+MAX_SANE_CLOCK = MAX_COUNTER >> 1
+"""Clocks above this are ignored: a wall-clock start in milliseconds stays far
+below it for millennia, and following a peer's absurd clock (2**63 - 1) would
+push our own past what the wire can carry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +157,8 @@ class Awareness:
     def _apply(self, update: AwarenessUpdate, now: float) -> AwarenessChanged | None:
         peer = update.peer_id
         none: frozenset[str] = frozenset()
+        if not 0 <= update.clock <= MAX_SANE_CLOCK:
+            return None  # hostile or broken: never adopt it, never let it win
         if peer == self.peer_id:
             if update.clock > self._clock and self._local is not None:
                 # Someone (an earlier session of ours) is ahead of our clock: jump past

@@ -43,6 +43,7 @@ from .events import (
     ReconnectScheduled,
 )
 from .exceptions import ErrorCode
+from .identity import fork_with_new_peer
 from .messages import DEFAULT_MAX_MESSAGE_SIZE, AwarenessState, AwarenessUpdate
 from .protocol import ClientProtocol, count_unacknowledged
 from .streams import EventStream
@@ -180,6 +181,7 @@ class WebSocketClient:
         """Protocol and connection events (see :mod:`crdt_sync.sync.events`)."""
 
         self._status = ConnectionStatus.DISCONNECTED
+        self._last_error: ErrorOccurred | None = None
         self._acknowledged = VersionVector()
         self._epoch: str | None = None
         self._session_id: str | None = None
@@ -220,6 +222,25 @@ class WebSocketClient:
     def unacknowledged_changes(self) -> int:
         """Local changes the server has not yet confirmed (made offline ones included)."""
         return count_unacknowledged(self.document, self._acknowledged)
+
+    @property
+    def last_error(self) -> ErrorOccurred | None:
+        """The latest error of a connection (sent or received), None after a handshake.
+
+        With status ERROR it says why the client stopped (``PEER_ID_IN_USE``:
+        another replica owns this peer id, see :meth:`fork_document`); with
+        RECONNECTING why it reconnects (``RATE_LIMITED``: it sent too much).
+        """
+        return self._last_error
+
+    def fork_document(self) -> CRDTDocument:
+        """A new replica of the document under a fresh peer id, keeping every edit
+        the server did not acknowledge (:func:`crdt_sync.sync.fork_with_new_peer`).
+
+        For a client stopped with ``PEER_ID_IN_USE``: bind the application's
+        handlers to the returned document and connect a new client with it.
+        """
+        return fork_with_new_peer(self.document, self._acknowledged)
 
     def _set_status(self, status: ConnectionStatus) -> None:
         if status is not self._status:
@@ -416,8 +437,11 @@ class WebSocketClient:
         protocol = self._protocol
         completed = False
         for event in events:
+            if isinstance(event, ErrorOccurred):
+                self._last_error = event
             if isinstance(event, HandshakeCompleted):
                 completed = True
+                self._last_error = None
                 self._session_id = event.session_id
                 self._epoch = event.epoch
                 if protocol is not None:

@@ -75,7 +75,16 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_CONNECTIONS = 11
     """The server is at its connection limit; try again later."""
     LIMIT_EXCEEDED = 12
-    """Another bound was exceeded (pending changes, rate); try again later."""
+    """Another bound was exceeded (pending changes, document size, quota); try again later."""
+    PEER_ID_IN_USE = 13
+    """The peer id belongs to another replica (another secret claimed it first), or a
+    live connection already uses it. Final: continue under a fresh peer id
+    (:func:`crdt_sync.sync.fork_with_new_peer`)."""
+    RATE_LIMITED = 15
+    """The client sent more messages or bytes than its rate allows; reconnect later."""
+    FORBIDDEN_PEER = 16
+    """A change, snapshot or awareness update speaks for another peer than the
+    connection's own. Final: an honest client never sends one."""
 
     @classmethod
     def from_wire(cls, value: int) -> ErrorCode:
@@ -93,6 +102,8 @@ FINAL_ERROR_CODES: frozenset[ErrorCode] = frozenset(
         ErrorCode.UNSUPPORTED_PROTOCOL_VERSION,
         ErrorCode.UNSUPPORTED_COMPRESSION,
         ErrorCode.HANDSHAKE_FAILED,
+        ErrorCode.PEER_ID_IN_USE,
+        ErrorCode.FORBIDDEN_PEER,
     }
 )
 """Errors after which reconnecting cannot help: a client stops in the ERROR state."""

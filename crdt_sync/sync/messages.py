@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
@@ -83,9 +84,9 @@ __all__ = [
 MAGIC: Final = b"CS"
 FORMAT_VERSION: Final = 1
 """Version of the frame header layout (magic, version, type, flags)."""
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 """Version of the message semantics and body layouts, negotiated in the handshake."""
-SUPPORTED_PROTOCOL_VERSIONS: Final = (1,)
+SUPPORTED_PROTOCOL_VERSIONS: Final = (2,)
 DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 """Default bound on a frame and on a decompressed body (16 MiB)."""
 
@@ -107,6 +108,9 @@ MAX_ERROR_TEXT_BYTES: Final = 16 * 1024
 """human-readable error messages."""
 MAX_AWARENESS_BYTES: Final = 64 * 1024
 """one peer's awareness state, as JSON."""
+MIN_SECRET_BYTES: Final = 16
+MAX_SECRET_BYTES: Final = 64
+"""bounds of a replica secret (the handshake's proof that a peer id is this replica's)."""
 MAX_COUNTER: Final = (1 << 63) - 1
 """version-vector counters, clocks, nonces and timestamps."""
 _MAX_JSON_DEPTH: Final = 32
@@ -145,7 +149,10 @@ class HandshakeRequest:
     ``version_vector`` is what the client's document holds; ``compression`` the
     name of the client's compressor (must equal the server's). ``protocol_version``
     is the first field of the body so a server can refuse a version it does not
-    speak before parsing the rest.
+    speak before parsing the rest. ``replica_secret`` (16 to 64 bytes) proves that
+    ``peer_id`` belongs to this replica: the server keeps a hash of the first
+    secret presented for a peer id on a document and refuses any other
+    (``PEER_ID_IN_USE``). It defaults to a fresh random secret (a one-off replica).
     """
 
     document_id: str
@@ -155,6 +162,7 @@ class HandshakeRequest:
     auth_token: str | None = None
     compression: str = "none"
     protocol_version: int = PROTOCOL_VERSION
+    replica_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
     TYPE = MessageType.HANDSHAKE_REQUEST
 
@@ -393,6 +401,13 @@ def _encode_body(message: Message) -> bytes:
         w.text(message.display_name, MAX_NAME_BYTES, "the display name")
         w.opt_str(message.auth_token, MAX_TOKEN_BYTES, "the auth token")
         w.text(message.compression, MAX_ID_BYTES, "the compression name")
+        secret = bytes(message.replica_secret)
+        if not MIN_SECRET_BYTES <= len(secret) <= MAX_SECRET_BYTES:
+            raise ValueError(
+                f"a replica secret is {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes,"
+                f" not {len(secret)}"
+            )
+        w.blob(secret)
     elif isinstance(message, HandshakeResponse):
         w.text(message.session_id, MAX_ID_BYTES, "the session id")
         w.text(message.epoch, MAX_ID_BYTES, "the epoch")
@@ -615,8 +630,15 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
         display_name = r.text("display name", MAX_NAME_BYTES)
         auth_token = r.opt_str("auth token", MAX_TOKEN_BYTES)
         compression = r.text("compression", MAX_ID_BYTES)
+        start = r.pos
+        secret = r.blob("replica secret", MAX_SECRET_BYTES)
+        if len(secret) < MIN_SECRET_BYTES:
+            raise MessageDecodeError(
+                f"replica secret: {len(secret)} bytes, at least {MIN_SECRET_BYTES} needed",
+                r.base + start,
+            )
         message = HandshakeRequest(
-            document_id, peer_id, vv, display_name, auth_token, compression, version
+            document_id, peer_id, vv, display_name, auth_token, compression, version, secret
         )
     elif kind is MessageType.HANDSHAKE_RESPONSE:
         session_id = r.text("session id", MAX_ID_BYTES)

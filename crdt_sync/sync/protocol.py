@@ -253,6 +253,7 @@ class ClientProtocol:
         """The code of the error that closed the connection (sent or received), if any."""
         self.error_message: str = ""
         self._peer = str(document.peer_id)
+        self._server_reset = False
         self._nonces = itertools.count(1)
         self._pings: dict[int, float] = {}
 
@@ -333,6 +334,7 @@ class ClientProtocol:
                 display_name=self.display_name,
                 auth_token=self.auth_token,
                 compression=self.compressor.name,
+                replica_secret=self.document.replica_secret,
             )
         )
 
@@ -357,11 +359,23 @@ class ClientProtocol:
 
     def _send_what_the_server_lacks(self, server_vv: VersionVector) -> None:
         """Send what ``server_vv`` does not cover: as changes while the history
-        holds them, else (compacted or snapshot-loaded document) as a snapshot."""
-        if self.document.can_export(server_vv):
-            self._send_changes(self.document.export_changes(server_vv))
-        else:
+        holds them, else (compacted or snapshot-loaded document) as a snapshot.
+
+        A server accepts ``Changes`` only of the connection's own peer (the
+        identity rule, ``docs/protocol.md``), so other peers' changes the server
+        lacks stay with their authors, who send them when they connect; the one
+        exception is a server whose epoch changed (it was reset): the snapshot of
+        the whole state restores everyone's work there.
+        """
+        if not self.document.can_export(server_vv):
             self.send_snapshot()
+            return
+        changes = self.document.export_changes(server_vv)
+        own = [change for change in changes if change.peer == self._peer]
+        if len(own) < len(changes) and self._server_reset:
+            self.send_snapshot()
+        else:
+            self._send_changes(own)
 
     def _send_changes(self, changes: Sequence[Change]) -> None:
         if not changes:
@@ -511,6 +525,7 @@ class ClientProtocol:
         if epoch_changed:
             # A reset server holds none of what it acknowledged before.
             self._acknowledged = VersionVector()
+            self._server_reset = True
         self.epoch = message.epoch
         pending_before = self.document.pending_count
         self._receive_payload(message.version_vector, message.changes, message)

@@ -80,9 +80,11 @@ async def expect_error_and_close(ws: ClientConnection, code: ErrorCode) -> Error
     return message
 
 
-async def raw_joined(server: WebSocketServer, document_id: str = "notes") -> ClientConnection:
+async def raw_joined(
+    server: WebSocketServer, document_id: str = "notes", peer_id: str | None = None
+) -> ClientConnection:
     ws = await connect(url_of(server, document_id), ping_interval=None)
-    await ws.send(handshake(document_id))
+    await ws.send(handshake(document_id, **({"peer_id": peer_id} if peer_id else {})))
     assert isinstance(await recv_message(ws), HandshakeResponse)
     return ws
 
@@ -447,8 +449,8 @@ def client_changes(count: int) -> list[Change]:
 async def test_changes_with_missing_dependencies_get_out_of_sync_and_resync(
     server: WebSocketServer,
 ) -> None:
-    ws = await raw_joined(server)
     made = client_changes(2)
+    ws = await raw_joined(server, peer_id=made[0].peer)
     await ws.send(encode_message(Changes((made[1],))))
     replies = [await recv_message(ws), await recv_message(ws)]
     assert any(isinstance(m, Error) and m.code is ErrorCode.OUT_OF_SYNC for m in replies)
@@ -513,8 +515,8 @@ async def test_too_many_pending_changes_close_the_sender_only() -> None:
         WebSocketServer("127.0.0.1", 0, max_pending_changes=2) as server,
         peers(url_of(server), 2) as group,
     ):
-        ws = await raw_joined(server)
         made = client_changes(5)
+        ws = await raw_joined(server, peer_id=made[0].peer)
         await ws.send(encode_message(Changes(tuple(made[1:]))))
         while True:
             message = await recv_message(ws)

@@ -309,7 +309,7 @@ def test_pings_are_answered_in_every_live_state() -> None:
 
 def test_changes_from_the_client_become_an_event() -> None:
     session = open_session()
-    client = CRDTDocument()
+    client = CRDTDocument(PEER)
     made: list[Change] = []
     client.on_change(made.append)
     CRDTTextHandler(client, "text").insert(0, "hi")
@@ -347,7 +347,7 @@ def test_awareness_about_the_senders_own_peer_is_accepted() -> None:
 def test_awareness_about_another_peer_is_refused() -> None:
     session = open_session()
     session.receive_message(frame(AwarenessUpdate(str(PeerId.generate()), 1, {"name": "Eve"})))
-    assert_refused(session, ErrorCode.INVALID_MESSAGE)
+    assert_refused(session, ErrorCode.FORBIDDEN_PEER)
 
 
 def test_pong_from_the_client_is_reported() -> None:
@@ -452,7 +452,8 @@ def test_snapshot_upload_that_does_not_decode_is_refused_and_nothing_reaches_the
 
 
 def test_snapshot_upload_over_the_size_bound_is_refused() -> None:
-    snapshot = client_snapshot_document("large " * 2000).take_snapshot()
+    words = " ".join(str(PeerId.generate()) for _ in range(100))  # does not compress away
+    snapshot = client_snapshot_document(words).take_snapshot()
     session = ServerSession("notes", max_message_size=len(snapshot) // 2)
     session.receive_message(frame(handshake()))
     session.accept_handshake(server_document(), "e")

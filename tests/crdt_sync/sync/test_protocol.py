@@ -769,3 +769,42 @@ def test_push_while_resyncing_completes_the_resync_and_the_answer_is_merged_late
     assert pair.client.state is ClientState.CONNECTED
     events = pair.client.events_received()
     assert [type(e) for e in events].count(ResyncCompleted) == 2
+
+
+# ------------------------------------------------------------------------ identity
+
+
+def test_the_handshake_carries_the_documents_replica_secret() -> None:
+    doc = CRDTDocument()
+    client = make_client(doc)
+    client.send_handshake()
+    (frame,) = client.messages_to_send()
+    request = decode_message(frame)
+    assert isinstance(request, HandshakeRequest)
+    assert request.replica_secret == doc.replica_secret
+
+
+def _doc_with_a_foreign_change() -> CRDTDocument:
+    other = CRDTDocument()
+    CRDTTextHandler(other, "t").insert(0, "theirs ")
+    doc = CRDTDocument()
+    doc.import_changes(other.export_changes())
+    CRDTTextHandler(doc, "t").insert(0, "mine ")
+    return doc
+
+
+def test_a_client_sends_only_its_own_changes() -> None:
+    doc = _doc_with_a_foreign_change()
+    pair = ProtocolPair(FakeServer(), make_client(doc))
+    pair.connect()
+    sent = [c for m in pair.to_server if isinstance(m, Changes) for c in m.changes]
+    assert sent and {c.peer for c in sent} == {str(doc.peer_id)}
+    assert not any(isinstance(m, SnapshotUpload) for m in pair.to_server)
+
+
+def test_after_a_server_reset_a_client_restores_everyone_with_a_snapshot() -> None:
+    doc = _doc_with_a_foreign_change()
+    pair = ProtocolPair(FakeServer(epoch="new"), make_client(doc, known_epoch="old"))
+    pair.connect()
+    assert any(isinstance(m, SnapshotUpload) for m in pair.to_server)
+    assert not any(isinstance(m, Changes) for m in pair.to_server)
