@@ -31,9 +31,9 @@ def url(server: WebSocketServer) -> str:
 
 
 def server_text(server: WebSocketServer) -> str:
-    [room] = [r for r in server._rooms.values() if r.document_id == "notes"]
-    value = room.document.get_value("text")
-    return str(value)
+    room = server.room("notes")
+    assert room is not None
+    return str(room.document.get_value("text"))
 
 
 def forged_change(victim: Honest, words: str) -> Change:
