@@ -486,10 +486,17 @@ async def test_changes_a_client_unblocks_are_relayed_to_that_client_too(
     # A, B becomes applicable: it must reach every client, including the one whose
     # change unblocked it (issue 12's delivery bug: it was relayed to everyone but
     # that client, which then lacked B until its next resynchronisation).
-    holder = await raw_joined(server)
-    unblocker = await raw_joined(server)
+    # (Each change comes from its own author's connection: the identity rule.)
+    [first] = client_changes(1)
+    holder_document = CRDTDocument()
+    holder_document.import_changes([first])
+    made: list[Change] = []
+    holder_document.on_change(made.append)
+    CRDTTextHandler(holder_document, "text").insert(1, "y")
+    [second] = made
+    holder = await raw_joined(server, peer_id=second.peer)
+    unblocker = await raw_joined(server, peer_id=first.peer)
     watcher = await raw_joined(server)
-    first, second = client_changes(2)
     await holder.send(encode_message(Changes((second,))))
     replies = [await recv_message(holder), await recv_message(holder)]
     assert any(isinstance(m, Error) and m.code is ErrorCode.OUT_OF_SYNC for m in replies)
