@@ -26,6 +26,27 @@ is printed side by side with the ratio ours/pycrdt, plus the bars of issue 2
 than one run the spread (min..max) is printed too. Wall and CPU time are both
 shown: on a busy machine the CPU time is the fairer comparison.
 
+Scenarios (``--scenario``):
+
+- ``replay`` (default): the figures above.
+- ``merge``: two replicas built from the two halves of the trace, each merged
+  into the other. SYNTHETIC: the trace is one author's, so replica A replays
+  its first half and replica B its second half from an empty document (each
+  position clamped to the text B has), unaware of each other; then A imports
+  B's history (``binary_import_changes`` of B's export since A's version) and
+  B imports A's, and, on fresh copies, each merges the other's snapshot. The
+  texts must converge (checked). pycrdt does the same with
+  ``apply_update(other.get_update(state))``.
+- ``concurrent``: several authors editing at once, one peer per author. Given
+  ``--concurrent-trace FILE`` (the editing-traces concurrent format: txns with
+  ``agent`` and ``parents``), each txn is applied by its agent's peer after it
+  has merged exactly the txn's parents. Without one (there is none in
+  ``../shared/traces``) a SYNTHETIC run: ``--agents`` agents each replay one
+  contiguous part of the sequential trace (positions clamped), in rounds of
+  ``--round`` txns each, broadcasting their new changes to every other agent
+  after each round. The figure is the total time of all peers (local edits
+  plus imports); converged texts are checked.
+
 It prints and never asserts. See benchmarks/README.md for what each figure means.
 """
 
@@ -493,8 +514,358 @@ def bar_cell(
 # --------------------------------------------------------------------- main
 
 
+# ------------------------------------------------------------ merge scenario
+
+
+def clamped_replay_ours(txns: Txns) -> tuple[CRDTDocument, CRDTTextHandler]:
+    """Replay ``txns`` from an empty text, clamping positions to the text's length."""
+    doc = CRDTDocument()
+    text = CRDTTextHandler(doc, "text")
+    apply_clamped_ours(doc, text, txns)
+    return doc, text
+
+
+def apply_clamped_ours(doc: CRDTDocument, text: CRDTTextHandler, txns: Txns) -> None:
+    transaction, insert, delete = doc.transaction, text.insert, text.delete
+    for patches in txns:
+        with transaction():
+            for pos, deleted, inserted in patches:
+                n = len(text)
+                if pos > n:
+                    pos = n
+                if deleted and pos < n:
+                    delete(pos, min(deleted, n - pos))
+                if inserted:
+                    insert(pos, inserted)
+
+
+def clamped_replay_pycrdt(txns: Txns) -> tuple[Any, Any]:
+    from pycrdt import Doc, Text
+
+    doc: Doc[Any] = Doc()
+    text = doc.get("text", type=Text)
+    apply_clamped_pycrdt(doc, text, txns)
+    return doc, text
+
+
+def apply_clamped_pycrdt(doc: Any, text: Any, txns: Txns) -> None:
+    transaction, insert = doc.transaction, text.insert
+    for patches in txns:
+        with transaction():
+            for pos, deleted, inserted in patches:
+                n = len(text)
+                if pos > n:
+                    pos = n
+                if deleted and pos < n:
+                    del text[pos : pos + min(deleted, n - pos)]
+                if inserted:
+                    insert(pos, inserted)
+
+
+def materialised_copy(snapshot_bytes: bytes) -> tuple[CRDTDocument, CRDTTextHandler]:
+    """A replica at a snapshot's state, its text built (not lazy), ready to merge into."""
+    doc = CRDTDocument.from_snapshot(Snapshot.from_bytes(snapshot_bytes))
+    text = CRDTTextHandler(doc, "text")
+    if len(text):
+        text.sticky_index(0)  # builds the spans, as any edit or remote op would
+    return doc, text
+
+
+def run_merge_ours(trace: Trace, res: Results, first: bool) -> None:
+    half = len(trace.txns) // 2
+    (a, ta), t_a = timed(clamped_replay_ours, trace.txns[:half])
+    (b, tb), t_b = timed(clamped_replay_ours, trace.txns[half:])
+    if first:
+        res.notes.append(
+            f"crdt_sync: replaying the halves took {t_a.wall:.2f} s + {t_b.wall:.2f} s (untimed)"
+        )
+    a_snap, b_snap = a.take_snapshot().to_bytes(), b.take_snapshot().to_bytes()
+    a_from_b, t = timed(b.binary_export_changes, a.version_vector)
+    res.add_time("export B for A", t)
+    b_from_a = a.binary_export_changes(b.version_vector)
+    if first:
+        res.sizes["B's changes A lacks"] = len(a_from_b)
+        res.sizes["A's changes B lacks"] = len(b_from_a)
+    # Each merge runs on a copy of the target, so every repeat merges the same states.
+    targets = [materialised_copy(a_snap), materialised_copy(b_snap)]
+    (_, t) = timed(targets[0][0].binary_import_changes, a_from_b)
+    res.add_time("merge A<-B (changes)", t)
+    (_, t) = timed(targets[1][0].binary_import_changes, b_from_a)
+    res.add_time("merge B<-A (changes)", t)
+    res.check("merge by changes converged", targets[0][1].value == targets[1][1].value)
+    targets = [materialised_copy(a_snap), materialised_copy(b_snap)]
+    _, t = timed(lambda: targets[0][0].import_snapshot(Snapshot.from_bytes(b_snap)))
+    res.add_time("merge A<-B (snapshot)", t)
+    _, t = timed(lambda: targets[1][0].import_snapshot(Snapshot.from_bytes(a_snap)))
+    res.add_time("merge B<-A (snapshot)", t)
+    res.check("merge by snapshots converged", targets[0][1].value == targets[1][1].value)
+    # The originals merge too (with their histories), to check all four agree.
+    a.binary_import_changes(a_from_b)
+    b.binary_import_changes(b_from_a)
+    res.check("all merges agree", ta.value == tb.value == targets[0][1].value)
+
+
+def run_merge_pycrdt(trace: Trace, res: Results, first: bool) -> None:
+    from pycrdt import Doc, Text
+
+    half = len(trace.txns) // 2
+    a, ta = clamped_replay_pycrdt(trace.txns[:half])
+    b, tb = clamped_replay_pycrdt(trace.txns[half:])
+    a_full, b_full = a.get_update(), b.get_update()
+    a_from_b, t = timed(b.get_update, a.get_state())
+    res.add_time("export B for A", t)
+    b_from_a = a.get_update(b.get_state())
+    if first:
+        res.sizes["B's changes A lacks"] = len(a_from_b)
+        res.sizes["A's changes B lacks"] = len(b_from_a)
+        res.notes.append(
+            "pycrdt: merge (changes) = apply_update(other.get_update(own state vector)); "
+            "merge (snapshot) = apply_update(other.get_update())"
+        )
+
+    def copy(update: bytes) -> tuple[Any, Any]:
+        doc: Doc[Any] = Doc()
+        doc.apply_update(update)
+        return doc, doc.get("text", type=Text)
+
+    targets = [copy(a_full), copy(b_full)]
+    _, t = timed(targets[0][0].apply_update, a_from_b)
+    res.add_time("merge A<-B (changes)", t)
+    _, t = timed(targets[1][0].apply_update, b_from_a)
+    res.add_time("merge B<-A (changes)", t)
+    res.check("merge by changes converged", str(targets[0][1]) == str(targets[1][1]))
+    targets = [copy(a_full), copy(b_full)]
+    _, t = timed(targets[0][0].apply_update, b_full)
+    res.add_time("merge A<-B (snapshot)", t)
+    _, t = timed(targets[1][0].apply_update, a_full)
+    res.add_time("merge B<-A (snapshot)", t)
+    res.check("merge by snapshots converged", str(targets[0][1]) == str(targets[1][1]))
+    del ta, tb
+
+
+# ------------------------------------------------------- concurrent scenario
+
+
+def synthetic_rounds(trace: Trace, agents: int, round_size: int) -> list[list[Txns]]:
+    """The trace cut into ``agents`` contiguous parts, each cut in rounds of txns."""
+    size = -(-len(trace.txns) // agents)
+    parts = [trace.txns[i * size : (i + 1) * size] for i in range(agents)]
+    rounds = max(-(-len(p) // round_size) for p in parts)
+    return [[p[r * round_size : (r + 1) * round_size] for p in parts] for r in range(rounds)]
+
+
+def run_concurrent_ours(rounds: list[list[Txns]], res: Results) -> None:
+    agents = len(rounds[0])
+
+    def session() -> list[str]:
+        docs = [CRDTDocument() for _ in range(agents)]
+        texts = [CRDTTextHandler(d, "text") for d in docs]
+        for batches in rounds:
+            sent = []
+            for doc, text, txns in zip(docs, texts, batches, strict=True):
+                before = doc.version_vector
+                apply_clamped_ours(doc, text, txns)
+                sent.append(doc.binary_export_changes(before))
+            for i, doc in enumerate(docs):
+                for j, data in enumerate(sent):
+                    if i != j:
+                        doc.binary_import_changes(data)
+        return [t.value for t in texts]
+
+    values, t = timed(session)
+    res.add_time("concurrent session", t)
+    res.check("concurrent peers converged", len(set(values)) == 1)
+
+
+def run_concurrent_pycrdt(rounds: list[list[Txns]], res: Results) -> None:
+    from pycrdt import Doc, Text
+
+    agents = len(rounds[0])
+
+    def session() -> list[str]:
+        docs: list[Doc[Any]] = [Doc() for _ in range(agents)]
+        texts = [d.get("text", type=Text) for d in docs]
+        for batches in rounds:
+            sent = []
+            for doc, text, txns in zip(docs, texts, batches, strict=True):
+                before = doc.get_state()
+                apply_clamped_pycrdt(doc, text, txns)
+                sent.append(doc.get_update(before))
+            for i, doc in enumerate(docs):
+                for j, data in enumerate(sent):
+                    if i != j:
+                        doc.apply_update(data)
+        return [str(t) for t in texts]
+
+    values, t = timed(session)
+    res.add_time("concurrent session", t)
+    res.check("concurrent peers converged", len(set(values)) == 1)
+
+
+def run_concurrent_trace_ours(path: Path, res: Results) -> None:
+    """Replay a concurrent editing trace: one peer per agent, each txn applied by its
+    agent after merging exactly the txn's parents (the editing-traces format)."""
+    with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open() as f:
+        raw = json.load(f)
+    txns = [
+        (
+            int(t["agent"]),
+            tuple(int(p) for p in t["parents"]),
+            tuple((int(p[0]), int(p[1]), str(p[2])) for p in t["patches"]),
+        )
+        for t in raw["txns"]
+    ]
+    end = str(raw["endContent"])
+    agents = int(raw.get("numAgents", 1 + max(a for a, _, _ in txns)))
+    del raw
+    gc.collect()
+
+    def session() -> str:
+        docs = [CRDTDocument() for _ in range(agents)]
+        texts = [CRDTTextHandler(d, "text") for d in docs]
+        hub = CRDTDocument()
+        versions: list[dict[str, int]] = []
+        for agent, parents, patches in txns:
+            doc, text = docs[agent], texts[agent]
+            want: dict[str, int] = {}
+            for p in parents:
+                for peer, ctr in versions[p].items():
+                    if ctr > want.get(peer, 0):
+                        want[peer] = ctr
+            have = doc.version_vector
+            if any(have.get(peer, 0) < ctr for peer, ctr in want.items()):
+                missing = [
+                    c for c in hub.export_changes(have) if c.counter + c.size <= want.get(c.peer, 0)
+                ]
+                doc.import_changes(missing)
+            with doc.transaction():
+                for pos, deleted, inserted in patches:
+                    if deleted:
+                        text.delete(pos, deleted)
+                    if inserted:
+                        text.insert(pos, inserted)
+            hub.import_changes(doc.export_changes(hub.version_vector))
+            versions.append(dict(doc.version_vector))
+        for doc in docs:
+            doc.import_changes(hub.export_changes(doc.version_vector))
+        values = {t.value for t in texts} | {CRDTTextHandler(hub, "text").value}
+        return values.pop() if len(values) == 1 else ""
+
+    value, t = timed(session)
+    res.add_time("concurrent session", t)
+    res.check("concurrent trace endContent", value == end)
+
+
+def report_scenario(title: str, keys: list[str], ours: Results, theirs: Results | None) -> None:
+    print()
+    print(f"== {title}")
+    header = ["figure", "crdt_sync"]
+    if theirs is not None:
+        header += ["pycrdt", "ours/pycrdt"]
+    rows: list[list[str]] = []
+    for key in keys:
+        for attr in ("wall", "cpu"):
+            mine = ours.times.get(key)
+            row = [f"{key} [{attr}]", fmt_times(mine, attr) if mine else "-"]
+            if theirs is not None:
+                other = theirs.times.get(key)
+                row += [
+                    fmt_times(other, attr) if other else "-",
+                    fmt_ratio(median_of(mine, attr), median_of(other, attr)),
+                ]
+            rows.append(row)
+    for key in ours.sizes:
+        row = [f"{key} [bytes]", f"{ours.sizes[key]:,}"]
+        if theirs is not None:
+            row += [
+                f"{theirs.sizes.get(key, 0):,}",
+                fmt_ratio(ours.sizes[key], theirs.sizes.get(key)),
+            ]
+        rows.append(row)
+    print_table(header, rows)
+    for name, res in (("crdt_sync", ours), ("pycrdt", theirs)):
+        if res is not None and res.checks:
+            checks = ", ".join(f"{k}: {'OK' if v else 'MISMATCH'}" for k, v in res.checks.items())
+            print(f"checks {name}: {checks}")
+    for note in ours.notes + (theirs.notes if theirs is not None else []):
+        print(f"note: {note}")
+
+
+def main_merge(args: argparse.Namespace, names: list[str]) -> None:
+    for name in names:
+        trace = load_trace(args.traces_dir, name)
+        ascii_trace = load_trace(args.traces_dir, name, ascii_only=True) if args.compare else None
+        ours, theirs = Results(), (Results() if args.compare else None)
+        for i in range(args.repeat):
+            run_merge_ours(trace, ours, first=i == 0)
+            if theirs is not None and ascii_trace is not None:
+                run_merge_pycrdt(ascii_trace, theirs, first=i == 0)
+        keys = [
+            "merge A<-B (changes)",
+            "merge B<-A (changes)",
+            "merge A<-B (snapshot)",
+            "merge B<-A (snapshot)",
+            "export B for A",
+        ]
+        title = (
+            f"{name}, merge of the two halves (SYNTHETIC: A replays the first half, B the "
+            "second from an empty text, positions clamped; bar <= 50 ms each way)"
+        )
+        report_scenario(title, keys, ours, theirs)
+
+
+def main_concurrent(args: argparse.Namespace, names: list[str]) -> None:
+    if args.concurrent_trace is not None:
+        ours = Results()
+        for _ in range(args.repeat):
+            run_concurrent_trace_ours(args.concurrent_trace, ours)
+        report_scenario(
+            f"concurrent trace {args.concurrent_trace.name} (pycrdt: not run on this path)",
+            ["concurrent session"],
+            ours,
+            None,
+        )
+        return
+    print(
+        "note: no concurrent trace given (--concurrent-trace) and none in "
+        f"{args.traces_dir}: running the SYNTHETIC concurrent scenario"
+    )
+    for name in names:
+        trace = load_trace(args.traces_dir, name)
+        ascii_trace = load_trace(args.traces_dir, name, ascii_only=True) if args.compare else None
+        for agents in args.agents:
+            ours, theirs = Results(), (Results() if args.compare else None)
+            rounds = synthetic_rounds(trace, agents, args.round)
+            for _ in range(args.repeat):
+                run_concurrent_ours(rounds, ours)
+                if theirs is not None and ascii_trace is not None:
+                    run_concurrent_pycrdt(synthetic_rounds(ascii_trace, agents, args.round), theirs)
+            title = (
+                f"{name}, SYNTHETIC concurrent session: {agents} agents each replaying "
+                f"1/{agents} of the trace, exchanging changes every {args.round} txns "
+                "(bar: time <= pycrdt's)"
+            )
+            report_scenario(title, ["concurrent session"], ours, theirs)
+
+
+# --------------------------------------------------------------------- main
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=("replay", "merge", "concurrent"), default="replay")
+    parser.add_argument(
+        "--concurrent-trace",
+        type=Path,
+        default=None,
+        help="a concurrent editing trace (.json[.gz])",
+    )
+    parser.add_argument(
+        "--agents", type=int, nargs="+", default=[2, 3], help="synthetic concurrent: agents"
+    )
+    parser.add_argument(
+        "--round", type=int, default=100, help="synthetic concurrent: txns per agent per round"
+    )
     parser.add_argument(
         "--trace",
         action="append",
@@ -553,6 +924,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if load[0] > (os.cpu_count() or 1):
         print("note: the machine is busy (load > CPUs): wall times are inflated, see CPU rows")
 
+    if args.scenario == "merge":
+        main_merge(args, names)
+        return 0
+    if args.scenario == "concurrent":
+        main_concurrent(args, names)
+        return 0
     for name in names:
         trace = load_trace(traces_dir, name)
         ascii_trace = load_trace(traces_dir, name, ascii_only=True) if args.compare else None

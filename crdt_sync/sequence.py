@@ -115,6 +115,15 @@ class SortedInts:
                 return block[j - 1]
         return maxes[i - 1] if i else None
 
+    def ceiling(self, value: int) -> int | None:
+        """The smallest member >= ``value``, or None."""
+        maxes = self.maxes
+        i = bisect_left(maxes, value)
+        if i == len(maxes):
+            return None
+        block = self.blocks[i]
+        return block[bisect_left(block, value)]
+
     def __iter__(self) -> Iterator[int]:
         for block in self.blocks:
             yield from block
@@ -376,26 +385,27 @@ class Sequence:
         ci, si = (0, 0) if left is None else self._slot_after(left)
         self._cur = None
         nxt = self._span_from(ci, si)
-        nxt_id = None if nxt is None else (nxt[P], nxt[C])
-        if nxt_id != right:
-            nci, nsi = self._position_of(nxt) if nxt is not None else (len(chunks), 0)
+        if nxt is not None and nxt[L] == left and (nxt[P], nxt[C]) != right:
+            # A sibling (another insert right after our left origin) sits
+            # between the origins: order by the rule. Anything else there has
+            # its left origin before ours, and we go first (FugueMax's first
+            # step), which is also how a remote run grows its own span.
+            nci, nsi = self._position_of(nxt)
             ci, si = self._scan(peer, left, right, nci, nsi)
-        else:
-            # No concurrent insert between the origins: a run may just grow.
-            if left is not None and si > 0:
-                prev = chunks[ci].spans[si - 1]
-                if (
-                    prev[P] == peer
-                    and prev[C] + prev[N] == ctr
-                    and prev[D] == deleted
-                    and prev[R] == right
-                    and left == (peer, ctr - 1)
-                ):
-                    off = prev[N]
-                    self._extend(prev, stored, n, 0 if deleted else n)
-                    self._last = prev
-                    self._hint = (ci, si - 1)
-                    return prev, off
+        if left is not None and si > 0 and left == (peer, ctr - 1):
+            prev = chunks[ci].spans[si - 1]
+            if (
+                prev[P] == peer
+                and prev[C] + prev[N] == ctr
+                and prev[D] == deleted
+                and prev[R] == right
+            ):
+                # Right after the run's last element, same right origin: grow it.
+                off = prev[N]
+                self._extend(prev, stored, n, 0 if deleted else n)
+                self._last = prev
+                self._hint = (ci, si - 1)
+                return prev, off
         span = [peer, ctr, n, stored, deleted, left, right, None]
         self._insert_span(ci, si, span)
         self._hint = (ci, si)
@@ -411,8 +421,8 @@ class Sequence:
         The ordering rule (Weidner and Kleppmann, "The Art of the Fugue: Minimizing
         Interleaving in Collaborative Text Editing", 2023, FugueMax; the same rule
         as "YjsMod" in Gentle's reference-crdts). Walk the elements after the left
-        origin up to the right origin; for each element ``o`` compare its origins
-        with ours by position:
+        origin (from slot ``ci``, ``si``) up to the right origin; for each element
+        ``o`` compare its origins with ours by position:
 
         * ``o.left`` before our left: ``o`` is not a sibling of ours: stop, insert here.
         * ``o.left`` after our left: ``o`` is inside a subtree we are scanning past: skip.
@@ -425,73 +435,61 @@ class Sequence:
         is never split by a concurrent run, forwards or backwards. Elements inside a
         span have their left origin just before them, which is always "after our
         left": only the first element of each span needs comparing.
+
+        The walk is lazy and stops where the rule decides: ``o.left`` lies after
+        our left exactly when its span was passed in this walk (a set of spans),
+        and whether ``o.right`` lies before our right is one position comparison.
         """
         if right is not None:
             rs, roff = self.locate(*right)
             if roff:
                 rchunk = rs[CH]
                 self._split(rs, rchunk, rchunk.spans.index(rs), roff)
-        # Collect the spans strictly between the origins.
         chunks = self.chunks
-        region: list[tuple[int, int, Span]] = []
-        end_ci, end_si = ci, si
-        while ci < len(chunks):
+        find = self._find
+        passed: set[int] = set()
+        right_at: tuple[int, int] | None = None
+        dest = (ci, si)
+        scanning = False
+        while True:
             spans = chunks[ci].spans
             if si >= len(spans):
-                ci += 1
-                si = 0
-                continue
-            s = spans[si]
-            if right is not None and s[P] == right[0] and s[C] == right[1]:
-                break
-            region.append((ci, si, s))
-            si += 1
-        end_ci, end_si = ci, si
-        if ci == len(chunks):
-            end_ci = len(chunks) - 1
-            end_si = len(chunks[end_ci].spans)
-
-        ranges: dict[str, list[tuple[int, int, int]]] = {}
-        for k, (_, _, s) in enumerate(region):
-            ranges.setdefault(s[P], []).append((s[C], s[C] + s[N], k))
-
-        def ordinal(ident: Id | None) -> int | None:
-            if ident is None:
-                return None
-            for start, stop, k in ranges.get(ident[0], ()):
-                if start <= ident[1] < stop:
-                    return k
-            return None
-
-        dest = 0
-        scanning = False
-        for k, (_, _, o) in enumerate(region):
+                if ci + 1 < len(chunks):
+                    ci += 1
+                    si = 0
+                    continue
+                break  # the end of the sequence
+            o = spans[si]
+            if right is not None and o[P] == right[0] and o[C] == right[1]:
+                break  # the right origin
             if not scanning:
-                dest = k
+                dest = (ci, si)
             o_left = o[L]
             if o_left != left:
-                lk = ordinal(o_left)
-                if lk is None or lk >= k:
-                    break  # o's left origin is before ours
-                continue  # o's left origin is after ours: o is in a subtree we pass
-            o_right = o[R]
-            if o_right == right:
-                if peer < o[P]:
-                    break
-                scanning = False
-                continue
-            rk = ordinal(o_right)
-            if rk is not None and rk > k:
-                scanning = True  # o's right origin is before ours
+                ls = None if o_left is None else find(o_left[0], o_left[1])
+                if ls is None or id(ls) not in passed:
+                    return dest  # o's left origin is before ours
+                # o's left origin is after ours: o is in a subtree we pass.
             else:
-                scanning = False  # o's right origin is after ours
-        else:
-            if not scanning:
-                dest = len(region)
-        if dest < len(region):
-            dci, dsi, _ = region[dest]
-            return dci, dsi
-        return end_ci, end_si
+                o_right = o[R]
+                if o_right == right:
+                    if peer < o[P]:
+                        return dest
+                    scanning = False
+                elif o_right is None:
+                    scanning = False  # o's right origin (the end) is after ours
+                elif right is None:
+                    scanning = True  # o's right origin is before ours (the end)
+                else:
+                    if right_at is None:
+                        right_at = self._position_of(self._find(right[0], right[1]))  # type: ignore[arg-type]
+                    scanning = self._position_of(find(o_right[0], o_right[1])) < right_at  # type: ignore[arg-type]
+            passed.add(id(o))
+            si += 1
+        if not scanning:
+            # Past every element between the origins: just before the right origin.
+            return (ci, si)
+        return dest
 
     def set_deleted(
         self, peer: str, ctr: int, count: int, deleted: bool, want_index: bool
@@ -577,6 +575,13 @@ class Sequence:
     def find(self, peer: str, ctr: int) -> Span | None:
         """The span holding element ``(peer, ctr)``, or None."""
         return self._find(peer, ctr)
+
+    def next_known(self, peer: str, ctr: int) -> int | None:
+        """The first counter >= ``ctr`` of an element of ``peer`` held here, or None."""
+        if self._find(peer, ctr) is not None:
+            return ctr
+        starts = self._starts.get(peer)
+        return None if starts is None else starts.ceiling(ctr)
 
     def _find(self, peer: str, ctr: int) -> Span | None:
         s = self._last

@@ -26,7 +26,7 @@ from .codec import MAX_COUNT, Reader, Writer
 from .exceptions import DecodeError
 from .ids import VersionVector
 from .sequence import C, D, L, N, P, R, Sequence, X
-from .state import ListState, MapState, TextState
+from .state import ListState, MapState, NewIds, TextState
 
 if TYPE_CHECKING:
     from .document import CRDTDocument
@@ -162,7 +162,7 @@ def _encode(doc: CRDTDocument) -> bytes:
     for peer in peers:
         head.str(peer)
     payload = head.getvalue() + body.getvalue()
-    return MAGIC + bytes([FORMAT_VERSION, 1]) + zlib.compress(payload, 9)
+    return MAGIC + bytes([FORMAT_VERSION, 1]) + zlib.compress(payload, 6)
 
 
 def _encode_text(w: Writer, seq: Sequence, pid: Any) -> None:
@@ -581,27 +581,26 @@ def _plan_sequence(seq: Sequence, spans: list[list[Any]], is_list: bool) -> _Pla
                     plan.deletions.append((peer, ctr + k, take))
                 k += take
                 continue
-            j = k + 1
-            while j < n and seq.find(peer, ctr + j) is None:
-                j += 1
+            known = seq.next_known(peer, ctr + k + 1)
+            j = n if known is None else min(n, known - ctr)
             piece_left = left if k == 0 else (peer, ctr + k - 1)
             # Deleted text keeps no characters: a range stands in for their count.
             piece = content[k:j] if (not deleted or is_list) else range(j - k)
             todo.append((peer, ctr + k, piece, piece_left, right, deleted))
             k = j
-    placed: dict[str, list[tuple[int, int]]] = {}
+    # Ranges placed so far, per peer, kept sorted and merged: a bisection each.
+    placed = NewIds()
+    key = ("", "")
 
     def exists(ident: Any) -> bool:
-        if ident is None or seq.contains(*ident):
-            return True
-        return any(a <= ident[1] < b for a, b in placed.get(ident[0], ()))
+        return ident is None or seq.contains(*ident) or placed.has(key, ident)
 
     while todo:
         rest: list[Piece] = []
         for piece in todo:
             if exists(piece[3]) and exists(piece[4]):
                 plan.pieces.append(piece)
-                placed.setdefault(piece[0], []).append((piece[1], piece[1] + len(piece[2])))
+                placed.add(key, piece[0], piece[1], piece[1] + len(piece[2]))
             else:
                 rest.append(piece)
         if len(rest) == len(todo):

@@ -282,3 +282,31 @@ def test_deleted_text_keeps_its_ids_for_later_inserts() -> None:
     b.insert(2, "Z")  # concurrently, between b and c, both deleted on a
     exchange(*docs)
     assert a.value == b.value == "Z"
+
+
+def test_concurrent_appends_delivered_one_by_one_grow_one_span_per_author() -> None:
+    """Issue 9: a remote insert right after a concurrent one extends its author's
+    span. Three authors append concurrently; an observer (a server) receives their
+    keystrokes interleaved, one change at a time. It used to make one span and
+    one scan per character."""
+    docs, texts_ = texts(4)
+    texts_[0].insert(0, "start:")
+    exchange(*docs)
+    sent: list[list[Any]] = [[], [], []]
+    for k in range(3):
+        docs[k].on_change(sent[k].append)
+        for _ in range(300):
+            texts_[k].insert(len(texts_[k]), "abc"[k])
+    observer = docs[3]
+    for i in range(300):
+        for k in range(3):
+            observer.import_changes([sent[k][i]])
+    body = texts_[3].value.removeprefix("start:")
+    assert sorted(body.split("a" * 300 + "b" * 300 + "c" * 300)) == ["", ""] or all(
+        ch * 300 in body for ch in "abc"
+    )
+    assert seq_of(texts_[3]).span_count() == 4  # start: | a run | b run | c run
+    exchange(*docs)
+    assert len({t.value for t in texts_}) == 1
+    for doc in docs:
+        doc.check_invariants()
