@@ -61,6 +61,7 @@ from crdt_sync.sync import (
     Ping,
     Pong,
     RemoteProtocolError,
+    Role,
     SnapshotUpload,
     decode_message,
     encode_message,
@@ -81,6 +82,7 @@ __all__ = [
     "PingReceived",
     "PongReceived",
     "ProtocolViolation",
+    "ReadOnlyRefused",
     "ServerSession",
     "SessionClosed",
     "SessionEvent",
@@ -282,6 +284,15 @@ class ErrorReceived:
 
 
 @dataclass(frozen=True)
+class ReadOnlyRefused:
+    """A read-only client sent ``what`` (changes or a snapshot); the session already
+    answered ``Error READ_ONLY``, applied nothing and kept the connection open."""
+
+    what: str
+    count: int
+
+
+@dataclass(frozen=True)
 class ProtocolViolation:
     """The client broke the protocol; an ``Error`` was queued and the session closed."""
 
@@ -307,6 +318,7 @@ SessionEvent = (
     | AwarenessReceived
     | AwarenessQueried
     | ErrorReceived
+    | ReadOnlyRefused
     | ProtocolViolation
     | SessionClosed
 )
@@ -356,8 +368,9 @@ class ServerSession:
             the URL named none (the handshake's document id is then used).
             Not validated here: an invalid one is refused at the handshake,
             so the client learns why.
-        compressor: the server's compressor (its ``name`` must equal the
-            handshake's ``compression``).
+        compressor: the server's compressor: the handshake is accepted only if
+            the client lists its ``name`` among the compressions it accepts, and
+            the response names it.
         max_message_size: largest accepted frame, and largest decompressed body.
         session_id: id sent in the handshake response (random when omitted).
     """
@@ -385,6 +398,7 @@ class ServerSession:
         self._display_name = ""
         self._client_version_vector = VersionVector()
         self._secret_hash = b""
+        self._role = Role.WRITE
         self.close_code: CloseCode | None = None
         self.close_reason = ""
 
@@ -415,6 +429,11 @@ class ServerSession:
     def display_name(self) -> str:
         """The client's display name from its handshake ("" before)."""
         return self._display_name
+
+    @property
+    def role(self) -> Role:
+        """What the client may do (set by :meth:`accept_handshake`; WRITE before)."""
+        return self._role
 
     @property
     def compressor(self) -> Compressor:
@@ -525,9 +544,16 @@ class ServerSession:
                     f"changes of peer {foreign!r} on the connection of peer {self._peer_id!r}",
                 )
                 return
-            if message.changes:
-                self._events.append(ChangesReceived(message.changes))
+            if not message.changes:
+                return
+            if self._role is Role.READ:
+                self._refuse_read_only("changes", len(message.changes))
+                return
+            self._events.append(ChangesReceived(message.changes))
         elif isinstance(message, SnapshotUpload):
+            if self._role is Role.READ:
+                self._refuse_read_only("a snapshot", 1)
+                return
             self._events.append(SnapshotUploaded(message.snapshot))
         elif isinstance(message, DocumentStatusRequest):
             self._receive_status_request(message)
@@ -567,10 +593,11 @@ class ServerSession:
         except (ValueError, TypeError) as error:
             self._fail(ErrorCode.HANDSHAKE_FAILED, f"invalid peer id {request.peer_id!r}: {error}")
             return
-        if request.compression != self._compressor.name:
+        if self._compressor.name not in request.compressions:
+            offered = ", ".join(repr(name) for name in request.compressions) or "none at all"
             self._fail(
                 ErrorCode.UNSUPPORTED_COMPRESSION,
-                f"the client uses compression {request.compression!r} but this server uses"
+                f"the client accepts the compressions {offered} but this server uses"
                 f" {self._compressor.name!r}",
             )
             return
@@ -581,6 +608,16 @@ class ServerSession:
         self._client_version_vector = request.version_vector
         self._secret_hash = secret_hash(document_id, request.peer_id, request.replica_secret)
         self._events.append(HandshakeRequested(request, document_id))
+
+    def _refuse_read_only(self, what: str, count: int) -> None:
+        """A read-only client tried to write: refuse it, apply nothing, stay open."""
+        self._queue(
+            Error(
+                ErrorCode.READ_ONLY,
+                f"this connection is read-only: {what} refused and not applied",
+            )
+        )
+        self._events.append(ReadOnlyRefused(what, count))
 
     def _receive_error(self, message: Error) -> None:
         self._events.append(ErrorReceived(message.code, message.message))
@@ -610,6 +647,7 @@ class ServerSession:
         document: CRDTDocument,
         epoch: str,
         version_vector: VersionVector | None = None,
+        role: Role = Role.WRITE,
     ) -> None:
         """Admit the client to ``document`` and queue the handshake response.
 
@@ -620,15 +658,23 @@ class ServerSession:
             version_vector: what the server has *durably* stored (the client
                 treats it as acknowledged); defaults to the document's
                 version vector. Must be covered by the document's.
+            role: what the client may do; a READ client's changes and snapshot
+                uploads are refused with ``READ_ONLY`` (nothing applied, the
+                connection stays open).
 
         Raises:
             LocalProtocolError: not in HANDSHAKING.
         """
         self._advance(SessionInput.HANDSHAKE_ACCEPTED, "accept_handshake")
         self._document = document
+        self._role = role
         changes, snapshot = payload_for(document, self._client_version_vector)
         stored = version_vector if version_vector is not None else document.version_vector
-        self._queue(HandshakeResponse(self.session_id, stored, epoch, changes, snapshot))
+        self._queue(
+            HandshakeResponse(
+                self.session_id, stored, epoch, changes, snapshot, self._compressor.name, role
+            )
+        )
 
     def reject_handshake(self, code: ErrorCode, message: str) -> None:
         """Refuse the client (DOCUMENT_NOT_FOUND, UNAUTHORIZED, ...): Error and close.

@@ -19,10 +19,12 @@ import contextlib
 import enum
 import logging
 import random
+import ssl as ssl_module
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
@@ -30,6 +32,7 @@ from websockets.uri import parse_uri
 
 from crdt_sync import Change, CRDTDocument, PeerId, VersionVector
 
+from .access import Role, certificate_fingerprint, parse_pin, pin_matches, split_invite
 from .awareness import Awareness
 from .compression import Compressor
 from .document_ids import document_url_path, validate_document_id
@@ -105,6 +108,43 @@ class ReconnectPolicy:
         return self.enabled and (self.max_attempts is None or attempt <= self.max_attempts)
 
 
+class _PinCheck:
+    """The pin a connection must match, and what the server presented."""
+
+    def __init__(self, pin: str) -> None:
+        self.pin = pin
+        self.presented: str | None = None
+        self.mismatch = False
+
+
+def _pinned_connection(check: _PinCheck) -> type[ClientConnection]:
+    """A ClientConnection that aborts, before the upgrade request is written, when
+    the server's certificate is not the pinned one (``connection_made`` runs once
+    the TLS handshake is done and before websockets sends anything)."""
+
+    class PinnedConnection(ClientConnection):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            check.presented = certificate_fingerprint(der) if der else None
+            if not der or not pin_matches(check.pin, der):
+                check.mismatch = True
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.abort()
+
+    return PinnedConnection
+
+
+def _pinning_context() -> ssl_module.SSLContext:
+    """TLS without authority checks: the pin check replaces them."""
+    context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl_module.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl_module.CERT_NONE
+    return context
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     handshake_completed: bool
@@ -132,10 +172,28 @@ def _document_url(url: str, document_id: str) -> tuple[str, str]:
 class WebSocketClient:
     """Keeps ``document`` in sync with the server document at ``url``.
 
-    ``url`` is ``ws://host:port/<document-id>`` (without a path the document's own
-    ``document_id`` is used). ``author`` is the display name announced in the
-    handshake. ``compressor`` must match the server's (a mismatch ends in the ERROR
-    status with an ``UNSUPPORTED_COMPRESSION`` error event). The client pings every
+    ``url`` is ``ws://host:port/<document-id>`` or ``wss://...`` (without a path the
+    document's own ``document_id`` is used), or an invite link carrying a token
+    and a certificate pin in its fragment (``...#token=T&pin=sha256:H``): the
+    fragment is taken off before connecting and never sent. ``auth_token`` (or
+    the link's token) travels in the handshake message only. ``author`` is the
+    display name announced in the handshake. ``compressor`` is the compressor to
+    offer, or several in order of preference; by default every built-in one is
+    offered and the server picks (a server that supports none of them ends in the
+    ERROR status with ``UNSUPPORTED_COMPRESSION``).
+
+    TLS (``wss://``): ``ssl`` is the :class:`ssl.SSLContext` to use (default: the
+    system's trusted authorities); ``tls_pin="sha256:HEX"`` (or the link's pin)
+    accepts exactly the server certificate with that SHA-256 fingerprint (for
+    self-signed servers; the authority check is then skipped unless ``ssl`` is
+    given too). A certificate that fails either check ends in the ERROR status
+    with the reason in :attr:`last_error`: nothing is sent to such a server, and
+    there is never a fallback to ``ws://``.
+
+    Refusals that reconnecting cannot fix (``UNAUTHORIZED``: a missing, malformed,
+    expired or other-document token; ``DOCUMENT_NOT_FOUND``; ...) stop the client
+    in the ERROR status, the reason in :attr:`last_error`. After the handshake
+    :attr:`role` says whether the connection may write. The client pings every
     ``ping_interval`` seconds and drops a connection whose ping is unanswered for
     ``ping_timeout`` seconds; a handshake unanswered within ``handshake_timeout``
     also drops it. Frames over ``max_message_size`` are refused.
@@ -149,10 +207,12 @@ class WebSocketClient:
         url: str,
         document: CRDTDocument,
         author: str | PeerId | None = None,
-        compressor: Compressor | None = None,
+        compressor: Compressor | Sequence[Compressor] | None = None,
         reconnect: ReconnectPolicy | None = None,
         *,
         auth_token: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        tls_pin: str | None = None,
         ping_interval: float = 15.0,
         ping_timeout: float = 30.0,
         handshake_timeout: float = 10.0,
@@ -162,12 +222,19 @@ class WebSocketClient:
     ) -> None:
         if ping_interval <= 0 or ping_timeout <= 0 or handshake_timeout <= 0:
             raise ValueError("ping_interval, ping_timeout and handshake_timeout must be > 0")
-        self.url, self.document_id = _document_url(url, document.document_id)
+        invite = split_invite(url)
+        self.url, self.document_id = _document_url(invite.url, document.document_id)
+        secure = self.url.startswith("wss://")
+        pin = tls_pin if tls_pin is not None else invite.pin
+        if (ssl is not None or pin is not None) and not secure:
+            raise ValueError("ssl and tls_pin need a wss:// URL (there is no fallback to ws://)")
+        self.ssl = ssl
+        self.tls_pin = parse_pin(pin) if pin is not None else None
         self.document = document
         self.author = "" if author is None else str(author)
         self.compressor = compressor
         self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
-        self.auth_token = auth_token
+        self.auth_token = auth_token if auth_token is not None else invite.token
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.handshake_timeout = handshake_timeout
@@ -185,6 +252,7 @@ class WebSocketClient:
         self._acknowledged = VersionVector()
         self._epoch: str | None = None
         self._session_id: str | None = None
+        self._role: Role | None = None
         self._protocol: ClientProtocol | None = None
         self._ws: ClientConnection | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -209,6 +277,17 @@ class WebSocketClient:
         return self._session_id
 
     @property
+    def role(self) -> Role | None:
+        """What the server lets this client do, from the last handshake (None before
+        the first one): :attr:`Role.READ` clients' changes are refused."""
+        return self._role
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the connection uses TLS (``wss://``)."""
+        return self.url.startswith("wss://")
+
+    @property
     def epoch(self) -> str | None:
         """The server document's epoch seen at the last handshake."""
         return self._epoch
@@ -227,8 +306,12 @@ class WebSocketClient:
     def last_error(self) -> ErrorOccurred | None:
         """The latest error of a connection (sent or received), None after a handshake.
 
-        With status ERROR it says why the client stopped (``PEER_ID_IN_USE``:
-        another replica owns this peer id, see :meth:`fork_document`); with
+        With status ERROR it says why the client stopped (``UNAUTHORIZED``: the
+        token was missing, malformed, expired or for another document, the
+        message says which; ``HANDSHAKE_FAILED`` with a message starting
+        "security error": the server's TLS certificate failed its check or pin;
+        ``PEER_ID_IN_USE``: another replica owns this peer id, see
+        :meth:`fork_document`); with
         RECONNECTING why it reconnects (``RATE_LIMITED``: it sent too much).
         """
         return self._last_error
@@ -354,8 +437,21 @@ class WebSocketClient:
         self._batch.clear()
         self.awareness.clear_remote()
 
+    def _refused(self, code: ErrorCode, message: str, *, final: bool) -> _Outcome:
+        self._last_error = ErrorOccurred(code, message, remote=False, final=final)
+        self.events.emit(self._last_error)
+        return _Outcome(False, final, message)
+
     async def _run_connection(self) -> _Outcome:
         """One connection attempt, from opening the socket until it ends."""
+        options: dict[str, Any] = {}
+        check: _PinCheck | None = None
+        if self.tls_pin is not None:
+            check = _PinCheck(self.tls_pin)
+            options["ssl"] = self.ssl if self.ssl is not None else _pinning_context()
+            options["create_connection"] = _pinned_connection(check)
+        elif self.ssl is not None:
+            options["ssl"] = self.ssl
         try:
             ws = await connect(
                 self.url,
@@ -366,6 +462,16 @@ class WebSocketClient:
                 ping_interval=None,
                 compression=None,
                 close_timeout=min(2.0, self.ping_timeout),
+                # Desktop and library clients send no Origin header.
+                origin=None,
+                **options,
+            )
+        except ssl_module.SSLCertVerificationError as exc:
+            return self._refused(
+                ErrorCode.HANDSHAKE_FAILED,
+                f"security error: the server's TLS certificate is not trusted"
+                f" ({exc.verify_message or exc}); not connecting",
+                final=True,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -375,9 +481,20 @@ class WebSocketClient:
                 ErrorCode.DOCUMENT_NOT_FOUND if status == 404 else ErrorCode.HANDSHAKE_FAILED,
             )
             message = f"server refused the WebSocket upgrade with HTTP {status}"
-            self.events.emit(ErrorOccurred(code, message, remote=True, final=final))
+            if status == 403:
+                message += " (forbidden: the server does not accept this client's origin)"
+            self._last_error = ErrorOccurred(code, message, remote=True, final=final)
+            self.events.emit(self._last_error)
             return _Outcome(False, final, message)
         except (OSError, TimeoutError, WebSocketException) as exc:
+            if check is not None and check.mismatch:
+                return self._refused(
+                    ErrorCode.HANDSHAKE_FAILED,
+                    f"security error: the server's TLS certificate is {check.presented},"
+                    f" not the pinned {check.pin}; not connecting (someone may be"
+                    " intercepting the connection, or the server has a new certificate)",
+                    final=True,
+                )
             return _Outcome(False, False, f"cannot connect: {exc!r}")
 
         protocol = ClientProtocol(
@@ -445,6 +562,7 @@ class WebSocketClient:
                 self._session_id = event.session_id
                 self._epoch = event.epoch
                 if protocol is not None:
+                    self._role = protocol.role
                     self._acknowledged = protocol.acknowledged
                     if protocol.is_synced:
                         self.awareness.reannounce()

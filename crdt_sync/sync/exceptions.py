@@ -80,6 +80,9 @@ class ErrorCode(enum.IntEnum):
     """The peer id belongs to another replica (another secret claimed it first), or a
     live connection already uses it. Final: continue under a fresh peer id
     (:func:`crdt_sync.sync.fork_with_new_peer`)."""
+    READ_ONLY = 14
+    """The connection is read-only: the changes sent were refused, nothing applied.
+    Not final and not closing: the connection stays open."""
     RATE_LIMITED = 15
     """The client sent more messages or bytes than its rate allows; reconnect later."""
     FORBIDDEN_PEER = 16

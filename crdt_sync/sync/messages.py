@@ -43,6 +43,7 @@ from crdt_sync import Change, Snapshot, VersionVector, decode_changes, encode_ch
 from crdt_sync.codec import Reader, Writer
 from crdt_sync.exceptions import DecodeError
 
+from .access import Role
 from .compression import Compressor, NoCompression
 from .exceptions import (
     DecompressionError,
@@ -111,6 +112,8 @@ MAX_AWARENESS_BYTES: Final = 64 * 1024
 MIN_SECRET_BYTES: Final = 16
 MAX_SECRET_BYTES: Final = 64
 """bounds of a replica secret (the handshake's proof that a peer id is this replica's)."""
+MAX_COMPRESSIONS: Final = 16
+"""compression names a client may offer in its handshake."""
 MAX_COUNTER: Final = (1 << 63) - 1
 """version-vector counters, clocks, nonces and timestamps."""
 _MAX_JSON_DEPTH: Final = 32
@@ -136,7 +139,11 @@ class MessageType(enum.IntEnum):
 
 # Frames of these types are never compressed, so they stay readable whatever the
 # peers believe about compression (a mismatch must be reported, not garbled).
-_NEVER_COMPRESSED: Final = frozenset({MessageType.HANDSHAKE_REQUEST, MessageType.ERROR})
+# The handshake response too: it names the compression the server chose, so the
+# client must read it before it knows which one that is.
+_NEVER_COMPRESSED: Final = frozenset(
+    {MessageType.HANDSHAKE_REQUEST, MessageType.HANDSHAKE_RESPONSE, MessageType.ERROR}
+)
 
 AwarenessStateValue: TypeAlias = dict[str, Any]
 """One peer's presence state: a JSON object (name, colour, cursor, ...)."""
@@ -146,8 +153,10 @@ AwarenessStateValue: TypeAlias = dict[str, Any]
 class HandshakeRequest:
     """Client -> server, first message of a connection.
 
-    ``version_vector`` is what the client's document holds; ``compression`` the
-    name of the client's compressor (must equal the server's). ``protocol_version``
+    ``version_vector`` is what the client's document holds; ``compressions`` the
+    names of the compressors the client accepts, in its order of preference (the
+    server picks the first it supports and names it in its response; at most
+    :data:`MAX_COMPRESSIONS`). ``protocol_version``
     is the first field of the body so a server can refuse a version it does not
     speak before parsing the rest. ``replica_secret`` (16 to 64 bytes) proves that
     ``peer_id`` belongs to this replica: the server keeps a hash of the first
@@ -160,11 +169,16 @@ class HandshakeRequest:
     version_vector: VersionVector
     display_name: str = ""
     auth_token: str | None = None
-    compression: str = "none"
+    compressions: tuple[str, ...] = ("none",)
     protocol_version: int = PROTOCOL_VERSION
     replica_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
     TYPE = MessageType.HANDSHAKE_REQUEST
+
+    def __post_init__(self) -> None:
+        if isinstance(self.compressions, str):
+            raise TypeError("compressions is a sequence of names, not one str")
+        object.__setattr__(self, "compressions", tuple(self.compressions))
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +190,10 @@ class HandshakeResponse:
     (a change of epoch means the server's document was reset). Either
     ``changes`` (what the client lacks, causal order) or ``snapshot`` (the whole
     state, when smaller) is set, never both; both empty means nothing to send.
+    ``compression`` is the compressor the server chose from the client's list
+    (every later frame of the connection may use it); ``role`` what the client
+    may do (:class:`~crdt_sync.sync.access.Role`: a READ client's changes are
+    refused with ``READ_ONLY``).
     """
 
     session_id: str
@@ -183,6 +201,8 @@ class HandshakeResponse:
     epoch: str
     changes: tuple[Change, ...] = ()
     snapshot: Snapshot | None = None
+    compression: str = "none"
+    role: Role = Role.WRITE
 
     TYPE = MessageType.HANDSHAKE_RESPONSE
 
@@ -400,7 +420,11 @@ def _encode_body(message: Message) -> bytes:
         w.vv(message.version_vector)
         w.text(message.display_name, MAX_NAME_BYTES, "the display name")
         w.opt_str(message.auth_token, MAX_TOKEN_BYTES, "the auth token")
-        w.text(message.compression, MAX_ID_BYTES, "the compression name")
+        if len(message.compressions) > MAX_COMPRESSIONS:
+            raise ValueError(f"at most {MAX_COMPRESSIONS} compressions may be offered")
+        w.uint(len(message.compressions))
+        for name in message.compressions:
+            w.text(name, MAX_ID_BYTES, "a compression name")
         secret = bytes(message.replica_secret)
         if not MIN_SECRET_BYTES <= len(secret) <= MAX_SECRET_BYTES:
             raise ValueError(
@@ -413,6 +437,8 @@ def _encode_body(message: Message) -> bytes:
         w.text(message.epoch, MAX_ID_BYTES, "the epoch")
         w.vv(message.version_vector)
         w.payload(message.changes, message.snapshot)
+        w.text(message.compression, MAX_ID_BYTES, "the compression name")
+        w.byte(int(message.role))
     elif isinstance(message, Changes):
         w.blob(encode_changes(list(message.changes)))
     elif isinstance(message, Ack | DocumentStatusRequest):
@@ -629,7 +655,8 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
         vv = r.vv("version vector")
         display_name = r.text("display name", MAX_NAME_BYTES)
         auth_token = r.opt_str("auth token", MAX_TOKEN_BYTES)
-        compression = r.text("compression", MAX_ID_BYTES)
+        count = r.number("compression count", MAX_COMPRESSIONS)
+        compressions = tuple(r.text("compression", MAX_ID_BYTES) for _ in range(count))
         start = r.pos
         secret = r.blob("replica secret", MAX_SECRET_BYTES)
         if len(secret) < MIN_SECRET_BYTES:
@@ -638,14 +665,21 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
                 r.base + start,
             )
         message = HandshakeRequest(
-            document_id, peer_id, vv, display_name, auth_token, compression, version, secret
+            document_id, peer_id, vv, display_name, auth_token, compressions, version, secret
         )
     elif kind is MessageType.HANDSHAKE_RESPONSE:
         session_id = r.text("session id", MAX_ID_BYTES)
         epoch = r.text("epoch", MAX_ID_BYTES)
         vv = r.vv("version vector")
         changes, snapshot = r.payload("handshake")
-        message = HandshakeResponse(session_id, vv, epoch, changes, snapshot)
+        compression = r.text("compression", MAX_ID_BYTES)
+        start = r.pos
+        role_value = r.byte()
+        if role_value not in tuple(Role):
+            raise MessageDecodeError(f"role: unknown value {role_value}", r.base + start)
+        message = HandshakeResponse(
+            session_id, vv, epoch, changes, snapshot, compression, Role(role_value)
+        )
     elif kind is MessageType.CHANGES:
         message = Changes(r.changes("changes"))
     elif kind is MessageType.ACK:

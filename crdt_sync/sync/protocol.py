@@ -45,7 +45,8 @@ from typing import Final
 
 from crdt_sync import Change, CRDTDocument, CRDTError, VersionVector
 
-from .compression import Compressor, NoCompression
+from .access import Role
+from .compression import Compressor, GzipCompressor, NoCompression
 from .events import (
     Acknowledged,
     AwarenessReceived,
@@ -124,6 +125,7 @@ class Trigger(enum.Enum):
     RECEIVE_PONG = "receive Pong"
     RECEIVE_AWARENESS = "receive awareness"
     RECEIVE_OUT_OF_SYNC = "receive Error OUT_OF_SYNC"
+    RECEIVE_READ_ONLY = "receive Error READ_ONLY"
     RECEIVE_ERROR = "receive Error"
     PROTOCOL_VIOLATION = "protocol violation by the server"
     CLOSE = "close"
@@ -156,8 +158,9 @@ TRANSITIONS: Final[dict[ClientState, dict[Trigger, ClientState]]] = {
         T.RECEIVE_HANDSHAKE_RESPONSE: S.CONNECTED,
         # A server may probe liveness before answering; answering keeps us alive.
         T.RECEIVE_PING: S.HANDSHAKING,
-        # OUT_OF_SYNC before the handshake is a refusal like any other error.
+        # OUT_OF_SYNC or READ_ONLY before the handshake is a refusal like any other.
         T.RECEIVE_OUT_OF_SYNC: S.CLOSED,
+        T.RECEIVE_READ_ONLY: S.CLOSED,
         T.CONNECTION_LOST: S.CLOSED,
         **_ENDINGS,
     },
@@ -168,6 +171,8 @@ TRANSITIONS: Final[dict[ClientState, dict[Trigger, ClientState]]] = {
         # snapshot upload. Handled like the answer to a resync.
         T.RECEIVE_DOCUMENT_STATUS: S.CONNECTED,
         T.RECEIVE_OUT_OF_SYNC: S.RESYNCING,
+        # A read-only connection's changes were refused: it stays open.
+        T.RECEIVE_READ_ONLY: S.CONNECTED,
         T.CONNECTION_LOST: S.CLOSED,
         **_ENDINGS,
     },
@@ -176,6 +181,7 @@ TRANSITIONS: Final[dict[ClientState, dict[Trigger, ClientState]]] = {
         T.RECEIVE_DOCUMENT_STATUS: S.CONNECTED,
         # Already resyncing: one request in flight is enough.
         T.RECEIVE_OUT_OF_SYNC: S.RESYNCING,
+        T.RECEIVE_READ_ONLY: S.RESYNCING,
         T.CONNECTION_LOST: S.CLOSED,
         **_ENDINGS,
     },
@@ -204,13 +210,19 @@ _RECEIVE_TRIGGERS: Final[dict[type, Trigger]] = {
 # Outstanding pings kept for round-trip measurement; older ones are forgotten.
 _MAX_OUTSTANDING_PINGS: Final = 64
 
+DEFAULT_COMPRESSORS: Final[tuple[Compressor, ...]] = (NoCompression(), GzipCompressor())
+"""What a client offers unless told otherwise: every built-in compressor, so it
+can join a server whatever compression that server uses."""
+
 
 class ClientProtocol:
     """One connection of ``document`` to a server, as a sans-I/O state machine.
 
     Parameters: ``document_id`` (default ``document.document_id``) names the
     server document; ``display_name`` and ``auth_token`` go in the handshake;
-    ``compressor`` must match the server's (default none); ``acknowledged`` is
+    ``compressor`` is the compressor to offer, or several in order of
+    preference (default: every built-in one, :data:`DEFAULT_COMPRESSORS`); the
+    server picks one and :attr:`compressor` is it once connected; ``acknowledged`` is
     the acknowledged version vector carried over from an earlier connection and
     ``known_epoch`` the server epoch seen then (both None on a first connection);
     ``clock`` returns seconds (monotonic) and is only used for ping round trips.
@@ -228,7 +240,7 @@ class ClientProtocol:
         document_id: str | None = None,
         display_name: str = "",
         auth_token: str | None = None,
-        compressor: Compressor | None = None,
+        compressor: Compressor | Sequence[Compressor] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         acknowledged: VersionVector | None = None,
         known_epoch: str | None = None,
@@ -238,7 +250,20 @@ class ClientProtocol:
         self.document_id = document.document_id if document_id is None else document_id
         self.display_name = display_name
         self.auth_token = auth_token
-        self.compressor: Compressor = compressor if compressor is not None else NoCompression()
+        if compressor is None:
+            offered: tuple[Compressor, ...] = DEFAULT_COMPRESSORS
+        elif isinstance(compressor, Compressor):
+            offered = (compressor,)
+        else:
+            offered = tuple(compressor)
+        if not offered:
+            raise ValueError("offer at least one compressor")
+        self.offered_compressors = offered
+        """The compressors offered in the handshake, in order of preference."""
+        self.compressor: Compressor = NoCompression()
+        """The negotiated compressor (none until the handshake response names one)."""
+        self.role: Role | None = None
+        """What the server lets this connection do (None until the handshake completed)."""
         self.max_message_size = max_message_size
         self._clock = clock
         self._state = ClientState.IDLE
@@ -333,7 +358,7 @@ class ClientProtocol:
                 version_vector=self.document.version_vector,
                 display_name=self.display_name,
                 auth_token=self.auth_token,
-                compression=self.compressor.name,
+                compressions=tuple(c.name for c in self.offered_compressors),
                 replica_secret=self.document.replica_secret,
             )
         )
@@ -502,7 +527,15 @@ class ClientProtocol:
             self._events.append(AwarenessReceived(message.states, full=True))
 
     def _receive_error(self, message: Error) -> None:
-        if message.code is ErrorCode.OUT_OF_SYNC:
+        if message.code is ErrorCode.READ_ONLY:
+            self._transition(Trigger.RECEIVE_READ_ONLY)
+            if self._state is not ClientState.CLOSED:
+                # Refused, not applied; the changes stay unacknowledged.
+                self._events.append(
+                    ErrorOccurred(message.code, message.message, remote=True, final=False)
+                )
+                return
+        elif message.code is ErrorCode.OUT_OF_SYNC:
             before = self._state
             self._transition(Trigger.RECEIVE_OUT_OF_SYNC)
             if before is ClientState.CONNECTED:
@@ -520,6 +553,17 @@ class ClientProtocol:
         )
 
     def _receive_handshake_response(self, message: HandshakeResponse) -> None:
+        chosen = next((c for c in self.offered_compressors if c.name == message.compression), None)
+        if chosen is None:
+            offered = ", ".join(repr(c.name) for c in self.offered_compressors)
+            self._violation(
+                ErrorCode.UNSUPPORTED_COMPRESSION,
+                f"the server chose compression {message.compression!r}; this client offered"
+                f" {offered}",
+            )
+            return
+        self.compressor = chosen
+        self.role = message.role
         self.session_id = message.session_id
         epoch_changed = self._known_epoch is not None and message.epoch != self._known_epoch
         if epoch_changed:

@@ -158,11 +158,11 @@ class FakeServer:
         if self.auth_token is not None and request.auth_token != self.auth_token:
             self._fail(session, ErrorCode.UNAUTHORIZED, "bad token")
             return
-        if request.compression != self.compressor.name:
+        if self.compressor.name not in request.compressions:
             self._fail(
                 session,
                 ErrorCode.UNSUPPORTED_COMPRESSION,
-                f"client uses {request.compression!r}, server uses {self.compressor.name!r}",
+                f"client accepts {request.compressions!r}, server uses {self.compressor.name!r}",
             )
             return
         session.peer_id = request.peer_id
@@ -172,6 +172,7 @@ class FakeServer:
                 self.document.version_vector,
                 self.epoch,
                 snapshot=self.document.take_snapshot(),
+                compression=self.compressor.name,
             )
         else:
             response = HandshakeResponse(
@@ -179,5 +180,6 @@ class FakeServer:
                 self.document.version_vector,
                 self.epoch,
                 tuple(self.document.export_changes(request.version_vector)),
+                compression=self.compressor.name,
             )
         self._send(session, response)

@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from crdt_sync import CRDTDocument, CRDTTextHandler
-from crdt_sync.sync import ErrorCode, GzipCompressor
+from crdt_sync.sync import ErrorCode, GzipCompressor, NoCompression
 from crdt_sync.sync.client import ConnectionStatus, ReconnectPolicy, WebSocketClient
 from crdt_sync.sync.events import (
     ClientEvent,
@@ -265,7 +265,7 @@ async def test_limited_attempts_end_in_error() -> None:
         (lambda: FakeServer(auth_token="good"), {"auth_token": "bad"}, ErrorCode.UNAUTHORIZED),
         (
             lambda: FakeServer(compressor=GzipCompressor()),
-            {},
+            {"compressor": NoCompression()},
             ErrorCode.UNSUPPORTED_COMPRESSION,
         ),
     ],
@@ -290,6 +290,18 @@ async def test_compression_on_both_ends_syncs() -> None:
         text = CRDTTextHandler(client.document, "t")
         assert await client.connect()
         assert text.value == "z" * 4000
+
+
+@pytest.mark.asyncio
+async def test_a_default_client_adopts_the_compression_the_server_uses() -> None:
+    fake = FakeServer(compressor=GzipCompressor())
+    CRDTTextHandler(fake.document, "t").insert(0, "y" * 4000)
+    async with running(fake) as hub, client_for(hub) as client:
+        text = CRDTTextHandler(client.document, "t")
+        assert await client.connect()
+        assert text.value == "y" * 4000
+        text.insert(0, "x" * 500)  # sent compressed: the fake decodes it with gzip
+        await until(client, lambda: fake.document.version_vector == client.document.version_vector)
 
 
 @pytest.mark.asyncio

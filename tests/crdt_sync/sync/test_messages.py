@@ -39,6 +39,7 @@ from crdt_sync.sync import (
     Ping,
     Pong,
     RemoteProtocolError,
+    Role,
     UnknownMessageType,
     UnsupportedProtocolVersion,
     decode_message,
@@ -64,9 +65,11 @@ def sample_messages() -> list[Message]:
     vv = VersionVector({"peer-a": 3, "peer-ü": 2**40})
     changes = sample_changes()
     return [
-        HandshakeRequest("doc/ü", "peer", vv, "Zoë 🎨", "tok", "gzip"),
+        HandshakeRequest("doc/ü", "peer", vv, "Zoë 🎨", "tok", ("gzip", "none")),
+        HandshakeRequest("d", "p", VersionVector(), compressions=()),
         HandshakeRequest("d", "p", VersionVector()),
         HandshakeResponse("session", vv, "epoch", changes),
+        HandshakeResponse("session", vv, "epoch", changes, None, "gzip", Role.READ),
         HandshakeResponse("session", VersionVector(), "epoch", snapshot=doc.take_snapshot()),
         Changes(changes),
         Changes(()),
@@ -368,7 +371,7 @@ def test_generated_snapshot_uploads_round_trip(snapshot: Snapshot, compressor: o
             _vv.map(VersionVector),
             _text,
             st.none() | _text,
-            _text,
+            st.lists(_text, max_size=4).map(tuple),
         ),
         st.builds(Ack, _vv.map(VersionVector)),
         st.builds(Ping, st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1)),

@@ -22,8 +22,10 @@ from crdt_sync.sync import (
     HandshakeResponse,
     LocalProtocolError,
     Message,
+    NoCompression,
     Ping,
     Pong,
+    Role,
     decode_message,
     encode_message,
 )
@@ -122,7 +124,7 @@ def test_handshake_request_carries_identity_version_vector_and_compression() -> 
     assert request.version_vector == doc.version_vector
     assert request.display_name == "Zoë"
     assert request.auth_token == "secret"
-    assert request.compression == "gzip"
+    assert request.compressions == ("gzip",)
     assert client.state is ClientState.HANDSHAKING
 
 
@@ -359,7 +361,9 @@ def test_unknown_document_is_refused_by_server() -> None:
 
 
 def test_compression_mismatch_is_a_clear_final_error() -> None:
-    pair = ProtocolPair(FakeServer(compressor=GzipCompressor()), make_client())
+    pair = ProtocolPair(
+        FakeServer(compressor=GzipCompressor()), make_client(compressor=NoCompression())
+    )
     pair.connect()
     assert pair.client.error_code is ErrorCode.UNSUPPORTED_COMPRESSION
     assert "gzip" in pair.client.error_message and "none" in pair.client.error_message
@@ -520,6 +524,7 @@ REMOTE_MESSAGES: dict[Trigger | str, Message] = {
     Trigger.RECEIVE_AWARENESS: AwarenessUpdate("p", 1, None),
     Trigger.RECEIVE_OUT_OF_SYNC: Error(ErrorCode.OUT_OF_SYNC, ""),
     Trigger.RECEIVE_ERROR: Error(ErrorCode.INTERNAL_ERROR, ""),
+    Trigger.RECEIVE_READ_ONLY: Error(ErrorCode.READ_ONLY, ""),
     # Messages a server never sends: a protocol violation in every state.
     "HandshakeRequest": HandshakeRequest("d", "p", VersionVector()),
     "DocumentStatusRequest": DocumentStatusRequest(VersionVector()),
@@ -808,3 +813,56 @@ def test_after_a_server_reset_a_client_restores_everyone_with_a_snapshot() -> No
     pair.connect()
     assert any(isinstance(m, SnapshotUpload) for m in pair.to_server)
     assert not any(isinstance(m, Changes) for m in pair.to_server)
+
+
+# ------------------------------------------------------------------ negotiation and roles
+
+
+def test_the_client_adopts_the_compression_the_server_chose() -> None:
+    client = make_client()
+    assert [c.name for c in client.offered_compressors] == ["none", "gzip"]
+    client.send_handshake()
+    (frame,) = client.messages_to_send()
+    request = decode_message(frame)
+    assert isinstance(request, HandshakeRequest) and request.compressions == ("none", "gzip")
+    gzip = GzipCompressor()
+    client.receive_message(
+        encode_message(HandshakeResponse("s", VersionVector(), "e", compression="gzip"))
+    )
+    assert client.state is ClientState.CONNECTED
+    assert client.compressor.name == "gzip"
+    # Compressed frames from the server are read from now on.
+    ack = encode_message(Ack(VersionVector({"p" * 200: 1})), gzip)
+    assert ack[4] & 1
+    client.receive_message(ack)
+    assert client.state is ClientState.CONNECTED
+
+
+def test_a_compression_the_client_did_not_offer_is_refused() -> None:
+    client = make_client(compressor=NoCompression())
+    client.send_handshake()
+    client.messages_to_send()
+    client.receive_message(
+        encode_message(HandshakeResponse("s", VersionVector(), "e", compression="gzip"))
+    )
+    assert client.state is ClientState.CLOSED
+    assert client.error_code is ErrorCode.UNSUPPORTED_COMPRESSION
+    assert "'gzip'" in client.error_message and "'none'" in client.error_message
+
+
+def test_the_role_is_known_after_the_handshake_and_read_only_refusals_keep_it_open() -> None:
+    client = make_client()
+    assert client.role is None
+    client.send_handshake()
+    client.messages_to_send()
+    client.receive_message(
+        encode_message(HandshakeResponse("s", VersionVector(), "e", role=Role.READ))
+    )
+    assert client.role is Role.READ
+    client.events_received()
+    client.receive_message(encode_message(Error(ErrorCode.READ_ONLY, "read-only")))
+    assert client.state is ClientState.CONNECTED
+    [event] = client.events_received()
+    assert isinstance(event, ErrorOccurred)
+    assert event.code is ErrorCode.READ_ONLY and event.remote and not event.final
+    assert client.error_code is None
