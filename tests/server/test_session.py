@@ -23,6 +23,7 @@ from crdt_sync.sync import (
     Message,
     Ping,
     Pong,
+    Role,
     decode_message,
     encode_message,
 )
@@ -40,6 +41,7 @@ from server.session import (
     PingReceived,
     PongReceived,
     ProtocolViolation,
+    ReadOnlyRefused,
     ServerSession,
     SessionClosed,
     SessionInput,
@@ -726,3 +728,40 @@ def test_no_input_ever_raises_out_of_receive_message(frames: list[bytes], opened
         events = session.events_received()
         if session.state is SessionState.CLOSED:
             assert events == [] or isinstance(events[-1], SessionClosed)
+
+
+# ------------------------------------------------------------------------------ roles
+
+
+def test_a_read_only_session_refuses_changes_and_snapshots_and_stays_open() -> None:
+    session = ServerSession("notes")
+    session.receive_message(frame(handshake()))
+    session.events_received()
+    session.accept_handshake(server_document(), "epoch-1", role=Role.READ)
+    [response] = sent(session)
+    assert isinstance(response, HandshakeResponse) and response.role is Role.READ
+    assert session.role is Role.READ
+    writer = CRDTDocument()
+    CRDTTextHandler(writer, "text").insert(0, "mine")
+    session.receive_message(frame(Changes(tuple(writer.export_changes()))))
+    session.receive_message(frame(SnapshotUpload(writer.take_snapshot())))
+    errors = sent(session)
+    assert [e.code for e in errors if isinstance(e, Error)] == [ErrorCode.READ_ONLY] * 2
+    events = session.events_received()
+    assert [type(e) for e in events] == [ReadOnlyRefused, ReadOnlyRefused]
+    assert session.state is SessionState.OPEN
+    # Reading still works: a status request is answered.
+    session.receive_message(frame(DocumentStatusRequest(VersionVector())))
+    [status] = sent(session)
+    assert isinstance(status, DocumentStatus)
+
+
+def test_a_writer_session_names_its_role_and_the_chosen_compression() -> None:
+    session = ServerSession("notes", GzipCompressor())
+    request = HandshakeRequest("notes", PEER, VersionVector(), compressions=("none", "gzip"))
+    session.receive_message(frame(request))
+    session.events_received()
+    session.accept_handshake(server_document(), "epoch-1")
+    [response] = sent(session)
+    assert isinstance(response, HandshakeResponse)
+    assert (response.role, response.compression) == (Role.WRITE, "gzip")
