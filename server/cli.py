@@ -6,9 +6,14 @@
 
 Once the server listens, exactly one line goes to standard output (and is
 flushed), for people and for the desktop app that starts the server as a
-child process and parses the port from it with ``listening on ws://[^ ]*:(\\d+)/``::
+child process and parses the port from it with ``listening on wss?://[^ ]*:(\\d+)/``::
 
     crdt-sync-server listening on ws://127.0.0.1:8080/ (share: ws://192.168.1.20:8080/<document-id>)
+
+(``wss://`` with ``--tls-cert``/``--tls-key``.) Invite tokens are required
+unless ``--no-auth``: the secret that signs them is created on first start
+(mode 0600, beside the database or ``--secret-file``), and a line on standard
+error says how to make an invite.
 
 Everything else (server events, errors) is logged to standard error. SIGINT
 and SIGTERM stop the server cleanly: connections are closed and the registry
@@ -35,6 +40,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +63,7 @@ from .events import ServerEvent, ServerEventType
 from .exceptions import StorageError
 from .registry import CRDTServerRegistry, InMemoryServerRegistry, SqliteServerRegistry
 from .server import WebSocketServer
+from .tls import certificate_pin, server_ssl_context
 
 __all__ = [
     "build_parser",
@@ -105,15 +112,20 @@ def _url_host(host: str) -> str:
     return host
 
 
-def listening_line(host: str, port: int) -> str:
-    """The one line printed once the server listens (parsed by the desktop app)."""
-    shown = "0.0.0.0" if host == "" else host
+def share_host(host: str) -> str:
+    """The address others use to reach a server listening on ``host``."""
     # Listening on every interface: others reach us by our LAN address. Bound to
     # one address: that address is the only way in, so share it as it is.
-    share = lan_address() if host in _WILDCARD_HOSTS else host
+    return lan_address() if host in _WILDCARD_HOSTS else host
+
+
+def listening_line(host: str, port: int, scheme: str = "ws") -> str:
+    """The one line printed once the server listens (parsed by the desktop app)."""
+    shown = "0.0.0.0" if host == "" else host
+    share = share_host(host)
     return (
-        f"crdt-sync-server listening on ws://{_url_host(shown)}:{port}/"
-        f" (share: ws://{_url_host(share)}:{port}/<document-id>)"
+        f"crdt-sync-server listening on {scheme}://{_url_host(shown)}:{port}/"
+        f" (share: {scheme}://{_url_host(share)}:{port}/<document-id>)"
     )
 
 
@@ -183,6 +195,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-with-parent",
         action="store_true",
         help="stop cleanly when the parent process exits (for apps that start the server)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without invite tokens: anyone who can reach the server may read and"
+        " change every document (a warning is logged at every start)",
+    )
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        default=None,
+        help="the secret that signs invite tokens (default: beside the database, DB.secret;"
+        " created with mode 0600 if missing)",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, default=None, help="PEM certificate (chain): serve wss://"
+    )
+    parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="accept upgrade requests from this web origin (repeatable); requests with any"
+        " other Origin header get HTTP 403 (desktop clients send none)",
     )
     parser.add_argument(
         "--max-connections", type=_positive_int, default=1000, help="connection limit (1000)"
@@ -286,8 +323,6 @@ def token_main(argv: Sequence[str]) -> int:
         return 2
     pin = None
     if args.tls_cert is not None:
-        from .tls import certificate_pin
-
         try:
             pin = certificate_pin(args.tls_cert)
         except (OSError, ValueError) as error:
@@ -340,9 +375,51 @@ async def _watch_parent(original_parent: int, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), PARENT_POLL_INTERVAL)
 
 
+def _access(args: argparse.Namespace) -> tuple[TokenAuthority | None, ssl.SSLContext | None]:
+    """The token authority (None with --no-auth) and TLS context (None without TLS).
+
+    Raises:
+        SecretFileError, OSError, ssl.SSLError: unusable secret or certificate files.
+    """
+    authority: TokenAuthority | None = None
+    if args.no_auth:
+        _log.warning(
+            "--no-auth: no invite tokens are checked; anyone who can reach this server"
+            " can read, change and delete every document on it"
+        )
+    else:
+        path = secret_path(args.secret_file, args.db)
+        authority, created = TokenAuthority.from_file(path)
+        if created:
+            print(f"crdt-sync-server: created the token secret {path} (mode 0600)", file=sys.stderr)
+    context = None
+    if args.tls_cert is not None:
+        context = server_ssl_context(args.tls_cert, args.tls_key)
+    return authority, context
+
+
+def _invite_hint(args: argparse.Namespace, scheme: str, port: int) -> str:
+    where = (
+        f" --secret-file {args.secret_file}"
+        if args.secret_file is not None
+        else (f" --db {args.db}" if args.db is not None else "")
+    )
+    url = f"{scheme}://{_url_host(share_host(args.host))}:{port}"
+    pin = f" --tls-cert {args.tls_cert}" if args.tls_cert is not None else ""
+    return (
+        "invite tokens are required; make an invite link with:"
+        f" crdt-sync-server token DOCUMENT [--role read]{where} --url {url}{pin}"
+    )
+
+
 async def run(args: argparse.Namespace) -> int:
     """Run the server described by parsed ``args`` until a signal (or the parent) stops it."""
     original_parent = os.getppid()
+    try:
+        authority, context = _access(args)
+    except (SecretFileError, OSError, ssl.SSLError) as error:
+        print(f"crdt-sync-server: {error}", file=sys.stderr)
+        return 1
     try:
         registry = _make_registry(args)
     except StorageError as error:
@@ -358,6 +435,9 @@ async def run(args: argparse.Namespace) -> int:
         max_message_size=args.max_message_size,
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
+        auth=authority,
+        ssl=context,
+        allowed_origins=args.allow_origin,
     )
     subscription = server.server_events.subscribe(_log_event)
     stop = asyncio.Event()
@@ -381,7 +461,12 @@ async def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        print(listening_line(args.host, server.port), flush=True)
+        print(listening_line(args.host, server.port, server.scheme), flush=True)
+        if authority is not None:
+            print(
+                f"crdt-sync-server: {_invite_hint(args, server.scheme, server.port)}",
+                file=sys.stderr,
+            )
         await stop.wait()
         _log.info("stopping")
         return 0
@@ -402,7 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["token"]:
         return token_main(arguments[1:])
-    args = build_parser().parse_args(arguments)
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from crdt_sync.sync import ErrorCode, HandshakeRequest
+from crdt_sync.sync import ErrorCode, HandshakeRequest, Role
 from crdt_sync.sync.document_ids import document_id_from_url_path
 
+from .auth import InvalidTokenError, TokenAuthority
 from .events import ServerEventType
 from .rooms import Emit, Room, Rooms
 from .session import (
@@ -33,6 +36,7 @@ from .session import (
     ErrorReceived,
     HandshakeRequested,
     ProtocolViolation,
+    ReadOnlyRefused,
     ServerSession,
     SessionClosed,
     SessionState,
@@ -59,6 +63,8 @@ class Connection:
         self._outbox_bytes = 0
         self._max_outbound = max_outbound
         self._wakeup = asyncio.Event()
+        #: When the client's token expires (seconds since the epoch), if it has one.
+        self.expires_at: int | None = None
 
     # -- writing ------------------------------------------------------------------------
 
@@ -108,24 +114,55 @@ class Connection:
         handshake_timeout: float,
         authenticate: Authenticator | None,
         emit: Emit,
+        authority: TokenAuthority | None = None,
     ) -> None:
-        """Read frames until the session closes; raises ConnectionClosed when the peer goes."""
+        """Read frames until the session closes; raises ConnectionClosed when the peer goes.
+
+        With an ``authority`` every handshake must carry a valid token for its
+        document (else ``UNAUTHORIZED`` with the reason); the token's role
+        applies, and the connection is closed (``UNAUTHORIZED``) the second
+        the token expires.
+        """
         session = self.session
         ws = self.ws
+        access = _Access(authority, authenticate)
         try:
             async with asyncio.timeout(handshake_timeout):
                 while session.state in (SessionState.AWAITING_HANDSHAKE, SessionState.HANDSHAKING):
                     session.receive_message(await ws.recv())
-                    await self._process(rooms, authenticate, emit)
+                    await self._process(rooms, access, emit)
         except TimeoutError:
             session.fail(ErrorCode.TIMEOUT, f"no handshake within {handshake_timeout:g} seconds")
             self.flush()
             return
-        while session.state is SessionState.OPEN:
-            session.receive_message(await ws.recv())
-            await self._process(rooms, authenticate, emit)
+        expiry = (
+            asyncio.get_running_loop().create_task(self._expire(authority))
+            if authority is not None and self.expires_at is not None
+            else None
+        )
+        try:
+            while session.state is SessionState.OPEN:
+                session.receive_message(await ws.recv())
+                await self._process(rooms, access, emit)
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await expiry
 
-    async def _process(self, rooms: Rooms, authenticate: Authenticator | None, emit: Emit) -> None:
+    async def _expire(self, authority: TokenAuthority) -> None:
+        """Close the connection with UNAUTHORIZED once its token expired."""
+        expires_at = self.expires_at
+        if expires_at is None:  # pragma: no cover - only started with an expiry
+            return
+        # The authority's clock decides; sleep in steps so a changed clock is noticed.
+        while (left := expires_at - authority.clock()) > 0:
+            await asyncio.sleep(min(left, 60.0))
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires_at))
+        self.session.fail(ErrorCode.UNAUTHORIZED, f"the invite token expired at {when}")
+        self.flush()
+
+    async def _process(self, rooms: Rooms, access: _Access, emit: Emit) -> None:
         """Carry out everything the session asked for, until it asks for nothing."""
         session = self.session
         while True:
@@ -134,8 +171,9 @@ class Connection:
                 break
             for event in events:
                 if isinstance(event, HandshakeRequested):
-                    if await self._authenticated(event.request, authenticate):
-                        await rooms.join(self, event.request, event.document_id)
+                    role = await self._authorise(event, access, emit)
+                    if role is not None:
+                        await rooms.join(self, event.request, event.document_id, role)
                 elif isinstance(event, ChangesReceived):
                     await rooms.apply(self, event.changes)
                 elif isinstance(event, SnapshotUploaded):
@@ -145,6 +183,8 @@ class Connection:
                 elif isinstance(event, AwarenessQueried):
                     if self.room is not None:
                         session.send_awareness_state(rooms.awareness_states(self))
+                elif isinstance(event, ReadOnlyRefused):
+                    _log.debug("%s is read-only: %s refused", self.client_id, event.what)
                 elif isinstance(event, DocumentStatusSent):
                     _log.debug("%s resynchronised", self.client_id)
                 elif isinstance(event, ProtocolViolation | ErrorReceived):
@@ -161,19 +201,47 @@ class Connection:
             self.flush()
         self.flush()
 
-    async def _authenticated(
-        self, request: HandshakeRequest, authenticate: Authenticator | None
-    ) -> bool:
-        """Whether the client may join; refuses the handshake (UNAUTHORIZED) if not."""
-        if authenticate is None:
-            return True
-        verdict = authenticate(request)
-        allowed = await verdict if isinstance(verdict, Awaitable) else verdict
-        if not allowed:
-            self.session.reject_handshake(
-                ErrorCode.UNAUTHORIZED, "not allowed to join this document"
-            )
-        return bool(allowed)
+    async def _authorise(
+        self, event: HandshakeRequested, access: _Access, emit: Emit
+    ) -> Role | None:
+        """The role the client joins with, or None after refusing it (UNAUTHORIZED)."""
+        request = event.request
+        role = Role.WRITE
+        if access.authority is not None:
+            try:
+                grant = access.authority.verify(request.auth_token, event.document_id)
+            except InvalidTokenError as error:
+                self.session.reject_handshake(ErrorCode.UNAUTHORIZED, str(error))
+                emit(
+                    ServerEventType.ERROR,
+                    f"client {self.client_id} refused: {error}",
+                    client_id=self.client_id,
+                    document_id=event.document_id,
+                    code=ErrorCode.UNAUTHORIZED.name,
+                )
+                return None
+            role, self.expires_at = grant.role, grant.expires_at
+        if access.authenticate is not None:
+            verdict = access.authenticate(request)
+            allowed = await verdict if isinstance(verdict, Awaitable) else verdict
+            if not allowed:
+                self.session.reject_handshake(
+                    ErrorCode.UNAUTHORIZED, "not allowed to join this document"
+                )
+                return None
+        return role
+
+
+class _Access:
+    """Who decides whether a client may join: the token authority, the hook, or both."""
+
+    __slots__ = ("authenticate", "authority")
+
+    def __init__(
+        self, authority: TokenAuthority | None, authenticate: Authenticator | None
+    ) -> None:
+        self.authority = authority
+        self.authenticate = authenticate
 
 
 def describe_close(closed: ConnectionClosed) -> str:

@@ -47,6 +47,7 @@ from crdt_sync.sync import (
     DocumentStatus,
     ErrorCode,
     HandshakeRequest,
+    Role,
     encode_message,
 )
 from crdt_sync.sync.messages import encode_changes_frame
@@ -144,8 +145,15 @@ class Rooms(RegistryObserver):
 
     # -- joining and leaving -----------------------------------------------------------
 
-    async def join(self, member: Member, request: HandshakeRequest, document_id: str) -> None:
-        """Answer ``member``'s handshake: open the room (loading or creating) and join it."""
+    async def join(
+        self,
+        member: Member,
+        request: HandshakeRequest,
+        document_id: str,
+        role: Role = Role.WRITE,
+    ) -> None:
+        """Answer ``member``'s handshake: open the room (loading or creating) and join it
+        with ``role`` (a READ member's changes are refused by its session)."""
         session = member.session
         try:
             async with self._lock(document_id):
@@ -165,7 +173,7 @@ class Rooms(RegistryObserver):
                 if session.state is not SessionState.HANDSHAKING or self.closing:
                     return  # timed out or closed while we looked the document up
                 # Same synchronous step: compute what the client lacks, join the room.
-                session.accept_handshake(room.document, room.epoch, durable)
+                session.accept_handshake(room.document, room.epoch, durable, role)
                 room.members.add(member)
                 member.room = room
         except RegistryError as error:
@@ -185,6 +193,7 @@ class Rooms(RegistryObserver):
             document_id=document_id,
             peer_id=request.peer_id,
             name=request.display_name,
+            role=role.label,
         )
 
     async def _open_room(self, document_id: str) -> Room | None:

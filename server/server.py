@@ -21,17 +21,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as ssl_module
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Origin
 
 from crdt_sync.sync import DEFAULT_MAX_MESSAGE_SIZE, Compressor, ErrorCode, NoCompression
 from crdt_sync.sync.document_ids import document_id_from_url_path
 
+from .auth import TokenAuthority
 from .connection import Authenticator, Connection, describe_close
 from .events import EventStream, ServerEvent, ServerEventType
 from .exceptions import RegistryError, ServerStateError
@@ -76,6 +79,19 @@ class WebSocketServer:
         max_outbound_bytes: per-connection bound on frames waiting to be sent.
         authenticate: optional check of each handshake request (token, name);
             returning False refuses the client with ``UNAUTHORIZED``.
+        auth: the :class:`~server.auth.TokenAuthority` whose tokens open
+            documents. With one, a handshake without a valid token for its
+            document is refused with ``UNAUTHORIZED`` (the reason in the
+            message), the token's role applies (``READ``: changes refused with
+            ``READ_ONLY``), and a connection is closed with ``UNAUTHORIZED``
+            when its token expires. None (the default for the library; the
+            command line requires tokens unless ``--no-auth``): anyone may join
+            and write.
+        ssl: a server :class:`ssl.SSLContext` to serve ``wss://``
+            (:func:`server.tls.server_ssl_context`).
+        allowed_origins: upgrade requests that carry an ``Origin`` header (web
+            pages) are refused with HTTP 403 unless it is listed here; desktop
+            and library clients send none and are not affected.
     """
 
     def __init__(
@@ -97,6 +113,9 @@ class WebSocketServer:
         idle_unload_after: float = 60.0,
         max_outbound_bytes: int = 64 * 1024 * 1024,
         authenticate: Authenticator | None = None,
+        auth: TokenAuthority | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        allowed_origins: Iterable[str] = (),
     ) -> None:
         for name, value in (
             ("max_message_size", max_message_size),
@@ -130,6 +149,9 @@ class WebSocketServer:
         self.idle_unload_after = idle_unload_after
         self.max_outbound_bytes = max_outbound_bytes
         self.authenticate = authenticate
+        self.auth = auth
+        self.ssl = ssl
+        self.allowed_origins = tuple(allowed_origins)
         self.server_events: EventStream[ServerEvent] = EventStream()
         self._server: Server | None = None
         self._stopped = False
@@ -163,6 +185,11 @@ class WebSocketServer:
         for sock in self._server.sockets:
             return int(sock.getsockname()[1])
         raise ServerStateError("the server has no listening socket")
+
+    @property
+    def scheme(self) -> str:
+        """``"wss"`` when serving TLS, else ``"ws"``."""
+        return "wss" if self.ssl is not None else "ws"
 
     @property
     def is_running(self) -> bool:
@@ -202,6 +229,10 @@ class WebSocketServer:
             ping_timeout=self.ping_timeout,
             close_timeout=self.close_timeout,
             compression=None,  # frames are compressed (or not) by our own Compressor
+            ssl=self.ssl,
+            # No Origin header (desktop and library clients) is fine; a web page's
+            # origin must be allowed explicitly (answered with HTTP 403 otherwise).
+            origins=[None, *(Origin(origin) for origin in self.allowed_origins)],
         )
         self._remove_snapshot_listener = self.registry.add_snapshot_listener(self._on_snapshot)
         self._remove_observer = self.registry.add_observer(self.rooms)
@@ -210,9 +241,11 @@ class WebSocketServer:
         )
         self._emit(
             ServerEventType.STARTED,
-            f"listening on {self.host}:{self.port}",
+            f"listening on {self.scheme}://{self.host}:{self.port}",
             host=self.host,
             port=self.port,
+            tls=self.ssl is not None,
+            auth=self.auth is not None,
         )
 
     async def stop(self) -> None:
@@ -315,6 +348,7 @@ class WebSocketServer:
                     handshake_timeout=self.handshake_timeout,
                     authenticate=self.authenticate,
                     emit=self._emit,
+                    authority=self.auth,
                 )
         except ConnectionClosed as closed:
             reason = describe_close(closed)

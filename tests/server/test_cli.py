@@ -16,10 +16,11 @@ import pytest
 from server_helpers import Peer, peers, wait_converged, wait_for
 
 from crdt_sync.sync.client import ConnectionStatus
+from server.auth import TokenAuthority, default_secret_path
 from server.cli import build_parser, listening_line
 
 # What the desktop app uses to find the port.
-PORT_RE = re.compile(r"listening on ws://[^ ]*:(\d+)/")
+PORT_RE = re.compile(r"listening on wss?://[^ ]*:(\d+)/")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -92,9 +93,9 @@ def test_sigterm_stops_cleanly_with_status_zero(tmp_path: Path) -> None:
 
 
 def test_a_busy_port_is_a_clear_startup_failure(tmp_path: Path) -> None:
-    with running("--port", "0", "--memory") as (_, port):
+    with running("--port", "0", "--memory", "--no-auth") as (_, port):
         second = subprocess.run(
-            [sys.executable, "-m", "server", "--port", str(port), "--memory"],
+            [sys.executable, "-m", "server", "--port", str(port), "--memory", "--no-auth"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -108,7 +109,7 @@ def test_a_corrupt_database_is_a_clear_startup_failure(tmp_path: Path) -> None:
     path = tmp_path / "broken.sqlite3"
     path.write_bytes(b"definitely not sqlite" * 50)
     result = subprocess.run(
-        [sys.executable, "-m", "server", "--port", "0", "--db", str(path)],
+        [sys.executable, "-m", "server", "--port", "0", "--db", str(path), "--no-auth"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -138,7 +139,7 @@ def test_exit_with_parent_leaves_no_orphan(tmp_path: Path) -> None:
     launcher = (
         "import subprocess, sys\n"
         "child = subprocess.Popen([sys.executable, '-m', 'server', '--port', '0', '--memory',"
-        " '--exit-with-parent'], stdout=subprocess.PIPE, text=True)\n"
+        " '--no-auth', '--exit-with-parent'], stdout=subprocess.PIPE, text=True)\n"
         "print(child.pid, child.stdout.readline().strip(), flush=True)\n"
         "sys.stdin.read()\n"
     )
@@ -165,8 +166,12 @@ async def test_sigkill_mid_session_loses_no_acknowledged_change(tmp_path: Path) 
     database = str(tmp_path / "store.sqlite3")
     process, port = start_server("--port", "0", "--db", database)
     url = f"ws://127.0.0.1:{port}/meeting"
+    # Tokens are required by default: sign one with the secret the server created.
+    authority, created = TokenAuthority.from_file(default_secret_path(Path(database)))
+    assert not created
+    token = authority.issue("meeting")
     try:
-        async with peers(url, 3) as group:
+        async with peers(url, 3, auth_token=token) as group:
             ada, bob, cy = group
             ada.text.insert(0, "minutes: ")
             bob.items.append("agenda item")
@@ -194,7 +199,7 @@ async def test_sigkill_mid_session_loses_no_acknowledged_change(tmp_path: Path) 
             assert ada.items.value[0] == "agenda item" or "agenda item" in ada.items.value
 
         # A newcomer, knowing nothing, finds everything acknowledged before the kill.
-        newcomer = Peer(url, "newcomer")
+        newcomer = Peer(url, "newcomer", auth_token=token)
         await newcomer.connect()
         await wait_for(
             lambda: (
