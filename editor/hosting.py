@@ -24,7 +24,7 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal
 
 __all__ = ["HostedServer", "HostingError", "invite_link", "lan_address"]
 
-LISTENING_LINE = re.compile(rb"listening on ws://[^ ]*:(\d+)/")
+LISTENING_LINE = re.compile(rb"listening on wss?://[^ ]*:(\d+)/")
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -117,6 +117,8 @@ class HostedServer(QObject):
             "--port",
             str(self._requested_port),
             *(["--memory"] if self._memory else ["--db", str(self._db_path)]),
+            # Tokens and TLS for hosted sessions come with the app's invite links.
+            "--no-auth",
             "--exit-with-parent",
         ]
 
