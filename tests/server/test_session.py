@@ -741,7 +741,7 @@ def test_a_read_only_session_refuses_changes_and_snapshots_and_stays_open() -> N
     [response] = sent(session)
     assert isinstance(response, HandshakeResponse) and response.role is Role.READ
     assert session.role is Role.READ
-    writer = CRDTDocument()
+    writer = CRDTDocument(PEER)  # the session's own peer: only its role forbids writing
     CRDTTextHandler(writer, "text").insert(0, "mine")
     session.receive_message(frame(Changes(tuple(writer.export_changes()))))
     session.receive_message(frame(SnapshotUpload(writer.take_snapshot())))
