@@ -15,6 +15,14 @@
 3. Per-keystroke handling in that document: a key press in the middle of the
    104,852-character text, from the key event to the CRDT transaction done
    and the widget updated (p50 / p99 / max).
+4. View > Show Authors on that document: from the toggle to the overlay
+   painted (the author runs loaded from the CRDT and the visible lines
+   washed), p50 / p99 over repeated off/on toggles; and keystroke handling
+   with authorship shown (item 3 again). Item 1 is also run with authorship
+   shown in both windows.
+
+The trace is ``shared/traces/sequential/automerge-paper.json.gz`` beside the
+repository, or under ``$CRDT_TRACES_DIR``.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QCoreApplication, QSettings, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
@@ -44,13 +52,20 @@ from editor.main_window import MainWindow
 from editor.session import TEXT_NAME, Session
 from editor.sync_panel import SyncState
 
-TRACE = (
-    Path(__file__).resolve().parent.parent.parent
-    / "shared"
-    / "traces"
-    / "sequential"
-    / "automerge-paper.json.gz"
-)
+
+def _trace_path() -> Path:
+    name = Path("sequential") / "automerge-paper.json.gz"
+    candidates = [Path(__file__).resolve().parent.parent.parent / "shared" / "traces" / name]
+    if os.environ.get("CRDT_TRACES_DIR"):
+        candidates.insert(0, Path(os.environ["CRDT_TRACES_DIR"]) / name)
+    candidates.append(Path("/work/shared/traces") / name)
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    return candidates[0]
+
+
+TRACE = _trace_path()
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -87,7 +102,9 @@ async def wait_until(predicate: object, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.001)
 
 
-async def keystroke_to_remote(root: Path, keystrokes: int, memory: bool) -> None:
+async def keystroke_to_remote(
+    root: Path, keystrokes: int, memory: bool, authors: bool = False
+) -> None:
     server = HostedServer(root / "bench-host.db", memory=memory, bind_address="127.0.0.1")
     port = await server.start()
     a = make_window(root, "A")
@@ -99,6 +116,8 @@ async def keystroke_to_remote(root: Path, keystrokes: int, memory: bool) -> None
         await wait_until(lambda: a.sync_panel.state is SyncState.CONNECTED)
         await wait_until(lambda: b.sync_panel.state is SyncState.CONNECTED)
         assert b.text_binding is not None
+        for window in (a, b):
+            window.show_authors_action.setChecked(authors)
         loop = asyncio.get_running_loop()
         samples: list[float] = []
         for i in range(keystrokes + 20):
@@ -122,7 +141,8 @@ async def keystroke_to_remote(root: Path, keystrokes: int, memory: bool) -> None
             if memory
             else "SQLite store: relayed at once, acknowledged once durable"
         )
-        report(f"keystroke -> other window's widget (child server, {store})", samples)
+        shown = ", authorship shown" if authors else ""
+        report(f"keystroke -> other window's widget (child server, {store}{shown})", samples)
     finally:
         await a.shutdown()
         await b.shutdown()
@@ -184,9 +204,36 @@ async def open_and_type(root: Path, keystrokes: int) -> None:
         assert window.session is not None
         assert window.session.text.value == window.text_binding.text  # type: ignore[union-attr]
         report("keystroke handling in automerge-paper (key event -> CRDT + widget)", samples)
+        toggle_authors(window, app, keystrokes)
     finally:
         await window.shutdown()
         window.close()
+
+
+def toggle_authors(window: MainWindow, app: QCoreApplication, keystrokes: int) -> None:
+    """View > Show Authors on the open document: toggle time, then typing with it on."""
+    overlay = window.authorship
+    toggles: list[float] = []
+    for _ in range(12):
+        window.show_authors_action.setChecked(False)
+        app.processEvents()
+        t0 = time.perf_counter()
+        window.show_authors_action.setChecked(True)
+        overlay.repaint()  # runs loaded + visible lines painted, synchronously
+        toggles.append((time.perf_counter() - t0) * 1000)
+    assert window.author_runs is not None
+    runs = len(window.author_runs.starts)
+    report(f"Show Authors toggle on automerge-paper ({runs:,} author runs)", toggles[2:])
+    samples: list[float] = []
+    for i in range(keystrokes + 20):
+        key = Qt.Key.Key_Backspace if i % 5 == 4 else Qt.Key.Key_Y
+        t0 = time.perf_counter()
+        QTest.keyClick(window.text_edit, key)
+        overlay.repaint()
+        if i >= 20:
+            samples.append((time.perf_counter() - t0) * 1000)
+    report("keystroke handling in automerge-paper, authorship shown (+ overlay repaint)", samples)
+    window.show_authors_action.setChecked(False)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -194,6 +241,7 @@ async def main(args: argparse.Namespace) -> None:
         root = Path(folder)
         await keystroke_to_remote(root, args.keystrokes, memory=False)
         await keystroke_to_remote(root, args.keystrokes, memory=True)
+        await keystroke_to_remote(root, args.keystrokes, memory=True, authors=True)
         await open_and_type(root, args.keystrokes)
 
 

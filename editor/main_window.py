@@ -47,6 +47,7 @@ from PySide6.QtWidgets import (
 
 from crdt_sync import CRDTDocument, CRDTError, CRDTListHandler, CRDTTextHandler, Snapshot
 from crdt_sync.sync.client import ReconnectPolicy
+from editor.authorship import AuthorRuns, AuthorshipOverlay
 from editor.dialogs import HostDialog, JoinDialog
 from editor.hosting import HostedServer, HostingError, invite_link
 from editor.list_model import ListModel
@@ -139,6 +140,9 @@ class MainWindow(QMainWindow):
         self.text_edit = QPlainTextEdit(self)
         self.text_edit.setObjectName("sharedText")
         self.text_edit.setPlaceholderText("Shared text: everyone in the session edits it live.")
+        # Author colours under the collaborators' carets (created first: drawn below).
+        self.authorship = AuthorshipOverlay(self.text_edit)
+        self.author_runs: AuthorRuns | None = None
         self.cursor_overlay = RemoteCursorOverlay(self.text_edit)
         self.list_view = ListView(self)
         self.list_view.setObjectName("sharedList")
@@ -154,6 +158,8 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         else:
             self.resize(1100, 700)
+        if str(self.settings.value("showAuthors", "false")).lower() == "true":
+            self.show_authors_action.setChecked(True)
         splitter_state = self.settings.value("splitterState")
         if isinstance(splitter_state, QByteArray):
             self.splitter.restoreState(splitter_state)
@@ -263,6 +269,12 @@ class MainWindow(QMainWindow):
         edit_actions = (self.cut_action, self.copy_action, self.paste_action)
         for action in (*edit_actions, self.select_all_action):
             action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        self.show_authors_action = QAction("Show &Authors", self)
+        self.show_authors_action.setCheckable(True)
+        self.show_authors_action.setShortcut(QKeySequence("Ctrl+Shift+A"))
+        self.show_authors_action.setToolTip("Colour each character by who wrote it")
+        self.show_authors_action.toggled.connect(self.on_show_authors_action_toggled)
+        self.addAction(self.show_authors_action)
         self.reopen_action = QAction("Reopen the Last Session at Start", self)
         self.reopen_action.setCheckable(True)
         self.reopen_action.setChecked(self.reopen_last_session_enabled)
@@ -313,6 +325,7 @@ class MainWindow(QMainWindow):
             session_menu.addAction(action)
         view_menu = self.menuBar().addMenu("&View")
         view_menu.addAction(self.sync_panel.toggleViewAction())
+        view_menu.addAction(self.show_authors_action)
         self.view_menu = view_menu
         toolbar = self.addToolBar("Session")
         toolbar.setObjectName("sessionToolbar")
@@ -369,8 +382,19 @@ class MainWindow(QMainWindow):
             self.text_binding.unbind()
         if self.list_model is not None:
             self.list_model.unbind()
+        if self.author_runs is not None:
+            self.author_runs.close()
         self.session = session
         self.text_binding = TextBinding(self.text_edit, session.document, session.text, self)
+        self.author_runs = AuthorRuns(session.text)
+        self.authorship.set_source(
+            self.author_runs,
+            session.author,
+            session.document.timestamp_of,
+            self.text_binding.to_qt,
+            self.text_binding.from_qt,
+        )
+        session.authorsChanged.connect(self.authorship.authors_changed)
         self.list_model = ListModel(session.document, session.items, self)
         self.list_view.setModel(self.list_model)
         session.statusChanged.connect(self.on_session_statusChanged)
@@ -713,6 +737,11 @@ class MainWindow(QMainWindow):
     def reopen_last_session_enabled(self) -> bool:
         """Whether the app reopens the last session at start (on unless turned off)."""
         return str(self.settings.value("reopenLastSession", "true")).lower() != "false"
+
+    def on_show_authors_action_toggled(self, checked: bool) -> None:
+        """View > Show Authors: colour each character by its author (remembered)."""
+        self.authorship.set_enabled(checked)
+        self.settings.setValue("showAuthors", "true" if checked else "false")
 
     def on_reopen_action_toggled(self, checked: bool) -> None:
         """File > Reopen the Last Session at Start."""

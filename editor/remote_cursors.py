@@ -26,6 +26,7 @@ from PySide6.QtGui import (
     QColor,
     QFontMetrics,
     QMouseEvent,
+    QMoveEvent,
     QPainter,
     QPaintEvent,
     QTextCursor,
@@ -138,6 +139,12 @@ class RemoteCursorOverlay(QWidget):
                 self._start_fading()
             self._hovered = hovered
             self.update()
+
+    def moveEvent(self, event: QMoveEvent) -> None:
+        """Stay on the viewport's corner: scrolling moves the viewport's children."""
+        super().moveEvent(event)
+        if self.pos() != QPoint(0, 0):
+            self.move(0, 0)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         """Follow the viewport's size and the mouse (to show a hovered caret's label)."""

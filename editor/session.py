@@ -27,6 +27,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from crdt_sync import (
     CRDTDocument,
     CRDTListHandler,
+    CRDTMapHandler,
     CRDTTextHandler,
     StickyIndex,
     UndoManager,
@@ -51,6 +52,7 @@ from crdt_sync.sync.events import (
     SnapshotSent,
 )
 from crdt_sync.sync.protocol import count_unacknowledged
+from editor.authorship import AUTHORS_NAME, Author, author_entry
 from editor.messages import human_reason
 from editor.persistence import (
     StoredSession,
@@ -156,6 +158,8 @@ class Session(QObject):
     presenceChanged = Signal()
     unacknowledgedChanged = Signal(int)
     saved = Signal()
+    #: The shared ``authors`` map changed (names and colours of text authors).
+    authorsChanged = Signal()
 
     def __init__(
         self,
@@ -172,6 +176,8 @@ class Session(QObject):
         self.store = store if store is not None else (session_path(url) if url else None)
         self.text = CRDTTextHandler(document, TEXT_NAME)
         self.items = CRDTListHandler(document, LIST_NAME)
+        self.authors = CRDTMapHandler(document, AUTHORS_NAME)
+        self._author_pending = False
         self.undo = UndoManager(document, [self.text, self.items], capture_timeout_ms=500)
         self.colour = colour_for(str(document.peer_id))
         self.client: WebSocketClient | None = None
@@ -193,6 +199,7 @@ class Session(QObject):
         self._update_subscription = document.on_update(self._on_document_update)
         #: The lock this window holds on :attr:`store` (``editor.single_instance``).
         self.store_lock: StoreLock | None = None
+        self._authors_subscription = self.authors.observe(lambda _e: self.authorsChanged.emit())
 
     @property
     def peer_id(self) -> str:
@@ -223,12 +230,45 @@ class Session(QObject):
         write_atomically(path, self.document.take_snapshot().to_bytes())
 
     def _on_document_update(self, event: UpdateEvent) -> None:
+        if event.local and not self._author_pending and not self._author_recorded():
+            # Sign the document once: after this edit's transaction, not inside it.
+            self._author_pending = True
+            QTimer.singleShot(0, self, self.record_author)
         if self.store is not None:
             self._save_timer.start()
         if self.url is not None:
             self.unacknowledgedChanged.emit(self.unacknowledged)
         if not event.local:
             self.presenceChanged.emit()  # remote cursors re-resolve against the new text
+
+    # -- authors ----------------------------------------------------------------
+    def _author_recorded(self) -> bool:
+        return author_entry(self.authors.get(self.peer_id)) == (self.name[:40], self.colour)
+
+    def record_author(self) -> None:
+        """Write this peer's name and colour into the shared ``authors`` map (if new).
+
+        Done when joining a session and on the first edit, so every replica
+        can name every author, offline ones included. Not an undoable edit.
+        """
+        self._author_pending = False
+        if self._author_recorded():
+            return
+        with self.document.transaction(origin="authors"):
+            self.authors.set(self.peer_id, {"name": self.name[:40], "colour": self.colour})
+
+    def author(self, peer_id: str) -> Author:
+        """The name and colour of ``peer_id`` as the document (or presence) knows them."""
+        if peer_id == self.peer_id:
+            return Author(peer_id, self.name[:40], self.colour)
+        entry = author_entry(self.authors.get(peer_id))
+        if entry is None and self.client is not None:
+            state = self.client.awareness.states.get(peer_id)
+            if state is not None:
+                entry = self._name_and_colour(peer_id, state)
+        if entry is None:
+            return Author(peer_id, peer_id[:8], colour_for(peer_id))
+        return Author(peer_id, *entry)
 
     # -- connection -------------------------------------------------------------
     def start_sync(self, url: str, reconnect: ReconnectPolicy | None = None) -> None:
@@ -284,6 +324,7 @@ class Session(QObject):
         await self.stop_sync()
         self.save()
         self._update_subscription.cancel()
+        self._authors_subscription.cancel()
 
     @property
     def unacknowledged(self) -> int:
@@ -343,6 +384,7 @@ class Session(QObject):
                 known = VersionVector() if event.epoch_changed else self.acknowledged
                 self.acknowledged = known.merge(self.client.acknowledged)
             self._publish_presence()
+            QTimer.singleShot(0, self, self.record_author)
 
     # -- presence ----------------------------------------------------------------
     #: Longest time (ms) a moved cursor waits before collaborators are told.
