@@ -32,7 +32,7 @@ from pathlib import Path
 
 import platformdirs
 
-from crdt_sync import CRDTDocument, CRDTError, PeerId, VersionVector
+from crdt_sync import CRDTDocument, CRDTError, PeerId, Snapshot, VersionVector
 
 __all__ = [
     "StoredSession",
@@ -89,13 +89,25 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def save_document(document: CRDTDocument, stored: StoredSession) -> None:
-    """Write ``document``'s change history, id and peer id for ``stored.url``."""
-    write_atomically(stored.snapshot_path, document.binary_export_changes())
+    """Write ``document``'s change history, id and peer id for ``stored.url``.
+
+    A document that merged a snapshot (the server sends one when it has no
+    history to send) holds no history before it: it is stored as a snapshot
+    (``"format": "snapshot"`` in the meta file) and reloaded under a new peer id.
+    """
+    store_format = "changes"
+    if document.can_export(VersionVector()):
+        data = document.binary_export_changes()
+    else:
+        data = document.take_snapshot().to_bytes()
+        store_format = "snapshot"
+    write_atomically(stored.snapshot_path, data)
     meta = {
         "url": stored.url,
         "peer_id": str(document.peer_id),
         "document_id": document.document_id,
         "replica_secret": base64.b64encode(document.replica_secret).decode("ascii"),
+        "format": store_format,
     }
     write_atomically(stored.meta_path, json.dumps(meta).encode("utf-8"))
 
@@ -110,6 +122,12 @@ def load_document(stored: StoredSession) -> CRDTDocument | None:
         data = stored.snapshot_path.read_bytes()
         meta = json.loads(stored.meta_path.read_text(encoding="utf-8"))
         peer_id = PeerId.parse(str(meta["peer_id"]))
+        if meta.get("format") == "snapshot":
+            # No history to continue from: go on as a new peer (always safe);
+            # what the server lacks is sent as a snapshot at the next handshake.
+            return CRDTDocument.from_snapshot(
+                Snapshot.from_bytes(data), document_id=str(meta["document_id"])
+            )
         # A store written before secrets existed gets a new one: the server then
         # accepts it only if no other replica claimed the peer id first.
         encoded = meta.get("replica_secret")

@@ -338,3 +338,26 @@ def test_two_writers_of_one_file_never_share_a_temporary_file(tmp_path: Path) ->
     assert errors == []
     assert target.read_bytes() in (b"a" * 100, b"b" * 100)
     assert [p.name for p in tmp_path.iterdir()] == ["doc.crdt"]
+
+
+def test_a_document_that_merged_a_snapshot_is_stored_and_reloaded_as_a_new_peer(
+    tmp_path: Path,
+) -> None:
+    from crdt_sync import CRDTDocument, CRDTTextHandler, VersionVector
+    from editor.persistence import load_document, save_document, session_path
+
+    source = CRDTDocument(document_id="notes")
+    CRDTTextHandler(source, "shared_text").insert(0, "from the server")
+    mine = CRDTDocument(document_id="notes")
+    text = CRDTTextHandler(mine, "shared_text")
+    mine.import_snapshot(source.take_snapshot())
+    text.insert(0, "mine: ")
+    assert text.value == "mine: from the server"
+    assert not mine.can_export(VersionVector())
+    stored = session_path("ws://127.0.0.1:1/notes", tmp_path)
+    save_document(mine, stored)
+    again = load_document(stored)
+    assert again is not None
+    assert again.peer_id != mine.peer_id  # no history to continue from: a fresh peer
+    reloaded = CRDTTextHandler(again, "shared_text")
+    assert reloaded.value == "mine: from the server"
