@@ -1269,6 +1269,7 @@ class LoadRun:
     final_check: str = ""
     build_seconds: float = 0.0
     server_description: str = ""
+    server_state: dict[Any, int] = field(default_factory=dict)
     #: per (sender, edit): send time; per (receiver): arrival times (kept for callers)
     sent: dict[int, Any] = field(default_factory=dict)
     received: dict[int, Any] = field(default_factory=dict)
@@ -1408,6 +1409,20 @@ class Generator:
     def _server_cpu(self) -> float:
         return sum(s.cpu_seconds() for s in self.servers if s.alive())
 
+    def settle(self, timeout: float = 10.0) -> float:
+        """Wait (bounded) until the servers are idle: under 5 % of a core over 200 ms,
+        so work left over from the clients' handshakes (or a preload) is not measured
+        as the load's. Returns the seconds waited."""
+        start = time.perf_counter()
+        last = self._server_cpu()
+        while time.perf_counter() - start < timeout:
+            time.sleep(0.2)
+            now = self._server_cpu()
+            if now - last < 0.010:
+                break
+            last = now
+        return time.perf_counter() - start
+
     def run_load(
         self,
         rate: float,
@@ -1415,6 +1430,7 @@ class Generator:
         drain_timeout: float = 10.0,
         lead: float = 0.5,
         check_url: str | None = None,
+        on_start: Any = None,
     ) -> LoadRun:
         """Connect every client, send every edit on schedule, drain, and gather the stamps.
 
@@ -1422,6 +1438,8 @@ class Generator:
         load has drained, while the load's clients are still connected (a server
         without a store, like pycrdt-websocket's, drops a room when its last
         client leaves): ``run.final_check`` says whether every sent edit is there.
+        ``on_start(t0)`` is called once the start time is fixed (e.g. to start an
+        attacker beside the load); ``run.server_state`` keeps what the server held.
         """
         w = self.workload
         run = LoadRun(label, w.proto, w.n, w.edits, rate, self.workers)
@@ -1434,9 +1452,12 @@ class Generator:
                 _, connected, errors = _expect(pipe, "ready", CONNECT_TIMEOUT * 3 + 60)
                 run.connected += connected
                 run.connect_errors += errors
+            self.settle()
             t0 = time.perf_counter() + lead
             for pipe in pipes:
                 pipe.send(("start", t0))
+            if on_start is not None:
+                on_start(t0)
             time.sleep(max(0.0, t0 - time.perf_counter()))
             cpu0, busy0, own0 = self._server_cpu(), machine_busy_seconds(), own_cpu_seconds()
             longest = lead + 1.0 / rate + w.edits / rate + drain_timeout + 60
@@ -1473,6 +1494,7 @@ class Generator:
         self._merge(run, results)
         if state is not None:
             run.final_check = _missing(w, run, state)
+            run.server_state = state
         return run
 
     def _merge(self, run: LoadRun, results: list[WorkerResult]) -> None:
