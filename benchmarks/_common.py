@@ -477,6 +477,7 @@ def crdt_workload(
     seed: int = 1,
     document_id: str = "bench-doc",
     auth_token: str | None = None,
+    base: Any = None,
 ) -> Workload:
     """Precompute ``n`` clients x ``edits`` one-character inserts as Changes frames.
 
@@ -487,6 +488,8 @@ def crdt_workload(
     client would have seen. ``append``: each client's replica holds only its
     own edits and it appends at its end: every insert is concurrent with every
     other client's, at the document's end (the worst case for integration).
+    ``base`` (a ``crdt_sync.Snapshot``): every replica starts from that state (the
+    document the server already holds), so edits land among its text.
     """
     from crdt_sync import Change, CRDTDocument, CRDTTextHandler
     from crdt_sync.sync.messages import Changes, encode_message
@@ -495,7 +498,10 @@ def crdt_workload(
     rng = random.Random(seed)
     peers = [_seeded_peer(rng) for _ in range(n)]
     secrets = [rng.randbytes(32) for _ in range(n)]
-    docs = [CRDTDocument(peer_id=p) for p in peers]
+    if base is None:
+        docs = [CRDTDocument(peer_id=p) for p in peers]
+    else:
+        docs = [CRDTDocument.from_snapshot(base, peer_id=p) for p in peers]
     texts = [CRDTTextHandler(d, "text") for d in docs]
     boxes: list[list[Change]] = [[] for _ in range(n)]
     for doc, box in zip(docs, boxes, strict=True):

@@ -76,6 +76,7 @@ from _common import (  # benchmarks/ is not a package
 ATTACKER_HOST = "127.0.0.2"
 CLASSES = ("flood", "big", "status", "presence", "connections")
 DOCUMENT = "hostile-doc"
+PROBE_DOCUMENT = "probe-doc"
 
 
 # ----------------------------------------------------------------- the attacker
@@ -183,8 +184,10 @@ async def _handshaken(spec: AttackSpec, result: AttackResult, hello: bytes) -> A
 
 
 async def _send(ws: Any, frame: bytes, result: AttackResult) -> bool:
+    """Send one frame; False when the connection is gone or the server stopped reading
+    for 2 s (then the attacker moves on to a new connection)."""
     try:
-        await ws.send(frame)
+        await asyncio.wait_for(ws.send(frame), 2.0)
     except Exception:
         return False
     result.frames_sent += 1
@@ -226,7 +229,7 @@ async def _flood(spec: AttackSpec, result: AttackResult, end: float) -> None:
             if result.frames_sent % 64 == 0:
                 await asyncio.sleep(0)  # let the reader run
         with contextlib.suppress(Exception):
-            await ws.close()
+            await asyncio.wait_for(ws.close(), 2.0)
         reader.cancel()
 
 
@@ -322,7 +325,7 @@ async def _presence(spec: AttackSpec, result: AttackResult, end: float) -> None:
             if clock % 16 == 0:
                 await asyncio.sleep(0)
         with contextlib.suppress(Exception):
-            await ws.close()
+            await asyncio.wait_for(ws.close(), 2.0)
         reader.cancel()
 
 
@@ -394,7 +397,9 @@ async def send_preload(url: str, peer: str, secret: bytes, frames: list[bytes], 
 
 
 def probe_connect(url: str, out: dict[str, Any]) -> None:
-    """A new honest client's handshake during the attack (from 127.0.0.1)."""
+    """A new honest client's handshake during the attack (from 127.0.0.1), on a document
+    of its own (an empty one: joining the big one would cost the server its snapshot
+    and disturb the honest figures; this asks only whether the server lets anyone in)."""
 
     async def go() -> None:
         from websockets.asyncio.client import connect
@@ -402,7 +407,7 @@ def probe_connect(url: str, out: dict[str, Any]) -> None:
         rng = random.Random()
         t = time.perf_counter()
         async with connect(url, compression=None, max_size=None, proxy=None, open_timeout=10) as ws:
-            await ws.send(handshake_request(DOCUMENT, _peer(rng), rng.randbytes(32)))
+            await ws.send(handshake_request(PROBE_DOCUMENT, _peer(rng), rng.randbytes(32)))
             while True:
                 data = await asyncio.wait_for(ws.recv(), 10)
                 if isinstance(data, bytes) and len(data) > 5 and data[3] in (0x02, 0x7F):
@@ -466,18 +471,63 @@ class ClassResult:
     attacker_accepted: int = 0
 
 
-def run_class(kind: str, args: argparse.Namespace) -> ClassResult:
-    edits = max(1, round(args.rate * args.seconds))
-    workload = crdt_workload(
-        args.clients, edits, lag_rounds=max(1, round(0.2 * args.rate)), document_id=DOCUMENT
-    )
+@dataclass
+class Prepared:
+    """Everything precomputed once and sent in every class's run."""
+
+    preload: list[bytes]
+    seed_peer: str
+    seed_secret: bytes
+    preload_changes: list[Any]
+    workload: Workload
+    attacker_peer: str
+    attacker_secret: bytes
+    flood: list[bytes]
+    flood_changes: list[Any]
+    seconds: float = 0.0
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """The preload, the honest workload (replicas that start from the preloaded
+    document, as clients that synced it would) and the flooding attacker's edits."""
+    from crdt_sync import CRDTDocument, CRDTTextHandler
+
+    t = time.perf_counter()
     preload, (seed_peer, seed_secret, preload_changes) = preload_frames(args.preload, 11)
+    base_doc = CRDTDocument()
+    CRDTTextHandler(base_doc, "text")
+    base_doc.import_changes(preload_changes)
+    workload = crdt_workload(
+        args.clients,
+        max(1, round(args.rate * args.seconds)),
+        lag_rounds=max(1, round(0.2 * args.rate)),
+        document_id=DOCUMENT,
+        base=base_doc.take_snapshot(),
+    )
     rng = random.Random(13)
     attacker_peer, attacker_secret = _peer(rng), rng.randbytes(32)
-    attacker_workload: list[bytes] = []
-    attacker_changes: list[Any] = []
-    if kind == "flood":
-        attacker_workload, attacker_changes = flood_frames(attacker_peer, args.flood_edits)
+    flood, flood_changes = flood_frames(attacker_peer, args.flood_edits)
+    return Prepared(
+        preload,
+        seed_peer,
+        seed_secret,
+        preload_changes,
+        workload,
+        attacker_peer,
+        attacker_secret,
+        flood,
+        flood_changes,
+        time.perf_counter() - t,
+    )
+
+
+def run_class(kind: str, args: argparse.Namespace, prepared: Prepared) -> ClassResult:
+    workload = prepared.workload
+    preload, preload_changes = prepared.preload, prepared.preload_changes
+    seed_peer, seed_secret = prepared.seed_peer, prepared.seed_secret
+    attacker_peer, attacker_secret = prepared.attacker_peer, prepared.attacker_secret
+    attacker_workload = prepared.flood if kind == "flood" else []
+    attacker_changes = prepared.flood_changes if kind == "flood" else []
     with tempfile.TemporaryDirectory(prefix="hostile-load-") as tmp:
         command = our_server_command(args.registry, Path(tmp) / "documents.sqlite3", 1000)
         server = start_server(command, "crdt_sync")
@@ -492,7 +542,7 @@ def run_class(kind: str, args: argparse.Namespace) -> ClassResult:
                 timer = threading.Timer(
                     max(0.0, t0 + args.seconds / 2 - time.perf_counter()),
                     probe_connect,
-                    (url, probe_box),
+                    (f"ws://{HOST}:{server.port}/{PROBE_DOCUMENT}", probe_box),
                 )
                 timer.daemon = True
                 timer.start()
@@ -693,7 +743,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=10, help="honest clients (10)")
     parser.add_argument("--rate", type=float, default=10.0, help="edits/s per honest client")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per class (10)")
-    parser.add_argument("--preload", type=int, default=20_000, help="edits already in the doc")
+    parser.add_argument("--preload", type=int, default=5_000, help="edits already in the doc")
     parser.add_argument("--flood-edits", type=int, default=20_000, help="flood: edits ready")
     parser.add_argument("--attack-connections", type=int, default=1200)
     parser.add_argument("--registry", choices=("memory", "sqlite"), default="sqlite")
@@ -723,10 +773,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.seconds:g} s per class from {HOST}; attacker from {ATTACKER_HOST}; document "
         f"preloaded with {args.preload:,} edits; registry {args.registry}"
     )
+    prepared = prepare(args)
+    print(f"frames precomputed in {prepared.seconds:.1f} s")
     results = []
     for kind in ("none", *args.attacks):
         print(f"running {kind} ...", flush=True)
-        results.append(run_class(kind, args))
+        results.append(run_class(kind, args, prepared))
     report(results)
     return 0
 
