@@ -105,6 +105,26 @@ class Connection:
         except ConnectionClosed:
             return
 
+    async def answers_ping(self, timeout: float) -> bool:
+        """Whether the client answers a WebSocket ping within ``timeout`` seconds.
+
+        Any conforming WebSocket client answers by itself (no application code
+        involved), so silence means a dead process, a dropped network or a
+        half-open socket.
+        """
+        try:
+            waiter = await self.ws.ping()
+            await asyncio.wait_for(waiter, timeout)
+        except (TimeoutError, ConnectionClosed, RuntimeError):
+            return False
+        return True
+
+    def drop(self, code: ErrorCode, reason: str) -> None:
+        """End the connection now: ``Error`` queued (best effort), transport cut."""
+        self.session.fail(code, reason)
+        self.flush()
+        self.ws.transport.abort()
+
     # -- reading ------------------------------------------------------------------------
 
     async def serve(

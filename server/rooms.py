@@ -57,6 +57,7 @@ from .exceptions import ChangesRejectedError, DocumentExistsError, RegistryError
 from .presence import REMOTE, RoomPresence
 from .registry import CRDTServerRegistry, RegistryObserver
 from .session import ServerSession, SessionState
+from .trust import Limits, upload_violation
 
 __all__ = ["Emit", "Member", "Room", "Rooms", "Spawn"]
 
@@ -77,6 +78,12 @@ class Member(Protocol):
 
     def flush(self) -> None:
         """Send what the session queued (never blocks)."""
+
+    async def answers_ping(self, timeout: float) -> bool:
+        """Whether the client answers a liveness ping within ``timeout`` seconds."""
+
+    def drop(self, code: ErrorCode, reason: str) -> None:
+        """End the connection now (best-effort ``Error``, then cut the transport)."""
 
 
 @dataclass(eq=False)
@@ -119,8 +126,10 @@ class Rooms(RegistryObserver):
         awareness_timeout: float,
         emit: Emit,
         spawn: Spawn,
+        limits: Limits | None = None,
     ) -> None:
         self.registry = registry
+        self.limits = limits if limits is not None else Limits()
         self.compressor = compressor
         self.allow_create = allow_create
         self.max_pending_changes = max_pending_changes
@@ -169,6 +178,8 @@ class Rooms(RegistryObserver):
                 if room.unload_task is not None:
                     room.unload_task.cancel()
                     room.unload_task = None
+                if not await self._admit_peer(member, room, request.peer_id):
+                    return
                 durable = await self.registry.durable_version_vector(document_id)
                 if session.state is not SessionState.HANDSHAKING or self.closing:
                     return  # timed out or closed while we looked the document up
@@ -195,6 +206,39 @@ class Rooms(RegistryObserver):
             name=request.display_name,
             role=role.label,
         )
+
+    async def _admit_peer(self, member: Member, room: Room, peer_id: str) -> bool:
+        """The identity rule at the door: the peer id is this replica's, and not in use.
+
+        The claim (first secret wins) is checked first, so only the replica that
+        owns a peer id can make the server question its existing connection. An
+        existing connection with the peer id is pinged: if it answers, the new
+        one is refused (two windows of one replica must not both write); if not
+        (a dropped network, a half-open socket) it is dropped and replaced.
+        """
+        session = member.session
+        document_id = room.document_id
+        if not await self.registry.claim_peer(document_id, peer_id, session.secret_hash):
+            if session.state is SessionState.HANDSHAKING:
+                session.reject_handshake(
+                    ErrorCode.PEER_ID_IN_USE,
+                    f"peer id {peer_id} belongs to another replica of {document_id!r}"
+                    " (another secret claimed it first): continue under a new peer id",
+                )
+            return False
+        for old in [m for m in room.members if m.session.peer_id == peer_id]:
+            if await old.answers_ping(self.limits.peer_check_timeout):
+                if session.state is SessionState.HANDSHAKING:
+                    session.reject_handshake(
+                        ErrorCode.PEER_ID_IN_USE,
+                        f"peer id {peer_id} is connected to {document_id!r} already (the"
+                        " same replica open twice?)",
+                    )
+                return False
+            _log.info("replacing an unresponsive connection of peer %s", peer_id)
+            old.drop(ErrorCode.TIMEOUT, "replaced: a liveness ping went unanswered")
+            self.leave(old)
+        return True
 
     async def _open_room(self, document_id: str) -> Room | None:
         """Load (or create) the document and make its room; None if it does not exist."""
@@ -275,6 +319,7 @@ class Rooms(RegistryObserver):
         room = member.room
         if room is None:  # pragma: no cover - OPEN sessions are always in a room
             return
+        pending_before = room.document.pending_count
         try:
             result = await self.registry.apply(room.document_id, changes)
             if result.applied:
@@ -315,7 +360,9 @@ class Rooms(RegistryObserver):
                 " for missing dependencies",
             )
             return
-        if result.waiting:
+        if result.waiting and result.pending_count > pending_before:
+            # Only news: changes that already waited (resent after a resync, their
+            # dependency's author not back yet) would make the client loop.
             session.send_out_of_sync(
                 f"{result.waiting} change(s) wait for dependencies the server lacks: resynchronise"
             )
@@ -343,6 +390,10 @@ class Rooms(RegistryObserver):
             return
         refusal: Exception | None = None
         news = not snapshot.version_vector <= room.document.version_vector
+        violation = await self._upload_violation(room, session, snapshot)
+        if violation is not None:
+            session.fail(ErrorCode.FORBIDDEN_PEER, violation)
+            return
         try:
             merged, ready = await self.registry.apply_snapshot(room.document_id, snapshot)
         except ChangesRejectedError as error:
@@ -387,6 +438,22 @@ class Rooms(RegistryObserver):
             )
         if refusal is not None:
             refuse(session, refusal, "snapshot")
+
+    async def _upload_violation(
+        self, room: Room, session: ServerSession, snapshot: Snapshot
+    ) -> str | None:
+        """Why ``snapshot`` may not be merged (:func:`server.trust.upload_violation`)."""
+        uploader = session.peer_id or ""
+        server_vv = room.document.version_vector
+        beyond = [
+            peer
+            for peer, counter in snapshot.version_vector.items()
+            if peer != uploader and counter > server_vv.get(peer, 0)
+        ]
+        claimed = await self.registry.claimed_peers(room.document_id, beyond) if beyond else set()
+        return upload_violation(
+            uploader, snapshot.version_vector, server_vv, claimed, self.limits.max_counter_jump
+        )
 
     def relay_changes(self, room: Room, changes: list[Change], sender: Member | None) -> None:
         """Send ``changes`` to the room's clients except ``sender`` (None: to all)."""

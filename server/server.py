@@ -41,6 +41,7 @@ from .exceptions import RegistryError, ServerStateError
 from .registry import CRDTServerRegistry, InMemoryServerRegistry
 from .rooms import Room, Rooms
 from .session import ServerSession, SessionState
+from .trust import Limits
 
 __all__ = ["Authenticator", "WebSocketServer"]
 
@@ -92,6 +93,8 @@ class WebSocketServer:
         allowed_origins: upgrade requests that carry an ``Origin`` header (web
             pages) are refused with HTTP 403 unless it is listed here; desktop
             and library clients send none and are not affected.
+        limits: the bounds on each client's work (:class:`server.trust.Limits`:
+            rates, per-address quotas, identity checks); defaults apply when None.
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class WebSocketServer:
         auth: TokenAuthority | None = None,
         ssl: ssl_module.SSLContext | None = None,
         allowed_origins: Iterable[str] = (),
+        limits: Limits | None = None,
     ) -> None:
         for name, value in (
             ("max_message_size", max_message_size),
@@ -152,6 +156,7 @@ class WebSocketServer:
         self.auth = auth
         self.ssl = ssl
         self.allowed_origins = tuple(allowed_origins)
+        self.limits = limits if limits is not None else Limits()
         self.server_events: EventStream[ServerEvent] = EventStream()
         self._server: Server | None = None
         self._stopped = False
@@ -166,6 +171,7 @@ class WebSocketServer:
             awareness_timeout=awareness_timeout,
             emit=self._emit,
             spawn=self._spawn,
+            limits=self.limits,
         )
         self._sweeper: asyncio.Task[None] | None = None
         self._remove_snapshot_listener: Callable[[], None] | None = None

@@ -322,6 +322,11 @@ class WebSocketClient:
 
         For a client stopped with ``PEER_ID_IN_USE``: bind the application's
         handlers to the returned document and connect a new client with it.
+        It goes by what *this client* saw acknowledged: a client refused at its
+        first handshake saw nothing, so an application that persists the
+        acknowledged version (the desktop app does) passes it to
+        ``fork_with_new_peer`` instead, or own changes the server already holds
+        come back as copies.
         """
         return fork_with_new_peer(self.document, self._acknowledged)
 

@@ -486,6 +486,15 @@ class CRDTServerRegistry(ABC):
         stored = self._claims().setdefault((document_id, peer_id), check_secret_hash(secret_hash))
         return hmac.compare_digest(stored, secret_hash)
 
+    async def claimed_peers(self, document_id: str, peer_ids: Iterable[str]) -> set[str]:
+        """Which of ``peer_ids`` hold a claim on the document (see :meth:`claim_peer`).
+
+        Read-only: it claims nothing. The server asks it before merging a snapshot
+        upload that brings ops of peers other than the uploader's.
+        """
+        claims = self._claims()
+        return {peer for peer in peer_ids if (document_id, peer) in claims}
+
     def _claims(self) -> dict[tuple[str, str], bytes]:
         try:
             return self._default_claims

@@ -18,7 +18,7 @@ import hmac
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -651,6 +651,33 @@ class SqliteServerRegistry(CRDTServerRegistry):
             stored = result if isinstance(result, bytes) else candidate
             self._peer_claims[key] = stored
         return hmac.compare_digest(stored, candidate)
+
+    async def claimed_peers(self, document_id: str, peer_ids: Iterable[str]) -> set[str]:
+        self._check_open()
+        asked = list(peer_ids)
+        wanted = [peer for peer in asked if (document_id, peer) not in self._peer_claims]
+        found = {peer for peer in asked if (document_id, peer) in self._peer_claims}
+        if wanted:
+
+            def read(connection: sqlite3.Connection) -> list[tuple[str, bytes]]:
+                rows: list[tuple[str, bytes]] = []
+                for start in range(0, len(wanted), 500):
+                    chunk = wanted[start : start + 500]
+                    marks = ", ".join("?" for _ in chunk)
+                    rows.extend(
+                        (str(peer), bytes(secret))
+                        for peer, secret in connection.execute(
+                            "SELECT peer_id, secret_hash FROM peers WHERE document_id = ?"
+                            f" AND peer_id IN ({marks})",
+                            (document_id, *chunk),
+                        )
+                    )
+                return rows
+
+            for peer, secret in await self._read(read):
+                self._peer_claims[(document_id, peer)] = secret
+                found.add(peer)
+        return found
 
     async def remove_document(self, document_id: str) -> bool:
         self._check_open()

@@ -262,8 +262,13 @@ async def test_snapshot_loaded_document_restores_reset_and_behind_servers(
     await wait_for(lambda: erin.state() == expected, documents=(erin.document,), what="erin")
     await erin.disconnect()
 
-    # The first server lacks Alice's offline edit and Carol's: Carol uploads there
-    # too, and Bob (connected) gets the merged state pushed.
+    # The first server lacks Alice's offline edit and Carol's. Alice holds a claim
+    # there, so only her replica may bring her ops (the identity rule,
+    # docs/protocol.md): she reconnects and sends them; then Carol uploads, and
+    # Bob (connected) gets the merged state pushed.
+    await alice.connect(first.url())
+    await alice.wait_acknowledged()
+    carol.document.compact()  # her history is gone: she can only upload her state
     await carol.connect(first.url())
     await carol.wait_covered()
     assert len(first.snapshot_uploads()) == 1
@@ -273,7 +278,6 @@ async def test_snapshot_loaded_document_restores_reset_and_behind_servers(
     await wait_converged(carol, bob)
     assert any(isinstance(e, SnapshotReceived) for e in bob.events)
     bob.text.insert(0, "> ")
-    await alice.connect(first.url())
     await wait_converged(alice, bob, carol)
     await alice.wait_acknowledged()
     await bob.wait_acknowledged()

@@ -73,7 +73,9 @@ class Honest:
         return str(self.document.peer_id)
 
     async def connect(self) -> None:
-        assert await self.client.connect(), f"connect failed: {self.client.status}"
+        assert await self.client.connect(), (
+            f"connect failed: {self.client.status} {self.client.last_error}"
+        )
 
     async def type(self, words: str) -> None:
         self.text.insert(len(self.text.value), words)

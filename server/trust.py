@@ -1,0 +1,222 @@
+"""What the server trusts, and the bounds it sets on everything else.
+
+Theory of operation
+-------------------
+Every client is hostile until checked. The protocol session
+(:mod:`server.session`) checks what one frame can show by itself: the
+identity rule for ``Changes`` and ``AwarenessUpdate`` (a connection speaks only
+for the peer id of its handshake). The rules that need the server's state live
+here, one copy each, and the driver (:mod:`server.rooms`,
+:mod:`server.connection`, :mod:`server.server`) applies them:
+
+* :func:`upload_violation` -- what a ``SnapshotUpload`` may claim;
+* :class:`Limits` -- every bound on one client's work, with its default
+  (the CLI exposes each as an option: ``docs/server.md``, "Security model");
+* :class:`TokenBucket` -- the per-connection message and byte rates;
+* :class:`HostQuotas` -- connections and document creations per client address;
+* :func:`printable` -- client-supplied strings made safe for one log line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass, fields
+
+__all__ = [
+    "HostQuotas",
+    "Limits",
+    "TokenBucket",
+    "printable",
+    "upload_violation",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one client (connection, address) may make the server do.
+
+    Attributes:
+        max_counter_jump: how far beyond the server's known next counter a
+            snapshot upload may take the uploader's own peer (or a peer nobody
+            claimed): op ids a snapshot cannot prove (deletions) are bounded by it.
+        peer_check_timeout: seconds an existing connection has to answer the
+            liveness ping when a new connection presents the same peer id.
+        max_connections_per_ip: open connections from one client address.
+        messages_per_second, message_burst: per-connection message rate
+            (token bucket: the burst is the bucket, refilled at the rate).
+        bytes_per_second, byte_burst: per-connection byte rate, frames' sizes.
+        max_changes_per_frame: changes in one ``Changes`` frame.
+        max_ops_per_frame: operations in one ``Changes`` frame.
+        max_handshake_peers: entries of a handshake's version vector.
+        status_per_second, status_burst: ``DocumentStatusRequest`` rate per
+            connection (each is answered from a cache per document version).
+        max_presence_bytes: one presence state, encoded.
+        max_presence_total: all presence states of one document, encoded.
+        max_documents: documents the server creates (existing ones still open).
+        documents_per_ip_per_minute: documents one client address may create
+            per minute.
+        max_document_bytes: a document whose stored encoding grows past this
+            refuses further changes (``LIMIT_EXCEEDED``); None: no bound.
+        idle_timeout: seconds a handshaken connection may stay completely
+            silent (no frame at all; clients ping every 15 s); None: forever.
+    """
+
+    max_counter_jump: int = 1 << 22
+    peer_check_timeout: float = 3.0
+    max_connections_per_ip: int = 64
+    messages_per_second: float = 200.0
+    message_burst: int = 1000
+    bytes_per_second: float = 2 * 1024 * 1024
+    byte_burst: int = 32 * 1024 * 1024
+    max_changes_per_frame: int = 10_000
+    max_ops_per_frame: int = 100_000
+    max_handshake_peers: int = 10_000
+    status_per_second: float = 2.0
+    status_burst: int = 10
+    max_presence_bytes: int = 16 * 1024
+    max_presence_total: int = 1024 * 1024
+    max_documents: int = 100_000
+    documents_per_ip_per_minute: int = 60
+    max_document_bytes: int | None = 256 * 1024 * 1024
+    idle_timeout: float | None = 600.0
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is None and spec.name in ("max_document_bytes", "idle_timeout"):
+                continue
+            if not value > 0:
+                raise ValueError(f"{spec.name} must be positive, not {value!r}")
+
+
+def upload_violation(
+    uploader: str,
+    upload: Mapping[str, int],
+    server: Mapping[str, int],
+    claimed: Set[str],
+    max_counter_jump: int,
+) -> str | None:
+    """Why a ``SnapshotUpload`` with version vector ``upload`` must be refused, or None.
+
+    The rule (``docs/protocol.md``, "Snapshot upload"): an upload may only add
+    ops of the uploader's own peer, and of peers that hold no claim on the
+    document (authors who never connected to this server: restoring a reset
+    server, sharing a snapshot file). For a claimed peer other than the
+    uploader it may not claim more than the server holds. Where it may add,
+    it may not claim counters more than ``max_counter_jump`` beyond what the
+    server holds. (The snapshot's content is already proven against its own
+    vector by the core: no element lies beyond it.)
+
+    ``claimed`` holds the peers of ``upload`` that have a claim on the document.
+    """
+    for peer, counter in upload.items():
+        held = server.get(peer, 0)
+        if counter <= held:
+            continue
+        if peer != uploader and peer in claimed:
+            return (
+                f"the upload claims ops {held}..{counter - 1} of peer {peer!r}, which the"
+                " server lacks and only that peer's replica may send"
+            )
+        if counter - held > max_counter_jump:
+            return (
+                f"the upload claims counter {counter} for peer {peer!r}, more than"
+                f" {max_counter_jump} beyond the {held} the server knows"
+            )
+    return None
+
+
+class TokenBucket:
+    """A rate: ``capacity`` tokens, refilled at ``rate`` per second (monotonic clock)."""
+
+    __slots__ = ("_clock", "_level", "_updated", "capacity", "rate")
+
+    def __init__(
+        self, rate: float, capacity: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self._clock = clock
+        self._level = capacity
+        self._updated = clock()
+
+    def full(self) -> bool:
+        """Whether the bucket has refilled to its capacity."""
+        self.take(0.0)
+        return self._level >= self.capacity
+
+    def take(self, amount: float = 1.0) -> bool:
+        """Spend ``amount`` tokens if there are enough; False (nothing spent) if not."""
+        now = self._clock()
+        self._level = min(self.capacity, self._level + (now - self._updated) * self.rate)
+        self._updated = now
+        if amount > self._level:
+            return False
+        self._level -= amount
+        return True
+
+
+class HostQuotas:
+    """Per client address: open connections, and document creations per minute."""
+
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limits = limits
+        self._clock = clock
+        self._connections: dict[str, int] = {}
+        self._creations: dict[str, TokenBucket] = {}
+
+    def connect(self, host: str) -> bool:
+        """Count a new connection from ``host``; False (not counted) when at its cap."""
+        count = self._connections.get(host, 0)
+        if count >= self._limits.max_connections_per_ip:
+            return False
+        self._connections[host] = count + 1
+        return True
+
+    def disconnect(self, host: str) -> None:
+        count = self._connections.get(host, 0) - 1
+        if count > 0:
+            self._connections[host] = count
+        else:
+            self._connections.pop(host, None)
+
+    def connections(self, host: str) -> int:
+        return self._connections.get(host, 0)
+
+    def may_create(self, host: str) -> bool:
+        """Spend one of ``host``'s document creations; False when its quota is used up."""
+        per_minute = self._limits.documents_per_ip_per_minute
+        bucket = self._creations.get(host)
+        if bucket is None:
+            if len(self._creations) >= _MAX_TRACKED_HOSTS:
+                # Forget hosts whose quota has refilled: they are as good as new.
+                for key in [k for k, b in self._creations.items() if b.full()]:
+                    del self._creations[key]
+            bucket = TokenBucket(per_minute / 60.0, per_minute, self._clock)
+            self._creations[host] = bucket
+        return bucket.take()
+
+
+_MAX_TRACKED_HOSTS = 10_000
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object, limit: int = 200) -> str:
+    """``text`` for one log line: control characters escaped, at most ``limit`` characters.
+
+    Client-supplied strings (display names, error texts, ids) go through it
+    before they reach a log, so a newline cannot forge a log line.
+    """
+    raw = str(text)
+    out: list[str] = []
+    for char in raw[:limit]:
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code < 0xA0 or char in "\u2028\u2029":
+            out.append(_ESCAPES.get(char, f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"))
+        else:
+            out.append(char)
+    if len(raw) > limit:
+        out.append("…")
+    return "".join(out)
