@@ -20,6 +20,13 @@
    washed), p50 / p99 over repeated off/on toggles; and keystroke handling
    with authorship shown (item 3 again). Item 1 is also run with authorship
    shown in both windows.
+5. View > History on that document (its full history, replayed as one
+   transaction per trace transaction): time to the first view (the changes
+   exported and grouped into edit sessions, the dialog shown with the newest
+   version); the background replay of the whole history (printed, not a
+   step); then the slider dragged across 100 positions spread over the
+   timeline, p50 / p99 per step (the version shown with its insertions
+   highlighted).
 
 The trace is ``shared/traces/sequential/automerge-paper.json.gz`` beside the
 repository, or under ``$CRDT_TRACES_DIR``.
@@ -205,6 +212,7 @@ async def open_and_type(root: Path, keystrokes: int) -> None:
         assert window.session.text.value == window.text_binding.text  # type: ignore[union-attr]
         report("keystroke handling in automerge-paper (key event -> CRDT + widget)", samples)
         toggle_authors(window, app, keystrokes)
+        history_steps(window, app, source)
     finally:
         await window.shutdown()
         window.close()
@@ -234,6 +242,40 @@ def toggle_authors(window: MainWindow, app: QCoreApplication, keystrokes: int) -
             samples.append((time.perf_counter() - t0) * 1000)
     report("keystroke handling in automerge-paper, authorship shown (+ overlay repaint)", samples)
     window.show_authors_action.setChecked(False)
+
+
+def history_steps(window: MainWindow, app: QCoreApplication, source: CRDTDocument) -> None:
+    """View > History on the paper with its whole history: first view, replay, 100 steps."""
+    session = Session(source, "Paper", parent=window)
+    window.set_session(session)
+    app.processEvents()
+    t0 = time.perf_counter()
+    dialog = window.open_history()
+    dialog.repaint()  # the newest version on screen
+    first_view = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    dialog.load_timeline()  # what the event loop runs next: export, sessions
+    assert dialog.replay is not None
+    dialog.replay.stop()
+    timeline = (time.perf_counter() - t0) * 1000
+    print(
+        f"History of automerge-paper ({len(dialog.changes):,} changes, "
+        f"{len(dialog.sessions)} edit sessions): first view {first_view:.0f} ms, "
+        f"then the timeline read and grouped in {timeline:.0f} ms"
+    )
+    t0 = time.perf_counter()
+    dialog.replay.replay_all()
+    print(f"  whole history replayed (background, in slices): {time.perf_counter() - t0:.2f} s")
+    last = len(dialog.sessions) - 1
+    positions = [round(i * last / 99) for i in range(100)]
+    steps: list[float] = []
+    for position in positions:
+        t0 = time.perf_counter()
+        dialog.slider.setValue(position)
+        app.processEvents()
+        steps.append((time.perf_counter() - t0) * 1000)
+    report("  History slider, one step across 100 positions", steps)
+    dialog.close()
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -406,22 +406,27 @@ class AuthorshipOverlay(QWidget):
             return
         offset = editor.contentOffset()
         height = self.height()
+        # One position conversion per paint: the blocks below follow by their
+        # own text (code points = len(str); UTF-16 only inside one block).
+        start = self._from_qt(block.position())
         painter = QPainter(self)
         painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_Multiply)
         while block.isValid():
             geometry = editor.blockBoundingGeometry(block).translated(offset)
             if geometry.top() > height:
                 break
-            if block.isVisible() and block.length() > 1:
-                self._paint_block(painter, block, geometry.left(), geometry.top())
+            text = block.text()
+            if block.isVisible() and text:
+                self._paint_block(painter, block, text, start, geometry.left(), geometry.top())
+            start += len(text) + 1  # the block separator is one "\n"
             block = block.next()
         painter.end()
 
-    def _paint_block(self, painter: QPainter, block: QTextBlock, left: float, top: float) -> None:
-        base = block.position()
-        end = base + block.length() - 1  # without the block separator
-        first = self._from_qt(base)
-        last = self._from_qt(end)
+    def _paint_block(
+        self, painter: QPainter, block: QTextBlock, text: str, first: int, left: float, top: float
+    ) -> None:
+        last = first + len(text)
+        ascii_only = text.isascii()
         runs = self._runs
         assert runs is not None  # checked by paintEvent
         i = runs.index_at(first)
@@ -431,10 +436,13 @@ class AuthorshipOverlay(QWidget):
         while i < len(starts) and starts[i] < last:
             start, length, peer = starts[i], lengths[i], peers[i]
             i += 1
-            lo, hi = max(start, first), min(start + length, last)
+            lo, hi = max(start, first) - first, min(start + length, last) - first
             if lo >= hi:
                 continue
-            q_lo, q_hi = self._to_qt(lo) - base, self._to_qt(hi) - base
+            if ascii_only:
+                q_lo, q_hi = lo, hi
+            else:
+                q_lo, q_hi = _units(text[:lo]), _units(text[:hi])
             colour = self._wash(peer)
             for line in lines:
                 line_start = line.textStart()
@@ -447,6 +455,11 @@ class AuthorshipOverlay(QWidget):
                 painter.fillRect(
                     QRectF(left + x1, top + line.y(), max(x2 - x1, 1.0), line.height()), colour
                 )
+
+
+def _units(text: str) -> int:
+    """UTF-16 length of ``text`` (Qt's offsets)."""
+    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
 
 
 def _x(value: object) -> float:

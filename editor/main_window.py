@@ -47,8 +47,10 @@ from PySide6.QtWidgets import (
 
 from crdt_sync import CRDTDocument, CRDTError, CRDTListHandler, CRDTTextHandler, Snapshot
 from crdt_sync.sync.client import ReconnectPolicy
+from crdt_sync.sync.identity import fork_with_new_peer
 from editor.authorship import AuthorRuns, AuthorshipOverlay
 from editor.dialogs import HostDialog, JoinDialog
+from editor.history import HistoryDialog
 from editor.hosting import HostedServer, HostingError, invite_link
 from editor.list_model import ListModel
 from editor.list_view import ListView
@@ -275,6 +277,11 @@ class MainWindow(QMainWindow):
         self.show_authors_action.setToolTip("Colour each character by who wrote it")
         self.show_authors_action.toggled.connect(self.on_show_authors_action_toggled)
         self.addAction(self.show_authors_action)
+        self.history_action = self._action(
+            "&History…", self.open_history, QKeySequence("Ctrl+Shift+H")
+        )
+        self.history_action.setToolTip("The document's timeline: see and restore earlier versions")
+        self.history_dialog: HistoryDialog | None = None
         self.reopen_action = QAction("Reopen the Last Session at Start", self)
         self.reopen_action.setCheckable(True)
         self.reopen_action.setChecked(self.reopen_last_session_enabled)
@@ -326,6 +333,7 @@ class MainWindow(QMainWindow):
         view_menu = self.menuBar().addMenu("&View")
         view_menu.addAction(self.sync_panel.toggleViewAction())
         view_menu.addAction(self.show_authors_action)
+        view_menu.addAction(self.history_action)
         self.view_menu = view_menu
         toolbar = self.addToolBar("Session")
         toolbar.setObjectName("sessionToolbar")
@@ -384,6 +392,8 @@ class MainWindow(QMainWindow):
             self.list_model.unbind()
         if self.author_runs is not None:
             self.author_runs.close()
+        if self.history_dialog is not None:
+            self.history_dialog.close()  # it shows the previous document
         self.session = session
         self.text_binding = TextBinding(self.text_edit, session.document, session.text, self)
         self.author_runs = AuthorRuns(session.text)
@@ -395,6 +405,7 @@ class MainWindow(QMainWindow):
             self.text_binding.from_qt,
         )
         session.authorsChanged.connect(self.authorship.authors_changed)
+        session.peerIdInUse.connect(self.on_session_peerIdInUse)
         self.list_model = ListModel(session.document, session.items, self)
         self.list_view.setModel(self.list_model)
         session.statusChanged.connect(self.on_session_statusChanged)
@@ -421,6 +432,7 @@ class MainWindow(QMainWindow):
                 old.store_lock.release()
             old.statusChanged.disconnect(self.on_session_statusChanged)
             old.presenceChanged.disconnect(self.on_session_presenceChanged)
+            old.peerIdInUse.disconnect(self.on_session_peerIdInUse)
         self.set_session(session)
 
     async def _session_for_url(self, url: str, document_id: str) -> Session:
@@ -463,6 +475,42 @@ class MainWindow(QMainWindow):
         self._remember_url(url)
         self._remember_session()
         self._refresh_actions()
+
+    def on_session_peerIdInUse(self) -> None:
+        """Another replica owns this peer id: continue under a fresh one."""
+        self.run_task(self.continue_under_fresh_peer())
+
+    async def continue_under_fresh_peer(self) -> None:
+        """Fork the open document under a fresh peer id and reconnect, losing nothing.
+
+        The server refused the peer id (``PEER_ID_IN_USE``): the store was copied
+        from another replica, or is an old copy of one. Every edit the server
+        did not acknowledge is re-issued under the new peer id
+        (:func:`crdt_sync.sync.fork_with_new_peer`); the store then holds the
+        new replica (new peer id, new secret).
+        """
+        session = self.session
+        if session is None or session.url is None:
+            return
+        url, store, lock = session.url, session.store, session.store_lock
+        acknowledged = session.acknowledged
+        if session.client is not None:
+            acknowledged = acknowledged.merge(session.client.acknowledged)
+        old_peer = session.peer_id
+        await session.stop_sync()
+        fork = fork_with_new_peer(session.document, acknowledged)
+        session.store_lock = None  # handed on to the new replica below
+        replacement = Session(fork, self.user_name, url=url, store=store, parent=self)
+        replacement.store_lock = lock
+        replacement.acknowledged = acknowledged
+        await self._replace_session(replacement)
+        replacement.save()
+        self.sync_panel.log(
+            "session",
+            f"another replica uses peer id {old_peer[:8]}; continuing as "
+            f"{replacement.peer_id[:8]} with every unsent edit",
+        )
+        self._connect(replacement, url)
 
     async def go_offline(self) -> None:
         """Go offline; the document stays open and editable."""
@@ -737,6 +785,29 @@ class MainWindow(QMainWindow):
     def reopen_last_session_enabled(self) -> bool:
         """Whether the app reopens the last session at start (on unless turned off)."""
         return str(self.settings.value("reopenLastSession", "true")).lower() != "false"
+
+    def open_history(self) -> HistoryDialog:
+        """View > History: the timeline of the open document (a window of its own)."""
+        session = self.session
+        assert session is not None  # set in __init__, never cleared
+        if self.history_dialog is not None:
+            self.history_dialog.close()
+        dialog = HistoryDialog(
+            session.document,
+            session.text,
+            session.items,
+            lambda peer: session.author(peer).name,
+            self,
+        )
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.destroyed.connect(lambda *_: self._forget_history(dialog))
+        dialog.show()
+        self.history_dialog = dialog
+        return dialog
+
+    def _forget_history(self, dialog: HistoryDialog) -> None:
+        if self.history_dialog is dialog:
+            self.history_dialog = None
 
     def on_show_authors_action_toggled(self, checked: bool) -> None:
         """View > Show Authors: colour each character by its author (remembered)."""

@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
@@ -51,6 +51,7 @@ from crdt_sync.sync.events import (
     SnapshotReceived,
     SnapshotSent,
 )
+from crdt_sync.sync.exceptions import ErrorCode
 from crdt_sync.sync.protocol import count_unacknowledged
 from editor.authorship import AUTHORS_NAME, Author, author_entry
 from editor.messages import human_reason
@@ -133,6 +134,15 @@ def describe_event(event: ClientEvent, connected: bool = True) -> tuple[str, str
     return "event", type(event).__name__
 
 
+_H = TypeVar("_H", CRDTTextHandler, CRDTListHandler, CRDTMapHandler)
+
+
+def _handler(document: CRDTDocument, kind: type[_H], name: str) -> _H:
+    """The document's handler ``name`` of ``kind``: the one already bound, or a new one."""
+    existing = document.handlers.get((name, kind.kind))
+    return existing if isinstance(existing, kind) else kind(document, name)
+
+
 @dataclass(frozen=True, slots=True)
 class RemotePresence:
     """A collaborator's presence resolved against the local document (code points)."""
@@ -160,6 +170,10 @@ class Session(QObject):
     saved = Signal()
     #: The shared ``authors`` map changed (names and colours of text authors).
     authorsChanged = Signal()
+    #: The server refused this replica's peer id (``PEER_ID_IN_USE``): another
+    #: replica owns it (a copied or stale store). The window forks (see
+    #: ``MainWindow.continue_under_fresh_peer``).
+    peerIdInUse = Signal()
 
     def __init__(
         self,
@@ -174,9 +188,9 @@ class Session(QObject):
         self.name = name
         self.url = url
         self.store = store if store is not None else (session_path(url) if url else None)
-        self.text = CRDTTextHandler(document, TEXT_NAME)
-        self.items = CRDTListHandler(document, LIST_NAME)
-        self.authors = CRDTMapHandler(document, AUTHORS_NAME)
+        self.text = _handler(document, CRDTTextHandler, TEXT_NAME)
+        self.items = _handler(document, CRDTListHandler, LIST_NAME)
+        self.authors = _handler(document, CRDTMapHandler, AUTHORS_NAME)
         self._author_pending = False
         self.undo = UndoManager(document, [self.text, self.items], capture_timeout_ms=500)
         self.colour = colour_for(str(document.peer_id))
@@ -375,6 +389,8 @@ class Session(QObject):
             self._last_reason = self.detail
             if event.final:
                 self._set_state(SyncState.ERROR, self.detail)
+            if event.code is ErrorCode.PEER_ID_IN_USE:
+                self.peerIdInUse.emit()
         elif isinstance(event, Acknowledged):
             self.unacknowledgedChanged.emit(self.unacknowledged)
         elif isinstance(event, HandshakeCompleted):

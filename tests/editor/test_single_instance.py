@@ -112,3 +112,67 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(
     finally:
         close_window(qtbot, window)
     assert StoreLock.owner_of(store) is None
+
+
+def test_a_copied_store_under_a_live_peer_id_continues_under_a_fresh_id_keeping_its_edits(
+    qtbot: QtBot, tmp_path: Path, server: WebSocketServer
+) -> None:
+    import shutil
+
+    from crdt_sync import CRDTTextHandler
+    from crdt_sync.sync.events import ErrorOccurred
+    from crdt_sync.sync.exceptions import ErrorCode
+    from editor.persistence import load_document, save_document
+
+    url = f"ws://127.0.0.1:{server.port}/copied"
+    first = window_on(tmp_path, tmp_path / "first", "first")
+    second = window_on(tmp_path, tmp_path / "second", "second")
+    try:
+        run(qtbot, first.join(url))
+        wait_for_state(qtbot, first, SyncState.CONNECTED)
+        qtbot.keyClicks(first.text_edit, "from the first")
+        first_session = first.session
+        assert first_session is not None
+        qtbot.waitUntil(lambda: first_session.unacknowledged == 0)
+        first_session.save()
+        # The second machine got a copy of the first one's store, then edited offline.
+        shutil.copytree(
+            tmp_path / "first" / "sessions", tmp_path / "second" / "sessions", dirs_exist_ok=True
+        )
+        store = session_path(url, tmp_path / "second")
+        for lock_file in store.meta_path.parent.glob("*.lock"):
+            lock_file.unlink()
+        copied = load_document(store)
+        assert copied is not None and str(copied.peer_id) == first_session.peer_id
+        CRDTTextHandler(copied, "shared_text").insert(0, "offline: ")
+        save_document(copied, store)
+        # The second app opens the copy; the server refuses its peer id at the
+        # handshake (PEER_ID_IN_USE, before taking any change). Main's server
+        # does not check peer ids yet, so the refusal is delivered as the
+        # client reports it, to the session that has not sent anything.
+        opened = run(qtbot, second._session_for_url(url, "copied"))
+        run(qtbot, second._replace_session(opened))
+        assert second.session is opened and opened.peer_id == first_session.peer_id
+        refused = ErrorOccurred(ErrorCode.PEER_ID_IN_USE, "peer id in use", remote=True, final=True)
+        second.session._on_client_event(refused)
+        qtbot.waitUntil(
+            lambda: (
+                second.session is not None
+                and second.session.peer_id != first_session.peer_id
+                and second.sync_panel.state is SyncState.CONNECTED
+            ),
+            timeout=15000,
+        )
+        for window in (first, second):
+            qtbot.waitUntil(
+                lambda w=window: widget_text(w.text_edit) == "offline: from the first",
+                timeout=10000,
+            )
+        assert any("continuing as" in line for line in second.sync_panel.visible_log_lines())
+        # The store now holds the new replica.
+        reloaded = load_document(store)
+        assert reloaded is not None and second.session is not None
+        assert str(reloaded.peer_id) == second.session.peer_id
+    finally:
+        close_window(qtbot, first)
+        close_window(qtbot, second)

@@ -1,0 +1,629 @@
+"""View > History: the document's timeline, rebuilt from its own changes.
+
+The timeline is built from the local history, the changes this replica holds
+(``CRDTDocument.export_changes()``, in causal order). Consecutive changes by one
+author, without a pause longer than ``SESSION_GAP_MS`` and at most
+``SESSION_MAX_CHANGES`` of them, form one *edit session*; the slider steps over
+sessions (adjacent sessions are merged pairwise while there are more than
+``MAX_POSITIONS``, so the slider and the memory stay bounded).
+
+Position ``i`` shows the document as it was after session ``i``: a fresh
+replica (:class:`HistoryReplay`) imports the changes of every session up to
+``i``, in order, and the text and list it then holds are that version. The
+replay runs in slices on the event loop (the dialog stays responsive); it
+records, per session, the text, the list and which characters the session
+inserted (highlighted) and how many it deleted. The newest position is the
+document itself and shows at once.
+
+**Restore this version** makes the current document equal to the shown
+version by ordinary new edits (:func:`restore_version`): one delete and one
+insert for the text (what lies outside the common prefix and suffix), and the
+list's differences item by item. History is never rewritten: collaborators
+receive the restore as an edit, and Undo takes it back.
+
+Where the local history starts: a replica that received the document as a
+snapshot holds no changes before it (``CRDTDocument.can_export`` says so);
+the timeline then says that its history starts at that snapshot and offers
+only what it holds. Fetching older history from the server is not built.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QTextCharFormat, QTextCursor
+from PySide6.QtWidgets import (
+    QDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QPushButton,
+    QSlider,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from crdt_sync import (
+    Change,
+    CRDTDocument,
+    CRDTListHandler,
+    CRDTTextHandler,
+    Delete,
+    Insert,
+    Retain,
+    TextEvent,
+    VersionVector,
+)
+
+__all__ = [
+    "EditSession",
+    "HistoryDialog",
+    "HistoryReplay",
+    "Version",
+    "group_sessions",
+    "restore_version",
+]
+
+#: A pause longer than this (ms) between one author's changes starts a new session.
+SESSION_GAP_MS = 5 * 60 * 1000
+#: A session holds at most this many changes (long typing runs stay steppable).
+SESSION_MAX_CHANGES = 2000
+#: The slider has at most this many positions.
+MAX_POSITIONS = 300
+#: Changes imported per slice of the background replay.
+REPLAY_SLICE = 400
+#: Inserted ranges kept per version for highlighting (the rest merge).
+MAX_RANGES = 400
+
+HIGHLIGHT = QColor("#fff1a8")
+
+
+@dataclass(frozen=True, slots=True)
+class EditSession:
+    """One step of the timeline: changes ``start .. end - 1`` of the history."""
+
+    index: int
+    authors: tuple[str, ...]
+    first_ms: int
+    last_ms: int
+    start: int
+    end: int
+    ops: int
+
+
+def group_sessions(
+    changes: Sequence[Change],
+    gap_ms: int = SESSION_GAP_MS,
+    max_changes: int = SESSION_MAX_CHANGES,
+    max_positions: int = MAX_POSITIONS,
+) -> list[EditSession]:
+    """Group ``changes`` (causal order) into edit sessions (see the module doc)."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(changes) + 1):
+        if i == len(changes):
+            bounds.append((start, i))
+            break
+        previous, current = changes[i - 1], changes[i]
+        if (
+            current.peer != previous.peer
+            or (current.timestamp >> 16) - (previous.timestamp >> 16) > gap_ms
+            or i - start >= max_changes
+        ):
+            bounds.append((start, i))
+            start = i
+    while len(bounds) > max_positions:
+        bounds = [
+            (bounds[k][0], bounds[min(k + 1, len(bounds) - 1)][1]) for k in range(0, len(bounds), 2)
+        ]
+    sessions: list[EditSession] = []
+    for index, (a, b) in enumerate(bounds):
+        authors: list[str] = []
+        ops = 0
+        for change in changes[a:b]:
+            if change.peer not in authors:
+                authors.append(change.peer)
+            ops += change.size
+        sessions.append(
+            EditSession(
+                index,
+                tuple(authors),
+                changes[a].timestamp >> 16,
+                changes[b - 1].timestamp >> 16,
+                a,
+                b,
+                ops,
+            )
+        )
+    return sessions
+
+
+@dataclass(slots=True)
+class Version:
+    """The document after one edit session, and what that session changed."""
+
+    text: str
+    items: list[Any]
+    inserted: list[tuple[int, int]] = field(default_factory=list)
+    deleted: int = 0
+    new_items: int = 0
+
+
+class _Ranges:
+    """Code-point ranges inserted during one session, kept in step with later edits."""
+
+    def __init__(self) -> None:
+        self.ranges: list[list[int]] = []
+        self.deleted = 0
+
+    def apply(self, event: TextEvent) -> None:
+        position = 0
+        for op in event.delta:
+            if isinstance(op, Retain):
+                position += op.count
+            elif isinstance(op, Insert):
+                count = len(op.content)
+                self._insert(position, count)
+                position += count
+            elif isinstance(op, Delete):
+                self._delete(position, op.count)
+                self.deleted += op.count
+
+    def _insert(self, position: int, count: int) -> None:
+        out: list[list[int]] = []
+        merged = False
+        for a, b in self.ranges:
+            if not merged and a <= position <= b:
+                out.append([a, b + count])  # the new text joins this range
+                merged = True
+            elif a >= position:
+                out.append([a + count, b + count])
+            else:
+                out.append([a, b])
+        if not merged:
+            out.append([position, position + count])
+            out.sort()
+        # Join ranges that now touch; keep at most MAX_RANGES.
+        joined: list[list[int]] = []
+        for rng in out:
+            if joined and rng[0] <= joined[-1][1]:
+                joined[-1][1] = max(joined[-1][1], rng[1])
+            else:
+                joined.append(rng)
+        while len(joined) > MAX_RANGES:
+            last = joined.pop()
+            joined[-1][1] = last[1]
+        self.ranges = joined
+
+    def _delete(self, position: int, count: int) -> None:
+        end = position + count
+        kept: list[list[int]] = []
+        for a, b in self.ranges:
+            # Cut [position, end) out of [a, b), then shift what lies after.
+            def shift(x: int) -> int:
+                if x <= position:
+                    return x
+                if x >= end:
+                    return x - count
+                return position
+
+            na, nb = shift(a), shift(b)
+            if nb > na:
+                kept.append([na, nb])
+        self.ranges = kept
+
+
+class HistoryReplay(QObject):
+    """Replays ``changes`` into a fresh replica, session by session, in slices.
+
+    ``progressed(done)`` reports how many sessions have a :class:`Version`.
+    """
+
+    progressed = Signal(int)
+
+    def __init__(
+        self,
+        document_id: str,
+        changes: Sequence[Change],
+        sessions: Sequence[EditSession],
+        text_name: str,
+        list_name: str,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.changes = changes
+        self.sessions = sessions
+        self.versions: dict[int, Version] = {}
+        self._replica = CRDTDocument(document_id=document_id)
+        self._text = CRDTTextHandler(self._replica, text_name)
+        self._items = CRDTListHandler(self._replica, list_name)
+        self._ranges = _Ranges()
+        self._text.observe(self._on_text_event)
+        self._next_change = 0
+        self._session = 0
+        self._previous_items: list[str] = []
+        self._timer = QTimer(self)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self.step)
+
+    @property
+    def done(self) -> int:
+        """Sessions replayed so far."""
+        return self._session
+
+    def start(self) -> None:
+        """Replay in the background, a slice per event-loop turn."""
+        if self._session < len(self.sessions):
+            self._timer.start()
+
+    def stop(self) -> None:
+        """Stop the background replay (the versions made so far are kept)."""
+        self._timer.stop()
+
+    def step(self, budget_s: float = 0.012) -> None:
+        """Replay for about ``budget_s`` seconds."""
+        deadline = time.perf_counter() + budget_s
+        while self._session < len(self.sessions) and time.perf_counter() < deadline:
+            session = self.sessions[self._session]
+            stop = min(session.end, self._next_change + REPLAY_SLICE)
+            self._replica.import_changes(self.changes[self._next_change : stop])
+            self._next_change = stop
+            if stop == session.end:
+                self._finish_session()
+        if self._session >= len(self.sessions):
+            self._timer.stop()
+        self.progressed.emit(self._session)
+
+    def replay_all(self) -> None:
+        """Replay everything now (tests, benchmarks)."""
+        while self._session < len(self.sessions):
+            self.step(budget_s=1.0)
+
+    def _finish_session(self) -> None:
+        items = self._items.value
+        keys = [json.dumps(item, sort_keys=True) for item in items]
+        previous = set(self._previous_items)
+        self.versions[self._session] = Version(
+            self._text.value,
+            items,
+            [(a, b) for a, b in self._ranges.ranges],
+            self._ranges.deleted,
+            sum(1 for key in keys if key not in previous),
+        )
+        self._previous_items = keys
+        self._ranges = _Ranges()
+        self._session += 1
+
+    def _on_text_event(self, event: TextEvent) -> None:
+        self._ranges.apply(event)
+
+
+def restore_version(
+    document: CRDTDocument, text: CRDTTextHandler, items: CRDTListHandler, version: Version
+) -> bool:
+    """Make the document's text and list equal to ``version`` by new edits.
+
+    One transaction (origin ``"restore"``): collaborators see an ordinary edit
+    and Undo takes it back. Returns whether anything changed.
+    """
+    current = text.value
+    target = version.text
+    prefix = _common_prefix(current, target)
+    suffix = _common_suffix(current, target, prefix)
+    current_items = items.value
+    same_items = current_items == version.items
+    if current == target and same_items:
+        return False
+    with document.transaction(origin="restore"):
+        if current != target:
+            removed = len(current) - prefix - suffix
+            if removed:
+                text.delete(prefix, removed)
+            added = target[prefix : len(target) - suffix]
+            if added:
+                text.insert(prefix, added)
+        if not same_items:
+            old = [json.dumps(v, sort_keys=True) for v in current_items]
+            new = [json.dumps(v, sort_keys=True) for v in version.items]
+            matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+            for tag, i1, i2, j1, j2 in reversed(matcher.get_opcodes()):
+                if tag in ("delete", "replace"):
+                    items.delete(i1, i2 - i1)
+                if tag in ("insert", "replace"):
+                    items.insert_many(i1, list(version.items[j1:j2]))
+    return True
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the common prefix (slices compared in C, halving the step)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _common_suffix(a: str, b: str, floor: int) -> int:
+    """Length of the common suffix leaving the first ``floor`` characters alone."""
+    low, high = 0, min(len(a), len(b)) - floor
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[len(a) - middle : len(a) - low] == b[len(b) - middle : len(b) - low]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _when(ms: int) -> str:
+    return _dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
+
+
+class HistoryDialog(QDialog):
+    """The timeline: a slider over edit sessions, the version shown, and Restore."""
+
+    restored = Signal()
+    #: The history was read: the slider steps over its edit sessions now.
+    timelineReady = Signal()
+
+    def __init__(
+        self,
+        document: CRDTDocument,
+        text: CRDTTextHandler,
+        items: CRDTListHandler,
+        author_name: Callable[[str], str],
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("History")
+        self.setObjectName("historyDialog")
+        self.resize(900, 600)
+        self._document = document
+        self._text = text
+        self._items = items
+        self._author_name = author_name
+        self._highlighted: list[tuple[int, int]] = []
+        self._shown_text = ""
+        layout = QVBoxLayout(self)
+        self.start_label = QLabel(self)
+        self.start_label.setObjectName("historyStart")
+        self.start_label.setWordWrap(True)
+        layout.addWidget(self.start_label)
+        row = QHBoxLayout()
+        self.slider = QSlider(Qt.Orientation.Horizontal, self)
+        self.slider.setObjectName("historySlider")
+        self.slider.setPageStep(1)
+        row.addWidget(self.slider, 1)
+        layout.addLayout(row)
+        self.session_label = QLabel(self)
+        self.session_label.setObjectName("historySession")
+        self.session_label.setWordWrap(True)
+        layout.addWidget(self.session_label)
+        splitter = QSplitter(self)
+        self.text_view = QPlainTextEdit(self)
+        self.text_view.setObjectName("historyText")
+        self.text_view.setReadOnly(True)
+        self.text_view.setUndoRedoEnabled(False)
+        self.list_view = QListWidget(self)
+        self.list_view.setObjectName("historyList")
+        splitter.addWidget(self.text_view)
+        splitter.addWidget(self.list_view)
+        splitter.setStretchFactor(0, 1)
+        splitter.setSizes([650, 200])
+        layout.addWidget(splitter, 1)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        self.restore_button = QPushButton("Restore this version", self)
+        self.restore_button.setObjectName("historyRestore")
+        self.restore_button.setToolTip(
+            "Make the document equal to this version by new edits; the history is kept"
+        )
+        self.close_button = QPushButton("Close", self)
+        buttons.addWidget(self.restore_button)
+        buttons.addWidget(self.close_button)
+        layout.addLayout(buttons)
+        self.close_button.clicked.connect(self.close)
+        self.restore_button.clicked.connect(self.on_restore_button_clicked)
+        self.slider.valueChanged.connect(self.on_slider_valueChanged)
+
+        self.complete = document.can_export(VersionVector())
+        self.changes: list[Change] = []
+        self.sessions: list[EditSession] = []
+        self.replay: HistoryReplay | None = None
+        # The newest version shows at once; the timeline (export, grouping,
+        # replay) follows from the event loop.
+        self.slider.setEnabled(False)
+        self.restore_button.setEnabled(False)
+        self._show_text(text.value)
+        self._show_items(items.value)
+        if self.complete:
+            self.start_label.setText("Reading the document's history…")
+            QTimer.singleShot(0, self, self.load_timeline)
+        else:
+            self._describe_start()
+
+    @property
+    def timeline_ready(self) -> bool:
+        """Whether the edit sessions are known (the slider is live)."""
+        return self.replay is not None
+
+    def load_timeline(self) -> None:
+        """Read the history, group it into sessions, start the replay."""
+        if self.replay is not None:
+            return
+        self.changes = self._document.export_changes()
+        self.sessions = group_sessions(self.changes)
+        self.replay = HistoryReplay(
+            self._document.document_id,
+            self.changes,
+            self.sessions,
+            self._text.name,
+            self._items.name,
+            self,
+        )
+        self.replay.progressed.connect(self.on_replay_progressed)
+        self._describe_start()
+        last = max(0, len(self.sessions) - 1)
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, last)
+        self.slider.setValue(last)
+        self.slider.blockSignals(False)
+        self.slider.setEnabled(bool(self.sessions))
+        self.show_position(last)
+        self.replay.start()
+        self.timelineReady.emit()
+
+    # -- what is shown --------------------------------------------------------------
+    def _describe_start(self) -> None:
+        if not self.complete:
+            self.start_label.setText(
+                "This copy of the document arrived as a snapshot: its history on this "
+                "computer starts there, so only the current version can be shown. "
+                "Older versions stay on the server."
+            )
+        elif self.sessions:
+            first = self.sessions[0]
+            self.start_label.setText(
+                f"{len(self.sessions)} edit sessions, {len(self.changes):,} changes, "
+                f"from {_when(first.first_ms)} (the local history starts at the "
+                "document's creation)."
+            )
+        else:
+            self.start_label.setText("The document has no changes yet.")
+
+    def version_at(self, position: int) -> Version | None:
+        """The version after session ``position`` (None while not yet replayed)."""
+        versions = self.replay.versions if self.replay is not None else {}
+        if position == len(self.sessions) - 1 or not self.sessions:
+            replayed = versions.get(position)
+            return Version(
+                self._text.value,
+                self._items.value,
+                replayed.inserted if replayed else [],
+                replayed.deleted if replayed else 0,
+                replayed.new_items if replayed else 0,
+            )
+        return versions.get(position)
+
+    def shown_text(self) -> str:
+        """The text in the history view now."""
+        return self._shown_text
+
+    def show_position(self, position: int) -> None:
+        """Show the version after session ``position``."""
+        version = self.version_at(position)
+        session = self.sessions[position] if self.sessions else None
+        if session is not None:
+            names = ", ".join(self._author_name(peer) for peer in session.authors)
+            span = _when(session.first_ms)
+            if session.last_ms - session.first_ms >= 60_000:
+                span += f" to {_dt.datetime.fromtimestamp(session.last_ms / 1000):%H:%M}"
+            words = f"Session {position + 1} of {len(self.sessions)}: {names}, {span}"
+            if version is not None:
+                added = sum(b - a for a, b in version.inserted)
+                words += f"; {added} characters added, {version.deleted} deleted"
+            self.session_label.setText(words)
+        if version is None:
+            self.session_label.setText(
+                self.session_label.text()
+                + f" (replaying the history… {self.replay.done if self.replay else 0}"
+                + f"/{len(self.sessions)})"
+            )
+            self.restore_button.setEnabled(False)
+            return
+        self.restore_button.setEnabled(0 <= position < len(self.sessions) - 1)
+        self._show_text(version.text)
+        self._highlight(version.inserted)
+        self._show_items(version.items)
+
+    def _show_items(self, items: list[Any]) -> None:
+        self.list_view.clear()
+        for value in items:
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            self.list_view.addItem(QListWidgetItem(shown))
+
+    def _show_text(self, target: str) -> None:
+        """Patch the view from the shown text to ``target`` (only the middle changes)."""
+        current = self._shown_text
+        if current == target:
+            return
+        prefix = _common_prefix(current, target)
+        suffix = _common_suffix(current, target, prefix)
+        cursor = QTextCursor(self.text_view.document())
+        cursor.beginEditBlock()
+        cursor.setPosition(_utf16(current, prefix))
+        cursor.setPosition(_utf16(current, len(current) - suffix), QTextCursor.MoveMode.KeepAnchor)
+        cursor.insertText(target[prefix : len(target) - suffix], QTextCharFormat())
+        cursor.endEditBlock()
+        self._shown_text = target
+
+    def _highlight(self, ranges: list[tuple[int, int]]) -> None:
+        text = self._shown_text
+        document = self.text_view.document()
+        plain = QTextCharFormat()
+        plain.setBackground(Qt.GlobalColor.transparent)
+        marked = QTextCharFormat()
+        marked.setBackground(HIGHLIGHT)
+        cursor = QTextCursor(document)
+        limit = len(text)
+        for start, end, fmt in [(a, b, plain) for a, b in self._highlighted] + [
+            (a, b, marked) for a, b in ranges
+        ]:
+            a, b = min(start, limit), min(end, limit)
+            if a >= b:
+                continue
+            cursor.setPosition(_utf16(text, a))
+            cursor.setPosition(_utf16(text, b), QTextCursor.MoveMode.KeepAnchor)
+            cursor.setCharFormat(fmt)
+        self._highlighted = list(ranges)
+        if ranges:
+            cursor.setPosition(_utf16(text, min(ranges[0][0], limit)))
+            self.text_view.setTextCursor(cursor)
+            self.text_view.ensureCursorVisible()
+
+    def highlighted(self) -> list[tuple[int, int]]:
+        """The code-point ranges highlighted as changed by the shown session."""
+        return list(self._highlighted)
+
+    # -- slots ----------------------------------------------------------------------
+    def on_slider_valueChanged(self, position: int) -> None:
+        """Show the version under the slider."""
+        self.show_position(position)
+
+    def on_replay_progressed(self, done: int) -> None:
+        """A version the slider waits for may be ready now."""
+        position = self.slider.value()
+        if position < done and self.session_label.text().endswith(")"):
+            self.show_position(position)
+
+    def on_restore_button_clicked(self) -> None:
+        """Restore the shown version as new edits."""
+        version = self.version_at(self.slider.value())
+        if version is None:
+            return
+        if restore_version(self._document, self._text, self._items, version):
+            self.restored.emit()
+
+    def closeEvent(self, event: Any) -> None:
+        """Stop replaying when closed."""
+        if self.replay is not None:
+            self.replay.stop()
+        super().closeEvent(event)
+
+
+def _utf16(text: str, index: int) -> int:
+    prefix = text[:index]
+    return len(prefix) if prefix.isascii() else len(prefix.encode("utf-16-le")) // 2

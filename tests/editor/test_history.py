@@ -1,0 +1,188 @@
+# mypy: disable-error-code="no-untyped-call"
+"""View > History: edit sessions on a slider, past versions exactly, restore as new edits."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from pathlib import Path
+
+from editor_helpers import close_window, make_window, run, start_server, wait_for_state, widget_text
+from PySide6.QtCore import Qt
+from pytestqt.qtbot import QtBot
+
+from crdt_sync import Change, CRDTDocument, CRDTListHandler, CRDTTextHandler, PeerId
+from editor.history import EditSession, HistoryDialog, group_sessions
+from editor.session import LIST_NAME, TEXT_NAME
+from editor.sync_panel import SyncState
+
+
+def peer(n: int) -> PeerId:
+    return PeerId.parse(f"00000000-0000-4000-8000-{n:012d}")
+
+
+def exchange(*docs: CRDTDocument) -> None:
+    for target in docs:
+        for source in docs:
+            if source is not target:
+                target.import_changes(source.export_changes(target.version_vector))
+
+
+def replayed_to(document: CRDTDocument, changes: list[Change]) -> tuple[str, list[object]]:
+    """An independent replica holding exactly ``changes``."""
+    replica = CRDTDocument(document_id=document.document_id)
+    text = CRDTTextHandler(replica, TEXT_NAME)
+    items = CRDTListHandler(replica, LIST_NAME)
+    replica.import_changes(changes)
+    return text.value, items.value
+
+
+def inserted_by(document: CRDTDocument, changes: list[Change], session: EditSession) -> set[int]:
+    """Positions, in the version after ``session``, of characters its changes made."""
+    replica = CRDTDocument(document_id=document.document_id)
+    text = CRDTTextHandler(replica, TEXT_NAME)
+    replica.import_changes(changes[: session.end])
+    made = [(c.peer, c.counter, c.counter + c.size) for c in changes[session.start : session.end]]
+    positions: set[int] = set()
+    for start, length, peer_id, counter in text.id_runs():
+        for offset in range(length):
+            if any(p == peer_id and a <= counter + offset < b for p, a, b in made):
+                positions.add(start + offset)
+    return positions
+
+
+def highlighted_positions(dialog: HistoryDialog) -> set[int]:
+    return {i for a, b in dialog.highlighted() for i in range(a, b)}
+
+
+def three_authors() -> tuple[CRDTDocument, list[str]]:
+    docs = [CRDTDocument(peer(n), document_id="notes") for n in (1, 2, 3)]
+    texts = [CRDTTextHandler(doc, TEXT_NAME) for doc in docs]
+    lists = [CRDTListHandler(doc, LIST_NAME) for doc in docs]
+    rng = random.Random(5)
+    for round_ in range(6):
+        who = round_ % 3
+        for _ in range(rng.randint(1, 4)):
+            text = texts[who]
+            if len(text) > 4 and rng.random() < 0.3:
+                text.delete(rng.randrange(len(text) - 2), 2)
+            else:
+                text.insert(rng.randint(0, len(text)), f"[{who}:{round_}] é😀 ")
+        lists[who].append(f"item {round_}")
+        exchange(*docs)
+    return docs[0], [t.value for t in texts]
+
+
+def test_sessions_split_by_author_pause_and_size_and_stay_bounded() -> None:
+    document, _ = three_authors()
+    changes = document.export_changes()
+    sessions = group_sessions(changes)
+    assert len(sessions) == 6
+    assert [s.authors for s in sessions] == [(str(peer(1 + i % 3)),) for i in range(6)]
+    assert sessions[0].start == 0 and sessions[-1].end == len(changes)
+    assert all(a.end == b.start for a, b in itertools.pairwise(sessions))
+    assert len(group_sessions(changes, max_changes=1)) == len(changes)
+    assert len(group_sessions(changes, max_changes=1, max_positions=4)) <= 4
+
+
+def test_slider_shows_each_past_version_exactly_with_its_insertions_highlighted(
+    qtbot: QtBot,
+) -> None:
+    document, _ = three_authors()
+    handlers = document.handlers
+    text_handler = handlers[(TEXT_NAME, "text")]
+    list_handler = handlers[(LIST_NAME, "list")]
+    assert isinstance(text_handler, CRDTTextHandler)
+    assert isinstance(list_handler, CRDTListHandler)
+    dialog = HistoryDialog(document, text_handler, list_handler, lambda p: p[-1])
+    qtbot.addWidget(dialog)
+    dialog.show()
+    assert dialog.shown_text() == text_handler.value  # the newest version, at once
+    qtbot.waitUntil(lambda: dialog.timeline_ready, timeout=10000)
+    assert dialog.slider.value() == dialog.slider.maximum() == 5
+    assert dialog.replay is not None
+    replay = dialog.replay
+    qtbot.waitUntil(lambda: replay.done == 6, timeout=10000)
+    changes = document.export_changes()
+    for position in (0, 3, 1, 4, 2, 5):
+        dialog.slider.setValue(position)
+        session = dialog.sessions[position]
+        expected_text, expected_items = replayed_to(document, changes[: session.end])
+        assert dialog.shown_text() == expected_text
+        assert widget_text(dialog.text_view) == expected_text
+        items = [dialog.list_view.item(i).text() for i in range(dialog.list_view.count())]
+        assert items == expected_items
+        # Highlighted: exactly the characters this session's changes inserted.
+        assert highlighted_positions(dialog) == inserted_by(document, changes, session)
+        assert dialog.session_label.text().startswith(f"Session {position + 1} of 6: ")
+
+
+def test_restore_makes_new_edits_that_converge_on_a_second_window(
+    qtbot: QtBot, tmp_path: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    del loop
+    server = run(qtbot, start_server())
+    url = f"ws://127.0.0.1:{server.port}/restore"
+    ada, bo = make_window(tmp_path, "Ada"), make_window(tmp_path, "Bo")
+    try:
+        for window in (ada, bo):
+            run(qtbot, window.join(url))
+            wait_for_state(qtbot, window, SyncState.CONNECTED)
+        qtbot.keyClicks(ada.text_edit, "the first version")
+        assert ada.list_model is not None
+        ada.list_model.add_item("milk")
+        qtbot.waitUntil(lambda: widget_text(bo.text_edit) == "the first version")
+        bo.text_edit.selectAll()
+        bo.text_edit.insertPlainText("Bo rewrote everything")
+        assert bo.list_model is not None
+        bo.list_model.add_item("eggs")
+        assert ada.session is not None and bo.session is not None
+        ada_session, bo_session = ada.session, bo.session
+        qtbot.waitUntil(lambda: ada_session.text.value == "Bo rewrote everything")
+        qtbot.waitUntil(lambda: len(ada_session.items) == 2)
+        changes_before = len(ada_session.document.export_changes())
+        dialog = ada.open_history()
+        qtbot.waitUntil(
+            lambda: dialog.replay is not None and dialog.replay.done == len(dialog.sessions),
+            timeout=10000,
+        )
+        # The last session of Ada's: the text as she left it.
+        target = max(
+            i for i, s in enumerate(dialog.sessions) if s.authors == (ada_session.peer_id,)
+        )
+        dialog.slider.setValue(target)
+        assert dialog.shown_text() == "the first version"
+        with qtbot.waitSignal(dialog.restored):
+            qtbot.mouseClick(dialog.restore_button, Qt.MouseButton.LeftButton)
+        for session, window in ((ada_session, ada), (bo_session, bo)):
+            qtbot.waitUntil(
+                lambda s=session, w=window: (
+                    s.text.value == widget_text(w.text_edit) == "the first version"
+                )
+            )
+            qtbot.waitUntil(lambda s=session: s.items.value == ["milk"])
+        # New changes were added; none was rewritten or dropped.
+        assert len(ada_session.document.export_changes()) > changes_before
+        # And Undo takes the restore back, everywhere.
+        ada.undo()
+        qtbot.waitUntil(lambda: bo_session.text.value == "Bo rewrote everything")
+        dialog.close()
+    finally:
+        close_window(qtbot, ada)
+        close_window(qtbot, bo)
+        run(qtbot, server.stop())
+
+
+def test_a_replica_without_its_early_history_says_where_its_history_starts(
+    qtbot: QtBot,
+) -> None:
+    source, _ = three_authors()
+    copy = CRDTDocument.from_snapshot(source.take_snapshot())
+    text = CRDTTextHandler(copy, TEXT_NAME)
+    items = CRDTListHandler(copy, LIST_NAME)
+    dialog = HistoryDialog(copy, text, items, lambda p: p[-1])
+    qtbot.addWidget(dialog)
+    assert "snapshot" in dialog.start_label.text()
+    assert dialog.shown_text() == text.value
+    assert not dialog.restore_button.isEnabled()
