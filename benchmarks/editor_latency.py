@@ -112,7 +112,10 @@ async def wait_until(predicate: object, timeout: float = 30.0) -> None:
 async def keystroke_to_remote(
     root: Path, keystrokes: int, memory: bool, authors: bool = False
 ) -> None:
-    server = HostedServer(root / "bench-host.db", memory=memory, bind_address="127.0.0.1")
+    # Plain ws:// without tokens, as before hosting became secure (editor/hosting.py).
+    server = HostedServer(
+        root / "bench-host.db", memory=memory, bind_address="127.0.0.1", secure=False
+    )
     port = await server.start()
     a = make_window(root, "A")
     b = make_window(root, "B")

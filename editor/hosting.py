@@ -1,14 +1,28 @@
 """Host a session: run the bundled headless server as a child process.
 
 The server runs as ``python -m server --host 0.0.0.0 --port N --db <data
-dir>/host.db --exit-with-parent`` in a ``QProcess``: a busy session never
-freezes the window, and ``--exit-with-parent`` makes the child stop by itself
-if the app is killed, so no orphan is left behind. The child prints one line
-once it listens; the bound port is read from it (so port 0 picks a free port).
+dir>/host.db --exit-with-parent --tls-cert ... --tls-key ... --secret-file ...``
+in a ``QProcess``: a busy session never freezes the window, and
+``--exit-with-parent`` makes the child stop by itself if the app is killed, so
+no orphan is left behind. The child prints one line once it listens; the bound
+port is read from it (so port 0 picks a free port).
+
+Hosting is secure by default (``secure=True``):
+
+* **TLS.** A self-signed certificate and its key are created once in the app's
+  data folder (``<data dir>/tls/``, the key with mode 0600) and reused, so
+  the pin in earlier links stays valid for the certificate's life. The server
+  serves ``wss://`` on every interface.
+* **Tokens.** Each hosting session writes a **new** secret (mode 0600), so the
+  links of an earlier session stop working. :meth:`HostedServer.invite_links`
+  signs two links, *Can edit* and *Can view*:
+  ``wss://HOST:PORT/DOC#token=...&pin=sha256:...``. Joining with one verifies
+  the pin (the certificate is accepted only if it is exactly that one).
 
 :meth:`HostedServer.stop` terminates the child (SIGTERM: the server flushes
 its SQLite store and exits) and waits for it, killing it if it does not exit
-in time. Nothing here imports the ``server`` package.
+in time. Only the ``server`` package's token and TLS helpers are used here;
+the server itself runs in the child.
 """
 
 from __future__ import annotations
@@ -19,11 +33,20 @@ import re
 import socket
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal
 
-__all__ = ["HostedServer", "HostingError", "invite_link", "lan_address"]
+from crdt_sync.sync import Role
+from server.auth import SecretFileError, TokenAuthority, load_or_create_secret
+from server.auth import invite_link as signed_link
+from server.tls import certificate_pin, create_self_signed_certificate
 
+__all__ = ["HostedServer", "HostingError", "InviteLinks", "invite_link", "lan_address"]
+
+#: How long a hosted session's invite links are valid (they also stop working
+#: when hosting stops: the next hosting session has a new secret).
+INVITE_LIFETIME_S = 30 * 24 * 3600
 LISTENING_LINE = re.compile(rb"listening on wss?://[^ ]*:(\d+)/")
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,9 +72,17 @@ def lan_address() -> str:
     return address if not address.startswith("0.") else "127.0.0.1"
 
 
-def invite_link(port: int, document_id: str, host: str | None = None) -> str:
-    """The URL others paste to join: ``ws://<LAN address>:<port>/<document-id>``."""
-    return f"ws://{host or lan_address()}:{port}/{document_id}"
+def invite_link(port: int, document_id: str, host: str | None = None, scheme: str = "ws") -> str:
+    """The URL others paste to join: ``ws://<LAN address>:<port>/<document-id>``
+    (without a token: see :meth:`HostedServer.invite_links` for a secure session)."""
+    return f"{scheme}://{host or lan_address()}:{port}/{document_id}"
+
+
+class InviteLinks(NamedTuple):
+    """The two links of a hosted session: ``edit`` (Can edit) and ``view`` (Can view)."""
+
+    edit: str
+    view: str
 
 
 class HostedServer(QObject):
@@ -76,9 +107,18 @@ class HostedServer(QObject):
         *,
         memory: bool = False,
         bind_address: str = "0.0.0.0",
+        secure: bool = True,
+        tls_dir: Path | None = None,
     ) -> None:
         super().__init__(parent)
         self._memory = memory
+        self.secure = secure
+        tls_folder = tls_dir if tls_dir is not None else db_path.parent / "tls"
+        self.cert_path = tls_folder / "host-cert.pem"
+        self.key_path = tls_folder / "host-key.pem"
+        self.secret_path = db_path.with_name(db_path.name + ".secret")
+        self._authority: TokenAuthority | None = None
+        self._pin: str | None = None
         self._bind_address = bind_address
         self._db_path = db_path
         self._requested_port = port
@@ -101,14 +141,76 @@ class HostedServer(QObject):
         return self._pid
 
     @property
+    def scheme(self) -> str:
+        """``"wss"`` for a secure session, else ``"ws"``."""
+        return "wss" if self.secure else "ws"
+
+    @property
+    def pin(self) -> str | None:
+        """The certificate's pin (``sha256:...``), once a secure session started."""
+        return self._pin
+
+    def invite_links(self, document_id: str, host: str | None = None) -> InviteLinks:
+        """The Can edit and Can view links for ``document_id`` on this machine's LAN
+        address (or ``host``; a server bound to one address is reached there).
+        Without ``secure`` both are the plain URL.
+
+        Raises:
+            HostingError: the server is not running.
+        """
+        if self._port is None:
+            raise HostingError("the server is not running")
+        if host is None and self._bind_address not in ("0.0.0.0", "::", ""):
+            host = self._bind_address  # bound to one address: the only way in
+        url = invite_link(self._port, document_id, host, self.scheme)
+        if self._authority is None:
+            return InviteLinks(url, url)
+        edit, view = (
+            self._authority.issue(document_id, role, INVITE_LIFETIME_S)
+            for role in (Role.WRITE, Role.READ)
+        )
+        return InviteLinks(
+            signed_link(url, document_id, edit, self._pin),
+            signed_link(url, document_id, view, self._pin),
+        )
+
+    def own_link(self, document_id: str) -> str:
+        """The link the hosting window itself connects with (loopback, Can edit)."""
+        return self.invite_links(document_id, "127.0.0.1").edit
+
+    def _prepare_access(self) -> list[str]:
+        """Certificate (once) and a new secret; the child's extra arguments."""
+        if not self.secure:
+            self._authority = self._pin = None
+            return ["--no-auth"]
+        if self.cert_path.exists() and self.key_path.exists():
+            self._pin = certificate_pin(self.cert_path)
+        else:
+            hosts = sorted({lan_address(), "127.0.0.1", "localhost", socket.gethostname()})
+            self._pin = create_self_signed_certificate(self.cert_path, self.key_path, hosts)
+        # A new secret per hosting session: links of an earlier session stop working.
+        self.secret_path.unlink(missing_ok=True)
+        secret, _ = load_or_create_secret(self.secret_path)
+        self._authority = TokenAuthority(secret)
+        return [
+            "--tls-cert",
+            str(self.cert_path),
+            "--tls-key",
+            str(self.key_path),
+            "--secret-file",
+            str(self.secret_path),
+        ]
+
+    @property
     def running(self) -> bool:
         """True while the child process exists."""
         return (
             self._process is not None and self._process.state() != QProcess.ProcessState.NotRunning
         )
 
-    def arguments(self) -> list[str]:
-        """The child's command-line arguments (after the Python executable)."""
+    def arguments(self, access: list[str] | None = None) -> list[str]:
+        """The child's command-line arguments (after the Python executable); ``access``
+        are the TLS and token options (``--no-auth`` when None)."""
         return [
             "-m",
             "server",
@@ -117,8 +219,7 @@ class HostedServer(QObject):
             "--port",
             str(self._requested_port),
             *(["--memory"] if self._memory else ["--db", str(self._db_path)]),
-            # Tokens and TLS for hosted sessions come with the app's invite links.
-            "--no-auth",
+            *(access if access is not None else ["--no-auth"]),
             "--exit-with-parent",
         ]
 
@@ -135,6 +236,10 @@ class HostedServer(QObject):
         self._finished = loop.create_future()
         self._output = b""
         self._db_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            access = self._prepare_access()
+        except (OSError, ValueError, SecretFileError) as error:
+            raise HostingError(f"cannot prepare the certificate or secret: {error}") from None
         process = QProcess(self)
         environment = QProcessEnvironment.systemEnvironment()
         python_path = environment.value("PYTHONPATH", "")
@@ -148,7 +253,7 @@ class HostedServer(QObject):
         process.errorOccurred.connect(self.on_process_errorOccurred)
         process.started.connect(self.on_process_started)
         self._process = process
-        process.start(sys.executable, self.arguments())
+        process.start(sys.executable, self.arguments(access))
         try:
             port = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except TimeoutError:

@@ -46,12 +46,13 @@ from PySide6.QtWidgets import (
 )
 
 from crdt_sync import CRDTDocument, CRDTError, CRDTListHandler, CRDTTextHandler, Snapshot
+from crdt_sync.sync import Role
 from crdt_sync.sync.client import ReconnectPolicy
 from crdt_sync.sync.identity import fork_with_new_peer
 from editor.authorship import AuthorRuns, AuthorshipOverlay
 from editor.dialogs import HostDialog, JoinDialog
 from editor.history import HistoryDialog
-from editor.hosting import HostedServer, HostingError, invite_link
+from editor.hosting import HostedServer, HostingError
 from editor.list_model import ListModel
 from editor.list_view import ListView
 from editor.messages import port_in_use_message
@@ -122,6 +123,8 @@ class MainWindow(QMainWindow):
         self.user_name = name or str(self.settings.value("lastName", "")) or _default_name()
         self.hosted: HostedServer | None = None
         self.invite_url: str | None = None
+        #: The hosted session's read-only invite link (Can view).
+        self.view_invite_url: str | None = None
         self.error_box: QMessageBox | None = None
         # One replica per session: the open session's store is locked, and a
         # window asked for it by another one comes forward (editor.single_instance).
@@ -207,18 +210,31 @@ class MainWindow(QMainWindow):
         bar = QWidget(self)
         layout = QHBoxLayout(bar)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(QLabel("Invite link:", bar))
+        # Two invite links (editor/hosting.py): Can edit and Can view.
+        layout.addWidget(QLabel("Can edit:", bar))
         self.invite_edit = QLineEdit(bar)
         self.invite_edit.setObjectName("inviteLink")
         self.invite_edit.setReadOnly(True)
-        self.invite_edit.setMinimumWidth(320)
+        self.invite_edit.setMinimumWidth(200)
         layout.addWidget(self.invite_edit)
         self.copy_invite_button = QToolButton(bar)
         self.copy_invite_button.setIcon(icon("copy"))
         self.copy_invite_button.setText("Copy")
-        self.copy_invite_button.setToolTip("Copy the invite link")
+        self.copy_invite_button.setToolTip("Copy the invite link that lets others edit")
         self.copy_invite_button.clicked.connect(self.copy_invite_link)
         layout.addWidget(self.copy_invite_button)
+        layout.addWidget(QLabel("Can view:", bar))
+        self.view_invite_edit = QLineEdit(bar)
+        self.view_invite_edit.setObjectName("viewInviteLink")
+        self.view_invite_edit.setReadOnly(True)
+        self.view_invite_edit.setMinimumWidth(200)
+        layout.addWidget(self.view_invite_edit)
+        self.copy_view_invite_button = QToolButton(bar)
+        self.copy_view_invite_button.setIcon(icon("copy"))
+        self.copy_view_invite_button.setText("Copy")
+        self.copy_view_invite_button.setToolTip("Copy the read-only invite link")
+        self.copy_view_invite_button.clicked.connect(self.copy_view_invite_link)
+        layout.addWidget(self.copy_view_invite_button)
         self.invite_bar = bar
         self.statusBar().addPermanentWidget(bar)
         bar.hide()
@@ -471,7 +487,7 @@ class MainWindow(QMainWindow):
             session.store_lock = lock
         session.store = store
         session.start_sync(url, self.reconnect)
-        self.sync_panel.set_session(url, session.peer_id, session.name)
+        self.sync_panel.set_session(url.partition("#")[0], session.peer_id, session.name)
         self._remember_url(url)
         self._remember_session()
         self._refresh_actions()
@@ -540,11 +556,14 @@ class MainWindow(QMainWindow):
             raise
         server.exited.connect(self.on_hosted_exited)
         await session.stop_sync()
-        self.invite_url = invite_link(bound, session.document_id)
-        self._connect(session, f"ws://127.0.0.1:{bound}/{session.document_id}")
+        links = server.invite_links(session.document_id)
+        self.invite_url, self.view_invite_url = links.edit, links.view
+        self._connect(session, server.own_link(session.document_id))
         self.invite_edit.setText(self.invite_url)
+        self.view_invite_edit.setText(self.view_invite_url)
         self.invite_bar.show()
-        self.sync_panel.log("host", f"hosting on port {bound}; invite link {self.invite_url}")
+        shown = self.invite_url.partition("#")[0]  # the tokens stay out of the log
+        self.sync_panel.log("host", f"hosting on port {bound}; invite links for {shown}")
         self._refresh_actions()
         return self.invite_url
 
@@ -557,12 +576,18 @@ class MainWindow(QMainWindow):
             await self.session.stop_sync()
         await server.stop()
         self.hosted = None
-        self.invite_url = None
+        self.invite_url = self.view_invite_url = None
         self.invite_bar.hide()
         if not self._shutting_down:
             self._remember_session()
         self.sync_panel.log("host", "stopped hosting")
         self._refresh_actions()
+
+    def copy_view_invite_link(self) -> None:
+        """Put the hosted session's read-only (Can view) link on the clipboard."""
+        if self.view_invite_url:
+            QGuiApplication.clipboard().setText(self.view_invite_url)
+            self.statusBar().showMessage("Read-only invite link copied", 3000)
 
     def copy_invite_link(self) -> None:
         """Put the invite link (or the session URL when joined) on the clipboard."""
@@ -659,8 +684,30 @@ class MainWindow(QMainWindow):
             return
         self.sync_panel.set_status(self.session.state, self.session.detail, self.session.retry_at)
         self.sync_panel.set_unacknowledged(self.session.unacknowledged)
+        self._show_access()
         self.on_session_presenceChanged()
         self._refresh_actions()
+
+    def _show_access(self) -> None:
+        """The connection's role and encryption in the panel; read-only widgets for READ."""
+        client = self.session.client if self.session is not None else None
+        role = client.role if client is not None else None
+        encrypted = client is not None and client.encrypted
+        fingerprint = client.certificate_fingerprint if client is not None else None
+        self.sync_panel.set_access(
+            None if role is None else role is Role.WRITE,
+            (fingerprint or "(not yet connected)") if encrypted else None,
+        )
+        read_only = role is Role.READ
+        self.text_edit.setReadOnly(read_only)
+        for widget in (
+            self.list_view,
+            self.add_button,
+            self.remove_button,
+            self.up_button,
+            self.down_button,
+        ):
+            widget.setEnabled(not read_only)
 
     def on_session_presenceChanged(self) -> None:
         """Refresh who is online and the collaborators' cursors."""

@@ -66,8 +66,9 @@ class StoredSession:
 
 
 def session_path(url: str, root: Path | None = None) -> StoredSession:
-    """The files for ``url`` (not created)."""
-    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:24]
+    """The files for ``url`` (not created); an invite link's #token/pin do not count."""
+    address = url.partition("#")[0]
+    digest = hashlib.sha256(address.encode("utf-8")).hexdigest()[:24]
     folder = (root or data_dir()) / "sessions"
     return StoredSession(url, folder / f"{digest}.crdt", folder / f"{digest}.json")
 

@@ -44,7 +44,7 @@ def icon(name: str) -> QIcon:
     """The icon ``resources/icons/<name>.svg``; an empty icon when missing.
 
     Needs a ``QGuiApplication``. Names in use: ``app``, ``host``, ``join``,
-    ``disconnect``, ``stop``, ``copy``, ``status-<state>`` for each connection
+    ``disconnect``, ``stop``, ``copy``, ``lock``, ``status-<state>`` for each connection
     state.
     """
     path = resource_path(f"icons/{name}.svg")

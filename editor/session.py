@@ -307,7 +307,7 @@ class Session(QObject):
         self._set_state(SyncState.CONNECTING)
         self._connect_task = asyncio.ensure_future(client.connect())
         self._connect_task.add_done_callback(self._on_connect_done)
-        self._log("connect", f"connecting to {url}")
+        self._log("connect", f"connecting to {url.partition('#')[0]}")  # no token in the log
 
     def _on_connect_done(self, task: asyncio.Future[bool]) -> None:
         if task.cancelled():

@@ -235,6 +235,14 @@ class SyncPanel(QDockWidget):
         self.peer_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.name_label = QLabel("—", body)
         self.unacknowledged_label = QLabel("0", body)
+        # Access: the role the server granted, and a lock when the link is encrypted.
+        access_row = QHBoxLayout()
+        self.lock_icon = QLabel(body)
+        self.lock_icon.setObjectName("lockIcon")
+        self.role_label = QLabel("—", body)
+        self.role_label.setObjectName("roleLabel")
+        access_row.addWidget(self.lock_icon)
+        access_row.addWidget(self.role_label, 1)
         # Long values (a UUID, a URL) may be clipped in a narrow panel rather
         # than widen it; their tooltips hold the whole text.
         for label in (self.url_label, self.peer_label, self.name_label):
@@ -245,6 +253,7 @@ class SyncPanel(QDockWidget):
         form.addRow("You:", self.name_label)
         form.addRow("Peer id:", self.peer_label)
         form.addRow("Not yet acknowledged:", self.unacknowledged_label)
+        form.addRow("Access:", access_row)
         layout.addLayout(form)
 
         layout.addWidget(QLabel("Online:", body))
@@ -323,6 +332,26 @@ class SyncPanel(QDockWidget):
         self.peer_label.setToolTip(peer_id)
         self.name_label.setText(name)
         self.name_label.setToolTip(name)
+
+    def set_access(self, can_edit: bool | None, fingerprint: str | None) -> None:
+        """Show the role (None: not known yet) and, with a certificate ``fingerprint``,
+        a lock whose tooltip names it (None: the connection is not encrypted)."""
+        if can_edit is None:
+            self.role_label.setText("—")
+        else:
+            self.role_label.setText("Can edit" if can_edit else "Can view (read-only)")
+        self.role_label.setToolTip(
+            ""
+            if can_edit is not False
+            else "This invite lets you read and follow the document, not change it."
+        )
+        if fingerprint is None:
+            self.lock_icon.clear()
+            self.lock_icon.setToolTip("Not encrypted")
+        else:
+            self.lock_icon.setPixmap(icon("lock").pixmap(16, 16))
+            self.lock_icon.setToolTip(f"Encrypted (TLS). Server certificate: {fingerprint}")
+        self.lock_icon.setVisible(fingerprint is not None)
 
     def set_peers(self, peers: list[PeerInfo]) -> None:
         """Replace the "online" list (nothing to do when it did not change).

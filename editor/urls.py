@@ -1,5 +1,10 @@
 """Session URLs: ``ws://host[:port]/<document-id>`` (or ``wss://``), checked for the Join dialog.
 
+An invite link carries a token and a certificate pin in its fragment,
+``wss://host:port/<document-id>#token=...&pin=sha256:...``; the fragment is
+checked here and kept in :attr:`SessionUrl.url` (the client takes it off before
+connecting), and :attr:`SessionUrl.address` is the URL without it.
+
 :func:`parse_session_url` either returns a :class:`SessionUrl` or raises
 :class:`InvalidSessionUrl` whose message is the reason shown to the user.
 The document id follows the one rule shared with the client and the server
@@ -13,6 +18,7 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 
+from crdt_sync.sync.access import split_invite
 from crdt_sync.sync.document_ids import (
     document_id_from_url_path,
     document_id_problem,
@@ -35,6 +41,13 @@ class SessionUrl:
     host: str
     port: int
     document_id: str
+    token: str | None = None
+    pin: str | None = None
+
+    @property
+    def address(self) -> str:
+        """The URL without the invite fragment (safe to show and to log)."""
+        return self.url.partition("#")[0]
 
 
 def parse_session_url(text: str) -> SessionUrl:
@@ -54,8 +67,14 @@ def parse_session_url(text: str) -> SessionUrl:
         raise InvalidSessionUrl("The link has no host name or address.")
     if parts.username or parts.password:
         raise InvalidSessionUrl("The link must not contain a user name or password.")
-    if parts.query or parts.fragment:
-        raise InvalidSessionUrl("The link must not have a ?query or #fragment.")
+    if parts.query:
+        raise InvalidSessionUrl("The link must not have a ?query.")
+    try:
+        invite = split_invite(text)
+    except ValueError as error:
+        raise InvalidSessionUrl(f"The link's #part is not a valid invite: {error}.") from None
+    if invite.pin is not None and parts.scheme != "wss":
+        raise InvalidSessionUrl("A link with a certificate pin must start with wss://.")
     document_id = document_id_from_url_path(parts.path) if parts.path.startswith("/") else None
     if not document_id:
         raise InvalidSessionUrl("The link has no document id after the host (…/<document-id>).")
@@ -65,4 +84,11 @@ def parse_session_url(text: str) -> SessionUrl:
     if port is None:
         port = 443 if parts.scheme == "wss" else 80
     canonical = f"{parts.scheme}://{parts.netloc}{document_url_path(document_id)}"
-    return SessionUrl(canonical, parts.scheme, parts.hostname, port, document_id)
+    if parts.fragment:
+        fields = {"token": invite.token, "pin": invite.pin}
+        canonical += "#" + urllib.parse.urlencode(
+            {key: value for key, value in fields.items() if value}, safe=":"
+        )
+    return SessionUrl(
+        canonical, parts.scheme, parts.hostname, port, document_id, invite.token, invite.pin
+    )

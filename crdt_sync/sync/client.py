@@ -253,6 +253,7 @@ class WebSocketClient:
         self._epoch: str | None = None
         self._session_id: str | None = None
         self._role: Role | None = None
+        self._fingerprint: str | None = None
         self._protocol: ClientProtocol | None = None
         self._ws: ClientConnection | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -286,6 +287,12 @@ class WebSocketClient:
     def encrypted(self) -> bool:
         """Whether the connection uses TLS (``wss://``)."""
         return self.url.startswith("wss://")
+
+    @property
+    def certificate_fingerprint(self) -> str | None:
+        """The pin (``sha256:...``) of the certificate the server presented on the last
+        connection that got through TLS (None without TLS or before connecting)."""
+        return self._fingerprint
 
     @property
     def epoch(self) -> str | None:
@@ -502,6 +509,10 @@ class WebSocketClient:
                 )
             return _Outcome(False, False, f"cannot connect: {exc!r}")
 
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            der = ssl_object.getpeercert(binary_form=True)
+            self._fingerprint = certificate_fingerprint(der) if der else None
         protocol = ClientProtocol(
             self.document,
             document_id=self.document_id,

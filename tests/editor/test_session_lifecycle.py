@@ -115,13 +115,15 @@ def test_host_flow_starts_child_server_and_leaves_no_process(
         assert host.invite_bar.isVisible()
         port = host.hosted.port
         assert host.session is not None
-        assert invite.endswith(f":{port}/{host.session.document_id}")
+        address, _, fragment = invite.partition("#")
+        assert address == f"wss://127.0.0.1:{port}/{host.session.document_id}"
+        assert fragment.startswith("token=") and "&pin=sha256:" in fragment
         wait_for_state(qtbot, host, SyncState.CONNECTED)
         host.copy_invite_button.click()
         assert QGuiApplication.clipboard().text() == invite
 
         qtbot.keyClicks(host.text_edit, "hosted text")
-        run(qtbot, guest.join(f"ws://127.0.0.1:{port}/{host.session.document_id}"))
+        run(qtbot, guest.join(invite))
         qtbot.waitUntil(lambda: widget_text(guest.text_edit) == "hosted text", timeout=10000)
 
         run(qtbot, host.stop_hosting(), timeout=30000)
