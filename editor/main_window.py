@@ -559,8 +559,9 @@ class MainWindow(QMainWindow):
         links = server.invite_links(session.document_id)
         self.invite_url, self.view_invite_url = links.edit, links.view
         self._connect(session, server.own_link(session.document_id))
-        self.invite_edit.setText(self.invite_url)
-        self.view_invite_edit.setText(self.view_invite_url)
+        for edit, link in ((self.invite_edit, links.edit), (self.view_invite_edit, links.view)):
+            edit.setText(link)
+            edit.setCursorPosition(0)  # show where it leads, not the end of the pin
         self.invite_bar.show()
         shown = self.invite_url.partition("#")[0]  # the tokens stay out of the log
         self.sync_panel.log("host", f"hosting on port {bound}; invite links for {shown}")

@@ -40,7 +40,7 @@ SIZE = (1180, 640)
 TEXT = (
     "Meeting notes, 26 November\n\n"
     "Agenda: ship the desktop editor, review the sync protocol, plan the demo.\n"
-    "Decisions: hosting uses the bundled server; invite links are ws:// URLs.\n"
+    "Decisions: hosting uses the bundled server; invite links are wss:// with a token.\n"
 )
 
 
@@ -112,7 +112,8 @@ async def main() -> None:
             save(ada.grab(), "hosting.png")
 
             assert ada.session is not None and ada.hosted is not None
-            await bo.join(f"ws://127.0.0.1:{ada.hosted.port}/{ada.session.document_id}")
+            assert ada.invite_url is not None  # the Can edit link (wss://, token, pin)
+            await bo.join(ada.invite_url)
             await until(lambda: bo.sync_panel.state is SyncState.CONNECTED)
             await until(lambda: bo.text_binding is not None and bo.text_binding.text == TEXT)
             select(ada, 28, 34)  # Ada selects "Agenda"
