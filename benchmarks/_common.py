@@ -239,6 +239,14 @@ def machine_busy_seconds() -> float:
     return (sum(values[:8]) - idle) / CLK_TCK
 
 
+def client_ssl_context(ca_file: str) -> Any:
+    """A client TLS context that trusts exactly ``ca_file`` (the benchmark's own
+    self-signed server certificate), names checked."""
+    import ssl
+
+    return ssl.create_default_context(cafile=ca_file)
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -374,9 +382,15 @@ def server_has_option(option: str) -> bool:
 
 
 def our_server_command(
-    registry: str, db_path: Path | None, max_connections: int, extra: Sequence[str] = ()
+    registry: str,
+    db_path: Path | None,
+    max_connections: int,
+    extra: Sequence[str] = (),
+    *,
+    auth: bool = False,
 ) -> list[str]:
-    """Our server on 127.0.0.1, any free port, with the ``memory`` or ``sqlite`` registry."""
+    """Our server on 127.0.0.1, any free port, with the ``memory`` or ``sqlite`` registry;
+    with ``auth`` it requires tokens (``extra`` then names its ``--secret-file``)."""
     command = [sys.executable, "-m", "server", "--host", HOST, "--port", "0"]
     if registry == "memory":
         command.append("--memory")
@@ -387,6 +401,8 @@ def our_server_command(
     command += ["--log-level", "WARNING", "--max-connections", str(max_connections)]
     command.append("--exit-with-parent")
     for option, value in PERMISSIVE_OPTIONS.items():
+        if auth and option == "--no-auth":
+            continue
         if option not in extra and server_has_option(option):
             command += [option] if value is None else [option, value]
     return [*command, *extra]
@@ -425,6 +441,8 @@ class Workload:
     y_step2: bytes = b""
     #: crdt_sync: the header readers agree with the library (else it decodes every frame).
     fast_reader: bool = True
+    #: crdt_sync: the invite token every handshake carries (None: the server has no auth).
+    auth_token: str | None = None
 
     @property
     def n(self) -> int:
@@ -540,6 +558,7 @@ def crdt_workload(
         for s in range(n)
     ]
     workload = Workload(CRDT, document_id, pattern, lag_rounds, edits, plans)
+    workload.auth_token = auth_token
     workload.build_seconds = time.perf_counter() - t0
     workload.fast_reader = check_crdt_readers(workload)
     return workload
@@ -853,7 +872,8 @@ class WorkerSpec:
     drain_timeout: float = 10.0
     connect_batch: int = 50
     local_host: str | None = None
-    ssl: bool = False
+    #: wss://: the CA file (the server's self-signed certificate) to verify it with.
+    ca_file: str | None = None
 
 
 @dataclass
@@ -945,13 +965,8 @@ class _RawClient:
         extra: dict[str, Any] = {}
         if self.spec.local_host:
             extra["local_addr"] = (self.spec.local_host, 0)
-        if self.spec.ssl:
-            import ssl
-
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE  # a benchmark's own self-signed server
-            extra["ssl"] = context
+        if self.spec.ca_file:
+            extra["ssl"] = client_ssl_context(self.spec.ca_file)
         self.ws = await connect(
             self.url,
             compression=None,
@@ -1134,6 +1149,12 @@ async def _recv(conn: multiprocessing.connection.Connection) -> Any:
 async def _worker_main(
     conn: multiprocessing.connection.Connection, spec: WorkerSpec, out: WorkerResult
 ) -> None:
+    # Import now what the first connection would import, so its time is not counted.
+    import websockets.asyncio.client
+    import websockets.protocol  # noqa: F401
+
+    import crdt_sync.sync.messages  # noqa: F401
+
     tally = [0, 0]
     clients = [
         _RawClient(spec, plan, url, out) for plan, url in zip(spec.plans, spec.urls, strict=True)
@@ -1364,7 +1385,7 @@ class Generator:
         *,
         workers: int = 2,
         local_host: str | None = None,
-        ssl: bool = False,
+        ca_file: str | None = None,
         seed: int = 1,
     ) -> None:
         if len(urls) != workload.n:
@@ -1374,7 +1395,7 @@ class Generator:
         self.servers = list(servers)
         self.workers = max(1, min(workers, MAX_WORKERS, workload.n))
         self.local_host = local_host
-        self.ssl = ssl
+        self.ca_file = ca_file
         self.seed = seed
 
     def _specs(self, mode: str, rate: float, drain_timeout: float) -> list[WorkerSpec]:
@@ -1407,7 +1428,7 @@ class Generator:
                     fast_reader=w.fast_reader,
                     drain_timeout=drain_timeout,
                     local_host=self.local_host,
-                    ssl=self.ssl,
+                    ca_file=self.ca_file,
                 )
             )
         return specs
@@ -1477,9 +1498,10 @@ class Generator:
             state: dict[Any, int] | None = None
             if check_url is not None:
                 try:
-                    state = asyncio.run(asyncio.wait_for(_fetch_state(w, check_url, self.ssl), 120))
+                    fetch = _fetch_state(w, check_url, self.ca_file)
+                    state = asyncio.run(asyncio.wait_for(fetch, 120))
                 except Exception as exc:
-                    run.final_check = f"could not check: {exc!r}"
+                    run.final_check = f"could not check: {exc!r}"[:80]
             for pipe in pipes:
                 pipe.send(("stop",))
             for pipe in pipes:
@@ -1602,18 +1624,13 @@ class Generator:
 # ----------------------------------------------------------------- after a run
 
 
-async def _fetch_state(workload: Workload, url: str, ssl: bool = False) -> dict[Any, int]:
+async def _fetch_state(workload: Workload, url: str, ca_file: str | None = None) -> dict[Any, int]:
     """What the server holds, asked by a fresh client: ident -> counter/clock end."""
     from websockets.asyncio.client import connect
 
     extra: dict[str, Any] = {}
-    if ssl:
-        import ssl as ssl_module
-
-        context = ssl_module.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl_module.CERT_NONE
-        extra["ssl"] = context
+    if ca_file:
+        extra["ssl"] = client_ssl_context(ca_file)
     async with connect(
         url, compression=None, max_size=None, proxy=None, open_timeout=CONNECT_TIMEOUT, **extra
     ) as ws:
@@ -1622,7 +1639,9 @@ async def _fetch_state(workload: Workload, url: str, ssl: bool = False) -> dict[
 
             rng = random.Random()
             await ws.send(
-                handshake_request(workload.document_id, _seeded_peer(rng), rng.randbytes(32), None)
+                handshake_request(
+                    workload.document_id, _seeded_peer(rng), rng.randbytes(32), workload.auth_token
+                )
             )
             while True:
                 data = await asyncio.wait_for(ws.recv(), CONNECT_TIMEOUT)

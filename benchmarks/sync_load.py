@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ from _common import (  # benchmarks/ is not a package
     HOST,
     MAX_CLIENTS,
     MAX_EDITS_PER_CLIENT,
+    REPO,
     Generator,
     GeneratorLimits,
     LoadRun,
@@ -64,6 +66,7 @@ from _common import (  # benchmarks/ is not a package
 
 OURS = "crdt_sync"
 PYCRDT = "pycrdt-websocket"
+SECURED_RATIO = "secured/plain"
 MAX_SECONDS = 120.0
 MAX_IDLE = 5000
 #: The ramp's rates per client (x 10 clients = edits/s); it stops at the first failing step.
@@ -134,21 +137,47 @@ async def serve_pycrdt() -> int:
 class Servers:
     """The server processes of one library for one run (several with --servers N)."""
 
-    def __init__(self, library: str, args: argparse.Namespace, max_connections: int) -> None:
+    def __init__(
+        self,
+        library: str,
+        args: argparse.Namespace,
+        max_connections: int,
+        *,
+        tls: bool = False,
+        auth: bool = False,
+    ) -> None:
         self.library = library
         self.args = args
         self.max_connections = max_connections
+        self.tls = tls
+        self.auth = auth
         self.tmp = tempfile.TemporaryDirectory(prefix="sync-load-")
+        self.dir = Path(self.tmp.name)
         self.processes: list[ServerProcess] = []
+        self.ca_file: str | None = None
+        self.secret_file = self.dir / "server.secret"
 
     def __enter__(self) -> Servers:
         try:
             if self.library == PYCRDT:
                 self.processes.append(start_server(pycrdt_server_command(), PYCRDT))
-            else:
-                db = Path(self.tmp.name) / "documents.sqlite3"
-                command = our_server_command(self.args.registry, db, self.max_connections)
-                self.processes.append(start_server(command, OURS))
+                return self
+            extra: list[str] = []
+            if self.tls:
+                from server.tls import create_self_signed_certificate
+
+                cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+                create_self_signed_certificate(cert, key, hosts=(HOST, "localhost"))
+                extra += ["--tls-cert", str(cert), "--tls-key", str(key)]
+                self.ca_file = str(cert)
+            if self.auth:
+                self.token("bench-doc")  # creates the secret file before the server reads it
+                extra += ["--secret-file", str(self.secret_file)]
+            db = self.dir / "documents.sqlite3"
+            command = our_server_command(
+                self.args.registry, db, self.max_connections, extra, auth=self.auth
+            )
+            self.processes.append(start_server(command, OURS))
         except BaseException:
             self.__exit__()
             raise
@@ -159,16 +188,34 @@ class Servers:
             process.stop()
         self.tmp.cleanup()
 
+    def token(self, document_id: str) -> str | None:
+        """A write token for ``document_id`` (``crdt-sync-server token``), None without auth."""
+        if not self.auth:
+            return None
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "server", "token", document_id),
+                *("--role", "write", "--expires", "1d", "--secret-file", str(self.secret_file)),
+            ],
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.strip().splitlines()[-1]
+
     def urls(self, document_id: str, n: int) -> list[str]:
+        scheme = "wss" if self.tls else "ws"
         ports = [p.port for p in self.processes]
-        return [f"ws://{HOST}:{ports[i % len(ports)]}/{document_id}" for i in range(n)]
+        return [f"{scheme}://{HOST}:{ports[i % len(ports)]}/{document_id}" for i in range(n)]
 
     def describe(self) -> str:
         if self.library == PYCRDT:
             return "pycrdt-websocket WebsocketServer (no store)"
-        if self.args.registry == "memory":
-            return "crdt_sync server, memory registry"
-        return "crdt_sync server, SQLite registry (fresh file)"
+        store = "memory registry" if self.args.registry == "memory" else "SQLite registry"
+        access = " + ".join(part for part, on in (("TLS", self.tls), ("tokens", self.auth)) if on)
+        return f"crdt_sync server, {store}" + (f", {access}" if access else ", no TLS, no tokens")
 
 
 # ----------------------------------------------------------------- runs
@@ -179,17 +226,23 @@ def lag_rounds(rate: float, lag_ms: float) -> int:
 
 
 def build_workload(
-    library: str, args: argparse.Namespace, n: int, rate: float, edits: int, document_id: str
+    library: str,
+    args: argparse.Namespace,
+    n: int,
+    rate: float,
+    edits: int,
+    document_id: str,
+    auth_token: str | None = None,
 ) -> Workload:
-    make = y_workload if library == PYCRDT else crdt_workload
-    return make(
-        n,
-        edits,
-        pattern=args.pattern,
-        lag_rounds=lag_rounds(rate, args.lag_ms),
-        seed=args.seed,
-        document_id=document_id,
-    )
+    common: dict[str, Any] = {
+        "pattern": args.pattern,
+        "lag_rounds": lag_rounds(rate, args.lag_ms),
+        "seed": args.seed,
+        "document_id": document_id,
+    }
+    if library == PYCRDT:
+        return y_workload(n, edits, **common)
+    return crdt_workload(n, edits, auth_token=auth_token, **common)
 
 
 def one_run(
@@ -200,22 +253,26 @@ def one_run(
     seconds: float,
     document_id: str = "bench-doc",
     servers: Servers | None = None,
+    label: str | None = None,
 ) -> LoadRun:
     """One load: precompute, (start a server), run the generator, check the server's state."""
     edits = max(1, min(MAX_EDITS_PER_CLIENT, round(rate * seconds)))
-    workload = build_workload(library, args, n, rate, edits, document_id)
     own = servers is None
     if servers is None:
         servers = Servers(library, args, max(1000, n + 100)).__enter__()
     try:
+        token = servers.token(document_id)
+        workload = build_workload(library, args, n, rate, edits, document_id, token)
         urls = servers.urls(document_id, n)
-        generator = Generator(workload, urls, servers.processes, workers=args.workers)
+        generator = Generator(
+            workload, urls, servers.processes, workers=args.workers, ca_file=servers.ca_file
+        )
         run = generator.run_load(rate, library, drain_timeout=args.drain, check_url=urls[0])
         run.judge(args.limits)
         dead = [p.name for p in servers.processes if not p.alive()]
         if dead:
             run.failure = run.failure or f"server died: {servers.processes[0].stderr_tail()}"
-        run.label = library
+        run.label = label or library
         run.build_seconds = workload.build_seconds
         run.server_description = servers.describe()
         return run
@@ -231,7 +288,7 @@ def ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.1f} ms"
 
 
-def report(runs: list[LoadRun], args: argparse.Namespace) -> int:
+def report(runs: list[LoadRun], args: argparse.Namespace, ratio: str = "ours/theirs") -> int:
     """Print the runs side by side; a saturated or failed run is refused. Exit status."""
     status = 0
     shown: list[LoadRun] = []
@@ -257,7 +314,7 @@ def report(runs: list[LoadRun], args: argparse.Namespace) -> int:
     if not shown:
         return status
     two = len(shown) == 2
-    header = ["figure", *(r.label for r in shown)] + (["ours/theirs"] if two else [])
+    header = ["figure", *(r.label for r in shown)] + ([ratio] if two else [])
     rows: list[list[str]] = []
 
     def add(label: str, cells: list[str], values: list[float | None] | None = None) -> None:
@@ -322,6 +379,14 @@ def report(runs: list[LoadRun], args: argparse.Namespace) -> int:
     add("other processes' CPU in the window", [f"{r.other_cpu:.2f} s" for r in shown])
     add("clients connected / at the end", [f"{r.connected} / {r.still_connected}" for r in shown])
     add(
+        "connect + handshake p50 / max",
+        [
+            f"{ms(r.pct(r.connect_seconds, 0.5))} / {ms(r.pct(r.connect_seconds, None))}"
+            for r in shown
+        ],
+        [r.pct(r.connect_seconds, 0.5) for r in shown],
+    )
+    add(
         "errors received",
         [", ".join(f"{k} {v:,}" for k, v in sorted(r.errors_in.items())) or "-" for r in shown],
     )
@@ -336,6 +401,13 @@ def report(runs: list[LoadRun], args: argparse.Namespace) -> int:
     ours = next((r for r in shown if r.label == OURS), None)
     if ours is not None:
         print_bars(ours, next((r for r in shown if r.label == PYCRDT), None), args)
+    if two and ratio == SECURED_RATIO:
+        secured, plain = shown
+        p99s, p99p = secured.p(0.99), plain.p(0.99)
+        print(
+            "bar (issue 8): p99 with TLS and tokens within 1.3x of the plain run: "
+            + ok(p99s is not None and p99p is not None and p99s <= 1.3 * p99p)
+        )
     return status
 
 
@@ -387,6 +459,19 @@ def mode_load(args: argparse.Namespace) -> int:
         + (f" (replicas {args.lag_ms:g} ms behind)" if args.pattern == "random" else "")
         + f"; {args.workers} generator processes; registry {args.registry}"
     )
+    if args.tls or args.auth:
+        # Issue 8: the same load with TLS and/or tokens, next to the plain run.
+        name = "+".join(part for part, on in (("tls", args.tls), ("auth", args.auth)) if on)
+        runs = []
+        for label, tls, auth in ((f"{OURS} {name}", args.tls, args.auth), (f"{OURS} plain", 0, 0)):
+            print(f"running {label} ...", flush=True)
+            with Servers(OURS, args, max(1000, args.clients + 100), tls=tls, auth=auth) as srv:
+                runs.append(
+                    one_run(
+                        OURS, args, args.clients, args.rate, args.seconds, servers=srv, label=label
+                    )
+                )
+        return report(runs, args, SECURED_RATIO)
     runs = []
     for library in libraries(args):
         print(f"running {library} ...", flush=True)
@@ -565,10 +650,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(load_banner())
     if args.tls and not server_has_option("--tls-cert"):
         return not_available("--tls", "--tls-cert", "issue 8, the access helper")
-    if args.auth and not server_has_option("--no-auth"):
-        return not_available("--auth", "token support (--no-auth)", "issue 8, the access helper")
-    if args.tls or args.auth:
-        return not_available("--tls/--auth in this benchmark", "wiring", "issue 8")
+    if args.auth and not server_has_option("--secret-file"):
+        return not_available("--auth", "--secret-file", "issue 8, the access helper")
+    if (args.tls or args.auth) and (args.compare or args.ramp or args.idle):
+        print("--tls/--auth run the load next to a plain run; not with --compare/--ramp/--idle")
+        return 2
     if args.redis is not None or args.servers > 1:
         if not server_has_option("--redis"):
             return not_available("--redis/--servers", "--redis", "issue 10, the redis helper")
