@@ -397,6 +397,7 @@ class HistoryDialog(QDialog):
         self._author_name = author_name
         self._highlighted: list[tuple[int, int]] = []
         self._shown_text = ""
+        self._shown_replayed = False
         layout = QVBoxLayout(self)
         self.start_label = QLabel(self)
         self.start_label.setObjectName("historyStart")
@@ -536,6 +537,8 @@ class HistoryDialog(QDialog):
                 added = sum(b - a for a, b in version.inserted)
                 words += f"; {added} characters added, {version.deleted} deleted"
             self.session_label.setText(words)
+        replay = self.replay
+        self._shown_replayed = replay is not None and position in replay.versions
         if version is None:
             self.session_label.setText(
                 self.session_label.text()
@@ -606,7 +609,7 @@ class HistoryDialog(QDialog):
     def on_replay_progressed(self, done: int) -> None:
         """A version the slider waits for may be ready now."""
         position = self.slider.value()
-        if position < done and self.session_label.text().endswith(")"):
+        if position < done and not self._shown_replayed:
             self.show_position(position)
 
     def on_restore_button_clicked(self) -> None:

@@ -7,7 +7,9 @@ It hosts a session (the bundled server as a child process, in a temporary
 data directory), joins it from a second window, types into both, and grabs:
 ``hosting.png`` (the host with its invite link), ``collaborators.png`` (both
 windows side by side, each showing the other's cursor) and
-``reconnecting.png`` (the guest after the host stopped hosting).
+``authorship.png`` (the host with View > Show Authors), ``history.png`` (the
+History window at the guest's edit) and ``reconnecting.png`` (the guest after
+the host stopped hosting).
 """
 
 from __future__ import annotations
@@ -125,6 +127,23 @@ async def main() -> None:
             await until(lambda: len(ada.cursor_overlay.cursors) == 1)
             await settle()
             save(side_by_side(ada.grab(), bo.grab()), "collaborators.png")
+
+            ada.show_authors_action.setChecked(True)
+            await settle()
+            save(ada.grab(), "authorship.png")
+            ada.show_authors_action.setChecked(False)
+
+            dialog = ada.open_history()
+            await until(
+                lambda: dialog.replay is not None and dialog.replay.done == len(dialog.sessions)
+            )
+            assert bo.session is not None
+            bo_peer = bo.session.peer_id
+            mine = [i for i, s in enumerate(dialog.sessions) if s.authors == (bo_peer,)]
+            dialog.slider.setValue(mine[-1] if mine else 0)
+            await settle()
+            save(dialog.grab(), "history.png")
+            dialog.close()
 
             await ada.stop_hosting()
             await until(lambda: "next try at" in bo.sync_panel.status_text())

@@ -120,8 +120,6 @@ def test_a_copied_store_under_a_live_peer_id_continues_under_a_fresh_id_keeping_
     import shutil
 
     from crdt_sync import CRDTTextHandler
-    from crdt_sync.sync.events import ErrorOccurred
-    from crdt_sync.sync.exceptions import ErrorCode
     from editor.persistence import load_document, save_document
 
     url = f"ws://127.0.0.1:{server.port}/copied"
@@ -146,15 +144,10 @@ def test_a_copied_store_under_a_live_peer_id_continues_under_a_fresh_id_keeping_
         assert copied is not None and str(copied.peer_id) == first_session.peer_id
         CRDTTextHandler(copied, "shared_text").insert(0, "offline: ")
         save_document(copied, store)
-        # The second app opens the copy; the server refuses its peer id at the
-        # handshake (PEER_ID_IN_USE, before taking any change). Main's server
-        # does not check peer ids yet, so the refusal is delivered as the
-        # client reports it, to the session that has not sent anything.
-        opened = run(qtbot, second._session_for_url(url, "copied"))
-        run(qtbot, second._replace_session(opened))
-        assert second.session is opened and opened.peer_id == first_session.peer_id
-        refused = ErrorOccurred(ErrorCode.PEER_ID_IN_USE, "peer id in use", remote=True, final=True)
-        second.session._on_client_event(refused)
+        # The second app opens the copy: the server refuses its peer id at the
+        # handshake (PEER_ID_IN_USE: the first app is connected with it), and
+        # the app continues under a fresh one.
+        run(qtbot, second.join(url))
         qtbot.waitUntil(
             lambda: (
                 second.session is not None
