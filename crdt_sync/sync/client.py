@@ -254,6 +254,7 @@ class WebSocketClient:
         self._session_id: str | None = None
         self._role: Role | None = None
         self._fingerprint: str | None = None
+        self._compression: str | None = None
         self._protocol: ClientProtocol | None = None
         self._ws: ClientConnection | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -282,6 +283,11 @@ class WebSocketClient:
         """What the server lets this client do, from the last handshake (None before
         the first one): :attr:`Role.READ` clients' changes are refused."""
         return self._role
+
+    @property
+    def compression(self) -> str | None:
+        """The compression the server chose at the last handshake (None before one)."""
+        return self._compression
 
     @property
     def encrypted(self) -> bool:
@@ -579,6 +585,7 @@ class WebSocketClient:
                 self._epoch = event.epoch
                 if protocol is not None:
                     self._role = protocol.role
+                    self._compression = protocol.compressor.name
                     self._acknowledged = protocol.acknowledged
                     if protocol.is_synced:
                         self.awareness.reannounce()

@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 from server_helpers import Peer, peers, wait_converged, wait_for
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
 
 from crdt_sync.sync.client import ConnectionStatus
 from server.auth import TokenAuthority, default_secret_path
 from server.cli import build_parser, listening_line
+from server.tls import create_self_signed_certificate
 
 # What the desktop app uses to find the port.
 PORT_RE = re.compile(r"listening on wss?://[^ ]*:(\d+)/")
@@ -223,3 +227,114 @@ def test_the_server_never_imports_qt() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------------ access
+
+
+def start_with_stderr(*arguments: str) -> tuple[subprocess.Popen[str], int]:
+    """Like start_server, at INFO so the access lines on standard error can be read."""
+    return start_server("--log-level", "INFO", *arguments)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_the_server_requires_tokens_by_default_and_says_how_to_invite(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "team.sqlite3"
+    process, port = start_with_stderr("--port", "0", "--db", str(database))
+    try:
+        secret = default_secret_path(database)
+        assert secret.exists() and (secret.stat().st_mode & 0o077) == 0
+        url = f"ws://127.0.0.1:{port}/notes"
+        stranger = Peer(url, "stranger")
+        assert await stranger.client.connect() is False
+        assert stranger.client.status is ConnectionStatus.ERROR
+        error = stranger.client.last_error
+        assert error is not None and "requires an invite token" in error.message
+        await stranger.client.disconnect()
+        # The token subcommand signs with the same secret: its link gets in, read-only.
+        made = subprocess.run(
+            [sys.executable, "-m", "server", "token", "notes", "--role", "read", "--db",
+             str(database), "--url", f"ws://127.0.0.1:{port}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        link = made.stdout.strip().splitlines()[-1]
+        assert link.startswith(f"{url}#token=")
+        reader = Peer(link, "reader")
+        await reader.connect()
+        assert reader.client.role is not None and reader.client.role.label == "read"
+        await reader.client.disconnect()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+    assert "created the token secret" in err
+    assert "crdt-sync-server token DOCUMENT" in err and f"--db {database}" in err
+
+
+def test_no_auth_warns_at_every_start(tmp_path: Path) -> None:
+    for _ in range(2):
+        process, _ = start_server("--port", "0", "--memory", "--no-auth")
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+        assert "--no-auth" in err and "anyone who can reach this server" in err
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_tls_from_the_command_line_with_a_pinned_invite(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    pin = create_self_signed_certificate(cert, key, ["127.0.0.1"])
+    secret = tmp_path / "server.secret"
+    common = ["--secret-file", str(secret)]
+    process, port = start_server(
+        "--port", "0", "--memory", "--tls-cert", str(cert), "--tls-key", str(key), *common
+    )
+    try:
+        made = subprocess.run(
+            [sys.executable, "-m", "server", "token", "notes", *common,
+             "--url", f"wss://127.0.0.1:{port}", "--tls-cert", str(cert)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        link = made.stdout.strip().splitlines()[-1]
+        assert link.endswith(f"&pin={pin}")
+        async with peers(link, 2) as group:
+            assert all(p.client.certificate_fingerprint == pin for p in group)
+            group[0].text.insert(0, "over wss")
+            await wait_converged(group)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
+
+
+def test_tls_options_go_together_and_bad_files_are_a_clear_failure(tmp_path: Path) -> None:
+    lone = subprocess.run(
+        [sys.executable, "-m", "server", "--memory", "--no-auth", "--tls-cert", "x.pem"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert lone.returncode == 2 and "go together" in lone.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "server", "--memory", "--no-auth", "--port", "0",
+         "--tls-cert", str(tmp_path / "no.pem"), "--tls-key", str(tmp_path / "no-key.pem")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 1 and missing.stdout == ""
+
+
+@pytest.mark.asyncio
+async def test_allow_origin_from_the_command_line() -> None:
+    process, port = start_server(
+        "--port", "0", "--memory", "--no-auth", "--allow-origin", "https://ok.example"
+    )
+    url = f"ws://127.0.0.1:{port}/notes"
+    try:
+        with pytest.raises(InvalidStatus) as caught:
+            async with connect(url, origin=Origin("https://evil.example")):
+                pass
+        assert caught.value.response.status_code == 403
+        async with connect(url, origin=Origin("https://ok.example")) as ws:
+            assert ws.response is not None and ws.response.status_code == 101
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
