@@ -186,8 +186,11 @@ class HostedServer(QObject):
         if self.cert_path.exists() and self.key_path.exists():
             self._pin = certificate_pin(self.cert_path)
         else:
-            hosts = sorted({lan_address(), "127.0.0.1", "localhost", socket.gethostname()})
-            self._pin = create_self_signed_certificate(self.cert_path, self.key_path, hosts)
+            hosts = {lan_address(), "127.0.0.1", "localhost"}
+            name = socket.gethostname()
+            if re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", name):
+                hosts.add(name)  # a DNS name (clients that pin do not check names)
+            self._pin = create_self_signed_certificate(self.cert_path, self.key_path, sorted(hosts))
         # A new secret per hosting session: links of an earlier session stop working.
         self.secret_path.unlink(missing_ok=True)
         secret, _ = load_or_create_secret(self.secret_path)
