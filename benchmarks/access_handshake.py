@@ -25,6 +25,7 @@ import asyncio
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,7 +91,8 @@ async def measure(
         await client.disconnect()
         client.close()
 
-    url = f"{scheme}://{HOST}:{port}/bench-edits"
+    # A fresh document per call: the reader waits for exactly the writer's new text.
+    url = f"{scheme}://{HOST}:{port}/bench-edits-{uuid.uuid4().hex[:12]}"
     writer_doc, reader_doc = CRDTDocument(), CRDTDocument()
     writer = WebSocketClient(url, writer_doc, **options)
     reader = WebSocketClient(url, reader_doc, **options)
@@ -134,50 +136,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connects", type=int, default=200, help="handshakes per setup")
     parser.add_argument("--edits", type=int, default=300, help="edit round trips per setup")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="interleaved rounds, the order rotated each time"
+    )
     args = parser.parse_args(argv)
     connects, edits = min(max(args.connects, 1), 2000), min(max(args.edits, 1), 5000)
+    rounds = min(max(args.rounds, 1), 20)
     print(machine_banner())
-    print(f"{connects} sequential handshakes and {edits} edit round trips per setup, on {HOST}")
-    rows = []
-    baseline: tuple[float, float, float, float] | None = None
+    print(
+        f"{connects} sequential handshakes and {edits} edit round trips per setup, on {HOST},"
+        f" in {rounds} interleaved rounds (setups take turns, so load drift hits all alike)"
+    )
+    samples: dict[str, tuple[list[float], list[float]]] = {s.name: ([], []) for s in SETUPS}
+    peaks: dict[str, int] = {}
+    token_for_size = None
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         pin = create_self_signed_certificate(folder / "cert.pem", folder / "key.pem", [HOST])
-        token_for_size = None
-        for setup in SETUPS:
-            server = start_server(server_command(setup, folder), setup.name)
-            try:
-                token = None
-                if setup.auth:
-                    authority, _ = TokenAuthority.from_file(folder / "bench.secret")
-                    token = token_for_size = authority.issue("bench-*")
-                handshakes, trips = asyncio.run(
-                    measure(setup, server.port, token, pin if setup.tls else None, connects, edits)
-                )
-                peak = proc_status_bytes(server.popen.pid, "VmHWM")
-            finally:
+        servers = {s.name: start_server(server_command(s, folder), s.name) for s in SETUPS}
+        try:
+            authority, _ = TokenAuthority.from_file(folder / "bench.secret")
+            token_for_size = authority.issue("bench-*")
+            for round_number in range(rounds):
+                shift = round_number % len(SETUPS)
+                for setup in SETUPS[shift:] + SETUPS[:shift]:
+                    handshakes, trips = asyncio.run(
+                        measure(
+                            setup,
+                            servers[setup.name].port,
+                            token_for_size if setup.auth else None,
+                            pin if setup.tls else None,
+                            max(1, connects // rounds),
+                            max(1, edits // rounds),
+                        )
+                    )
+                    samples[setup.name][0].extend(handshakes)
+                    samples[setup.name][1].extend(trips)
+            for setup in SETUPS:
+                peaks[setup.name] = proc_status_bytes(servers[setup.name].popen.pid, "VmHWM")
+        finally:
+            for server in servers.values():
                 server.stop()
-            handshakes.sort()
-            trips.sort()
-            figures = (
-                percentile(handshakes, 0.5),
-                percentile(handshakes, 0.99),
-                percentile(trips, 0.5),
-                percentile(trips, 0.99),
+    rows = []
+    baseline: float | None = None
+    for setup in SETUPS:
+        handshakes, trips = (sorted(values) for values in samples[setup.name])
+        trip_p99 = percentile(trips, 0.99)
+        if baseline is None:
+            baseline = trip_p99
+        rows.append(
+            (
+                setup.name,
+                f"{percentile(handshakes, 0.5) * 1000:.2f} ms",
+                f"{percentile(handshakes, 0.99) * 1000:.2f} ms",
+                f"{percentile(trips, 0.5) * 1000:.2f} ms",
+                f"{trip_p99 * 1000:.2f} ms",
+                fmt_ratio(trip_p99, baseline),
+                fmt_bytes(peaks[setup.name]),
             )
-            if baseline is None:
-                baseline = figures
-            rows.append(
-                (
-                    setup.name,
-                    f"{figures[0] * 1000:.2f} ms",
-                    f"{figures[1] * 1000:.2f} ms",
-                    f"{figures[2] * 1000:.2f} ms",
-                    f"{figures[3] * 1000:.2f} ms",
-                    fmt_ratio(figures[3], baseline[3]),
-                    fmt_bytes(peak),
-                )
-            )
+        )
     print()
     print_table(
         (
