@@ -30,9 +30,8 @@ import bisect
 import datetime as _dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, QPoint, QRectF, Qt
+from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QRectF, Qt
 from PySide6.QtGui import (
     QColor,
     QHelpEvent,
@@ -354,9 +353,18 @@ class AuthorshipOverlay(QWidget):
         return colour
 
     # -- Qt ----------------------------------------------------------------------------
-    def _on_update_request(self, *_args: Any) -> None:
+    def _on_update_request(self, rect: QRect, dy: int) -> None:
+        """Repaint what the editor repaints (all of it when it scrolled), no more.
+
+        The overlay is transparent: each repaint of it repaints the text below
+        too, so repainting the whole overlay per keystroke would repaint the
+        whole editor.
+        """
         if self._enabled:
-            self.update()
+            if dy:
+                self.update()
+            else:
+                self.update(rect)
 
     def moveEvent(self, event: QMoveEvent) -> None:
         """Stay on the viewport's corner: scrolling moves the viewport's children."""
@@ -397,7 +405,6 @@ class AuthorshipOverlay(QWidget):
 
     def paintEvent(self, event: QPaintEvent) -> None:
         """A light wash of each author's colour behind the visible characters."""
-        del event
         if not self._enabled:
             return
         editor = self._editor
@@ -405,7 +412,8 @@ class AuthorshipOverlay(QWidget):
         if not block.isValid() or self._runs is None:
             return
         offset = editor.contentOffset()
-        height = self.height()
+        area = event.rect()
+        height = min(self.height(), area.bottom() + 1)
         # One position conversion per paint: the blocks below follow by their
         # own text (code points = len(str); UTF-16 only inside one block).
         start = self._from_qt(block.position())
@@ -416,33 +424,60 @@ class AuthorshipOverlay(QWidget):
             if geometry.top() > height:
                 break
             text = block.text()
-            if block.isVisible() and text:
-                self._paint_block(painter, block, text, start, geometry.left(), geometry.top())
+            if block.isVisible() and text and geometry.bottom() >= area.top():
+                self._paint_block(
+                    painter, block, text, start, geometry.left(), geometry.top(), area
+                )
             start += len(text) + 1  # the block separator is one "\n"
             block = block.next()
         painter.end()
 
     def _paint_block(
-        self, painter: QPainter, block: QTextBlock, text: str, first: int, left: float, top: float
+        self,
+        painter: QPainter,
+        block: QTextBlock,
+        text: str,
+        first: int,
+        left: float,
+        top: float,
+        area: QRect,
     ) -> None:
-        last = first + len(text)
-        ascii_only = text.isascii()
+        """Wash the lines of ``block`` inside ``area``: one fill per author per line."""
+        layout = block.layout()
+        lines = []
+        for n in range(layout.lineCount()):
+            line = layout.lineAt(n)
+            y = top + line.y()
+            if y + line.height() >= area.top() and y <= area.bottom():
+                lines.append(line)
+        if not lines:
+            return
         runs = self._runs
         assert runs is not None  # checked by paintEvent
-        i = runs.index_at(first)
+        ascii_only = text.isascii()
+        # The code points the painted lines cover, then the author spans there,
+        # neighbouring runs of one author joined (one colour change per author).
+        if ascii_only:
+            lo_cp = lines[0].textStart()
+            hi_cp = lines[-1].textStart() + lines[-1].textLength()
+        else:
+            lo_cp, hi_cp = 0, len(text)
+        spans: list[tuple[int, int, str]] = []
         starts, lengths, peers = runs.starts, runs.lengths, runs.peers
-        layout = block.layout()
-        lines = [layout.lineAt(n) for n in range(layout.lineCount())]
-        while i < len(starts) and starts[i] < last:
-            start, length, peer = starts[i], lengths[i], peers[i]
+        i = runs.index_at(first + lo_cp)
+        while i < len(starts) and starts[i] < first + hi_cp:
+            lo = max(starts[i], first + lo_cp) - first
+            hi = min(starts[i] + lengths[i], first + hi_cp) - first
+            peer = peers[i]
             i += 1
-            lo, hi = max(start, first) - first, min(start + length, last) - first
             if lo >= hi:
                 continue
-            if ascii_only:
-                q_lo, q_hi = lo, hi
+            if spans and spans[-1][2] == peer and spans[-1][1] == lo:
+                spans[-1] = (spans[-1][0], hi, peer)
             else:
-                q_lo, q_hi = _units(text[:lo]), _units(text[:hi])
+                spans.append((lo, hi, peer))
+        for lo, hi, peer in spans:
+            q_lo, q_hi = (lo, hi) if ascii_only else (_units(text[:lo]), _units(text[:hi]))
             colour = self._wash(peer)
             for line in lines:
                 line_start = line.textStart()

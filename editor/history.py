@@ -368,6 +368,27 @@ def _common_suffix(a: str, b: str, floor: int) -> int:
     return low
 
 
+#: Highlighted ranges closer than this (characters) are shown as one.
+HIGHLIGHT_JOIN = 40
+#: At most this many highlighted ranges per step (formats cost per range).
+MAX_HIGHLIGHTS = 60
+
+
+def _coarse(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` with near neighbours joined, at most ``MAX_HIGHLIGHTS`` of them."""
+    joined: list[tuple[int, int]] = []
+    for a, b in ranges:
+        if joined and a - joined[-1][1] <= HIGHLIGHT_JOIN:
+            joined[-1] = (joined[-1][0], max(b, joined[-1][1]))
+        else:
+            joined.append((a, b))
+    while len(joined) > MAX_HIGHLIGHTS:
+        gaps = sorted(range(len(joined) - 1), key=lambda k: joined[k + 1][0] - joined[k][1])
+        k = gaps[0]
+        joined[k : k + 2] = [(joined[k][0], joined[k + 1][1])]
+    return joined
+
+
 def _when(ms: int) -> str:
     return _dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
 
@@ -398,6 +419,7 @@ class HistoryDialog(QDialog):
         self._highlighted: list[tuple[int, int]] = []
         self._shown_text = ""
         self._shown_replayed = False
+        self._inserted: list[tuple[int, int]] = []
         layout = QVBoxLayout(self)
         self.start_label = QLabel(self)
         self.start_label.setObjectName("historyStart")
@@ -549,7 +571,8 @@ class HistoryDialog(QDialog):
             return
         self.restore_button.setEnabled(0 <= position < len(self.sessions) - 1)
         self._show_text(version.text)
-        self._highlight(version.inserted)
+        self._inserted = list(version.inserted)
+        self._highlight(_coarse(version.inserted))
         self._show_items(version.items)
 
     def _show_items(self, items: list[Any]) -> None:
@@ -598,8 +621,12 @@ class HistoryDialog(QDialog):
             self.text_view.ensureCursorVisible()
 
     def highlighted(self) -> list[tuple[int, int]]:
-        """The code-point ranges highlighted as changed by the shown session."""
+        """The code-point ranges highlighted (near neighbours joined, see ``_coarse``)."""
         return list(self._highlighted)
+
+    def inserted(self) -> list[tuple[int, int]]:
+        """The code-point ranges the shown session inserted, exactly."""
+        return list(self._inserted)
 
     # -- slots ----------------------------------------------------------------------
     def on_slider_valueChanged(self, position: int) -> None:

@@ -72,7 +72,7 @@ class RemoteCursorOverlay(QWidget):
         self.setAttribute(Qt.WidgetAttribute.WA_NoSystemBackground)
         self.resize(editor.viewport().size())
         editor.viewport().installEventFilter(self)
-        editor.updateRequest.connect(lambda *_: self.update())
+        editor.updateRequest.connect(self._on_update_request)
         self.show()
 
     @property
@@ -139,6 +139,14 @@ class RemoteCursorOverlay(QWidget):
                 self._start_fading()
             self._hovered = hovered
             self.update()
+
+    def _on_update_request(self, rect: QRect, dy: int) -> None:
+        """Repaint what the editor repaints (all when it scrolled): the overlay is
+        transparent, so repainting all of it repaints the whole editor below."""
+        if dy:
+            self.update()
+        else:
+            self.update(rect)
 
     def moveEvent(self, event: QMoveEvent) -> None:
         """Stay on the viewport's corner: scrolling moves the viewport's children."""
