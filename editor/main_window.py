@@ -849,6 +849,8 @@ class MainWindow(QMainWindow):
         )
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.destroyed.connect(lambda *_: self._forget_history(dialog))
+        # A view-only session (Can view link) looks at the history but restores nothing.
+        dialog.restore_button.setVisible(not session.read_only)
         dialog.show()
         self.history_dialog = dialog
         return dialog

@@ -34,6 +34,7 @@ from crdt_sync import (
     UpdateEvent,
     VersionVector,
 )
+from crdt_sync.sync.access import Role
 from crdt_sync.sync.client import ConnectionStatus, ReconnectPolicy, WebSocketClient
 from crdt_sync.sync.events import (
     Acknowledged,
@@ -259,6 +260,12 @@ class Session(QObject):
     def _author_recorded(self) -> bool:
         return author_entry(self.authors.get(self.peer_id)) == (self.name[:40], self.colour)
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the server gave this session the read role (a Can view link): it
+        then writes nothing to the document, not even its author entry."""
+        return self.client is not None and self.client.role is Role.READ
+
     def record_author(self) -> None:
         """Write this peer's name and colour into the shared ``authors`` map (if new).
 
@@ -266,7 +273,7 @@ class Session(QObject):
         can name every author, offline ones included. Not an undoable edit.
         """
         self._author_pending = False
-        if self._author_recorded():
+        if self._author_recorded() or self.read_only:
             return
         with self.document.transaction(origin="authors"):
             self.authors.set(self.peer_id, {"name": self.name[:40], "colour": self.colour})

@@ -94,6 +94,12 @@ def test_hosting_gives_two_links_and_each_joins_with_its_role(
             lambda: widget_text(viewer.text_edit) == "from the host, and Bo!", timeout=10000
         )
         assert viewer.sync_panel.state is SyncState.CONNECTED
+        # The viewer wrote nothing (not even its author entry): nothing refused or pending.
+        assert viewer.session is not None and viewer.session.unacknowledged == 0
+        assert viewer.session.read_only
+        history = viewer.open_history()
+        assert history.restore_button.isHidden()
+        history.close()
     finally:
         close_window(qtbot, viewer)
         close_window(qtbot, editor)
