@@ -874,6 +874,8 @@ class WorkerSpec:
     local_host: str | None = None
     #: wss://: the CA file (the server's self-signed certificate) to verify it with.
     ca_file: str | None = None
+    #: this worker holds client 0, which connects before every other client
+    first: bool = False
 
 
 @dataclass
@@ -1169,8 +1171,18 @@ async def _worker_main(
         except Exception as exc:
             out.connect_errors.append(f"client {client.plan.index}: {exc!r}"[:300])
 
-    for first in range(0, len(clients), spec.connect_batch):
-        await asyncio.gather(*(connect_one(c) for c in clients[first : first + spec.connect_batch]))
+    # Client 0 (in worker 0) connects alone and creates the document; the others
+    # join once it has (pycrdt-websocket 0.16 can leave a client that joins a room
+    # being created at the same moment unsynced forever; same procedure for all).
+    rest = clients
+    if spec.first:
+        await connect_one(clients[0])
+        conn.send(("first",))
+        rest = clients[1:]
+    else:
+        await _recv(conn)  # ("go",)
+    for first in range(0, len(rest), spec.connect_batch):
+        await asyncio.gather(*(connect_one(c) for c in rest[first : first + spec.connect_batch]))
     conn.send(("ready", out.connected, out.connect_errors[:3]))
     command = await _recv(conn)
     if command[0] == "start":
@@ -1366,6 +1378,21 @@ def _expect(pipe: multiprocessing.connection.Connection, kind: str, timeout: flo
     return message
 
 
+def _connect_all(
+    pipes: list[multiprocessing.connection.Connection], timeout: float
+) -> tuple[int, list[str]]:
+    """Let client 0 connect first, then every other; (clients connected, first errors)."""
+    _expect(pipes[0], "first", CONNECT_TIMEOUT + 60)
+    for pipe in pipes[1:]:
+        pipe.send(("go",))
+    connected, errors = 0, []
+    for pipe in pipes:
+        _, count, errs = _expect(pipe, "ready", timeout)
+        connected += count
+        errors += errs
+    return connected, errors
+
+
 def _reap(procs: list[Any]) -> None:
     for proc in procs:
         proc.join(10.0)
@@ -1429,6 +1456,7 @@ class Generator:
                     drain_timeout=drain_timeout,
                     local_host=self.local_host,
                     ca_file=self.ca_file,
+                    first=g == 0,
                 )
             )
         return specs
@@ -1475,10 +1503,12 @@ class Generator:
         procs, pipes = _spawn_workers(specs)
         results: list[WorkerResult] = []
         try:
-            for pipe in pipes:
-                _, connected, errors = _expect(pipe, "ready", CONNECT_TIMEOUT * 3 + 60)
-                run.connected += connected
-                run.connect_errors += errors
+            run.connected, run.connect_errors = _connect_all(pipes, CONNECT_TIMEOUT * 3 + 60)
+            if run.connected < w.n:
+                raise RuntimeError(
+                    f"only {run.connected} of {w.n} clients completed their handshake: "
+                    + "; ".join(run.connect_errors)
+                )
             self.settle()
             t0 = time.perf_counter() + lead
             for pipe in pipes:
@@ -1594,10 +1624,7 @@ class Generator:
         errors: list[str] = []
         try:
             t = time.perf_counter()
-            for pipe in pipes:
-                _, count, errs = _expect(pipe, "ready", CONNECT_TIMEOUT * 10 + 60)
-                connected += count
-                errors += errs
+            connected, errors = _connect_all(pipes, CONNECT_TIMEOUT * 10 + 60)
             figures["connect_seconds"] = time.perf_counter() - t
             cpu0 = self._server_cpu()
             time.sleep(hold)
