@@ -27,6 +27,7 @@ from .exceptions import (
     ServerStateError,
     StorageCorruptError,
     StorageError,
+    StorageInUseError,
 )
 from .registry import (
     CRDTServerRegistry,
@@ -59,6 +60,7 @@ __all__ = [
     "SqliteServerRegistry",
     "StorageCorruptError",
     "StorageError",
+    "StorageInUseError",
     "StreamSubscription",
     "WebSocketServer",
     "validate_document_id",

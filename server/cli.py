@@ -64,6 +64,7 @@ from .exceptions import StorageError
 from .registry import CRDTServerRegistry, InMemoryServerRegistry, SqliteServerRegistry
 from .server import WebSocketServer
 from .tls import certificate_pin, server_ssl_context
+from .trust import add_limit_options, limits_from_args
 
 __all__ = [
     "build_parser",
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=20.0,
         help="seconds a client may take to answer a ping before it is dropped (20)",
     )
+    add_limit_options(parser)
     return parser
 
 
@@ -421,6 +423,11 @@ async def run(args: argparse.Namespace) -> int:
         print(f"crdt-sync-server: {error}", file=sys.stderr)
         return 1
     try:
+        limits = limits_from_args(args)
+    except ValueError as error:
+        print(f"crdt-sync-server: {error}", file=sys.stderr)
+        return 2
+    try:
         registry = _make_registry(args)
     except StorageError as error:
         print(f"crdt-sync-server: {error}", file=sys.stderr)
@@ -438,6 +445,7 @@ async def run(args: argparse.Namespace) -> int:
         auth=authority,
         ssl=context,
         allowed_origins=args.allow_origin,
+        limits=limits,
     )
     subscription = server.server_events.subscribe(_log_event)
     stop = asyncio.Event()

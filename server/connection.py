@@ -42,10 +42,15 @@ from .session import (
     SessionState,
     SnapshotUploaded,
 )
+from .trust import Limits, TokenBucket
 
 __all__ = ["Authenticator", "Connection", "describe_close", "document_id_from_url_path"]
 
 _log = logging.getLogger(__name__)
+
+# Frames from this size on are decoded in a worker thread (a hostile frame can
+# take seconds to decode; a small one is faster decoded than handed over).
+_DECODE_IN_THREAD_FROM = 64 * 1024
 
 #: ``authenticate(request) -> bool`` (or an awaitable of it): may this client join?
 Authenticator = Callable[[HandshakeRequest], "bool | Awaitable[bool]"]
@@ -54,9 +59,21 @@ Authenticator = Callable[[HandshakeRequest], "bool | Awaitable[bool]"]
 class Connection:
     """One client: its socket, its session, its outbox and writer task."""
 
-    def __init__(self, ws: ServerConnection, session: ServerSession, max_outbound: int) -> None:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        session: ServerSession,
+        max_outbound: int,
+        limits: Limits | None = None,
+        host: str = "",
+    ) -> None:
         self.ws = ws
         self.session = session
+        self.limits = limits if limits is not None else Limits()
+        #: The client's address (per-address quotas), "" when unknown.
+        self.host = host
+        self._message_rate = TokenBucket(self.limits.messages_per_second, self.limits.message_burst)
+        self._byte_rate = TokenBucket(self.limits.bytes_per_second, self.limits.byte_burst)
         self.client_id = session.session_id
         self.room: Room | None = None
         self._outbox: collections.deque[bytes] = collections.deque()
@@ -149,7 +166,7 @@ class Connection:
         try:
             async with asyncio.timeout(handshake_timeout):
                 while session.state in (SessionState.AWAITING_HANDSHAKE, SessionState.HANDSHAKING):
-                    session.receive_message(await ws.recv())
+                    await self._receive(await ws.recv())
                     await self._process(rooms, access, emit)
         except TimeoutError:
             session.fail(ErrorCode.TIMEOUT, f"no handshake within {handshake_timeout:g} seconds")
@@ -160,15 +177,46 @@ class Connection:
             if authority is not None and self.expires_at is not None
             else None
         )
+        idle = self.limits.idle_timeout
         try:
             while session.state is SessionState.OPEN:
-                session.receive_message(await ws.recv())
+                try:
+                    async with asyncio.timeout(idle):
+                        frame = await ws.recv()
+                except TimeoutError:
+                    session.fail(ErrorCode.TIMEOUT, f"nothing received for {idle:g} seconds")
+                    self.flush()
+                    return
+                await self._receive(frame)
                 await self._process(rooms, access, emit)
         finally:
             if expiry is not None:
                 expiry.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await expiry
+
+    async def _receive(self, frame: bytes | str) -> None:
+        """Hand one frame to the session, within the connection's rates.
+
+        Over its message or byte rate the client is refused with
+        ``RATE_LIMITED`` (the frame is not looked at). A big frame is decoded
+        in a worker thread, so decoding it never stalls the other documents.
+        """
+        session = self.session
+        size = len(frame)
+        if not self._message_rate.take() or not self._byte_rate.take(size):
+            session.fail(
+                ErrorCode.RATE_LIMITED,
+                f"over {self.limits.messages_per_second:g} messages or"
+                f" {self.limits.bytes_per_second:g} bytes per second: slow down and reconnect",
+            )
+            self.flush()
+            return
+        if size >= _DECODE_IN_THREAD_FROM and not isinstance(frame, str):
+            decoded = await asyncio.to_thread(session.decode, frame)
+            session.receive_decoded(decoded)
+        else:
+            session.receive_message(frame)
 
     async def _expire(self, authority: TokenAuthority) -> None:
         """Close the connection with UNAUTHORIZED once its token expired."""

@@ -115,6 +115,10 @@ class ForeignStorageError(StorageError):
     """The file is a database, but not one this server wrote (or a newer format)."""
 
 
+class StorageInUseError(StorageError):
+    """Another server (another registry) holds the store: two must never share it."""
+
+
 class LocalProtocolError(ServerError):
     """The driver called the server-side protocol object in a state that forbids it.
 

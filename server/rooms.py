@@ -33,9 +33,10 @@ Ordering guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,10 +55,10 @@ from crdt_sync.sync.messages import encode_changes_frame
 
 from .events import ServerEventType
 from .exceptions import ChangesRejectedError, DocumentExistsError, RegistryError
-from .presence import REMOTE, RoomPresence
+from .presence import REMOTE, RoomPresence, presence_size
 from .registry import CRDTServerRegistry, RegistryObserver
-from .session import ServerSession, SessionState
-from .trust import Limits, upload_violation
+from .session import ServerSession, SessionState, snapshot_of
+from .trust import HostQuotas, Limits, upload_violation
 
 __all__ = ["Emit", "Member", "Room", "Rooms", "Spawn"]
 
@@ -75,6 +76,8 @@ class Member(Protocol):
     client_id: str
     session: ServerSession
     room: Room | None
+    #: The client's address, for per-address quotas ("" when unknown).
+    host: str
 
     def flush(self) -> None:
         """Send what the session queued (never blocks)."""
@@ -96,6 +99,18 @@ class Room:
     members: set[Member] = field(default_factory=set)
     presence: RoomPresence = field(default_factory=RoomPresence)
     unload_task: asyncio.Task[None] | None = None
+    #: Estimated encoded size of the document (its snapshot when loaded, plus
+    #: what was applied since), for ``Limits.max_document_bytes``.
+    size: int = 0
+
+
+class _Refused(Exception):
+    """A handshake refused for a quota (code and message for the client)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class Rooms(RegistryObserver):
@@ -127,9 +142,11 @@ class Rooms(RegistryObserver):
         emit: Emit,
         spawn: Spawn,
         limits: Limits | None = None,
+        hosts: HostQuotas | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits if limits is not None else Limits()
+        self.hosts = hosts if hosts is not None else HostQuotas(self.limits)
         self.compressor = compressor
         self.allow_create = allow_create
         self.max_pending_changes = max_pending_changes
@@ -138,7 +155,8 @@ class Rooms(RegistryObserver):
         self._emit = emit
         self._spawn = spawn
         self.rooms: dict[str, Room] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        # document id -> [its lock, how many coroutines hold or wait for it]
+        self._locks: dict[str, list[Any]] = {}
         #: Set when the server stops: no new joins, no idle unloads.
         self.closing = False
 
@@ -146,11 +164,26 @@ class Rooms(RegistryObserver):
         """The room of a loaded document, or None."""
         return self.rooms.get(document_id)
 
-    def _lock(self, document_id: str) -> asyncio.Lock:
-        lock = self._locks.get(document_id)
-        if lock is None:
-            lock = self._locks[document_id] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _lock(self, document_id: str) -> AsyncIterator[None]:
+        """Hold the document's lock. A lock nobody holds or waits for is forgotten,
+        so the table only ever lists documents in use (not every id ever seen)."""
+        entry = self._locks.get(document_id)
+        if entry is None:
+            entry = self._locks[document_id] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and self._locks.get(document_id) is entry:
+                del self._locks[document_id]
+
+    @property
+    def lock_count(self) -> int:
+        """How many per-document locks exist (documents being joined or unloaded)."""
+        return len(self._locks)
 
     # -- joining and leaving -----------------------------------------------------------
 
@@ -168,7 +201,7 @@ class Rooms(RegistryObserver):
             async with self._lock(document_id):
                 room = self.rooms.get(document_id)
                 if room is None:
-                    room = await self._open_room(document_id)
+                    room = await self._open_room(document_id, member.host)
                     if room is None:
                         session.reject_handshake(
                             ErrorCode.DOCUMENT_NOT_FOUND,
@@ -179,6 +212,7 @@ class Rooms(RegistryObserver):
                     room.unload_task.cancel()
                     room.unload_task = None
                 if not await self._admit_peer(member, room, request.peer_id):
+                    self._unload_if_empty(room)
                     return
                 durable = await self.registry.durable_version_vector(document_id)
                 if session.state is not SessionState.HANDSHAKING or self.closing:
@@ -187,6 +221,10 @@ class Rooms(RegistryObserver):
                 session.accept_handshake(room.document, room.epoch, durable, role)
                 room.members.add(member)
                 member.room = room
+        except _Refused as refusal:
+            if session.state is SessionState.HANDSHAKING:
+                session.reject_handshake(refusal.code, refusal.message)
+            return
         except RegistryError as error:
             self._emit(
                 ServerEventType.ERROR,
@@ -240,12 +278,28 @@ class Rooms(RegistryObserver):
             self.leave(old)
         return True
 
-    async def _open_room(self, document_id: str) -> Room | None:
-        """Load (or create) the document and make its room; None if it does not exist."""
+    async def _open_room(self, document_id: str, host: str) -> Room | None:
+        """Load (or create) the document and make its room; None if it does not exist.
+
+        Raises:
+            _Refused: creating it would exceed ``max_documents`` or the creation
+                quota of the client's address.
+        """
         document = await self.registry.get_document(document_id)
         if document is None:
             if not self.allow_create:
                 return None
+            if len(await self.registry.document_ids()) >= self.limits.max_documents:
+                raise _Refused(
+                    ErrorCode.LIMIT_EXCEEDED,
+                    f"the server holds its maximum of {self.limits.max_documents} documents",
+                )
+            if not self.hosts.may_create(host):
+                raise _Refused(
+                    ErrorCode.RATE_LIMITED,
+                    f"{host} created {self.limits.documents_per_ip_per_minute} documents"
+                    " within a minute: try again later",
+                )
             try:
                 document = await self.registry.create_document(document_id)
             except DocumentExistsError:  # created behind our back (shared registry)
@@ -254,6 +308,9 @@ class Rooms(RegistryObserver):
                     return None
         epoch = await self.registry.get_epoch(document_id)
         room = Room(document_id, document, epoch)
+        if self.limits.max_document_bytes is not None:
+            # Cached per version: the handshake answers of new clients reuse it.
+            room.size = len(snapshot_of(document).to_bytes())
         self.rooms[document_id] = room
         return room
 
@@ -267,7 +324,11 @@ class Rooms(RegistryObserver):
         for removal in room.presence.remove_owner(member):
             self._relay_awareness(room, removal, member)
             self.registry.publish_presence(room.document_id, removal)
-        if not room.members and not self.closing:
+        self._unload_if_empty(room)
+
+    def _unload_if_empty(self, room: Room) -> None:
+        """Schedule the unload of a room nobody is in (once)."""
+        if not room.members and not self.closing and room.unload_task is None:
             room.unload_task = self._spawn(
                 self._unload_later(room), f"crdt-unload-{room.document_id}"
             )
@@ -319,9 +380,18 @@ class Rooms(RegistryObserver):
         room = member.room
         if room is None:  # pragma: no cover - OPEN sessions are always in a room
             return
+        bound = self.limits.max_document_bytes
+        if bound is not None and room.size >= bound:
+            session.fail(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"document {room.document_id!r} holds about {room.size} bytes, its limit"
+                f" is {bound}: changes refused, nothing applied",
+            )
+            return
         pending_before = room.document.pending_count
         try:
             result = await self.registry.apply(room.document_id, changes)
+            room.size += len(result.encoded)
             if result.applied:
                 self._relay_encoded(room, result.encoded, member)
                 if result.unblocked:
@@ -394,6 +464,14 @@ class Rooms(RegistryObserver):
         if violation is not None:
             session.fail(ErrorCode.FORBIDDEN_PEER, violation)
             return
+        bound = self.limits.max_document_bytes
+        if bound is not None and news and max(room.size, len(snapshot)) >= bound:
+            session.fail(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"document {room.document_id!r} would exceed its limit of {bound} bytes:"
+                " snapshot refused, nothing merged",
+            )
+            return
         try:
             merged, ready = await self.registry.apply_snapshot(room.document_id, snapshot)
         except ChangesRejectedError as error:
@@ -416,6 +494,7 @@ class Rooms(RegistryObserver):
         durable = await self.registry.durable_version_vector(room.document_id)
         session.send_acknowledgement(durable)
         if merged:
+            room.size = max(room.size, len(snapshot))
             others = [m for m in room.members if m is not member]
             if others:
                 push = encode_message(DocumentStatus(durable, snapshot=snapshot), self.compressor)
@@ -482,7 +561,16 @@ class Rooms(RegistryObserver):
         room = member.room
         if room is None:  # pragma: no cover - OPEN sessions are always in a room
             return
-        if room.presence.receive(member, update, time.monotonic()):
+        size = presence_size(update)
+        if size > self.limits.max_presence_bytes:
+            member.session.fail(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"a presence state of {size} bytes; the limit is {self.limits.max_presence_bytes}",
+            )
+            return
+        if room.presence.receive(
+            member, update, time.monotonic(), total_limit=self.limits.max_presence_total
+        ):
             self._relay_awareness(room, update, member)
             self.registry.publish_presence(room.document_id, update)
 

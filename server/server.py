@@ -41,7 +41,7 @@ from .exceptions import RegistryError, ServerStateError
 from .registry import CRDTServerRegistry, InMemoryServerRegistry
 from .rooms import Room, Rooms
 from .session import ServerSession, SessionState
-from .trust import Limits
+from .trust import HostQuotas, Limits, printable
 
 __all__ = ["Authenticator", "WebSocketServer"]
 
@@ -157,6 +157,7 @@ class WebSocketServer:
         self.ssl = ssl
         self.allowed_origins = tuple(allowed_origins)
         self.limits = limits if limits is not None else Limits()
+        self._hosts = HostQuotas(self.limits)
         self.server_events: EventStream[ServerEvent] = EventStream()
         self._server: Server | None = None
         self._stopped = False
@@ -172,6 +173,7 @@ class WebSocketServer:
             emit=self._emit,
             spawn=self._spawn,
             limits=self.limits,
+            hosts=self._hosts,
         )
         self._sweeper: asyncio.Task[None] | None = None
         self._remove_snapshot_listener: Callable[[], None] | None = None
@@ -303,7 +305,10 @@ class WebSocketServer:
     # -- events -------------------------------------------------------------------------
 
     def _emit(self, kind: ServerEventType, message: str, **data: Any) -> None:
-        self.server_events.emit(ServerEvent(kind, message, data))
+        # Messages and strings quote what clients chose (names, error texts, ids):
+        # control characters are escaped here, once, so no log line can be forged.
+        clean = {k: printable(v, 1000) if isinstance(v, str) else v for k, v in data.items()}
+        self.server_events.emit(ServerEvent(kind, printable(message, 4000), clean))
 
     def _on_snapshot(self, document_id: str, snapshot: object) -> None:
         self._emit(
@@ -327,10 +332,13 @@ class WebSocketServer:
             document_id_from_url_path(path),
             self.compressor,
             max_message_size=self.max_message_size,
+            limits=self.limits,
         )
-        connection = Connection(ws, session, self.max_outbound_bytes)
-        self._connections.add(connection)
         remote = ws.remote_address
+        host = str(remote[0]) if isinstance(remote, tuple) and remote else ""
+        connection = Connection(ws, session, self.max_outbound_bytes, self.limits, host)
+        self._connections.add(connection)
+        counted = False
         self._emit(
             ServerEventType.CLIENT_CONNECTED,
             f"client {connection.client_id} connected from {remote}",
@@ -347,6 +355,11 @@ class WebSocketServer:
                 session.fail(
                     ErrorCode.TOO_MANY_CONNECTIONS,
                     f"the server holds its maximum of {self.max_connections} connections",
+                )
+            elif not (counted := self._hosts.connect(host)):
+                session.fail(
+                    ErrorCode.TOO_MANY_CONNECTIONS,
+                    f"{self.limits.max_connections_per_ip} connections from {host} already",
                 )
             else:
                 await connection.serve(
@@ -376,6 +389,8 @@ class WebSocketServer:
             with contextlib.suppress(Exception):
                 await writer
             self._connections.discard(connection)
+            if counted:
+                self._hosts.disconnect(host)
             self._emit(
                 ServerEventType.CLIENT_DISCONNECTED,
                 f"client {connection.client_id} disconnected ({reason})",

@@ -38,7 +38,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import secrets
-from collections.abc import Iterable, Mapping
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from crdt_sync import Change, CRDTDocument, PeerId, Snapshot, VersionVector, encode_changes
@@ -69,6 +71,7 @@ from crdt_sync.sync import (
 
 from .exceptions import InvalidDocumentIdError, LocalProtocolError
 from .registry import validate_document_id
+from .trust import Limits, TokenBucket
 
 __all__ = [
     "TRANSITIONS",
@@ -342,19 +345,60 @@ def secret_hash(document_id: str, peer_id: str, secret: bytes) -> bytes:
 _COMPARE_WITH_SNAPSHOT_FROM = 64
 
 
+# Above this many changes, a snapshot is sent without encoding the changes to
+# compare (a long history encodes slowly; the snapshot is cached per version).
+_ALWAYS_SNAPSHOT_FROM = 4096
+# Status answers kept per document version (one per distinct requester vector).
+_MAX_CACHED_ANSWERS = 16
+
+
+class _VersionCache:
+    """What the server computed for one version of a document: its snapshot and
+    its encoded status answers. Dropped as soon as the document changes."""
+
+    __slots__ = ("answers", "snapshot", "version")
+
+    def __init__(self, version: VersionVector) -> None:
+        self.version = version
+        self.snapshot: Snapshot | None = None
+        self.answers: dict[tuple[VersionVector, str], tuple[bytes, bool, int]] = {}
+
+
+_caches: weakref.WeakKeyDictionary[CRDTDocument, _VersionCache] = weakref.WeakKeyDictionary()
+
+
+def _cache_of(document: CRDTDocument) -> _VersionCache:
+    version = document.version_vector
+    cache = _caches.get(document)
+    if cache is None or cache.version != version:
+        cache = _caches[document] = _VersionCache(version)
+    return cache
+
+
+def snapshot_of(document: CRDTDocument) -> Snapshot:
+    """``document.take_snapshot()``, taken once per document version."""
+    cache = _cache_of(document)
+    if cache.snapshot is None:
+        cache.snapshot = document.take_snapshot()
+    return cache.snapshot
+
+
 def payload_for(
     document: CRDTDocument, since: VersionVector
 ) -> tuple[tuple[Change, ...], Snapshot | None]:
     """What a peer at ``since`` lacks: (changes, None) or ((), snapshot), whichever is smaller.
 
     A snapshot is the only choice when compaction dropped the history the
-    peer needs. Both empty means the peer lacks nothing.
+    peer needs, and the choice for a very long list of changes. Both empty
+    means the peer lacks nothing. The snapshot is cached per document version.
     """
     if not document.can_export(since):
-        return (), document.take_snapshot()
+        return (), snapshot_of(document)
     changes = tuple(document.export_changes(since))
+    if len(changes) >= _ALWAYS_SNAPSHOT_FROM:
+        return (), snapshot_of(document)
     if len(changes) >= _COMPARE_WITH_SNAPSHOT_FROM:
-        snapshot = document.take_snapshot()
+        snapshot = snapshot_of(document)
         if len(snapshot.to_bytes()) < len(encode_changes(list(changes))):
             return (), snapshot
     return changes, None
@@ -382,9 +426,15 @@ class ServerSession:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         session_id: str | None = None,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_message_size < 1:
             raise ValueError("max_message_size must be positive")
+        self.limits = limits if limits is not None else Limits()
+        self._status_rate = TokenBucket(
+            self.limits.status_per_second, self.limits.status_burst, clock
+        )
         self._url_document_id = document_id or None
         self._compressor: Compressor = compressor if compressor is not None else NoCompression()
         self.max_message_size = max_message_size
@@ -497,21 +547,37 @@ class ServerSession:
         """
         if self._state is SessionState.CLOSED:
             return
+        self.receive_decoded(self.decode(data))
+
+    def decode(self, data: bytes | bytearray | memoryview | str) -> Message | RemoteProtocolError:
+        """Decode one frame as the current state reads it; the error instead of raising.
+
+        Touches nothing of the session, so a driver may run it in a worker
+        thread (a big frame must not stall the event loop) and hand the result
+        to :meth:`receive_decoded`.
+        """
         if isinstance(data, str):
-            self._fail(ErrorCode.INVALID_MESSAGE, "text frames are not part of the protocol")
-            return
+            return RemoteProtocolError("text frames are not part of the protocol")
         try:
             # The handshake request is never compressed; afterwards frames use the
             # negotiated compressor (a compressed frame before it is an error).
             negotiated = self._state is SessionState.OPEN
-            message = decode_message(
+            return decode_message(
                 bytes(data),
                 self._compressor if negotiated else None,
                 max_size=self.max_message_size,
             )
         except RemoteProtocolError as error:
-            self._fail(error.code, error.message)
+            return error
+
+    def receive_decoded(self, decoded: Message | RemoteProtocolError) -> None:
+        """Handle what :meth:`decode` returned for one frame. Never raises."""
+        if self._state is SessionState.CLOSED:
             return
+        if isinstance(decoded, RemoteProtocolError):
+            self._fail(decoded.code, decoded.message)
+            return
+        message = decoded
         event = _INPUT_OF.get(type(message), SessionInput.SERVER_MESSAGE)
         target = self._next_state(event)
         if target is None:
@@ -545,6 +611,18 @@ class ServerSession:
                 )
                 return
             if not message.changes:
+                return
+            ops = sum(len(change.ops) for change in message.changes)
+            if (
+                len(message.changes) > self.limits.max_changes_per_frame
+                or ops > self.limits.max_ops_per_frame
+            ):
+                self._fail(
+                    ErrorCode.LIMIT_EXCEEDED,
+                    f"{len(message.changes)} changes with {ops} operations in one frame;"
+                    f" the limits are {self.limits.max_changes_per_frame} and"
+                    f" {self.limits.max_ops_per_frame}: send smaller batches",
+                )
                 return
             if self._role is Role.READ:
                 self._refuse_read_only("changes", len(message.changes))
@@ -593,6 +671,13 @@ class ServerSession:
         except (ValueError, TypeError) as error:
             self._fail(ErrorCode.HANDSHAKE_FAILED, f"invalid peer id {request.peer_id!r}: {error}")
             return
+        if len(request.version_vector) > self.limits.max_handshake_peers:
+            self._fail(
+                ErrorCode.HANDSHAKE_FAILED,
+                f"the handshake's version vector names {len(request.version_vector)} peers;"
+                f" the limit is {self.limits.max_handshake_peers}",
+            )
+            return
         if self._compressor.name not in request.compressions:
             offered = ", ".join(repr(name) for name in request.compressions) or "none at all"
             self._fail(
@@ -628,12 +713,31 @@ class ServerSession:
         )
 
     def _receive_status_request(self, message: DocumentStatusRequest) -> None:
+        if not self._status_rate.take():
+            self._fail(
+                ErrorCode.RATE_LIMITED,
+                f"more than {self.limits.status_burst} document status requests in a burst"
+                f" ({self.limits.status_per_second:g} per second allowed)",
+            )
+            return
         document = self._require_document("answering a status request")
-        changes, snapshot = payload_for(document, message.version_vector)
-        self._queue(DocumentStatus(document.version_vector, changes, snapshot))
-        self._events.append(
-            DocumentStatusSent(message.version_vector, snapshot is not None, len(changes))
-        )
+        # One answer per document version and requester vector, encoded once: a
+        # client asking in a loop costs a dictionary lookup, not an encoding.
+        cache = _cache_of(document)
+        key = (message.version_vector, self._compressor.name)
+        answer = cache.answers.get(key)
+        if answer is None:
+            changes, snapshot = payload_for(document, message.version_vector)
+            frame = encode_message(
+                DocumentStatus(document.version_vector, changes, snapshot), self._compressor
+            )
+            answer = (frame, snapshot is not None, len(changes))
+            if len(cache.answers) >= _MAX_CACHED_ANSWERS:
+                cache.answers.pop(next(iter(cache.answers)))
+            cache.answers[key] = answer
+        frame, sent_snapshot, count = answer
+        self._outgoing.append(frame)
+        self._events.append(DocumentStatusSent(message.version_vector, sent_snapshot, count))
 
     def _require_document(self, what: str) -> CRDTDocument:
         if self._document is None:  # pragma: no cover - OPEN implies a document
@@ -669,6 +773,7 @@ class ServerSession:
         self._document = document
         self._role = role
         changes, snapshot = payload_for(document, self._client_version_vector)
+        self._client_version_vector = VersionVector()  # not kept for the connection's life
         stored = version_vector if version_vector is not None else document.version_vector
         self._queue(
             HandshakeResponse(

@@ -19,6 +19,7 @@ here, one copy each, and the driver (:mod:`server.rooms`,
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, fields
@@ -27,6 +28,8 @@ __all__ = [
     "HostQuotas",
     "Limits",
     "TokenBucket",
+    "add_limit_options",
+    "limits_from_args",
     "printable",
     "upload_violation",
 ]
@@ -88,6 +91,66 @@ class Limits:
                 continue
             if not value > 0:
                 raise ValueError(f"{spec.name} must be positive, not {value!r}")
+
+
+#: One line of ``--help`` per limit (its default is appended); the option is the
+#: field's name with dashes. Optional bounds take 0 for "no bound".
+_HELP: dict[str, str] = {
+    "max_counter_jump": "how far an upload may take a counter beyond what the server knows",
+    "peer_check_timeout": "seconds a connection has to answer when its peer id connects again",
+    "max_connections_per_ip": "open connections from one client address",
+    "messages_per_second": "messages per second per connection (sustained)",
+    "message_burst": "messages a connection may send at once",
+    "bytes_per_second": "bytes per second per connection (sustained)",
+    "byte_burst": "bytes a connection may send at once",
+    "max_changes_per_frame": "changes in one Changes frame",
+    "max_ops_per_frame": "operations in one Changes frame",
+    "max_handshake_peers": "peers in a handshake's version vector",
+    "status_per_second": "document status requests per second per connection",
+    "status_burst": "document status requests a connection may send at once",
+    "max_presence_bytes": "bytes of one presence state",
+    "max_presence_total": "bytes of all presence states of one document",
+    "max_documents": "documents the server creates",
+    "documents_per_ip_per_minute": "documents one client address may create per minute",
+    "max_document_bytes": "bytes a document may grow to (0: no bound)",
+    "idle_timeout": "seconds a handshaken connection may stay silent (0: forever)",
+}
+
+
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--option`` per :class:`Limits` field, defaulting to the field's default."""
+    group = parser.add_argument_group("limits (docs/server.md, 'Security model')")
+    defaults = Limits()
+    for spec in fields(Limits):
+        default = getattr(defaults, spec.name)
+        kind: Callable[[str], float] = (
+            float if isinstance(default, float) or spec.name == "idle_timeout" else int
+        )
+        shown = 0 if default is None else default
+        group.add_argument(
+            "--" + spec.name.replace("_", "-"),
+            type=kind,
+            default=shown,
+            metavar="N",
+            help=f"{_HELP[spec.name]} ({shown:,})"
+            if kind is int
+            else f"{_HELP[spec.name]} ({shown:g})",
+        )
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    """The :class:`Limits` the options of :func:`add_limit_options` describe.
+
+    Raises:
+        ValueError: a limit is not positive (0 is allowed for optional bounds).
+    """
+    values: dict[str, object] = {}
+    for spec in fields(Limits):
+        value = getattr(args, spec.name)
+        if spec.name in ("max_document_bytes", "idle_timeout") and value == 0:
+            value = None
+        values[spec.name] = value
+    return Limits(**values)  # type: ignore[arg-type]
 
 
 def upload_violation(

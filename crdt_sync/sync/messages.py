@@ -515,13 +515,16 @@ def _frame(kind: MessageType, body: bytes, compressor: Compressor | None) -> byt
 class _Reader(Reader):
     """The core's reader, with named fields in its errors and offsets into the frame."""
 
-    __slots__ = ("base",)
+    __slots__ = ("base", "max_size")
 
-    def __init__(self, data: bytes, base: int) -> None:
+    def __init__(self, data: bytes, base: int, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         super().__init__(data)
         # Offset of data[0] in the frame, so errors point into the frame
         # (meaningful for uncompressed bodies).
         self.base = base
+        # Bound on what the change and snapshot formats' own compression may
+        # inflate to: the same as the frame's (one limit for every decompression).
+        self.max_size = max_size
 
     def fail(self, message: str) -> MessageDecodeError:
         return MessageDecodeError(message, self.base + self.pos)
@@ -578,7 +581,7 @@ class _Reader(Reader):
         start = self.pos
         raw = self.blob(what)
         try:
-            return tuple(decode_changes(raw))
+            return tuple(decode_changes(raw, self.max_size))
         except DecodeError as exc:
             raise MessageDecodeError(f"{what}: {exc}", self.base + start) from None
         except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
@@ -590,7 +593,7 @@ class _Reader(Reader):
         start = self.pos
         raw = self.blob(what)
         try:
-            return Snapshot.from_bytes(raw)
+            return Snapshot.from_bytes(raw, self.max_size)
         except DecodeError as exc:
             raise MessageDecodeError(f"{what}: {exc}", self.base + start) from None
         except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
@@ -769,4 +772,4 @@ def decode_message(
             raise
         except Exception as exc:  # a plug-in compressor's own error type
             raise DecompressionError(f"{compressor.name}: {exc!r}", HEADER_SIZE) from None
-    return _decode_body(kind, _Reader(body, HEADER_SIZE))
+    return _decode_body(kind, _Reader(body, HEADER_SIZE, max_size))

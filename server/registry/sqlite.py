@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 import os
 import sqlite3
 import time
@@ -35,6 +36,11 @@ from crdt_sync import (
     encode_changes,
 )
 
+try:  # POSIX: the lock that keeps a second server off the file
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock (documented)
+    fcntl = None  # type: ignore[assignment]
+
 from ..exceptions import (
     ChangesRejectedError,
     DocumentExistsError,
@@ -43,6 +49,7 @@ from ..exceptions import (
     RegistryClosedError,
     StorageCorruptError,
     StorageError,
+    StorageInUseError,
 )
 from .base import (
     Applied,
@@ -59,6 +66,8 @@ from .base import (
 __all__ = ["SqliteServerRegistry"]
 
 _T = TypeVar("_T")
+
+_log = logging.getLogger(__name__)
 
 _APPLICATION_ID = 0x43525344  # "CRSD": marks files written by this server
 _SCHEMA_VERSION = 2
@@ -170,6 +179,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
         # Group commit state: ops waiting for the next transaction.
         self._queue: list[tuple[_WriteOp, asyncio.Future[object]]] = []
         self._writer: asyncio.Task[None] | None = None
+        # The descriptor holding the exclusive lock on the file (POSIX).
+        self._lock_fd: int | None = None
         # One thread owns the connection (sqlite3 objects are not shared).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crdt-sqlite")
         try:
@@ -184,17 +195,61 @@ class SqliteServerRegistry(CRDTServerRegistry):
         path = str(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            existed = self.path.exists()
+            if existed and self.path.stat().st_size == 0:
+                raise StorageCorruptError(
+                    f"{path} is an empty file (0 bytes), not a crdt-sync-server database:"
+                    " refusing to adopt it (a failed copy?). Remove it to start afresh.",
+                    path=path,
+                )
+            self._lock_file()
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as error:
+            self._unlock_file()
             raise StorageError(f"cannot open {path}: {error}", path=path) from error
+        except BaseException:
+            self._unlock_file()
+            raise
         try:
-            self._check_and_prepare(connection, synchronous)
+            self._check_and_prepare(connection, synchronous, existed)
         except BaseException:
             connection.close()
+            self._unlock_file()
             raise
         return connection
 
-    def _check_and_prepare(self, connection: sqlite3.Connection, synchronous: str) -> None:
+    def _lock_file(self) -> None:
+        """Take an exclusive lock on the database file for the registry's life.
+
+        A second server (or registry) on the same file would compact away the
+        other's acknowledged rows: it is refused here, with a clear message.
+        The lock is ``flock`` on the file itself, independent of SQLite's own
+        locks; the OS drops it when the process dies, however it dies.
+        """
+        if fcntl is None:  # pragma: no cover - Windows
+            return
+        fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StorageInUseError(
+                f"{self.path} is in use by another crdt-sync-server (or registry):"
+                " two servers must never share a database file",
+                path=str(self.path),
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock_file(self) -> None:
+        fd = self._lock_fd
+        if fd is not None:
+            self._lock_fd = None
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the descriptor releases the flock
+
+    def _check_and_prepare(
+        self, connection: sqlite3.Connection, synchronous: str, existed: bool = False
+    ) -> None:
         path = str(self.path)
         try:
             application_id = connection.execute("PRAGMA application_id").fetchone()[0]
@@ -208,8 +263,14 @@ class SqliteServerRegistry(CRDTServerRegistry):
                 f"{path} is not a crdt-sync-server database (or it is damaged): {error}",
                 path=path,
             ) from error
+        if application_id == 0 and not tables and existed:
+            raise ForeignStorageError(
+                f"{path} is an empty SQLite database that this server did not create:"
+                " refusing to adopt it. Remove it, or point --db at a new path.",
+                path=path,
+            )
         if application_id == 0 and not tables:
-            # A new (empty) file: make it ours.
+            # A new file: make it ours.
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA.split(";"):
@@ -248,6 +309,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
             raise StorageError(f"{path}: cannot switch to WAL mode (got {mode})", path=path)
         if check != "ok":
             raise StorageCorruptError(f"{path} is damaged: {check}", path=path)
+        _log.info("%s: SQLite quick_check found no damage", path)
 
     def _run_batch(self, ops: Sequence[_WriteOp]) -> list[tuple[bool, object]]:
         """Run ``ops`` in one transaction; per op (ok, result-or-exception).
@@ -744,4 +806,5 @@ class SqliteServerRegistry(CRDTServerRegistry):
 
         await loop.run_in_executor(self._executor, finish, self._connection)
         self._executor.shutdown(wait=True)
+        self._unlock_file()
         self._loaded.clear()

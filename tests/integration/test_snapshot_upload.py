@@ -10,6 +10,7 @@ re-checked when a document or an event stream fires, with a timeout.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -171,8 +172,16 @@ class RunningServer:
 
     async def stored_state(self, document_id: str = "notes") -> tuple[Any, ...]:
         """What is committed in the file right now, read through a second registry
-        (as a restarted server would load it, without any clean shutdown)."""
-        probe = SqliteServerRegistry(self.path)
+        (as a restarted server would load it, without any clean shutdown) on a
+        copy of the file: the running server holds the file's lock."""
+        copy = self.path.with_name(self.path.name + ".probe")
+        for suffix in ("", "-wal"):
+            source = Path(str(self.path) + suffix)
+            target = Path(str(copy) + suffix)
+            target.unlink(missing_ok=True)
+            if source.exists():
+                shutil.copyfile(source, target)
+        probe = SqliteServerRegistry(copy)
         try:
             document = await probe.get_document(document_id)
             assert document is not None

@@ -141,9 +141,11 @@ class Attacker:
         ws = await connect(url, ping_interval=None, max_size=None, local_addr=(source, 0))
         attacker = cls(ws, peer or str(PeerId.generate()))
         fields: dict[str, Any] = {} if secret is None else {"replica_secret": secret}
-        await attacker.send(
-            encode_message(HandshakeRequest(document_id, attacker.peer, VersionVector(), **fields))
+        frame = encode_message(
+            HandshakeRequest(document_id, attacker.peer, VersionVector(), **fields)
         )
+        with contextlib.suppress(ConnectionClosed):  # refused at the door: the Error waits
+            await attacker.send(frame)
         return attacker
 
     async def send(self, frame: bytes) -> None:

@@ -364,6 +364,7 @@ async def test_sqlite_change_is_committed_when_apply_returns(tmp_path: Path) -> 
     editor = Editor()
     editor.text.insert(0, "durable")
     await writer.apply_changes("notes", editor.take())
+    writer._unlock_file()  # as the OS does when the writer's process dies
     reader = SqliteServerRegistry(path)
     try:
         document = await reader.get_document("notes")
@@ -419,6 +420,7 @@ async def test_sqlite_compacts_the_log_into_a_snapshot_every_n_changes(tmp_path:
     assert count_rows(path, "snapshots") == 1
     assert count_rows(path, "changes") == 2  # the 11th and 12th, after the last snapshot
     # A crash now (no close) loses nothing: snapshot + the log after it.
+    registry._unlock_file()  # as the OS does when the process dies
     reader = SqliteServerRegistry(path)
     try:
         document = await reader.get_document("notes")

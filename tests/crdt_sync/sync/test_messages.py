@@ -257,8 +257,25 @@ def test_snapshot_upload_respects_the_frame_and_decompression_bounds() -> None:
     assert packed[4] == 1 and len(packed) < len(plain)
     with pytest.raises(MessageTooLarge):  # small on the wire, too big once inflated
         decode_message(packed, GzipCompressor(), max_size=len(plain) - 10)
-    decoded = decode_message(packed, GzipCompressor(), max_size=len(plain))
+    # The snapshot format's own compression is bounded by the same limit: its
+    # 50,000 characters do not fit in a bound the frame itself fits in.
+    with pytest.raises(MessageDecodeError, match="inflates beyond"):
+        decode_message(packed, GzipCompressor(), max_size=len(plain))
+    decoded = decode_message(packed, GzipCompressor(), max_size=100_000)
     assert isinstance(decoded, SnapshotUpload) and decoded.snapshot == message.snapshot
+
+
+def test_the_change_formats_own_compression_is_bounded_by_the_frame_bound() -> None:
+    doc = CRDTDocument()
+    made: list[Change] = []
+    doc.on_change(made.append)
+    CRDTTextHandler(doc, "t").insert(0, "y" * 200_000)
+    frame = encode_message(Changes(tuple(made)))
+    assert len(frame) < 10_000  # the change format compressed it
+    with pytest.raises(MessageDecodeError, match="inflates beyond"):
+        decode_message(frame, max_size=100_000)
+    decoded = decode_message(frame, max_size=300_000)
+    assert isinstance(decoded, Changes) and decoded.changes == tuple(made)
 
 
 def test_snapshot_upload_needs_a_snapshot() -> None:
