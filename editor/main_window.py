@@ -924,7 +924,8 @@ class MainWindow(QMainWindow):
     def _refresh_recent_menu(self) -> None:
         self.recent_menu.clear()
         for url in self.recent_urls():
-            action = self.recent_menu.addAction(url)
+            address, _, invite = url.partition("#")  # an invite's token is not shown
+            action = self.recent_menu.addAction(address + (" (invite link)" if invite else ""))
             action.triggered.connect(lambda _checked=False, u=url: self.run_task(self.join(u)))
         self.recent_menu.setEnabled(bool(self.recent_urls()))
 

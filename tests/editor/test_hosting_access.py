@@ -70,6 +70,9 @@ def test_hosting_gives_two_links_and_each_joins_with_its_role(
         assert not editor.sync_panel.lock_icon.isHidden()
         assert hosted.pin in editor.sync_panel.lock_icon.toolTip()
         assert "#" not in editor.sync_panel.url_label.text()  # the token is not shown
+        shown = [action.text() for action in editor.recent_menu.actions()]
+        assert any(text.endswith("(invite link)") for text in shown)
+        assert not any("token=" in text for text in shown)
         qtbot.waitUntil(lambda: widget_text(editor.text_edit) == "from the host", timeout=10000)
         editor.text_edit.moveCursor(editor.text_edit.textCursor().MoveOperation.End)
         qtbot.keyClicks(editor.text_edit, ", and Bo")
