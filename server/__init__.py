@@ -37,6 +37,7 @@ from .registry import (
 )
 from .server import Authenticator, WebSocketServer
 from .session import ServerSession, SessionState
+from .trust import Limits
 
 __all__ = [
     "Authenticator",
@@ -48,6 +49,7 @@ __all__ = [
     "ForeignStorageError",
     "InMemoryServerRegistry",
     "InvalidDocumentIdError",
+    "Limits",
     "LocalProtocolError",
     "RegistryClosedError",
     "RegistryError",
