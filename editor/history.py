@@ -570,6 +570,7 @@ class HistoryDialog(QDialog):
             self.restore_button.setEnabled(False)
             return
         self.restore_button.setEnabled(0 <= position < len(self.sessions) - 1)
+        self._clear_highlight()
         self._show_text(version.text)
         self._inserted = list(version.inserted)
         self._highlight(_coarse(version.inserted))
@@ -596,27 +597,39 @@ class HistoryDialog(QDialog):
         cursor.endEditBlock()
         self._shown_text = target
 
-    def _highlight(self, ranges: list[tuple[int, int]]) -> None:
+    def _format_ranges(self, ranges: list[tuple[int, int]], fmt: QTextCharFormat) -> None:
+        """Give ``ranges`` (code points of the shown text) the format ``fmt``, in one edit."""
         text = self._shown_text
-        document = self.text_view.document()
-        plain = QTextCharFormat()
-        plain.setBackground(Qt.GlobalColor.transparent)
+        limit = len(text)
+        cursor = QTextCursor(self.text_view.document())
+        cursor.beginEditBlock()  # one layout pass for all the ranges
+        try:
+            for start, end in ranges:
+                a, b = min(start, limit), min(end, limit)
+                if a < b:
+                    cursor.setPosition(_utf16(text, a))
+                    cursor.setPosition(_utf16(text, b), QTextCursor.MoveMode.KeepAnchor)
+                    cursor.setCharFormat(fmt)
+        finally:
+            cursor.endEditBlock()
+
+    def _clear_highlight(self) -> None:
+        """Remove the highlight (before the shown text changes under it)."""
+        if self._highlighted:
+            plain = QTextCharFormat()
+            plain.setBackground(Qt.GlobalColor.transparent)
+            self._format_ranges(self._highlighted, plain)
+            self._highlighted = []
+
+    def _highlight(self, ranges: list[tuple[int, int]]) -> None:
         marked = QTextCharFormat()
         marked.setBackground(HIGHLIGHT)
-        cursor = QTextCursor(document)
-        limit = len(text)
-        for start, end, fmt in [(a, b, plain) for a, b in self._highlighted] + [
-            (a, b, marked) for a, b in ranges
-        ]:
-            a, b = min(start, limit), min(end, limit)
-            if a >= b:
-                continue
-            cursor.setPosition(_utf16(text, a))
-            cursor.setPosition(_utf16(text, b), QTextCursor.MoveMode.KeepAnchor)
-            cursor.setCharFormat(fmt)
+        self._format_ranges(ranges, marked)
         self._highlighted = list(ranges)
         if ranges:
-            cursor.setPosition(_utf16(text, min(ranges[0][0], limit)))
+            text = self._shown_text
+            cursor = QTextCursor(self.text_view.document())
+            cursor.setPosition(_utf16(text, min(ranges[0][0], len(text))))
             self.text_view.setTextCursor(cursor)
             self.text_view.ensureCursorVisible()
 

@@ -13,7 +13,7 @@ from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
 from crdt_sync import Change, CRDTDocument, CRDTListHandler, CRDTTextHandler, PeerId
-from editor.history import EditSession, HistoryDialog, group_sessions
+from editor.history import HIGHLIGHT, EditSession, HistoryDialog, group_sessions
 from editor.session import LIST_NAME, TEXT_NAME
 from editor.sync_panel import SyncState
 
@@ -54,6 +54,29 @@ def inserted_by(document: CRDTDocument, changes: list[Change], session: EditSess
 
 def highlighted_positions(dialog: HistoryDialog) -> set[int]:
     return {i for a, b in dialog.highlighted() for i in range(a, b)}
+
+
+def painted_positions(dialog: HistoryDialog) -> set[int]:
+    """Code points whose background in the history view is the highlight colour."""
+    text = dialog.shown_text()
+    units_to_cp = {}
+    unit = 0
+    for index, character in enumerate(text):
+        units_to_cp[unit] = index
+        unit += 2 if ord(character) > 0xFFFF else 1
+    painted: set[int] = set()
+    block = dialog.text_view.document().begin()
+    while block.isValid():
+        fragments = block.begin()
+        while not fragments.atEnd():
+            fragment = fragments.fragment()
+            if fragment.charFormat().background().color() == HIGHLIGHT:
+                for u in range(fragment.position(), fragment.position() + fragment.length()):
+                    if u in units_to_cp:
+                        painted.add(units_to_cp[u])
+            fragments += 1
+        block = block.next()
+    return painted
 
 
 def three_authors() -> tuple[CRDTDocument, list[str]]:
@@ -117,6 +140,7 @@ def test_slider_shows_each_past_version_exactly_with_its_insertions_highlighted(
         exact = inserted_by(document, changes, session)
         assert {i for a, b in dialog.inserted() for i in range(a, b)} == exact
         assert exact <= highlighted_positions(dialog)
+        assert painted_positions(dialog) == highlighted_positions(dialog)
         assert dialog.session_label.text().startswith(f"Session {position + 1} of 6: ")
 
 
