@@ -2,6 +2,7 @@
 
     crdt-sync-server --host 127.0.0.1 --port 8080 --db PATH
     python -m server --memory --port 0
+    crdt-sync-server --redis redis://HOST:PORT/DB --port 0 --metrics   # one of N processes
     crdt-sync-server token DOC [--role write|read] [--expires 7d] [--url ws://HOST:PORT]
 
 Once the server listens, exactly one line goes to standard output (and is
@@ -61,7 +62,12 @@ from .auth import (
 )
 from .events import ServerEvent, ServerEventType
 from .exceptions import StorageError
-from .registry import CRDTServerRegistry, InMemoryServerRegistry, SqliteServerRegistry
+from .registry import (
+    CRDTServerRegistry,
+    InMemoryServerRegistry,
+    RedisServerRegistry,
+    SqliteServerRegistry,
+)
 from .server import WebSocketServer
 from .tls import certificate_pin, server_ssl_context
 from .trust import add_limit_options, limits_from_args
@@ -173,6 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     store.add_argument(
         "--memory", action="store_true", help="keep documents in memory only (lost on exit)"
+    )
+    store.add_argument(
+        "--redis",
+        metavar="URL",
+        default=None,
+        help="keep documents in Redis (redis://HOST:PORT/DB), shared by every server process"
+        " started with the same URL",
+    )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve Prometheus metrics at GET /metrics on the same port (/healthz is always on)",
     )
     parser.add_argument(
         "--compression",
@@ -353,6 +371,8 @@ def _make_compressor(name: str) -> Compressor:
 def _make_registry(args: argparse.Namespace) -> CRDTServerRegistry:
     if args.memory:
         return InMemoryServerRegistry()
+    if args.redis is not None:
+        return RedisServerRegistry(args.redis)
     path: Path = args.db if args.db is not None else default_database_path()
     return SqliteServerRegistry(path)
 
@@ -446,6 +466,7 @@ async def run(args: argparse.Namespace) -> int:
         ssl=context,
         allowed_origins=args.allow_origin,
         limits=limits,
+        metrics=args.metrics,
     )
     subscription = server.server_events.subscribe(_log_event)
     stop = asyncio.Event()
@@ -469,6 +490,10 @@ async def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        try:
+            await registry.check_health()
+        except StorageError as error:  # keeps running: it retries until the store answers
+            _log.warning("the store does not answer yet: %s", error)
         print(listening_line(args.host, server.port, server.scheme), flush=True)
         if authority is not None:
             print(

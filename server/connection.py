@@ -27,6 +27,7 @@ from crdt_sync.sync.document_ids import document_id_from_url_path
 
 from .auth import InvalidTokenError, TokenAuthority
 from .events import ServerEventType
+from .metrics import ServerMetrics
 from .rooms import Emit, Room, Rooms
 from .session import (
     AwarenessQueried,
@@ -66,8 +67,11 @@ class Connection:
         max_outbound: int,
         limits: Limits | None = None,
         host: str = "",
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.ws = ws
+        self.metrics = metrics
+        self.received_at = time.perf_counter()
         self.session = session
         self.limits = limits if limits is not None else Limits()
         #: The client's address (per-address quotas), "" when unknown.
@@ -112,6 +116,8 @@ class Connection:
                 while self._outbox:
                     frame = self._outbox.popleft()
                     self._outbox_bytes -= len(frame)
+                    if self.metrics is not None:
+                        self.metrics.bytes_sent.inc(len(frame))
                     await ws.send(frame)
                 if self.session.state is SessionState.CLOSED:
                     code = int(self.session.close_code or 1000)
@@ -161,12 +167,11 @@ class Connection:
         the token expires.
         """
         session = self.session
-        ws = self.ws
         access = _Access(authority, authenticate)
         try:
             async with asyncio.timeout(handshake_timeout):
                 while session.state in (SessionState.AWAITING_HANDSHAKE, SessionState.HANDSHAKING):
-                    await self._receive(await ws.recv())
+                    await self._receive(await self.ws.recv())
                     await self._process(rooms, access, emit)
         except TimeoutError:
             session.fail(ErrorCode.TIMEOUT, f"no handshake within {handshake_timeout:g} seconds")
@@ -182,7 +187,7 @@ class Connection:
             while session.state is SessionState.OPEN:
                 try:
                     async with asyncio.timeout(idle):
-                        frame = await ws.recv()
+                        frame = await self.ws.recv()
                 except TimeoutError:
                     session.fail(ErrorCode.TIMEOUT, f"nothing received for {idle:g} seconds")
                     self.flush()
@@ -204,6 +209,9 @@ class Connection:
         """
         session = self.session
         size = len(frame)
+        self.received_at = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.bytes_received.inc(size)
         if not self._message_rate.take() or not self._byte_rate.take(size):
             session.fail(
                 ErrorCode.RATE_LIMITED,

@@ -55,6 +55,7 @@ from crdt_sync.sync.messages import encode_changes_frame
 
 from .events import ServerEventType
 from .exceptions import ChangesRejectedError, DocumentExistsError, RegistryError
+from .metrics import ServerMetrics
 from .presence import REMOTE, RoomPresence, presence_size
 from .registry import CRDTServerRegistry, RegistryObserver
 from .session import ServerSession, SessionState, snapshot_of
@@ -78,6 +79,8 @@ class Member(Protocol):
     room: Room | None
     #: The client's address, for per-address quotas ("" when unknown).
     host: str
+    #: ``time.perf_counter()`` when its latest frame arrived (propagation metrics).
+    received_at: float
 
     def flush(self) -> None:
         """Send what the session queued (never blocks)."""
@@ -128,6 +131,7 @@ class Rooms(RegistryObserver):
         awareness_timeout: seconds a presence state lives without renewal.
         emit: reports server events.
         spawn: runs background tasks (idle unloads) that the server cancels.
+        metrics: the counters to keep.
     """
 
     def __init__(
@@ -143,10 +147,12 @@ class Rooms(RegistryObserver):
         spawn: Spawn,
         limits: Limits | None = None,
         hosts: HostQuotas | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits if limits is not None else Limits()
         self.hosts = hosts if hosts is not None else HostQuotas(self.limits)
+        self.metrics = metrics if metrics is not None else ServerMetrics(registry)
         self.compressor = compressor
         self.allow_create = allow_create
         self.max_pending_changes = max_pending_changes
@@ -389,11 +395,17 @@ class Rooms(RegistryObserver):
             )
             return
         pending_before = room.document.pending_count
+        metrics = self.metrics
         try:
             result = await self.registry.apply(room.document_id, changes)
             room.size += len(result.encoded)
+            applied_at = time.perf_counter()
             if result.applied:
-                self._relay_encoded(room, result.encoded, member)
+                metrics.changes_applied.inc(len(result.applied))
+                self._relay_encoded(room, result.encoded, member, len(result.applied))
+                metrics.propagation.labels("local").observe(
+                    time.perf_counter() - member.received_at
+                )
                 if result.unblocked:
                     # They waited for dependencies the sender's changes brought: the
                     # sender has never seen them (the others got them just above).
@@ -407,7 +419,11 @@ class Rooms(RegistryObserver):
                     count=len(result.applied),
                 )
             durable = await result.stored
+            if result.applied:
+                metrics.store_latency.observe(time.perf_counter() - applied_at)
+            metrics.storage_up.set(1)
         except RegistryError as error:
+            metrics.storage_up.set(0)
             self._emit(
                 ServerEventType.ERROR,
                 f"storing changes of {member.client_id} failed: {error}",
@@ -536,18 +552,20 @@ class Rooms(RegistryObserver):
 
     def relay_changes(self, room: Room, changes: list[Change], sender: Member | None) -> None:
         """Send ``changes`` to the room's clients except ``sender`` (None: to all)."""
-        self._relay_encoded(room, encode_changes(changes), sender)
+        self._relay_encoded(room, encode_changes(changes), sender, len(changes))
 
     def relay_changes_to(self, member: Member, changes: list[Change]) -> None:
         """Send ``changes`` to ``member`` only."""
+        self.metrics.changes_relayed.inc(len(changes))
         member.session.send_frame(encode_changes_frame(encode_changes(changes), self.compressor))
         member.flush()
 
-    def _relay_encoded(self, room: Room, encoded: bytes, sender: Member | None) -> None:
-        """Send the changes ``encoded`` to the room's clients except ``sender``."""
+    def _relay_encoded(self, room: Room, encoded: bytes, sender: Member | None, count: int) -> None:
+        """Send the ``count`` changes ``encoded`` to the room's clients except ``sender``."""
         targets = [m for m in room.members if m is not sender]
         if not targets:
             return
+        self.metrics.changes_relayed.inc(count * len(targets))
         # One frame for every target: they all use the server's compressor.
         frame = encode_changes_frame(encoded, self.compressor)
         for target in targets:
@@ -606,10 +624,16 @@ class Rooms(RegistryObserver):
 
     # -- what other server processes did (RegistryObserver) -----------------------------------
 
-    def remote_changes(self, document_id: str, changes: Sequence[Change], encoded: bytes) -> None:
+    def remote_changes(
+        self, document_id: str, changes: Sequence[Change], encoded: bytes, appended_at: float
+    ) -> None:
         room = self.rooms.get(document_id)
         if room is not None and changes:
-            self._relay_encoded(room, encoded, None)
+            self._relay_encoded(room, encoded, None, len(changes))
+            self.metrics.propagation.labels("remote").observe(max(0.0, time.time() - appended_at))
+
+    def storage_problem(self, document_id: str | None, message: str) -> None:
+        self._emit(ServerEventType.ERROR, message, document_id=document_id)
 
     def remote_snapshot(self, document_id: str, snapshot: Snapshot) -> None:
         room = self.rooms.get(document_id)

@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
 from crdt_sync.sync import DEFAULT_MAX_MESSAGE_SIZE, Compressor, ErrorCode, NoCompression
@@ -38,6 +42,7 @@ from .auth import TokenAuthority
 from .connection import Authenticator, Connection, describe_close
 from .events import EventStream, ServerEvent, ServerEventType
 from .exceptions import RegistryError, ServerStateError
+from .metrics import CONTENT_TYPE, ServerMetrics
 from .registry import CRDTServerRegistry, InMemoryServerRegistry
 from .rooms import Room, Rooms
 from .session import ServerSession, SessionState
@@ -46,6 +51,9 @@ from .trust import HostQuotas, Limits, printable
 __all__ = ["Authenticator", "WebSocketServer"]
 
 _log = logging.getLogger(__name__)
+
+#: Seconds ``/healthz`` waits for the store to answer.
+HEALTH_TIMEOUT = 2.0
 
 
 class WebSocketServer:
@@ -78,6 +86,8 @@ class WebSocketServer:
         idle_unload_after: seconds a document stays loaded after its last
             client left.
         max_outbound_bytes: per-connection bound on frames waiting to be sent.
+        metrics: serve ``GET /metrics`` (Prometheus text format) on the same
+            port; ``GET /healthz`` is always served.
         authenticate: optional check of each handshake request (token, name);
             returning False refuses the client with ``UNAUTHORIZED``.
         auth: the :class:`~server.auth.TokenAuthority` whose tokens open
@@ -120,6 +130,7 @@ class WebSocketServer:
         ssl: ssl_module.SSLContext | None = None,
         allowed_origins: Iterable[str] = (),
         limits: Limits | None = None,
+        metrics: bool = False,
     ) -> None:
         for name, value in (
             ("max_message_size", max_message_size),
@@ -158,6 +169,10 @@ class WebSocketServer:
         self.allowed_origins = tuple(allowed_origins)
         self.limits = limits if limits is not None else Limits()
         self._hosts = HostQuotas(self.limits)
+        self.serve_metrics = metrics
+        self.metrics = ServerMetrics(
+            self.registry, lambda: len(self._connections), lambda: len(self.rooms.rooms)
+        )
         self.server_events: EventStream[ServerEvent] = EventStream()
         self._server: Server | None = None
         self._stopped = False
@@ -174,6 +189,7 @@ class WebSocketServer:
             spawn=self._spawn,
             limits=self.limits,
             hosts=self._hosts,
+            metrics=self.metrics,
         )
         self._sweeper: asyncio.Task[None] | None = None
         self._remove_snapshot_listener: Callable[[], None] | None = None
@@ -241,6 +257,7 @@ class WebSocketServer:
             # No Origin header (desktop and library clients) is fine; a web page's
             # origin must be allowed explicitly (answered with HTTP 403 otherwise).
             origins=[None, *(Origin(origin) for origin in self.allowed_origins)],
+            process_request=self._process_request,
         )
         self._remove_snapshot_listener = self.registry.add_snapshot_listener(self._on_snapshot)
         self._remove_observer = self.registry.add_observer(self.rooms)
@@ -324,6 +341,47 @@ class WebSocketServer:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    # -- plain HTTP on the WebSocket port -----------------------------------------------
+
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Answer ``GET /healthz`` and ``GET /metrics``; let everything else upgrade."""
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            return await self._healthz(ws)
+        if path == "/metrics":
+            if not self.serve_metrics:
+                return ws.respond(HTTPStatus.NOT_FOUND, "metrics are off (--metrics)\n")
+            response = ws.respond(HTTPStatus.OK, "")
+            response.body = self.metrics.exposition()
+            response.headers["Content-Type"] = CONTENT_TYPE
+            response.headers["Content-Length"] = str(len(response.body))
+            return response
+        return None
+
+    async def _healthz(self, ws: ServerConnection) -> Response:
+        """200 when the server runs and its store answers; 503 (with the reason) otherwise."""
+        storage = "ok"
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                await self.registry.check_health()
+        except (RegistryError, TimeoutError) as error:
+            storage = f"unavailable: {error or 'no answer within the timeout'}"
+        self.metrics.storage_up.set(1 if storage == "ok" else 0)
+        healthy = storage == "ok" and not self._stopped
+        body = {
+            "status": "ok" if healthy else "unavailable",
+            "storage": storage,
+            "registry": type(self.registry).__name__,
+            "connections": len(self._connections),
+            "documents_loaded": len(self.rooms.rooms),
+        }
+        response = ws.respond(
+            HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE,
+            json.dumps(body) + "\n",
+        )
+        response.headers["Content-Type"] = "application/json"
+        return response
+
     # -- one connection -----------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -336,7 +394,9 @@ class WebSocketServer:
         )
         remote = ws.remote_address
         host = str(remote[0]) if isinstance(remote, tuple) and remote else ""
-        connection = Connection(ws, session, self.max_outbound_bytes, self.limits, host)
+        connection = Connection(
+            ws, session, self.max_outbound_bytes, self.limits, host, self.metrics
+        )
         self._connections.add(connection)
         counted = False
         self._emit(
@@ -382,6 +442,9 @@ class WebSocketServer:
         finally:
             if session.state is SessionState.CLOSED and session.close_reason:
                 reason = session.close_reason
+                code_name = reason.split(":", 1)[0]
+                if code_name in ErrorCode.__members__:
+                    self.metrics.refusals.labels(code_name).inc()
             self.rooms.leave(connection)
             if session.state is not SessionState.CLOSED:
                 session.connection_lost(reason)

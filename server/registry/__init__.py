@@ -4,7 +4,9 @@
   and the helpers every implementation shares;
 * :mod:`server.registry.memory` -- :class:`InMemoryServerRegistry`, a dict;
 * :mod:`server.registry.sqlite` -- :class:`SqliteServerRegistry`, one SQLite
-  file with group commit.
+  file with group commit;
+* :mod:`server.registry.redis` -- :class:`RedisServerRegistry`, Redis streams
+  shared by several server processes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .base import (
     version_vector_of,
 )
 from .memory import InMemoryServerRegistry
+from .redis import RedisServerRegistry
 from .sqlite import SqliteServerRegistry
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "Applied",
     "CRDTServerRegistry",
     "InMemoryServerRegistry",
+    "RedisServerRegistry",
     "RegistryObserver",
     "SnapshotListener",
     "SqliteServerRegistry",

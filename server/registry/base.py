@@ -151,8 +151,11 @@ class RegistryObserver:
     reaches this one. Every method is a no-op here.
     """
 
-    def remote_changes(self, document_id: str, changes: Sequence[Change], encoded: bytes) -> None:
-        """``changes`` (another process's, encoded as ``encoded``) are now in the document."""
+    def remote_changes(
+        self, document_id: str, changes: Sequence[Change], encoded: bytes, appended_at: float
+    ) -> None:
+        """``changes`` (another process's, encoded as ``encoded``, appended to the shared
+        store at ``appended_at``, seconds since the epoch) are now in the document."""
 
     def remote_snapshot(self, document_id: str, snapshot: Snapshot) -> None:
         """Another process merged a client's uploaded ``snapshot``; so did this one."""
@@ -162,6 +165,10 @@ class RegistryObserver:
 
     def durable_advanced(self, document_id: str, durable: VersionVector) -> None:
         """Writes that had failed were stored later: ``durable`` now covers them."""
+
+    def storage_problem(self, document_id: str | None, message: str) -> None:
+        """The store reported a problem nobody asked about (a malformed entry, a
+        key of the wrong type), for ``document_id`` (None: not one document's)."""
 
 
 def validate_document_id(document_id: object) -> str:

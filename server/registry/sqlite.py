@@ -776,6 +776,11 @@ class SqliteServerRegistry(CRDTServerRegistry):
         if self._loaded.get(document_id) is loaded and not loaded.in_flight:
             del self._loaded[document_id]
 
+    async def check_health(self) -> None:
+        """Read from the file (``/healthz``)."""
+        self._check_open()
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
     def loaded_document_ids(self) -> list[str]:
         """Ids of the documents currently held in memory (for tests and monitoring)."""
         return list(self._loaded)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import pytest
 import pytest_asyncio
+from redis_helpers import RedisServer, require_redis_server
 
 from server import InMemoryServerRegistry, WebSocketServer
 
@@ -18,3 +21,19 @@ async def server() -> AsyncIterator[WebSocketServer]:
         yield running
     finally:
         await running.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, AOF on, data in a temporary directory.
+
+    Skips when the binary is missing here; fails when it is missing in CI.
+    """
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    running = RedisServer(require_redis_server(), directory)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()

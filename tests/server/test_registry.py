@@ -32,6 +32,7 @@ from server.exceptions import (
 from server.registry import (
     CRDTServerRegistry,
     InMemoryServerRegistry,
+    RedisServerRegistry,
     SqliteServerRegistry,
     validate_document_id,
     version_vector_of,
@@ -137,14 +138,27 @@ def sqlite(tmp_path: Path) -> CRDTServerRegistry:
     return SqliteServerRegistry(tmp_path / "store.sqlite3")
 
 
-REGISTRIES = [memory, custom, no_init, sqlite]
+def redis(tmp_path: Path) -> CRDTServerRegistry:
+    raise AssertionError("made by the fixture: it needs a redis-server")
 
 
-@pytest_asyncio.fixture(params=REGISTRIES, ids=lambda f: f.__name__)
+REGISTRIES = [memory, custom, no_init, sqlite, redis]
+
+
+@pytest_asyncio.fixture(
+    params=[
+        pytest.param(factory, marks=[pytest.mark.redis] if factory is redis else [])
+        for factory in REGISTRIES
+    ],
+    ids=lambda f: f.__name__,
+)
 async def registry(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[CRDTServerRegistry]:
-    made: CRDTServerRegistry = request.param(tmp_path)
+    if request.param is redis:
+        made: CRDTServerRegistry = RedisServerRegistry(request.getfixturevalue("redis_server").url)
+    else:
+        made = request.param(tmp_path)
     yield made
     await made.close()
 

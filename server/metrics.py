@@ -1,0 +1,155 @@
+"""What the server counts, in the Prometheus text format (``GET /metrics``).
+
+The counters are always kept (an increment is cheap); ``--metrics``
+(``WebSocketServer(metrics=True)``) serves them. Each server has its own
+``prometheus_client`` registry, so several servers in one process (tests)
+never share counters.
+
+* ``crdt_connections`` (gauge): open WebSocket connections;
+* ``crdt_documents_loaded`` (gauge): documents with a room in this process;
+* ``crdt_changes_applied_total``: changes from this process's clients applied;
+* ``crdt_changes_relayed_total``: changes sent to clients (one per recipient);
+* ``crdt_bytes_received_total``, ``crdt_bytes_sent_total``: WebSocket payloads;
+* ``crdt_refusals_total{code}``: clients closed with an error, by error code;
+* ``crdt_propagation_seconds{source}`` (histogram): from a change's arrival
+  (``local``: its frame reached this process; ``remote``: another process
+  appended it to Redis) to its relay here;
+* ``crdt_store_seconds`` (histogram): from applying a batch to its being
+  stored (the sender's ``Ack``);
+* ``crdt_storage_up`` (gauge): 1 when the last store operation succeeded;
+* with Redis: ``crdt_redis_lag_seconds`` (gauge: age of the last entry of
+  another process when read), ``crdt_redis_appends_total``,
+  ``crdt_redis_append_round_trips_total``, ``crdt_redis_entries_received_total``,
+  ``crdt_redis_malformed_entries_total``, ``crdt_redis_compactions_total``,
+  ``crdt_redis_errors_total``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .registry import CRDTServerRegistry, RedisServerRegistry
+
+__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+
+#: The Content-Type of the Prometheus text exposition format.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class _RedisCollector(Collector):
+    """Reads a Redis registry's counters at scrape time."""
+
+    def __init__(self, registry: RedisServerRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self._registry.stats
+        yield GaugeMetricFamily(
+            "crdt_redis_lag_seconds",
+            "Age of the last stream entry of another process when it was read",
+            value=stats.lag_seconds,
+        )
+        for name, text, value in (
+            ("crdt_redis_appends", "Batches appended to document streams", stats.appends),
+            (
+                "crdt_redis_append_round_trips",
+                "Round trips to Redis that appended batches",
+                stats.append_round_trips,
+            ),
+            (
+                "crdt_redis_entries_received",
+                "Stream entries of other processes read",
+                stats.entries_received,
+            ),
+            (
+                "crdt_redis_malformed_entries",
+                "Malformed stream entries or presence messages skipped",
+                stats.malformed_entries,
+            ),
+            ("crdt_redis_compactions", "Snapshots committed to Redis", stats.compactions),
+            ("crdt_redis_errors", "Failed Redis operations", stats.errors),
+        ):
+            yield CounterMetricFamily(name, text, value=value)
+
+
+class ServerMetrics:
+    """The counters of one server (see the module docstring for the list)."""
+
+    def __init__(
+        self,
+        store: CRDTServerRegistry,
+        connections: Callable[[], int] = lambda: 0,
+        documents: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._store = store
+        Gauge(
+            "crdt_connections", "Open WebSocket connections", registry=self.registry
+        ).set_function(lambda: float(connections()))
+        Gauge(
+            "crdt_documents_loaded", "Documents with a room in this process", registry=self.registry
+        ).set_function(lambda: float(documents()))
+        self.storage_up = Gauge(
+            "crdt_storage_up", "1 when the last store operation succeeded", registry=self.registry
+        )
+        self.storage_up.set(1)
+        self.changes_applied = Counter(
+            "crdt_changes_applied", "Changes from clients applied", registry=self.registry
+        )
+        self.changes_relayed = Counter(
+            "crdt_changes_relayed",
+            "Changes sent to clients (one per recipient)",
+            registry=self.registry,
+        )
+        self.bytes_received = Counter(
+            "crdt_bytes_received", "WebSocket payload bytes received", registry=self.registry
+        )
+        self.bytes_sent = Counter(
+            "crdt_bytes_sent", "WebSocket payload bytes sent", registry=self.registry
+        )
+        self.refusals = Counter(
+            "crdt_refusals",
+            "Clients closed with an error, by error code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.propagation = Histogram(
+            "crdt_propagation_seconds",
+            "From a change's arrival (local frame or remote append) to its relay here",
+            ["source"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.store_latency = Histogram(
+            "crdt_store_seconds",
+            "From applying a batch to its being stored",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        if isinstance(store, RedisServerRegistry):
+            self.registry.register(_RedisCollector(store))
+
+    def exposition(self) -> bytes:
+        """Every metric in the Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,1019 @@
+"""The Redis registry: several server processes serve the same documents.
+
+Theory of operation
+-------------------
+Every process keeps the documents its clients use in memory (it needs them
+to tell a joining client what it lacks), and Redis holds the truth. Per
+document (``K`` is the percent-encoded id, ``P`` the key prefix):
+
+* ``P:doc:K:stream`` -- a stream; every batch of changes a process applies is
+  appended to it (``XADD``) with the process's id (``o``), a kind (``t``:
+  ``c`` changes, ``s`` a client's merged snapshot upload) and the encoded
+  bytes (``d``). The sender's ``Ack`` waits for the append: what Redis has
+  is as durable as its persistence setting (``docs/server.md``).
+* ``P:doc:K:meta`` -- a hash: the ``epoch`` and ``upto``, the last stream
+  entry the stored snapshot covers;
+* ``P:doc:K:snapshot`` -- the latest snapshot;
+* ``P:doc:K:peers`` -- the replica identity claims (:meth:`claim_peer`);
+* ``P:doc:K:lock`` -- the compaction lock (a random token with an expiry);
+* ``P:documents`` -- the set of document ids; ``P:presence:K`` -- a pub/sub
+  channel for presence.
+
+**Loading** reads meta, snapshot and stream in one ``MULTI`` and applies the
+entries after ``upto``. **Tailing**: each loaded document has its own task
+reading its own stream (``XREAD BLOCK`` from the last entry seen); entries
+this process appended are skipped (they are in its document already: no
+relay loops), the others are applied and handed to the server
+(:class:`~server.registry.base.RegistryObserver`) to relay. A malformed
+entry, or a key of the wrong type, is reported and skipped for that document
+only: no read is shared between documents, so nothing one document holds can
+stall another.
+
+**Appending** keeps the order of calls per document. A batch that cannot be
+appended (Redis unreachable) fails its sender's wait (the server tells the
+client, which keeps the changes unacknowledged and reconnects) but stays
+queued and is retried, in order, until Redis answers; the durable version
+vector only ever covers appended batches, so an ``Ack`` never claims what a
+failed append holds. When a retry succeeds the observers hear
+``durable_advanced`` and acknowledge.
+
+**Compaction** (snapshot + trim) runs every ``snapshot_every`` entries, in at
+most one process at a time per document: it takes ``P:doc:K:lock`` with a
+random token (``SET NX PX``), snapshots its document (which holds every entry
+up to the one its tail read last, when nothing waits for dependencies), and
+commits with a script that first checks the token is still its own (a
+process whose lock expired cannot write: *fenced*), stores the snapshot and
+``upto``, and trims only entries that the snapshot covers *and* that are older
+than ``retention``; the lock is released by a script that deletes it only if
+it still holds the token. A process whose tail fell behind a trim (it was cut
+off from Redis for longer than ``retention``) merges the snapshot instead of
+the entries it missed.
+
+**Presence** goes over pub/sub (at most once, which is enough for state that
+is renewed every few seconds); messages carry the process id so a process
+ignores its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import logging
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from crdt_sync import (
+    Change,
+    CRDTDocument,
+    CRDTError,
+    DecodeError,
+    Snapshot,
+    VersionVector,
+    decode_changes,
+    encode_changes,
+)
+from crdt_sync.sync import AwarenessUpdate, decode_message, encode_message
+
+from ..exceptions import (
+    ChangesRejectedError,
+    DocumentExistsError,
+    DocumentNotFoundError,
+    RegistryClosedError,
+    StorageError,
+)
+from .base import (
+    Applied,
+    CRDTServerRegistry,
+    applied_result,
+    check_secret_hash,
+    import_and_collect,
+    merge_snapshot_checked,
+    new_epoch,
+    validate_document_id,
+    version_vector_of,
+)
+
+__all__ = ["RedisServerRegistry", "RedisStats"]
+
+_log = logging.getLogger(__name__)
+
+# Redis errors and the socket errors under them: "Redis cannot be used right now".
+_UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
+
+# KEYS: lock, snapshot, meta, stream. ARGV: token, snapshot bytes, upto, retention ms.
+# Returns 1 (stored), 0 (the lock is not ours: fenced off), -1 (a snapshot as new exists).
+_COMMIT_SNAPSHOT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local cur_ms, cur_seq = parse(redis.call('HGET', KEYS[3], 'upto') or '0-0')
+local up_ms, up_seq = parse(ARGV[3])
+if not (cur_ms < up_ms or (cur_ms == up_ms and cur_seq < up_seq)) then return -1 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], 'upto', ARGV[3])
+local now = redis.call('TIME')
+local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
+local min_ms, min_seq = up_ms, up_seq + 1
+if cutoff < min_ms then min_ms, min_seq = cutoff, 0 end
+if min_ms > 0 then
+  redis.call('XTRIM', KEYS[4], 'MINID', string.format('%d-%d', min_ms, min_seq))
+end
+return 1
+"""
+
+# KEYS: lock. ARGV: token. Deletes the lock only if it still holds our token.
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a comparable pair ("1700000000000-3" -> (1700000000000, 3))."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class RedisStats:
+    """Counters for monitoring (``/metrics``); they only grow, except the lag."""
+
+    #: Batches appended to streams (one XADD each) and the round trips that took.
+    appends: int = 0
+    append_round_trips: int = 0
+    #: Entries of other processes read from streams, and the changes they held.
+    entries_received: int = 0
+    changes_received: int = 0
+    #: Malformed stream entries skipped, and presence messages dropped as malformed.
+    malformed_entries: int = 0
+    #: Compactions committed, and ones skipped because another process held the lock.
+    compactions: int = 0
+    compactions_skipped: int = 0
+    #: Failed Redis operations (appends, reads, presence).
+    errors: int = 0
+    #: Seconds between an entry's append and this process reading it (latest).
+    lag_seconds: float = 0.0
+
+
+@dataclass
+class _Append:
+    """A batch queued for the stream, and who waits for it."""
+
+    kind: bytes
+    data: bytes
+    covers: VersionVector
+    waiters: list[asyncio.Future[VersionVector]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Doc:
+    """A loaded document with its bookkeeping."""
+
+    document_id: str
+    document: CRDTDocument
+    epoch: str
+    durable: VersionVector
+    last_id: str
+    snapshot: Snapshot | None = None
+    since_snapshot: int = 0
+    outbox: collections.deque[_Append] = field(default_factory=collections.deque)
+    flusher: asyncio.Task[None] | None = None
+    tail: asyncio.Task[None] | None = None
+    compaction: asyncio.Task[Snapshot | None] | None = None
+    failed_appends: bool = False
+    # Ids of this process's clients' changes that wait for dependencies: not in
+    # Redis yet. Whoever makes them ready (a later apply, or another process's
+    # entry) must append them.
+    local_pending: set[Any] = field(default_factory=set)
+    # False once the process stops following the document (its tail then ends).
+    following: bool = True
+
+
+class RedisServerRegistry(CRDTServerRegistry):
+    """Documents in Redis, shared by every server process that uses the same Redis.
+
+    Args:
+        url: ``redis://HOST:PORT/DB`` (``rediss://`` for TLS, ``unix://`` too).
+        snapshot_every: compact a document's stream after this many entries.
+        retention: seconds an entry stays in the stream after a snapshot covers
+            it (so that a process whose tail lags still reads it).
+        key_prefix: prefix of every key and channel (several deployments can
+            share one Redis).
+        process_id: this process's id in stream entries (default: random).
+        block: seconds one tail read waits for new entries.
+        timeout: seconds a Redis command may take before it counts as failed.
+        retry_max: longest pause between retries while Redis is unreachable.
+        lock_ttl: seconds a compaction lock lives if its holder vanishes.
+
+    Every public coroutine raises :class:`~server.exceptions.RegistryClosedError`
+    after :meth:`close`, and :class:`~server.exceptions.StorageError` when
+    Redis cannot be reached.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        snapshot_every: int = 500,
+        retention: float = 60.0,
+        key_prefix: str = "crdt",
+        process_id: str | None = None,
+        block: float = 1.0,
+        timeout: float = 5.0,
+        retry_max: float = 2.0,
+        lock_ttl: float = 30.0,
+    ) -> None:
+        super().__init__()
+        if snapshot_every < 1:
+            raise ValueError("snapshot_every must be at least 1")
+        if retention < 0 or not block > 0 or not timeout > 0 or not retry_max > 0:
+            raise ValueError("retention must not be negative; block, timeout, retry_max positive")
+        self.url = url
+        self.snapshot_every = snapshot_every
+        self.retention = retention
+        self.key_prefix = key_prefix
+        self.process_id = process_id or uuid.uuid4().hex
+        self.block = block
+        self.timeout = timeout
+        self.retry_max = retry_max
+        self.lock_ttl = lock_ttl
+        self.stats = RedisStats()
+        self._origin = self.process_id.encode()
+        retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1)
+        try:
+            self._redis = aioredis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=retry,
+            )
+            # Tails block for ``block`` seconds: their own pool, a longer timeout.
+            self._tail_redis = aioredis.Redis.from_url(
+                url,
+                socket_timeout=timeout + block,
+                socket_connect_timeout=timeout,
+                retry=retry,
+            )
+        except ValueError as error:
+            raise StorageError(f"not a Redis URL: {url!r} ({error})") from error
+        self._commit_script = self._redis.register_script(_COMMIT_SNAPSHOT)
+        self._release_script = self._redis.register_script(_RELEASE_LOCK)
+        self._loaded: dict[str, _Doc] = {}
+        self._loading: dict[str, asyncio.Future[_Doc | None]] = {}
+        self._peer_claims: dict[tuple[str, str], bytes] = {}
+        self._closed = False
+        self._reachable = True
+        self._last_error = ""
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Presence: outgoing messages in order, and one subscriber connection.
+        self._presence_out: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._presence_wakeup: asyncio.Event | None = None
+        self._presence_publisher: asyncio.Task[None] | None = None
+        self._presence_reader: asyncio.Task[None] | None = None
+        self._presence_resubscribe: asyncio.Event | None = None
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def _key(self, document_id: str, part: str) -> str:
+        return f"{self.key_prefix}:doc:{urllib.parse.quote(document_id, safe='')}:{part}"
+
+    def _channel(self, document_id: str) -> str:
+        return f"{self.key_prefix}:presence:{urllib.parse.quote(document_id, safe='')}"
+
+    def _document_id_of_channel(self, channel: str) -> str:
+        return urllib.parse.unquote(channel.rsplit(":", 1)[1])
+
+    @property
+    def _documents_key(self) -> str:
+        return f"{self.key_prefix}:documents"
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RegistryClosedError(f"the Redis registry at {self.url} is closed")
+
+    def _unavailable(self, doing: str, error: BaseException) -> StorageError:
+        self.stats.errors += 1
+        self._reachable = False
+        self._last_error = f"{doing}: {error!r}"
+        return StorageError(f"Redis at {self.url} is unavailable ({doing}: {error})")
+
+    def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _report(self, document_id: str | None, message: str) -> None:
+        _log.error("%s", message)
+        for observer in self.observers():
+            observer.storage_problem(document_id, message)
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the last Redis operation succeeded."""
+        return self._reachable
+
+    async def check_health(self) -> None:
+        self._check_open()
+        try:
+            await self._redis.ping()
+        except _UNAVAILABLE as error:
+            raise self._unavailable("ping", error) from error
+        self._reachable = True
+
+    # -- loading ------------------------------------------------------------------------
+
+    async def _load(self, document_id: str) -> _Doc | None:
+        self._check_open()
+        loaded = self._loaded.get(document_id)
+        if loaded is not None:
+            return loaded
+        pending = self._loading.get(document_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_Doc | None] = asyncio.get_running_loop().create_future()
+        self._loading[document_id] = future
+        try:
+            doc = await self._read_document(document_id)
+            if doc is not None:
+                self._loaded[document_id] = doc
+                self._start_following(doc)
+            future.set_result(doc)
+            return doc
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # nobody else may be waiting
+            raise
+        finally:
+            del self._loading[document_id]
+
+    async def _read_document(self, document_id: str) -> _Doc | None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self._key(document_id, "meta"))
+                pipe.get(self._key(document_id, "snapshot"))
+                pipe.xrange(self._key(document_id, "stream"))
+                meta, snapshot_data, entries = await pipe.execute()
+        except _UNAVAILABLE as error:
+            raise self._unavailable(f"loading {document_id!r}", error) from error
+        self._reachable = True
+        epoch = meta.get(b"epoch")
+        if epoch is None:
+            return None
+        upto = _text(meta.get(b"upto", b"0-0"))
+        snapshot: Snapshot | None = None
+        document: CRDTDocument | None = None
+        if snapshot_data is not None:
+            try:
+                snapshot = Snapshot.from_bytes(bytes(snapshot_data))
+                document = CRDTDocument.from_snapshot(snapshot)
+            except (CRDTError, ValueError) as error:
+                self._report(document_id, f"the snapshot of {document_id!r} does not load: {error}")
+                snapshot = None
+        if document is None:
+            document = CRDTDocument(document_id=document_id)
+            upto = "0-0"  # no usable snapshot: replay whatever the stream still holds
+        doc = _Doc(document_id, document, _text(epoch), VersionVector(), upto, snapshot)
+        for entry_id, fields in entries:
+            entry = _text(entry_id)
+            if _id_key(entry) <= _id_key(upto):
+                continue
+            doc.last_id = entry
+            self._ingest(doc, entry, fields, notify=False)
+        doc.durable = document.version_vector
+        return doc
+
+    def _start_following(self, doc: _Doc) -> None:
+        doc.tail = self._spawn(self._tail(doc), f"crdt-redis-tail-{doc.document_id}")
+        self._ensure_presence_tasks()
+        if self._presence_resubscribe is not None:
+            self._presence_resubscribe.set()
+
+    # -- reading what other processes appended ------------------------------------------
+
+    async def _tail(self, doc: _Doc) -> None:
+        """Follow the document's stream; apply and hand over what other processes appended.
+
+        Each read also fetches the snapshot's ``upto`` and the oldest entry
+        left in the stream (same round trip): if entries after our position
+        were trimmed before we read them, the snapshot covers them, and we
+        merge it instead.
+        """
+        stream = self._key(doc.document_id, "stream")
+        meta = self._key(doc.document_id, "meta")
+        delay = 0.05
+        # Ends by a flag, not by cancellation: redis-py may swallow a cancellation
+        # that lands inside a blocking read.
+        while doc.following and not self._closed:
+            before = doc.last_id
+            try:
+                async with self._tail_redis.pipeline(transaction=False) as pipe:
+                    pipe.xread({stream: before}, count=1000, block=int(self.block * 1000))
+                    pipe.hget(meta, "upto")
+                    pipe.xrange(stream, count=1)
+                    response, upto, oldest = await pipe.execute()
+                if (
+                    upto is not None
+                    and _id_key(_text(upto)) > _id_key(before)
+                    and (not oldest or _id_key(_text(oldest[0][0])) > _id_key(before))
+                ):
+                    await self._catch_up(doc, _text(upto))
+            except asyncio.CancelledError:
+                raise
+            except _UNAVAILABLE as error:
+                self._unavailable(f"reading the stream of {doc.document_id!r}", error)
+                if isinstance(error, RedisError) and "WRONGTYPE" in str(error):
+                    self._report(
+                        doc.document_id,
+                        f"a key of {doc.document_id!r} holds the wrong type: {error}",
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            delay = 0.05
+            self._reachable = True
+            if not doc.following:
+                return
+            for _, entries in response or ():
+                for entry_id, fields in entries:
+                    entry = _text(entry_id)
+                    if _id_key(entry) <= _id_key(doc.last_id):
+                        continue  # covered by a snapshot merged just above
+                    doc.last_id = entry
+                    self._ingest(doc, entry, fields, notify=True)
+            self._maybe_compact(doc)
+
+    async def _catch_up(self, doc: _Doc, upto: str) -> None:
+        """Entries after our position were trimmed unread: merge the snapshot that covers them."""
+        data = await self._tail_redis.get(self._key(doc.document_id, "snapshot"))
+        if isinstance(data, bytes):
+            self._ingest_snapshot(doc, data, notify=True)
+        if _id_key(upto) > _id_key(doc.last_id):
+            doc.last_id = upto
+
+    def _ingest(
+        self, doc: _Doc, entry_id: str, fields: dict[bytes, bytes], *, notify: bool
+    ) -> None:
+        """Apply one stream entry of another process to the document (skip our own)."""
+        doc.since_snapshot += 1
+        origin, kind, data = fields.get(b"o"), fields.get(b"t"), fields.get(b"d")
+        if origin == self._origin and notify:
+            return  # appended by this process: already in its document
+        appended_at = time.time()
+        with contextlib.suppress(ValueError):
+            appended_at = _id_key(entry_id)[0] / 1000
+            self.stats.lag_seconds = max(0.0, time.time() - appended_at)
+        if data is None or kind not in (b"c", b"s"):
+            self._malformed(doc, entry_id, "fields missing or of an unknown kind")
+            return
+        self.stats.entries_received += 1
+        if kind == b"s":
+            self._ingest_snapshot(doc, bytes(data), notify=notify, appended_at=appended_at)
+            return
+        try:
+            changes = decode_changes(bytes(data))
+        except DecodeError as error:
+            self._malformed(doc, entry_id, str(error))
+            return
+        applied, refusal = import_and_collect(doc.document, changes)
+        if refusal is not None:
+            self._malformed(doc, entry_id, f"the document refused it: {refusal}")
+        self.stats.changes_received += len(applied)
+        if applied:
+            self._append_made_ready(doc, applied)
+            in_entry = {change.id for change in changes}
+            doc.durable = doc.durable.merge(
+                version_vector_of(c for c in applied if c.id in in_entry)
+            )
+            if notify:
+                # Relay the entry's own bytes when all of it applied (the usual case).
+                encoded = bytes(data) if len(applied) == len(changes) else encode_changes(applied)
+                for observer in self.observers():
+                    observer.remote_changes(doc.document_id, applied, encoded, appended_at)
+
+    def _ingest_snapshot(
+        self, doc: _Doc, data: bytes, *, notify: bool, appended_at: float | None = None
+    ) -> None:
+        try:
+            snapshot = Snapshot.from_bytes(data)
+            merged, ready, refusal = merge_snapshot_checked(doc.document, snapshot)
+        except (CRDTError, ValueError) as error:
+            self._malformed(doc, "snapshot", str(error))
+            return
+        if refusal is not None:
+            self._malformed(doc, "snapshot", f"a change it made ready was refused: {refusal}")
+        if merged:
+            doc.durable = doc.durable.merge(snapshot.version_vector)
+            if notify:
+                for observer in self.observers():
+                    observer.remote_snapshot(doc.document_id, snapshot)
+        if ready:
+            self._append_made_ready(doc, ready)
+            if notify:
+                encoded = encode_changes(ready)
+                when = time.time() if appended_at is None else appended_at
+                for observer in self.observers():
+                    observer.remote_changes(doc.document_id, ready, encoded, when)
+
+    def _append_made_ready(self, doc: _Doc, applied: Sequence[Change]) -> None:
+        """Append this process's clients' changes that ``applied`` shows were made ready."""
+        if not doc.local_pending:
+            return
+        ready = [change for change in applied if change.id in doc.local_pending]
+        if ready:
+            doc.local_pending.difference_update(change.id for change in ready)
+            # Nobody waits for this one: a failure is retried like any other batch.
+            self._enqueue(doc, b"c", encode_changes(ready), version_vector_of(ready))
+
+    def _malformed(self, doc: _Doc, entry_id: str, why: str) -> None:
+        self.stats.malformed_entries += 1
+        self._report(
+            doc.document_id,
+            f"skipped malformed stream entry {entry_id} of {doc.document_id!r}: {why}",
+        )
+
+    # -- appending ----------------------------------------------------------------------
+
+    def _enqueue(
+        self, doc: _Doc, kind: bytes, data: bytes, covers: VersionVector
+    ) -> asyncio.Future[VersionVector]:
+        append = _Append(kind, data, covers)
+        future: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
+        append.waiters.append(future)
+        doc.outbox.append(append)
+        self._kick(doc)
+        return future
+
+    def _settled(self, doc: _Doc) -> asyncio.Future[VersionVector]:
+        """Resolves to the durable version vector once everything queued so far is appended."""
+        future: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
+        if doc.outbox:
+            doc.outbox[-1].waiters.append(future)
+            self._kick(doc)
+        else:
+            future.set_result(doc.durable)
+        return future
+
+    def _kick(self, doc: _Doc) -> None:
+        if doc.flusher is None or doc.flusher.done():
+            doc.flusher = self._spawn(
+                self._flush_outbox(doc), f"crdt-redis-append-{doc.document_id}"
+            )
+
+    async def _flush_outbox(self, doc: _Doc) -> None:
+        """Append the queued batches in order; on failure tell the waiters, keep, retry."""
+        stream = self._key(doc.document_id, "stream")
+        delay = 0.05
+        while doc.outbox:
+            batch = list(doc.outbox)[:64]
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for append in batch:
+                        pipe.xadd(stream, {"o": self._origin, "t": append.kind, "d": append.data})
+                    await pipe.execute()
+            except _UNAVAILABLE as error:
+                failure = self._unavailable(f"appending to {doc.document_id!r}", error)
+                doc.failed_appends = True
+                for append in doc.outbox:
+                    for waiter in append.waiters:
+                        if not waiter.done():
+                            waiter.set_exception(failure)
+                            waiter.exception()  # retrieved here: a sender may have left
+                    append.waiters.clear()
+                if self._closed:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            delay = 0.05
+            self._reachable = True
+            self.stats.appends += len(batch)
+            self.stats.append_round_trips += 1
+            for append in batch:
+                doc.outbox.popleft()
+                doc.durable = doc.durable.merge(append.covers)
+                for waiter in append.waiters:
+                    if not waiter.done():
+                        waiter.set_result(doc.durable)
+            if doc.failed_appends and not doc.outbox:
+                doc.failed_appends = False
+                for observer in self.observers():
+                    observer.durable_advanced(doc.document_id, doc.durable)
+
+    # -- compaction ---------------------------------------------------------------------
+
+    def _maybe_compact(self, doc: _Doc) -> None:
+        if doc.since_snapshot >= self.snapshot_every and (
+            doc.compaction is None or doc.compaction.done()
+        ):
+            doc.compaction = self._spawn(
+                self._compact(doc), f"crdt-redis-compact-{doc.document_id}"
+            )
+
+    async def _compact(self, doc: _Doc) -> Snapshot | None:
+        """Snapshot and trim under the document's lock; None if another process holds it.
+
+        Raises:
+            StorageError: Redis is unavailable.
+        """
+        lock = self._key(doc.document_id, "lock")
+        token = uuid.uuid4().hex
+        try:
+            if not await self._redis.set(lock, token, nx=True, px=int(self.lock_ttl * 1000)):
+                # Another process is compacting: it covers what we counted.
+                self.stats.compactions_skipped += 1
+                doc.since_snapshot = 0
+                return None
+            try:
+                await self._read_ahead(doc)
+                if doc.document.pending_count:
+                    return None  # it would not cover the entries that wait
+                upto = doc.last_id
+                snapshot = doc.document.take_snapshot()
+                outcome = await self._commit_snapshot(doc, token, snapshot, upto)
+                doc.since_snapshot = 0  # stored, or a snapshot as new exists
+                if outcome == 1:
+                    self.stats.compactions += 1
+                    doc.snapshot = snapshot
+                    self.notify_snapshot(doc.document_id, snapshot)
+                    return snapshot
+                return None
+            finally:
+                await self._release_script(keys=[lock], args=[token])
+        except _UNAVAILABLE as error:
+            raise self._unavailable(f"compacting {doc.document_id!r}", error) from error
+
+    async def _read_ahead(self, doc: _Doc) -> None:
+        """Read the stream up to its end now (the tail may be a read behind)."""
+        stream = self._key(doc.document_id, "stream")
+        while True:
+            entries: Any = await self._redis.xrange(stream, min=f"({doc.last_id}", count=1000)
+            fresh = [(_text(i), fields) for i, fields in entries or ()]
+            fresh = [(i, fields) for i, fields in fresh if _id_key(i) > _id_key(doc.last_id)]
+            if not fresh:
+                return
+            for entry, fields in fresh:
+                doc.last_id = entry
+                self._ingest(doc, entry, fields, notify=True)
+
+    async def _commit_snapshot(self, doc: _Doc, token: str, snapshot: Snapshot, upto: str) -> int:
+        """Store ``snapshot`` as covering the stream up to ``upto`` and trim, if ``token``
+        still holds the lock: 1 stored, 0 fenced off, -1 a snapshot as new exists."""
+        keys = [self._key(doc.document_id, part) for part in ("lock", "snapshot", "meta", "stream")]
+        result = await self._commit_script(
+            keys=keys, args=[token, snapshot.to_bytes(), upto, int(self.retention * 1000)]
+        )
+        return int(result)
+
+    # -- CRDTServerRegistry -------------------------------------------------------------
+
+    async def get_document(self, document_id: str) -> CRDTDocument | None:
+        doc = await self._load(document_id)
+        return None if doc is None else doc.document
+
+    async def has_document(self, document_id: str) -> bool:
+        self._check_open()
+        if document_id in self._loaded:
+            return True
+        try:
+            return bool(await self._redis.hexists(self._key(document_id, "meta"), "epoch"))
+        except _UNAVAILABLE as error:
+            raise self._unavailable("looking a document up", error) from error
+
+    async def document_ids(self) -> list[str]:
+        self._check_open()
+        try:
+            members = await self._redis.smembers(self._documents_key)
+        except _UNAVAILABLE as error:
+            raise self._unavailable("listing documents", error) from error
+        return sorted(_text(member) for member in members)
+
+    async def create_document(self, document_id: str) -> CRDTDocument:
+        validate_document_id(document_id)
+        self._check_open()
+        if document_id in self._loaded:
+            raise DocumentExistsError(document_id)
+        meta = self._key(document_id, "meta")
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(meta, "epoch", new_epoch())
+                pipe.hsetnx(meta, "upto", "0-0")
+                pipe.sadd(self._documents_key, document_id)
+                created, _, _ = await pipe.execute()
+        except _UNAVAILABLE as error:
+            raise self._unavailable(f"creating {document_id!r}", error) from error
+        if not created:
+            raise DocumentExistsError(document_id)
+        doc = await self._load(document_id)
+        if doc is None:
+            raise StorageError(f"{document_id!r} vanished from Redis while being created")
+        return doc.document
+
+    async def set_document(self, document_id: str, document: CRDTDocument) -> None:
+        """Store ``document`` as the whole state (a snapshot), replacing the stream."""
+        validate_document_id(document_id)
+        self._check_open()
+        snapshot = document.take_snapshot()
+        meta = self._key(document_id, "meta")
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(meta, "epoch", new_epoch())
+                pipe.delete(self._key(document_id, "stream"))
+                pipe.set(self._key(document_id, "snapshot"), snapshot.to_bytes())
+                pipe.hset(meta, "upto", "0-0")
+                pipe.sadd(self._documents_key, document_id)
+                pipe.hget(meta, "epoch")
+                *_, epoch = await pipe.execute()
+        except _UNAVAILABLE as error:
+            raise self._unavailable(f"storing {document_id!r}", error) from error
+        doc = self._loaded.get(document_id)
+        if doc is None:
+            await self._load(document_id)
+            return
+        doc.document = document
+        doc.epoch = _text(epoch)
+        doc.snapshot = snapshot
+        doc.durable = document.version_vector
+        doc.last_id = "0-0"
+
+    async def get_epoch(self, document_id: str) -> str:
+        doc = await self._load(document_id)
+        if doc is None:
+            raise DocumentNotFoundError(document_id)
+        return doc.epoch
+
+    async def durable_version_vector(self, document_id: str) -> VersionVector:
+        doc = await self._load(document_id)
+        if doc is None:
+            raise DocumentNotFoundError(document_id)
+        return doc.durable
+
+    async def apply(self, document_id: str, changes: Sequence[Change]) -> Applied:
+        doc = await self._load(document_id)
+        if doc is None:
+            raise DocumentNotFoundError(document_id)
+        applied, refusal = import_and_collect(doc.document, changes)
+        encoded = encode_changes(applied) if applied else b""
+        if applied:
+            stored = self._enqueue(doc, b"c", encoded, version_vector_of(applied))
+            if doc.local_pending:
+                doc.local_pending.difference_update(change.id for change in applied)
+        else:
+            stored = self._settled(doc)
+        result = applied_result(doc.document, changes, applied, refusal, stored, encoded)
+        if result.waiting:
+            known = doc.document.version_vector
+            doc.local_pending.update(c.id for c in changes if not known.includes(c.id))
+        return result
+
+    async def apply_snapshot(
+        self, document_id: str, snapshot: Snapshot
+    ) -> tuple[bool, list[Change]]:
+        """Merge the upload, append it to the stream (others merge it too), wait for that."""
+        doc = await self._load(document_id)
+        if doc is None:
+            raise DocumentNotFoundError(document_id)
+        try:
+            merged, ready, refusal = merge_snapshot_checked(doc.document, snapshot)
+        except CRDTError as error:
+            raise ChangesRejectedError(error, []) from error
+        if merged:
+            covers = snapshot.version_vector.merge(version_vector_of(ready))
+            await self._enqueue(doc, b"s", snapshot.to_bytes(), covers)
+        if refusal is not None:
+            raise ChangesRejectedError(refusal, ready) from refusal
+        return merged, ready
+
+    async def claim_peer(self, document_id: str, peer_id: str, secret_hash: bytes) -> bool:
+        """First claim wins, in Redis (``HSETNX``): the same answer on every process."""
+        self._check_open()
+        candidate = check_secret_hash(secret_hash)
+        key = (document_id, peer_id)
+        stored = self._peer_claims.get(key)
+        if stored is None:
+            peers = self._key(document_id, "peers")
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.hsetnx(peers, peer_id, candidate)
+                    pipe.hget(peers, peer_id)
+                    _, value = await pipe.execute()
+            except _UNAVAILABLE as error:
+                raise self._unavailable("claiming a peer id", error) from error
+            stored = bytes(value) if value is not None else candidate
+            self._peer_claims[key] = stored
+        return hmac.compare_digest(stored, candidate)
+
+    async def claimed_peers(self, document_id: str, peer_ids: Iterable[str]) -> set[str]:
+        """Which of ``peer_ids`` hold a claim (read-only; one ``HMGET``)."""
+        self._check_open()
+        asked = list(dict.fromkeys(peer_ids))
+        found = {peer for peer in asked if (document_id, peer) in self._peer_claims}
+        wanted = [peer for peer in asked if peer not in found]
+        if wanted:
+            try:
+                values = await self._redis.hmget(self._key(document_id, "peers"), wanted)
+            except _UNAVAILABLE as error:
+                raise self._unavailable("reading peer claims", error) from error
+            for peer, value in zip(wanted, values, strict=True):
+                if isinstance(value, bytes):
+                    self._peer_claims[(document_id, peer)] = value
+                    found.add(peer)
+        return found
+
+    async def create_snapshot(self, document_id: str) -> Snapshot:
+        """Compact now (unless another process is at it) and return a snapshot of the document."""
+        doc = await self._load(document_id)
+        if doc is None:
+            raise DocumentNotFoundError(document_id)
+        await self._drain(doc)
+        stored = await self._compact(doc)
+        return stored if stored is not None else doc.document.take_snapshot()
+
+    async def get_latest_snapshot(self, document_id: str) -> Snapshot | None:
+        doc = await self._load(document_id)
+        if doc is None:
+            raise DocumentNotFoundError(document_id)
+        return doc.snapshot
+
+    async def remove_document(self, document_id: str) -> bool:
+        self._check_open()
+        doc = self._loaded.pop(document_id, None)
+        if doc is not None:
+            await self._stop_following(doc)
+        for key in [key for key in self._peer_claims if key[0] == document_id]:
+            del self._peer_claims[key]
+        parts = ("meta", "snapshot", "stream", "peers", "lock")
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(*(self._key(document_id, part) for part in parts))
+                pipe.srem(self._documents_key, document_id)
+                deleted, _ = await pipe.execute()
+        except _UNAVAILABLE as error:
+            raise self._unavailable(f"removing {document_id!r}", error) from error
+        return bool(deleted)
+
+    async def _drain(self, doc: _Doc) -> None:
+        """Wait until the document's queued batches are appended (StorageError if they fail)."""
+        await self._settled(doc)
+
+    async def release_document(self, document_id: str) -> None:
+        """Append what is queued, stop following the document, drop it from memory.
+
+        If the queue cannot be appended (Redis unavailable) the document stays
+        loaded and this raises ``StorageError``: nothing is dropped that Redis
+        does not hold.
+        """
+        self._check_open()
+        doc = self._loaded.get(document_id)
+        if doc is None:
+            return
+        await self._drain(doc)
+        if self._loaded.get(document_id) is doc and not doc.outbox:
+            del self._loaded[document_id]
+            await self._stop_following(doc)
+
+    async def _stop_following(self, doc: _Doc) -> None:
+        """Stop the document's tail (it ends within ``block`` seconds) and its presence."""
+        doc.following = False
+        if self._presence_resubscribe is not None:
+            self._presence_resubscribe.set()
+
+    def loaded_document_ids(self) -> list[str]:
+        """Ids of the documents this process holds in memory."""
+        return list(self._loaded)
+
+    async def flush(self) -> None:
+        self._check_open()
+        for doc in list(self._loaded.values()):
+            await self._drain(doc)
+
+    async def close(self) -> None:
+        """Append what is queued (best effort), stop every task, close the connections."""
+        if self._closed:
+            return
+        with contextlib.suppress(StorageError):
+            async with asyncio.timeout(self.timeout):
+                await self.flush()
+        self._closed = True
+        for event in (self._presence_wakeup, self._presence_resubscribe):
+            if event is not None:
+                event.set()
+        # The loops see the flag within one blocking read; what is left is cancelled.
+        tasks = list(self._tasks)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=self.block + self.timeout)
+            for task in stuck:
+                task.cancel()
+        self._loaded.clear()
+        await self._redis.aclose()
+        await self._tail_redis.aclose()
+
+    # -- presence -----------------------------------------------------------------------
+
+    def publish_presence(self, document_id: str, update: AwarenessUpdate) -> None:
+        if self._closed:
+            return
+        message = self._origin + b"\n" + encode_message(update)
+        self._presence_out.append((self._channel(document_id).encode(), message))
+        while len(self._presence_out) > 10_000:  # ephemeral: drop the oldest
+            self._presence_out.popleft()
+        self._ensure_presence_tasks()
+        if self._presence_wakeup is not None:
+            self._presence_wakeup.set()
+
+    def _ensure_presence_tasks(self) -> None:
+        if self._presence_wakeup is None:
+            self._presence_wakeup = asyncio.Event()
+        if self._presence_resubscribe is None:
+            self._presence_resubscribe = asyncio.Event()
+        if self._presence_publisher is None or self._presence_publisher.done():
+            self._presence_publisher = self._spawn(
+                self._publish_presence_loop(self._presence_wakeup), "crdt-redis-presence-out"
+            )
+        if self._presence_reader is None or self._presence_reader.done():
+            self._presence_reader = self._spawn(
+                self._read_presence_loop(self._presence_resubscribe), "crdt-redis-presence-in"
+            )
+
+    async def _publish_presence_loop(self, wakeup: asyncio.Event) -> None:
+        while not self._closed:
+            while self._presence_out:
+                channel, message = self._presence_out[0]
+                try:
+                    await self._redis.publish(channel, message)
+                except _UNAVAILABLE as error:
+                    self._unavailable("publishing presence", error)
+                    await asyncio.sleep(self.retry_max)
+                    continue
+                self._presence_out.popleft()
+            wakeup.clear()
+            await wakeup.wait()
+
+    async def _read_presence_loop(self, resubscribe: asyncio.Event) -> None:
+        """Subscribe to the presence channels of the loaded documents; hand over what comes."""
+        delay = 0.05
+        while not self._closed:
+            pubsub = self._tail_redis.pubsub()
+            try:
+                subscribed: set[str] = set()
+                while not self._closed:
+                    wanted = {self._channel(d) for d in self._loaded}
+                    if wanted != subscribed:
+                        resubscribe.clear()
+                        if wanted - subscribed:
+                            await pubsub.subscribe(*(wanted - subscribed))
+                        if subscribed - wanted:
+                            await pubsub.unsubscribe(*(subscribed - wanted))
+                        subscribed = wanted
+                    if not subscribed:
+                        await resubscribe.wait()
+                        continue
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self.block
+                    )
+                    delay = 0.05
+                    if message is not None and message.get("type") == "message":
+                        self._receive_presence(message)
+            except asyncio.CancelledError:
+                raise
+            except _UNAVAILABLE as error:
+                self._unavailable("reading presence", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+            finally:
+                with contextlib.suppress(*_UNAVAILABLE):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _receive_presence(self, message: dict[str, Any]) -> None:
+        origin, _, frame = bytes(message["data"]).partition(b"\n")
+        if origin == self._origin:
+            return
+        document_id = self._document_id_of_channel(_text(message["channel"]))
+        try:
+            update = decode_message(frame)
+        except (CRDTError, ValueError):
+            update = None
+        if not isinstance(update, AwarenessUpdate):
+            self.stats.malformed_entries += 1
+            return
+        for observer in self.observers():
+            observer.remote_presence(document_id, update)
