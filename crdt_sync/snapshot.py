@@ -26,7 +26,7 @@ from .codec import MAX_COUNT, Reader, Writer
 from .exceptions import DecodeError
 from .ids import VersionVector
 from .sequence import C, D, L, N, P, R, Sequence, X
-from .state import ListState, MapState, NewIds, TextState
+from .state import ListState, NewIds, TextState
 
 if TYPE_CHECKING:
     from .document import CRDTDocument
@@ -74,8 +74,18 @@ class Snapshot:
 
     @classmethod
     def of(cls, doc: CRDTDocument) -> Snapshot:
-        data = _encode(doc)
-        return cls(data, doc.document_id, doc.version_vector)
+        return SnapshotCapture(doc).encode()
+
+    @staticmethod
+    def capture(doc: CRDTDocument) -> SnapshotCapture:
+        """Copy what a snapshot of ``doc`` holds now; encode it later, on any thread.
+
+        The copy is shallow (a list slice per span, C-level work); the walk
+        and the compression, which take milliseconds per thousand spans, run
+        in :meth:`SnapshotCapture.encode`, which the document's later changes
+        do not affect. A server uses it to keep compaction off its event loop.
+        """
+        return SnapshotCapture(doc)
 
     def to_bytes(self) -> bytes:
         return self._data
@@ -124,7 +134,41 @@ class _Decoded:
 # ----------------------------------------------------------------- encoding
 
 
-def _encode(doc: CRDTDocument) -> bytes:
+class SnapshotCapture:
+    """What a snapshot of a document holds at one moment, copied (see :meth:`Snapshot.capture`).
+
+    Spans are immutable in the copy: a text span is a slice of the live span
+    (its fields are ints, strings and id tuples); a list span also copies its
+    element ids, and list elements and map entries are copied per entry.
+    """
+
+    __slots__ = ("_clock", "_frontier", "_states", "_vv", "document_id", "version_vector")
+
+    def __init__(self, doc: CRDTDocument) -> None:
+        self.document_id = doc.document_id
+        self.version_vector = doc.version_vector
+        self._vv = dict(doc._vv)
+        self._frontier = dict(doc._frontier)
+        self._clock = doc._clock.last
+        states: list[tuple[str, str, Any]] = []
+        for (name, kind), state in doc._states.items():
+            frozen: Any
+            if isinstance(state, TextState):
+                frozen = [s[:7] for s in state.seq.spans()]
+            elif isinstance(state, ListState):
+                spans = [[*s[:3], tuple(s[X]), *s[4:7]] for s in state.seq.spans()]
+                frozen = (spans, [(elem, tuple(entry)) for elem, entry in state.elems.items()])
+            else:
+                frozen = list(state.entries.items())
+            states.append((name, kind, frozen))
+        self._states = states
+
+    def encode(self) -> Snapshot:
+        """The snapshot of the captured state (safe on another thread)."""
+        return Snapshot(_encode(self), self.document_id, self.version_vector)
+
+
+def _encode(doc: SnapshotCapture) -> bytes:
     peers: dict[str, int] = {}
 
     def pid(peer: str) -> int:
@@ -143,16 +187,17 @@ def _encode(doc: CRDTDocument) -> bytes:
     for peer, counter in doc._frontier.items():
         body.uint(pid(peer))
         body.uint(counter)
-    body.uint(doc._clock.last)
+    body.uint(doc._clock)
     body.uint(len(doc._states))
-    for (name, kind), state in doc._states.items():
+    for name, kind, state in doc._states:
         body.str(name)
         body.byte(_KIND_CODES[kind])
         part = Writer()
-        if isinstance(state, TextState):
-            _encode_text(part, state.seq, pid)
-        elif isinstance(state, ListState):
-            _encode_list(part, state, pid)
+        if kind == KIND_TEXT:
+            _encode_text(part, state, pid)
+        elif kind == KIND_LIST:
+            spans, elems = state
+            _encode_list(part, spans, elems, pid)
         else:
             _encode_map(part, state, pid)
         body.bytes(part.getvalue())
@@ -165,7 +210,7 @@ def _encode(doc: CRDTDocument) -> bytes:
     return MAGIC + bytes([FORMAT_VERSION, 1]) + zlib.compress(payload, 6)
 
 
-def _encode_text(w: Writer, seq: Sequence, pid: Any) -> None:
+def _encode_text(w: Writer, spans: list[list[Any]], pid: Any) -> None:
     peer_col: list[int] = []
     ctr_col: list[int] = []
     len_col: list[int] = []
@@ -176,7 +221,7 @@ def _encode_text(w: Writer, seq: Sequence, pid: Any) -> None:
     right_ctr: list[int] = []
     text: list[str] = []
     prev_right: Any = ()
-    for s in seq.spans():
+    for s in spans:
         peer, ctr, left, right = s[P], s[C], s[L], s[R]
         f = _DELETED if s[D] else 0
         if left is None:
@@ -229,8 +274,7 @@ def _write_stamp(w: Writer, stamp: Any, pid: Any) -> None:
     w.uint(stamp[2])
 
 
-def _encode_list(w: Writer, state: ListState, pid: Any) -> None:
-    spans = list(state.seq.spans())
+def _encode_list(w: Writer, spans: list[list[Any]], elems: list[tuple[Any, Any]], pid: Any) -> None:
     w.uint(len(spans))
     for s in spans:
         w.uint(pid(s[P]))
@@ -242,8 +286,8 @@ def _encode_list(w: Writer, state: ListState, pid: Any) -> None:
         for elem in s[X]:
             w.uint(pid(elem[0]))
             w.uint(elem[1])
-    w.uint(len(state.elems))
-    for elem, (value, vstamp, pos, pstamp, dstamp) in state.elems.items():
+    w.uint(len(elems))
+    for elem, (value, vstamp, pos, pstamp, dstamp) in elems:
         w.uint(pid(elem[0]))
         w.uint(elem[1])
         w.json(value)
@@ -258,9 +302,9 @@ def _encode_list(w: Writer, state: ListState, pid: Any) -> None:
             _write_stamp(w, dstamp, pid)
 
 
-def _encode_map(w: Writer, state: MapState, pid: Any) -> None:
-    w.uint(len(state.entries))
-    for key, (stamp, present, value) in state.entries.items():
+def _encode_map(w: Writer, entries: list[tuple[str, Any]], pid: Any) -> None:
+    w.uint(len(entries))
+    for key, (stamp, present, value) in entries:
         w.str(key)
         _write_stamp(w, stamp, pid)
         w.byte(1 if present else 0)

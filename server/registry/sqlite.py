@@ -4,10 +4,18 @@ Layout: an append-only ``changes`` log (one row per batch of changes applied
 together, encoded with :func:`crdt_sync.encode_changes`), one ``snapshots`` row
 per document, and ``documents`` rows holding the epoch. Every
 ``snapshot_every`` logged changes it writes a fresh snapshot and deletes the
-log rows the snapshot covers (compaction), in one transaction. Writes go
-through a single writer thread with *group commit*: writes that arrive while a
-commit is in flight share the next commit, so many clients cost few fsyncs and
-the event loop never blocks on the disk.
+log rows the snapshot covers (compaction), in one transaction, once the log
+since the last snapshot also outweighs that snapshot (so compaction costs O(1)
+per logged byte however large the document grows). Writes go through a single
+writer thread with *group commit*: writes that arrive while a commit is in
+flight share the next commit, so many clients cost few fsyncs and the event
+loop never blocks on the disk.
+
+Compaction stays off the event loop: the loop only copies the document's
+state (:meth:`crdt_sync.Snapshot.capture`, a slice per span); the writer
+thread encodes and compresses it (zlib releases the GIL), in a transaction of
+its own so the writes queued ahead of it are committed (and acknowledged)
+without waiting for it.
 """
 
 from __future__ import annotations
@@ -111,6 +119,9 @@ CREATE TABLE IF NOT EXISTS peers (
 
 # One unit of work for the writer thread: runs inside an open transaction.
 _WriteOp = Callable[[sqlite3.Connection], object]
+# A queued op: the op, its future, and whether it is slow (a snapshot to encode):
+# a slow op starts a transaction of its own so the ops ahead of it commit first.
+_Queued = tuple[_WriteOp, "asyncio.Future[object]", bool]
 
 
 @dataclass
@@ -119,8 +130,9 @@ class _Loaded:
 
     document: CRDTDocument
     epoch: str
-    # Changes logged since the last snapshot (decides when to compact).
+    # Changes and encoded bytes logged since the last snapshot (decide when to compact).
     changes_since_snapshot: int = 0
+    logged_bytes: int = 0
     snapshot: Snapshot | None = None
     # Covers every change whose log row is committed (see durable_version_vector).
     durable: VersionVector = field(default_factory=VersionVector)
@@ -177,7 +189,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
         self._peer_claims: dict[tuple[str, str], bytes] = {}
         self._closed = False
         # Group commit state: ops waiting for the next transaction.
-        self._queue: list[tuple[_WriteOp, asyncio.Future[object]]] = []
+        self._queue: list[_Queued] = []
         self._writer: asyncio.Task[None] | None = None
         # The descriptor holding the exclusive lock on the file (POSIX).
         self._lock_fd: int | None = None
@@ -345,11 +357,17 @@ class SqliteServerRegistry(CRDTServerRegistry):
         if self._closed:
             raise RegistryClosedError(f"registry {self.path} is closed")
 
-    def _write(self, op: _WriteOp, loaded: _Loaded | None = None) -> asyncio.Future[object]:
-        """Queue ``op`` for the next group commit; the future resolves once committed."""
+    def _write(
+        self, op: _WriteOp, loaded: _Loaded | None = None, *, slow: bool = False
+    ) -> asyncio.Future[object]:
+        """Queue ``op`` for the next group commit; the future resolves once committed.
+
+        A ``slow`` op (encoding a snapshot) gets a transaction of its own, after
+        the ops queued before it have committed.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
-        self._queue.append((op, future))
+        self._queue.append((op, future, slow))
         if loaded is not None:
             loaded.in_flight.add(future)
             future.add_done_callback(loaded.in_flight.discard)
@@ -360,19 +378,22 @@ class SqliteServerRegistry(CRDTServerRegistry):
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
-            batch, self._queue = self._queue, []
-            ops = [op for op, _ in batch]
+            queue = self._queue
+            # Cut before a slow op that is not first: what is ahead of it commits now.
+            cut = next((i for i, (_, _, slow) in enumerate(queue) if slow and i), len(queue))
+            batch, self._queue = queue[:cut], queue[cut:]
+            ops = [op for op, _, _ in batch]
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._run_batch, ops)
             except Exception as error:
                 failure = StorageError(
                     f"writing to {self.path} failed: {error}", path=str(self.path)
                 )
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(failure)
                 continue
-            for (_, future), (ok, result) in zip(batch, outcomes, strict=True):
+            for (_, future, _), (ok, result) in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
                 if ok:
@@ -433,6 +454,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
             document=document,
             epoch=stored.epoch,
             changes_since_snapshot=stored.logged_changes,
+            logged_bytes=sum(len(batch) for batch in stored.logged_batches),
             snapshot=snapshot,
             durable=document.version_vector,
         )
@@ -594,10 +616,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
         if merged:
             # The stored snapshot covers every change in memory: each one's log
             # row is queued ahead of it, so deleting the log stays exact.
-            committed = self._queue_snapshot(document_id, loaded)
-            stored = loaded.snapshot
-            await committed
-            if stored is not None:
+            stored = await self._queue_snapshot(document_id, loaded)
+            if isinstance(stored, Snapshot):
                 loaded.durable = loaded.durable.merge(stored.version_vector)
         if refusal is not None:
             raise ChangesRejectedError(refusal, ready) from refusal
@@ -621,7 +641,11 @@ class SqliteServerRegistry(CRDTServerRegistry):
 
         committed = self._write(append, loaded)
         loaded.changes_since_snapshot += count
-        if loaded.changes_since_snapshot >= self.snapshot_every:
+        loaded.logged_bytes += len(data)
+        last = loaded.snapshot
+        if loaded.changes_since_snapshot >= self.snapshot_every and loaded.logged_bytes >= (
+            0 if last is None else len(last)
+        ):
             # Queued right behind the append, so it lands in the same or the next commit.
             self._queue_snapshot(document_id, loaded)
         stored: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
@@ -641,32 +665,39 @@ class SqliteServerRegistry(CRDTServerRegistry):
         return stored
 
     def _queue_snapshot(self, document_id: str, loaded: _Loaded) -> asyncio.Future[object]:
-        """Snapshot the in-memory document now and queue "store it, drop the log it covers".
+        """Capture the in-memory document now and queue "encode it, store it, drop
+        the log it covers"; the future resolves to the stored :class:`Snapshot`.
 
         Every change in memory has had its log row queued before this point
         and the writer runs ops in queue order, so at the moment the op runs
         every row already in the table for this document is covered by the
-        snapshot: deleting them all is exact.
+        snapshot: deleting them all is exact. The capture is a copy, so the
+        writer thread encodes it while the loop goes on changing the document.
         """
-        snapshot = loaded.document.take_snapshot()
-        data = snapshot.to_bytes()
-        loaded.snapshot = snapshot
+        capture = Snapshot.capture(loaded.document)
         loaded.changes_since_snapshot = 0
+        loaded.logged_bytes = 0
 
-        def store(connection: sqlite3.Connection) -> None:
+        def store(connection: sqlite3.Connection) -> Snapshot:
+            snapshot = capture.encode()  # the walk and zlib, on the writer thread
             connection.execute(
                 "INSERT OR REPLACE INTO snapshots (document_id, data, change_count, created_at)"
                 " VALUES (?, ?, 0, ?)",
-                (document_id, data, time.time()),
+                (document_id, snapshot.to_bytes(), time.time()),
             )
             connection.execute("DELETE FROM changes WHERE document_id = ?", (document_id,))
+            return snapshot
 
-        committed = self._write(store, loaded)
+        committed = self._write(store, loaded, slow=True)
 
         def stored(future: asyncio.Future[object]) -> None:
             # Periodic snapshots are not awaited by anyone: retrieve the
             # outcome here (a failure leaves the log in place, nothing lost).
-            if not future.cancelled() and future.exception() is None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            snapshot = future.result()
+            if isinstance(snapshot, Snapshot):
+                loaded.snapshot = snapshot
                 self.notify_snapshot(document_id, snapshot)
 
         committed.add_done_callback(stored)
@@ -676,10 +707,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
         loaded = await self._load(document_id)
         if loaded is None:
             raise DocumentNotFoundError(document_id)
-        committed = self._queue_snapshot(document_id, loaded)
-        await committed
-        snapshot = loaded.snapshot  # set by _queue_snapshot just above
-        if snapshot is None:
+        snapshot = await self._queue_snapshot(document_id, loaded)
+        if not isinstance(snapshot, Snapshot):  # pragma: no cover - the op returns one
             raise StorageError(f"snapshot of {document_id!r} vanished while being stored")
         return snapshot
 
