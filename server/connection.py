@@ -4,10 +4,17 @@ Each WebSocket connection gets a :class:`~server.session.ServerSession` (the
 protocol, sans-I/O) and two loops: the *reader* (:meth:`Connection.serve`)
 feeds frames to the session and carries out what the session asks for
 through the rooms (join, apply changes, publish presence); the *writer*
-(:meth:`Connection.write_loop`) sends the session's output in order and
-closes the socket when the session closes. A slow client therefore never
-blocks the others: relays go into its outbox, and a client whose outbox grows
-past ``max_outbound`` is dropped (it resynchronises when it reconnects).
+(:meth:`Connection.write_loop`) sends what could not be written at once and
+closes the socket when the session closes.
+
+Writing is synchronous while the client keeps up: :meth:`Connection.flush`
+hands the session's frames straight to the socket (no task switch per frame,
+so relaying one frame to fifty clients is fifty buffer appends in one pass).
+Once the socket's buffer is above ``_HIGH_WATER`` frames go to the outbox, in
+order, and the writer sends them as the client reads. A slow client therefore
+never blocks the others, and a client with more than ``max_outbound`` bytes
+waiting (outbox and socket buffer) is dropped (it resynchronises when it
+reconnects).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from crdt_sync.sync import ErrorCode, HandshakeRequest, Role
 from crdt_sync.sync.document_ids import document_id_from_url_path
@@ -56,6 +64,9 @@ _DECODE_IN_THREAD_FROM = 64 * 1024
 #: ``authenticate(request) -> bool`` (or an awaitable of it): may this client join?
 Authenticator = Callable[[HandshakeRequest], "bool | Awaitable[bool]"]
 
+#: Bytes in a socket's send buffer above which frames wait in the outbox.
+_HIGH_WATER = 64 * 1024
+
 
 class Connection:
     """One client: its socket, its session, its outbox and writer task."""
@@ -90,13 +101,22 @@ class Connection:
     # -- writing ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Move the session's output to the outbox and wake the writer."""
+        """Send the session's output, in order: now while the socket takes it, else
+        through the outbox and the writer (never blocks)."""
         frames = self.session.messages_to_send()
         if frames:
+            ws = self.ws
             for frame in frames:
-                self._outbox.append(frame)
-                self._outbox_bytes += len(frame)
-            if self._outbox_bytes > self._max_outbound and self.session.state is SessionState.OPEN:
+                if not self._outbox and self._writable():
+                    ws.protocol.send_binary(frame)
+                    ws.send_data()
+                else:
+                    self._outbox.append(frame)
+                    self._outbox_bytes += len(frame)
+            if (
+                self._outbox_bytes + self._buffered() > self._max_outbound
+                and self.session.state is SessionState.OPEN
+            ):
                 # The client does not read fast enough: drop the backlog (it will
                 # resynchronise on reconnect) and tell it why.
                 self._outbox.clear()
@@ -105,8 +125,26 @@ class Connection:
                     ErrorCode.LIMIT_EXCEEDED,
                     f"more than {self._max_outbound} bytes waiting to be sent: client too slow",
                 )
-                self._outbox.extend(self.session.messages_to_send())
-        self._wakeup.set()
+                for frame in self.session.messages_to_send():
+                    self._outbox.append(frame)
+                    self._outbox_bytes += len(frame)
+        if self._outbox or self.session.state is SessionState.CLOSED:
+            self._wakeup.set()
+
+    def _buffered(self) -> int:
+        """Bytes written to the socket that it has not sent yet."""
+        transport = self.ws.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def _writable(self) -> bool:
+        """May a frame be written now, ahead of the writer? (open, buffer not full)"""
+        ws = self.ws
+        return (
+            ws.protocol.state is State.OPEN
+            and ws.transport is not None
+            and not ws.transport.is_closing()
+            and ws.transport.get_write_buffer_size() <= _HIGH_WATER
+        )
 
     async def write_loop(self) -> None:
         """Send queued frames in order; close the socket once the session is closed."""

@@ -18,6 +18,13 @@ Ordering guarantees:
 * they are relayed to the other clients as soon as they are in the document,
   and acknowledged to the sender with the registry's *durable* version
   vector once stored, so an acknowledged change survives a crash;
+* changes applied within one turn of the event loop (from several clients)
+  are relayed together at the end of that turn, each batch encoded once:
+  a client that sent none of them gets them all as **one** frame (the same
+  bytes for every such client); a client that sent some of them gets the
+  others' batches, each as the frame encoded for it, never its own changes.
+  Anything else sent to the room's clients first flushes what is waiting, so
+  relayed changes keep the order in which they were applied;
 * changes that waited for missing dependencies and that a client's change
   made ready are relayed to every client, that client included (it has
   never seen them);
@@ -92,6 +99,15 @@ class Member(Protocol):
         """End the connection now (best-effort ``Error``, then cut the transport)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Relay:
+    """A batch of applied changes waiting for the end of the loop's turn."""
+
+    changes: Sequence[Change]
+    encoded: bytes
+    sender: object  # the member whose changes they are, or None
+
+
 @dataclass(eq=False)
 class Room:
     """A loaded document and the clients on it."""
@@ -105,6 +121,9 @@ class Room:
     #: Estimated encoded size of the document (its snapshot when loaded, plus
     #: what was applied since), for ``Limits.max_document_bytes``.
     size: int = 0
+    #: Applied batches not yet relayed, oldest first, and the flush scheduled for them.
+    relays: list[_Relay] = field(default_factory=list)
+    relay_flush: asyncio.Handle | None = None
 
 
 class _Refused(Exception):
@@ -402,7 +421,7 @@ class Rooms(RegistryObserver):
             applied_at = time.perf_counter()
             if result.applied:
                 metrics.changes_applied.inc(len(result.applied))
-                self._relay_encoded(room, result.encoded, member, len(result.applied))
+                self._relay_encoded(room, result.applied, result.encoded, member)
                 metrics.propagation.labels("local").observe(
                     time.perf_counter() - member.received_at
                 )
@@ -508,10 +527,11 @@ class Rooms(RegistryObserver):
             refuse(session, refusal, "snapshot")
             return
         durable = await self.registry.durable_version_vector(room.document_id)
-        session.send_acknowledgement(durable)
+        session.send_acknowledgement(durable, whole=True)
         if merged:
             room.size = max(room.size, len(snapshot))
             others = [m for m in room.members if m is not member]
+            self.flush_relays(room)  # what was applied before the merge goes first
             if others:
                 push = encode_message(DocumentStatus(durable, snapshot=snapshot), self.compressor)
                 for target in others:
@@ -552,25 +572,76 @@ class Rooms(RegistryObserver):
 
     def relay_changes(self, room: Room, changes: list[Change], sender: Member | None) -> None:
         """Send ``changes`` to the room's clients except ``sender`` (None: to all)."""
-        self._relay_encoded(room, encode_changes(changes), sender, len(changes))
+        self._relay_encoded(room, changes, encode_changes(changes), sender)
 
     def relay_changes_to(self, member: Member, changes: list[Change]) -> None:
-        """Send ``changes`` to ``member`` only."""
+        """Send ``changes`` to ``member`` only (after what waits to be relayed)."""
+        if member.room is not None:
+            self.flush_relays(member.room)
         self.metrics.changes_relayed.inc(len(changes))
         member.session.send_frame(encode_changes_frame(encode_changes(changes), self.compressor))
         member.flush()
 
-    def _relay_encoded(self, room: Room, encoded: bytes, sender: Member | None, count: int) -> None:
-        """Send the ``count`` changes ``encoded`` to the room's clients except ``sender``."""
-        targets = [m for m in room.members if m is not sender]
+    def _relay_encoded(
+        self, room: Room, changes: Sequence[Change], encoded: bytes, sender: Member | None
+    ) -> None:
+        """Relay ``changes`` (``encoded``) to the room's clients except ``sender``, with
+        whatever else is applied in this turn of the event loop (:meth:`flush_relays`)."""
+        room.relays.append(_Relay(changes, encoded, sender))
+        if room.relay_flush is None:
+            room.relay_flush = asyncio.get_running_loop().call_soon(self.flush_relays, room)
+
+    def flush_relays(self, room: Room) -> None:
+        """Send the batches waiting in ``room``: one frame for each client that sent
+        none of them, the others' own frames for a client that sent some.
+
+        Every frame is encoded once and the same bytes go to every client it is
+        for; members write synchronously (no task per recipient).
+        """
+        if room.relay_flush is not None:
+            room.relay_flush.cancel()
+            room.relay_flush = None
+        relays, room.relays = room.relays, []
+        if not relays:
+            return
+        targets = [m for m in room.members if m.session.state is SessionState.OPEN]
         if not targets:
             return
-        self.metrics.changes_relayed.inc(count * len(targets))
-        # One frame for every target: they all use the server's compressor.
-        frame = encode_changes_frame(encoded, self.compressor)
+        compressor = self.compressor
+        if len(relays) == 1:
+            (relay,) = relays
+            frame = encode_changes_frame(relay.encoded, compressor)
+            relayed = 0
+            for target in targets:
+                if target is not relay.sender:
+                    target.session.send_frame(frame)
+                    target.flush()
+                    relayed += len(relay.changes)
+            self.metrics.changes_relayed.inc(relayed)
+            return
+        senders = {id(relay.sender) for relay in relays}
+        combined: bytes | None = None
+        singles: list[bytes | None] = [None] * len(relays)
+        total = sum(len(relay.changes) for relay in relays)
+        relayed = 0
         for target in targets:
-            target.session.send_frame(frame)
+            if id(target) not in senders:
+                if combined is None:
+                    batch = [change for relay in relays for change in relay.changes]
+                    combined = encode_changes_frame(encode_changes(batch), compressor)
+                target.session.send_frame(combined)
+                relayed += total
+            else:
+                for index, relay in enumerate(relays):
+                    if relay.sender is target:
+                        continue
+                    single = singles[index]
+                    if single is None:
+                        single = singles[index] = encode_changes_frame(relay.encoded, compressor)
+                    target.session.send_frame(single)
+                    relayed += len(relay.changes)
             target.flush()
+        self.metrics.changes_relayed.inc(relayed)
 
     # -- presence -----------------------------------------------------------------------
 
@@ -629,7 +700,7 @@ class Rooms(RegistryObserver):
     ) -> None:
         room = self.rooms.get(document_id)
         if room is not None and changes:
-            self._relay_encoded(room, encoded, None, len(changes))
+            self._relay_encoded(room, changes, encoded, None)
             self.metrics.propagation.labels("remote").observe(max(0.0, time.time() - appended_at))
 
     def storage_problem(self, document_id: str | None, message: str) -> None:
@@ -642,6 +713,7 @@ class Rooms(RegistryObserver):
         push = encode_message(
             DocumentStatus(snapshot.version_vector, snapshot=snapshot), self.compressor
         )
+        self.flush_relays(room)
         for target in room.members:
             if target.session.state is SessionState.OPEN:
                 target.session.send_frame(push)

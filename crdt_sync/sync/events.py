@@ -81,7 +81,9 @@ class SnapshotReceived:
 
 @dataclass(frozen=True, slots=True)
 class Acknowledged:
-    """The server durably stored everything in ``version_vector``;
+    """The server durably stored everything in ``version_vector`` (the ``Ack``'s:
+    since protocol version 2 only this client's own peer, unless it answers a
+    snapshot upload; the protocol's ``acknowledged`` merges them all);
     ``unacknowledged`` local changes remain unconfirmed."""
 
     version_vector: VersionVector

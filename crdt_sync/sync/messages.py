@@ -222,7 +222,12 @@ class Changes:
 @dataclass(frozen=True, slots=True)
 class Ack:
     """Server -> client: the server has applied and durably stored everything in
-    ``version_vector`` (cumulative; a later Ack never covers less)."""
+    ``version_vector`` (cumulative; a later Ack never covers less).
+
+    Since protocol version 2 the Ack of ``Changes`` holds only the receiving
+    client's own peer (what it counts as acknowledged), not the server's whole
+    vector (the Ack of a ``SnapshotUpload`` still holds the whole vector); a
+    client merges it into what it already knows is stored."""
 
     version_vector: VersionVector
 

@@ -504,6 +504,8 @@ class ClientProtocol:
         elif isinstance(message, Changes):
             self._receive_changes(message.changes)
         elif isinstance(message, Ack):
+            # Protocol version 2: the Ack of changes holds our own peer's entry only;
+            # merged into the handshake's vector and earlier acks, the count is the same.
             self._acknowledged = self._acknowledged.merge(message.version_vector)
             self._events.append(Acknowledged(message.version_vector, self.unacknowledged_changes))
         elif isinstance(message, DocumentStatus):

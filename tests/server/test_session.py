@@ -613,16 +613,30 @@ def test_relay_ack_and_out_of_sync_messages() -> None:
     changes = tuple(document.export_changes())
     session.send_changes(changes)
     session.send_changes(())  # nothing to send
-    session.send_acknowledgement(document.version_vector)
+    session.send_acknowledgement(document.version_vector.merge(VersionVector({PEER: 7})))
     session.send_out_of_sync("gap")
     messages = sent(session)
     assert isinstance(messages[0], Changes)
     assert [c.id for c in messages[0].changes] == [c.id for c in changes]
     assert messages[1:] == [
-        Ack(document.version_vector),
+        Ack(VersionVector({PEER: 7})),  # only the client's own peer (protocol version 2)
         Error(ErrorCode.OUT_OF_SYNC, "gap"),
     ]
     assert session.state is SessionState.OPEN
+
+
+def test_an_ack_carries_only_the_clients_own_counter_however_many_writers() -> None:
+    others = {str(PeerId.generate()): 10 + index for index in range(50)}
+    session = open_session()
+    session.send_acknowledgement(VersionVector(others))  # nothing of the client's own yet
+    session.send_acknowledgement(VersionVector({**others, PEER: 3}))
+    acks = session.messages_to_send()
+    assert [decode_message(ack) for ack in acks] == [
+        Ack(VersionVector()),
+        Ack(VersionVector({PEER: 3})),
+    ]
+    full = encode_message(Ack(VersionVector({**others, PEER: 3})))
+    assert len(acks[1]) < 60 < 1900 < len(full)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,239 @@
+"""Relaying: changes applied in one turn of the event loop reach each client as one
+frame (encoded once, the same bytes for everyone), and the slow-reader bound holds
+now that frames are written straight to the sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import string
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from crdt_sync import Change, CRDTDocument, CRDTTextHandler, PeerId, VersionVector
+from crdt_sync.sync import (
+    Ack,
+    Changes,
+    Error,
+    ErrorCode,
+    HandshakeRequest,
+    HandshakeResponse,
+    NoCompression,
+    decode_message,
+    encode_message,
+)
+from server import InMemoryServerRegistry, WebSocketServer
+from server.rooms import Room, Rooms
+from server.session import HandshakeRequested, ServerSession, SessionState
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+
+def handshake(peer: str) -> HandshakeRequest:
+    return HandshakeRequest(
+        document_id="notes",
+        peer_id=peer,
+        version_vector=VersionVector(),
+        display_name=peer[-4:],
+        compressions=("none",),
+        replica_secret=peer.encode()[:32],
+    )
+
+
+class Recorder:
+    """A room member that keeps every frame it is sent (the rooms see no sockets)."""
+
+    def __init__(self) -> None:
+        self.peer = str(PeerId.generate())
+        self.client_id = self.peer
+        self.session = ServerSession("notes")
+        self.room: Room | None = None
+        self.frames: list[bytes] = []
+        self.document = CRDTDocument(self.peer)
+        self.text = CRDTTextHandler(self.document, "text")
+        self.made: list[Change] = []
+        self.document.on_change(self.made.append)
+
+    host = "127.0.0.1"
+
+    def flush(self) -> None:
+        self.frames.extend(self.session.messages_to_send())
+
+    async def answers_ping(self, timeout: float) -> bool:
+        return self.session.state is SessionState.OPEN
+
+    def drop(self, code: ErrorCode, reason: str) -> None:
+        self.session.fail(code, reason)
+        self.flush()
+
+    def edit(self, chars: str) -> tuple[Change, ...]:
+        self.text.insert(0, chars)
+        out, self.made = tuple(self.made), []
+        return out
+
+    def changes_frames(self) -> list[Changes]:
+        messages = [decode_message(frame) for frame in self.frames]
+        return [m for m in messages if isinstance(m, Changes)]
+
+
+async def joined(rooms: Rooms, count: int) -> list[Recorder]:
+    members = [Recorder() for _ in range(count)]
+    for member in members:
+        member.session.receive_message(encode_message(handshake(member.peer)))
+        (event,) = member.session.events_received()
+        assert isinstance(event, HandshakeRequested)
+        await rooms.join(member, event.request, "notes")
+        member.flush()
+        assert isinstance(decode_message(member.frames[0]), HandshakeResponse)
+        member.frames.clear()
+    return members
+
+
+@pytest_asyncio.fixture
+async def rooms() -> AsyncIterator[Rooms]:
+    tasks: list[asyncio.Task[object]] = []
+
+    def spawn(coroutine: object, name: str) -> asyncio.Task[object]:
+        task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+        tasks.append(task)
+        return task
+
+    yield Rooms(
+        InMemoryServerRegistry(),
+        NoCompression(),
+        allow_create=True,
+        max_pending_changes=1000,
+        idle_unload_after=60.0,
+        awareness_timeout=30.0,
+        emit=lambda *args, **kwargs: None,
+        spawn=spawn,
+    )
+    for task in tasks:
+        task.cancel()
+
+
+async def settle(condition: object, rounds: int = 100) -> None:
+    """Let the loop run its pending callbacks until ``condition()`` holds (no timers)."""
+    for _ in range(rounds):
+        if condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the relay never arrived")
+
+
+async def test_changes_from_several_clients_in_one_turn_reach_each_other_client_as_one_frame(
+    rooms: Rooms,
+) -> None:
+    writers = await joined(rooms, 3)
+    watchers = await joined(rooms, 2)
+    batches = [writer.edit(f"from {index}. ") for index, writer in enumerate(writers)]
+    await asyncio.gather(
+        *(rooms.apply(writer, batch) for writer, batch in zip(writers, batches, strict=True))
+    )
+    await settle(lambda: all(watcher.frames for watcher in watchers))
+    everything = {change.id for batch in batches for change in batch}
+    for watcher in watchers:
+        assert len(watcher.frames) == 1  # one frame for the whole turn
+        (message,) = watcher.changes_frames()
+        assert {change.id for change in message.changes} == everything
+    # Encoded once: the very same bytes went to every client that sent nothing.
+    assert watchers[0].frames[0] is watchers[1].frames[0]
+    for writer, own in zip(writers, batches, strict=True):
+        acks = [m for m in map(decode_message, writer.frames) if isinstance(m, Ack)]
+        assert acks == [
+            Ack(VersionVector({writer.peer: writer.document.version_vector[writer.peer]}))
+        ]
+        got = {change.id for message in writer.changes_frames() for change in message.changes}
+        assert got == everything - {change.id for change in own}  # never its own changes
+    # Every client ends with the same text as the server.
+    for member in writers + watchers:
+        for message in member.changes_frames():
+            member.document.import_changes(message.changes)
+    room = rooms.get("notes")
+    assert room is not None
+    texts = {CRDTTextHandler(room.document, "text").value}
+    texts |= {member.text.value for member in writers + watchers}
+    assert len(texts) == 1
+
+
+async def test_one_clients_batch_is_relayed_alone_and_not_back_to_it(rooms: Rooms) -> None:
+    writer, watcher = await joined(rooms, 2)
+    batch = writer.edit("solo")
+    await rooms.apply(writer, batch)
+    await settle(lambda: bool(watcher.frames))
+    (message,) = watcher.changes_frames()
+    assert [c.id for c in message.changes] == [c.id for c in batch]
+    assert writer.changes_frames() == []
+
+
+# ----------------------------------------------------------------- the slow-reader bound
+
+
+@pytest_asyncio.fixture
+async def bounded_server() -> AsyncIterator[WebSocketServer]:
+    running = WebSocketServer(
+        "127.0.0.1", 0, InMemoryServerRegistry(), max_outbound_bytes=256 * 1024
+    )
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def test_a_client_that_stops_reading_is_dropped_past_the_bound_others_go_on(
+    bounded_server: WebSocketServer,
+) -> None:
+    url = f"ws://127.0.0.1:{bounded_server.port}/notes"
+    # The slow client: a small receive buffer, and it stops reading after its handshake.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", bounded_server.port))
+    slow_peer = str(PeerId.generate())
+    async with connect(url, sock=sock, compression=None, max_size=None) as slow:
+        await slow.send(encode_message(handshake(slow_peer)))
+        assert isinstance(decode_message(await slow.recv()), HandshakeResponse)
+        slow.transport.pause_reading()
+
+        writer_peer = str(PeerId.generate())
+        document = CRDTDocument(writer_peer)
+        text = CRDTTextHandler(document, "text")
+        made: list[Change] = []
+        document.on_change(made.append)
+        rng = random.Random(3)
+        async with connect(url, compression=None, max_size=None) as fast:
+            await fast.send(encode_message(handshake(writer_peer)))
+            assert isinstance(decode_message(await fast.recv()), HandshakeResponse)
+            # 8 MiB of hardly compressible text, in 64 KiB changes: far more than the
+            # bound plus what the kernel buffers on both sides.
+            rounds = 128
+            for _ in range(rounds):
+                text.insert(0, "".join(rng.choices(string.ascii_letters, k=64 * 1024)))
+                batch, made[:] = tuple(made), []
+                await fast.send(encode_message(Changes(batch)))
+            acked = 0
+            async with asyncio.timeout(30):
+                while acked < document.version_vector[writer_peer]:
+                    message = decode_message(await fast.recv())
+                    if isinstance(message, Ack):
+                        acked = message.version_vector.get(writer_peer, 0)
+            # The writer was served throughout; now the slow client reads again.
+            slow.transport.resume_reading()
+            relayed = 0
+            error: Error | None = None
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(30):
+                    while True:
+                        message = decode_message(await slow.recv())
+                        if isinstance(message, Changes):
+                            relayed += len(message.changes)
+                        elif isinstance(message, Error):
+                            error = message
+    assert error is not None and error.code is ErrorCode.LIMIT_EXCEEDED
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    assert relayed < rounds  # the backlog past the bound was dropped, not delivered
