@@ -273,6 +273,10 @@ def printable(text: object, limit: int = 200) -> str:
     before they reach a log, so a newline cannot forge a log line.
     """
     raw = str(text)
+    if len(raw) <= limit and raw.isprintable():
+        # The common case, in C: nothing below is escaped in a printable string
+        # (str.isprintable is False for every character escaped here).
+        return raw
     out: list[str] = []
     for char in raw[:limit]:
         code = ord(char)
