@@ -60,6 +60,7 @@ class Recorder:
         self.document.on_change(self.made.append)
 
     host = "127.0.0.1"
+    received_at = 0.0
 
     def flush(self) -> None:
         self.frames.extend(self.session.messages_to_send())
