@@ -108,43 +108,25 @@ def group_sessions(
     max_positions: int = MAX_POSITIONS,
 ) -> list[EditSession]:
     """Group ``changes`` (causal order) into edit sessions (see the module doc)."""
+    peers = [change.peer for change in changes]
+    times = [change.timestamp >> 16 for change in changes]
     bounds: list[tuple[int, int]] = []
     start = 0
-    for i in range(1, len(changes) + 1):
-        if i == len(changes):
-            bounds.append((start, i))
-            break
-        previous, current = changes[i - 1], changes[i]
-        if (
-            current.peer != previous.peer
-            or (current.timestamp >> 16) - (previous.timestamp >> 16) > gap_ms
-            or i - start >= max_changes
-        ):
+    for i in range(1, len(changes)):
+        if peers[i] != peers[i - 1] or times[i] - times[i - 1] > gap_ms or i - start >= max_changes:
             bounds.append((start, i))
             start = i
+    if changes:
+        bounds.append((start, len(changes)))
     while len(bounds) > max_positions:
         bounds = [
             (bounds[k][0], bounds[min(k + 1, len(bounds) - 1)][1]) for k in range(0, len(bounds), 2)
         ]
     sessions: list[EditSession] = []
     for index, (a, b) in enumerate(bounds):
-        authors: list[str] = []
-        ops = 0
-        for change in changes[a:b]:
-            if change.peer not in authors:
-                authors.append(change.peer)
-            ops += change.size
-        sessions.append(
-            EditSession(
-                index,
-                tuple(authors),
-                changes[a].timestamp >> 16,
-                changes[b - 1].timestamp >> 16,
-                a,
-                b,
-                ops,
-            )
-        )
+        authors = tuple(dict.fromkeys(peers[a:b]))
+        ops = sum(change.size for change in changes[a:b])
+        sessions.append(EditSession(index, authors, times[a], times[b - 1], a, b, ops))
     return sessions
 
 
