@@ -169,3 +169,70 @@ def test_a_copied_store_under_a_live_peer_id_continues_under_a_fresh_id_keeping_
     finally:
         close_window(qtbot, first)
         close_window(qtbot, second)
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from PySide6.QtCore import QCoreApplication
+from editor.persistence import session_path
+from editor.single_instance import HandoffServer, StoreLock
+
+app = QCoreApplication([])
+server = HandoffServer()
+lock = StoreLock(session_path(sys.argv[1], Path(sys.argv[2])), server.name)
+assert lock.acquire()
+
+def asked(url):
+    print("asked", url, flush=True)
+    lock.release()
+    app.quit()
+
+server.requested.connect(asked)
+print("ready", flush=True)
+app.exec()
+"""
+
+
+def test_a_session_open_in_another_process_of_the_same_user_is_handed_off(
+    qtbot: QtBot, tmp_path: Path, server: WebSocketServer
+) -> None:
+    import os
+    import selectors
+
+    url = f"ws://127.0.0.1:{server.port}/elsewhere"
+    data = tmp_path / "data"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, url, str(data)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert holder.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(holder.stdout, selectors.EVENT_READ)
+
+    def line() -> str:
+        assert selector.select(timeout=30), "the other process did not answer"
+        return holder.stdout.readline().strip()  # type: ignore[union-attr]
+
+    window = window_on(tmp_path, data, "here")
+    try:
+        assert line() == "ready"
+        future = asyncio.ensure_future(window.join(url))
+        qtbot.waitUntil(future.done, timeout=10000)
+        error = future.exception()
+        assert isinstance(error, SessionInUse) and error.brought_forward
+        assert line() == f"asked {url}"
+        assert holder.wait(timeout=30) == 0
+        # The other process let go of the session: this window may open it now.
+        run(qtbot, window.join(url))
+        wait_for_state(qtbot, window, SyncState.CONNECTED)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        selector.close()
+        holder.stdout.close()
+        close_window(qtbot, window)
