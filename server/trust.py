@@ -60,7 +60,10 @@ class Limits:
         documents_per_ip_per_minute: documents one client address may create
             per minute.
         max_document_bytes: a document whose stored encoding grows past this
-            refuses further changes (``LIMIT_EXCEEDED``); None: no bound.
+            refuses further changes (``LIMIT_EXCEEDED``); None: no bound. A
+            document travels whole (a snapshot) to new clients, and a snapshot
+            inflates to at most the frame bound: keep this well below
+            ``max_message_size`` (the default is half of its default).
         idle_timeout: seconds a handshaken connection may stay completely
             silent (no frame at all; clients ping every 15 s); None: forever.
     """
@@ -81,7 +84,7 @@ class Limits:
     max_presence_total: int = 1024 * 1024
     max_documents: int = 100_000
     documents_per_ip_per_minute: int = 60
-    max_document_bytes: int | None = 256 * 1024 * 1024
+    max_document_bytes: int | None = 8 * 1024 * 1024
     idle_timeout: float | None = 600.0
 
     def __post_init__(self) -> None:
