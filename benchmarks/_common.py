@@ -388,11 +388,15 @@ def our_server_command(
     extra: Sequence[str] = (),
     *,
     auth: bool = False,
+    redis_url: str | None = None,
 ) -> list[str]:
-    """Our server on 127.0.0.1, any free port, with the ``memory`` or ``sqlite`` registry;
-    with ``auth`` it requires tokens (``extra`` then names its ``--secret-file``)."""
+    """Our server on 127.0.0.1, any free port, with the ``memory``, ``sqlite`` or (with
+    ``redis_url``) Redis registry; with ``auth`` it requires tokens (``extra`` then
+    names its ``--secret-file``)."""
     command = [sys.executable, "-m", "server", "--host", HOST, "--port", "0"]
-    if registry == "memory":
+    if redis_url is not None:
+        command += ["--redis", redis_url]
+    elif registry == "memory":
         command.append("--memory")
     else:
         if db_path is None:
@@ -1309,6 +1313,8 @@ class LoadRun:
     build_seconds: float = 0.0
     server_description: str = ""
     server_state: dict[Any, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)
     #: per (sender, edit): send time; per (receiver): arrival times (kept for callers)
     sent: dict[int, Any] = field(default_factory=dict)
     received: dict[int, Any] = field(default_factory=dict)
@@ -1486,6 +1492,7 @@ class Generator:
         lead: float = 0.5,
         check_url: str | None = None,
         on_start: Any = None,
+        counters: dict[str, Any] | None = None,
     ) -> LoadRun:
         """Connect every client, send every edit on schedule, drain, and gather the stamps.
 
@@ -1495,6 +1502,8 @@ class Generator:
         client leaves): ``run.final_check`` says whether every sent edit is there.
         ``on_start(t0)`` is called once the start time is fixed (e.g. to start an
         attacker beside the load); ``run.server_state`` keeps what the server held.
+        ``counters`` (name -> callable returning a number) are read at the start and
+        at the end of the window; ``run.counters`` holds their differences.
         """
         w = self.workload
         run = LoadRun(label, w.proto, w.n, w.edits, rate, self.workers)
@@ -1517,12 +1526,20 @@ class Generator:
                 on_start(t0)
             time.sleep(max(0.0, t0 - time.perf_counter()))
             cpu0, busy0, own0 = self._server_cpu(), machine_busy_seconds(), own_cpu_seconds()
+            counted = {name: read() for name, read in (counters or {}).items()}
             longest = lead + 1.0 / rate + w.edits / rate + drain_timeout + 60
             for pipe in pipes:
                 _expect(pipe, "drained", max(1.0, t0 + longest - time.perf_counter()))
             run.window = time.perf_counter() - t0
+            dead = [server.name for server in self.servers if not server.alive()]
+            if dead:
+                raise RuntimeError(
+                    f"the server died during the load: {self.servers[0].stderr_tail(600)}"
+                )
             run.server_cpu = self._server_cpu() - cpu0
             run.server_rss_peak = sum(s.peak_rss() for s in self.servers)
+            for name, read in (counters or {}).items():
+                run.counters[name] = read() - counted[name]
             busy = machine_busy_seconds() - busy0
             own = own_cpu_seconds() - own0
             state: dict[Any, int] | None = None

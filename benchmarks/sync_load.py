@@ -32,9 +32,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ from _common import (  # benchmarks/ is not a package
     load_banner,
     our_server_command,
     print_table,
+    proc_cpu_seconds,
     raise_fd_limit,
     server_has_option,
     start_server,
@@ -67,6 +70,7 @@ from _common import (  # benchmarks/ is not a package
 OURS = "crdt_sync"
 PYCRDT = "pycrdt-websocket"
 SECURED_RATIO = "secured/plain"
+REDIS_RATIO = "redis/single"
 MAX_SECONDS = 120.0
 MAX_IDLE = 5000
 #: The ramp's rates per client (x 10 clients = edits/s); it stops at the first failing step.
@@ -145,12 +149,16 @@ class Servers:
         *,
         tls: bool = False,
         auth: bool = False,
+        redis_url: str | None = None,
+        count: int = 1,
     ) -> None:
         self.library = library
         self.args = args
         self.max_connections = max_connections
         self.tls = tls
         self.auth = auth
+        self.redis_url = redis_url
+        self.count = count if redis_url is not None else 1
         self.tmp = tempfile.TemporaryDirectory(prefix="sync-load-")
         self.dir = Path(self.tmp.name)
         self.processes: list[ServerProcess] = []
@@ -175,9 +183,15 @@ class Servers:
                 extra += ["--secret-file", str(self.secret_file)]
             db = self.dir / "documents.sqlite3"
             command = our_server_command(
-                self.args.registry, db, self.max_connections, extra, auth=self.auth
+                self.args.registry,
+                db,
+                self.max_connections,
+                extra,
+                auth=self.auth,
+                redis_url=self.redis_url,
             )
-            self.processes.append(start_server(command, OURS))
+            for _ in range(self.count):
+                self.processes.append(start_server(command, OURS))
         except BaseException:
             self.__exit__()
             raise
@@ -214,8 +228,79 @@ class Servers:
         if self.library == PYCRDT:
             return "pycrdt-websocket WebsocketServer (no store)"
         store = "memory registry" if self.args.registry == "memory" else "SQLite registry"
+        if self.redis_url is not None:
+            store = f"Redis registry, {self.count} server process(es) on one Redis"
         access = " + ".join(part for part, on in (("TLS", self.tls), ("tokens", self.auth)) if on)
         return f"crdt_sync server, {store}" + (f", {access}" if access else ", no TLS, no tokens")
+
+
+class LocalRedis:
+    """A redis-server child on a free port of 127.0.0.1 (``--redis local``): a fresh
+    temporary directory, AOF on with ``appendfsync everysec``, no RDB snapshots."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="sync-load-redis-")
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def __enter__(self) -> LocalRedis:
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))
+            self.port = probe.getsockname()[1]
+        self.popen = subprocess.Popen(
+            [
+                *("redis-server", "--bind", HOST, "--port", str(self.port)),
+                *("--dir", self.tmp.name, "--appendonly", "yes", "--appendfsync", "everysec"),
+                *("--save", "", "--daemonize", "no"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return self
+            except Exception:
+                time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError("redis-server did not answer within 20 s")
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self.tmp.cleanup()
+
+
+def redis_counters(url: str, pid: int | None) -> dict[str, Any]:
+    """Window counters for a Redis run: commands Redis executed (INFO commandstats),
+    and, for a local redis-server, its CPU seconds."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5)
+
+    def commands() -> float:
+        stats = client.info("commandstats")
+        return float(sum(entry.get("calls", 0) for entry in stats.values()))
+
+    counters: dict[str, Any] = {"redis commands": commands}
+    if pid is not None:
+        counters["redis CPU"] = lambda: proc_cpu_seconds(pid)
+    return counters
 
 
 # ----------------------------------------------------------------- runs
@@ -254,6 +339,7 @@ def one_run(
     document_id: str = "bench-doc",
     servers: Servers | None = None,
     label: str | None = None,
+    counters: dict[str, Any] | None = None,
 ) -> LoadRun:
     """One load: precompute, (start a server), run the generator, check the server's state."""
     edits = max(1, min(MAX_EDITS_PER_CLIENT, round(rate * seconds)))
@@ -267,11 +353,14 @@ def one_run(
         generator = Generator(
             workload, urls, servers.processes, workers=args.workers, ca_file=servers.ca_file
         )
-        run = generator.run_load(rate, library, drain_timeout=args.drain, check_url=urls[0])
+        run = generator.run_load(
+            rate, library, drain_timeout=args.drain, check_url=urls[0], counters=counters
+        )
+        run.other_cpu = max(0.0, run.other_cpu - run.counters.get("redis CPU", 0.0))
         run.judge(args.limits)
-        dead = [p.name for p in servers.processes if not p.alive()]
-        if dead:
-            run.failure = run.failure or f"server died: {servers.processes[0].stderr_tail()}"
+        if not run.failure and not all(p.alive() for p in servers.processes):
+            # After the figures were taken: say so, keep them.
+            run.notes.append("the server process exited once the clients left")
         run.label = label or library
         run.build_seconds = workload.build_seconds
         run.server_description = servers.describe()
@@ -303,6 +392,10 @@ def report(runs: list[LoadRun], args: argparse.Namespace, ratio: str = "ours/the
             )
             for reason in run.saturated:
                 print(f"  - {reason}")
+            print(
+                f"  (timings withheld; not timing-dependent: deliveries {run.delivered:,} / "
+                f"{run.expected:,}, server holds every sent edit: {run.final_check})"
+            )
             print(
                 f"  (generator CPU {run.generator_cpu:.2f} s over {run.window:.1f} s; other "
                 f"processes on the machine {run.other_cpu:.2f} s; rerun with --workers "
@@ -391,6 +484,23 @@ def report(runs: list[LoadRun], args: argparse.Namespace, ratio: str = "ours/the
         [", ".join(f"{k} {v:,}" for k, v in sorted(r.errors_in.items())) or "-" for r in shown],
     )
     add("frames precomputed in", [f"{r.build_seconds:.1f} s" for r in shown])
+    if any("redis commands" in r.counters for r in shown):
+        add(
+            "Redis commands per edit",
+            [
+                f"{r.counters['redis commands'] / max(1, r.edits_sent):.1f}"
+                if "redis commands" in r.counters
+                else "-"
+                for r in shown
+            ],
+        )
+        add(
+            "Redis CPU in the window",
+            [
+                f"{r.counters['redis CPU']:.2f} s" if "redis CPU" in r.counters else "-"
+                for r in shown
+            ],
+        )
     print()
     for r in shown:
         print(f"{r.label}: {r.server_description}")
@@ -398,9 +508,19 @@ def report(runs: list[LoadRun], args: argparse.Namespace, ratio: str = "ours/the
     for r in shown:
         kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(r.messages_in.items()))
         print(f"{r.label} frames received by clients: {kinds or '-'}")
+        for note in r.notes:
+            print(f"{r.label}: note: {note}")
     ours = next((r for r in shown if r.label == OURS), None)
     if ours is not None:
         print_bars(ours, next((r for r in shown if r.label == PYCRDT), None), args)
+    if two and ratio == REDIS_RATIO:
+        spread, single = shown
+        p99r, p99s = spread.p(0.99), single.p(0.99)
+        lost = spread.delivered != spread.expected or spread.final_check != "yes"
+        print(
+            "bar (issue 10): p99 across processes <= 2x the single-process p99, no message "
+            "lost: " + ok(p99r is not None and p99s is not None and p99r <= 2 * p99s and not lost)
+        )
     if two and ratio == SECURED_RATIO:
         secured, plain = shown
         p99s, p99p = secured.p(0.99), plain.p(0.99)
@@ -459,6 +579,8 @@ def mode_load(args: argparse.Namespace) -> int:
         + (f" (replicas {args.lag_ms:g} ms behind)" if args.pattern == "random" else "")
         + f"; {args.workers} generator processes; registry {args.registry}"
     )
+    if args.redis is not None:
+        return load_redis(args)
     if args.tls or args.auth:
         # Issue 8: the same load with TLS and/or tokens, next to the plain run.
         name = "+".join(part for part, on in (("tls", args.tls), ("auth", args.auth)) if on)
@@ -477,6 +599,51 @@ def mode_load(args: argparse.Namespace) -> int:
         print(f"running {library} ...", flush=True)
         runs.append(one_run(library, args, args.clients, args.rate, args.seconds))
     return report(runs, args)
+
+
+def load_redis(args: argparse.Namespace) -> int:
+    """Issue 10: the load with clients spread over --servers processes on one Redis, next
+    to one process with the --registry store (SQLite by default)."""
+    local = LocalRedis() if args.redis == "local" else None
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(local).url if local is not None else args.redis
+        pid = local.popen.pid if local is not None and local.popen is not None else None
+        print(
+            f"Redis at {url}"
+            + (
+                " (a redis-server started for this run: AOF on, fsync every second)"
+                if local
+                else ""
+            )
+        )
+        # A fresh document per run: a Redis given by URL may hold earlier runs' documents.
+        document = f"bench-{os.getpid()}-{int(time.time())}"
+        runs = []
+        label = f"{OURS} redis x{args.servers}"
+        print(f"running {label} ...", flush=True)
+        with Servers(
+            OURS, args, max(1000, args.clients + 100), redis_url=url, count=args.servers
+        ) as srv:
+            runs.append(
+                one_run(
+                    OURS,
+                    args,
+                    args.clients,
+                    args.rate,
+                    args.seconds,
+                    document,
+                    servers=srv,
+                    label=label,
+                    counters=redis_counters(url, pid),
+                )
+            )
+        label = f"{OURS} {args.registry} x1"
+        print(f"running {label} ...", flush=True)
+        with Servers(OURS, args, max(1000, args.clients + 100)) as srv:
+            runs.append(
+                one_run(OURS, args, args.clients, args.rate, args.seconds, servers=srv, label=label)
+            )
+    return report(runs, args, REDIS_RATIO)
 
 
 def mode_ramp(args: argparse.Namespace) -> int:
@@ -613,7 +780,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-hold", type=float, default=5.0, help="seconds to hold them")
     parser.add_argument("--tls", action="store_true", help="serve wss:// (issue 8)")
     parser.add_argument("--auth", action="store_true", help="require tokens (issue 8)")
-    parser.add_argument("--redis", metavar="URL", default=None, help="Redis backplane (issue 10)")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        default=None,
+        help="Redis backplane (issue 10): redis://HOST:PORT/DB, or 'local' to start one",
+    )
     parser.add_argument("--servers", type=int, choices=(1, 2, 3), default=1)
     parser.add_argument("--max-generator-cpu", type=float, default=GeneratorLimits.worker_cpu)
     parser.add_argument("--max-loop-lag-ms", type=float, default=20.0)
@@ -658,7 +830,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.redis is not None or args.servers > 1:
         if not server_has_option("--redis"):
             return not_available("--redis/--servers", "--redis", "issue 10, the redis helper")
-        return not_available("--redis/--servers in this benchmark", "wiring", "issue 10")
+        if args.redis is None:
+            print("--servers needs --redis URL (or --redis local)")
+            return 2
+        if args.compare or args.ramp or args.idle or args.tls or args.auth:
+            print("--redis runs the load next to a single process; not with other modes")
+            return 2
     if args.idle:
         return mode_idle(args)
     if args.ramp:
