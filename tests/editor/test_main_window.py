@@ -186,3 +186,35 @@ def test_offline_edit_survives_restart_and_arrives(
     qtbot.waitUntil(lambda: widget_text(b.text_edit) == "written offline", timeout=5000)
     close_window(qtbot, reopened)
     close_window(qtbot, b)
+
+
+def test_ctrl_z_leaves_a_collaborators_later_rename_and_text_alone(duo: Duo, qtbot: QtBot) -> None:
+    a_model, b_model = duo.a.list_model, duo.b.list_model
+    assert a_model is not None and b_model is not None
+    assert duo.a.session is not None and duo.b.session is not None
+    a_model.add_item("milk")
+    qtbot.waitUntil(lambda: b_model.items == ["milk"])
+    # Bo renames the item, then Ada renames it later; Bo presses Ctrl+Z.
+    duo.b.session.undo.stop_capturing()
+    b_model.setData(b_model.index(0), "oat milk")
+    qtbot.waitUntil(lambda: a_model.items == ["oat milk"])
+    a_model.setData(a_model.index(0), "soy milk")
+    qtbot.waitUntil(lambda: b_model.items == ["soy milk"])
+    duo.b.text_edit.setFocus()
+    qtbot.keyClick(duo.b.text_edit, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert b_model.items == ["soy milk"]
+    b_model.add_item("marker")  # sent after anything the undo sent
+    qtbot.waitUntil(lambda: a_model.items == ["soy milk", "marker"])
+    assert b_model.items == ["soy milk", "marker"]
+    # Text: Bo's word, rewritten by Ada afterwards, stays Ada's after Bo's undo.
+    duo.b.session.undo.stop_capturing()
+    qtbot.keyClicks(duo.b.text_edit, "cat")
+    duo.converge_text("cat")
+    place_caret(duo.a.text_edit, 3, anchor=0)
+    qtbot.keyClicks(duo.a.text_edit, "dog")
+    duo.converge_text("dog")
+    qtbot.keyClick(duo.b.text_edit, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert widget_text(duo.b.text_edit) == "dog"
+    place_caret(duo.b.text_edit, 3)
+    qtbot.keyClicks(duo.b.text_edit, "!")  # sent after anything the undo sent
+    duo.converge_text("dog!")
