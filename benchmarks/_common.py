@@ -374,6 +374,10 @@ def server_help() -> str:
 #: from one address). The value None means a flag without argument.
 PERMISSIVE_OPTIONS: dict[str, str | None] = {
     "--no-auth": None,
+    "--max-connections-per-ip": "100000",
+    "--messages-per-second": "1000000",
+    "--message-burst": "1000000",
+    "--documents-per-ip-per-minute": "100000",
 }
 
 
@@ -389,10 +393,13 @@ def our_server_command(
     *,
     auth: bool = False,
     redis_url: str | None = None,
+    permissive: bool = True,
 ) -> list[str]:
     """Our server on 127.0.0.1, any free port, with the ``memory``, ``sqlite`` or (with
     ``redis_url``) Redis registry; with ``auth`` it requires tokens (``extra`` then
-    names its ``--secret-file``)."""
+    names its ``--secret-file``). ``permissive``: lift the per-address and per-connection
+    limits of :data:`PERMISSIVE_OPTIONS` (False: only ``--no-auth``, the server's own
+    limits stay, as a hostile-load test needs)."""
     command = [sys.executable, "-m", "server", "--host", HOST, "--port", "0"]
     if redis_url is not None:
         command += ["--redis", redis_url]
@@ -405,7 +412,7 @@ def our_server_command(
     command += ["--log-level", "WARNING", "--max-connections", str(max_connections)]
     command.append("--exit-with-parent")
     for option, value in PERMISSIVE_OPTIONS.items():
-        if auth and option == "--no-auth":
+        if (auth and option == "--no-auth") or (not permissive and option != "--no-auth"):
             continue
         if option not in extra and server_has_option(option):
             command += [option] if value is None else [option, value]

@@ -529,7 +529,10 @@ def run_class(kind: str, args: argparse.Namespace, prepared: Prepared) -> ClassR
     attacker_workload = prepared.flood if kind == "flood" else []
     attacker_changes = prepared.flood_changes if kind == "flood" else []
     with tempfile.TemporaryDirectory(prefix="hostile-load-") as tmp:
-        command = our_server_command(args.registry, Path(tmp) / "documents.sqlite3", 1000)
+        # The server's own limits stay: they are what this benchmark is about.
+        command = our_server_command(
+            args.registry, Path(tmp) / "documents.sqlite3", 1000, permissive=False
+        )
         server = start_server(command, "crdt_sync")
         try:
             url = f"ws://{HOST}:{server.port}/{DOCUMENT}"
