@@ -360,7 +360,7 @@ def memory_probe(library: str, probe_file: Path) -> dict[str, int]:
     return out
 
 
-def measure_memory(library: str, trace: Trace) -> dict[str, int]:
+def measure_memory(library: str, trace: Trace, traces_dir: Path) -> dict[str, int]:
     """Run :func:`memory_probe` in a child process (a fresh heap) and return its figures."""
     with tempfile.TemporaryDirectory() as tmp:
         probe_file = Path(tmp) / "trace.marshal"
@@ -372,6 +372,8 @@ def measure_memory(library: str, trace: Trace) -> dict[str, int]:
             library,
             "--probe-file",
             str(probe_file),
+            "--traces-dir",
+            str(traces_dir),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
@@ -941,9 +943,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if theirs is not None and ascii_trace is not None:
                 run_pycrdt(ascii_trace, theirs, first=i == 0)
         if not args.no_memory:
-            ours.memory = measure_memory("ours", trace)
+            ours.memory = measure_memory("ours", trace, traces_dir)
             if theirs is not None and ascii_trace is not None:
-                theirs.memory = measure_memory("pycrdt", ascii_trace)
+                theirs.memory = measure_memory("pycrdt", ascii_trace, traces_dir)
         report(trace, ours, theirs)
         del trace, ascii_trace
         gc.collect()

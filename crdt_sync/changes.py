@@ -62,7 +62,10 @@ OP_HANDLER_KIND = {
 ChangeTuple = tuple[str, int, int, tuple[tuple[str, int], ...], tuple[Any, ...], int]
 
 MAGIC = b"CRDC"
+#: Version of the snapshot format (and of change batches before columns).
 FORMAT_VERSION = 1
+#: Version of the change batch format written now (``batch.py``); 1 is still read.
+CHANGES_VERSION = 2
 MAX_NAME = 1024
 
 
@@ -224,7 +227,28 @@ def _write_op(w: Writer, t: _Tables, op: tuple[Any, ...], peer: str, first: int)
 
 
 def encode_change_tuples(changes: Iterable[ChangeTuple], compress: bool | None = None) -> bytes:
-    """Encode change tuples; ``compress`` None compresses bodies over 4 KiB."""
+    """Encode change tuples (format version 2: columns and runs, see ``batch.py``);
+    ``compress`` None compresses bodies over 4 KiB."""
+    from .batch import encode_segment
+
+    changes = list(changes)
+    return encode_bodies([encode_segment(changes)] if changes else [], compress)
+
+
+def encode_bodies(bodies: Iterable[bytes], compress: bool | None = None) -> bytes:
+    """A version 2 batch made of segment bodies (``batch.encode_segment``)."""
+    from .batch import encode_body
+
+    payload = encode_body(bodies)
+    if compress is None:
+        compress = len(payload) > 4096
+    if compress:
+        return MAGIC + bytes([CHANGES_VERSION, 1]) + zlib.compress(payload, 6)
+    return MAGIC + bytes([CHANGES_VERSION, 0]) + payload
+
+
+def encode_change_tuples_v1(changes: Iterable[ChangeTuple], compress: bool | None = None) -> bytes:
+    """The version 1 (row by row) encoding, still decoded (stored batches, tests)."""
     t = _Tables()
     body = Writer()
     count = 0
@@ -299,11 +323,14 @@ def inflate(data: bytes, offset: int, limit: int = MAX_INFLATED) -> bytes:
     return out
 
 
-def _read_header(data: bytes, magic: bytes, max_size: int = MAX_INFLATED) -> tuple[bytes, int]:
+def _read_header(
+    data: bytes, magic: bytes, max_size: int = MAX_INFLATED, versions: tuple[int, ...] = (1,)
+) -> tuple[bytes, int]:
     """The body of ``data`` after its header (inflated if compressed) and where it starts.
 
     ``max_size`` bounds the body: a compressed body may inflate to at most that
     many bytes, an uncompressed one may be at most that long (DecodeError).
+    ``versions`` are the format versions accepted.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"expected bytes, not {type(data).__name__}")
@@ -313,7 +340,7 @@ def _read_header(data: bytes, magic: bytes, max_size: int = MAX_INFLATED) -> tup
     if len(data) < len(magic) + 2 or data[: len(magic)] != magic:
         raise DecodeError("not crdt_sync data (bad magic bytes)", 0)
     version = data[len(magic)]
-    if version != FORMAT_VERSION:
+    if version not in versions:
         raise DecodeError(f"unsupported format version {version}", len(magic))
     flags = data[len(magic) + 1]
     if flags & ~1:
@@ -414,8 +441,11 @@ def decode_change_tuples(data: bytes, max_size: int = MAX_INFLATED) -> list[Chan
     ``max_size`` bounds the decoded body: what a compressed batch inflates to,
     or an uncompressed batch's length (a server passes its message size limit).
     """
-    body, start = _read_header(data, MAGIC, max_size)
-    r = Reader(body, start)
+    version, r = _batch_reader(data, max_size)
+    if version == CHANGES_VERSION:
+        from .batch import decode_segments
+
+        return [t for segment in decode_segments(r) for t in segment.tuples()]
     peers = [r.str() for _ in range(r.count(1))]
     if any(not p or len(p) > MAX_NAME for p in peers):
         raise r.fail("bad peer id in the peer table")
@@ -430,6 +460,23 @@ def decode_change_tuples(data: bytes, max_size: int = MAX_INFLATED) -> list[Chan
         raise DecodeError("truncated change", r.pos) from None
     r.expect_end()
     return out
+
+
+def _batch_reader(data: bytes, max_size: int) -> tuple[int, Reader]:
+    """The format version of a change batch and a reader at the start of its body."""
+    body, start = _read_header(data, MAGIC, max_size, (FORMAT_VERSION, CHANGES_VERSION))
+    return data[len(MAGIC)], Reader(body, start)
+
+
+def decode_batch(data: bytes, max_size: int = MAX_INFLATED) -> Any:
+    """Decode a batch for import: a list of :class:`batch.Segment` (version 2), or a
+    list of change tuples (version 1). Only ever raises :class:`DecodeError`."""
+    version, r = _batch_reader(data, max_size)
+    if version == CHANGES_VERSION:
+        from .batch import decode_segments
+
+        return decode_segments(r)
+    return decode_change_tuples(data, max_size)
 
 
 def _decode_body(r: Reader, n: int, peers: list[str], names: list[str]) -> list[ChangeTuple]:
@@ -457,8 +504,8 @@ def _decode_body(r: Reader, n: int, peers: list[str], names: list[str]) -> list[
             peer = _read_peer(r, peers)
         ctr = expect if flags & _F_NEXT_COUNTER else r.uint(1 << 53)
         ts += r.sint()
-        if ts < 0:
-            raise r.fail("negative timestamp")
+        if not 0 <= ts < 1 << 63:
+            raise r.fail("time stamp out of range")
         if flags & _F_CHAIN_DEPS:
             if ctr == 0:
                 raise r.fail("chained deps on counter 0")

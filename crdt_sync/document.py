@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A document holds one *state* per shared object, named by ``(name, kind)`` (see
-``state.py``) and the *history* of changes that built it (``_log``), kept apart.
+``state.py``) and the *history* of changes that built it (``history.py``), kept apart.
 Local edits go through handlers, which apply them to the state at once and add
 an op to the open transaction; committing the transaction turns its ops into
 one :class:`Change` (first op id, ops, minimal deps: see ``_deps_of``, a hybrid
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .batch import DELETING, FULL, TYPING, Run, Segment
 from .changes import (
     KIND_MAP,
     KIND_TEXT,
@@ -38,8 +38,8 @@ from .changes import (
     TEXT_INSERT,
     Change,
     ChangeTuple,
-    decode_change_tuples,
-    encode_change_tuples,
+    decode_batch,
+    encode_bodies,
 )
 from .events import (
     DeltaBuilder,
@@ -56,6 +56,7 @@ from .exceptions import (
     InvalidChangeError,
     PendingBufferFullError,
 )
+from .history import History
 from .ids import HybridLogicalClock, PeerId, VersionVector
 from .sequence import C, N
 from .state import STATE_TYPES, NewIds, State, StateKey, TextState
@@ -68,7 +69,8 @@ if TYPE_CHECKING:
 _EMPTY_STATES: dict[str, Any] = {kind: cls() for kind, cls in STATE_TYPES.items()}
 
 
-SINGLE, TYPING, DELETING = 0, 1, 2
+#: How ``_typing_runs`` cuts a list of changes (the run kinds of ``batch.py``).
+SINGLE = FULL
 
 
 def _deps_of(peer: str, first: int, ops: list[tuple[Any, ...]]) -> tuple[tuple[str, int], ...]:
@@ -249,11 +251,7 @@ class CRDTDocument:
         self._clock = HybridLogicalClock()
         self._next = 0
         # History: changes in the order applied (a causal order).
-        self._log: list[ChangeTuple] = []
-        self._log_ctrs: dict[str, list[int]] = {}
-        self._log_pos: dict[str, list[int]] = {}
-        self._own_ctrs: list[int] = self._log_ctrs.setdefault(self._peer, [])
-        self._own_pos: list[int] = self._log_pos.setdefault(self._peer, [])
+        self._history = History()
         # State known without its changes (a compacted or imported snapshot).
         self._base_vv: dict[str, int] = {}
         # Changes waiting for deps, filed under the peer they wait for.
@@ -410,10 +408,7 @@ class CRDTDocument:
             nxt = self._next
             frontier = self._frontier
             change = (peer, first, self._ts, _deps_of(peer, first, ops), tuple(ops), nxt - first)
-            log = self._log
-            self._own_ctrs.append(first)
-            self._own_pos.append(len(log))
-            log.append(change)
+            self._history.append(change)
             self._vv[peer] = nxt
             if len(frontier) != 1 or peer not in frontier:
                 frontier.clear()
@@ -504,23 +499,10 @@ class CRDTDocument:
         if since is None:
             if self._base_vv:
                 raise HistoryCompactedError("history before the last compaction is gone")
-            return list(self._log)
+            return self._history.since(None)
         if not self.can_export(since):
             raise HistoryCompactedError("history the receiver lacks was compacted")
-        positions: list[int] = []
-        for peer, ctrs in self._log_ctrs.items():
-            have = since.get(peer, 0)
-            if self._vv.get(peer, 0) <= have:
-                continue
-            i = bisect_left(ctrs, have)
-            if i and i <= len(ctrs):
-                prev = self._log[self._log_pos[peer][i - 1]]
-                if prev[1] + prev[5] > have:
-                    i -= 1
-            positions.extend(self._log_pos[peer][i:])
-        positions.sort()
-        log = self._log
-        return [log[i] for i in positions]
+        return self._history.since(since)
 
     def can_export(self, since: VersionVector) -> bool:
         """Whether the changes ``since`` lacks are all still in the history."""
@@ -531,7 +513,16 @@ class CRDTDocument:
         return True
 
     def binary_export_changes(self, since: VersionVector | None = None) -> bytes:
-        return encode_change_tuples(self._export(since))
+        """The changes ``since`` lacks (all when None) as bytes (``encode_changes``).
+
+        Whole segments of the history are reused as they are kept.
+        """
+        if since is None:
+            if self._base_vv:
+                raise HistoryCompactedError("history before the last compaction is gone")
+        elif not self.can_export(since):
+            raise HistoryCompactedError("history the receiver lacks was compacted")
+        return encode_bodies(self._history.bodies_since(since))
 
     def binary_import_changes(self, data: bytes, max_size: int = MAX_INFLATED) -> int:
         """Decode and import; a DecodeError leaves the document untouched.
@@ -539,7 +530,125 @@ class CRDTDocument:
         ``max_size`` bounds the decoded body of ``data`` (what its compressed
         form may inflate to): a server passes its message size limit.
         """
-        return self._import(decode_change_tuples(data, max_size))
+        batch = decode_batch(data, max_size)
+        if batch and isinstance(batch[0], Segment):
+            return self._import_segments(batch)
+        return self._import(batch)
+
+    def _import_segments(self, segments: list[Segment]) -> int:
+        """Import decoded segments run by run when they are simply the next changes
+        (each run starting at the counter expected from its peer, its deps known,
+        nothing pending); otherwise change by change through :meth:`_import`.
+
+        The fast way builds no object per change: a typing run is one integration
+        of its text, a deleting run one pass over its merged ranges, and the
+        segments join the history as they are. Same checks, same result.
+        """
+        if self._depth:
+            raise RuntimeError("cannot import changes inside a transaction")
+        if self._waiting or not self._runs_are_next(segments):
+            return self._import([t for seg in segments for t in seg.tuples()])
+        self._validate_runs(segments)
+        # From here on nothing can fail on account of the input.
+        stamps = [max(seg.ts) for seg in segments if seg.n]
+        if stamps:
+            self._clock.observe(max(stamps))
+        for seg in segments:
+            for run in seg.runs:
+                self._apply_run(seg, run)
+            self._history.add_segment(seg)
+        self._emit_handler_events(None, False)
+        count = sum(seg.n for seg in segments)
+        if count and self._on_update._subs:
+            changes = tuple(Change(t) for seg in segments for t in seg.tuples())
+            self._on_update.emit(UpdateEvent(changes, False, None))
+        return count
+
+    def _runs_are_next(self, segments: list[Segment]) -> bool:
+        """Whether every run of ``segments`` applies in order as it stands."""
+        vv = dict(self._vv)
+        for seg in segments:
+            for run in seg.runs:
+                _, _, kind, head, _, _, _, end = run
+                peer = head[0]
+                if vv.get(peer, 0) != head[1]:
+                    return False  # a duplicate, an overlap or a gap
+                for dpeer, dctr in head[3]:
+                    if vv.get(dpeer, 0) <= dctr:
+                        return False
+                if kind == TYPING:
+                    right = head[4][0][3]
+                    if right is not None and right[0] != peer and vv.get(right[0], 0) <= right[1]:
+                        return False
+                elif kind == DELETING:
+                    for p, c, n in seg.delete_ranges(run):
+                        if p != peer and vv.get(p, 0) < c + n:
+                            return False
+                vv[peer] = end
+        return True
+
+    def _validate_runs(self, segments: list[Segment]) -> None:
+        """Raise InvalidChangeError unless every run applies, in order."""
+        created = NewIds()
+        for seg in segments:
+            for run in seg.runs:
+                _, _, kind, head, _, _, _, end = run
+                self._validate_one(head, created)
+                if kind == TYPING:
+                    created.add((head[4][0][1], KIND_TEXT), head[0], head[1] + head[5], end)
+                elif kind == DELETING:
+                    key = (head[4][0][1], KIND_TEXT)
+                    state: Any = self._states.get(key)
+                    seq = (state if state is not None else _EMPTY_STATES[KIND_TEXT]).seq
+                    for peer, ctr, n in _coalesce(seg.delete_ranges(run)):
+                        at, stop = ctr, ctr + n
+                        while at < stop:
+                            span = seq.find(peer, at)
+                            nxt = (
+                                span[C] + span[N]
+                                if span is not None
+                                else created.end_of(key, (peer, at))
+                            )
+                            if nxt is None:
+                                raise InvalidChangeError(
+                                    f"text delete of unknown elements {peer}@{ctr}+{n}"
+                                )
+                            at = nxt
+
+    def _apply_run(self, seg: Segment, run: Run) -> None:
+        """Apply one validated run of a segment (no history: the segment is kept)."""
+        _, _, kind, head, _, x0, _, end = run
+        peer, ctr, _, deps, ops, size = head
+        if kind == FULL:
+            self._apply_ops(head)
+        else:
+            op = ops[0]
+            key = (op[1], KIND_TEXT)
+            state = self._state(key)
+            out = self._builder(key)
+            if kind == TYPING:
+                head_end = ctr + size
+                text = op[4] + seg.text[x0 : x0 + end - head_end]
+                state.apply((TEXT_INSERT, op[1], op[2], op[3], text), peer, ctr, 0, out)
+            else:
+                ranges = _coalesce([*op[2], *seg.delete_ranges(run)])
+                state.apply((TEXT_DELETE, op[1], tuple(ranges)), peer, ctr, 0, out)
+        self._vv[peer] = end
+        frontier = self._frontier
+        for dpeer, dctr in deps:
+            if frontier.get(dpeer) == dctr:
+                del frontier[dpeer]
+        if kind == TYPING:
+            right = ops[0][3]
+            if right is not None and frontier.get(right[0]) == right[1]:
+                del frontier[right[0]]
+        elif kind == DELETING:
+            for p, c, n in seg.delete_ranges(run):
+                if p != peer and frontier.get(p) == c + n - 1:
+                    del frontier[p]
+        frontier[peer] = end - 1
+        if peer == self._peer:
+            self._next = max(self._next, end)
 
     def import_changes(self, changes: Iterable[Change]) -> int:
         """Apply the changes not yet seen, in causal order; returns how many were applied.
@@ -653,13 +762,9 @@ class CRDTDocument:
         did (e.g. reloaded an older snapshot under its old peer id). Silently
         dropping it would let the replicas diverge for good.
         """
-        ctrs = self._log_ctrs.get(change[0])
-        if not ctrs:
+        logged = self._history.has_start(change[0], change[1])
+        if logged is None:
             return False  # never logged here (or compacted): nothing to compare
-        i = bisect_left(ctrs, change[1])
-        if i == len(ctrs) or ctrs[i] != change[1]:
-            return False
-        logged = self._log[self._log_pos[change[0]][i]]
         return logged[3:] != change[3:]
 
     def _validate(self, order: list[ChangeTuple], runs: list[tuple[int, int, int]]) -> None:
@@ -787,23 +892,21 @@ class CRDTDocument:
             if frontier.get(dpeer) == dctr:
                 del frontier[dpeer]
         frontier[peer] = end - 1
-        log = self._log
-        ctrs = self._log_ctrs.get(peer)
-        if ctrs is None:
-            ctrs = self._log_ctrs[peer] = []
-            self._log_pos[peer] = []
-        base = len(log)
-        ctrs.extend([t[1] for t in run])
-        self._log_pos[peer].extend(range(base, base + len(run)))
-        log.extend(run)
+        self._history.extend(run)
         if peer == self._peer:
             self._next = max(self._next, end)
 
     def _apply(self, t: ChangeTuple) -> None:
         """Apply one validated change to the states, then record it."""
-        peer, ctr, ts, _, ops, _ = t
+        ts = t[2]
         if ts > self._clock.last:
             self._clock.last = ts
+        self._apply_ops(t)
+        self._record(t)
+
+    def _apply_ops(self, t: ChangeTuple) -> None:
+        """Apply the ops of one validated change to the states."""
+        peer, ctr, ts, _, ops, _ = t
         states = self._states
         first = ctr
         for op in ops:
@@ -818,7 +921,6 @@ class CRDTDocument:
                 out = self._map_out(key) if state.kind == KIND_MAP else self._builder(key)
             state.apply(op, peer, first, ts, out)
             first += len(op[4]) if code == TEXT_INSERT or code == LIST_INSERT else 1
-        self._record(t)
 
     def _record(self, t: ChangeTuple) -> None:
         """Bookkeeping after applying remote change ``t``: vector, frontier, history."""
@@ -829,14 +931,7 @@ class CRDTDocument:
             if frontier.get(dpeer) == dctr:
                 del frontier[dpeer]
         frontier[peer] = ctr + size - 1
-        log = self._log
-        ctrs = self._log_ctrs.get(peer)
-        if ctrs is None:
-            ctrs = self._log_ctrs[peer] = []
-            self._log_pos[peer] = []
-        ctrs.append(ctr)
-        self._log_pos[peer].append(len(log))
-        log.append(t)
+        self._history.append(t)
         if peer == self._peer:
             # Our own changes coming back (e.g. after reloading an older snapshot).
             self._next = max(self._next, ctr + size)
@@ -853,16 +948,8 @@ class CRDTDocument:
         peer, ctr = op_id
         if peer == self._peer and self._depth and self._first <= ctr < self._next:
             return self._ts  # made by the open transaction
-        ctrs = self._log_ctrs.get(peer)
-        if not ctrs:
-            return None
-        i = bisect_right(ctrs, ctr) - 1
-        if i < 0:
-            return None
-        change = self._log[self._log_pos[peer][i]]
-        if ctr >= change[1] + change[5]:
-            return None
-        return change[2]
+        change = self._history.find(peer, ctr)
+        return None if change is None else change[2]
 
     # -------------------------------------------------------------- snapshots
 
@@ -939,11 +1026,7 @@ class CRDTDocument:
         if self._depth:
             raise RuntimeError("cannot compact inside a transaction")
         self._base_vv = dict(self._vv)
-        self._log = []
-        self._own_ctrs = []
-        self._own_pos = []
-        self._log_ctrs = {self._peer: self._own_ctrs}
-        self._log_pos = {self._peer: self._own_pos}
+        self._history.clear()
 
     # ---------------------------------------------------------------- testing
 

@@ -1,0 +1,483 @@
+"""Change batches as columns and runs (change format version 2).
+
+Real editing is runs: one peer typing on (each change a single insert right
+after the previous one, same right origin) or deleting on (each change a
+single text delete, backspace or forward delete). Version 2 of the change
+format stores a batch as *segments*; in a segment every change is either a
+*head* (a full row, as in version 1 but without its time stamp) or a
+*continuation* of the run the previous change started, which is fully
+determined by that change except for a few numbers kept in columns:
+
+- typing continuation: its text (the text column, lengths in ``tlen``);
+- deleting continuation: its one range ``(peer, counter, length)``.
+
+A continuation's peer, counter, handler, origins and deps are derived (deps
+exactly as :func:`crdt_sync.document._deps_of` makes them), so a decoder
+builds them instead of trusting them: a hostile batch can only describe runs
+that are valid by construction. Columns are fixed-width little-endian arrays,
+read in bulk (``array.frombytes``), so decoding and applying cost per *run*,
+not per change. The layout is in ``docs/encoding.md``.
+
+A segment body is self-contained (its own peer and name tables), so the
+history keeps segments as they came (``history.py``) and an export since a
+version reuses whole segments instead of re-encoding them.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterable
+from itertools import accumulate
+from typing import Any
+
+from .changes import (
+    _F_CHAIN_DEPS,
+    _F_NEXT_COUNTER,
+    _F_SAME_PEER,
+    MAX_NAME,
+    TEXT_DELETE,
+    TEXT_INSERT,
+    ChangeTuple,
+    _read_id,
+    _read_op,
+    _read_peer,
+    _Tables,
+    _write_id,
+    _write_op,
+    op_size,
+)
+from .codec import MAX_COUNT, Reader, Writer
+
+FULL, TYPING, DELETING = 0, 1, 2
+MAX_COUNTER = 1 << 53
+MAX_STAMP = 1 << 63
+
+_LITTLE = sys.byteorder == "little"
+_HEAD = re.compile(b"\x00")
+
+#: A run: (first change index, end index, kind, head change, offset in tlen,
+#: offset in the text column, offset in the delete columns, counter after the run).
+Run = tuple[int, int, int, ChangeTuple, int, int, int, int]
+
+
+def _typing_deps(peer: str, ctr: int, right: Any) -> tuple[tuple[str, int], ...]:
+    if right is None or right[0] == peer:
+        return ((peer, ctr - 1),)
+    return ((peer, ctr - 1), (right[0], right[1]))
+
+
+def _delete_deps(peer: str, ctr: int, p: str, c: int, n: int) -> tuple[tuple[str, int], ...]:
+    if p == peer:
+        return ((peer, ctr - 1),)
+    return ((peer, ctr - 1), (p, c + n - 1))
+
+
+def _tobytes(code: str, values: Iterable[int]) -> bytes:
+    a = array(code, values)
+    if not _LITTLE:  # pragma: no cover - big-endian hosts
+        a.byteswap()
+    return a.tobytes()
+
+
+def _frombytes(r: Reader, code: str, n: int) -> array[int]:
+    a = array(code)
+    a.frombytes(r.raw(a.itemsize * n))
+    if not _LITTLE:  # pragma: no cover
+        a.byteswap()
+    return a
+
+
+# ----------------------------------------------------------------- encoding
+
+
+def encode_segment(changes: Iterable[ChangeTuple]) -> bytes:
+    """One segment body holding ``changes`` (in order)."""
+    t = _Tables()
+    kinds = bytearray()
+    stamps: list[int] = []
+    tlen: list[int] = []
+    texts: list[str] = []
+    dpeer: list[int] = []
+    dctr: list[int] = []
+    dlen: list[int] = []
+    rows = Writer()
+    prev_peer: str | None = None
+    expect = 0
+    # The run the previous change can be continued by: (kind, name, right).
+    run: tuple[int, str, Any] | None = None
+    for change in changes:
+        peer, ctr, stamp, deps, ops, size = change
+        stamps.append(stamp)
+        if run is not None and peer == prev_peer and ctr == expect and len(ops) == 1:
+            op = ops[0]
+            if run[0] == TYPING:
+                if (
+                    op[0] == TEXT_INSERT
+                    and op[1] == run[1]
+                    and op[3] == run[2]
+                    and op[2] == (peer, ctr - 1)
+                    and deps == _typing_deps(peer, ctr, run[2])
+                ):
+                    kinds.append(TYPING)
+                    tlen.append(size)
+                    texts.append(op[4])
+                    expect = ctr + size
+                    continue
+            elif (
+                op[0] == TEXT_DELETE
+                and op[1] == run[1]
+                and len(op[2]) == 1
+                and size == 1
+                and deps == _delete_deps(peer, ctr, *op[2][0])
+            ):
+                p, c, n = op[2][0]
+                kinds.append(DELETING)
+                dpeer.append(t.peer(p))
+                dctr.append(c)
+                dlen.append(n)
+                expect = ctr + 1
+                continue
+        kinds.append(FULL)
+        flags = 0
+        if peer == prev_peer:
+            flags |= _F_SAME_PEER
+            if ctr == expect:
+                flags |= _F_NEXT_COUNTER
+        if len(deps) == 1 and deps[0][0] == peer and deps[0][1] == ctr - 1:
+            flags |= _F_CHAIN_DEPS
+        rows.byte(flags)
+        if not flags & _F_SAME_PEER:
+            rows.uint(t.peer(peer))
+        if not flags & _F_NEXT_COUNTER:
+            rows.uint(ctr)
+        if not flags & _F_CHAIN_DEPS:
+            rows.uint(len(deps))
+            for dep in deps:
+                _write_id(rows, t, dep)
+        rows.uint(len(ops))
+        first = ctr
+        for op in ops:
+            _write_op(rows, t, op, peer, first)
+            first += op_size(op)
+        prev_peer = peer
+        expect = first
+        run = None
+        if len(ops) == 1:
+            op = ops[0]
+            if op[0] == TEXT_INSERT:
+                run = (TYPING, op[1], op[3])
+            elif op[0] == TEXT_DELETE:
+                run = (DELETING, op[1], None)
+    w = Writer()
+    w.uint(len(t.peers))
+    for peer in t.peers:
+        w.str(peer)
+    w.uint(len(t.names))
+    for name in t.names:
+        w.str(name)
+    n = len(kinds)
+    w.uint(n)
+    w.raw(bytes(kinds))
+    # Time stamps as deltas (small numbers compress well).
+    w.raw(_tobytes("q", [b - a for a, b in zip([0, *stamps], stamps, strict=False)]))
+    w.uint(len(tlen))
+    w.raw(_tobytes("I", tlen))
+    w.uint(len(dpeer))
+    w.raw(_tobytes("I", dpeer))
+    w.raw(_tobytes("Q", dctr))
+    w.raw(_tobytes("I", dlen))
+    w.str("".join(texts))
+    w.raw(rows.getvalue())
+    return w.getvalue()
+
+
+# ----------------------------------------------------------------- decoding
+
+
+class Segment:
+    """A decoded segment: its columns, its runs (heads decoded), its body bytes.
+
+    Nothing per change is built until asked for (:meth:`tuples`, :meth:`find`).
+    """
+
+    __slots__ = (
+        "_index",
+        "body",
+        "dctr",
+        "dlen",
+        "dpeer",
+        "n",
+        "peers",
+        "runs",
+        "summary",
+        "text",
+        "tlen",
+        "ts",
+    )
+
+    def __init__(self) -> None:
+        self.body = b""
+        self.n = 0
+        self.peers: list[str] = []
+        self.ts: array[int] = array("q")
+        self.tlen: array[int] = array("I")
+        self.dpeer: array[int] = array("I")
+        self.dctr: array[int] = array("Q")
+        self.dlen: array[int] = array("I")
+        self.text = ""
+        self.runs: list[Run] = []
+        # peer -> (first counter, counter after the last) of its changes here.
+        self.summary: dict[str, tuple[int, int]] = {}
+        self._index: dict[str, tuple[list[int], list[int]]] | None = None
+
+    def run_changes(self, run: Run) -> list[ChangeTuple]:
+        """The changes of ``run``, built."""
+        i, j, kind, head, tl0, x0, d0, _ = run
+        out = [head]
+        if kind == FULL:
+            return out
+        peer = head[0]
+        ctr = head[1] + head[5]
+        ts = self.ts
+        name = head[4][0][1]
+        if kind == TYPING:
+            right = head[4][0][3]
+            text = self.text
+            x = x0
+            for k, length in enumerate(self.tlen[tl0 : tl0 + j - i - 1], i + 1):
+                op: Any = (TEXT_INSERT, name, (peer, ctr - 1), right, text[x : x + length])
+                out.append((peer, ctr, ts[k], _typing_deps(peer, ctr, right), (op,), length))
+                ctr += length
+                x += length
+        else:
+            peers = self.peers
+            cols = zip(
+                self.dpeer[d0 : d0 + j - i - 1],
+                self.dctr[d0 : d0 + j - i - 1],
+                self.dlen[d0 : d0 + j - i - 1],
+                strict=True,
+            )
+            for k, (pi, c, n) in enumerate(cols, i + 1):
+                p = peers[pi]
+                op = (TEXT_DELETE, name, ((p, c, n),))
+                out.append((peer, ctr, ts[k], _delete_deps(peer, ctr, p, c, n), (op,), 1))
+                ctr += 1
+        return out
+
+    def tuples(self) -> list[ChangeTuple]:
+        """Every change of the segment, built, in order."""
+        out: list[ChangeTuple] = []
+        for run in self.runs:
+            out.extend(self.run_changes(run))
+        return out
+
+    def delete_ranges(self, run: Run) -> list[tuple[str, int, int]]:
+        """The ranges a deleting run's continuations delete (not its head's)."""
+        i, j, _, _, _, _, d0, _ = run
+        peers = self.peers
+        stop = d0 + j - i - 1
+        return list(
+            zip(
+                [peers[p] for p in self.dpeer[d0:stop]],
+                self.dctr[d0:stop],
+                self.dlen[d0:stop],
+                strict=True,
+            )
+        )
+
+    def find(self, peer: str, ctr: int) -> ChangeTuple | None:
+        """The change of this segment holding op ``(peer, ctr)``, or None.
+
+        A bisection among the runs of ``peer``, then one change built.
+        """
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for k, run in enumerate(self.runs):
+                head = run[3]
+                entry = index.get(head[0])
+                if entry is None:
+                    entry = index[head[0]] = ([], [])
+                entry[0].append(head[1])
+                entry[1].append(k)
+        entry = index.get(peer)
+        if entry is None:
+            return None
+        at = bisect_right(entry[0], ctr) - 1
+        if at < 0:
+            return None
+        run = self.runs[entry[1][at]]
+        i, j, kind, head, tl0, x0, d0, end = run
+        if ctr >= end:
+            return None
+        head_end = head[1] + head[5]
+        if ctr < head_end:
+            return head
+        name = head[4][0][1]
+        if kind == TYPING:
+            starts = list(accumulate(self.tlen[tl0 : tl0 + j - i - 1], initial=head_end))
+            k = bisect_right(starts, ctr) - 1  # the k-th continuation
+            at_ctr, length = starts[k], starts[k + 1] - starts[k]
+            x = x0 + at_ctr - head_end
+            right = head[4][0][3]
+            op: Any = (TEXT_INSERT, name, (peer, at_ctr - 1), right, self.text[x : x + length])
+            deps = _typing_deps(peer, at_ctr, right)
+            return (peer, at_ctr, self.ts[i + 1 + k], deps, (op,), length)
+        k = ctr - head_end
+        p, c, n = self.peers[self.dpeer[d0 + k]], self.dctr[d0 + k], self.dlen[d0 + k]
+        op = (TEXT_DELETE, name, ((p, c, n),))
+        return (peer, ctr, self.ts[i + 1 + k], _delete_deps(peer, ctr, p, c, n), (op,), 1)
+
+
+def decode_segment(r: Reader) -> Segment:
+    """Read one segment body at ``r``; only ever raises :class:`DecodeError`."""
+    start = r.pos
+    seg = Segment()
+    peers = [r.str() for _ in range(r.count(1))]
+    if any(not p or len(p) > MAX_NAME for p in peers):
+        raise r.fail("bad peer id in the peer table")
+    names = [r.str() for _ in range(r.count(1))]
+    if any(len(n) > MAX_NAME for n in names):
+        raise r.fail("handler name too long")
+    n = r.count(9)
+    kinds = r.raw(n)
+    if kinds.translate(None, b"\x00\x01\x02"):
+        raise r.fail("unknown change kind")
+    if n and kinds[0] != FULL:
+        raise r.fail("a segment cannot start with a continuation")
+    try:
+        ts = array("q", accumulate(_frombytes(r, "q", n)))
+    except OverflowError:
+        raise r.fail("time stamp out of range") from None
+    if n and (min(ts) < 0):
+        raise r.fail("negative time stamp")
+    nt = r.count(4)
+    if nt != kinds.count(TYPING):
+        raise r.fail("typing lengths do not match the changes")
+    tlen = _frombytes(r, "I", nt)
+    if nt and min(tlen) < 1:
+        raise r.fail("empty typing change")
+    nd = r.count(16)
+    if nd != kinds.count(DELETING):
+        raise r.fail("delete ranges do not match the changes")
+    dpeer = _frombytes(r, "I", nd)
+    dctr = _frombytes(r, "Q", nd)
+    dlen = _frombytes(r, "I", nd)
+    if nd and (
+        max(dpeer) >= len(peers)
+        or max(dctr) >= MAX_COUNTER
+        or min(dlen) < 1
+        or max(dlen) > MAX_COUNT
+    ):
+        raise r.fail("bad delete range")
+    text = r.str()
+    if len(text) != sum(tlen):
+        raise r.fail("text length does not match the typing changes")
+    heads = [m.start() for m in _HEAD.finditer(kinds)]
+    heads.append(n)
+    runs: list[Run] = []
+    summary: dict[str, tuple[int, int]] = {}
+    prev_peer = ""
+    expect = 0
+    tl = x = d = 0
+    for h in range(len(heads) - 1):
+        i, j = heads[h], heads[h + 1]
+        head = _read_row(r, peers, names, prev_peer, expect, ts[i], bool(runs))
+        peer = head[0]
+        end = head[1] + head[5]
+        m = j - i - 1
+        kind = FULL
+        tl0, x0, d0 = tl, x, d
+        if m:
+            kind = kinds[i + 1]
+            if kinds.count(kind, i + 1, j) != m:
+                raise r.fail("a run mixes typing and deleting")
+            ops = head[4]
+            op = ops[0]
+            if len(ops) != 1 or op[0] != (TEXT_INSERT if kind == TYPING else TEXT_DELETE):
+                raise r.fail("a continuation of a change that starts no such run")
+            if kind == TYPING:
+                added = sum(tlen[tl : tl + m])
+                tl += m
+                x += added
+                end += added
+            else:
+                d += m
+                end += m
+        if end > MAX_COUNTER:
+            raise r.fail("counter too large")
+        runs.append((i, j, kind, head, tl0, x0, d0, end))
+        first = summary.get(peer)
+        summary[peer] = (head[1] if first is None else first[0], end)
+        prev_peer = peer
+        expect = end
+    seg.body = r.data[start : r.pos]
+    seg.n = n
+    seg.peers = peers
+    seg.ts = ts
+    seg.tlen = tlen
+    seg.dpeer = dpeer
+    seg.dctr = dctr
+    seg.dlen = dlen
+    seg.text = text
+    seg.runs = runs
+    seg.summary = summary
+    return seg
+
+
+def _read_row(
+    r: Reader,
+    peers: list[str],
+    names: list[str],
+    prev_peer: str,
+    expect: int,
+    ts: int,
+    has_prev: bool,
+) -> ChangeTuple:
+    flags = r.byte()
+    if flags & ~7:
+        raise r.fail(f"unknown change flags {flags:#x}")
+    if flags & _F_SAME_PEER:
+        if not has_prev:
+            raise r.fail("first change cannot reuse the previous peer")
+        peer = prev_peer
+    else:
+        if flags & _F_NEXT_COUNTER:
+            raise r.fail("next-counter flag without the same-peer flag")
+        peer = _read_peer(r, peers)
+    ctr = expect if flags & _F_NEXT_COUNTER else r.uint(MAX_COUNTER)
+    if flags & _F_CHAIN_DEPS:
+        if ctr == 0:
+            raise r.fail("chained deps on counter 0")
+        deps: tuple[tuple[str, int], ...] = ((peer, ctr - 1),)
+    else:
+        deps = tuple(_read_id(r, peers) for _ in range(r.count(2)))
+    op_count = r.count(2)
+    if not op_count:
+        raise r.fail("change without ops")
+    ops = []
+    first = ctr
+    for _ in range(op_count):
+        op = _read_op(r, peers, names, peer, first)
+        first += op_size(op)
+        ops.append(op)
+    return (peer, ctr, ts, deps, tuple(ops), first - ctr)
+
+
+def decode_segments(r: Reader) -> list[Segment]:
+    """The segments of a version 2 batch body at ``r`` (to its end)."""
+    count = r.count(1)
+    segments = [decode_segment(r) for _ in range(count)]
+    r.expect_end()
+    return segments
+
+
+def encode_body(bodies: Iterable[bytes]) -> bytes:
+    """A version 2 batch body: a count, then segment bodies."""
+    parts = list(bodies)
+    w = Writer()
+    w.uint(len(parts))
+    return w.getvalue() + b"".join(parts)
