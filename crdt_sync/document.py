@@ -25,13 +25,12 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .batch import DELETING, FULL, TYPING, Run, Segment
+from .causal import MAX_PENDING, PendingBuffer, coalesce, typing_runs
 from .changes import (
     KIND_MAP,
     KIND_TEXT,
-    LIST_DELETE,
     LIST_INSERT,
     LIST_MOVE,
-    LIST_SET,
     MAX_INFLATED,
     OP_HANDLER_KIND,
     TEXT_DELETE,
@@ -54,12 +53,12 @@ from .exceptions import (
     HandlerError,
     HistoryCompactedError,
     InvalidChangeError,
-    PendingBufferFullError,
 )
 from .history import History
 from .ids import HybridLogicalClock, PeerId, VersionVector
 from .sequence import C, N
 from .state import STATE_TYPES, NewIds, State, StateKey, TextState
+from .transaction import Transaction, Transactions, deps_of
 
 if TYPE_CHECKING:
     from .handlers import Handler
@@ -67,142 +66,6 @@ if TYPE_CHECKING:
 
 #: Empty states to validate ops for names the document has no state for yet.
 _EMPTY_STATES: dict[str, Any] = {kind: cls() for kind, cls in STATE_TYPES.items()}
-
-
-#: How ``_typing_runs`` cuts a list of changes (the run kinds of ``batch.py``).
-SINGLE = FULL
-
-
-def _deps_of(peer: str, first: int, ops: list[tuple[Any, ...]]) -> tuple[tuple[str, int], ...]:
-    """The deps of a local change: this peer's previous op, and the newest op of
-    each other peer whose elements the ops name (origins, deleted or updated
-    elements).
-
-    That is all a receiver needs before applying the change: every element it
-    refers to then exists. Concurrency needs no more (map and list registers
-    compare clock stamps, sequences compare origins), and keeping deps this
-    small keeps changes small in sessions with many writers, where the whole
-    frontier would name every one of them.
-    """
-    newest: dict[str, int] = {}
-
-    def need(ident: tuple[str, int] | None) -> None:
-        if ident is not None and ident[0] != peer and newest.get(ident[0], -1) < ident[1]:
-            newest[ident[0]] = ident[1]
-
-    for op in ops:
-        code = op[0]
-        if code == TEXT_INSERT or code == LIST_INSERT:
-            need(op[2])
-            need(op[3])
-        elif code == TEXT_DELETE:
-            for p, c, n in op[2]:
-                need((p, c + n - 1))
-        elif code == LIST_DELETE:
-            for p, c, _ in op[2]:
-                need((p, c))
-        elif code == LIST_MOVE:
-            need(op[2])
-            need(op[3])
-            need(op[4])
-        elif code == LIST_SET:
-            need(op[2])
-    deps = [(peer, first - 1)] if first else []
-    deps.extend(newest.items())
-    return tuple(deps)
-
-
-def _typing_runs(changes: list[ChangeTuple]) -> list[tuple[int, int, int]]:
-    """``changes`` cut into ``(start, stop, kind)`` slices.
-
-    ``TYPING``: one peer typing on (see :func:`_typing_run_end`); ``DELETING``:
-    one peer deleting text change after change (see :func:`_delete_run_end`);
-    ``SINGLE``: anything else, one change.
-    """
-    runs = []
-    i = 0
-    count = len(changes)
-    while i < count:
-        ops = changes[i][4]
-        code = ops[0][0]
-        if len(ops) == 1 and code == TEXT_INSERT:
-            j = _typing_run_end(changes, i)
-            runs.append((i, j, TYPING if j - i > 1 else SINGLE))
-        elif len(ops) == 1 and code == TEXT_DELETE:
-            j = _delete_run_end(changes, i)
-            runs.append((i, j, DELETING if j - i > 1 else SINGLE))
-        else:
-            j = i + 1
-            runs.append((i, j, SINGLE))
-        i = j
-    return runs
-
-
-def _delete_run_end(changes: list[ChangeTuple], i: int) -> int:
-    """The end of the run of changes from ``i`` that are one peer deleting text:
-    each a single text delete on the same handler, depending only on the one before.
-    """
-    peer, ctr, _, _, ops, size = changes[i]
-    name = ops[0][1]
-    end = ctr + size
-    k = i + 1
-    count = len(changes)
-    while k < count:
-        u = changes[k]
-        if u[0] != peer or u[1] != end or len(u[4]) != 1:
-            break
-        op = u[4][0]
-        if op[0] != TEXT_DELETE or op[1] != name or u[3] != ((peer, end - 1),):
-            break
-        end += u[5]
-        k += 1
-    return k
-
-
-def _coalesce(ranges: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
-    """Sorted, merged ``(peer, counter, length)`` ranges (deletes commute)."""
-    out: list[list[Any]] = []
-    for peer, ctr, n in sorted(ranges):
-        if out and out[-1][0] == peer and ctr <= out[-1][1] + out[-1][2]:
-            last = out[-1]
-            last[2] = max(last[2], ctr + n - last[1])
-        else:
-            out.append([peer, ctr, n])
-    return [(p, c, n) for p, c, n in out]
-
-
-def _typing_run_end(changes: list[ChangeTuple], i: int) -> int:
-    """The end of the run of changes from ``i`` that are one peer typing on.
-
-    Each change after the first is a single text insert on the same handler,
-    right after the previous change's last character (left origin), with the
-    same right origin, and depends only on the previous change.
-    """
-    peer, ctr, _, _, ops, size = changes[i]
-    if len(ops) != 1 or ops[0][0] != TEXT_INSERT:
-        return i + 1
-    name = ops[0][1]
-    right = ops[0][3]
-    end = ctr + size
-    k = i + 1
-    count = len(changes)
-    while k < count:
-        u = changes[k]
-        if u[0] != peer or u[1] != end or len(u[4]) != 1:
-            break
-        op = u[4][0]
-        prev = (peer, end - 1)
-        if op[0] != TEXT_INSERT or op[1] != name or op[3] != right or op[2] != prev:
-            break
-        if u[3] != (prev,):
-            break
-        end += u[5]
-        k += 1
-    return k
-
-
-#: Default bound on changes waiting for missing dependencies.
-MAX_PENDING = 10_000
 
 
 class CRDTDocument:
@@ -241,7 +104,6 @@ class CRDTDocument:
         self._peer_id = peer_id
         self._peer = str(peer_id)
         self._document_id = document_id
-        self._max_pending = max_pending
         # States and handlers by (name, kind): the kind is part of an object's
         # identity, so a name used as text and as a list is two objects.
         self._states: dict[StateKey, State] = {}
@@ -249,24 +111,14 @@ class CRDTDocument:
         self._vv: dict[str, int] = {}
         self._frontier: dict[str, int] = {}
         self._clock = HybridLogicalClock()
-        self._next = 0
         # History: changes in the order applied (a causal order).
         self._history = History()
         # State known without its changes (a compacted or imported snapshot).
         self._base_vv: dict[str, int] = {}
         # Changes waiting for deps, filed under the peer they wait for.
-        self._waiting: dict[str, list[ChangeTuple]] = {}
-        self._pending_ids: set[tuple[str, int]] = set()
-        # The open transaction.
-        self._depth = 0
-        self._origin: object = None
-        self._ts = 0
-        self._first = 0
-        self._ops: list[tuple[Any, ...]] = []
-        self._builders: dict[StateKey, DeltaBuilder] = {}
-        self._map_keys: dict[StateKey, set[str]] = {}
-        self._undo_records: list[tuple[Any, ...]] = []
-        self._undo_tracking = 0
+        self._pending = PendingBuffer(max_pending)
+        # The open transaction, and the API handlers edit through.
+        self._tx = Transactions(self, self._peer)
         self._on_change: Observers[Change] = Observers()
         self._on_update: Observers[UpdateEvent] = Observers()
         self._on_local_step: Observers[tuple[object, list[tuple[Any, ...]]]] = Observers()
@@ -294,7 +146,7 @@ class CRDTDocument:
     @property
     def pending_count(self) -> int:
         """How many received changes wait for missing dependencies."""
-        return len(self._pending_ids)
+        return len(self._pending)
 
     @property
     def handlers(self) -> dict[tuple[str, str], Handler]:
@@ -373,51 +225,70 @@ class CRDTDocument:
 
     # ------------------------------------------------------------ transactions
 
-    def transaction(self, origin: object = None) -> _Transaction:
+    def transaction(self, origin: object = None) -> Transaction:
         """Group edits into one change and one event per handler: ``with doc.transaction():``.
 
         Nested use joins the open transaction (the outermost origin wins). If the
         block raises, the edits made so far are still committed: each edit is
         applied at once, and a replica must never hold state its history lacks.
         """
-        return _Transaction(self, origin)
+        return Transaction(self._tx, origin)
 
     @property
     def in_transaction(self) -> bool:
-        return self._depth > 0
+        return self._tx.depth > 0
 
-    def _begin(self, origin: object = None) -> None:
-        if self._depth == 0:
-            self._origin = origin
-            self._ts = self._clock.tick()
-            self._first = self._next
-        self._depth += 1
+    # The transaction's counters, as the rest of the document sees them.
+    @property
+    def _next(self) -> int:
+        return self._tx.next
 
-    def _end(self) -> None:
-        self._depth -= 1
-        if self._depth:
-            return
-        ops = self._ops
-        origin = self._origin
-        self._origin = None
+    @_next.setter
+    def _next(self, value: int) -> None:
+        self._tx.next = value
+
+    @property
+    def _depth(self) -> int:
+        return self._tx.depth
+
+    @property
+    def _undo_tracking(self) -> int:
+        return self._tx.undo_tracking
+
+    @_undo_tracking.setter
+    def _undo_tracking(self, value: int) -> None:
+        self._tx.undo_tracking = value
+
+    def _builder(self, key: StateKey) -> DeltaBuilder | None:
+        return self._tx.builder(key)
+
+    def _map_out(self, key: StateKey) -> set[str] | None:
+        return self._tx.map_out(key)
+
+    def _commit(self) -> None:
+        """The outermost transaction closed: record its change, announce it."""
+        tx = self._tx
+        ops = tx.ops
+        origin = tx.origin
+        tx.origin = None
         change: ChangeTuple | None = None
         if ops:
-            self._ops = []
-            first = self._first
+            tx.ops = []
+            first = tx.first
             peer = self._peer
-            nxt = self._next
+            nxt = tx.next
             frontier = self._frontier
-            change = (peer, first, self._ts, _deps_of(peer, first, ops), tuple(ops), nxt - first)
+            change = (peer, first, tx.stamp, deps_of(peer, first, ops), tuple(ops), nxt - first)
             self._history.append(change)
             self._vv[peer] = nxt
             if len(frontier) != 1 or peer not in frontier:
                 frontier.clear()
             frontier[peer] = nxt - 1
-        if self._builders or self._map_keys:
+        if tx.builders or tx.map_keys:
             self._emit_handler_events(origin, True)
-        if self._undo_records:
-            records = self._undo_records
-            self._undo_records = []
+        if tx.undo_records:
+            records = tx.undo_records
+            tx.undo_records = []
             self._on_local_step.emit((origin, records))
         if change is not None and (self._on_change._subs or self._on_update._subs):
             public = Change(change)
@@ -425,9 +296,10 @@ class CRDTDocument:
             self._on_update.emit(UpdateEvent((public,), True, origin))
 
     def _emit_handler_events(self, origin: object, local: bool) -> None:
-        if self._builders:
-            builders = self._builders
-            self._builders = {}
+        tx = self._tx
+        if tx.builders:
+            builders = tx.builders
+            tx.builders = {}
             for key, builder in builders.items():
                 handler = self._handlers.get(key)
                 if handler is None or not builder:
@@ -439,51 +311,13 @@ class CRDTDocument:
                     handler._observers.emit(TextEvent(delta, origin, local))
                 else:
                     handler._observers.emit(ListEvent(delta, origin, local))
-        if self._map_keys:
-            keys = self._map_keys
-            self._map_keys = {}
+        if tx.map_keys:
+            keys = tx.map_keys
+            tx.map_keys = {}
             for key, changed in keys.items():
                 handler = self._handlers.get(key)
                 if handler is not None and changed:
                     handler._observers.emit(MapEvent(frozenset(changed), origin, local))
-
-    def _builder(self, key: StateKey) -> DeltaBuilder | None:
-        """The delta builder for state ``key`` if anyone observes it, else None."""
-        handler = self._handlers.get(key)
-        if handler is None or not handler._observers:
-            return None
-        builder = self._builders.get(key)
-        if builder is None:
-            builder = self._builders[key] = DeltaBuilder()
-        return builder
-
-    def _map_out(self, key: StateKey) -> set[str] | None:
-        handler = self._handlers.get(key)
-        if handler is None or not handler._observers:
-            return None
-        keys = self._map_keys.get(key)
-        if keys is None:
-            keys = self._map_keys[key] = set()
-        return keys
-
-    def _push_op(self, op: tuple[Any, ...], size: int) -> None:
-        """Record a local op that consumed ``size`` op ids (already applied)."""
-        ops = self._ops
-        kind = op[0]
-        if ops and (kind == TEXT_INSERT or kind == LIST_INSERT):
-            last = ops[-1]
-            # Typing within one transaction: merge with the insert just before.
-            if (
-                last[0] == kind
-                and last[1] == op[1]
-                and last[3] == op[3]
-                and op[2] == (self._peer, self._next - 1)
-            ):
-                ops[-1] = (kind, op[1], last[2], last[3], last[4] + op[4])
-                self._next += size
-                return
-        ops.append(op)
-        self._next += size
 
     # --------------------------------------------------------------- history
 
@@ -546,7 +380,7 @@ class CRDTDocument:
         """
         if self._depth:
             raise RuntimeError("cannot import changes inside a transaction")
-        if self._waiting or not self._runs_are_next(segments):
+        if len(self._pending) or not self._runs_are_next(segments):
             return self._import([t for seg in segments for t in seg.tuples()])
         self._validate_runs(segments)
         # From here on nothing can fail on account of the input.
@@ -600,7 +434,7 @@ class CRDTDocument:
                     key = (head[4][0][1], KIND_TEXT)
                     state: Any = self._states.get(key)
                     seq = (state if state is not None else _EMPTY_STATES[KIND_TEXT]).seq
-                    for peer, ctr, n in _coalesce(seg.delete_ranges(run)):
+                    for peer, ctr, n in coalesce(seg.delete_ranges(run)):
                         at, stop = ctr, ctr + n
                         while at < stop:
                             span = seq.find(peer, at)
@@ -631,7 +465,7 @@ class CRDTDocument:
                 text = op[4] + seg.text[x0 : x0 + end - head_end]
                 state.apply((TEXT_INSERT, op[1], op[2], op[3], text), peer, ctr, 0, out)
             else:
-                ranges = _coalesce([*op[2], *seg.delete_ranges(run)])
+                ranges = coalesce([*op[2], *seg.delete_ranges(run)])
                 state.apply((TEXT_DELETE, op[1], tuple(ranges)), peer, ctr, 0, out)
         self._vv[peer] = end
         frontier = self._frontier
@@ -670,12 +504,13 @@ class CRDTDocument:
         """Schedule, validate, then apply: a batch applies whole or not at all."""
         if self._depth:
             raise RuntimeError("cannot import changes inside a transaction")
-        order, waiting, pending_ids = self._schedule(changes)
-        runs = _typing_runs(order)
+        order, waiting, pending_ids = self._pending.schedule(
+            changes, self._vv, self._conflicts_with_history
+        )
+        runs = typing_runs(order)
         self._validate(order, runs)
         # From here on nothing can fail on account of the input.
-        self._waiting = waiting
-        self._pending_ids = pending_ids
+        self._pending.install(waiting, pending_ids)
         if not order:
             return 0
         for i, j, kind in runs:
@@ -689,71 +524,6 @@ class CRDTDocument:
         if self._on_update._subs:
             self._on_update.emit(UpdateEvent(tuple(Change(t) for t in order), False, None))
         return len(order)
-
-    def _schedule(
-        self, changes: list[ChangeTuple]
-    ) -> tuple[list[ChangeTuple], dict[str, list[ChangeTuple]], set[tuple[str, int]]]:
-        """The order in which ``changes`` (and changes they unblock) will apply.
-
-        Works on copies: returns ``(order, waiting, pending ids)`` for the caller
-        to install once the order has been validated. Duplicates are dropped; a
-        change overlapping ops already seen raises InvalidChangeError, a full
-        pending buffer PendingBufferFullError, both before anything changes.
-        """
-        vv = dict(self._vv)
-        waiting = {peer: list(ws) for peer, ws in self._waiting.items()}
-        pending_ids = set(self._pending_ids)
-        order: list[ChangeTuple] = []
-        for change in changes:
-            peer, ctr = change[0], change[1]
-            if vv.get(peer, 0) == ctr and not waiting:
-                for dpeer, dctr in change[3]:
-                    if vv.get(dpeer, 0) <= dctr:
-                        break
-                else:
-                    # Ready and nothing waits: the common case of in-order delivery.
-                    order.append(change)
-                    vv[peer] = ctr + change[5]
-                    continue
-            work = [change]
-            while work:
-                t = work.pop()
-                peer, ctr = t[0], t[1]
-                have = vv.get(peer, 0)
-                if ctr < have:
-                    if ctr + t[5] <= have:
-                        if self._conflicts_with_history(t):
-                            raise InvalidChangeError(
-                                f"change {peer}@{ctr} reuses op ids of a different change"
-                                " (a replica reloaded an old snapshot under the same peer id?)"
-                            )
-                        continue  # duplicate
-                    raise InvalidChangeError(f"change {peer}@{ctr} overlaps ops already seen")
-                blocker = peer if ctr > have else None
-                if blocker is None:
-                    for dpeer, dctr in t[3]:
-                        if vv.get(dpeer, 0) <= dctr:
-                            blocker = dpeer
-                            break
-                if blocker is not None:
-                    key = (peer, ctr)
-                    if key in pending_ids:
-                        continue
-                    if len(pending_ids) >= self._max_pending:
-                        raise PendingBufferFullError(
-                            f"more than {self._max_pending} changes wait for dependencies", 0
-                        )
-                    pending_ids.add(key)
-                    waiting.setdefault(blocker, []).append(t)
-                    continue
-                order.append(t)
-                vv[peer] = ctr + t[5]
-                unblocked = waiting.pop(peer, None)
-                if unblocked:
-                    for w in unblocked:
-                        pending_ids.discard((w[0], w[1]))
-                    work.extend(reversed(unblocked))
-        return order, waiting, pending_ids
 
     def _conflicts_with_history(self, change: ChangeTuple) -> bool:
         """Whether ``change`` has the id of a logged change but other content.
@@ -809,7 +579,7 @@ class CRDTDocument:
             if t[5] != 1 or not t[4][0][2]:
                 return False
             ranges.extend(t[4][0][2])
-        for peer, ctr, n in _coalesce(ranges):
+        for peer, ctr, n in coalesce(ranges):
             at, end = ctr, ctr + n
             while at < end:
                 span = seq.find(peer, at)
@@ -877,7 +647,7 @@ class CRDTDocument:
         key = (name, KIND_TEXT)
         state = self._state(key)
         out = self._builder(key)
-        ranges = _coalesce([r for t in run for r in t[4][0][2]])
+        ranges = coalesce([r for t in run for r in t[4][0][2]])
         state.apply((TEXT_DELETE, name, tuple(ranges)), run[0][0], run[0][1], 0, out)
         self._record_run(run)
 
@@ -946,8 +716,9 @@ class CRDTDocument:
         :meth:`compact`.
         """
         peer, ctr = op_id
-        if peer == self._peer and self._depth and self._first <= ctr < self._next:
-            return self._ts  # made by the open transaction
+        tx = self._tx
+        if peer == self._peer and tx.depth and tx.first <= ctr < tx.next:
+            return tx.stamp  # made by the open transaction
         change = self._history.find(peer, ctr)
         return None if change is None else change[2]
 
@@ -973,9 +744,7 @@ class CRDTDocument:
             return False
         merge_snapshot(self, snapshot)
         # Changes that waited may be ready now: schedule them again.
-        waiting = [t for ws in self._waiting.values() for t in ws]
-        self._waiting = {}
-        self._pending_ids = set()
+        waiting = self._pending.take_all()
         try:
             self._import(waiting)
         finally:
@@ -1044,20 +813,3 @@ class CRDTDocument:
                 raise AssertionError(f"handler {key} is bound to another state")
         if self._vv.get(self._peer, 0) != self._next:
             raise AssertionError("own counter disagrees with the version vector")
-
-
-class _Transaction:
-    """The context manager :meth:`CRDTDocument.transaction` returns."""
-
-    __slots__ = ("_doc", "_origin")
-
-    def __init__(self, doc: CRDTDocument, origin: object) -> None:
-        self._doc = doc
-        self._origin = origin
-
-    def __enter__(self) -> CRDTDocument:
-        self._doc._begin(self._origin)
-        return self._doc
-
-    def __exit__(self, *exc: object) -> None:
-        self._doc._end()

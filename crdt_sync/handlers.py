@@ -45,6 +45,8 @@ class Handler:
         if not isinstance(name, str) or not name:
             raise ValueError("a handler name must be a non-empty str")
         self._doc = doc
+        # The document's transaction API: the only part of it a handler edits through.
+        self._tx = doc._tx
         self._name = name
         # The state's identity in the document: a name used with another kind
         # is another object.
@@ -123,25 +125,23 @@ class CRDTTextHandler(Handler):
             _check_index(index, seq.length, True)
         if not text:
             return
-        doc = self._doc
-        outer = not doc._depth
+        tx = self._tx
+        outer = not tx.depth
         if outer:
-            doc._begin()
+            tx.begin()
         try:
-            ctr = doc._next
-            left, right = seq.local_insert(index, doc._peer, ctr, text)
-            doc._push_op((TEXT_INSERT, self._name, left, right, text), len(text))
+            ctr = tx.next
+            left, right = seq.local_insert(index, tx.peer, ctr, text)
+            tx.push((TEXT_INSERT, self._name, left, right, text), len(text))
             if self._observers:
-                builder = doc._builder(self._key)
+                builder = tx.builder(self._key)
                 if builder is not None:
                     builder.splice(index, 0, text)
-            if doc._undo_tracking:
-                doc._undo_records.append(
-                    ("text_delete", self._name, ((doc._peer, ctr, len(text)),))
-                )
+            if tx.undo_tracking:
+                tx.undo_records.append(("text_delete", self._name, ((tx.peer, ctr, len(text)),)))
         finally:
             if outer:
-                doc._end()
+                tx.end()
 
     def delete(self, index: int, count: int) -> None:
         """Delete ``count`` characters from ``index`` (the range must lie inside the text)."""
@@ -152,31 +152,31 @@ class CRDTTextHandler(Handler):
             raise IndexError(f"delete of {count} at {index} runs past the end ({seq.length})")
         if not count:
             return
-        doc = self._doc
-        outer = not doc._depth
+        tx = self._tx
+        outer = not tx.depth
         if outer:
-            doc._begin()
+            tx.begin()
         try:
             pieces = seq.local_delete(index, count)
-            doc._push_op((TEXT_DELETE, self._name, tuple((p, c, n) for p, c, n, _ in pieces)), 1)
+            tx.push((TEXT_DELETE, self._name, tuple((p, c, n) for p, c, n, _ in pieces)), 1)
             if self._observers:
-                builder = doc._builder(self._key)
+                builder = tx.builder(self._key)
                 if builder is not None:
                     builder.splice(index, count, "")
-            if doc._undo_tracking:
-                doc._undo_records.append(("text_restore", self._name, tuple(pieces)))
+            if tx.undo_tracking:
+                tx.undo_records.append(("text_restore", self._name, tuple(pieces)))
         finally:
             if outer:
-                doc._end()
+                tx.end()
 
     def _delete_ids(self, ranges: tuple[tuple[str, int, int], ...]) -> None:
         """Delete whichever of the elements in ``ranges`` are still visible (undo)."""
         seq = self._state.seq
-        doc = self._doc
+        tx = self._tx
         targets: list[tuple[str, int, int]] = []
         pieces: list[tuple[str, int, int, Any]] = []
-        builder = doc._builder(self._key)
-        doc._begin()
+        builder = tx.builder(self._key)
+        tx.begin()
         try:
             for peer, ctr, n in ranges:
                 end = ctr + n
@@ -191,11 +191,11 @@ class CRDTTextHandler(Handler):
                                 builder.splice(vis, count, "")
                     ctr += take
             if targets:
-                doc._push_op((TEXT_DELETE, self._name, tuple(targets)), 1)
-                if doc._undo_tracking:
-                    doc._undo_records.append(("text_restore", self._name, tuple(pieces)))
+                tx.push((TEXT_DELETE, self._name, tuple(targets)), 1)
+                if tx.undo_tracking:
+                    tx.undo_records.append(("text_restore", self._name, tuple(pieces)))
         finally:
-            doc._end()
+            tx.end()
 
     def _restore(
         self, pieces: tuple[tuple[str, int, int, Any], ...]
@@ -209,27 +209,27 @@ class CRDTTextHandler(Handler):
         """
         moved: list[tuple[str, int, int, str, int]] = []
         seq = self._state.seq
-        doc = self._doc
-        builder = doc._builder(self._key)
-        doc._begin()
+        tx = self._tx
+        builder = tx.builder(self._key)
+        tx.begin()
         try:
             for peer, ctr, n, content in pieces:
                 if not content:
                     continue
-                new_ctr = doc._next
-                moved.append((peer, ctr, n, doc._peer, new_ctr))
+                new_ctr = tx.next
+                moved.append((peer, ctr, n, tx.peer, new_ctr))
                 left, right, index = seq.insert_after(
-                    (peer, ctr + n - 1), doc._peer, new_ctr, content
+                    (peer, ctr + n - 1), tx.peer, new_ctr, content
                 )
-                doc._push_op((TEXT_INSERT, self._name, left, right, content), len(content))
+                tx.push((TEXT_INSERT, self._name, left, right, content), len(content))
                 if builder is not None:
                     builder.splice(index, 0, content)
-                if doc._undo_tracking:
-                    doc._undo_records.append(
-                        ("text_delete", self._name, ((doc._peer, new_ctr, len(content)),))
+                if tx.undo_tracking:
+                    tx.undo_records.append(
+                        ("text_delete", self._name, ((tx.peer, new_ctr, len(content)),))
                     )
         finally:
-            doc._end()
+            tx.end()
         return moved
 
     def id_runs(self) -> list[tuple[int, int, str, int]]:
@@ -318,8 +318,8 @@ class CRDTListHandler(Handler):
         self.delete(index)
 
     def _stamp(self) -> tuple[int, str, int]:
-        doc = self._doc
-        return (doc._ts, doc._peer, doc._next)
+        tx = self._tx
+        return (tx.stamp, tx.peer, tx.next)
 
     def insert(self, index: int, value: Any) -> None:
         """Insert ``value`` so it lands at ``index`` (0 <= index <= len)."""
@@ -340,24 +340,24 @@ class CRDTListHandler(Handler):
         _check_index(index, seq.length, True)
         if not values:
             return
-        doc = self._doc
-        doc._begin()
+        tx = self._tx
+        tx.begin()
         try:
-            peer = doc._peer
-            ctr = doc._next
+            peer = tx.peer
+            ctr = tx.next
             ids = tuple((peer, ctr + i) for i in range(len(values)))
             for i, ident in enumerate(ids):
-                stamp = (doc._ts, peer, ctr + i)
+                stamp = (tx.stamp, peer, ctr + i)
                 state.elems[ident] = [values[i], stamp, ident, stamp, None]
             left, right = seq.local_insert(index, peer, ctr, ids)
-            doc._push_op((LIST_INSERT, self._name, left, right, tuple(values)), len(values))
-            builder = doc._builder(self._key)
+            tx.push((LIST_INSERT, self._name, left, right, tuple(values)), len(values))
+            builder = tx.builder(self._key)
             if builder is not None:
                 builder.splice(index, 0, list(values))
-            if doc._undo_tracking:
-                doc._undo_records.append(("list_delete", self._name, ids))
+            if tx.undo_tracking:
+                tx.undo_records.append(("list_delete", self._name, ids))
         finally:
-            doc._end()
+            tx.end()
 
     def delete(self, index: int, count: int = 1) -> None:
         """Delete ``count`` items from ``index``."""
@@ -369,17 +369,17 @@ class CRDTListHandler(Handler):
             raise IndexError(f"delete of {count} at {index} runs past the end ({seq.length})")
         if not count:
             return
-        doc = self._doc
-        doc._begin()
+        tx = self._tx
+        tx.begin()
         try:
             elems = [state.elem_at(i) for i in range(index, index + count)]
             self._delete_elems(elems)
         finally:
-            doc._end()
+            tx.end()
 
     def _delete_elems(self, elems: list[tuple[str, int]]) -> None:
         state = self._state
-        doc = self._doc
+        tx = self._tx
         targets = []
         restore = []
         for elem in elems:
@@ -391,10 +391,10 @@ class CRDTListHandler(Handler):
         if not targets:
             return
         op = (LIST_DELETE, self._name, tuple(targets))
-        state.apply(op, doc._peer, doc._next, doc._ts, doc._builder(self._key))
-        doc._push_op(op, 1)
-        if doc._undo_tracking:
-            doc._undo_records.append(("list_restore", self._name, tuple(restore)))
+        state.apply(op, tx.peer, tx.next, tx.stamp, tx.builder(self._key))
+        tx.push(op, 1)
+        if tx.undo_tracking:
+            tx.undo_records.append(("list_restore", self._name, tuple(restore)))
 
     def update(self, index: int, value: Any) -> None:
         """Replace the value at ``index``; the item keeps its identity."""
@@ -405,18 +405,18 @@ class CRDTListHandler(Handler):
 
     def _set(self, elem: tuple[str, int], value: Any, record: bool = True) -> None:
         state = self._state
-        doc = self._doc
-        doc._begin()
+        tx = self._tx
+        tx.begin()
         try:
             rec = state.elems[elem]
             old = rec[0]
             op = (LIST_SET, self._name, elem, value)
-            state.apply(op, doc._peer, doc._next, doc._ts, doc._builder(self._key))
-            doc._push_op(op, 1)
-            if doc._undo_tracking and record:
-                doc._undo_records.append(("list_set", self._name, elem, old))
+            state.apply(op, tx.peer, tx.next, tx.stamp, tx.builder(self._key))
+            tx.push(op, 1)
+            if tx.undo_tracking and record:
+                tx.undo_records.append(("list_set", self._name, elem, old))
         finally:
-            doc._end()
+            tx.end()
 
     def move(self, from_index: int, to_index: int) -> None:
         """Move the item at ``from_index`` so it ends up at ``to_index``.
@@ -435,46 +435,46 @@ class CRDTListHandler(Handler):
     def _move_elem(self, elem: tuple[str, int], to_index: int) -> None:
         state = self._state
         seq = state.seq
-        doc = self._doc
-        doc._begin()
+        tx = self._tx
+        tx.begin()
         try:
             rec = state.elems[elem]
             old_pos = rec[2]
-            builder = doc._builder(self._key)
+            builder = tx.builder(self._key)
             alive = state.alive(rec)
             if alive:
                 from_index = seq.visible_index(*old_pos)
                 seq.set_deleted(old_pos[0], old_pos[1], 1, True, False)
                 if builder is not None:
                     builder.splice(from_index, 1, ())
-            peer = doc._peer
-            ctr = doc._next
+            peer = tx.peer
+            ctr = tx.next
             to_index = min(to_index, seq.length)
             left, right = seq.local_insert(to_index, peer, ctr, (elem,))
             rec[2] = (peer, ctr)
-            rec[3] = (doc._ts, peer, ctr)
+            rec[3] = (tx.stamp, peer, ctr)
             if not alive:
                 seq.set_deleted(peer, ctr, 1, True, False)
             elif builder is not None:
                 builder.splice(to_index, 0, [rec[0]])
-            doc._push_op((LIST_MOVE, self._name, elem, left, right), 1)
-            if doc._undo_tracking:
-                doc._undo_records.append(("list_move", self._name, elem, old_pos))
+            tx.push((LIST_MOVE, self._name, elem, left, right), 1)
+            if tx.undo_tracking:
+                tx.undo_records.append(("list_move", self._name, elem, old_pos))
         finally:
-            doc._end()
+            tx.end()
 
     def _restore(self, items: tuple[tuple[tuple[str, int], Any], ...]) -> None:
         """Bring deleted items back with their values (undo of a delete)."""
-        doc = self._doc
-        doc._begin()
+        tx = self._tx
+        tx.begin()
         try:
             for elem, value in items:
                 self._set(elem, value, record=False)
-            if doc._undo_tracking:
+            if tx.undo_tracking:
                 # The inverse of bringing items back is deleting them again.
-                doc._undo_records.append(("list_delete", self._name, tuple(e for e, _ in items)))
+                tx.undo_records.append(("list_delete", self._name, tuple(e for e, _ in items)))
         finally:
-            doc._end()
+            tx.end()
 
 
 class CRDTMapHandler(Handler):
@@ -511,16 +511,16 @@ class CRDTMapHandler(Handler):
         self._write((MAP_DELETE, self._name, key))
 
     def _write(self, op: tuple[Any, ...]) -> None:
-        doc = self._doc
-        doc._begin()
+        tx = self._tx
+        tx.begin()
         try:
             present, old = self._entry(op[2])
-            self._state.apply(op, doc._peer, doc._next, doc._ts, doc._map_out(self._key))
-            doc._push_op(op, 1)
-            if doc._undo_tracking:
-                doc._undo_records.append(("map_restore", self._name, op[2], present, old))
+            self._state.apply(op, tx.peer, tx.next, tx.stamp, tx.map_out(self._key))
+            tx.push(op, 1)
+            if tx.undo_tracking:
+                tx.undo_records.append(("map_restore", self._name, op[2], present, old))
         finally:
-            doc._end()
+            tx.end()
 
     def get(self, key: str, default: Any = None) -> Any:
         present, value = self._entry(key)

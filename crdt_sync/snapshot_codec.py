@@ -1,0 +1,509 @@
+"""The snapshot codec: a document's state (tombstones and origins included) to bytes and back.
+
+Text spans are stored column by column as fixed-width little-endian arrays so
+that loading is a handful of C-level array reads rather than one varint at a
+time; the whole body is zlib-compressed. Lists and maps are small and stored
+row by row. The layout is in ``docs/encoding.md``. Decoding validates
+everything it reads (only :class:`DecodeError`); ``snapshot.py`` loads and
+merges what it returns.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from array import array
+from collections.abc import Callable
+from collections.abc import Sequence as Sequence_
+from itertools import compress, islice
+from operator import add, gt
+from typing import TYPE_CHECKING, Any
+
+from .changes import FORMAT_VERSION, KIND_LIST, KIND_MAP, KIND_TEXT, MAX_INFLATED, _read_header
+from .codec import MAX_COUNT, Reader, Writer
+from .exceptions import DecodeError
+from .ids import VersionVector
+from .sequence import C, D, L, N, P, R, X
+from .state import ListState, TextState
+
+if TYPE_CHECKING:
+    from .document import CRDTDocument
+
+MAGIC = b"CRDS"
+_KIND_CODES = {KIND_TEXT: 1, KIND_LIST: 2, KIND_MAP: 3}
+_KIND_NAMES = {v: k for k, v in _KIND_CODES.items()}
+
+# Span flag bits.
+_DELETED = 1
+_LEFT_NONE = 2
+_LEFT_PREV = 4  # left origin is (same peer, counter - 1)
+_RIGHT_NONE = 8
+_RIGHT_SAME = 16  # same right origin as the previous span
+
+_LITTLE = sys.byteorder == "little"
+
+
+def _array_bytes(code: str, values: list[int]) -> bytes:
+    a = array(code, values)
+    if not _LITTLE:  # pragma: no cover - big-endian hosts
+        a.byteswap()
+    return a.tobytes()
+
+
+def _read_array(r: Reader, code: str, n: int) -> array[int]:
+    a = array(code)
+    size = a.itemsize * n
+    a.frombytes(r.raw(size))
+    if not _LITTLE:  # pragma: no cover
+        a.byteswap()
+    return a
+
+
+class _Decoded:
+    __slots__ = ("document_id", "frontier", "max_ts", "states", "vv")
+
+    def __init__(self) -> None:
+        self.document_id = ""
+        self.vv = VersionVector()
+        self.frontier: dict[str, int] = {}
+        self.max_ts = 0
+        # (name, kind) -> the decoded state of that object.
+        self.states: dict[tuple[str, str], Any] = {}
+
+
+# ----------------------------------------------------------------- encoding
+
+
+class SnapshotCapture:
+    """What a snapshot of a document holds at one moment, copied (see ``Snapshot.capture``).
+
+    Spans are immutable in the copy: a text span is a slice of the live span
+    (its fields are ints, strings and id tuples); a list span also copies its
+    element ids, and list elements and map entries are copied per entry.
+    """
+
+    __slots__ = ("_clock", "_frontier", "_states", "_vv", "document_id", "version_vector")
+
+    def __init__(self, doc: CRDTDocument) -> None:
+        self.document_id = doc.document_id
+        self.version_vector = doc.version_vector
+        self._vv = dict(doc._vv)
+        self._frontier = dict(doc._frontier)
+        self._clock = doc._clock.last
+        states: list[tuple[str, str, Any]] = []
+        for (name, kind), state in doc._states.items():
+            frozen: Any
+            if isinstance(state, TextState):
+                frozen = [s[:7] for s in state.seq.spans()]
+            elif isinstance(state, ListState):
+                spans = [[*s[:3], tuple(s[X]), *s[4:7]] for s in state.seq.spans()]
+                frozen = (spans, [(elem, tuple(entry)) for elem, entry in state.elems.items()])
+            else:
+                frozen = list(state.entries.items())
+            states.append((name, kind, frozen))
+        self._states = states
+
+    def encode(self) -> Any:
+        """The snapshot of the captured state (safe on another thread)."""
+        from .snapshot import Snapshot
+
+        return Snapshot(_encode(self), self.document_id, self.version_vector)
+
+
+def _encode(doc: SnapshotCapture) -> bytes:
+    peers: dict[str, int] = {}
+
+    def pid(peer: str) -> int:
+        index = peers.get(peer)
+        if index is None:
+            index = peers[peer] = len(peers)
+        return index
+
+    body = Writer()
+    vv = doc._vv
+    body.uint(len(vv))
+    for peer, counter in vv.items():
+        body.uint(pid(peer))
+        body.uint(counter)
+    body.uint(len(doc._frontier))
+    for peer, counter in doc._frontier.items():
+        body.uint(pid(peer))
+        body.uint(counter)
+    body.uint(doc._clock)
+    body.uint(len(doc._states))
+    for name, kind, state in doc._states:
+        body.str(name)
+        body.byte(_KIND_CODES[kind])
+        part = Writer()
+        if kind == KIND_TEXT:
+            _encode_text(part, state, pid)
+        elif kind == KIND_LIST:
+            spans, elems = state
+            _encode_list(part, spans, elems, pid)
+        else:
+            _encode_map(part, state, pid)
+        body.bytes(part.getvalue())
+    head = Writer()
+    head.str(doc.document_id)
+    head.uint(len(peers))
+    for peer in peers:
+        head.str(peer)
+    payload = head.getvalue() + body.getvalue()
+    return MAGIC + bytes([FORMAT_VERSION, 1]) + zlib.compress(payload, 6)
+
+
+def _encode_text(w: Writer, spans: list[list[Any]], pid: Any) -> None:
+    peer_col: list[int] = []
+    ctr_col: list[int] = []
+    len_col: list[int] = []
+    flags = bytearray()
+    left_peer: list[int] = []
+    left_ctr: list[int] = []
+    right_peer: list[int] = []
+    right_ctr: list[int] = []
+    text: list[str] = []
+    prev_right: Any = ()
+    for s in spans:
+        peer, ctr, left, right = s[P], s[C], s[L], s[R]
+        f = _DELETED if s[D] else 0
+        if left is None:
+            f |= _LEFT_NONE
+        elif left[0] == peer and left[1] == ctr - 1:
+            f |= _LEFT_PREV
+        else:
+            left_peer.append(pid(left[0]))
+            left_ctr.append(left[1])
+        if right is None:
+            f |= _RIGHT_NONE
+        elif right == prev_right:
+            f |= _RIGHT_SAME
+        else:
+            right_peer.append(pid(right[0]))
+            right_ctr.append(right[1])
+        prev_right = right
+        flags.append(f)
+        peer_col.append(pid(peer))
+        ctr_col.append(ctr)
+        len_col.append(s[N])
+        if not s[D]:
+            text.append(s[X])
+    w.uint(len(flags))
+    w.uint(len(left_peer))
+    w.uint(len(right_peer))
+    w.raw(bytes(flags))
+    w.raw(_array_bytes("I", peer_col))
+    w.raw(_array_bytes("Q", ctr_col))
+    w.raw(_array_bytes("I", len_col))
+    w.raw(_array_bytes("I", left_peer))
+    w.raw(_array_bytes("Q", left_ctr))
+    w.raw(_array_bytes("I", right_peer))
+    w.raw(_array_bytes("Q", right_ctr))
+    w.str("".join(text))
+
+
+def _write_opt_id(w: Writer, ident: Any, pid: Any) -> None:
+    if ident is None:
+        w.byte(0)
+    else:
+        w.byte(1)
+        w.uint(pid(ident[0]))
+        w.uint(ident[1])
+
+
+def _write_stamp(w: Writer, stamp: Any, pid: Any) -> None:
+    w.uint(stamp[0])
+    w.uint(pid(stamp[1]))
+    w.uint(stamp[2])
+
+
+def _encode_list(w: Writer, spans: list[list[Any]], elems: list[tuple[Any, Any]], pid: Any) -> None:
+    w.uint(len(spans))
+    for s in spans:
+        w.uint(pid(s[P]))
+        w.uint(s[C])
+        w.uint(s[N])
+        w.byte(1 if s[D] else 0)
+        _write_opt_id(w, s[L], pid)
+        _write_opt_id(w, s[R], pid)
+        for elem in s[X]:
+            w.uint(pid(elem[0]))
+            w.uint(elem[1])
+    w.uint(len(elems))
+    for elem, (value, vstamp, pos, pstamp, dstamp) in elems:
+        w.uint(pid(elem[0]))
+        w.uint(elem[1])
+        w.json(value)
+        _write_stamp(w, vstamp, pid)
+        w.uint(pid(pos[0]))
+        w.uint(pos[1])
+        _write_stamp(w, pstamp, pid)
+        if dstamp is None:
+            w.byte(0)
+        else:
+            w.byte(1)
+            _write_stamp(w, dstamp, pid)
+
+
+def _encode_map(w: Writer, entries: list[tuple[str, Any]], pid: Any) -> None:
+    w.uint(len(entries))
+    for key, (stamp, present, value) in entries:
+        w.str(key)
+        _write_stamp(w, stamp, pid)
+        w.byte(1 if present else 0)
+        if present:
+            w.json(value)
+
+
+# ----------------------------------------------------------------- decoding
+
+
+def _decode(data: bytes, max_size: int = MAX_INFLATED) -> _Decoded:
+    body, start = _read_header(data, MAGIC, max_size)
+    r = Reader(body, start)
+    out = _Decoded()
+    out.document_id = r.str()
+    if not out.document_id:
+        raise r.fail("empty document id")
+    peers = [r.str() for _ in range(r.count(1))]
+    if any(not p for p in peers):
+        raise r.fail("empty peer id")
+
+    def peer_at(index: int) -> str:
+        if index >= len(peers):
+            raise r.fail(f"peer index {index} out of range")
+        return peers[index]
+
+    vv: dict[str, int] = {}
+    for _ in range(r.count(2)):
+        peer = peer_at(r.uint())
+        vv[peer] = r.uint(1 << 53)
+    out.vv = VersionVector(vv)
+    for _ in range(r.count(2)):
+        peer = peer_at(r.uint())
+        out.frontier[peer] = r.uint(1 << 53)
+    out.max_ts = r.uint()
+    for _ in range(r.count(2)):
+        name = r.str()
+        if not name:
+            raise r.fail("empty handler name")
+        code = r.byte()
+        kind = _KIND_NAMES.get(code)
+        if kind is None:
+            raise r.fail(f"unknown handler kind {code}")
+        if (name, kind) in out.states:
+            # One name may hold objects of several kinds, each once.
+            raise r.fail(f"repeated {kind} {name!r}")
+        part = Reader(r.bytes())
+        try:
+            if kind == KIND_TEXT:
+                value: Any = TextColumns(part, peers, out.vv)
+            elif kind == KIND_LIST:
+                value = _decode_list(part, peers, out.vv)
+            else:
+                value = _decode_map(part, peers)
+            part.expect_end()
+        except DecodeError as exc:
+            raise DecodeError(f"in handler {name!r}: {exc}", r.pos) from None
+        out.states[(name, kind)] = value
+    r.expect_end()
+    return out
+
+
+class TextColumns:
+    """A text state as decoded from a snapshot: validated columns, spans on demand.
+
+    Everything that can be wrong with the bytes is checked when decoding; the
+    span lists (one Python object per span) are built only by :meth:`spans`, so
+    a document loaded to be read or shown never pays for them.
+    """
+
+    __slots__ = ("ctr", "flags", "lc", "length", "lp", "peer", "peers", "rc", "rp", "text")
+
+    def __init__(self, r: Reader, peers: list[str], vv: VersionVector) -> None:
+        n = r.count(17)
+        nl = r.uint(n)
+        nr = r.uint(n)
+        flags = r.raw(n)
+        peer_col = _read_array(r, "I", n)
+        ctr_col = _read_array(r, "Q", n)
+        len_col = _read_array(r, "I", n)
+        self.lp = _read_array(r, "I", nl)
+        self.lc = _read_array(r, "Q", nl)
+        self.rp = _read_array(r, "I", nr)
+        self.rc = _read_array(r, "Q", nr)
+        text = r.str()
+        npeers = len(peers)
+        for col in (peer_col, self.lp, self.rp):
+            if col and max(col) >= npeers:
+                raise r.fail("peer index out of range")
+        if n and (min(len_col) == 0 or max(ctr_col) >= 1 << 53 or max(flags) > 31):
+            raise r.fail("empty span, counter out of range or unknown span flags")
+        i = -1
+        for _ in range(ctr_col.count(0)):
+            i = ctr_col.index(0, i + 1)
+            if flags[i] & _LEFT_PREV:
+                raise r.fail("left origin before counter 0")
+        # The columns must agree with each other: as many explicit origins as
+        # spans that name one, as many characters as visible elements.
+        if flags.translate(_EXPLICIT_LEFT).count(1) != nl:
+            raise r.fail("left origin column does not match the flags")
+        if flags.translate(_EXPLICIT_RIGHT).count(1) != nr:
+            raise r.fail("right origin column does not match the flags")
+        if sum(compress(len_col, flags.translate(_VISIBLE))) != len(text):
+            raise r.fail("text length does not match the visible spans")
+        _check_id_ranges(r, peer_col, ctr_col, len_col, peers, vv)
+        self.peers = peers
+        self.flags = flags
+        self.peer = peer_col
+        self.ctr = ctr_col
+        self.length = len_col
+        self.text = text
+
+    def spans(self) -> list[list[Any]]:
+        """The spans, in document order (a new list each call)."""
+        get = self.peers.__getitem__
+        lefts = iter(list(zip(map(get, self.lp), self.lc, strict=True)))
+        rights = iter(list(zip(map(get, self.rp), self.rc, strict=True)))
+        text = self.text
+        spans: list[list[Any]] = []
+        append = spans.append
+        tpos = 0
+        right: Any = None
+        columns = zip(self.flags, map(get, self.peer), self.ctr, self.length, strict=True)
+        for f, peer, ctr, length in columns:
+            if f & _LEFT_PREV:
+                left: Any = (peer, ctr - 1)
+            elif f & _LEFT_NONE:
+                left = None
+            else:
+                left = next(lefts)
+            if f & _RIGHT_NONE:
+                right = None
+            elif not f & _RIGHT_SAME:
+                right = next(rights)
+            if f & _DELETED:
+                append([peer, ctr, length, "", True, left, right, None])
+            else:
+                end = tpos + length
+                append([peer, ctr, length, text[tpos:end], False, left, right, None])
+                tpos = end
+        return spans
+
+
+def _check_id_ranges(
+    r: Reader,
+    peer_col: Sequence_[int],
+    ctr_col: Sequence_[int],
+    len_col: Sequence_[int],
+    peers: list[str],
+    vv: VersionVector,
+) -> None:
+    """Raise unless the id ranges ``(peer, counter, length)`` of the spans are
+    disjoint and inside the snapshot's own version vector.
+
+    A span is a few bytes however many ids it claims: without this bound a
+    tiny snapshot could make a replica walk millions of ids, and overlapping
+    spans would corrupt the id index. Half-open ranges of one peer are disjoint
+    exactly when, with starts and ends each sorted, every end is at most the
+    next start: two sorts and a comparison, all at C speed.
+    """
+    groups: dict[int, tuple[list[int], list[int]]] = {}
+    if len(set(peer_col)) == 1:
+        groups[peer_col[0]] = (list(ctr_col), list(len_col))
+    else:
+        for p, c, n in zip(peer_col, ctr_col, len_col, strict=True):
+            group = groups.get(p)
+            if group is None:
+                group = groups[p] = ([], [])
+            group[0].append(c)
+            group[1].append(n)
+    for p, (counters, lengths) in groups.items():
+        starts = sorted(counters)
+        ends = sorted(map(add, counters, lengths))
+        if any(map(gt, ends, islice(starts, 1, None))):
+            raise r.fail(f"element ids of {peers[p]} overlap")
+        if ends[-1] > vv.get(peers[p], 0):
+            raise r.fail(f"a span of {peers[p]} reaches beyond the snapshot's version")
+
+
+def _flag_table(test: Callable[[int], bool]) -> bytes:
+    return bytes(1 if test(f) else 0 for f in range(256))
+
+
+_EXPLICIT_LEFT = _flag_table(lambda f: not f & (_LEFT_PREV | _LEFT_NONE))
+_EXPLICIT_RIGHT = _flag_table(lambda f: not f & (_RIGHT_NONE | _RIGHT_SAME))
+_VISIBLE = _flag_table(lambda f: not f & _DELETED)
+
+
+def _read_opt_id(r: Reader, peers: list[str]) -> tuple[str, int] | None:
+    tag = r.byte()
+    if tag == 0:
+        return None
+    if tag != 1:
+        raise r.fail(f"bad id tag {tag}")
+    return _read_id(r, peers)
+
+
+def _read_id(r: Reader, peers: list[str]) -> tuple[str, int]:
+    index = r.uint()
+    if index >= len(peers):
+        raise r.fail(f"peer index {index} out of range")
+    return (peers[index], r.uint(1 << 53))
+
+
+def _read_stamp(r: Reader, peers: list[str]) -> tuple[int, str, int]:
+    ts = r.uint()
+    peer, ctr = _read_id(r, peers)
+    return (ts, peer, ctr)
+
+
+def _decode_list(
+    r: Reader, peers: list[str], vv: VersionVector
+) -> tuple[list[list[Any]], dict[Any, list[Any]]]:
+    spans: list[list[Any]] = []
+    for _ in range(r.count(6)):
+        peer, ctr = _read_id(r, peers)
+        n = r.uint(MAX_COUNT)
+        if not n:
+            raise r.fail("empty span")
+        deleted = r.byte()
+        if deleted > 1:
+            raise r.fail("bad deleted flag")
+        left = _read_opt_id(r, peers)
+        right = _read_opt_id(r, peers)
+        if n * 2 > r.remaining():
+            raise r.fail("span longer than the input")
+        content = tuple(_read_id(r, peers) for _ in range(n))
+        spans.append([peer, ctr, n, content, bool(deleted), left, right, None])
+    index = {peer: i for i, peer in enumerate(peers)}
+    cols = [index[sp[P]] for sp in spans], [sp[C] for sp in spans], [sp[N] for sp in spans]
+    _check_id_ranges(r, *cols, peers, vv)
+    elems: dict[Any, list[Any]] = {}
+    for _ in range(r.count(8)):
+        elem = _read_id(r, peers)
+        value = r.json()
+        vstamp = _read_stamp(r, peers)
+        pos = _read_id(r, peers)
+        pstamp = _read_stamp(r, peers)
+        tag = r.byte()
+        if tag > 1:
+            raise r.fail("bad delete stamp tag")
+        dstamp = _read_stamp(r, peers) if tag else None
+        elems[elem] = [value, vstamp, pos, pstamp, dstamp]
+    for s in spans:
+        for elem in s[X]:
+            if elem not in elems:
+                raise r.fail(f"list position refers to unknown element {elem}")
+    return spans, elems
+
+
+def _decode_map(r: Reader, peers: list[str]) -> dict[str, tuple[Any, bool, Any]]:
+    entries: dict[str, tuple[Any, bool, Any]] = {}
+    for _ in range(r.count(5)):
+        key = r.str()
+        stamp = _read_stamp(r, peers)
+        present = r.byte()
+        if present > 1:
+            raise r.fail("bad presence flag")
+        entries[key] = (stamp, bool(present), r.json() if present else None)
+    return entries
