@@ -205,6 +205,7 @@ class Segment:
 
     __slots__ = (
         "_index",
+        "_ranges",
         "body",
         "dctr",
         "dlen",
@@ -232,6 +233,7 @@ class Segment:
         # peer -> (first counter, counter after the last) of its changes here.
         self.summary: dict[str, tuple[int, int]] = {}
         self._index: dict[str, tuple[list[int], list[int]]] | None = None
+        self._ranges: dict[int, list[tuple[str, int, int]]] = {}
 
     def run_changes(self, run: Run) -> list[ChangeTuple]:
         """The changes of ``run``, built."""
@@ -277,16 +279,19 @@ class Segment:
     def delete_ranges(self, run: Run) -> list[tuple[str, int, int]]:
         """The ranges a deleting run's continuations delete (not its head's)."""
         i, j, _, _, _, _, d0, _ = run
-        peers = self.peers
-        stop = d0 + j - i - 1
-        return list(
-            zip(
-                [peers[p] for p in self.dpeer[d0:stop]],
-                self.dctr[d0:stop],
-                self.dlen[d0:stop],
-                strict=True,
+        ranges = self._ranges.get(i)
+        if ranges is None:
+            peers = self.peers
+            stop = d0 + j - i - 1
+            ranges = self._ranges[i] = list(
+                zip(
+                    [peers[p] for p in self.dpeer[d0:stop]],
+                    self.dctr[d0:stop],
+                    self.dlen[d0:stop],
+                    strict=True,
+                )
             )
-        )
+        return ranges
 
     def find(self, peer: str, ctr: int) -> ChangeTuple | None:
         """The change of this segment holding op ``(peer, ctr)``, or None.

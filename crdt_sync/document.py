@@ -382,14 +382,14 @@ class CRDTDocument:
             raise RuntimeError("cannot import changes inside a transaction")
         if len(self._pending) or not self._runs_are_next(segments):
             return self._import([t for seg in segments for t in seg.tuples()])
-        self._validate_runs(segments)
+        merged = self._validate_runs(segments)
         # From here on nothing can fail on account of the input.
         stamps = [max(seg.ts) for seg in segments if seg.n]
         if stamps:
             self._clock.observe(max(stamps))
         for seg in segments:
             for run in seg.runs:
-                self._apply_run(seg, run)
+                self._apply_run(seg, run, merged)
             self._history.add_segment(seg)
         self._emit_handler_events(None, False)
         count = sum(seg.n for seg in segments)
@@ -421,8 +421,12 @@ class CRDTDocument:
                 vv[peer] = end
         return True
 
-    def _validate_runs(self, segments: list[Segment]) -> None:
-        """Raise InvalidChangeError unless every run applies, in order."""
+    def _validate_runs(self, segments: list[Segment]) -> dict[int, list[tuple[str, int, int]]]:
+        """Raise InvalidChangeError unless every run applies, in order.
+
+        Returns the merged ranges of each deleting run, by ``id(run)``.
+        """
+        merged: dict[int, list[tuple[str, int, int]]] = {}
         created = NewIds()
         for seg in segments:
             for run in seg.runs:
@@ -434,7 +438,9 @@ class CRDTDocument:
                     key = (head[4][0][1], KIND_TEXT)
                     state: Any = self._states.get(key)
                     seq = (state if state is not None else _EMPTY_STATES[KIND_TEXT]).seq
-                    for peer, ctr, n in coalesce(seg.delete_ranges(run)):
+                    ranges = coalesce([*head[4][0][2], *seg.delete_ranges(run)])
+                    merged[id(run)] = ranges
+                    for peer, ctr, n in ranges:
                         at, stop = ctr, ctr + n
                         while at < stop:
                             span = seq.find(peer, at)
@@ -448,8 +454,9 @@ class CRDTDocument:
                                     f"text delete of unknown elements {peer}@{ctr}+{n}"
                                 )
                             at = nxt
+        return merged
 
-    def _apply_run(self, seg: Segment, run: Run) -> None:
+    def _apply_run(self, seg: Segment, run: Run, merged: dict[int, Any]) -> None:
         """Apply one validated run of a segment (no history: the segment is kept)."""
         _, _, kind, head, _, x0, _, end = run
         peer, ctr, _, deps, ops, size = head
@@ -465,7 +472,7 @@ class CRDTDocument:
                 text = op[4] + seg.text[x0 : x0 + end - head_end]
                 state.apply((TEXT_INSERT, op[1], op[2], op[3], text), peer, ctr, 0, out)
             else:
-                ranges = coalesce([*op[2], *seg.delete_ranges(run)])
+                ranges = merged[id(run)]
                 state.apply((TEXT_DELETE, op[1], tuple(ranges)), peer, ctr, 0, out)
         self._vv[peer] = end
         frontier = self._frontier
