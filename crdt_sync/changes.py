@@ -32,6 +32,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from .codec import MAX_COUNT, Reader, Writer
+from .codec import MAX_INFLATED as MAX_INFLATED
+from .codec import inflate as inflate
 from .exceptions import DecodeError
 from .ids import OpId
 
@@ -301,26 +303,6 @@ def encode_change_tuples_v1(changes: Iterable[ChangeTuple], compress: bool | Non
 def encode_changes(changes: Iterable[Change], compress: bool | None = None) -> bytes:
     """Encode changes (e.g. for the network or a file); see ``docs/encoding.md``."""
     return encode_change_tuples((c._data for c in changes), compress)
-
-
-#: Largest body a compressed change batch may inflate to.
-MAX_INFLATED = 64 << 20
-
-
-def inflate(data: bytes, offset: int, limit: int = MAX_INFLATED) -> bytes:
-    """zlib-decompress at most ``limit`` bytes; DecodeError on bad or oversize data."""
-    try:
-        d = zlib.decompressobj()
-        out = d.decompress(data, limit)
-        if d.unconsumed_tail or not d.eof:
-            if d.unconsumed_tail:
-                raise DecodeError(f"compressed data inflates beyond {limit} bytes", offset)
-            raise DecodeError("truncated compressed data", offset)
-        if d.unused_data:
-            raise DecodeError("trailing bytes after compressed data", offset)
-    except zlib.error as exc:
-        raise DecodeError(f"bad compressed data: {exc}", offset) from None
-    return out
 
 
 def _read_header(

@@ -9,23 +9,30 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
+from collections.abc import Mapping
 from typing import Any
 
-from .exceptions import DecodeError
+from .exceptions import DecodeError, TooLargeError
 
 #: Upper bound on any count read from the wire (items, ops, peers, changes).
 MAX_COUNT = 1 << 24
 #: Upper bound on nesting of JSON values (lists and dicts inside each other).
 MAX_JSON_DEPTH = 64
+#: Default bound on what compressed data may inflate to.
+MAX_INFLATED = 64 << 20
 
 JSONValue = Any
+#: A version vector as the codec sees it (peer -> next counter).
+VectorEntries = Mapping[str, int]
 
 
-def check_json(value: object, depth: int = 0) -> None:
+def check_json(value: object, depth: int = 0, max_depth: int = MAX_JSON_DEPTH) -> None:
     """Raise ``TypeError``/``ValueError`` unless ``value`` is JSON-compatible.
 
     JSON-compatible: None, bool, int, finite float, str, and lists / dicts with str
-    keys of those, nested at most :data:`MAX_JSON_DEPTH` deep.
+    keys of those, nested at most ``max_depth`` deep. The package's one JSON
+    validator (values of lists and maps, awareness states).
     """
     if value is None or isinstance(value, bool | int | str):
         return
@@ -33,17 +40,17 @@ def check_json(value: object, depth: int = 0) -> None:
         if not math.isfinite(value):
             raise ValueError(f"non-finite float {value!r} is not JSON")
         return
-    if depth >= MAX_JSON_DEPTH:
-        raise ValueError(f"value nested deeper than {MAX_JSON_DEPTH} levels")
+    if depth >= max_depth:
+        raise ValueError(f"value nested deeper than {max_depth} levels")
     if isinstance(value, list):
         for item in value:
-            check_json(item, depth + 1)
+            check_json(item, depth + 1, max_depth)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"JSON object keys must be str, not {type(key).__name__}")
-            check_json(item, depth + 1)
+            check_json(item, depth + 1, max_depth)
         return
     raise TypeError(f"{type(value).__name__} is not a JSON-compatible value")
 
@@ -56,13 +63,38 @@ def dump_json(value: JSONValue) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def load_json(data: bytes, offset: int = -1) -> JSONValue:
+def load_json(data: bytes | str, offset: int = -1, max_depth: int = MAX_JSON_DEPTH) -> JSONValue:
+    """Parse and check one JSON value (:func:`check_json`); DecodeError if it is not one."""
     try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-        check_json(value)
+        text = data if isinstance(data, str) else data.decode("utf-8")
+        value = json.loads(text, parse_constant=_reject_constant)
+        check_json(value, 0, max_depth)
     except (ValueError, TypeError, RecursionError, UnicodeDecodeError) as exc:
         raise DecodeError(f"bad JSON value: {exc}", offset) from None
     return value
+
+
+def inflate(
+    data: bytes, offset: int = -1, limit: int = MAX_INFLATED, wbits: int = zlib.MAX_WBITS
+) -> bytes:
+    """Decompress ``data`` (zlib; ``wbits`` as in :mod:`zlib`: 31 for gzip) to at most
+    ``limit`` bytes: the package's one bounded inflate.
+
+    Raises :class:`TooLargeError` past the limit, :class:`DecodeError` for bad,
+    truncated or trailing data.
+    """
+    try:
+        d = zlib.decompressobj(wbits)
+        out = d.decompress(data, limit + 1)
+        if len(out) > limit:
+            raise TooLargeError(f"compressed data inflates beyond {limit} bytes", offset)
+        if not d.eof:
+            raise DecodeError("truncated compressed data", offset)
+        if d.unused_data:
+            raise DecodeError("trailing bytes after compressed data", offset)
+    except zlib.error as exc:
+        raise DecodeError(f"bad compressed data: {exc}", offset) from None
+    return out
 
 
 class Writer:
@@ -104,6 +136,14 @@ class Writer:
 
     def json(self, value: JSONValue) -> None:
         self.bytes(dump_json(value))
+
+    def version_vector(self, vv: VectorEntries) -> None:
+        """``uint`` count, then ``str`` peer and ``uint`` counter per entry, peers sorted:
+        the package's one version-vector layout."""
+        self.uint(len(vv))
+        for peer in sorted(vv):
+            self.str(peer)
+            self.uint(vv[peer])
 
 
 class Reader:
@@ -195,14 +235,22 @@ class Reader:
         start = self.pos
         return load_json(self.bytes(), start)
 
-    def version_vector(self) -> Any:
+    def version_vector(self, max_peer_bytes: int | None = None, max_counter: int = 1 << 64) -> Any:
+        """A version vector (:meth:`Writer.version_vector`); ``max_peer_bytes``
+        bounds each peer id's UTF-8 length, ``max_counter`` each counter."""
         from .ids import VersionVector
 
         n = self.count(2)
         entries: dict[str, int] = {}
         for _ in range(n):
+            if max_peer_bytes is not None:
+                start = self.pos
+                size = self.uint()
+                self.pos = start
+                if size > max_peer_bytes:
+                    raise self.fail(f"peer id of {size} bytes; the limit is {max_peer_bytes}")
             peer = self.str()
-            counter = self.uint()
+            counter = self.uint(max_counter)
             if peer in entries:
                 raise self.fail(f"peer {peer!r} twice in a version vector")
             entries[peer] = counter

@@ -4,6 +4,7 @@ The tree::
 
     CRDTError                      base of everything this package raises on purpose
     ├── DecodeError                malformed, truncated or hostile bytes (carries .offset)
+    │   └── TooLargeError          data that decodes past the size bound it was given
     ├── InvalidChangeError         a decoded change that cannot be applied (bad references,
     │                              overlapping op ids, kind mismatch); nothing of it is applied
     ├── PendingBufferFullError     too many changes wait for missing dependencies
@@ -29,6 +30,10 @@ class DecodeError(CRDTError):
         super().__init__(f"{message} (at byte {offset})" if offset >= 0 else message)
         self.offset = offset
         self.detail = message
+
+
+class TooLargeError(DecodeError):
+    """Data decodes (inflates) past the size bound it was given."""
 
 
 class InvalidChangeError(CRDTError):

@@ -131,10 +131,7 @@ class VersionVector(Mapping[str, int]):
         from .codec import Writer
 
         w = Writer()
-        w.uint(len(self._entries))
-        for peer in sorted(self._entries):
-            w.str(peer)
-            w.uint(self._entries[peer])
+        w.version_vector(self._entries)
         return w.getvalue()
 
     @classmethod

@@ -15,6 +15,9 @@ from __future__ import annotations
 import zlib
 from typing import Protocol, runtime_checkable
 
+from crdt_sync.codec import inflate
+from crdt_sync.exceptions import DecodeError, TooLargeError
+
 from .exceptions import DecompressionError, MessageTooLarge
 
 __all__ = [
@@ -31,7 +34,6 @@ DEFAULT_MAX_DECOMPRESSED_SIZE = 64 * 1024 * 1024
 # wbits for zlib: 16 + MAX_WBITS selects the gzip container (RFC 1952).
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 # Decompress in slices so the bound is enforced before memory is spent.
-_CHUNK = 64 * 1024
 
 
 @runtime_checkable
@@ -93,30 +95,13 @@ class GzipCompressor:
         return compressor.compress(data) + compressor.flush()
 
     def decompress(self, data: bytes, max_size: int = DEFAULT_MAX_DECOMPRESSED_SIZE) -> bytes:
-        decompressor = zlib.decompressobj(_GZIP_WBITS)
-        out = bytearray()
-        pending = bytes(data)
+        # The package's one bounded inflate (crdt_sync.codec.inflate), gzip container.
         try:
-            while True:
-                # max_length bounds each step; unconsumed_tail keeps the rest of the input.
-                room = max_size - len(out) + 1
-                piece = decompressor.decompress(pending, min(_CHUNK, room))
-                out += piece
-                if len(out) > max_size:
-                    raise MessageTooLarge(len(out), max_size, "decompressed body")
-                tail = decompressor.unconsumed_tail
-                # Stop at the end of the stream, or when a step made no progress
-                # (input exhausted, or zlib waiting for bytes that will not come).
-                if decompressor.eof or (not piece and len(tail) >= len(pending)):
-                    break
-                pending = tail
-        except zlib.error as exc:
-            raise DecompressionError(f"corrupt gzip data: {exc}") from None
-        if not decompressor.eof:
-            raise DecompressionError("truncated gzip data")
-        if decompressor.unused_data:
-            raise DecompressionError("trailing bytes after the gzip stream")
-        return bytes(out)
+            return inflate(bytes(data), -1, max_size, _GZIP_WBITS)
+        except TooLargeError:
+            raise MessageTooLarge(max_size + 1, max_size, "decompressed body") from None
+        except DecodeError as exc:
+            raise DecompressionError(f"corrupt gzip data: {exc.detail}") from None
 
     def __repr__(self) -> str:
         return f"GzipCompressor(level={self._level})"

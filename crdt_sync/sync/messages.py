@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from crdt_sync import Change, Snapshot, VersionVector, decode_changes, encode_changes
-from crdt_sync.codec import Reader, Writer
+from crdt_sync.codec import Reader, Writer, load_json
 from crdt_sync.exceptions import DecodeError
 
 from .access import Role
@@ -390,10 +389,14 @@ class _Writer(Writer):
             self.text(text, limit, what)
 
     def vv(self, vv: Mapping[str, int]) -> None:
-        self.uint(len(vv))
-        for peer in sorted(vv):
-            self.text(peer, MAX_ID_BYTES, "a version vector peer")
-            self.uint(vv[peer])
+        # The package's one version-vector layout (crdt_sync.codec), with the wire's bounds.
+        for peer in vv:
+            size = len(peer.encode("utf-8"))
+            if size > MAX_ID_BYTES:
+                raise ValueError(
+                    f"a version vector peer is {size} bytes; the limit is {MAX_ID_BYTES}"
+                )
+        self.version_vector(vv)
 
     def payload(self, changes: tuple[Change, ...], snapshot: Snapshot | None) -> None:
         if snapshot is not None:
@@ -568,19 +571,15 @@ class _Reader(Reader):
         return self.text(what, limit) if self.flag(what) else None
 
     def vv(self, what: str) -> VersionVector:
-        # Each entry takes at least 2 bytes, which bounds the count by the input.
-        n = self.number(f"{what} size", (self.end - self.pos) // 2)
-        entries: dict[str, int] = {}
-        for _ in range(n):
-            peer = self.text(f"{what} peer", MAX_ID_BYTES)
-            counter = self.number(f"{what} counter")
-            if peer in entries:
-                raise self.fail(f"{what}: peer {peer!r} appears twice")
-            entries[peer] = counter
+        # The package's one version-vector codec (crdt_sync.codec), with the wire's bounds.
         try:
-            return VersionVector(entries)
-        except (TypeError, ValueError) as exc:
-            raise self.fail(f"{what}: {exc}") from None
+            vv: VersionVector = self.version_vector(MAX_ID_BYTES, MAX_COUNTER)
+        except MessageDecodeError as exc:
+            raise MessageDecodeError(f"{what}: {exc.detail}", exc.offset) from None
+        except DecodeError as exc:
+            offset = self.base + exc.offset if exc.offset >= 0 else -1
+            raise MessageDecodeError(f"{what}: {exc.detail}", offset) from None
+        return vv
 
     def changes(self, what: str) -> tuple[Change, ...]:
         start = self.pos
@@ -624,31 +623,14 @@ class _Reader(Reader):
             raise self.fail(f"{self.end - self.pos} unexpected trailing bytes")
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_depth_ok(value: object, depth: int = 0) -> bool:
-    if depth > _MAX_JSON_DEPTH:
-        return False
-    if isinstance(value, dict):
-        return all(_json_depth_ok(v, depth + 1) for v in value.values())
-    if isinstance(value, list):
-        return all(_json_depth_ok(v, depth + 1) for v in value)
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return True
-
-
 def _load_state(text: str, offset: int) -> AwarenessStateValue:
+    # The package's one JSON validator (crdt_sync.codec.load_json), awareness depth.
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise MessageDecodeError(f"awareness state is not JSON: {exc}", offset) from None
+        value = load_json(text, offset, _MAX_JSON_DEPTH + 1)
+    except DecodeError as exc:
+        raise MessageDecodeError(f"awareness state is not JSON: {exc.detail}", offset) from None
     if not isinstance(value, dict):
         raise MessageDecodeError("awareness state is not a JSON object", offset)
-    if not _json_depth_ok(value):
-        raise MessageDecodeError(f"awareness state nested deeper than {_MAX_JSON_DEPTH}", offset)
     return value
 
 

@@ -123,3 +123,51 @@ def test_check_json_rejects_non_finite_floats(value: object) -> None:
 def test_reader_refuses_non_bytes() -> None:
     with pytest.raises(TypeError):
         Reader("text")  # type: ignore[arg-type]
+
+
+def test_one_bounded_inflate_for_zlib_and_gzip() -> None:
+    import gzip
+    import zlib
+
+    from crdt_sync.codec import inflate
+    from crdt_sync.exceptions import TooLargeError
+
+    data = b"abc" * 1000
+    assert inflate(zlib.compress(data), 0, len(data)) == data  # exactly at the limit
+    assert inflate(gzip.compress(data), 0, len(data), wbits=31) == data
+    with pytest.raises(TooLargeError):
+        inflate(zlib.compress(data), 0, len(data) - 1)
+    with pytest.raises(TooLargeError):
+        inflate(gzip.compress(data), 0, 100, wbits=31)
+    for bad in (zlib.compress(data)[:-3], zlib.compress(data) + b"x", b"not zlib"):
+        with pytest.raises(DecodeError) as info:
+            inflate(bad, 7)
+        assert not isinstance(info.value, TooLargeError) and info.value.offset == 7
+
+
+def test_one_json_validator_with_a_depth_bound() -> None:
+    from crdt_sync.codec import load_json
+
+    nested = "[" * 10 + "]" * 10
+    assert load_json(nested) == load_json(nested.encode(), 0, 10)
+    with pytest.raises(DecodeError, match="deeper"):
+        load_json(nested, 0, 9)
+    for bad in ("NaN", "[1,", '"\\ud800"x'):
+        with pytest.raises(DecodeError):
+            load_json(bad)
+
+
+def test_one_version_vector_codec_with_bounds() -> None:
+    from crdt_sync import VersionVector
+    from crdt_sync.codec import Reader, Writer
+
+    vv = VersionVector({"b" * 40: 7, "a": 1 << 40})
+    w = Writer()
+    w.version_vector(vv)
+    assert w.getvalue() == vv.to_bytes()
+    assert Reader(w.getvalue()).version_vector() == vv
+    assert Reader(w.getvalue()).version_vector(40, 1 << 40) == vv
+    with pytest.raises(DecodeError, match="limit is 39"):
+        Reader(w.getvalue()).version_vector(39)
+    with pytest.raises(DecodeError):
+        Reader(w.getvalue()).version_vector(None, (1 << 40) - 1)
