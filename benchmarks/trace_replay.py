@@ -899,7 +899,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     traces_dir: Path = args.traces_dir
     requested = [n for group in (args.trace or [[DEFAULT_TRACE]]) for n in group]
     names = available_traces(traces_dir) if "all" in requested else requested
-    for name in names:
+    given_concurrent = args.scenario == "concurrent" and args.concurrent_trace is not None
+    for name in [] if given_concurrent else names:
         if not trace_path(traces_dir, name, False).is_file():
             print(f"no trace {name!r} in {traces_dir}", file=sys.stderr)
             return 2
