@@ -37,8 +37,7 @@ class Snapshot:
 
     @classmethod
     def of(cls, doc: CRDTDocument) -> Snapshot:
-        snapshot: Snapshot = SnapshotCapture(doc).encode()
-        return snapshot
+        return SnapshotCapture(doc).encode()
 
     @staticmethod
     def capture(doc: CRDTDocument) -> SnapshotCapture:

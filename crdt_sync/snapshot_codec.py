@@ -28,6 +28,7 @@ from .state import ListState, TextState
 
 if TYPE_CHECKING:
     from .document import CRDTDocument
+    from .snapshot import Snapshot
 
 MAGIC = b"CRDS"
 _KIND_CODES = {KIND_TEXT: 1, KIND_LIST: 2, KIND_MAP: 3}
@@ -103,7 +104,7 @@ class SnapshotCapture:
             states.append((name, kind, frozen))
         self._states = states
 
-    def encode(self) -> Any:
+    def encode(self) -> Snapshot:
         """The snapshot of the captured state (safe on another thread)."""
         from .snapshot import Snapshot
 
