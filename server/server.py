@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Origin
@@ -351,11 +352,7 @@ class WebSocketServer:
         if path == "/metrics":
             if not self.serve_metrics:
                 return ws.respond(HTTPStatus.NOT_FOUND, "metrics are off (--metrics)\n")
-            response = ws.respond(HTTPStatus.OK, "")
-            response.body = self.metrics.exposition()
-            response.headers["Content-Type"] = CONTENT_TYPE
-            response.headers["Content-Length"] = str(len(response.body))
-            return response
+            return _http_response(HTTPStatus.OK, CONTENT_TYPE, self.metrics.exposition())
         return None
 
     async def _healthz(self, ws: ServerConnection) -> Response:
@@ -375,12 +372,11 @@ class WebSocketServer:
             "connections": len(self._connections),
             "documents_loaded": len(self.rooms.rooms),
         }
-        response = ws.respond(
+        return _http_response(
             HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE,
-            json.dumps(body) + "\n",
+            "application/json",
+            (json.dumps(body) + "\n").encode(),
         )
-        response.headers["Content-Type"] = "application/json"
-        return response
 
     # -- one connection -----------------------------------------------------------------
 
@@ -480,3 +476,16 @@ class WebSocketServer:
         public so tests can drive it without waiting.
         """
         return self.rooms.expire_awareness(now)
+
+
+def _http_response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
+    """A plain HTTP response (each header once) for ``/healthz`` and ``/metrics``."""
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)

@@ -976,9 +976,10 @@ class RedisServerRegistry(CRDTServerRegistry):
             try:
                 subscribed: set[str] = set()
                 while not self._closed:
+                    # Cleared before reading what is wanted: a change after this wakes us.
+                    resubscribe.clear()
                     wanted = {self._channel(d) for d in self._loaded}
                     if wanted != subscribed:
-                        resubscribe.clear()
                         if wanted - subscribed:
                             await pubsub.subscribe(*(wanted - subscribed))
                         if subscribed - wanted:

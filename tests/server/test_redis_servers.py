@@ -57,10 +57,12 @@ async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
-        headers = {
-            key.strip().lower(): value.strip()
+        pairs = [
+            (key.strip().lower(), value.strip())
             for key, _, value in (line.partition(":") for line in lines[1:] if line)
-        }
+        ]
+        headers = dict(pairs)
+        assert len(headers) == len(pairs), f"a header is repeated: {pairs}"
         body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
         return status, headers, body
     finally:

@@ -371,3 +371,25 @@ async def test_entries_decode_to_what_was_applied(
         await client.aclose()
     assert fields[b"o"] == b"a" and fields[b"t"] == b"c"
     assert decode_changes(fields[b"d"]) == list(result.applied)
+
+
+async def test_releasing_documents_leaves_the_loop_free(redis_server: RedisServer) -> None:
+    # Regression: a presence reader that reconnected with nothing left to follow
+    # spun on a set event without yielding, and the event loop stood still (this
+    # test hung).
+    a = RedisServerRegistry(redis_server.url, process_id="a", block=0.2, retry_max=0.2)
+    try:
+        await a.create_document("one")
+        a.publish_presence("one", AwarenessUpdate("peer-1", 1, {"name": "x"}))
+        redis_server.stop()  # the presence reader loses its connection
+        await a.release_document("one")
+        redis_server.start()
+        ticks = 0
+        async with asyncio.timeout(10):
+            while ticks < 50:  # longer than the reader's retry pause
+                await asyncio.sleep(0.01)
+                ticks += 1
+        await a.create_document("two")  # and it follows documents again
+        assert a.loaded_document_ids() == ["two"]
+    finally:
+        await a.close()
