@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 # When a Hypothesis test fails, its pytest plugin imports this module (through
@@ -49,3 +51,16 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the Qt tests (``tests/editor``) after every other test.
+
+    Once a ``QApplication`` exists, pytest-qt processes Qt events around every
+    later test, Qt or not; a long asyncio test then lets timers and deferred
+    events of earlier windows pile up. Keeping the Qt tests together and last
+    keeps the event processing of each test about that test's own widgets.
+    The order within each group is unchanged.
+    """
+    editor = Path(__file__).parent / "editor"
+    items.sort(key=lambda item: editor in Path(str(item.path)).parents)
