@@ -137,16 +137,20 @@ async def _open(spec: AttackSpec) -> Any:
     )
 
 
+def _error_code(frame: bytes) -> str:
+    from crdt_sync.sync.messages import decode_message
+
+    try:
+        message: Any = decode_message(frame)
+        return str(getattr(message.code, "name", message.code))
+    except Exception:
+        return "undecodable error"
+
+
 def _note_error(result: AttackResult, data: Any) -> None:
     result.frames_received += 1
     if isinstance(data, bytes) and len(data) > 5 and data[3] == 0x7F:
-        from crdt_sync.sync.messages import decode_message
-
-        try:
-            message: Any = decode_message(data)
-            result.errors[getattr(message.code, "name", str(message.code))] += 1
-        except Exception:
-            result.errors["undecodable error"] += 1
+        result.errors[_error_code(data)] += 1
 
 
 async def _drain(ws: Any, result: AttackResult, window: asyncio.Semaphore | None = None) -> None:
@@ -411,7 +415,7 @@ def probe_connect(url: str, out: dict[str, Any]) -> None:
             while True:
                 data = await asyncio.wait_for(ws.recv(), 10)
                 if isinstance(data, bytes) and len(data) > 5 and data[3] in (0x02, 0x7F):
-                    verdict = "yes" if data[3] == 0x02 else "refused"
+                    verdict = "yes" if data[3] == 0x02 else f"refused ({_error_code(data)})"
                     out["probe"] = f"{verdict} in {time.perf_counter() - t:.2f} s"
                     return
 

@@ -449,7 +449,7 @@ def report(runs: list[LoadRun], args: argparse.Namespace, ratio: str = "ours/the
         "duplicate / unknown / unreadable",
         [f"{r.duplicates:,} / {r.unknown:,} / {r.unparsed:,}" for r in shown],
     )
-    add("server holds every sent edit", [r.final_check for r in shown])
+    add("server holds every sent edit (window end)", [r.final_check for r in shown])
     add(
         "server CPU in the window",
         [f"{r.server_cpu:.2f} s" for r in shown],
