@@ -223,6 +223,10 @@ class Rooms(RegistryObserver):
         with ``role`` (a READ member's changes are refused by its session)."""
         session = member.session
         try:
+            # The liveness ping of an existing connection with this peer id takes a
+            # round trip (seconds, for a dead one): never while holding the lock.
+            if not await self._replace_stale(member, document_id, request.peer_id):
+                return
             async with self._lock(document_id):
                 room = self.rooms.get(document_id)
                 if room is None:
@@ -270,38 +274,64 @@ class Rooms(RegistryObserver):
             role=role.label,
         )
 
-    async def _admit_peer(self, member: Member, room: Room, peer_id: str) -> bool:
-        """The identity rule at the door: the peer id is this replica's, and not in use.
+    async def _replace_stale(self, member: Member, document_id: str, peer_id: str) -> bool:
+        """Before joining: question existing connections with the same peer id.
 
-        The claim (first secret wins) is checked first, so only the replica that
-        owns a peer id can make the server question its existing connection. An
-        existing connection with the peer id is pinged: if it answers, the new
-        one is refused (two windows of one replica must not both write); if not
-        (a dropped network, a half-open socket) it is dropped and replaced.
+        Only a client holding the peer id's claim gets that far (the claim is
+        checked first), so nobody else can make the server question its owner's
+        connection. An existing connection that answers a ping keeps its place
+        and the new one is refused (``PEER_ID_IN_USE``: two windows of one
+        replica must not both write); one that does not (a dropped network, a
+        half-open socket) is dropped, so a network drop never locks its owner
+        out. Returns whether the new connection may go on joining.
         """
-        session = member.session
-        document_id = room.document_id
-        if not await self.registry.claim_peer(document_id, peer_id, session.secret_hash):
-            if session.state is SessionState.HANDSHAKING:
-                session.reject_handshake(
-                    ErrorCode.PEER_ID_IN_USE,
-                    f"peer id {peer_id} belongs to another replica of {document_id!r}"
-                    " (another secret claimed it first): continue under a new peer id",
-                )
+        room = self.rooms.get(document_id)
+        olds = [] if room is None else [m for m in room.members if m.session.peer_id == peer_id]
+        if not olds:
+            return True
+        if not await self._claimed_by(member, document_id, peer_id):
             return False
-        for old in [m for m in room.members if m.session.peer_id == peer_id]:
+        for old in olds:
             if await old.answers_ping(self.limits.peer_check_timeout):
-                if session.state is SessionState.HANDSHAKING:
-                    session.reject_handshake(
-                        ErrorCode.PEER_ID_IN_USE,
-                        f"peer id {peer_id} is connected to {document_id!r} already (the"
-                        " same replica open twice?)",
-                    )
+                self._refuse_in_use(member, document_id, peer_id)
                 return False
-            _log.info("replacing an unresponsive connection of peer %s", peer_id)
-            old.drop(ErrorCode.TIMEOUT, "replaced: a liveness ping went unanswered")
-            self.leave(old)
+            if old.room is not None:
+                _log.info("replacing an unresponsive connection of peer %s", peer_id)
+                old.drop(ErrorCode.TIMEOUT, "replaced: a liveness ping went unanswered")
+                self.leave(old)
         return True
+
+    async def _admit_peer(self, member: Member, room: Room, peer_id: str) -> bool:
+        """The identity rule at the door (under the document's lock): the peer id is
+        this replica's, and no live connection uses it (one that joined while this
+        one's liveness check ran is not questioned again: the newcomer is refused)."""
+        if not await self._claimed_by(member, room.document_id, peer_id):
+            return False
+        if any(m.session.peer_id == peer_id for m in room.members):
+            self._refuse_in_use(member, room.document_id, peer_id)
+            return False
+        return True
+
+    async def _claimed_by(self, member: Member, document_id: str, peer_id: str) -> bool:
+        """Claim ``peer_id`` for ``member``'s replica (first secret wins), or refuse it."""
+        session = member.session
+        if await self.registry.claim_peer(document_id, peer_id, session.secret_hash):
+            return True
+        if session.state is SessionState.HANDSHAKING:
+            session.reject_handshake(
+                ErrorCode.PEER_ID_IN_USE,
+                f"peer id {peer_id} belongs to another replica of {document_id!r}"
+                " (another secret claimed it first): continue under a new peer id",
+            )
+        return False
+
+    def _refuse_in_use(self, member: Member, document_id: str, peer_id: str) -> None:
+        if member.session.state is SessionState.HANDSHAKING:
+            member.session.reject_handshake(
+                ErrorCode.PEER_ID_IN_USE,
+                f"peer id {peer_id} is connected to {document_id!r} already (the same"
+                " replica open twice?)",
+            )
 
     async def _open_room(self, document_id: str, host: str) -> Room | None:
         """Load (or create) the document and make its room; None if it does not exist.

@@ -71,8 +71,8 @@ class Limits:
     max_counter_jump: int = 1 << 22
     peer_check_timeout: float = 3.0
     max_connections_per_ip: int = 64
-    messages_per_second: float = 200.0
-    message_burst: int = 1000
+    messages_per_second: float = 100.0
+    message_burst: int = 500
     bytes_per_second: float = 2 * 1024 * 1024
     byte_burst: int = 32 * 1024 * 1024
     max_changes_per_frame: int = 10_000
