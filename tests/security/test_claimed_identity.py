@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 @pytest_asyncio.fixture
 async def server(tmp_path: object) -> AsyncIterator[WebSocketServer]:
     registry = SqliteServerRegistry(f"{tmp_path}/documents.sqlite3")
-    running = WebSocketServer("127.0.0.1", 0, registry, limits=Limits(peer_check_timeout=0.5))
+    running = WebSocketServer("127.0.0.1", 0, registry, limits=Limits(peer_check_timeout=2.0))
     await running.start()
     try:
         yield running
