@@ -37,10 +37,14 @@ class _Frozen:
 class History:
     """Every change a document applied, in order, compactly."""
 
-    __slots__ = ("_cache", "_frozen", "_index", "_tail")
+    __slots__ = ("_by_peer", "_cache", "_frozen", "_index", "_tail")
 
     def __init__(self) -> None:
         self._frozen: list[_Frozen] = []
+        # peer -> (ends, segment indexes) of the segments holding its changes,
+        # in history order (so ends increase): the segments a receiver needs
+        # for a peer are a suffix, found by bisection.
+        self._by_peer: dict[str, tuple[list[int], list[int]]] = {}
         self._tail: list[ChangeTuple] = []
         # peer -> (first counters, positions in the tail) of its tail changes.
         self._index: dict[str, tuple[list[int], list[int]]] = {}
@@ -68,7 +72,7 @@ class History:
     def extend(self, changes: list[ChangeTuple]) -> None:
         if len(changes) >= FREEZE:
             self.freeze()
-            self._frozen.append(_frozen_of(changes))
+            self._keep(_frozen_of(changes))
             return
         for change in changes:
             self.append(change)
@@ -76,17 +80,28 @@ class History:
     def add_segment(self, segment: Segment) -> None:
         """Keep a decoded segment whose changes were all just applied, in order."""
         self.freeze()
-        self._frozen.append(_Frozen(segment.body, segment.n, segment.summary))
+        self._keep(_Frozen(segment.body, segment.n, segment.summary))
 
     def freeze(self) -> None:
         """Encode the tail into a segment."""
         if self._tail:
-            self._frozen.append(_frozen_of(self._tail))
+            self._keep(_frozen_of(self._tail))
             self._tail = []
             self._index = {}
 
+    def _keep(self, frozen: _Frozen) -> None:
+        k = len(self._frozen)
+        self._frozen.append(frozen)
+        for peer, (_, end) in frozen.summary.items():
+            entry = self._by_peer.get(peer)
+            if entry is None:
+                entry = self._by_peer[peer] = ([], [])
+            entry[0].append(end)
+            entry[1].append(k)
+
     def clear(self) -> None:
         self._frozen = []
+        self._by_peer = {}
         self._tail = []
         self._index = {}
         self._cache = None
@@ -146,7 +161,16 @@ class History:
         """What to send of each segment, then of the tail: None for a whole
         segment, else the changes to send (maybe none)."""
         parts: list[tuple[int, list[ChangeTuple] | None]] = []
-        for k, frozen in enumerate(self._frozen):
+        if since is None:
+            candidates: list[int] = list(range(len(self._frozen)))
+        else:
+            # Only segments holding some change the receiver lacks.
+            found: set[int] = set()
+            for peer, (ends, indexes) in self._by_peer.items():
+                found.update(indexes[bisect_right(ends, since.get(peer, 0)) :])
+            candidates = sorted(found)
+        for k in candidates:
+            frozen = self._frozen[k]
             if since is None:
                 parts.append((k, None))
                 continue
