@@ -68,15 +68,6 @@ from _common import (  # benchmarks/ is not a package
 )
 
 OURS = "crdt_sync"
-#: Server limits that would otherwise refuse this generator's honest load.
-LOAD_TEST_LIMITS = {
-    "--max-connections-per-ip": "1000000",
-    "--messages-per-second": "1000000",
-    "--message-burst": "1000000",
-    "--bytes-per-second": "1000000000",
-    "--byte-burst": "1000000000",
-    "--documents-per-ip-per-minute": "1000000",
-}
 PYCRDT = "pycrdt-websocket"
 SECURED_RATIO = "secured/plain"
 REDIS_RATIO = "redis/single"
@@ -190,12 +181,6 @@ class Servers:
             if self.auth:
                 self.token("bench-doc")  # creates the secret file before the server reads it
                 extra += ["--secret-file", str(self.secret_file)]
-            # One loopback address plays every user, and the ramp sends up to 300
-            # frames/s per client: lift the per-address and per-connection limits
-            # (server/trust.py) out of this load test's way.
-            for option, value in LOAD_TEST_LIMITS.items():
-                if server_has_option(option):
-                    extra += [option, value]
             db = self.dir / "documents.sqlite3"
             command = our_server_command(
                 self.args.registry,
