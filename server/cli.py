@@ -143,6 +143,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not 0 or more")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -155,6 +162,11 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
+
+
+#: Changes of each document's history the SQLite store keeps by default: a million
+#: changes of typing are tens of megabytes.
+DEFAULT_HISTORY_RETENTION = 1_000_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keep documents in Redis (redis://HOST:PORT/DB), shared by every server process"
         " started with the same URL",
+    )
+    parser.add_argument(
+        "--history-retention",
+        type=_non_negative_int,
+        metavar="CHANGES",
+        default=DEFAULT_HISTORY_RETENTION,
+        help="SQLite: keep at least this many of each document's newest changes as history"
+        " for View > History after compaction; older ones are dropped (0: history only"
+        f" since the last snapshot; default {DEFAULT_HISTORY_RETENTION:,})",
     )
     parser.add_argument(
         "--metrics",
@@ -374,7 +395,7 @@ def _make_registry(args: argparse.Namespace) -> CRDTServerRegistry:
     if args.redis is not None:
         return RedisServerRegistry(args.redis)
     path: Path = args.db if args.db is not None else default_database_path()
-    return SqliteServerRegistry(path)
+    return SqliteServerRegistry(path, history_retention=args.history_retention)
 
 
 def _log_event(event: ServerEvent) -> None:

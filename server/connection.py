@@ -32,6 +32,7 @@ from websockets.protocol import State
 
 from crdt_sync.sync import ErrorCode, HandshakeRequest, Role
 from crdt_sync.sync.document_ids import document_id_from_url_path
+from crdt_sync.sync.messages import encode_history_frame
 
 from .auth import InvalidTokenError, TokenAuthority
 from .events import ServerEventType
@@ -44,6 +45,7 @@ from .session import (
     DocumentStatusSent,
     ErrorReceived,
     HandshakeRequested,
+    HistoryRequested,
     ProtocolViolation,
     ReadOnlyRefused,
     ServerSession,
@@ -56,6 +58,9 @@ from .trust import Limits, TokenBucket
 __all__ = ["Authenticator", "Connection", "describe_close", "document_id_from_url_path"]
 
 _log = logging.getLogger(__name__)
+
+#: Encoded change bytes per history page (well under any client's frame bound).
+HISTORY_PAGE_BYTES = 1024 * 1024
 
 # Frames from this size on are decoded in a worker thread: a hostile frame of a
 # few kilobytes can inflate (zlib reaches about 1000:1) to megabytes of ops and
@@ -296,6 +301,8 @@ class Connection:
                     await rooms.apply_snapshot(self, event.snapshot)
                 elif isinstance(event, AwarenessReceived):
                     rooms.awareness_update(self, event.update)
+                elif isinstance(event, HistoryRequested):
+                    await self._answer_history(rooms, event.cursor)
                 elif isinstance(event, AwarenessQueried):
                     if self.room is not None:
                         session.send_awareness_state(rooms.awareness_states(self))
@@ -316,6 +323,24 @@ class Connection:
                     pass  # the writer closes the socket once the outbox is empty
             self.flush()
         self.flush()
+
+    async def _answer_history(self, rooms: Rooms, cursor: int) -> None:
+        """A page of the document's kept history, from the registry (stored
+        batches are sent as they are)."""
+        session = self.session
+        document_id = session.document_id
+        if document_id is None or session.state is not SessionState.OPEN:
+            return
+        try:
+            page = await rooms.registry.history_page(document_id, cursor, HISTORY_PAGE_BYTES)
+        except Exception as error:  # a storage failure ends this connection only
+            _log.warning("history of %r not served: %r", document_id, error)
+            session.fail(ErrorCode.INTERNAL_ERROR, "the server could not read the history")
+            return
+        frame = encode_history_frame(
+            page.start, page.base, page.batches, page.next_cursor, session.compressor
+        )
+        session.send_history(frame, page.next_cursor)
 
     async def _authorise(
         self, event: HandshakeRequested, access: _Access, emit: Emit

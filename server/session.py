@@ -58,6 +58,8 @@ from crdt_sync.sync import (
     ErrorCode,
     HandshakeRequest,
     HandshakeResponse,
+    HistoryRequest,
+    HistoryResponse,
     Message,
     NoCompression,
     Ping,
@@ -82,6 +84,7 @@ __all__ = [
     "DocumentStatusSent",
     "ErrorReceived",
     "HandshakeRequested",
+    "HistoryRequested",
     "PingReceived",
     "PongReceived",
     "ProtocolViolation",
@@ -168,6 +171,8 @@ _INPUT_OF: Mapping[type[Message], SessionInput] = {
     AwarenessUpdate: _I.CLIENT_MESSAGE,
     AwarenessQuery: _I.CLIENT_MESSAGE,
     SnapshotUpload: _I.CLIENT_MESSAGE,
+    HistoryRequest: _I.CLIENT_MESSAGE,
+    HistoryResponse: _I.SERVER_MESSAGE,
     HandshakeResponse: _I.SERVER_MESSAGE,
     Ack: _I.SERVER_MESSAGE,
     DocumentStatus: _I.SERVER_MESSAGE,
@@ -280,6 +285,14 @@ class AwarenessQueried:
 
 
 @dataclass(frozen=True)
+class HistoryRequested:
+    """The client asked for a page of the document's kept history (any role may):
+    answer with ``send_frame(encode_history_frame(...))`` from the registry."""
+
+    cursor: int
+
+
+@dataclass(frozen=True)
 class ErrorReceived:
     """The client reported an error. Unless it is OUT_OF_SYNC the session is now closed."""
 
@@ -321,6 +334,7 @@ SessionEvent = (
     | PongReceived
     | AwarenessReceived
     | AwarenessQueried
+    | HistoryRequested
     | ErrorReceived
     | ReadOnlyRefused
     | ProtocolViolation
@@ -456,6 +470,7 @@ class ServerSession:
         self._client_version_vector = VersionVector()
         self._secret_hash = b""
         self._role = Role.WRITE
+        self._history_next = 0
         self.close_code: CloseCode | None = None
         self.close_reason = ""
 
@@ -654,6 +669,20 @@ class ServerSession:
             self._events.append(AwarenessReceived(message))
         elif isinstance(message, AwarenessQuery):
             self._events.append(AwarenessQueried())
+        elif isinstance(message, HistoryRequest):
+            # A first page shares the status requests' rate (both read stored
+            # state); the next page of a walk already paid for is free, so a
+            # long history costs one token and each page is served once.
+            walking = message.cursor != 0 and message.cursor == self._history_next
+            self._history_next = 0
+            if not walking and not self._status_rate.take():
+                self._fail(
+                    ErrorCode.RATE_LIMITED,
+                    f"more than {self.limits.status_burst} status and history requests in a"
+                    f" burst ({self.limits.status_per_second:g} per second allowed)",
+                )
+                return
+            self._events.append(HistoryRequested(message.cursor))
         else:  # pragma: no cover - the table refuses every other type first
             self._fail(ErrorCode.INVALID_MESSAGE, f"unexpected {type(message).__name__}")
 
@@ -821,6 +850,14 @@ class ServerSession:
         """
         if self._require_open("send_frame"):
             self._outgoing.append(frame)
+
+    def send_history(self, frame: bytes, next_cursor: int) -> None:
+        """Queue an encoded ``HistoryResponse`` (``encode_history_frame`` with this
+        session's compressor) whose next page starts at ``next_cursor`` (0: none):
+        a request for exactly that page is not rate limited."""
+        if self._require_open("send_history"):
+            self._outgoing.append(frame)
+            self._history_next = next_cursor
 
     def send_snapshot_push(self, version_vector: VersionVector, snapshot: Snapshot) -> None:
         """Push state this client lacks and no change describes (another client's

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .access import CertificatePinError, Invite, Role, certificate_fingerprint, split_invite
 from .awareness import Awareness, AwarenessChanged
-from .client import ConnectionStatus, ReconnectPolicy, WebSocketClient
+from .client import ConnectionStatus, History, ReconnectPolicy, WebSocketClient
 from .compression import Compressor, GzipCompressor, NoCompression, compressor_for_name
 from .events import (
     Acknowledged,
@@ -16,6 +16,7 @@ from .events import (
     ConnectionLost,
     ErrorOccurred,
     HandshakeCompleted,
+    HistoryReceived,
     PongReceived,
     ReconnectScheduled,
     ResyncCompleted,
@@ -51,6 +52,8 @@ from .messages import (
     Error,
     HandshakeRequest,
     HandshakeResponse,
+    HistoryRequest,
+    HistoryResponse,
     Message,
     MessageType,
     Ping,
@@ -97,6 +100,10 @@ __all__ = [
     "HandshakeCompleted",
     "HandshakeRequest",
     "HandshakeResponse",
+    "History",
+    "HistoryReceived",
+    "HistoryRequest",
+    "HistoryResponse",
     "Invite",
     "LocalProtocolError",
     "Message",

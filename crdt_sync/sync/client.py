@@ -30,7 +30,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 from websockets.uri import parse_uri
 
-from crdt_sync import Change, CRDTDocument, PeerId, VersionVector
+from crdt_sync import Change, CRDTDocument, PeerId, Snapshot, VersionVector
 
 from .access import Role, certificate_fingerprint, parse_pin, pin_matches, split_invite
 from .awareness import Awareness
@@ -43,6 +43,7 @@ from .events import (
     ConnectionLost,
     ErrorOccurred,
     HandshakeCompleted,
+    HistoryReceived,
     ReconnectScheduled,
 )
 from .exceptions import ErrorCode
@@ -150,6 +151,30 @@ class _Outcome:
     handshake_completed: bool
     final: bool
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The server's kept history of a document (:meth:`WebSocketClient.fetch_history`).
+
+    ``start`` is where it starts: empty when it reaches back to the document's
+    creation, else the version vector of ``base``, the state from which
+    ``changes`` (causal order) replay; the server dropped what came before.
+    """
+
+    start: VersionVector
+    base: Snapshot | None
+    changes: tuple[Change, ...]
+
+    @property
+    def complete(self) -> bool:
+        """Whether the history reaches back to the document's creation."""
+        return not self.start
+
+
+#: Pages :meth:`WebSocketClient.fetch_history` reads at most (a server that
+#: never says "last page" cannot keep the client busy forever).
+MAX_HISTORY_PAGES = 10_000
 
 
 def _document_url(url: str, document_id: str) -> tuple[str, str]:
@@ -260,6 +285,7 @@ class WebSocketClient:
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
         self._waiters: list[asyncio.Future[bool]] = []
+        self._history_waiters: list[asyncio.Future[HistoryReceived]] = []
         self._retry_now: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self._send_lock: asyncio.Lock | None = None
@@ -372,6 +398,47 @@ class WebSocketClient:
         elif self._retry_now is not None:
             self._retry_now.set()  # skip the rest of a backoff wait
         return await waiter
+
+    async def fetch_history(self) -> History:
+        """The server's kept history of the document, read page by page.
+
+        Only while connected (read-only connections too); raises
+        :class:`ConnectionError` when not connected or when the connection ends
+        before the last page. Nothing is imported into :attr:`document`.
+        """
+        changes: list[Change] = []
+        start: VersionVector | None = None
+        base: Snapshot | None = None
+        cursor = 0
+        for _ in range(MAX_HISTORY_PAGES):
+            page = await self._history_page(cursor)
+            if start is None:
+                start, base = page.start, page.base
+            changes.extend(page.changes)
+            if page.next_cursor == 0:
+                break
+            if page.next_cursor <= cursor:
+                raise ConnectionError("the server's history cursor went backwards")
+            cursor = page.next_cursor
+        else:
+            raise ConnectionError(f"the server's history has more than {MAX_HISTORY_PAGES} pages")
+        return History(start if start is not None else VersionVector(), base, tuple(changes))
+
+    async def _history_page(self, cursor: int) -> HistoryReceived:
+        protocol = self._protocol
+        if protocol is None or not protocol.is_synced:
+            raise ConnectionError("not connected: the history comes from the server")
+        waiter: asyncio.Future[HistoryReceived] = asyncio.get_running_loop().create_future()
+        self._history_waiters.append(waiter)
+        protocol.request_history(cursor)
+        self._kick()
+        return await waiter
+
+    def _fail_history_waiters(self, reason: str) -> None:
+        waiters, self._history_waiters = self._history_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(f"history not received: {reason}"))
 
     async def disconnect(self) -> None:
         """Leave cleanly: announce the awareness leave, close the socket, stop
@@ -560,6 +627,7 @@ class WebSocketClient:
             reason = f"{protocol.error_code.name}: {protocol.error_message}"
         else:
             protocol.connection_lost()
+        self._fail_history_waiters(reason)
         # Send what is left (an Error telling the server why we leave), then close.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._flush(ws, protocol), timeout=1.0)
@@ -594,6 +662,13 @@ class WebSocketClient:
                 self._resolve_waiters(True)
             elif isinstance(event, Acknowledged) and protocol is not None:
                 self._acknowledged = protocol.acknowledged
+            elif isinstance(event, HistoryReceived):
+                # Pages are answered in request order (one connection, in order).
+                while self._history_waiters:
+                    waiter = self._history_waiters.pop(0)
+                    if not waiter.done():
+                        waiter.set_result(event)
+                        break
             elif isinstance(event, AwarenessReceived):
                 if event.full:
                     self.awareness.receive_state(AwarenessState(event.updates))

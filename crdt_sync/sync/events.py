@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from crdt_sync import VersionVector
+from crdt_sync import Change, Snapshot, VersionVector
 
 from .exceptions import ErrorCode
 from .messages import AwarenessUpdate
@@ -25,6 +25,7 @@ __all__ = [
     "ConnectionLost",
     "ErrorOccurred",
     "HandshakeCompleted",
+    "HistoryReceived",
     "PongReceived",
     "ReconnectScheduled",
     "ResyncCompleted",
@@ -120,6 +121,20 @@ class AwarenessReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryReceived:
+    """One page of the server's kept history arrived (answer to a history request).
+
+    ``start`` is where the server's history starts (empty: at the document's
+    creation), ``base`` the state there (first page only, when ``start`` is not
+    empty); ``next_cursor`` is 0 on the last page."""
+
+    start: VersionVector
+    changes: tuple[Change, ...]
+    base: Snapshot | None
+    next_cursor: int
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorOccurred:
     """An error: ``remote`` when the server sent it, else detected here.
     ``final`` when reconnecting cannot help."""
@@ -158,6 +173,7 @@ ClientEvent: TypeAlias = (
     | ResyncCompleted
     | PongReceived
     | AwarenessReceived
+    | HistoryReceived
     | ErrorOccurred
     | ConnectionLost
     | ReconnectScheduled

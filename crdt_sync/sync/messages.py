@@ -34,12 +34,12 @@ from __future__ import annotations
 import enum
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from crdt_sync import Change, Snapshot, VersionVector, decode_changes, encode_changes
-from crdt_sync.codec import Reader, Writer, load_json
+from crdt_sync.codec import Reader, Writer, inflate, load_json
 from crdt_sync.exceptions import DecodeError
 
 from .access import Role
@@ -70,6 +70,8 @@ __all__ = [
     "Error",
     "HandshakeRequest",
     "HandshakeResponse",
+    "HistoryRequest",
+    "HistoryResponse",
     "Message",
     "MessageType",
     "Ping",
@@ -77,6 +79,7 @@ __all__ = [
     "SnapshotUpload",
     "decode_message",
     "encode_changes_frame",
+    "encode_history_frame",
     "encode_message",
     "peek_message_type",
 ]
@@ -133,6 +136,8 @@ class MessageType(enum.IntEnum):
     AWARENESS_UPDATE = 0x10
     AWARENESS_QUERY = 0x11
     AWARENESS_STATE = 0x12
+    HISTORY_REQUEST = 0x13
+    HISTORY_RESPONSE = 0x14
     ERROR = 0x7F
 
 
@@ -327,6 +332,39 @@ class AwarenessState:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """Client -> server: send the document's kept history, one page at a time.
+
+    ``cursor`` 0 asks for the first page (from where the server's kept history
+    starts); later pages pass the ``next_cursor`` of the previous answer. The
+    cursor is the server's own position (opaque to the client)."""
+
+    cursor: int = 0
+
+    TYPE = MessageType.HISTORY_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResponse:
+    """Server -> client, answer to :class:`HistoryRequest`: one page of the history.
+
+    ``start`` is where the server's kept history starts: empty when it reaches
+    back to the document's creation, else the version vector of the state
+    ``base`` (sent on the first page only) from which ``changes`` replay; the
+    history before it was dropped (retention, snapshot upload). ``changes`` are
+    in causal order; ``next_cursor`` is 0 on the last page, else the cursor of
+    the next :class:`HistoryRequest`.
+    """
+
+    start: VersionVector
+    changes: tuple[Change, ...] = ()
+    base: Snapshot | None = None
+    next_cursor: int = 0
+
+    TYPE = MessageType.HISTORY_RESPONSE
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Either direction: something went wrong. The sender closes the connection
     after sending it, except for ``OUT_OF_SYNC`` (the client resyncs)."""
@@ -350,6 +388,8 @@ Message: TypeAlias = (
     | AwarenessUpdate
     | AwarenessQuery
     | AwarenessState
+    | HistoryRequest
+    | HistoryResponse
     | Error
 )
 
@@ -469,6 +509,11 @@ def _encode_body(message: Message) -> bytes:
         w.uint(len(message.states))
         for update in message.states:
             w.awareness(update)
+    elif isinstance(message, HistoryRequest):
+        w.uint(message.cursor)
+    elif isinstance(message, HistoryResponse):
+        _history_body(w, message.start, message.base, [encode_changes(list(message.changes))])
+        w.uint(message.next_cursor)
     elif isinstance(message, Error):
         w.uint(int(message.code))
         # Truncate rather than fail: an error report must always be sendable.
@@ -500,6 +545,37 @@ def encode_changes_frame(encoded_changes: bytes, compressor: Compressor | None =
     w = _Writer()
     w.blob(encoded_changes)
     return _frame(MessageType.CHANGES, bytes(w.buf), compressor)
+
+
+def _history_body(
+    w: _Writer, start: Mapping[str, int], base: Snapshot | None, batches: Sequence[bytes]
+) -> None:
+    w.vv(start)
+    if base is None:
+        w.byte(0)
+    else:
+        w.byte(1)
+        w.blob(base.to_bytes())
+    w.uint(len(batches))
+    for batch in batches:
+        w.blob(batch)
+
+
+def encode_history_frame(
+    start: Mapping[str, int],
+    base: Snapshot | None,
+    batches: Sequence[bytes],
+    next_cursor: int,
+    compressor: Compressor | None = None,
+) -> bytes:
+    """A ``HistoryResponse`` frame around change batches already encoded by
+    :func:`crdt_sync.encode_changes` (stored batches are sent as they are, never
+    decoded). A client decodes it into one :class:`HistoryResponse` holding the
+    batches' changes in order."""
+    w = _Writer()
+    _history_body(w, start, base, batches)
+    w.uint(next_cursor)
+    return _frame(MessageType.HISTORY_RESPONSE, bytes(w.buf), compressor)
 
 
 def _frame(kind: MessageType, body: bytes, compressor: Compressor | None) -> bytes:
@@ -695,6 +771,28 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
         n = r.number("awareness count", (r.end - r.pos) // 3)
         states = tuple(r.awareness() for _ in range(n))
         message = AwarenessState(states)
+    elif kind is MessageType.HISTORY_REQUEST:
+        message = HistoryRequest(r.number("history cursor"))
+    elif kind is MessageType.HISTORY_RESPONSE:
+        start_vv = r.vv("history start")
+        base = r.snapshot("history base") if r.flag("history base presence") else None
+        # A batch takes at least 1 byte (its length), which bounds the count by the input.
+        n = r.number("history batch count", r.end - r.pos)
+        history: list[Change] = []
+        # One bound for the whole page: the batches together inflate to at most
+        # max_size (each batch alone could, so a count of them could not).
+        budget = r.max_size
+        for _ in range(n):
+            start = r.pos
+            raw = r.blob("history changes")
+            try:
+                budget -= _inflated_size(raw, budget)
+                history.extend(decode_changes(raw, r.max_size))
+            except DecodeError as exc:
+                raise MessageDecodeError(f"history changes: {exc}", r.base + start) from None
+            except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+                raise MessageDecodeError(f"history changes: {exc!r}", r.base + start) from None
+        message = HistoryResponse(start_vv, tuple(history), base, r.number("next cursor"))
     else:  # MessageType.ERROR
         code = ErrorCode.from_wire(r.number("error code"))
         raw = r.blob("error message", MAX_ERROR_TEXT_BYTES)
@@ -702,6 +800,17 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
         message = Error(code, raw.decode("utf-8", "replace"))
     r.expect_end()
     return message
+
+
+def _inflated_size(batch: bytes, limit: int) -> int:
+    """What a change batch's body takes decoded (``docs/encoding.md``: 4 bytes of
+    magic, a version byte, a flags byte whose bit 0 means zlib), at most ``limit``
+    (else :class:`DecodeError`); a malformed header is left to the decoder."""
+    if len(batch) >= 6 and batch[5] & 1:
+        return len(inflate(batch[6:], 6, limit))
+    if len(batch) > limit:
+        raise DecodeError(f"{len(batch)} bytes exceed the limit of {limit}", 0)
+    return len(batch)
 
 
 def peek_message_type(data: bytes) -> MessageType | None:

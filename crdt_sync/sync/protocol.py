@@ -55,6 +55,7 @@ from .events import (
     ClientEvent,
     ErrorOccurred,
     HandshakeCompleted,
+    HistoryReceived,
     PongReceived,
     ResyncCompleted,
     ResyncRequested,
@@ -80,6 +81,8 @@ from .messages import (
     Error,
     HandshakeRequest,
     HandshakeResponse,
+    HistoryRequest,
+    HistoryResponse,
     Message,
     Ping,
     Pong,
@@ -117,6 +120,7 @@ class Trigger(enum.Enum):
     SEND_PING = "send Ping"
     SEND_DOCUMENT_STATUS_REQUEST = "send DocumentStatusRequest"
     SEND_AWARENESS = "send awareness"
+    SEND_HISTORY_REQUEST = "send HistoryRequest"
     RECEIVE_HANDSHAKE_RESPONSE = "receive HandshakeResponse"
     RECEIVE_CHANGES = "receive Changes"
     RECEIVE_ACK = "receive Ack"
@@ -124,6 +128,7 @@ class Trigger(enum.Enum):
     RECEIVE_PING = "receive Ping"
     RECEIVE_PONG = "receive Pong"
     RECEIVE_AWARENESS = "receive awareness"
+    RECEIVE_HISTORY = "receive HistoryResponse"
     RECEIVE_OUT_OF_SYNC = "receive Error OUT_OF_SYNC"
     RECEIVE_READ_ONLY = "receive Error READ_ONLY"
     RECEIVE_ERROR = "receive Error"
@@ -140,11 +145,13 @@ _SYNCED: Final = {
     T.SEND_SNAPSHOT: None,
     T.SEND_PING: None,
     T.SEND_AWARENESS: None,
+    T.SEND_HISTORY_REQUEST: None,
     T.RECEIVE_CHANGES: None,
     T.RECEIVE_ACK: None,
     T.RECEIVE_PING: None,
     T.RECEIVE_PONG: None,
     T.RECEIVE_AWARENESS: None,
+    T.RECEIVE_HISTORY: None,
 }
 
 TRANSITIONS: Final[dict[ClientState, dict[Trigger, ClientState]]] = {
@@ -203,6 +210,7 @@ _RECEIVE_TRIGGERS: Final[dict[type, Trigger]] = {
     Pong: Trigger.RECEIVE_PONG,
     AwarenessUpdate: Trigger.RECEIVE_AWARENESS,
     AwarenessState: Trigger.RECEIVE_AWARENESS,
+    HistoryResponse: Trigger.RECEIVE_HISTORY,
 }
 # Messages a server never sends (HandshakeRequest, DocumentStatusRequest,
 # AwarenessQuery) have no trigger: receiving one is a protocol violation.
@@ -447,6 +455,13 @@ class ClientProtocol:
         self._transition(Trigger.SEND_AWARENESS)
         self._send(AwarenessQuery())
 
+    def request_history(self, cursor: int = 0) -> None:
+        """Ask for a page of the server's kept history (only while :attr:`is_synced`):
+        cursor 0 for the first page, then the ``next_cursor`` of the last
+        :class:`HistoryReceived`. Read-only connections may ask too."""
+        self._transition(Trigger.SEND_HISTORY_REQUEST)
+        self._send(HistoryRequest(cursor))
+
     def close(self, code: ErrorCode | None = None, message: str = "") -> None:
         """Close the connection; with ``code``, first queue an Error telling the
         server why (e.g. TIMEOUT). Idempotent; nothing is sent once CLOSED."""
@@ -527,6 +542,11 @@ class ClientProtocol:
             self._events.append(AwarenessReceived((message,), full=False))
         elif isinstance(message, AwarenessState):
             self._events.append(AwarenessReceived(message.states, full=True))
+        elif isinstance(message, HistoryResponse):
+            # History is for reading: nothing of it is imported into the document.
+            self._events.append(
+                HistoryReceived(message.start, message.changes, message.base, message.next_cursor)
+            )
 
     def _receive_error(self, message: Error) -> None:
         if message.code is ErrorCode.READ_ONLY:

@@ -66,6 +66,7 @@ __all__ = [
     "MAX_SECRET_HASH_BYTES",
     "Applied",
     "CRDTServerRegistry",
+    "HistoryPage",
     "RegistryObserver",
     "SnapshotListener",
     "applied_result",
@@ -118,6 +119,30 @@ class Applied:
     pending_count: int
     refusal: CRDTError | None
     stored: Awaitable[VersionVector]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HistoryPage:
+    """One page of a document's kept history (:meth:`CRDTServerRegistry.history_page`).
+
+    Attributes:
+        start: where the kept history starts: empty when it reaches back to the
+            document's creation, else the version vector of :attr:`base`.
+        base: the state at :attr:`start` (first page only; None when
+            :attr:`start` is empty).
+        batches: change batches as :func:`crdt_sync.encode_changes` encoded
+            them, in causal order (sent as they are).
+        next_cursor: the cursor of the next page; 0 on the last page.
+    """
+
+    start: VersionVector
+    base: Snapshot | None
+    batches: tuple[bytes, ...]
+    next_cursor: int
+
+
+#: Changes encoded together by the default :meth:`CRDTServerRegistry.history_page`.
+_HISTORY_CHUNK = 256
 
 
 def applied_result(
@@ -574,6 +599,35 @@ class CRDTServerRegistry(ABC):
         self._snapshots()[document_id] = snapshot
         self.notify_snapshot(document_id, snapshot)
         return snapshot
+
+    async def history_page(self, document_id: str, cursor: int, max_bytes: int) -> HistoryPage:
+        """One page of the document's kept history, from ``cursor`` (0: the start).
+
+        A page holds batches totalling about ``max_bytes`` encoded bytes (at
+        least one batch while any remain). The default serves the history the
+        document in memory holds (``export_changes``; the cursor is an index
+        into it): complete from creation unless the document was loaded from a
+        snapshot or merged one, in which case the history kept here starts at
+        the current state (``start`` is its version vector, ``base`` the state).
+        Persistent registries keep more (``SqliteServerRegistry``).
+        """
+        document = await self.get_document(document_id)
+        if document is None:
+            raise DocumentNotFoundError(document_id)
+        if not document.can_export(VersionVector()):
+            base = document.take_snapshot() if cursor == 0 else None
+            return HistoryPage(document.version_vector, base, (), 0)
+        changes = document.export_changes()
+        position = min(cursor, len(changes))
+        batches: list[bytes] = []
+        size = 0
+        while position < len(changes) and (not batches or size < max_bytes):
+            batch = encode_changes(changes[position : position + _HISTORY_CHUNK])
+            position = min(len(changes), position + _HISTORY_CHUNK)
+            batches.append(batch)
+            size += len(batch)
+        next_cursor = position if position < len(changes) else 0
+        return HistoryPage(VersionVector(), None, tuple(batches), next_cursor)
 
     async def get_latest_snapshot(self, document_id: str) -> Snapshot | None:
         """The latest snapshot made by :meth:`create_snapshot`, or None."""

@@ -62,6 +62,7 @@ from ..exceptions import (
 from .base import (
     Applied,
     CRDTServerRegistry,
+    HistoryPage,
     applied_result,
     check_secret_hash,
     import_and_collect,
@@ -78,7 +79,7 @@ _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
 _APPLICATION_ID = 0x43525344  # "CRSD": marks files written by this server
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE documents (
     id TEXT PRIMARY KEY,
@@ -105,6 +106,17 @@ CREATE TABLE peers (
     claimed_at REAL NOT NULL,
     PRIMARY KEY (document_id, peer_id)
 ) WITHOUT ROWID;
+CREATE TABLE history (
+    seq INTEGER PRIMARY KEY,
+    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    change_count INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX history_by_document ON history(document_id, seq);
+CREATE TABLE history_bases (
+    document_id TEXT PRIMARY KEY REFERENCES documents(id) ON DELETE CASCADE,
+    data BLOB NOT NULL
+) WITHOUT ROWID;
 """
 # Format 1 -> 2: the replica identity claims (claim_peer).
 _UPGRADE_TO_2 = """
@@ -116,6 +128,24 @@ CREATE TABLE IF NOT EXISTS peers (
     PRIMARY KEY (document_id, peer_id)
 ) WITHOUT ROWID
 """
+# Format 2 -> 3: the kept history (log rows a snapshot covers, moved on
+# compaction) and where it starts. History before the upgrade was not kept: it
+# starts at each document's snapshot.
+_UPGRADE_TO_3 = (
+    """CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,
+    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    change_count INTEGER NOT NULL,
+    data BLOB NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS history_by_document ON history(document_id, seq)",
+    """CREATE TABLE IF NOT EXISTS history_bases (
+    document_id TEXT PRIMARY KEY REFERENCES documents(id) ON DELETE CASCADE,
+    data BLOB NOT NULL
+) WITHOUT ROWID""",
+    "INSERT OR IGNORE INTO history_bases (document_id, data)"
+    " SELECT document_id, data FROM snapshots",
+)
 
 # One unit of work for the writer thread: runs inside an open transaction.
 _WriteOp = Callable[[sqlite3.Connection], object]
@@ -155,6 +185,11 @@ class SqliteServerRegistry(CRDTServerRegistry):
         path: the database file; created (with its directory) if missing.
         snapshot_every: write a snapshot and compact the change log of a
             document after this many logged changes.
+        history_retention: how many of a document's newest changes its kept
+            history holds at least (None: all). Compaction moves the log rows
+            a snapshot covers into the history; once it holds more than this,
+            the oldest batches are dropped and the state before the kept ones
+            is stored as the history's base (where the history then starts).
         synchronous: SQLite ``synchronous`` pragma. ``"FULL"`` (default)
             survives power loss; ``"NORMAL"`` survives a killed process only.
 
@@ -175,10 +210,14 @@ class SqliteServerRegistry(CRDTServerRegistry):
         *,
         snapshot_every: int = 500,
         synchronous: str = "FULL",
+        history_retention: int | None = None,
     ) -> None:
         super().__init__()
         if snapshot_every < 1:
             raise ValueError("snapshot_every must be at least 1")
+        if history_retention is not None and history_retention < 0:
+            raise ValueError("history_retention must be at least 0 (or None: keep all)")
+        self.history_retention = history_retention
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
         self.path = Path(path)
@@ -307,7 +346,10 @@ class SqliteServerRegistry(CRDTServerRegistry):
             raise StorageCorruptError(f"{path} is missing tables: damaged database", path=path)
         elif user_version < _SCHEMA_VERSION:
             connection.execute("BEGIN IMMEDIATE")
-            connection.execute(_UPGRADE_TO_2)
+            if user_version < 2:
+                connection.execute(_UPGRADE_TO_2)
+            for statement in _UPGRADE_TO_3:
+                connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             connection.execute("COMMIT")
         try:
@@ -571,6 +613,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
                 " VALUES (?, ?, 0, ?)",
                 (document_id, data, time.time()),
             )
+            # A replaced state: the kept history restarts at it.
+            _restart_history(connection, document_id, data)
 
         await self._write(store, loaded)
         loaded.durable = loaded.durable.merge(snapshot.version_vector)
@@ -615,8 +659,9 @@ class SqliteServerRegistry(CRDTServerRegistry):
             raise ChangesRejectedError(error, []) from error
         if merged:
             # The stored snapshot covers every change in memory: each one's log
-            # row is queued ahead of it, so deleting the log stays exact.
-            stored = await self._queue_snapshot(document_id, loaded)
+            # row is queued ahead of it, so deleting the log stays exact. The
+            # merged state is more than its changes: the history restarts there.
+            stored = await self._queue_snapshot(document_id, loaded, restart_history=True)
             if isinstance(stored, Snapshot):
                 loaded.durable = loaded.durable.merge(stored.version_vector)
         if refusal is not None:
@@ -664,7 +709,9 @@ class SqliteServerRegistry(CRDTServerRegistry):
         committed.add_done_callback(on_commit)
         return stored
 
-    def _queue_snapshot(self, document_id: str, loaded: _Loaded) -> asyncio.Future[object]:
+    def _queue_snapshot(
+        self, document_id: str, loaded: _Loaded, *, restart_history: bool = False
+    ) -> asyncio.Future[object]:
         """Capture the in-memory document now and queue "encode it, store it, drop
         the log it covers"; the future resolves to the stored :class:`Snapshot`.
 
@@ -678,6 +725,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
         loaded.changes_since_snapshot = 0
         loaded.logged_bytes = 0
 
+        retention = self.history_retention
+
         def store(connection: sqlite3.Connection) -> Snapshot:
             snapshot = capture.encode()  # the walk and zlib, on the writer thread
             connection.execute(
@@ -685,6 +734,18 @@ class SqliteServerRegistry(CRDTServerRegistry):
                 " VALUES (?, ?, 0, ?)",
                 (document_id, snapshot.to_bytes(), time.time()),
             )
+            if restart_history:
+                _restart_history(connection, document_id, snapshot.to_bytes())
+            else:
+                # The log rows the snapshot covers stay readable as history.
+                connection.execute(
+                    "INSERT OR IGNORE INTO history (seq, document_id, change_count, data)"
+                    " SELECT seq, document_id, change_count, data FROM changes"
+                    " WHERE document_id = ?",
+                    (document_id,),
+                )
+                if retention is not None:
+                    _apply_retention(connection, document_id, retention)
             connection.execute("DELETE FROM changes WHERE document_id = ?", (document_id,))
             return snapshot
 
@@ -711,6 +772,61 @@ class SqliteServerRegistry(CRDTServerRegistry):
         if not isinstance(snapshot, Snapshot):  # pragma: no cover - the op returns one
             raise StorageError(f"snapshot of {document_id!r} vanished while being stored")
         return snapshot
+
+    async def history_page(self, document_id: str, cursor: int, max_bytes: int) -> HistoryPage:
+        """A page of the kept history straight from the file: the history rows
+        and the log since the last snapshot, in log order (the cursor is the
+        last row's sequence number), stored batches as they are."""
+        self._check_open()
+
+        def read(connection: sqlite3.Connection) -> tuple[bytes | None, list[bytes], int] | None:
+            if (
+                connection.execute(
+                    "SELECT 1 FROM documents WHERE id = ?", (document_id,)
+                ).fetchone()
+                is None
+            ):
+                return None
+            base_row = connection.execute(
+                "SELECT data FROM history_bases WHERE document_id = ?", (document_id,)
+            ).fetchone()
+            rows = connection.execute(
+                "SELECT seq, data FROM history WHERE document_id = ? AND seq > ?"
+                " UNION ALL SELECT seq, data FROM changes WHERE document_id = ? AND seq > ?"
+                " ORDER BY seq",
+                (document_id, cursor, document_id, cursor),
+            )
+            batches: list[bytes] = []
+            size = 0
+            last = cursor
+            more = False
+            for seq, data in rows:
+                if batches and size >= max_bytes:
+                    more = True
+                    break
+                batches.append(bytes(data))
+                size += len(data)
+                last = int(seq)
+            rows.close()
+            base = None if base_row is None else bytes(base_row[0])
+            return base, batches, (last if more else 0)
+
+        found = await self._read(read)
+        if found is None:
+            raise DocumentNotFoundError(document_id)
+        base_data, batches, next_cursor = found
+        if base_data is None:
+            return HistoryPage(VersionVector(), None, tuple(batches), next_cursor)
+        try:
+            base = Snapshot.from_bytes(base_data)
+        except DecodeError as error:
+            raise StorageCorruptError(
+                f"the history base of {document_id!r} in {self.path} does not decode: {error}",
+                path=str(self.path),
+            ) from error
+        return HistoryPage(
+            base.version_vector, base if cursor == 0 else None, tuple(batches), next_cursor
+        )
 
     async def get_latest_snapshot(self, document_id: str) -> Snapshot | None:
         loaded = await self._load(document_id)
@@ -781,6 +897,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
         def delete(connection: sqlite3.Connection) -> bool:
             connection.execute("DELETE FROM changes WHERE document_id = ?", (document_id,))
             connection.execute("DELETE FROM snapshots WHERE document_id = ?", (document_id,))
+            connection.execute("DELETE FROM history WHERE document_id = ?", (document_id,))
+            connection.execute("DELETE FROM history_bases WHERE document_id = ?", (document_id,))
             connection.execute("DELETE FROM peers WHERE document_id = ?", (document_id,))
             cursor = connection.execute("DELETE FROM documents WHERE id = ?", (document_id,))
             return cursor.rowcount > 0
@@ -842,3 +960,65 @@ class SqliteServerRegistry(CRDTServerRegistry):
         self._executor.shutdown(wait=True)
         self._unlock_file()
         self._loaded.clear()
+
+
+def _restart_history(connection: sqlite3.Connection, document_id: str, base: bytes) -> None:
+    """The kept history of ``document_id`` starts at the state ``base`` (encoded snapshot)."""
+    connection.execute("DELETE FROM history WHERE document_id = ?", (document_id,))
+    connection.execute(
+        "INSERT OR REPLACE INTO history_bases (document_id, data) VALUES (?, ?)",
+        (document_id, base),
+    )
+
+
+def _apply_retention(connection: sqlite3.Connection, document_id: str, retention: int) -> None:
+    """Drop the oldest history batches of ``document_id`` while it holds more than
+    ``retention`` changes; the state before the first kept batch becomes the base.
+
+    Runs on the writer thread, inside the compaction's transaction: the dropped
+    batches are replayed onto the old base (only they are decoded). A batch
+    that does not decode leaves the history as it is (logged): nothing is
+    dropped that the base would not hold.
+    """
+    total = connection.execute(
+        "SELECT COALESCE(SUM(change_count), 0) FROM history WHERE document_id = ?",
+        (document_id,),
+    ).fetchone()[0]
+    excess = int(total) - retention
+    if excess <= 0:
+        return
+    dropped: list[bytes] = []
+    last = 0
+    for seq, count, data in connection.execute(
+        "SELECT seq, change_count, data FROM history WHERE document_id = ? ORDER BY seq",
+        (document_id,),
+    ):
+        if excess < int(count):
+            break  # dropping it would keep fewer than ``retention``
+        dropped.append(bytes(data))
+        excess -= int(count)
+        last = int(seq)
+    if not dropped:
+        return
+    base_row = connection.execute(
+        "SELECT data FROM history_bases WHERE document_id = ?", (document_id,)
+    ).fetchone()
+    try:
+        if base_row is None:
+            document = CRDTDocument(document_id=document_id)
+        else:
+            document = CRDTDocument.from_snapshot(Snapshot.from_bytes(bytes(base_row[0])))
+        for data in dropped:
+            document.import_changes(decode_changes(data))
+    except (DecodeError, CRDTError) as error:
+        _log.error(
+            "history of %r kept whole: its oldest batches do not replay: %s", document_id, error
+        )
+        return
+    connection.execute(
+        "INSERT OR REPLACE INTO history_bases (document_id, data) VALUES (?, ?)",
+        (document_id, document.take_snapshot().to_bytes()),
+    )
+    connection.execute(
+        "DELETE FROM history WHERE document_id = ? AND seq <= ?", (document_id, last)
+    )

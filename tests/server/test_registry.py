@@ -567,7 +567,7 @@ async def test_sqlite_upgrades_a_format_1_file(tmp_path: Path) -> None:
     assert await registry.claim_peer("notes", "peer-a", b"\x01" * 32)
     await registry.close()
     with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 @pytest.mark.asyncio
