@@ -1,5 +1,7 @@
 """HistoryRequest / HistoryResponse: round trips, stored batches, hostile bytes and
-the client's sans-I/O handling (the server session's side: tests/server/test_history_session.py)."""
+the client's sans-I/O handling.
+
+The server session's side: tests/server/test_server_history_session.py."""
 
 from __future__ import annotations
 
