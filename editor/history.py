@@ -23,17 +23,23 @@ receive the restore as an edit, and Undo takes it back.
 
 Where the local history starts: a replica that received the document as a
 snapshot holds no changes before it (``CRDTDocument.can_export`` says so);
-the timeline then says that its history starts at that snapshot and offers
-only what it holds. Fetching older history from the server is not built.
+the timeline then fetches the older history from the server it is connected
+to (``fetch_history``: :meth:`crdt_sync.sync.WebSocketClient.fetch_history`,
+the protocol's ``HistoryRequest``) and shows the full timeline: the server's
+changes, then this replica's newer ones. Where the server too dropped history
+(its retention), the timeline replays from the state the server kept (the
+response's base) and says that it starts there. Offline, it says where the
+local history starts and offers only what it holds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import difflib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +67,11 @@ from crdt_sync import (
     Delete,
     Insert,
     Retain,
+    Snapshot,
     TextEvent,
     VersionVector,
 )
+from crdt_sync.sync import History
 
 __all__ = [
     "EditSession",
@@ -221,19 +229,26 @@ class HistoryReplay(QObject):
         text_name: str,
         list_name: str,
         parent: QObject | None = None,
+        base: Snapshot | None = None,
     ) -> None:
         super().__init__(parent)
         self.changes = changes
         self.sessions = sessions
         self.versions: dict[int, Version] = {}
-        self._replica = CRDTDocument(document_id=document_id)
+        # ``base``: the state the changes replay from (the server's kept history
+        # may start after the document's creation).
+        self._replica = (
+            CRDTDocument(document_id=document_id)
+            if base is None
+            else CRDTDocument.from_snapshot(base, document_id=document_id)
+        )
         self._text = CRDTTextHandler(self._replica, text_name)
         self._items = CRDTListHandler(self._replica, list_name)
         self._ranges = _Ranges()
         self._text.observe(self._on_text_event)
         self._next_change = 0
         self._session = 0
-        self._previous_items: list[str] = []
+        self._previous_items = [json.dumps(i, sort_keys=True) for i in self._items.value]
         self._timer = QTimer(self)
         self._timer.setInterval(0)
         self._timer.timeout.connect(self.step)
@@ -389,6 +404,7 @@ class HistoryDialog(QDialog):
         items: CRDTListHandler,
         author_name: Callable[[str], str],
         parent: QWidget | None = None,
+        fetch_history: Callable[[], Awaitable[History]] | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("History")
@@ -437,6 +453,12 @@ class HistoryDialog(QDialog):
             "Make the document equal to this version by new edits; the history is kept"
         )
         self.close_button = QPushButton("Close", self)
+        self.fetch_button = QPushButton("Fetch Older History", self)
+        self.fetch_button.setObjectName("historyFetch")
+        self.fetch_button.setToolTip("Ask the server for the history this copy does not hold")
+        self.fetch_button.setVisible(False)
+        self.fetch_button.clicked.connect(self.fetch_older_history)
+        buttons.addWidget(self.fetch_button)
         buttons.addWidget(self.restore_button)
         buttons.addWidget(self.close_button)
         layout.addLayout(buttons)
@@ -445,6 +467,11 @@ class HistoryDialog(QDialog):
         self.slider.valueChanged.connect(self.on_slider_valueChanged)
 
         self.complete = document.can_export(VersionVector())
+        self._fetch_history = fetch_history
+        self._fetching: asyncio.Future[None] | None = None
+        self._base: Snapshot | None = None
+        self.server_start: VersionVector | None = None
+        """Where the server's history starts, once fetched (empty: at the creation)."""
         self.changes: list[Change] = []
         self.sessions: list[EditSession] = []
         self.replay: HistoryReplay | None = None
@@ -457,6 +484,12 @@ class HistoryDialog(QDialog):
         if self.complete:
             self.start_label.setText("Reading the document's history…")
             QTimer.singleShot(0, self, self.load_timeline)
+        elif fetch_history is not None:
+            self.start_label.setText(
+                "This copy of the document arrived as a snapshot: fetching its older "
+                "history from the server…"
+            )
+            QTimer.singleShot(0, self, self.fetch_older_history)
         else:
             self._describe_start()
 
@@ -465,11 +498,56 @@ class HistoryDialog(QDialog):
         """Whether the edit sessions are known (the slider is live)."""
         return self.replay is not None
 
-    def load_timeline(self) -> None:
-        """Read the history, group it into sessions, start the replay."""
+    @property
+    def fetching(self) -> bool:
+        """Whether older history is being fetched from the server."""
+        return self._fetching is not None and not self._fetching.done()
+
+    def fetch_older_history(self) -> None:
+        """Ask the server for the history this replica lacks (once at a time)."""
+        if self._fetch_history is None or self.fetching or self.replay is not None:
+            return
+        self.fetch_button.setEnabled(False)
+        self._fetching = asyncio.ensure_future(self._fetch(self._fetch_history))
+
+    async def _fetch(self, fetch: Callable[[], Awaitable[History]]) -> None:
+        try:
+            history = await fetch()
+        except (ConnectionError, OSError) as error:
+            self.start_label.setText(
+                "This copy of the document arrived as a snapshot: its history on this "
+                "computer starts there, so only the current version can be shown. "
+                f"Its older history could not be fetched from the server ({error})."
+            )
+            self.fetch_button.setVisible(True)
+            self.fetch_button.setEnabled(True)
+            return
+        self.use_history(history)
+
+    def use_history(self, history: History) -> None:
+        """Show the timeline of the server's ``history`` followed by this replica's
+        newer changes."""
         if self.replay is not None:
             return
-        self.changes = self._document.export_changes()
+        changes = list(history.changes)
+        ends = dict(history.start)
+        for change in changes:
+            ends[change.peer] = max(ends.get(change.peer, 0), change.counter + change.size)
+        covered = VersionVector(ends)
+        if self._document.can_export(covered):
+            known = {change.id for change in changes}
+            changes += [c for c in self._document.export_changes(covered) if c.id not in known]
+        self.server_start = history.start
+        self._base = history.base
+        self.complete = True
+        self.fetch_button.setVisible(False)
+        self.load_timeline(changes)
+
+    def load_timeline(self, changes: list[Change] | None = None) -> None:
+        """Read the history (or take ``changes``), group it into sessions, start the replay."""
+        if self.replay is not None:
+            return
+        self.changes = self._document.export_changes() if changes is None else changes
         self.sessions = group_sessions(self.changes)
         self.replay = HistoryReplay(
             self._document.document_id,
@@ -478,6 +556,7 @@ class HistoryDialog(QDialog):
             self._text.name,
             self._items.name,
             self,
+            base=self._base,
         )
         self.replay.progressed.connect(self.on_replay_progressed)
         self._describe_start()
@@ -499,12 +578,28 @@ class HistoryDialog(QDialog):
                 "computer starts there, so only the current version can be shown. "
                 "Older versions stay on the server."
             )
+        elif self.server_start:
+            # The server dropped the older history (its retention setting).
+            kept = (
+                f"{len(self.sessions)} edit sessions, {len(self.changes):,} changes, from "
+                f"{_when(self.sessions[0].first_ms)}. "
+                if self.sessions
+                else ""
+            )
+            self.start_label.setText(
+                f"{kept}The history starts at the version the server kept: older history "
+                "was dropped by the server's history retention."
+            )
         elif self.sessions:
             first = self.sessions[0]
+            where = (
+                "the local history starts at the document's creation"
+                if self.server_start is None
+                else "fetched from the server, from the document's creation"
+            )
             self.start_label.setText(
                 f"{len(self.sessions)} edit sessions, {len(self.changes):,} changes, "
-                f"from {_when(first.first_ms)} (the local history starts at the "
-                "document's creation)."
+                f"from {_when(first.first_ms)} ({where})."
             )
         else:
             self.start_label.setText("The document has no changes yet.")
@@ -643,9 +738,11 @@ class HistoryDialog(QDialog):
             self.restored.emit()
 
     def closeEvent(self, event: Any) -> None:
-        """Stop replaying when closed."""
+        """Stop replaying (and fetching) when closed."""
         if self.replay is not None:
             self.replay.stop()
+        if self._fetching is not None:
+            self._fetching.cancel()
         super().closeEvent(event)
 
 

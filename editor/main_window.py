@@ -46,7 +46,7 @@ from PySide6.QtWidgets import (
 )
 
 from crdt_sync import CRDTDocument, CRDTError, CRDTListHandler, CRDTTextHandler, Snapshot
-from crdt_sync.sync import Role
+from crdt_sync.sync import History, Role
 from crdt_sync.sync.client import ReconnectPolicy
 from crdt_sync.sync.identity import fork_with_new_peer
 from editor.authorship import AuthorRuns, AuthorshipOverlay
@@ -846,6 +846,7 @@ class MainWindow(QMainWindow):
             session.items,
             lambda peer: session.author(peer).name,
             self,
+            fetch_history=self._fetch_history,
         )
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.destroyed.connect(lambda *_: self._forget_history(dialog))
@@ -854,6 +855,13 @@ class MainWindow(QMainWindow):
         dialog.show()
         self.history_dialog = dialog
         return dialog
+
+    async def _fetch_history(self) -> History:
+        """The server's history of the open document (History fetches what it lacks)."""
+        client = self.session.client if self.session is not None else None
+        if client is None:
+            raise ConnectionError("not connected to a server")
+        return await client.fetch_history()
 
     def _forget_history(self, dialog: HistoryDialog) -> None:
         if self.history_dialog is dialog:
