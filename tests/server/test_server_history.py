@@ -197,3 +197,20 @@ async def test_a_format_2_file_is_upgraded_and_its_history_starts_at_its_snapsho
         await registry.close()
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+@pytest.mark.asyncio
+async def test_the_cli_passes_history_retention_to_the_sqlite_store(tmp_path: Path) -> None:
+    from server.cli import DEFAULT_HISTORY_RETENTION, _make_registry, build_parser
+
+    parser = build_parser()
+    default = parser.parse_args(["--db", str(tmp_path / "a.sqlite3")])
+    assert default.history_retention == DEFAULT_HISTORY_RETENTION
+    args = parser.parse_args(["--db", str(tmp_path / "b.sqlite3"), "--history-retention", "0"])
+    registry = _make_registry(args)
+    try:
+        assert isinstance(registry, SqliteServerRegistry) and registry.history_retention == 0
+    finally:
+        await registry.close()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--history-retention", "-1"])
