@@ -118,12 +118,16 @@ class RedisServer:
             stderr=subprocess.STDOUT,
         )
         assert self.process.stdout is not None
-        wait_for_line(
-            self.process.stdout,
-            re.compile(rb"Ready to accept connections"),
-            START_TIMEOUT,
-            "redis-server to start",
-        )
+        try:
+            wait_for_line(
+                self.process.stdout,
+                re.compile(rb"Ready to accept connections"),
+                START_TIMEOUT,
+                "redis-server to start",
+            )
+        except BaseException:
+            self.kill()  # never leave a half-started server behind
+            raise
         # Keep reading its log so a full pipe never blocks it.
         threading.Thread(target=_drain, args=(self.process.stdout,), daemon=True).start()
 
@@ -168,12 +172,16 @@ class ServerProcess:
             stderr=subprocess.DEVNULL,
         )
         assert self.process.stdout is not None
-        match = wait_for_line(
-            self.process.stdout,
-            re.compile(rb"listening on ws://[^ ]*:(\d+)/"),
-            START_TIMEOUT,
-            "the server process to listen",
-        )
+        try:
+            match = wait_for_line(
+                self.process.stdout,
+                re.compile(rb"listening on ws://[^ ]*:(\d+)/"),
+                START_TIMEOUT,
+                "the server process to listen",
+            )
+        except BaseException:
+            self.kill()  # never leave a half-started server behind
+            raise
         self.port = int(match.group(1))
 
     def url(self, document_id: str = "notes") -> str:

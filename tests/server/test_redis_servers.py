@@ -203,8 +203,10 @@ async def test_redis_stopped_and_restarted_mid_session(redis_server: RedisServer
 async def test_kill_9_of_a_server_process_loses_nothing_acknowledged(
     redis_server: RedisServer,
 ) -> None:
-    processes = [ServerProcess(redis_server.url) for _ in range(2)]
+    processes: list[ServerProcess] = []
     try:
+        for _ in range(2):
+            processes.append(ServerProcess(redis_server.url))
         writer = Peer(processes[0].url(), "writer")
         watcher = Peer(processes[1].url(), "watcher")
         await writer.connect()
@@ -239,8 +241,10 @@ async def test_kill_9_of_a_server_process_loses_nothing_acknowledged(
 
 
 async def test_three_server_processes_converge(redis_server: RedisServer) -> None:
-    processes = [ServerProcess(redis_server.url) for _ in range(3)]
+    processes: list[ServerProcess] = []
     try:
+        for _ in range(3):
+            processes.append(ServerProcess(redis_server.url))
         group = [Peer(processes[i % 3].url(), f"user{i}") for i in range(6)]
         try:
             for peer in group:
