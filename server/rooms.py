@@ -19,7 +19,10 @@ Ordering guarantees:
   and acknowledged to the sender with the registry's *durable* version
   vector once stored, so an acknowledged change survives a crash;
 * changes applied within one turn of the event loop (from several clients)
-  are relayed together at the end of that turn, each batch encoded once:
+  are relayed together at the end of that turn, or, when the room relayed
+  less than ``relay_interval`` ago, once that interval is over (a quiet room
+  holds nothing back; a busy one sends each client at most one relay frame
+  per interval instead of one per change), each batch encoded once:
   a client that sent none of them gets them all as **one** frame (the same
   bytes for every such client); a client that sent some of them gets the
   others' batches, each as the frame encoded for it, never its own changes.
@@ -124,6 +127,8 @@ class Room:
     #: Applied batches not yet relayed, oldest first, and the flush scheduled for them.
     relays: list[_Relay] = field(default_factory=list)
     relay_flush: asyncio.Handle | None = None
+    #: When the room last relayed (the event loop's clock).
+    relayed_at: float = float("-inf")
 
 
 class _Refused(Exception):
@@ -151,6 +156,8 @@ class Rooms(RegistryObserver):
         emit: reports server events.
         spawn: runs background tasks (idle unloads) that the server cancels.
         metrics: the counters to keep.
+        relay_interval: seconds a busy room gathers changes into one relay
+            frame (0: relay at the end of every turn of the event loop).
     """
 
     def __init__(
@@ -167,7 +174,11 @@ class Rooms(RegistryObserver):
         limits: Limits | None = None,
         hosts: HostQuotas | None = None,
         metrics: ServerMetrics | None = None,
+        relay_interval: float = 0.0,
     ) -> None:
+        if relay_interval < 0:
+            raise ValueError(f"relay_interval must not be negative, not {relay_interval}")
+        self.relay_interval = relay_interval
         self.registry = registry
         self.limits = limits if limits is not None else Limits()
         self.hosts = hosts if hosts is not None else HostQuotas(self.limits)
@@ -619,7 +630,12 @@ class Rooms(RegistryObserver):
         whatever else is applied in this turn of the event loop (:meth:`flush_relays`)."""
         room.relays.append(_Relay(changes, encoded, sender))
         if room.relay_flush is None:
-            room.relay_flush = asyncio.get_running_loop().call_soon(self.flush_relays, room)
+            loop = asyncio.get_running_loop()
+            wait = room.relayed_at + self.relay_interval - loop.time()
+            if wait > 0:
+                room.relay_flush = loop.call_later(wait, self.flush_relays, room)
+            else:
+                room.relay_flush = loop.call_soon(self.flush_relays, room)
 
     def flush_relays(self, room: Room) -> None:
         """Send the batches waiting in ``room``: one frame for each client that sent
@@ -634,6 +650,7 @@ class Rooms(RegistryObserver):
         relays, room.relays = room.relays, []
         if not relays:
             return
+        room.relayed_at = asyncio.get_running_loop().time()
         targets = [m for m in room.members if m.session.state is SessionState.OPEN]
         if not targets:
             return

@@ -106,6 +106,9 @@ class WebSocketServer:
             and library clients send none and are not affected.
         limits: the bounds on each client's work (:class:`server.trust.Limits`:
             rates, per-address quotas, identity checks); defaults apply when None.
+        relay_interval: seconds a busy document gathers the changes it relays
+            into one frame per client (a quiet one relays at once); 0 relays at
+            the end of every turn of the event loop.
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class WebSocketServer:
         allowed_origins: Iterable[str] = (),
         limits: Limits | None = None,
         metrics: bool = False,
+        relay_interval: float = 0.005,
     ) -> None:
         for name, value in (
             ("max_message_size", max_message_size),
@@ -191,6 +195,7 @@ class WebSocketServer:
             limits=self.limits,
             hosts=self._hosts,
             metrics=self.metrics,
+            relay_interval=relay_interval,
         )
         self._sweeper: asyncio.Task[None] | None = None
         self._remove_snapshot_listener: Callable[[], None] | None = None

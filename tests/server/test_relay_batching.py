@@ -74,7 +74,8 @@ class Recorder:
 
     def edit(self, chars: str) -> tuple[Change, ...]:
         self.text.insert(0, chars)
-        out, self.made = tuple(self.made), []
+        out = tuple(self.made)
+        self.made.clear()
         return out
 
     def changes_frames(self) -> list[Changes]:
@@ -93,6 +94,25 @@ async def joined(rooms: Rooms, count: int) -> list[Recorder]:
         assert isinstance(decode_message(member.frames[0]), HandshakeResponse)
         member.frames.clear()
     return members
+
+
+def make_rooms(tasks: list[asyncio.Task[object]], relay_interval: float = 0.0) -> Rooms:
+    def spawn(coroutine: object, name: str) -> asyncio.Task[object]:
+        task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+        tasks.append(task)
+        return task
+
+    return Rooms(
+        InMemoryServerRegistry(),
+        NoCompression(),
+        allow_create=True,
+        max_pending_changes=1000,
+        idle_unload_after=60.0,
+        awareness_timeout=30.0,
+        emit=lambda *args, **kwargs: None,
+        spawn=spawn,
+        relay_interval=relay_interval,
+    )
 
 
 @pytest_asyncio.fixture
@@ -170,6 +190,35 @@ async def test_one_clients_batch_is_relayed_alone_and_not_back_to_it(rooms: Room
     (message,) = watcher.changes_frames()
     assert [c.id for c in message.changes] == [c.id for c in batch]
     assert writer.changes_frames() == []
+
+
+async def test_a_busy_room_gathers_changes_for_the_relay_interval_a_quiet_one_does_not() -> None:
+    tasks: list[asyncio.Task[object]] = []
+    rooms = make_rooms(tasks, relay_interval=3600.0)  # an interval no test outlives
+    try:
+        first, second, watcher = await joined(rooms, 3)
+        # The room was quiet: the first change goes out at the end of the turn.
+        early = first.edit("early ")
+        await rooms.apply(first, early)
+        await settle(lambda: bool(watcher.frames))
+        # Right after a relay, changes wait for the interval ...
+        later = [first.edit("one "), second.edit("two ")]
+        await rooms.apply(first, later[0])
+        await rooms.apply(second, later[1])
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(watcher.changes_frames()) == 1
+        room = rooms.get("notes")
+        assert room is not None and len(room.relays) == 2
+        # ... and go out together when it is over (or before anything else is sent).
+        rooms.flush_relays(room)
+        frames = watcher.changes_frames()
+        assert len(frames) == 2
+        assert {c.id for c in frames[1].changes} == {c.id for batch in later for c in batch}
+        assert room.relay_flush is None and not room.relays
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 # ----------------------------------------------------------------- the slow-reader bound
