@@ -4,8 +4,9 @@ Each WebSocket connection gets a :class:`~server.session.ServerSession` (the
 protocol, sans-I/O) and two loops: the *reader* (:meth:`Connection.serve`)
 feeds frames to the session and carries out what the session asks for
 through the rooms (join, apply changes, publish presence); the *writer*
-(:meth:`Connection.write_loop`) sends what could not be written at once and
-closes the socket when the session closes.
+(:meth:`Connection.write_loop`), a task started only while frames wait or
+once the session closed, sends what could not be written at once and closes
+the socket when the session closes (an idle connection holds no writer task).
 
 Writing is synchronous while the client keeps up: :meth:`Connection.flush`
 hands the session's frames straight to the socket (no task switch per frame,
@@ -101,7 +102,7 @@ class Connection:
         self._outbox: collections.deque[bytes] = collections.deque()
         self._outbox_bytes = 0
         self._max_outbound = max_outbound
-        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
         #: When the client's token expires (seconds since the epoch), if it has one.
         self.expires_at: int | None = None
 
@@ -117,6 +118,8 @@ class Connection:
                 if not self._outbox and self._writable():
                     ws.protocol.send_binary(frame)
                     ws.send_data()
+                    if self.metrics is not None:
+                        self.metrics.bytes_sent.inc(len(frame))
                 else:
                     self._outbox.append(frame)
                     self._outbox_bytes += len(frame)
@@ -135,8 +138,8 @@ class Connection:
                 for frame in self.session.messages_to_send():
                     self._outbox.append(frame)
                     self._outbox_bytes += len(frame)
-        if self._outbox or self.session.state is SessionState.CLOSED:
-            self._wakeup.set()
+        if (self._outbox or self.session.state is SessionState.CLOSED) and self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self.write_loop())
 
     def _buffered(self) -> int:
         """Bytes written to the socket that it has not sent yet."""
@@ -154,24 +157,32 @@ class Connection:
         )
 
     async def write_loop(self) -> None:
-        """Send queued frames in order; close the socket once the session is closed."""
+        """Send the queued frames in order, then close the socket if the session is
+        closed; ends when nothing waits (:meth:`flush` starts it again)."""
         ws = self.ws
         try:
-            while True:
-                while self._outbox:
-                    frame = self._outbox.popleft()
-                    self._outbox_bytes -= len(frame)
-                    if self.metrics is not None:
-                        self.metrics.bytes_sent.inc(len(frame))
-                    await ws.send(frame)
-                if self.session.state is SessionState.CLOSED:
-                    code = int(self.session.close_code or 1000)
-                    await ws.close(code, self.session.close_reason)
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+            while self._outbox:
+                frame = self._outbox.popleft()
+                self._outbox_bytes -= len(frame)
+                if self.metrics is not None:
+                    self.metrics.bytes_sent.inc(len(frame))
+                await ws.send(frame)
+            if self.session.state is SessionState.CLOSED:
+                code = int(self.session.close_code or 1000)
+                await ws.close(code, self.session.close_reason)
         except ConnectionClosed:
-            return
+            self._outbox.clear()
+            self._outbox_bytes = 0
+        finally:
+            self._writer = None
+
+    async def finish(self) -> None:
+        """Send what waits and close the socket (the session is closed); returns when done."""
+        self.flush()
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await writer
 
     async def answers_ping(self, timeout: float) -> bool:
         """Whether the client answers a WebSocket ping within ``timeout`` seconds.

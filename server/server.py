@@ -19,7 +19,6 @@ percent-encoded: see :mod:`crdt_sync.sync.document_ids`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import ssl as ssl_module
@@ -407,7 +406,6 @@ class WebSocketServer:
             remote_address=str(remote),
             path=path,
         )
-        writer = asyncio.get_running_loop().create_task(connection.write_loop())
         reason = "connection closed"
         try:
             if self._stopped:
@@ -449,9 +447,7 @@ class WebSocketServer:
             self.rooms.leave(connection)
             if session.state is not SessionState.CLOSED:
                 session.connection_lost(reason)
-            connection.flush()
-            with contextlib.suppress(Exception):
-                await writer
+            await connection.finish()
             self._connections.discard(connection)
             if counted:
                 self._hosts.disconnect(host)
