@@ -31,19 +31,20 @@ import datetime as _dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QRectF, Qt
+from PySide6.QtCore import QEvent, QPoint, QRect, QRectF
 from PySide6.QtGui import (
     QColor,
     QHelpEvent,
-    QMoveEvent,
     QPainter,
     QPaintEvent,
     QTextBlock,
     QTextCursor,
 )
-from PySide6.QtWidgets import QPlainTextEdit, QToolTip, QWidget
+from PySide6.QtWidgets import QPlainTextEdit, QToolTip
 
 from crdt_sync import CRDTTextHandler, Delete, Insert, Retain, TextEvent
+
+from .overlay import ViewportOverlay
 
 __all__ = [
     "AUTHORS_NAME",
@@ -254,7 +255,7 @@ class AuthorRuns:
             start += length
 
 
-class AuthorshipOverlay(QWidget):
+class AuthorshipOverlay(ViewportOverlay):
     """Paints author colours behind ``editor``'s visible text (when enabled).
 
     :meth:`set_source` gives it the text's :class:`AuthorRuns`, ``author_of(peer)``
@@ -263,8 +264,7 @@ class AuthorshipOverlay(QWidget):
     """
 
     def __init__(self, editor: QPlainTextEdit) -> None:
-        super().__init__(editor.viewport())
-        self._editor = editor
+        super().__init__(editor)
         self._enabled = False
         self._runs: AuthorRuns | None = None
         self._author_of: Callable[[str], Author] = lambda peer: Author(peer, peer[:8], "#808080")
@@ -272,11 +272,6 @@ class AuthorshipOverlay(QWidget):
         self._to_qt: Callable[[int], int] = int
         self._from_qt: Callable[[int], int] = int
         self._colours: dict[str, QColor] = {}
-        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
-        self.setAttribute(Qt.WidgetAttribute.WA_NoSystemBackground)
-        self.resize(editor.viewport().size())
-        editor.viewport().installEventFilter(self)
-        editor.updateRequest.connect(self._on_update_request)
         self.hide()
 
     # -- wiring ------------------------------------------------------------------
@@ -353,41 +348,18 @@ class AuthorshipOverlay(QWidget):
         return colour
 
     # -- Qt ----------------------------------------------------------------------------
-    def _on_update_request(self, rect: QRect, dy: int) -> None:
-        """Repaint what the editor repaints (all of it when it scrolled), no more.
+    def follows_repaints(self) -> bool:
+        return self._enabled
 
-        The overlay is transparent: each repaint of it repaints the text below
-        too, so repainting the whole overlay per keystroke would repaint the
-        whole editor.
-        """
-        if self._enabled:
-            if dy:
-                self.update()
+    def viewport_event(self, event: QEvent) -> bool:
+        """Answer tooltip requests over the text."""
+        if self._enabled and isinstance(event, QHelpEvent) and event.type() == QEvent.Type.ToolTip:
+            text = self._tooltip_for_point(event.pos())
+            if text:
+                QToolTip.showText(event.globalPos(), text, self._editor.viewport())
             else:
-                self.update(rect)
-
-    def moveEvent(self, event: QMoveEvent) -> None:
-        """Stay on the viewport's corner: scrolling moves the viewport's children."""
-        super().moveEvent(event)
-        if self.pos() != QPoint(0, 0):
-            self.move(0, 0)
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        """Follow the viewport's size; answer tooltip requests over the text."""
-        if watched is self._editor.viewport():
-            if event.type() == QEvent.Type.Resize:
-                self.resize(self._editor.viewport().size())
-            elif (
-                self._enabled
-                and isinstance(event, QHelpEvent)
-                and event.type() == QEvent.Type.ToolTip
-            ):
-                text = self._tooltip_for_point(event.pos())
-                if text:
-                    QToolTip.showText(event.globalPos(), text, self._editor.viewport())
-                else:
-                    QToolTip.hideText()
-                return True
+                QToolTip.hideText()
+            return True
         return False
 
     def _tooltip_for_point(self, point: QPoint) -> str | None:

@@ -21,17 +21,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QRectF, Qt, QTimer
+from PySide6.QtCore import QEvent, QPoint, QRect, QRectF, Qt, QTimer
 from PySide6.QtGui import (
     QColor,
     QFontMetrics,
     QMouseEvent,
-    QMoveEvent,
     QPainter,
     QPaintEvent,
     QTextCursor,
 )
-from PySide6.QtWidgets import QPlainTextEdit, QWidget
+from PySide6.QtWidgets import QPlainTextEdit
+
+from .overlay import ViewportOverlay
 
 __all__ = ["RemoteCursor", "RemoteCursorOverlay"]
 
@@ -47,7 +48,7 @@ class RemoteCursor:
     head: int
 
 
-class RemoteCursorOverlay(QWidget):
+class RemoteCursorOverlay(ViewportOverlay):
     """Paints :class:`RemoteCursor` carets and labels over ``editor``'s viewport."""
 
     #: Seconds a label stays fully visible after its caret last moved.
@@ -58,8 +59,7 @@ class RemoteCursorOverlay(QWidget):
     HOVER_PX = 12
 
     def __init__(self, editor: QPlainTextEdit, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(editor.viewport())
-        self._editor = editor
+        super().__init__(editor)
         self._cursors: list[RemoteCursor] = []
         self._clock = clock
         self._moved_at: dict[str, float] = {}
@@ -68,11 +68,6 @@ class RemoteCursorOverlay(QWidget):
         self._fade_timer.setInterval(100)
         self._fade_timer.timeout.connect(self._on_fade_tick)
         editor.viewport().setMouseTracking(True)
-        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
-        self.setAttribute(Qt.WidgetAttribute.WA_NoSystemBackground)
-        self.resize(editor.viewport().size())
-        editor.viewport().installEventFilter(self)
-        editor.updateRequest.connect(self._on_update_request)
         self.show()
 
     @property
@@ -140,29 +135,12 @@ class RemoteCursorOverlay(QWidget):
             self._hovered = hovered
             self.update()
 
-    def _on_update_request(self, rect: QRect, dy: int) -> None:
-        """Repaint what the editor repaints (all when it scrolled): the overlay is
-        transparent, so repainting all of it repaints the whole editor below."""
-        if dy:
-            self.update()
-        else:
-            self.update(rect)
-
-    def moveEvent(self, event: QMoveEvent) -> None:
-        """Stay on the viewport's corner: scrolling moves the viewport's children."""
-        super().moveEvent(event)
-        if self.pos() != QPoint(0, 0):
-            self.move(0, 0)
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        """Follow the viewport's size and the mouse (to show a hovered caret's label)."""
-        if watched is self._editor.viewport():
-            if event.type() == QEvent.Type.Resize:
-                self.resize(self._editor.viewport().size())
-            elif isinstance(event, QMouseEvent) and event.type() == QEvent.Type.MouseMove:
-                self.hover(event.position().toPoint())
-            elif event.type() == QEvent.Type.Leave:
-                self.hover(QPoint(-10_000, -10_000))
+    def viewport_event(self, event: QEvent) -> bool:
+        """Follow the mouse, to show a hovered caret's label."""
+        if isinstance(event, QMouseEvent) and event.type() == QEvent.Type.MouseMove:
+            self.hover(event.position().toPoint())
+        elif event.type() == QEvent.Type.Leave:
+            self.hover(QPoint(-10_000, -10_000))
         return False
 
     def paintEvent(self, event: QPaintEvent) -> None:
