@@ -235,12 +235,25 @@ class AuthorRuns:
         tail = self.starts[index:]
         self.starts[index:] = [start + by for start in tail]
 
+    def _join(self, index: int) -> None:
+        """Join run ``index`` into the run before it when its ids continue that run's."""
+        if 0 < index < len(self.starts):
+            before = index - 1
+            if (
+                self.peers[before] == self.peers[index]
+                and self.counters[before] + self.lengths[before] == self.counters[index]
+            ):
+                self.lengths[before] += self.lengths[index]
+                for column in (self.starts, self.lengths, self.peers, self.counters):
+                    del column[index]
+
     def _delete(self, position: int, count: int) -> None:
         i = self._split(position)
         j = self._split(position + count)
         for column in (self.starts, self.lengths, self.peers, self.counters):
             del column[i:j]
         self._shift(i, -count)
+        self._join(i)
 
     def _insert(self, position: int, runs: list[tuple[int, str, int]]) -> None:
         i = self._split(position)
@@ -253,6 +266,10 @@ class AuthorRuns:
             self.peers.insert(i + k, peer)
             self.counters.insert(i + k, counter)
             start += length
+        # Typing continues its author's run: keep one run, not one per keystroke
+        # (the paint walks the runs on the lines it washes).
+        self._join(i + len(runs))
+        self._join(i)
 
 
 class AuthorshipOverlay(ViewportOverlay):

@@ -9,6 +9,12 @@ stable positions (``StickyIndex``) against the CRDT and converts them through
 ``editor.positions`` via the text binding, so they stay in place as text
 changes around them.
 
+Repaints are local: a caret that moves, a label that fades or a hovered
+caret repaints the area the collaborators were last drawn in and the area
+they are drawn in now, never the whole viewport (the overlay is transparent,
+so a full repaint here repaints the whole editor and the author colours
+below it, on every remote keystroke).
+
 Name labels fade: a label shows while its collaborator's caret moves and for
 ``LABEL_SHOW_S`` seconds after, then fades out over ``LABEL_FADE_S`` so it does
 not cover the neighbouring line; it comes back when the caret moves again or
@@ -28,6 +34,7 @@ from PySide6.QtGui import (
     QMouseEvent,
     QPainter,
     QPaintEvent,
+    QRegion,
     QTextCursor,
 )
 from PySide6.QtWidgets import QPlainTextEdit
@@ -64,6 +71,9 @@ class RemoteCursorOverlay(ViewportOverlay):
         self._clock = clock
         self._moved_at: dict[str, float] = {}
         self._hovered: str | None = None
+        # Where the collaborators were last painted (what a change must wipe).
+        self._drawn = QRegion()
+        self._opacities: list[float] = []  # the labels' opacities at the last fade tick
         self._fade_timer = QTimer(self)
         self._fade_timer.setInterval(100)
         self._fade_timer.timeout.connect(self._on_fade_tick)
@@ -88,7 +98,35 @@ class RemoteCursorOverlay(ViewportOverlay):
         present = {c.peer_id for c in cursors}
         self._moved_at = {k: v for k, v in self._moved_at.items() if k in present}
         self._start_fading()
-        self.update()
+        self._repaint_cursors()
+
+    def _repaint_cursors(self) -> None:
+        """Repaint where the collaborators were drawn and where they are drawn now."""
+        self.update(self._drawn.united(self._footprint()))
+
+    def _footprint(self) -> QRegion:
+        """The area :meth:`paintEvent` paints for the current collaborators."""
+        region = QRegion()
+        metrics = QFontMetrics(self.font())
+        limit = self._editor.document().characterCount() - 1
+        for remote in self._cursors:
+            if remote.anchor != remote.head:
+                start, end = sorted((remote.anchor, remote.head))
+                for area in self._selection_rects(max(0, start), min(end, limit)):
+                    region = region.united(area.toAlignedRect().adjusted(-1, -1, 1, 1))
+            rect = self._caret_rect(remote)
+            region = region.united(QRect(rect.left() - 1, rect.top(), 4, rect.height()))
+            if self.label_opacity(remote.peer_id) > 0:
+                region = region.united(self._label_rect(remote, rect, metrics).adjusted(0, 0, 1, 1))
+        return region
+
+    @staticmethod
+    def _label_rect(remote: RemoteCursor, caret: QRect, metrics: QFontMetrics) -> QRect:
+        label = remote.name or remote.peer_id[:8]
+        width = metrics.horizontalAdvance(label) + 6
+        height = metrics.height()
+        top = caret.top() - height if caret.top() >= height else caret.bottom()
+        return QRect(caret.left(), top, width, height)
 
     def label_opacity(self, peer_id: str) -> float:
         """How visible ``peer_id``'s name label is now: 1 shown, 0 hidden."""
@@ -107,8 +145,11 @@ class RemoteCursorOverlay(ViewportOverlay):
             self._fade_timer.start()
 
     def _on_fade_tick(self) -> None:
-        self.update()
-        if not any(self.label_opacity(c.peer_id) > 0 for c in self._cursors):
+        opacities = [self.label_opacity(c.peer_id) for c in self._cursors]
+        if opacities != self._opacities:  # nothing to repaint while labels hold still
+            self._opacities = opacities
+            self._repaint_cursors()
+        if not any(opacity > 0 for opacity in opacities):
             self._fade_timer.stop()
 
     def _caret_rect(self, remote: RemoteCursor) -> QRect:
@@ -133,7 +174,7 @@ class RemoteCursorOverlay(ViewportOverlay):
                 self._moved_at[self._hovered] = self._clock()
                 self._start_fading()
             self._hovered = hovered
-            self.update()
+            self._repaint_cursors()
 
     def viewport_event(self, event: QEvent) -> bool:
         """Follow the mouse, to show a hovered caret's label."""
@@ -145,8 +186,12 @@ class RemoteCursorOverlay(ViewportOverlay):
 
     def paintEvent(self, event: QPaintEvent) -> None:
         """A 2 px caret and a small name tag above it for each collaborator."""
+        # What this paint leaves on screen: the old drawing outside its area
+        # (not wiped), plus everything drawn now.
+        self._drawn = self._drawn.subtracted(event.region())
         if not self._cursors:
             return
+        self._drawn = self._drawn.united(self._footprint())
         painter = QPainter(self)
         metrics = QFontMetrics(self.font())
         limit = self._editor.document().characterCount() - 1
@@ -166,17 +211,13 @@ class RemoteCursorOverlay(ViewportOverlay):
                 continue
             painter.setOpacity(opacity)
             label = remote.name or remote.peer_id[:8]
-            width = metrics.horizontalAdvance(label) + 6
-            height = metrics.height()
-            top = rect.top() - height if rect.top() >= height else rect.bottom()
-            tag = QRect(rect.left(), top, width, height)
+            tag = self._label_rect(remote, rect, metrics)
             painter.fillRect(tag, colour)
             painter.setPen(QColor("white") if colour.lightness() < 160 else QColor("black"))
             painter.drawText(tag.adjusted(3, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, label)
             painter.setPen(Qt.PenStyle.NoPen)
             painter.setOpacity(1.0)
         painter.end()
-        del event
 
     def _selection_rects(self, start: int, end: int) -> list[QRectF]:
         """Rectangles covering ``start``..``end`` on the visible lines only."""

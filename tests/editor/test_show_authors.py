@@ -64,6 +64,8 @@ def test_author_runs_follow_every_edit_exactly_like_a_fresh_id_runs() -> None:
         for runs, text in zip(followed, texts, strict=True):
             assert expand(runs.runs()) == expand(text.id_runs())
             assert sum(r[1] for r in runs.runs()) == len(text)
+            # As few runs as a fresh read: typing extends its run, no run per keystroke.
+            assert runs.runs() == text.id_runs()
 
 
 @pytest.fixture
