@@ -16,6 +16,11 @@ default ``automerge-paper``) it measures, for crdt_sync:
   (each followed by reading the text);
 - peak memory of the local replay, in a fresh child process: the tracemalloc
   peak (Python allocations) and the growth of the process's peak RSS;
+- the peak RSS of a whole replay process: each library's replay alone in its
+  own fresh interpreter (a small standalone program importing only that
+  library), its high-water mark (``VmHWM``, i.e. ``ru_maxrss``) read at the
+  end, interpreter and trace included, printed side by side with the bar
+  (<= 1.3x pycrdt's, issue 9);
 - ``endContent`` verified after the replay, after the load and after each
   remote apply (OK / MISMATCH).
 
@@ -93,6 +98,8 @@ BAR_LOCAL_RATIO = 0.5
 BAR_ENCODED_BYTES = 160_000
 BAR_LOAD_S = 0.020
 BAR_REMOTE_S = 1.0
+#: Bar of issue 9: the peak RSS of a replay process, against pycrdt's.
+BAR_PEAK_RSS_RATIO = 1.3
 
 Patch = tuple[int, int, str]
 Txns = tuple[tuple[Patch, ...], ...]
@@ -360,6 +367,89 @@ def memory_probe(library: str, probe_file: Path) -> dict[str, int]:
     return out
 
 
+#: The whole-process peak probe: a standalone program, so that neither child
+#: imports the other library or this harness (crdt_sync and the harness's
+#: imports cost ~10 MiB of RSS of their own). It replays the trace exactly as
+#: ``replay_ours`` / ``replay_pycrdt`` do, keeps the document alive, and prints
+#: the process's high-water RSS (``VmHWM``; ``ru_maxrss`` where there is no
+#: /proc) before the replay (interpreter, library and trace loaded) and after.
+PEAK_PROBE = """
+import json, marshal, resource, sys
+
+def hwm():
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+library, probe_file = sys.argv[1], sys.argv[2]
+with open(probe_file, "rb") as f:
+    txns = marshal.loads(f.read())
+if library == "ours":
+    from crdt_sync import CRDTDocument, CRDTTextHandler
+    before = hwm()
+    doc = CRDTDocument()
+    text = CRDTTextHandler(doc, "text")
+    transaction, insert, delete = doc.transaction, text.insert, text.delete
+    for patches in txns:
+        with transaction():
+            for pos, deleted, inserted in patches:
+                if deleted:
+                    delete(pos, deleted)
+                if inserted:
+                    insert(pos, inserted)
+    length = len(text.value)
+else:
+    from pycrdt import Doc, Text
+    before = hwm()
+    doc = Doc()
+    text = doc.get("text", type=Text)
+    transaction, insert = doc.transaction, text.insert
+    for patches in txns:
+        with transaction():
+            for pos, deleted, inserted in patches:
+                if deleted:
+                    del text[pos : pos + deleted]
+                if inserted:
+                    insert(pos, inserted)
+    length = len(str(text))
+print(json.dumps({"peak RSS before replay": before, "peak RSS of the process": hwm(),
+                  "length": length}))
+"""
+
+
+def measure_peak_rss(library: str, trace: Trace) -> dict[str, int]:
+    """Run :data:`PEAK_PROBE` for ``library`` in a fresh interpreter; its figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe_file = Path(tmp) / "trace.marshal"
+        probe_file.write_bytes(marshal.dumps(trace.txns))
+        cmd = [sys.executable, "-c", PEAK_PROBE, library, str(probe_file)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        print(f"peak RSS probe for {library} failed: {proc.stderr.strip()}", file=sys.stderr)
+        return {}
+    result: dict[str, int] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def peak_of(library: str, trace: Trace, res: Results) -> dict[str, int]:
+    """The whole-process peak RSS of ``library``'s replay (median of 3 fresh processes)."""
+    runs = [measure_peak_rss(library, trace) for _ in range(3)]
+    runs = [r for r in runs if r]
+    if not runs:
+        return {}
+    res.check("peak RSS probe replay", all(r["length"] == len(trace.end_content) for r in runs))
+    out = {}
+    for key in ("peak RSS before replay", "peak RSS of the process"):
+        out[key] = int(median_spread([r[key] for r in runs])[0])
+    return out
+
+
 def measure_memory(library: str, trace: Trace, traces_dir: Path) -> dict[str, int]:
     """Run :func:`memory_probe` in a child process (a fresh heap) and return its figures."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -466,16 +556,21 @@ def report(trace: Trace, ours: Results, theirs: Results | None) -> None:
         "tracemalloc held after replay",
         "peak RSS growth",
         "RSS held after replay",
+        "peak RSS before replay",
+        "peak RSS of the process",
     )
     for key in memory_keys:
         row = [f"local replay memory: {key}", fmt_bytes(ours.memory.get(key))]
+        mine_value, other_value = ours.memory.get(key), None
         if theirs is not None:
-            row += [
-                fmt_bytes(theirs.memory.get(key)),
-                fmt_ratio(ours.memory.get(key), theirs.memory.get(key)),
-            ]
+            other_value = theirs.memory.get(key)
+            row += [fmt_bytes(other_value), fmt_ratio(mine_value, other_value)]
         if bars:
-            row.append("")
+            cell = ""
+            if key == "peak RSS of the process" and mine_value and other_value:
+                ok = mine_value <= BAR_PEAK_RSS_RATIO * other_value
+                cell = f"<= {BAR_PEAK_RSS_RATIO}x pycrdt (issue 9): {met(ok)}"
+            row.append(cell)
         rows.append(row)
     print_table(header, rows)
     for name, res in (("crdt_sync", ours), ("pycrdt", theirs)):
@@ -945,8 +1040,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_pycrdt(ascii_trace, theirs, first=i == 0)
         if not args.no_memory:
             ours.memory = measure_memory("ours", trace, traces_dir)
+            ours.memory.update(peak_of("ours", trace, ours))
             if theirs is not None and ascii_trace is not None:
                 theirs.memory = measure_memory("pycrdt", ascii_trace, traces_dir)
+                theirs.memory.update(peak_of("pycrdt", ascii_trace, theirs))
         report(trace, ours, theirs)
         del trace, ascii_trace
         gc.collect()

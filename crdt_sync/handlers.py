@@ -138,7 +138,7 @@ class CRDTTextHandler(Handler):
                 if builder is not None:
                     builder.splice(index, 0, text)
             if tx.undo_tracking:
-                tx.undo_records.append(("text_delete", self._name, ((tx.peer, ctr, len(text)),)))
+                tx.undo_records.append(("text_delete", self._key, ((tx.peer, ctr, len(text)),)))
         finally:
             if outer:
                 tx.end()
@@ -164,7 +164,7 @@ class CRDTTextHandler(Handler):
                 if builder is not None:
                     builder.splice(index, count, "")
             if tx.undo_tracking:
-                tx.undo_records.append(("text_restore", self._name, tuple(pieces)))
+                tx.undo_records.append(("text_restore", self._key, tuple(pieces)))
         finally:
             if outer:
                 tx.end()
@@ -193,7 +193,7 @@ class CRDTTextHandler(Handler):
             if targets:
                 tx.push((TEXT_DELETE, self._name, tuple(targets)), 1)
                 if tx.undo_tracking:
-                    tx.undo_records.append(("text_restore", self._name, tuple(pieces)))
+                    tx.undo_records.append(("text_restore", self._key, tuple(pieces)))
         finally:
             tx.end()
 
@@ -226,7 +226,7 @@ class CRDTTextHandler(Handler):
                     builder.splice(index, 0, content)
                 if tx.undo_tracking:
                     tx.undo_records.append(
-                        ("text_delete", self._name, ((tx.peer, new_ctr, len(content)),))
+                        ("text_delete", self._key, ((tx.peer, new_ctr, len(content)),))
                     )
         finally:
             tx.end()
@@ -355,7 +355,7 @@ class CRDTListHandler(Handler):
             if builder is not None:
                 builder.splice(index, 0, list(values))
             if tx.undo_tracking:
-                tx.undo_records.append(("list_delete", self._name, ids))
+                tx.undo_records.append(("list_delete", self._key, ids))
         finally:
             tx.end()
 
@@ -394,7 +394,7 @@ class CRDTListHandler(Handler):
         state.apply(op, tx.peer, tx.next, tx.stamp, tx.builder(self._key))
         tx.push(op, 1)
         if tx.undo_tracking:
-            tx.undo_records.append(("list_restore", self._name, tuple(restore)))
+            tx.undo_records.append(("list_restore", self._key, tuple(restore)))
 
     def update(self, index: int, value: Any) -> None:
         """Replace the value at ``index``; the item keeps its identity."""
@@ -414,7 +414,7 @@ class CRDTListHandler(Handler):
             state.apply(op, tx.peer, tx.next, tx.stamp, tx.builder(self._key))
             tx.push(op, 1)
             if tx.undo_tracking and record:
-                tx.undo_records.append(("list_set", self._name, elem, old))
+                tx.undo_records.append(("list_set", self._key, elem, old))
         finally:
             tx.end()
 
@@ -459,7 +459,7 @@ class CRDTListHandler(Handler):
                 builder.splice(to_index, 0, [rec[0]])
             tx.push((LIST_MOVE, self._name, elem, left, right), 1)
             if tx.undo_tracking:
-                tx.undo_records.append(("list_move", self._name, elem, old_pos))
+                tx.undo_records.append(("list_move", self._key, elem, old_pos))
         finally:
             tx.end()
 
@@ -472,7 +472,7 @@ class CRDTListHandler(Handler):
                 self._set(elem, value, record=False)
             if tx.undo_tracking:
                 # The inverse of bringing items back is deleting them again.
-                tx.undo_records.append(("list_delete", self._name, tuple(e for e, _ in items)))
+                tx.undo_records.append(("list_delete", self._key, tuple(e for e, _ in items)))
         finally:
             tx.end()
 
@@ -518,7 +518,7 @@ class CRDTMapHandler(Handler):
             self._state.apply(op, tx.peer, tx.next, tx.stamp, tx.map_out(self._key))
             tx.push(op, 1)
             if tx.undo_tracking:
-                tx.undo_records.append(("map_restore", self._name, op[2], present, old))
+                tx.undo_records.append(("map_restore", self._key, op[2], present, old))
         finally:
             tx.end()
 

@@ -47,11 +47,13 @@ class UndoManager:
         max_steps: int = 1000,
     ) -> None:
         self._doc = doc
-        self._handlers: dict[str, Handler] = {}
+        # Keyed by (name, kind), as the records address them: a text "x" and a
+        # list "x" are two objects.
+        self._handlers: dict[tuple[str, str], Handler] = {}
         for handler in handlers:
             if handler.doc is not doc:
                 raise ValueError(f"handler {handler.name!r} belongs to another document")
-            self._handlers[handler.name] = handler
+            self._handlers[(handler.name, handler.kind)] = handler
         self.capture_timeout_ms = capture_timeout_ms
         self._ignored = set(map(id, ignored_origins))
         self._max_steps = max_steps
@@ -60,8 +62,8 @@ class UndoManager:
         self._last_time = 0.0
         self._capture_open = False
         self._running: str | None = None
-        # Per handler: (peer, start, stop, new peer, new start) for restored text.
-        self._moved: dict[str, list[tuple[str, int, int, str, int]]] = {}
+        # Per handler key: (peer, start, stop, new peer, new start) for restored text.
+        self._moved: dict[tuple[str, str], list[tuple[str, int, int, str, int]]] = {}
         doc._undo_tracking += 1
         self._sub = doc._on_local_step.subscribe(self._on_step)
 
@@ -169,14 +171,14 @@ class UndoManager:
         return True
 
     def _follow(
-        self, name: str, ranges: tuple[tuple[str, int, int], ...]
+        self, key: tuple[str, str], ranges: tuple[tuple[str, int, int], ...]
     ) -> tuple[tuple[str, int, int], ...]:
         """``ranges`` plus every range their text was restored as since (transitively).
 
         Undoing a delete brings the text back with new ids; a later step that
         deletes the original ids must delete the restored copies too.
         """
-        moved = self._moved.get(name)
+        moved = self._moved.get(key)
         if not moved:
             return ranges
         out = list(ranges)
@@ -193,14 +195,14 @@ class UndoManager:
         return tuple(out)
 
     def _execute(self, record: Record) -> None:
-        kind, name = record[0], record[1]
-        # The record kind says which handler type wrote it.
-        handler: Any = self._handlers[name]
+        kind, key = record[0], record[1]
+        # ``key`` is the handler's (name, kind): the record kind agrees with it.
+        handler: Any = self._handlers[key]
         if kind == "text_delete":
-            handler._delete_ids(self._follow(name, record[2]))
+            handler._delete_ids(self._follow(key, record[2]))
         elif kind == "text_restore":
             for peer, ctr, n, new_peer, new_ctr in handler._restore(record[2]):
-                self._moved.setdefault(name, []).append((peer, ctr, ctr + n, new_peer, new_ctr))
+                self._moved.setdefault(key, []).append((peer, ctr, ctr + n, new_peer, new_ctr))
         elif kind == "list_delete":
             handler._delete_elems(list(record[2]))
         elif kind == "list_restore":

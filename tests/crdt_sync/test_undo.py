@@ -257,3 +257,36 @@ def test_undoing_every_own_step_leaves_exactly_the_remote_text(
     exchange(a, b)
     assert ta.value == tb.value == done
     a.check_invariants()
+
+
+def test_a_text_and_a_list_of_one_name_undo_each_their_own_edits() -> None:
+    # Kind is part of an object's identity: the text "x" and the list "x" are
+    # two objects, and the undo manager keeps them apart.
+    doc = CRDTDocument(peer(1))
+    text, items = CRDTTextHandler(doc, "x"), CRDTListHandler(doc, "x")
+    undo = UndoManager(doc, [text, items], capture_timeout_ms=0)
+    text.insert(0, "abc")
+    items.insert(0, "one")
+    items.insert(1, "two")
+    text.delete(0, 1)
+    assert undo.undo()  # the text delete
+    assert (text.value, items.value) == ("abc", ["one", "two"])
+    assert undo.undo()  # the second list insert
+    assert (text.value, items.value) == ("abc", ["one"])
+    assert undo.undo() and undo.undo()
+    assert (text.value, items.value) == ("", [])
+    assert undo.redo() and undo.redo()
+    assert (text.value, items.value) == ("abc", ["one"])
+
+
+def test_only_the_tracked_kind_of_a_name_is_undone() -> None:
+    doc = CRDTDocument(peer(1))
+    text, items = CRDTTextHandler(doc, "x"), CRDTListHandler(doc, "x")
+    undo = UndoManager(doc, [items], capture_timeout_ms=0)
+    text.insert(0, "abc")
+    assert not undo.can_undo
+    items.insert(0, 1)
+    text.insert(3, "d")
+    assert undo.undo()
+    assert (text.value, items.value) == ("abcd", [])
+    assert not undo.undo()
