@@ -668,33 +668,58 @@ def crdt_change_ids_library(frame: bytes) -> list[tuple[bytes, int]]:
     ]
 
 
+_PEER_TEXT: dict[bytes, bytes] = {}
+
+
+def _peer_at(data: bytes, pos: int) -> tuple[bytes, int]:
+    """A peer id at ``pos`` as ``crdt_sync.codec.Writer.peer`` writes it (byte 0 then
+    16 raw bytes, or a ``str``): (its UTF-8 text, position after it)."""
+    if data[pos] == 0:
+        raw = data[pos + 1 : pos + 17]
+        text = _PEER_TEXT.get(raw)
+        if text is None:
+            text = _PEER_TEXT[raw] = str(uuid.UUID(bytes=raw)).encode()
+        return text, pos + 17
+    length, pos = _uv(data, pos)
+    return data[pos : pos + length], pos + length
+
+
 def crdt_change_ids(frame: bytes) -> list[tuple[bytes, int]]:
     """The op ids (peer as UTF-8, counter) of the edits a Changes frame carries, read
     from the change batch's header.
 
-    Only the header is read (peer table, then the first change's peer and
-    counter) when the batch holds one uncompressed change; anything else goes
-    to the library's decoder. :func:`check_crdt_readers` compares both on the
-    precomputed frames before any run.
+    Only the header is read (one segment's peer table, then its first change's
+    peer and counter) when the batch holds one uncompressed change (change
+    format version 3, ``docs/encoding.md``); anything else goes to the library's
+    decoder. :func:`check_crdt_readers` compares both on the precomputed frames
+    before any run.
     """
     if frame[4]:  # compressed body
         return crdt_change_ids_library(frame)
     _, p = _uv(frame, 5)
-    if frame[p : p + 6] != b"CRDC\x01\x00":
+    if frame[p : p + 7] != b"CRDC\x03\x00\x01":  # version 3, not compressed, one segment
         return crdt_change_ids_library(frame)
-    p += 6
+    p += 7
     npeers, p = _uv(frame, p)
     peers = []
     for _ in range(npeers):
-        length, p = _uv(frame, p)
-        peers.append(frame[p : p + length])
-        p += length
+        peer, p = _peer_at(frame, p)
+        peers.append(peer)
     nnames, p = _uv(frame, p)
     for _ in range(nnames):
         length, p = _uv(frame, p)
         p += length
     count, p = _uv(frame, p)
-    if count != 1 or frame[p] & 1:  # several changes, or "same peer" on the first
+    if count != 1 or frame[p] != 0:  # several changes, or not a full row
+        return crdt_change_ids_library(frame)
+    p += 1 + 8  # kinds, stamps
+    typing, p = _uv(frame, p)
+    p += 4 * typing
+    deleting, p = _uv(frame, p)
+    p += 16 * deleting
+    length, p = _uv(frame, p)  # the text column
+    p += length
+    if frame[p] & 1:  # "same peer" on the first change
         return crdt_change_ids_library(frame)
     index, p = _uv(frame, p + 1)
     counter, p = _uv(frame, p)
@@ -717,9 +742,8 @@ def crdt_ack(frame: bytes, peer: bytes) -> int | None:
         return crdt_ack_library(frame, peer)
     count, p = _uv(frame, 5)
     for _ in range(count):
-        length, p = _uv(frame, p)
-        name = frame[p : p + length]
-        counter, p = _uv(frame, p + length)
+        name, p = _peer_at(frame, p)
+        counter, p = _uv(frame, p)
         if name == peer:
             return counter
     return 0

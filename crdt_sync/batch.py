@@ -174,7 +174,7 @@ def encode_segment(changes: Iterable[ChangeTuple]) -> bytes:
     w = Writer()
     w.uint(len(t.peers))
     for peer in t.peers:
-        w.str(peer)
+        w.peer(peer)
     w.uint(len(t.names))
     for name in t.names:
         w.str(name)
@@ -341,7 +341,7 @@ def decode_segment(r: Reader) -> Segment:
     """Read one segment body at ``r``; only ever raises :class:`DecodeError`."""
     start = r.pos
     seg = Segment()
-    peers = [r.str() for _ in range(r.count(1))]
+    peers = [r.peer() for _ in range(r.count(1))]
     if any(not p or len(p) > MAX_NAME for p in peers):
         raise r.fail("bad peer id in the peer table")
     names = [r.str() for _ in range(r.count(1))]

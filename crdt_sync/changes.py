@@ -66,8 +66,12 @@ ChangeTuple = tuple[str, int, int, tuple[tuple[str, int], ...], tuple[Any, ...],
 MAGIC = b"CRDC"
 #: Version of the snapshot format (and of change batches before columns).
 FORMAT_VERSION = 1
-#: Version of the change batch format written now (``batch.py``); 1 is still read.
-CHANGES_VERSION = 2
+#: Version of the change batch format written now (``batch.py``); 1 and 2 are still
+#: read. Version 3 is version 2 with peer ids written by ``codec.Writer.peer`` (a
+#: canonical UUID as 16 raw bytes) in the segments' peer tables.
+CHANGES_VERSION = 3
+#: Every change batch version :func:`decode_changes` reads.
+READ_CHANGES_VERSIONS = (FORMAT_VERSION, 2, CHANGES_VERSION)
 MAX_NAME = 1024
 
 
@@ -424,7 +428,7 @@ def decode_change_tuples(data: bytes, max_size: int = MAX_INFLATED) -> list[Chan
     or an uncompressed batch's length (a server passes its message size limit).
     """
     version, r = _batch_reader(data, max_size)
-    if version == CHANGES_VERSION:
+    if version != FORMAT_VERSION:
         from .batch import decode_segments
 
         return [t for segment in decode_segments(r) for t in segment.tuples()]
@@ -446,7 +450,7 @@ def decode_change_tuples(data: bytes, max_size: int = MAX_INFLATED) -> list[Chan
 
 def _batch_reader(data: bytes, max_size: int) -> tuple[int, Reader]:
     """The format version of a change batch and a reader at the start of its body."""
-    body, start = _read_header(data, MAGIC, max_size, (FORMAT_VERSION, CHANGES_VERSION))
+    body, start = _read_header(data, MAGIC, max_size, READ_CHANGES_VERSIONS)
     return data[len(MAGIC)], Reader(body, start)
 
 
@@ -454,7 +458,7 @@ def decode_batch(data: bytes, max_size: int = MAX_INFLATED) -> Any:
     """Decode a batch for import: a list of :class:`batch.Segment` (version 2), or a
     list of change tuples (version 1). Only ever raises :class:`DecodeError`."""
     version, r = _batch_reader(data, max_size)
-    if version == CHANGES_VERSION:
+    if version != FORMAT_VERSION:
         from .batch import decode_segments
 
         return decode_segments(r)

@@ -7,8 +7,10 @@ cannot make it allocate much), against :data:`MAX_COUNT` for element counts.
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
+import re
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +25,11 @@ MAX_JSON_DEPTH = 64
 MAX_INFLATED = 64 << 20
 
 JSONValue = Any
+#: Marker of a peer id written as 16 raw bytes (:meth:`Writer.peer`): a ``str`` of
+#: length 0 cannot be a peer id, so the byte is free.
+PEER_UUID = 0
+#: A canonical peer id: a UUID as ``str(uuid.UUID(...))`` writes it (lowercase).
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: A version vector as the codec sees it (peer -> next counter).
 VectorEntries = Mapping[str, int]
 
@@ -137,13 +144,50 @@ class Writer:
     def json(self, value: JSONValue) -> None:
         self.bytes(dump_json(value))
 
+    def peer(self, peer: builtins.str) -> None:
+        """A peer id: a canonical lowercase UUID as the byte :data:`PEER_UUID` then its
+        16 bytes; any other (non-empty) text as ``str``. The package's one way to
+        write a peer id (change batches' peer tables, version vectors, the sync
+        protocol's peer fields); :meth:`Reader.peer` reads it."""
+        raw = _PEER_BYTES.get(peer)
+        if raw is None:
+            if not peer:
+                raise ValueError("an empty peer id cannot be written")
+            if len(peer) != 36 or _CANONICAL_UUID.fullmatch(peer) is None:
+                self.str(peer)
+                return
+            raw = bytes.fromhex(peer.replace("-", ""))
+            if len(_PEER_BYTES) >= _PEER_CACHE:
+                _PEER_BYTES.clear()
+            _PEER_BYTES[peer] = raw
+        buf = self.buf
+        buf.append(PEER_UUID)
+        buf += raw
+
     def version_vector(self, vv: VectorEntries) -> None:
-        """``uint`` count, then ``str`` peer and ``uint`` counter per entry, peers sorted:
-        the package's one version-vector layout."""
+        """``uint`` count, then a peer (:meth:`peer`) and ``uint`` counter per entry,
+        peers sorted: the package's one version-vector layout."""
         self.uint(len(vv))
         for peer in sorted(vv):
-            self.str(peer)
+            self.peer(peer)
             self.uint(vv[peer])
+
+
+#: Peer ids seen lately, both ways (they repeat in every batch): bounded caches.
+_PEER_CACHE = 4096
+_PEER_BYTES: dict[str, bytes] = {}
+_PEER_TEXT: dict[bytes, str] = {}
+
+
+def _uuid_text(raw: bytes) -> str:
+    text = _PEER_TEXT.get(raw)
+    if text is None:
+        h = raw.hex()
+        text = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        if len(_PEER_TEXT) >= _PEER_CACHE:
+            _PEER_TEXT.clear()
+        _PEER_TEXT[raw] = text
+    return text
 
 
 class Reader:
@@ -235,6 +279,22 @@ class Reader:
         start = self.pos
         return load_json(self.bytes(), start)
 
+    def peer(self, max_bytes: int | None = None) -> builtins.str:
+        """A peer id written by :meth:`Writer.peer`: 16 raw bytes after the marker
+        (a canonical UUID), else a non-empty ``str`` of at most ``max_bytes`` bytes."""
+        data, pos = self.data, self.pos
+        if pos < self.end and data[pos] == PEER_UUID:
+            if pos + 17 > self.end:
+                raise self.fail("truncated: expected a 16-byte peer id")
+            self.pos = pos + 17
+            return _uuid_text(data[pos + 1 : pos + 17])
+        if max_bytes is not None:
+            size = self.uint()
+            self.pos = pos
+            if size > max_bytes:
+                raise self.fail(f"peer id of {size} bytes; the limit is {max_bytes}")
+        return self.str()
+
     def version_vector(self, max_peer_bytes: int | None = None, max_counter: int = 1 << 64) -> Any:
         """A version vector (:meth:`Writer.version_vector`); ``max_peer_bytes``
         bounds each peer id's UTF-8 length, ``max_counter`` each counter."""
@@ -243,13 +303,7 @@ class Reader:
         n = self.count(2)
         entries: dict[str, int] = {}
         for _ in range(n):
-            if max_peer_bytes is not None:
-                start = self.pos
-                size = self.uint()
-                self.pos = start
-                if size > max_peer_bytes:
-                    raise self.fail(f"peer id of {size} bytes; the limit is {max_peer_bytes}")
-            peer = self.str()
+            peer = self.peer(max_peer_bytes)
             counter = self.uint(max_counter)
             if peer in entries:
                 raise self.fail(f"peer {peer!r} twice in a version vector")

@@ -15,8 +15,10 @@ One WebSocket binary frame carries exactly one message. A frame is a fixed
 Field encodings: ``uint`` is an unsigned LEB128 varint (at most 10 bytes, value
 < 2**64); ``bytes`` is a uint length then that many bytes; ``str`` is ``bytes``
 holding strict UTF-8; ``opt<T>`` is one byte 0 (absent) or 1 (present) then T;
-``vv`` (version vector) is a uint count then, sorted by peer, that many
-``(str peer, uint counter)`` pairs; ``changes`` is ``bytes`` holding
+``peer`` is a peer id: byte 0 then 16 raw bytes for a canonical (lowercase) UUID,
+else ``str`` (``crdt_sync.codec.Writer.peer``); ``vv`` (version vector) is a uint
+count then, sorted by peer, that many ``(peer, uint counter)`` pairs;
+``changes`` is ``bytes`` holding
 :func:`crdt_sync.encode_changes` output; ``snapshot`` is ``bytes`` holding
 ``Snapshot.to_bytes()``; ``json`` is ``str`` holding a JSON object.
 ``docs/protocol.md`` gives every message's layout; this module is its reference.
@@ -87,9 +89,11 @@ __all__ = [
 MAGIC: Final = b"CS"
 FORMAT_VERSION: Final = 1
 """Version of the frame header layout (magic, version, type, flags)."""
-PROTOCOL_VERSION: Final = 2
-"""Version of the message semantics and body layouts, negotiated in the handshake."""
-SUPPORTED_PROTOCOL_VERSIONS: Final = (2,)
+PROTOCOL_VERSION: Final = 3
+"""Version of the message semantics and body layouts, negotiated in the handshake.
+Version 3 writes peer ids (in version vectors, change batches, the handshake and
+presence) as ``crdt_sync.codec.Writer.peer`` does: a canonical UUID as 16 raw bytes."""
+SUPPORTED_PROTOCOL_VERSIONS: Final = (3,)
 DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 """Default bound on a frame and on a decompressed body (16 MiB)."""
 
@@ -428,6 +432,12 @@ class _Writer(Writer):
             self.byte(1)
             self.text(text, limit, what)
 
+    def peer_id(self, peer: str, what: str) -> None:
+        size = len(peer.encode("utf-8"))
+        if not 0 < size <= MAX_ID_BYTES:
+            raise ValueError(f"{what} is {size} bytes; it must be 1 to {MAX_ID_BYTES}")
+        self.peer(peer)
+
     def vv(self, vv: Mapping[str, int]) -> None:
         # The package's one version-vector layout (crdt_sync.codec), with the wire's bounds.
         for peer in vv:
@@ -447,7 +457,7 @@ class _Writer(Writer):
             self.blob(encode_changes(list(changes)))
 
     def awareness(self, update: AwarenessUpdate) -> None:
-        self.text(update.peer_id, MAX_ID_BYTES, "an awareness peer id")
+        self.peer_id(update.peer_id, "an awareness peer id")
         self.uint(update.clock)
         if update.state is None:
             self.byte(0)
@@ -464,7 +474,7 @@ def _encode_body(message: Message) -> bytes:
     if isinstance(message, HandshakeRequest):
         w.uint(message.protocol_version)
         w.text(message.document_id, MAX_ID_BYTES, "the document id")
-        w.text(message.peer_id, MAX_ID_BYTES, "the peer id")
+        w.peer_id(message.peer_id, "the peer id")
         w.vv(message.version_vector)
         w.text(message.display_name, MAX_NAME_BYTES, "the display name")
         w.opt_str(message.auth_token, MAX_TOKEN_BYTES, "the auth token")
@@ -646,6 +656,16 @@ class _Reader(Reader):
     def opt_str(self, what: str, limit: int) -> str | None:
         return self.text(what, limit) if self.flag(what) else None
 
+    def peer_id(self, what: str) -> str:
+        # The package's one peer-id codec (crdt_sync.codec), with the wire's bound.
+        start = self.pos
+        try:
+            return self.peer(MAX_ID_BYTES)
+        except MessageDecodeError as exc:
+            raise MessageDecodeError(f"{what}: {exc.detail}", exc.offset) from None
+        except DecodeError as exc:
+            raise MessageDecodeError(f"{what}: {exc.detail}", self.base + start) from None
+
     def vv(self, what: str) -> VersionVector:
         # The package's one version-vector codec (crdt_sync.codec), with the wire's bounds.
         try:
@@ -685,7 +705,7 @@ class _Reader(Reader):
         return self.changes(f"{what} changes"), None
 
     def awareness(self) -> AwarenessUpdate:
-        peer_id = self.text("awareness peer id", MAX_ID_BYTES)
+        peer_id = self.peer_id("awareness peer id")
         clock = self.number("awareness clock")
         state: AwarenessStateValue | None = None
         if self.flag("awareness state presence"):
@@ -717,7 +737,7 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
         if version not in SUPPORTED_PROTOCOL_VERSIONS:
             raise UnsupportedProtocolVersion(version, SUPPORTED_PROTOCOL_VERSIONS)
         document_id = r.text("document id", MAX_ID_BYTES)
-        peer_id = r.text("peer id", MAX_ID_BYTES)
+        peer_id = r.peer_id("peer id")
         vv = r.vv("version vector")
         display_name = r.text("display name", MAX_NAME_BYTES)
         auth_token = r.opt_str("auth token", MAX_TOKEN_BYTES)

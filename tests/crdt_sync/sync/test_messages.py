@@ -343,7 +343,11 @@ def test_long_fuzz_splices(frame: bytes, junk: bytes, position: int) -> None:
 
 
 _text = st.text(max_size=30)
-_vv = st.dictionaries(st.text(min_size=1, max_size=40), st.integers(1, 2**63 - 1), max_size=5)
+# A peer id is never empty; canonical UUIDs take the 16-byte form on the wire.
+_peer = st.text(min_size=1, max_size=30) | st.uuids().map(str)
+_vv = st.dictionaries(
+    st.text(min_size=1, max_size=40) | st.uuids().map(str), st.integers(1, 2**63 - 1), max_size=5
+)
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10),
     lambda inner: (
@@ -384,7 +388,7 @@ def test_generated_snapshot_uploads_round_trip(snapshot: Snapshot, compressor: o
         st.builds(
             HandshakeRequest,
             _text,
-            _text,
+            _peer,
             _vv.map(VersionVector),
             _text,
             st.none() | _text,
@@ -392,7 +396,7 @@ def test_generated_snapshot_uploads_round_trip(snapshot: Snapshot, compressor: o
         ),
         st.builds(Ack, _vv.map(VersionVector)),
         st.builds(Ping, st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1)),
-        st.builds(AwarenessUpdate, _text, st.integers(0, 2**63 - 1), _state),
+        st.builds(AwarenessUpdate, _peer, st.integers(0, 2**63 - 1), _state),
         st.builds(Error, st.sampled_from(list(ErrorCode)), _text),
     )
 )
