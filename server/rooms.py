@@ -63,12 +63,13 @@ from crdt_sync.sync import (
 )
 from crdt_sync.sync.messages import encode_changes_frame
 
+from .catchup import refresh
 from .events import ServerEventType
 from .exceptions import ChangesRejectedError, DocumentExistsError, RegistryError
 from .metrics import ServerMetrics
 from .presence import REMOTE, RoomPresence, presence_size
 from .registry import CRDTServerRegistry, RegistryObserver
-from .session import ServerSession, SessionState, snapshot_of
+from .session import ServerSession, SessionState
 from .trust import HostQuotas, Limits, upload_violation
 
 __all__ = ["Emit", "Member", "Room", "Rooms", "Spawn"]
@@ -254,6 +255,7 @@ class Rooms(RegistryObserver):
                 if not await self._admit_peer(member, room, request.peer_id):
                     self._unload_if_empty(room)
                     return
+                await refresh(room.document)  # off the loop, if the cached one is stale
                 durable = await self.registry.durable_version_vector(document_id)
                 if session.state is not SessionState.HANDSHAKING or self.closing:
                     return  # timed out or closed while we looked the document up
@@ -374,9 +376,8 @@ class Rooms(RegistryObserver):
                     return None
         epoch = await self.registry.get_epoch(document_id)
         room = Room(document_id, document, epoch)
-        if self.limits.max_document_bytes is not None:
-            # Cached per version: the handshake answers of new clients reuse it.
-            room.size = len(snapshot_of(document).to_bytes())
+        # Encoded off the event loop, and kept: new clients' answers start from it.
+        room.size = len(await refresh(document, force=True))
         self.rooms[document_id] = room
         return room
 

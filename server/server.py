@@ -9,6 +9,8 @@ The jobs live one per module:
   :class:`~server.session.ServerSession`, its reader and writer;
 * :mod:`server.rooms` -- one room per loaded document: joining, applying and
   relaying changes and snapshots (no sockets);
+* :mod:`server.catchup` -- what a client that is behind gets (changes, or the
+  document's kept snapshot and what came after it);
 * :mod:`server.presence` -- who is on a document and where their cursor is;
 * :mod:`server.registry` -- where documents are stored.
 

@@ -43,7 +43,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from crdt_sync import Change, CRDTDocument, PeerId, Snapshot, VersionVector, encode_changes
+from crdt_sync import Change, CRDTDocument, PeerId, Snapshot, VersionVector
 from crdt_sync.sync import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Ack,
@@ -70,7 +70,9 @@ from crdt_sync.sync import (
     decode_message,
     encode_message,
 )
+from crdt_sync.sync.messages import encode_changes_frame
 
+from .catchup import payload_for
 from .exceptions import InvalidDocumentIdError, LocalProtocolError
 from .registry import validate_document_id
 from .trust import Limits, TokenBucket
@@ -361,28 +363,19 @@ def own_entry(version_vector: VersionVector, peer_id: str | None) -> VersionVect
     return VersionVector({peer_id: counter}) if counter and peer_id is not None else VersionVector()
 
 
-# Above this many changes, compare the encoded changes with a snapshot and send
-# the smaller; below it, changes are always smaller in practice.
-_COMPARE_WITH_SNAPSHOT_FROM = 64
-
-
-# Above this many changes, a snapshot is sent without encoding the changes to
-# compare (a long history encodes slowly; the snapshot is cached per version).
-_ALWAYS_SNAPSHOT_FROM = 4096
 # Status answers kept per document version (one per distinct requester vector).
 _MAX_CACHED_ANSWERS = 16
 
 
 class _VersionCache:
-    """What the server computed for one version of a document: its snapshot and
-    its encoded status answers. Dropped as soon as the document changes."""
+    """The encoded status answers for one version of a document (frames, whether
+    a snapshot was sent, how many changes). Dropped as soon as the document changes."""
 
-    __slots__ = ("answers", "snapshot", "version")
+    __slots__ = ("answers", "version")
 
     def __init__(self, version: VersionVector) -> None:
         self.version = version
-        self.snapshot: Snapshot | None = None
-        self.answers: dict[tuple[VersionVector, str], tuple[bytes, bool, int]] = {}
+        self.answers: dict[tuple[VersionVector, str], tuple[tuple[bytes, ...], bool, int]] = {}
 
 
 _caches: weakref.WeakKeyDictionary[CRDTDocument, _VersionCache] = weakref.WeakKeyDictionary()
@@ -394,35 +387,6 @@ def _cache_of(document: CRDTDocument) -> _VersionCache:
     if cache is None or cache.version != version:
         cache = _caches[document] = _VersionCache(version)
     return cache
-
-
-def snapshot_of(document: CRDTDocument) -> Snapshot:
-    """``document.take_snapshot()``, taken once per document version."""
-    cache = _cache_of(document)
-    if cache.snapshot is None:
-        cache.snapshot = document.take_snapshot()
-    return cache.snapshot
-
-
-def payload_for(
-    document: CRDTDocument, since: VersionVector
-) -> tuple[tuple[Change, ...], Snapshot | None]:
-    """What a peer at ``since`` lacks: (changes, None) or ((), snapshot), whichever is smaller.
-
-    A snapshot is the only choice when compaction dropped the history the
-    peer needs, and the choice for a very long list of changes. Both empty
-    means the peer lacks nothing. The snapshot is cached per document version.
-    """
-    if not document.can_export(since):
-        return (), snapshot_of(document)
-    changes = tuple(document.export_changes(since))
-    if len(changes) >= _ALWAYS_SNAPSHOT_FROM:
-        return (), snapshot_of(document)
-    if len(changes) >= _COMPARE_WITH_SNAPSHOT_FROM:
-        snapshot = snapshot_of(document)
-        if len(snapshot.to_bytes()) < len(encode_changes(list(changes))):
-            return (), snapshot
-    return changes, None
 
 
 class ServerSession:
@@ -763,16 +727,21 @@ class ServerSession:
         key = (message.version_vector, self._compressor.name)
         answer = cache.answers.get(key)
         if answer is None:
-            changes, snapshot = payload_for(document, message.version_vector)
-            frame = encode_message(
-                DocumentStatus(document.version_vector, changes, snapshot), self._compressor
-            )
-            answer = (frame, snapshot is not None, len(changes))
+            payload = payload_for(document, message.version_vector)
+            frames = [
+                encode_message(
+                    DocumentStatus(document.version_vector, payload.changes, payload.snapshot),
+                    self._compressor,
+                )
+            ]
+            if payload.then:
+                frames.append(encode_changes_frame(payload.then, self._compressor))
+            answer = (tuple(frames), payload.snapshot is not None, len(payload.changes))
             if len(cache.answers) >= _MAX_CACHED_ANSWERS:
                 cache.answers.pop(next(iter(cache.answers)))
             cache.answers[key] = answer
-        frame, sent_snapshot, count = answer
-        self._outgoing.append(frame)
+        frames_sent, sent_snapshot, count = answer
+        self._outgoing.extend(frames_sent)
         self._events.append(DocumentStatusSent(message.version_vector, sent_snapshot, count))
 
     def _require_document(self, what: str) -> CRDTDocument:
@@ -808,14 +777,23 @@ class ServerSession:
         self._advance(SessionInput.HANDSHAKE_ACCEPTED, "accept_handshake")
         self._document = document
         self._role = role
-        changes, snapshot = payload_for(document, self._client_version_vector)
+        payload = payload_for(document, self._client_version_vector)
         self._client_version_vector = VersionVector()  # not kept for the connection's life
         stored = version_vector if version_vector is not None else document.version_vector
         self._queue(
             HandshakeResponse(
-                self.session_id, stored, epoch, changes, snapshot, self._compressor.name, role
+                self.session_id,
+                stored,
+                epoch,
+                payload.changes,
+                payload.snapshot,
+                self._compressor.name,
+                role,
             )
         )
+        if payload.then:
+            # What the document applied since its cached snapshot: like a relay.
+            self._outgoing.append(encode_changes_frame(payload.then, self._compressor))
 
     def reject_handshake(self, code: ErrorCode, message: str) -> None:
         """Refuse the client (DOCUMENT_NOT_FOUND, UNAUTHORIZED, ...): Error and close.
