@@ -26,11 +26,13 @@ import hmac
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty, SimpleQueue
 from typing import TypeVar
 
 from crdt_sync import (
@@ -149,9 +151,25 @@ _UPGRADE_TO_3 = (
 
 # One unit of work for the writer thread: runs inside an open transaction.
 _WriteOp = Callable[[sqlite3.Connection], object]
-# A queued op: the op, its future, and whether it is slow (a snapshot to encode):
-# a slow op starts a transaction of its own so the ops ahead of it commit first.
-_Queued = tuple[_WriteOp, "asyncio.Future[object]", bool]
+# What a queued op is: a write (shares the next group commit), a slow write (a
+# snapshot to encode: a transaction of its own, so the ops ahead of it commit
+# first), or a read (runs alone, outside any transaction, in queue order).
+_WRITE, _SLOW, _READ = 0, 1, 2
+# A queued op: the op, its future, its kind.
+_Queued = tuple[_WriteOp, "asyncio.Future[object]", int]
+#: Seconds the writer thread's job waits for more work before it ends.
+_LINGER = 0.5
+
+
+def _settle(batch: Sequence[_Queued], outcomes: Sequence[tuple[bool, object]]) -> None:
+    """On the loop: resolve the futures of a committed batch."""
+    for (_, future, _), (ok, result) in zip(batch, outcomes, strict=True):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(result)
+        elif isinstance(result, BaseException):
+            future.set_exception(result)
 
 
 @dataclass
@@ -227,9 +245,17 @@ class SqliteServerRegistry(CRDTServerRegistry):
         # (document id, peer id) -> secret hash, for claims read or made.
         self._peer_claims: dict[tuple[str, str], bytes] = {}
         self._closed = False
-        # Group commit state: ops waiting for the next transaction.
+        # Group commit state: ops waiting for the next transaction, shared with the
+        # writer thread under the lock; _draining: a drain job is queued or running.
         self._queue: list[_Queued] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._queue_lock = threading.Lock()
+        # _draining: a drain job is queued or running; _idle: it waits on the doorbell.
+        self._draining = False
+        self._idle = False
+        self._stopping = False
+        self._doorbell: SimpleQueue[None] = SimpleQueue()
+        # Every write not yet settled (flush waits for them).
+        self._unsettled: set[asyncio.Future[object]] = set()
         # The descriptor holding the exclusive lock on the file (POSIX).
         self._lock_fd: int | None = None
         # One thread owns the connection (sqlite3 objects are not shared).
@@ -375,6 +401,15 @@ class SqliteServerRegistry(CRDTServerRegistry):
         outcomes: list[tuple[bool, object]] = []
         connection.execute("BEGIN IMMEDIATE")
         try:
+            if len(ops) == 1:
+                # One op: its transaction is its savepoint (two statements fewer).
+                try:
+                    result = ops[0](connection)
+                except Exception as error:
+                    connection.execute("ROLLBACK")
+                    return [(False, error)]
+                connection.execute("COMMIT")
+                return [(True, result)]
             for op in ops:
                 connection.execute("SAVEPOINT op")
                 try:
@@ -407,50 +442,95 @@ class SqliteServerRegistry(CRDTServerRegistry):
         A ``slow`` op (encoding a snapshot) gets a transaction of its own, after
         the ops queued before it have committed.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[object] = loop.create_future()
-        self._queue.append((op, future, slow))
+        future = self._enqueue(op, _SLOW if slow else _WRITE)
         if loaded is not None:
             loaded.in_flight.add(future)
             future.add_done_callback(loaded.in_flight.discard)
-        if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write_loop(), name="crdt-sqlite-writer")
         return future
 
-    async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._queue:
-            queue = self._queue
-            # Cut before a slow op that is not first: what is ahead of it commits now.
-            cut = next((i for i, (_, _, slow) in enumerate(queue) if slow and i), len(queue))
-            batch, self._queue = queue[:cut], queue[cut:]
-            ops = [op for op, _, _ in batch]
-            try:
-                outcomes = await loop.run_in_executor(self._executor, self._run_batch, ops)
-            except Exception as error:
-                failure = StorageError(
-                    f"writing to {self.path} failed: {error}", path=str(self.path)
-                )
-                for _, future, _ in batch:
-                    if not future.done():
-                        future.set_exception(failure)
-                continue
-            for (_, future, _), (ok, result) in zip(batch, outcomes, strict=True):
-                if future.done():
-                    continue
-                if ok:
-                    future.set_result(result)
-                elif isinstance(result, BaseException):
-                    future.set_exception(result)
-
     async def _read(self, function: Callable[[sqlite3.Connection], _T]) -> _T:
-        loop = asyncio.get_running_loop()
+        """Run ``function`` on the writer thread, after the writes queued before it."""
         try:
-            return await loop.run_in_executor(self._executor, function, self._connection)
+            return await self._enqueue(function, _READ)  # type: ignore[return-value]
         except sqlite3.DatabaseError as error:
             raise StorageCorruptError(
                 f"reading {self.path} failed: {error}", path=str(self.path)
             ) from error
+
+    def _enqueue(self, op: _WriteOp, kind: int) -> asyncio.Future[object]:
+        """Hand ``op`` to the writer thread: a list append under a lock, and a wake-up
+        only when the thread waits for work (a new drain job when none runs)."""
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._unsettled.add(future)
+        future.add_done_callback(self._unsettled.discard)
+        with self._queue_lock:
+            self._queue.append((op, future, kind))
+            if self._draining:
+                if self._idle:
+                    self._idle = False
+                    self._doorbell.put(None)
+                return future
+            self._draining = True
+        try:
+            self._executor.submit(self._drain)
+        except RuntimeError as error:  # the executor is shut down
+            with self._queue_lock:
+                self._draining = False
+                self._queue.clear()
+            future.set_exception(RegistryClosedError(f"registry {self.path} is closed: {error}"))
+        return future
+
+    def _drain(self) -> None:
+        """The writer thread's job: run what is queued, in order (writes in group
+        commits, a slow write or a read alone), and wait up to ``_LINGER`` seconds
+        for more before ending (so a busy server hands work over with a list
+        append, not an executor job per commit). Each commit settles its futures
+        with one call into their loop."""
+        doorbell = self._doorbell
+        while True:
+            with self._queue_lock:
+                queue = self._queue
+                if not queue:
+                    if self._stopping:
+                        self._draining = self._idle = False
+                        return
+                    self._idle = True
+            if not queue:
+                try:
+                    doorbell.get(timeout=_LINGER)
+                except Empty:
+                    with self._queue_lock:
+                        if not self._queue:
+                            self._draining = self._idle = False
+                            return
+                continue
+            with self._queue_lock:
+                queue = self._queue
+                kind = queue[0][2]
+                if kind == _WRITE:
+                    # Every write up to the first slow write or read shares the commit.
+                    cut = next((i for i, q in enumerate(queue) if q[2] != _WRITE), len(queue))
+                else:
+                    cut = 1
+                batch, self._queue = queue[:cut], queue[cut:]
+            outcomes: list[tuple[bool, object]]
+            if kind == _READ:
+                try:
+                    outcomes = [(True, batch[0][0](self._connection))]
+                except Exception as error:
+                    outcomes = [(False, error)]
+            else:
+                try:
+                    outcomes = self._run_batch([op for op, _, _ in batch])
+                except Exception as error:
+                    path = str(self.path)
+                    failure = StorageError(f"writing to {path} failed: {error}", path=path)
+                    outcomes = [(False, failure)] * len(batch)
+            loop = batch[0][1].get_loop()
+            try:
+                loop.call_soon_threadsafe(_settle, batch, outcomes)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                pass
 
     # -- loading ------------------------------------------------------------------------
 
@@ -934,8 +1014,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
 
     async def flush(self) -> None:
         self._check_open()
-        while self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
+        while self._unsettled:
+            await asyncio.gather(*list(self._unsettled), return_exceptions=True)
 
     async def close(self) -> None:
         """Snapshot every document with logged changes, commit, checkpoint the WAL, close.
@@ -949,6 +1029,11 @@ class SqliteServerRegistry(CRDTServerRegistry):
                 self._queue_snapshot(document_id, loaded)
         await self.flush()
         self._closed = True
+        with self._queue_lock:  # end the writer thread's job now, not after its linger
+            self._stopping = True
+            if self._idle:
+                self._idle = False
+                self._doorbell.put(None)
         loop = asyncio.get_running_loop()
 
         def finish(connection: sqlite3.Connection) -> None:

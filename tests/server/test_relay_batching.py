@@ -287,3 +287,15 @@ async def test_a_client_that_stops_reading_is_dropped_past_the_bound_others_go_o
     assert error is not None and error.code is ErrorCode.LIMIT_EXCEEDED
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
     assert relayed < rounds  # the backlog past the bound was dropped, not delivered
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+async def test_frames_written_straight_to_the_socket_are_what_websockets_would_write(
+    size: int,
+) -> None:
+    from websockets.frames import Frame, Opcode
+
+    from server.connection import _framed
+
+    payload = random.Random(size).randbytes(size)
+    assert _framed(payload) == Frame(Opcode.BINARY, payload).serialize(mask=False)
