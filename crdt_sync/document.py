@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .batch import DELETING, FULL, TYPING, Run, Segment
@@ -328,6 +328,19 @@ class CRDTDocument:
         check :meth:`can_export` and send a snapshot instead.
         """
         return [Change(t) for t in self._export(since)]
+
+    def export_changes_in_parts(self) -> Iterator[list[Change]]:
+        """What :meth:`export_changes` returns, in parts of about a thousand changes.
+
+        The parts are those of the history at the call (edits made while
+        iterating are not included); each is decoded when reached, so a user
+        interface can read a long history a part per event-loop turn.
+        Raises HistoryCompactedError (on the call) when the history was compacted.
+        """
+        if self._base_vv:
+            raise HistoryCompactedError("history before the last compaction is gone")
+        parts = self._history.parts()
+        return ([Change(t) for t in part] for part in parts)
 
     def _export(self, since: VersionVector | None) -> list[ChangeTuple]:
         if since is None:

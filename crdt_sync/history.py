@@ -12,7 +12,7 @@ from the segments it has in part.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from .batch import Segment, decode_segment, encode_segment
 from .changes import ChangeTuple
@@ -145,6 +145,24 @@ class History:
             else:
                 out.extend(part)
         return out
+
+    def parts(self) -> Iterator[list[ChangeTuple]]:
+        """Every change, a segment at a time (the tail last), as the history is now.
+
+        The segments are listed on the call (later appends and compactions
+        do not change what the iterator yields); each is decoded only when
+        the iterator reaches it, so a caller can spread the work.
+        """
+        frozen = [f.body for f in self._frozen]
+        tail = list(self._tail)
+
+        def decode() -> Iterator[list[ChangeTuple]]:
+            for body in frozen:
+                yield decode_segment(Reader(body)).tuples()
+            if tail:
+                yield tail
+
+        return decode()
 
     def bodies_since(self, since: Mapping[str, int] | None) -> list[bytes]:
         """Segment bodies holding the changes ``since`` lacks: whole segments

@@ -1,7 +1,12 @@
 """View > History: the document's timeline, rebuilt from its own changes.
 
 The timeline is built from the local history, the changes this replica holds
-(``CRDTDocument.export_changes()``, in causal order). Consecutive changes by one
+(in causal order). Reading them means decoding the history's compact
+segments (over a second for the 260,000 changes of the automerge-paper
+trace), so :class:`TimelineReader` reads them a part at a time
+(``CRDTDocument.export_changes_in_parts()``), a slice of about
+``READ_BUDGET_S`` per event-loop turn, grouping as it goes: the window stays
+responsive, typing included, while a long history is read. Consecutive changes by one
 author, without a pause longer than ``SESSION_GAP_MS`` and at most
 ``SESSION_MAX_CHANGES`` of them, form one *edit session*; the slider steps over
 sessions (adjacent sessions are merged pairwise while there are more than
@@ -37,9 +42,10 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import difflib
+import gc
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,9 +80,12 @@ from crdt_sync import (
 from crdt_sync.sync import History
 
 __all__ = [
+    "ChangeStream",
     "EditSession",
     "HistoryDialog",
     "HistoryReplay",
+    "SessionGrouper",
+    "TimelineReader",
     "Version",
     "group_sessions",
     "restore_version",
@@ -90,6 +99,10 @@ SESSION_MAX_CHANGES = 2000
 MAX_POSITIONS = 300
 #: Changes imported per slice of the background replay.
 REPLAY_SLICE = 400
+#: How long one slice of reading the timeline may run on the event loop (s).
+READ_BUDGET_S = 0.004
+#: Changes grouped per step when the timeline's changes are given (fetched).
+READ_CHUNK = 2048
 #: Inserted ranges kept per version for highlighting (the rest merge).
 MAX_RANGES = 400
 
@@ -116,26 +129,76 @@ def group_sessions(
     max_positions: int = MAX_POSITIONS,
 ) -> list[EditSession]:
     """Group ``changes`` (causal order) into edit sessions (see the module doc)."""
-    peers = [change.peer for change in changes]
-    times = [change.timestamp >> 16 for change in changes]
-    bounds: list[tuple[int, int]] = []
-    start = 0
-    for i in range(1, len(changes)):
-        if peers[i] != peers[i - 1] or times[i] - times[i - 1] > gap_ms or i - start >= max_changes:
-            bounds.append((start, i))
-            start = i
-    if changes:
-        bounds.append((start, len(changes)))
-    while len(bounds) > max_positions:
-        bounds = [
-            (bounds[k][0], bounds[min(k + 1, len(bounds) - 1)][1]) for k in range(0, len(bounds), 2)
+    grouper = SessionGrouper(gap_ms, max_changes, max_positions)
+    grouper.add(changes)
+    return grouper.sessions()
+
+
+class SessionGrouper:
+    """:func:`group_sessions` fed a part at a time (the timeline is read in slices).
+
+    :meth:`add` costs its part's length; :meth:`sessions` costs the number of
+    sessions, never the number of changes.
+    """
+
+    def __init__(
+        self,
+        gap_ms: int = SESSION_GAP_MS,
+        max_changes: int = SESSION_MAX_CHANGES,
+        max_positions: int = MAX_POSITIONS,
+    ) -> None:
+        self._gap_ms = gap_ms
+        self._max_changes = max_changes
+        self._max_positions = max_positions
+        self._count = 0
+        self._last: tuple[str, int] | None = None  # the previous change's (peer, ms)
+        # Per session so far: [start, end, first ms, last ms, ops, authors in order].
+        self._open: list[Any] | None = None
+        self._closed: list[list[Any]] = []
+
+    def add(self, changes: Sequence[Change]) -> None:
+        """The next ``changes`` of the history, in order."""
+        current = self._open
+        last = self._last
+        for change in changes:
+            peer, ms = change.peer, change.timestamp >> 16
+            if (
+                current is None
+                or last is None
+                or peer != last[0]
+                or ms - last[1] > self._gap_ms
+                or self._count - current[0] >= self._max_changes
+            ):
+                if current is not None:
+                    self._closed.append(current)
+                current = [self._count, self._count, ms, ms, 0, {peer: None}]
+            current[1] = self._count + 1
+            current[3] = ms
+            current[4] += change.size
+            current[5].setdefault(peer, None)
+            last = (peer, ms)
+            self._count += 1
+        self._open, self._last = current, last
+
+    def sessions(self) -> list[EditSession]:
+        """The edit sessions of everything added so far."""
+        bounds = self._closed + ([self._open] if self._open is not None else [])
+        while len(bounds) > self._max_positions:
+            bounds = [
+                _join_bounds(bounds[k], bounds[min(k + 1, len(bounds) - 1)], k + 1 < len(bounds))
+                for k in range(0, len(bounds), 2)
+            ]
+        return [
+            EditSession(index, tuple(b[5]), b[2], b[3], b[0], b[1], b[4])
+            for index, b in enumerate(bounds)
         ]
-    sessions: list[EditSession] = []
-    for index, (a, b) in enumerate(bounds):
-        authors = tuple(dict.fromkeys(peers[a:b]))
-        ops = sum(change.size for change in changes[a:b])
-        sessions.append(EditSession(index, authors, times[a], times[b - 1], a, b, ops))
-    return sessions
+
+
+def _join_bounds(a: list[Any], b: list[Any], distinct: bool) -> list[Any]:
+    """Session ``a`` followed by session ``b`` as one (``b`` itself when not ``distinct``)."""
+    if not distinct:
+        return a
+    return [a[0], b[1], a[2], b[3], a[4] + b[4], {**a[5], **b[5]}]
 
 
 @dataclass(slots=True)
@@ -213,8 +276,123 @@ class _Ranges:
         self.ranges = kept
 
 
+class TimelineReader(QObject):
+    """Reads a history and groups it into edit sessions, a slice per event-loop turn.
+
+    ``parts`` yields the changes in order, a part at a time
+    (``CRDTDocument.export_changes_in_parts``: decoding a part is the cost);
+    each slice takes parts for about ``READ_BUDGET_S`` (at least one), so the
+    window stays responsive while a long history is read. ``finished`` is
+    emitted once all are read: then :attr:`count` and :meth:`sessions` hold
+    the timeline. The changes themselves are not kept (a quarter of a million
+    change objects would cost memory and long pauses of the garbage collector):
+    :class:`HistoryReplay` decodes them again from its own parts, as it goes.
+    """
+
+    #: How many changes are read so far (after each slice).
+    progressed = Signal(int)
+    finished = Signal()
+
+    def __init__(
+        self,
+        parts: Iterator[Sequence[Change]],
+        parent: QObject | None = None,
+        budget_s: float = READ_BUDGET_S,
+    ) -> None:
+        super().__init__(parent)
+        self._parts = parts
+        self.budget_s = budget_s
+        self.count = 0
+        self.done = False
+        self._grouper = SessionGrouper()
+        self._timer = QTimer(self)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self.step)
+
+    def start(self) -> None:
+        """Read in the background, a slice of about ``budget_s`` per event-loop turn."""
+        if not self.done:
+            self._timer.start()
+
+    def stop(self) -> None:
+        """Stop reading (a stopped reader never finishes)."""
+        self._timer.stop()
+
+    def step(self, budget_s: float | None = None) -> None:
+        """Read parts for about ``budget_s`` seconds (default :attr:`budget_s`; at
+        least one part)."""
+        if self.done:
+            return
+        deadline = time.perf_counter() + (self.budget_s if budget_s is None else budget_s)
+        # A part's change objects die (by reference counting) as soon as it is
+        # grouped. The cyclic collector running meanwhile would only move them to
+        # older generations, and every few dozen parts that brings on a full
+        # collection of the whole heap (about 100 ms beside a 100,000-character
+        # document, a frozen window): so it waits until the slice ends.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            while True:
+                part = next(self._parts, None)
+                if part is None:
+                    self.done = True
+                    break
+                self.count += len(part)
+                self._grouper.add(part)
+                del part
+                if time.perf_counter() >= deadline:
+                    break
+        finally:
+            if collecting:
+                gc.enable()
+        if self.done:
+            self._timer.stop()
+            self.finished.emit()
+        else:
+            self.progressed.emit(self.count)
+
+    def read_all(self) -> None:
+        """Read everything now (tests, benchmarks)."""
+        while not self.done:
+            self.step(budget_s=1.0)
+
+    def sessions(self) -> list[EditSession]:
+        """The edit sessions of what was read."""
+        return self._grouper.sessions()
+
+
+def _chunks(changes: list[Change], size: int) -> Iterator[list[Change]]:
+    for start in range(0, len(changes), size):
+        yield changes[start : start + size]
+
+
+class ChangeStream:
+    """The changes of ``parts`` (in order), taken a few at a time; a part is
+    decoded (``export_changes_in_parts``) only when reached."""
+
+    def __init__(self, parts: Iterable[Sequence[Change]]) -> None:
+        self._parts = iter(parts)
+        self._part: Sequence[Change] = ()
+        self._at = 0
+
+    def take(self, count: int) -> list[Change]:
+        """The next ``count`` changes (fewer at the end)."""
+        out: list[Change] = []
+        while len(out) < count:
+            if self._at >= len(self._part):
+                part = next(self._parts, None)
+                if part is None:
+                    break
+                self._part, self._at = part, 0
+            piece = self._part[self._at : self._at + count - len(out)]
+            out.extend(piece)
+            self._at += len(piece)
+        return out
+
+
 class HistoryReplay(QObject):
-    """Replays ``changes`` into a fresh replica, session by session, in slices.
+    """Replays the changes of ``parts`` into a fresh replica, session by session,
+    in slices.
 
     ``progressed(done)`` reports how many sessions have a :class:`Version`.
     """
@@ -224,7 +402,7 @@ class HistoryReplay(QObject):
     def __init__(
         self,
         document_id: str,
-        changes: Sequence[Change],
+        parts: Iterable[Sequence[Change]],
         sessions: Sequence[EditSession],
         text_name: str,
         list_name: str,
@@ -232,7 +410,7 @@ class HistoryReplay(QObject):
         base: Snapshot | None = None,
     ) -> None:
         super().__init__(parent)
-        self.changes = changes
+        self._changes = ChangeStream(parts)
         self.sessions = sessions
         self.versions: dict[int, Version] = {}
         # ``base``: the state the changes replay from (the server's kept history
@@ -273,7 +451,7 @@ class HistoryReplay(QObject):
         while self._session < len(self.sessions) and time.perf_counter() < deadline:
             session = self.sessions[self._session]
             stop = min(session.end, self._next_change + REPLAY_SLICE)
-            self._replica.import_changes(self.changes[self._next_change : stop])
+            self._replica.import_changes(self._changes.take(stop - self._next_change))
             self._next_change = stop
             if stop == session.end:
                 self._finish_session()
@@ -472,18 +650,21 @@ class HistoryDialog(QDialog):
         self._base: Snapshot | None = None
         self.server_start: VersionVector | None = None
         """Where the server's history starts, once fetched (empty: at the creation)."""
-        self.changes: list[Change] = []
+        self.change_count = 0
+        """How many changes the timeline covers (once read)."""
+        self._replay_parts: Iterable[Sequence[Change]] = ()
         self.sessions: list[EditSession] = []
+        self.reader: TimelineReader | None = None
         self.replay: HistoryReplay | None = None
         # The newest version shows at once; the timeline (export, grouping,
-        # replay) follows from the event loop.
+        # replay) follows from the event loop, in slices.
         self.slider.setEnabled(False)
         self.restore_button.setEnabled(False)
         self._show_text(text.value)
         self._show_items(items.value)
         if self.complete:
             self.start_label.setText("Reading the document's history…")
-            QTimer.singleShot(0, self, self.load_timeline)
+            self.load_timeline()  # in slices, from the next event-loop turn on
         elif fetch_history is not None:
             self.start_label.setText(
                 "This copy of the document arrived as a snapshot: fetching its older "
@@ -505,7 +686,7 @@ class HistoryDialog(QDialog):
 
     def fetch_older_history(self) -> None:
         """Ask the server for the history this replica lacks (once at a time)."""
-        if self._fetch_history is None or self.fetching or self.replay is not None:
+        if self._fetch_history is None or self.fetching or self.reader is not None:
             return
         self.fetch_button.setEnabled(False)
         self._fetching = asyncio.ensure_future(self._fetch(self._fetch_history))
@@ -527,7 +708,7 @@ class HistoryDialog(QDialog):
     def use_history(self, history: History) -> None:
         """Show the timeline of the server's ``history`` followed by this replica's
         newer changes."""
-        if self.replay is not None:
+        if self.reader is not None:
             return
         changes = list(history.changes)
         ends = dict(history.start)
@@ -544,14 +725,37 @@ class HistoryDialog(QDialog):
         self.load_timeline(changes)
 
     def load_timeline(self, changes: list[Change] | None = None) -> None:
-        """Read the history (or take ``changes``), group it into sessions, start the replay."""
-        if self.replay is not None:
+        """Read the history (or take ``changes``) and group it into edit sessions,
+        in slices on the event loop (:class:`TimelineReader`); then start the replay
+        and emit ``timelineReady``. :meth:`finish_reading` does the rest at once."""
+        if self.replay is not None or self.reader is not None:
             return
-        self.changes = self._document.export_changes() if changes is None else changes
-        self.sessions = group_sessions(self.changes)
+        # Two readings of one history: one grouped now, one replayed later.
+        if changes is None:
+            parts = self._document.export_changes_in_parts()
+            self._replay_parts = self._document.export_changes_in_parts()
+        else:
+            parts = _chunks(changes, READ_CHUNK)
+            self._replay_parts = _chunks(changes, READ_CHUNK)
+        self.reader = TimelineReader(parts, self, budget_s=READ_BUDGET_S)
+        self.reader.progressed.connect(self.on_reader_progressed)
+        self.reader.finished.connect(self._on_timeline_read)
+        self.reader.start()
+
+    def finish_reading(self) -> None:
+        """Read the rest of the timeline now, not in slices (tests, benchmarks)."""
+        if self.reader is not None:
+            self.reader.read_all()
+
+    def _on_timeline_read(self) -> None:
+        reader = self.reader
+        if reader is None or self.replay is not None:
+            return
+        self.change_count = reader.count
+        self.sessions = reader.sessions()
         self.replay = HistoryReplay(
             self._document.document_id,
-            self.changes,
+            self._replay_parts,
             self.sessions,
             self._text.name,
             self._items.name,
@@ -581,7 +785,7 @@ class HistoryDialog(QDialog):
         elif self.server_start:
             # The server dropped the older history (its retention setting).
             kept = (
-                f"{len(self.sessions)} edit sessions, {len(self.changes):,} changes, from "
+                f"{len(self.sessions)} edit sessions, {self.change_count:,} changes, from "
                 f"{_when(self.sessions[0].first_ms)}. "
                 if self.sessions
                 else ""
@@ -598,7 +802,7 @@ class HistoryDialog(QDialog):
                 else "fetched from the server, from the document's creation"
             )
             self.start_label.setText(
-                f"{len(self.sessions)} edit sessions, {len(self.changes):,} changes, "
+                f"{len(self.sessions)} edit sessions, {self.change_count:,} changes, "
                 f"from {_when(first.first_ms)} ({where})."
             )
         else:
@@ -723,6 +927,10 @@ class HistoryDialog(QDialog):
         """Show the version under the slider."""
         self.show_position(position)
 
+    def on_reader_progressed(self, read: int) -> None:
+        """Say how far reading the history got."""
+        self.start_label.setText(f"Reading the document's history… {read:,} changes so far")
+
     def on_replay_progressed(self, done: int) -> None:
         """A version the slider waits for may be ready now."""
         position = self.slider.value()
@@ -738,7 +946,9 @@ class HistoryDialog(QDialog):
             self.restored.emit()
 
     def closeEvent(self, event: Any) -> None:
-        """Stop replaying (and fetching) when closed."""
+        """Stop reading, replaying (and fetching) when closed."""
+        if self.reader is not None:
+            self.reader.stop()
         if self.replay is not None:
             self.replay.stop()
         if self._fetching is not None:

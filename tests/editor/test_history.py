@@ -8,13 +8,23 @@ import itertools
 import random
 from pathlib import Path
 
+import pytest
 from editor_helpers import close_window, make_window, run, start_server, wait_for_state, widget_text
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
 from crdt_sync import Change, CRDTDocument, CRDTListHandler, CRDTTextHandler, PeerId
-from editor.history import HIGHLIGHT, EditSession, HistoryDialog, group_sessions
-from editor.session import LIST_NAME, TEXT_NAME
+from crdt_sync.history import FREEZE
+from editor import history
+from editor.history import (
+    HIGHLIGHT,
+    EditSession,
+    HistoryDialog,
+    SessionGrouper,
+    group_sessions,
+)
+from editor.session import LIST_NAME, TEXT_NAME, Session
 from editor.sync_panel import SyncState
 
 
@@ -212,3 +222,56 @@ def test_a_replica_without_its_early_history_says_where_its_history_starts(
     assert "snapshot" in dialog.start_label.text()
     assert dialog.shown_text() == text.value
     assert not dialog.restore_button.isEnabled()
+
+
+def test_sessions_grouped_part_by_part_equal_the_whole_grouping() -> None:
+    document, _ = three_authors()
+    changes = document.export_changes()
+    for size in (1, 2, 5, len(changes)):
+        grouper = SessionGrouper(max_changes=3, max_positions=7)
+        for start in range(0, len(changes), size):
+            grouper.add(changes[start : start + size])
+        assert grouper.sessions() == group_sessions(changes, max_changes=3, max_positions=7)
+
+
+def test_a_long_history_is_read_in_slices_while_the_window_keeps_typing(
+    qtbot: QtBot,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    del loop
+    monkeypatch.setattr(history, "READ_BUDGET_S", 0.0)  # one part (a segment) per slice
+    document = CRDTDocument(peer(1), document_id="long")
+    text = CRDTTextHandler(document, TEXT_NAME)
+    for i in range(4 * FREEZE + 10):
+        text.insert(i // 2, "ab"[i % 2])
+    count = len(document.export_changes())
+    window = make_window(tmp_path, "Ada")
+    try:
+        window.set_session(Session(document, "Ada", parent=window))
+        dialog = window.open_history()
+        reader = dialog.reader
+        assert reader is not None and not reader.done
+        turns: list[bool] = []  # whether the reader was done, each event-loop turn
+
+        def each_turn() -> None:
+            turns.append(reader.done)
+            if not reader.done:
+                # Typing in the window while the history is read.
+                QTest.keyClick(window.text_edit, Qt.Key.Key_Z)
+                QTimer.singleShot(0, each_turn)
+
+        QTimer.singleShot(0, each_turn)
+        qtbot.waitUntil(lambda: dialog.timeline_ready, timeout=20000)
+        # Reading took several turns of the event loop, each one a part...
+        assert turns.count(False) >= 4
+        typed = turns.count(False)
+        assert text.value.count("z") == widget_text(window.text_edit).count("z") == typed
+        # ... and the timeline is the history as it was when History opened.
+        assert dialog.change_count == count
+        assert dialog.sessions[-1].end == count
+        assert dialog.shown_text() == text.value  # the newest position: the document now
+        dialog.close()
+    finally:
+        close_window(qtbot, window)

@@ -106,7 +106,7 @@ def test_history_dropped_by_the_servers_retention_is_said_to_start_there(
     bo = join_from_snapshot(qtbot, tmp_path, f"ws://127.0.0.1:{server.port}/notes", expected)
     try:
         dialog = bo.open_history()
-        qtbot.waitUntil(lambda: dialog.server_start is not None, timeout=10000)
+        qtbot.waitUntil(lambda: dialog.timeline_ready, timeout=10000)  # fetched, then read
         assert dialog.server_start  # not empty: the server kept a later start
         assert "dropped by the server's history retention" in dialog.start_label.text()
         assert dialog.shown_text() == expected
