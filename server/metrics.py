@@ -19,7 +19,10 @@ never share counters.
 * ``crdt_storage_up`` (gauge): 1 when the last store operation succeeded;
 * with Redis: ``crdt_redis_lag_seconds`` (gauge: age of the last entry of
   another process when read), ``crdt_redis_appends_total``,
-  ``crdt_redis_append_round_trips_total``, ``crdt_redis_entries_received_total``,
+  ``crdt_redis_append_round_trips_total``, ``crdt_redis_read_round_trips_total``
+  (blocking reads, each over up to 500 documents' streams),
+  ``crdt_redis_round_trips_total`` (every round trip to Redis),
+  ``crdt_redis_entries_received_total``,
   ``crdt_redis_malformed_entries_total``, ``crdt_redis_compactions_total``,
   ``crdt_redis_errors_total``.
 """
@@ -77,6 +80,12 @@ class _RedisCollector(Collector):
                 "Round trips to Redis that appended batches",
                 stats.append_round_trips,
             ),
+            (
+                "crdt_redis_read_round_trips",
+                "Blocking reads of document streams (each over many documents)",
+                stats.read_round_trips,
+            ),
+            ("crdt_redis_round_trips", "Every round trip to Redis", stats.round_trips),
             (
                 "crdt_redis_entries_received",
                 "Stream entries of other processes read",

@@ -20,14 +20,19 @@ document (``K`` is the percent-encoded id, ``P`` the key prefix):
   channel for presence.
 
 **Loading** reads meta, snapshot and stream in one ``MULTI`` and applies the
-entries after ``upto``. **Tailing**: each loaded document has its own task
-reading its own stream (``XREAD BLOCK`` from the last entry seen); entries
-this process appended are skipped (they are in its document already: no
-relay loops), the others are applied and handed to the server
-(:class:`~server.registry.base.RegistryObserver`) to relay. A malformed
-entry, or a key of the wrong type, is reported and skipped for that document
-only: no read is shared between documents, so nothing one document holds can
-stall another.
+entries after ``upto``. **Reading**: a *reader* task follows the streams of up
+to ``streams_per_read`` loaded documents with one blocking ``XREAD`` (from the
+last entry seen of each), so a process holds one connection per 500 documents,
+not one per document; entries this process appended are skipped (they are in
+its document already: no relay loops), the others are applied and handed to
+the server (:class:`~server.registry.base.RegistryObserver`) to relay. Each
+reader also reads ``P:process:ID:wake:N``, a stream of this process alone: a
+document that starts being followed while the reader blocks appends to it, so
+the read ends and the next one includes the new stream. A malformed entry is
+reported and skipped for its document only; a key of the wrong type fails the
+whole ``XREAD``, so the reader then asks the ``TYPE`` of its documents' keys,
+reports the culprit and leaves it out of the reads for a few seconds (then
+looks again): one document's bad key never stalls the others.
 
 **Appending** keeps the order of calls per document. A batch that cannot be
 appended (Redis unreachable) fails its sender's wait (the server tells the
@@ -71,7 +76,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from crdt_sync import (
     Change,
@@ -141,6 +146,22 @@ return 0
 """
 
 
+#: Entries one read takes per stream at most.
+_READ_COUNT = 1000
+#: Seconds a document whose keys hold the wrong type is left out of reads.
+_BROKEN_PAUSE = 5.0
+#: Longest wait of the presence subscriber before it looks at what to subscribe to.
+_PRESENCE_POLL = 0.25
+#: Milliseconds a process's wake stream outlives its last use (a killed process's).
+_WAKE_TTL_MS = 3_600_000
+
+
+def _valid_id(entry_id: str) -> bool:
+    """Whether ``entry_id`` is a stream id ("1700000000000-3")."""
+    ms, dash, seq = entry_id.partition("-")
+    return bool(dash) and ms.isdigit() and seq.isdigit() and ms.isascii() and seq.isascii()
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     """A stream id as a comparable pair ("1700000000000-3" -> (1700000000000, 3))."""
     ms, _, seq = entry_id.partition("-")
@@ -158,6 +179,10 @@ class RedisStats:
     #: Batches appended to streams (one XADD each) and the round trips that took.
     appends: int = 0
     append_round_trips: int = 0
+    #: Blocking reads of streams (one round trip each, over many documents).
+    read_round_trips: int = 0
+    #: Every round trip to Redis (appends, reads, loads, claims, compaction, presence).
+    round_trips: int = 0
     #: Entries of other processes read from streams, and the changes they held.
     entries_received: int = 0
     changes_received: int = 0
@@ -195,15 +220,39 @@ class _Doc:
     since_snapshot: int = 0
     outbox: collections.deque[_Append] = field(default_factory=collections.deque)
     flusher: asyncio.Task[None] | None = None
-    tail: asyncio.Task[None] | None = None
     compaction: asyncio.Task[Snapshot | None] | None = None
     failed_appends: bool = False
     # Ids of this process's clients' changes that wait for dependencies: not in
     # Redis yet. Whoever makes them ready (a later apply, or another process's
     # entry) must append them.
     local_pending: set[Any] = field(default_factory=set)
-    # False once the process stops following the document (its tail then ends).
-    following: bool = True
+    # The reader that follows the document's stream (None once it stops following).
+    reader: _Reader | None = None
+    # When (time.monotonic()) the latest read that reached the end of the stream
+    # began: entries after last_id were appended after that, so none of them can
+    # have been trimmed within ``retention`` of it.
+    caught_up_at: float = 0.0
+    # Until when (time.monotonic()) reads leave the document out: one of its keys
+    # holds the wrong type (checked again then).
+    broken_until: float = 0.0
+
+
+@dataclass(eq=False)
+class _Reader:
+    """One blocking ``XREAD`` over the streams of up to ``streams_per_read`` documents.
+
+    ``wake_key`` is a stream of this process alone, read with the documents'
+    streams: appending to it ends the blocking read at once, so a document
+    that starts being followed joins the next read without waiting ``block``.
+    """
+
+    wake_key: str
+    docs: dict[str, _Doc] = field(default_factory=dict)
+    wake_id: str = "0-0"
+    task: asyncio.Task[None] | None = None
+    # True while a read is in flight whose set of streams is out of date.
+    stale: bool = False
+    reading: bool = False
 
 
 class RedisServerRegistry(CRDTServerRegistry):
@@ -217,10 +266,12 @@ class RedisServerRegistry(CRDTServerRegistry):
         key_prefix: prefix of every key and channel (several deployments can
             share one Redis).
         process_id: this process's id in stream entries (default: random).
-        block: seconds one tail read waits for new entries.
+        block: seconds one blocking read waits for new entries.
         timeout: seconds a Redis command may take before it counts as failed.
         retry_max: longest pause between retries while Redis is unreachable.
         lock_ttl: seconds a compaction lock lives if its holder vanishes.
+        streams_per_read: documents one blocking read follows at most (one
+            connection each such read: 1,000 loaded documents take two).
 
     Every public coroutine raises :class:`~server.exceptions.RegistryClosedError`
     after :meth:`close`, and :class:`~server.exceptions.StorageError` when
@@ -239,10 +290,11 @@ class RedisServerRegistry(CRDTServerRegistry):
         timeout: float = 5.0,
         retry_max: float = 2.0,
         lock_ttl: float = 30.0,
+        streams_per_read: int = 500,
     ) -> None:
         super().__init__()
-        if snapshot_every < 1:
-            raise ValueError("snapshot_every must be at least 1")
+        if snapshot_every < 1 or streams_per_read < 1:
+            raise ValueError("snapshot_every and streams_per_read must be at least 1")
         if retention < 0 or not block > 0 or not timeout > 0 or not retry_max > 0:
             raise ValueError("retention must not be negative; block, timeout, retry_max positive")
         self.url = url
@@ -254,6 +306,7 @@ class RedisServerRegistry(CRDTServerRegistry):
         self.timeout = timeout
         self.retry_max = retry_max
         self.lock_ttl = lock_ttl
+        self.streams_per_read = streams_per_read
         self.stats = RedisStats()
         self._origin = self.process_id.encode()
         retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1)
@@ -264,7 +317,7 @@ class RedisServerRegistry(CRDTServerRegistry):
                 socket_connect_timeout=timeout,
                 retry=retry,
             )
-            # Tails block for ``block`` seconds: their own pool, a longer timeout.
+            # Readers block for ``block`` seconds: their own pool, a longer timeout.
             self._tail_redis = aioredis.Redis.from_url(
                 url,
                 socket_timeout=timeout + block,
@@ -282,6 +335,9 @@ class RedisServerRegistry(CRDTServerRegistry):
         self._reachable = True
         self._last_error = ""
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The readers of the loaded documents' streams (one connection each).
+        self._readers: list[_Reader] = []
+        self._reader_serial = 0
         # Presence: outgoing messages in order, and one subscriber connection.
         self._presence_out: collections.deque[tuple[bytes, bytes]] = collections.deque()
         self._presence_wakeup: asyncio.Event | None = None
@@ -335,6 +391,7 @@ class RedisServerRegistry(CRDTServerRegistry):
     async def check_health(self) -> None:
         self._check_open()
         try:
+            self.stats.round_trips += 1
             await self._redis.ping()
         except _UNAVAILABLE as error:
             raise self._unavailable("ping", error) from error
@@ -367,11 +424,13 @@ class RedisServerRegistry(CRDTServerRegistry):
             del self._loading[document_id]
 
     async def _read_document(self, document_id: str) -> _Doc | None:
+        started = time.monotonic()
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hgetall(self._key(document_id, "meta"))
                 pipe.get(self._key(document_id, "snapshot"))
                 pipe.xrange(self._key(document_id, "stream"))
+                self.stats.round_trips += 1
                 meta, snapshot_data, entries = await pipe.execute()
         except _UNAVAILABLE as error:
             raise self._unavailable(f"loading {document_id!r}", error) from error
@@ -380,6 +439,9 @@ class RedisServerRegistry(CRDTServerRegistry):
         if epoch is None:
             return None
         upto = _text(meta.get(b"upto", b"0-0"))
+        if not _valid_id(upto):
+            self._report(document_id, f"the meta of {document_id!r} holds no stream id: {upto!r}")
+            upto = "0-0"  # replay the whole stream onto the snapshot: harmless
         snapshot: Snapshot | None = None
         document: CRDTDocument | None = None
         if snapshot_data is not None:
@@ -393,6 +455,7 @@ class RedisServerRegistry(CRDTServerRegistry):
             document = CRDTDocument(document_id=document_id)
             upto = "0-0"  # no usable snapshot: replay whatever the stream still holds
         doc = _Doc(document_id, document, _text(epoch), VersionVector(), upto, snapshot)
+        doc.caught_up_at = started
         for entry_id, fields in entries:
             entry = _text(entry_id)
             if _id_key(entry) <= _id_key(upto):
@@ -403,68 +466,176 @@ class RedisServerRegistry(CRDTServerRegistry):
         return doc
 
     def _start_following(self, doc: _Doc) -> None:
-        doc.tail = self._spawn(self._tail(doc), f"crdt-redis-tail-{doc.document_id}")
+        """Have a reader follow the document's stream (from ``doc.last_id``)."""
+        if doc.reader is None:
+            reader = next((r for r in self._readers if len(r.docs) < self.streams_per_read), None)
+            if reader is None:
+                self._reader_serial += 1
+                wake = f"{self.key_prefix}:process:{self.process_id}:wake:{self._reader_serial}"
+                reader = _Reader(wake)
+                self._readers.append(reader)
+            reader.docs[doc.document_id] = doc
+            doc.reader = reader
+            if reader.task is None or reader.task.done():
+                reader.task = self._spawn(self._read_loop(reader), f"crdt-redis-read-{wake}")
+            elif reader.reading and not reader.stale:
+                # Its blocking read does not include this stream: end that read now.
+                reader.stale = True
+                self._spawn(self._wake(reader), "crdt-redis-wake")
         self._ensure_presence_tasks()
         if self._presence_resubscribe is not None:
             self._presence_resubscribe.set()
 
+    async def _wake(self, reader: _Reader) -> None:
+        """End ``reader``'s blocking read (an entry in its wake stream); best effort:
+        if Redis cannot be reached, the read fails too and the next one is up to date."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(reader.wake_key, {"w": b""}, maxlen=1, approximate=False)
+                pipe.pexpire(reader.wake_key, _WAKE_TTL_MS)
+                self.stats.round_trips += 1
+                await pipe.execute()
+        except _UNAVAILABLE as error:
+            self._unavailable("waking a stream reader", error)
+
     # -- reading what other processes appended ------------------------------------------
 
-    async def _tail(self, doc: _Doc) -> None:
-        """Follow the document's stream; apply and hand over what other processes appended.
+    async def _read_loop(self, reader: _Reader) -> None:
+        """Follow the streams of ``reader``'s documents with one blocking ``XREAD``;
+        apply and hand over what other processes appended.
 
-        Each read also fetches the snapshot's ``upto`` and the oldest entry
-        left in the stream (same round trip): if entries after our position
-        were trimmed before we read them, the snapshot covers them, and we
-        merge it instead.
+        A document whose latest read that reached its stream's end began
+        ``retention / 2`` seconds ago or more (its reader was cut off from
+        Redis) also has the snapshot's ``upto`` and the oldest entry left read,
+        in the same round trip after the ``XREAD``: if entries after our
+        position were trimmed before we read them, the snapshot covers them,
+        and we merge it instead. A key of the wrong type fails the whole
+        ``XREAD``: the reader then finds the document it belongs to, reports it
+        and leaves it out for a while, and the others go on.
         """
-        stream = self._key(doc.document_id, "stream")
-        meta = self._key(doc.document_id, "meta")
         delay = 0.05
         # Ends by a flag, not by cancellation: redis-py may swallow a cancellation
         # that lands inside a blocking read.
-        while doc.following and not self._closed:
-            before = doc.last_id
+        while not self._closed and reader.docs:
+            started = time.monotonic()
+            docs = [d for d in reader.docs.values() if d.broken_until <= started]
+            streams: dict[Any, Any] = {self._key(d.document_id, "stream"): d.last_id for d in docs}
+            by_stream = {self._key(d.document_id, "stream"): d for d in docs}
+            streams[reader.wake_key] = reader.wake_id
+            due = [d for d in docs if started - d.caught_up_at >= self.retention / 2]
+            block = self.block
+            if len(docs) < len(reader.docs):
+                # Look at the left-out documents again when their pause is over.
+                pause = min(d.broken_until for d in reader.docs.values()) - started
+                block = max(0.001, min(block, pause))
+            reader.stale = False
+            reader.reading = True
             try:
                 async with self._tail_redis.pipeline(transaction=False) as pipe:
-                    pipe.xread({stream: before}, count=1000, block=int(self.block * 1000))
-                    pipe.hget(meta, "upto")
-                    pipe.xrange(stream, count=1)
-                    response, upto, oldest = await pipe.execute()
-                if (
-                    upto is not None
-                    and _id_key(_text(upto)) > _id_key(before)
-                    and (not oldest or _id_key(_text(oldest[0][0])) > _id_key(before))
-                ):
-                    await self._catch_up(doc, _text(upto))
+                    pipe.xread(streams, count=_READ_COUNT, block=max(1, int(block * 1000)))
+                    for d in due:
+                        pipe.hget(self._key(d.document_id, "meta"), "upto")
+                        pipe.xrange(self._key(d.document_id, "stream"), count=1)
+                    self.stats.round_trips += 1
+                    self.stats.read_round_trips += 1
+                    response, *checks = await pipe.execute()
             except asyncio.CancelledError:
                 raise
+            except ResponseError as error:
+                reader.reading = False
+                if not await self._leave_out_broken(docs, due, error):
+                    self._unavailable("reading streams", error)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.retry_max)
+                continue
             except _UNAVAILABLE as error:
-                self._unavailable(f"reading the stream of {doc.document_id!r}", error)
-                if isinstance(error, RedisError) and "WRONGTYPE" in str(error):
-                    self._report(
-                        doc.document_id,
-                        f"a key of {doc.document_id!r} holds the wrong type: {error}",
-                    )
+                reader.reading = False
+                self._unavailable("reading streams", error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
                 continue
+            reader.reading = False
             delay = 0.05
             self._reachable = True
-            if not doc.following:
+            if self._closed:
                 return
-            for _, entries in response or ():
+            behind: set[str] = set()  # documents whose catch-up failed: read again
+            for index, doc in enumerate(due):
+                upto, oldest = checks[2 * index], checks[2 * index + 1]
+                before = streams[self._key(doc.document_id, "stream")]
+                if (
+                    reader.docs.get(doc.document_id) is doc
+                    and upto is not None
+                    and _valid_id(_text(upto))
+                    and _id_key(_text(upto)) > _id_key(before)
+                    and (not oldest or _id_key(_text(oldest[0][0])) > _id_key(before))
+                ):
+                    try:
+                        await self._catch_up(doc, _text(upto))
+                    except _UNAVAILABLE as error:
+                        self._unavailable(f"reading the snapshot of {doc.document_id!r}", error)
+                        behind.add(doc.document_id)
+            received: dict[str, list[Any]] = {}
+            for name, entries in response or ():
+                received[_text(name)] = entries
+            wake = received.pop(reader.wake_key, None)
+            if wake:
+                reader.wake_id = _text(wake[-1][0])
+            for stream, doc in by_stream.items():
+                if doc.document_id in behind:
+                    continue
+                entries = received.get(stream, ())
+                if len(entries) < _READ_COUNT:
+                    doc.caught_up_at = started
+                if not entries or reader.docs.get(doc.document_id) is not doc:
+                    continue  # no longer followed: what it read is dropped
                 for entry_id, fields in entries:
                     entry = _text(entry_id)
                     if _id_key(entry) <= _id_key(doc.last_id):
                         continue  # covered by a snapshot merged just above
                     doc.last_id = entry
                     self._ingest(doc, entry, fields, notify=True)
-            self._maybe_compact(doc)
+                self._maybe_compact(doc)
+        if not reader.docs and reader in self._readers:
+            self._readers.remove(reader)
+
+    async def _leave_out_broken(
+        self, docs: Sequence[_Doc], due: Sequence[_Doc], error: ResponseError
+    ) -> bool:
+        """After a read failed with ``error``: find the documents whose keys hold the
+        wrong type, report them and leave them out of reads for a while. Returns
+        whether any was found (if not, the error was Redis's, not a document's)."""
+        checked: list[tuple[_Doc, str, bytes]] = [
+            (d, self._key(d.document_id, "stream"), b"stream") for d in docs
+        ]
+        checked += [(d, self._key(d.document_id, "meta"), b"hash") for d in due]
+        try:
+            async with self._tail_redis.pipeline(transaction=False) as pipe:
+                for _, key, _ in checked:
+                    pipe.type(key)
+                self.stats.round_trips += 1
+                types = await pipe.execute()
+        except _UNAVAILABLE:
+            return False
+        found = False
+        now = time.monotonic()
+        for (doc, key, wanted), kind in zip(checked, types, strict=True):
+            kind = kind if isinstance(kind, bytes) else str(kind).encode()
+            if kind not in (wanted, b"none"):
+                found = True
+                doc.broken_until = now + _BROKEN_PAUSE
+                self._report(
+                    doc.document_id,
+                    f"{key} of {doc.document_id!r} holds a {kind.decode(errors='replace')},"
+                    f" not a {wanted.decode()} ({error}): the document is not followed for"
+                    f" {_BROKEN_PAUSE:g} s",
+                )
+        return found
 
     async def _catch_up(self, doc: _Doc, upto: str) -> None:
         """Entries after our position were trimmed unread: merge the snapshot that covers them."""
-        data = await self._tail_redis.get(self._key(doc.document_id, "snapshot"))
+        self.stats.round_trips += 1
+        data = await self._redis.get(self._key(doc.document_id, "snapshot"))
         if isinstance(data, bytes):
             self._ingest_snapshot(doc, data, notify=True)
         if _id_key(upto) > _id_key(doc.last_id):
@@ -589,6 +760,8 @@ class RedisServerRegistry(CRDTServerRegistry):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for append in batch:
                         pipe.xadd(stream, {"o": self._origin, "t": append.kind, "d": append.data})
+                    self.stats.round_trips += 1
+                    self.stats.append_round_trips += 1
                     await pipe.execute()
             except _UNAVAILABLE as error:
                 failure = self._unavailable(f"appending to {doc.document_id!r}", error)
@@ -607,7 +780,6 @@ class RedisServerRegistry(CRDTServerRegistry):
             delay = 0.05
             self._reachable = True
             self.stats.appends += len(batch)
-            self.stats.append_round_trips += 1
             for append in batch:
                 doc.outbox.popleft()
                 doc.durable = doc.durable.merge(append.covers)
@@ -638,6 +810,7 @@ class RedisServerRegistry(CRDTServerRegistry):
         lock = self._key(doc.document_id, "lock")
         token = uuid.uuid4().hex
         try:
+            self.stats.round_trips += 1
             if not await self._redis.set(lock, token, nx=True, px=int(self.lock_ttl * 1000)):
                 # Another process is compacting: it covers what we counted.
                 self.stats.compactions_skipped += 1
@@ -658,6 +831,7 @@ class RedisServerRegistry(CRDTServerRegistry):
                     return snapshot
                 return None
             finally:
+                self.stats.round_trips += 1
                 await self._release_script(keys=[lock], args=[token])
         except _UNAVAILABLE as error:
             raise self._unavailable(f"compacting {doc.document_id!r}", error) from error
@@ -666,6 +840,7 @@ class RedisServerRegistry(CRDTServerRegistry):
         """Read the stream up to its end now (the tail may be a read behind)."""
         stream = self._key(doc.document_id, "stream")
         while True:
+            self.stats.round_trips += 1
             entries: Any = await self._redis.xrange(stream, min=f"({doc.last_id}", count=1000)
             fresh = [(_text(i), fields) for i, fields in entries or ()]
             fresh = [(i, fields) for i, fields in fresh if _id_key(i) > _id_key(doc.last_id)]
@@ -679,6 +854,7 @@ class RedisServerRegistry(CRDTServerRegistry):
         """Store ``snapshot`` as covering the stream up to ``upto`` and trim, if ``token``
         still holds the lock: 1 stored, 0 fenced off, -1 a snapshot as new exists."""
         keys = [self._key(doc.document_id, part) for part in ("lock", "snapshot", "meta", "stream")]
+        self.stats.round_trips += 1
         result = await self._commit_script(
             keys=keys, args=[token, snapshot.to_bytes(), upto, int(self.retention * 1000)]
         )
@@ -695,6 +871,7 @@ class RedisServerRegistry(CRDTServerRegistry):
         if document_id in self._loaded:
             return True
         try:
+            self.stats.round_trips += 1
             return bool(await self._redis.hexists(self._key(document_id, "meta"), "epoch"))
         except _UNAVAILABLE as error:
             raise self._unavailable("looking a document up", error) from error
@@ -702,6 +879,7 @@ class RedisServerRegistry(CRDTServerRegistry):
     async def document_ids(self) -> list[str]:
         self._check_open()
         try:
+            self.stats.round_trips += 1
             members = await self._redis.smembers(self._documents_key)
         except _UNAVAILABLE as error:
             raise self._unavailable("listing documents", error) from error
@@ -718,6 +896,7 @@ class RedisServerRegistry(CRDTServerRegistry):
                 pipe.hsetnx(meta, "epoch", new_epoch())
                 pipe.hsetnx(meta, "upto", "0-0")
                 pipe.sadd(self._documents_key, document_id)
+                self.stats.round_trips += 1
                 created, _, _ = await pipe.execute()
         except _UNAVAILABLE as error:
             raise self._unavailable(f"creating {document_id!r}", error) from error
@@ -742,6 +921,7 @@ class RedisServerRegistry(CRDTServerRegistry):
                 pipe.hset(meta, "upto", "0-0")
                 pipe.sadd(self._documents_key, document_id)
                 pipe.hget(meta, "epoch")
+                self.stats.round_trips += 1
                 *_, epoch = await pipe.execute()
         except _UNAVAILABLE as error:
             raise self._unavailable(f"storing {document_id!r}", error) from error
@@ -815,6 +995,7 @@ class RedisServerRegistry(CRDTServerRegistry):
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.hsetnx(peers, peer_id, candidate)
                     pipe.hget(peers, peer_id)
+                    self.stats.round_trips += 1
                     _, value = await pipe.execute()
             except _UNAVAILABLE as error:
                 raise self._unavailable("claiming a peer id", error) from error
@@ -830,6 +1011,7 @@ class RedisServerRegistry(CRDTServerRegistry):
         wanted = [peer for peer in asked if peer not in found]
         if wanted:
             try:
+                self.stats.round_trips += 1
                 values = await self._redis.hmget(self._key(document_id, "peers"), wanted)
             except _UNAVAILABLE as error:
                 raise self._unavailable("reading peer claims", error) from error
@@ -866,6 +1048,7 @@ class RedisServerRegistry(CRDTServerRegistry):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(*(self._key(document_id, part) for part in parts))
                 pipe.srem(self._documents_key, document_id)
+                self.stats.round_trips += 1
                 deleted, _ = await pipe.execute()
         except _UNAVAILABLE as error:
             raise self._unavailable(f"removing {document_id!r}", error) from error
@@ -892,8 +1075,11 @@ class RedisServerRegistry(CRDTServerRegistry):
             await self._stop_following(doc)
 
     async def _stop_following(self, doc: _Doc) -> None:
-        """Stop the document's tail (it ends within ``block`` seconds) and its presence."""
-        doc.following = False
+        """Stop reading the document's stream (a read in flight that includes it is
+        dropped; a reader left with nothing to follow ends) and its presence."""
+        reader, doc.reader = doc.reader, None
+        if reader is not None and reader.docs.get(doc.document_id) is doc:
+            del reader.docs[doc.document_id]
         if self._presence_resubscribe is not None:
             self._presence_resubscribe.set()
 
@@ -917,6 +1103,17 @@ class RedisServerRegistry(CRDTServerRegistry):
         for event in (self._presence_wakeup, self._presence_resubscribe):
             if event is not None:
                 event.set()
+        if self._readers:
+            # End the blocking reads now (best effort); the wake streams expire soon.
+            with contextlib.suppress(*_UNAVAILABLE):
+                async with asyncio.timeout(self.timeout):
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for reader in self._readers:
+                            pipe.xadd(reader.wake_key, {"w": b""}, maxlen=1, approximate=False)
+                        for reader in self._readers:
+                            # Not DEL: the read must find the entry first (it ends by itself).
+                            pipe.pexpire(reader.wake_key, 60_000)
+                        await pipe.execute()
         # The loops see the flag within one blocking read; what is left is cancelled.
         tasks = list(self._tasks)
         if tasks:
@@ -959,6 +1156,7 @@ class RedisServerRegistry(CRDTServerRegistry):
             while self._presence_out:
                 channel, message = self._presence_out[0]
                 try:
+                    self.stats.round_trips += 1
                     await self._redis.publish(channel, message)
                 except _UNAVAILABLE as error:
                     self._unavailable("publishing presence", error)
@@ -988,8 +1186,10 @@ class RedisServerRegistry(CRDTServerRegistry):
                     if not subscribed:
                         await resubscribe.wait()
                         continue
+                    # A short wait (no round trip): documents loaded meanwhile are
+                    # subscribed to soon, and close() is not held up.
                     message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=self.block
+                        ignore_subscribe_messages=True, timeout=min(self.block, _PRESENCE_POLL)
                     )
                     delay = 0.05
                     if message is not None and message.get("type") == "message":

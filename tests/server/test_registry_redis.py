@@ -258,9 +258,7 @@ async def test_trimmed_entries_a_lagging_process_missed_come_from_the_snapshot(
         document_b = await b.get_document("notes")
         assert document_b is not None
         # b stops reading (as if cut off); a writes, compacts and trims meanwhile.
-        tail = b._loaded["notes"].tail
-        assert tail is not None
-        tail.cancel()
+        await b._stop_following(b._loaded["notes"])
         editor = Editor()
         for index in range(10):
             editor.text.insert(index, "y")
@@ -393,3 +391,65 @@ async def test_releasing_documents_leaves_the_loop_free(redis_server: RedisServe
         assert a.loaded_document_ids() == ["two"]
     finally:
         await a.close()
+
+
+async def test_many_documents_are_followed_over_a_few_connections(
+    redis_server: RedisServer,
+) -> None:
+    a = RedisServerRegistry(redis_server.url, process_id="a", block=0.2, retry_max=0.2)
+    b = RedisServerRegistry(
+        redis_server.url, process_id="b", block=0.2, retry_max=0.2, streams_per_read=50
+    )
+    seen_b = Recorder()
+    b.add_observer(seen_b)
+    names = [f"doc-{index}" for index in range(120)]
+    try:
+        for name in names:
+            await a.create_document(name)
+            await b.get_document(name)
+        assert len(b._readers) == 3  # 120 documents, 50 per read
+        editor = Editor()
+        editor.text.insert(0, "same")
+        changes = editor.take()
+        for name in names:
+            await (await a.apply(name, changes)).stored
+        await seen_b.wait(
+            lambda: {d for d, _, _ in seen_b.changes} == set(names), "every document heard"
+        )
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            readers = [c for c in await client.client_list() if c.get("cmd") == "xread"]
+        finally:
+            await client.aclose()
+        # b's three reads, and a's one (it follows its 120 documents in one read).
+        assert len(readers) <= 4
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_document_loaded_during_a_blocking_read_is_followed_at_once(
+    redis_server: RedisServer,
+) -> None:
+    a = RedisServerRegistry(redis_server.url, process_id="a", block=0.2, retry_max=0.2)
+    # b's reads block for a minute: only the wake-up can make it read "second" in time.
+    b = RedisServerRegistry(redis_server.url, process_id="b", block=60, retry_max=0.2)
+    seen_b = Recorder()
+    b.add_observer(seen_b)
+    try:
+        for name in ("first", "second"):
+            await a.create_document(name)
+        await b.get_document("first")
+        reader = b._readers[0]
+        await asyncio.sleep(0)  # the reader's first step: it sends its blocking read
+        assert reader.reading
+        await b.get_document("second")
+        editor = Editor()
+        editor.text.insert(0, "news")
+        await (await a.apply("second", editor.take())).stored
+        await seen_b.wait(lambda: bool(seen_b.changes), "b hears the second document")
+        assert [d for d, _, _ in seen_b.changes] == ["second"]
+        assert b._readers == [reader]  # the same read follows both documents
+    finally:
+        await a.close()
+        await b.close()
