@@ -28,6 +28,7 @@ from .exceptions import (
     StorageCorruptError,
     StorageError,
     StorageInUseError,
+    StorageUnavailableError,
 )
 from .registry import (
     CRDTServerRegistry,
@@ -63,6 +64,7 @@ __all__ = [
     "StorageCorruptError",
     "StorageError",
     "StorageInUseError",
+    "StorageUnavailableError",
     "StreamSubscription",
     "WebSocketServer",
     "validate_document_id",

@@ -38,7 +38,7 @@ from crdt_sync.sync.messages import encode_history_frame
 from .auth import InvalidTokenError, TokenAuthority
 from .events import ServerEventType
 from .metrics import ServerMetrics
-from .rooms import Emit, Room, Rooms
+from .rooms import Emit, Room, Rooms, storage_code
 from .session import (
     AwarenessQueried,
     AwarenessReceived,
@@ -383,7 +383,7 @@ class Connection:
             page = await rooms.registry.history_page(document_id, cursor, HISTORY_PAGE_BYTES)
         except Exception as error:  # a storage failure ends this connection only
             _log.warning("history of %r not served: %r", document_id, error)
-            session.fail(ErrorCode.INTERNAL_ERROR, "the server could not read the history")
+            session.fail(storage_code(error), "the server could not read the history")
             return
         frame = encode_history_frame(
             page.start, page.base, page.batches, page.next_cursor, session.compressor

@@ -12,6 +12,8 @@ The tree::
     │   │                            (invalid, or its pending buffer is full); the ones
     │   │                            applied before that are in .applied, and stored
     │   └── StorageError             the backing store cannot be used
+    │       ├── StorageUnavailableError  it cannot be reached right now (Redis down):
+    │       │                        transient; clients get STORAGE_UNAVAILABLE, retry
     │       ├── StorageCorruptError  the file is damaged (not a database, bad rows)
     │       └── ForeignStorageError  a valid database written by something else,
     │                                or by a newer release of this server
@@ -45,6 +47,7 @@ __all__ = [
     "ServerStateError",
     "StorageCorruptError",
     "StorageError",
+    "StorageUnavailableError",
 ]
 
 
@@ -105,6 +108,14 @@ class StorageError(RegistryError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class StorageUnavailableError(StorageError):
+    """The store cannot be reached right now (Redis down or unreachable): transient.
+
+    Nothing that it did not store was acknowledged; the registry retries what it
+    queued, and clients are told ``STORAGE_UNAVAILABLE`` (they reconnect later).
+    """
 
 
 class StorageCorruptError(StorageError):

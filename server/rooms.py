@@ -65,7 +65,12 @@ from crdt_sync.sync.messages import encode_changes_frame
 
 from .catchup import refresh
 from .events import ServerEventType
-from .exceptions import ChangesRejectedError, DocumentExistsError, RegistryError
+from .exceptions import (
+    ChangesRejectedError,
+    DocumentExistsError,
+    RegistryError,
+    StorageUnavailableError,
+)
 from .metrics import ServerMetrics
 from .presence import REMOTE, RoomPresence, presence_size
 from .registry import CRDTServerRegistry, RegistryObserver
@@ -275,7 +280,9 @@ class Rooms(RegistryObserver):
                 document_id=document_id,
             )
             if session.state is SessionState.HANDSHAKING:
-                session.reject_handshake(ErrorCode.INTERNAL_ERROR, "the document cannot be opened")
+                session.reject_handshake(
+                    storage_code(error), f"the document cannot be opened: {error}"
+                )
             return
         self._emit(
             ServerEventType.CLIENT_HANDSHAKE,
@@ -492,7 +499,7 @@ class Rooms(RegistryObserver):
                 document_id=room.document_id,
             )
             session.fail(
-                ErrorCode.INTERNAL_ERROR,
+                storage_code(error),
                 f"the server could not store the changes ({error}); reconnect and resend",
             )
             return
@@ -562,7 +569,7 @@ class Rooms(RegistryObserver):
                 client_id=member.client_id,
                 document_id=room.document_id,
             )
-            session.fail(ErrorCode.INTERNAL_ERROR, "the server could not store the snapshot")
+            session.fail(storage_code(error), "the server could not store the snapshot")
             return
         if refusal is not None and not merged:
             # Refused before the merge: the document and the store are untouched.
@@ -780,6 +787,14 @@ class Rooms(RegistryObserver):
             if target.session.state is SessionState.OPEN:
                 target.session.send_acknowledgement(durable)
                 target.flush()
+
+
+def storage_code(error: Exception) -> ErrorCode:
+    """The code a client gets when the registry failed with ``error``:
+    ``STORAGE_UNAVAILABLE`` (transient: reconnect later) or ``INTERNAL_ERROR``."""
+    if isinstance(error, StorageUnavailableError):
+        return ErrorCode.STORAGE_UNAVAILABLE
+    return ErrorCode.INTERNAL_ERROR
 
 
 def refuse(session: ServerSession, refusal: Exception, what: str) -> None:

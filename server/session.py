@@ -200,6 +200,7 @@ _CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = {
     ErrorCode.MESSAGE_TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
     ErrorCode.INTERNAL_ERROR: CloseCode.INTERNAL_ERROR,
     ErrorCode.TOO_MANY_CONNECTIONS: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.STORAGE_UNAVAILABLE: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.LIMIT_EXCEEDED: CloseCode.TRY_AGAIN_LATER,
 }
 

@@ -88,6 +88,9 @@ class ErrorCode(enum.IntEnum):
     FORBIDDEN_PEER = 16
     """A change, snapshot or awareness update speaks for another peer than the
     connection's own. Final: an honest client never sends one."""
+    STORAGE_UNAVAILABLE = 17
+    """The server cannot reach its store (its database or Redis) right now: what the
+    client sent was not acknowledged (it keeps it). Reconnect later and resend."""
 
     @classmethod
     def from_wire(cls, value: int) -> ErrorCode:

@@ -96,6 +96,7 @@ from ..exceptions import (
     DocumentNotFoundError,
     RegistryClosedError,
     StorageError,
+    StorageUnavailableError,
 )
 from .base import (
     Applied,
@@ -366,11 +367,11 @@ class RedisServerRegistry(CRDTServerRegistry):
         if self._closed:
             raise RegistryClosedError(f"the Redis registry at {self.url} is closed")
 
-    def _unavailable(self, doing: str, error: BaseException) -> StorageError:
+    def _unavailable(self, doing: str, error: BaseException) -> StorageUnavailableError:
         self.stats.errors += 1
         self._reachable = False
         self._last_error = f"{doing}: {error!r}"
-        return StorageError(f"Redis at {self.url} is unavailable ({doing}: {error})")
+        return StorageUnavailableError(f"Redis at {self.url} is unavailable ({doing}: {error})")
 
     def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coroutine, name=name)

@@ -16,6 +16,8 @@ import pytest
 from redis_helpers import RedisServer, ServerProcess
 from server_helpers import Peer, peers, wait_converged, wait_for
 
+from crdt_sync import CRDTTextHandler
+from crdt_sync.sync import ErrorCode
 from crdt_sync.sync.client import ConnectionStatus
 from server import SqliteServerRegistry, WebSocketServer
 from server.registry import RedisServerRegistry
@@ -186,9 +188,24 @@ async def test_redis_stopped_and_restarted_mid_session(redis_server: RedisServer
             what="the client sees that storing failed",
         )
         assert a.client.unacknowledged_changes > 0  # nothing acknowledged is lost
+        # A typed, transient status: the client reconnects by itself (not ERROR).
+        error = a.client.last_error
+        assert error is not None and error.code is ErrorCode.STORAGE_UNAVAILABLE
+        assert not error.final and a.client.status is not ConnectionStatus.ERROR
+        # A document no process has loaded cannot be opened meanwhile: same status.
+        c = Peer(url_of(second, "other"), "late")
+        assert not await c.client.connect()
+        error = c.client.last_error
+        assert error is not None and error.code is ErrorCode.STORAGE_UNAVAILABLE
+        assert c.client.status is not ConnectionStatus.ERROR
+        c.text.insert(0, "offline ")
         redis_server.start()
+        # Both recover without anyone's help, and nothing is lost.
         await a.wait_status(ConnectionStatus.CONNECTED)
         await a.wait_acknowledged()
+        await c.wait_status(ConnectionStatus.CONNECTED)
+        await c.wait_acknowledged()
+        await c.client.disconnect()
         b.items.append("after")
         await wait_converged([a, b])
         assert a.text.value == "before during "
@@ -196,6 +213,8 @@ async def test_redis_stopped_and_restarted_mid_session(redis_server: RedisServer
     try:
         document = await fresh.get_document("notes")
         assert document is not None
+        other = await fresh.get_document("other")
+        assert other is not None and str(CRDTTextHandler(other, "text").value) == "offline "
     finally:
         await fresh.close()
 
