@@ -253,6 +253,24 @@ def encode_bodies(bodies: Iterable[bytes], compress: bool | None = None) -> byte
     return MAGIC + bytes([CHANGES_VERSION, 0]) + payload
 
 
+def join_batches(batches: Iterable[bytes]) -> bytes | None:
+    """One batch holding the changes of ``batches``, in order, made by joining their
+    segments (nothing decoded or encoded again); None unless every batch is an
+    uncompressed batch of the current version (then encode the changes instead).
+    The caller vouches that the batches are well formed (e.g. they decoded)."""
+    parts: list[bytes] = []
+    total = 0
+    for batch in batches:
+        if batch[:4] != MAGIC or len(batch) < 7 or batch[4] != CHANGES_VERSION or batch[5]:
+            return None
+        r = Reader(batch, 6)
+        total += r.uint(MAX_COUNT)
+        parts.append(batch[r.pos :])
+    w = Writer()
+    w.uint(total)
+    return MAGIC + bytes([CHANGES_VERSION, 0]) + w.getvalue() + b"".join(parts)
+
+
 def encode_change_tuples_v1(changes: Iterable[ChangeTuple], compress: bool | None = None) -> bytes:
     """The version 1 (row by row) encoding, still decoded (stored batches, tests)."""
     t = _Tables()

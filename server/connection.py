@@ -344,7 +344,7 @@ class Connection:
                     if role is not None:
                         await rooms.join(self, event.request, event.document_id, role)
                 elif isinstance(event, ChangesReceived):
-                    await rooms.apply(self, event.changes)
+                    await rooms.apply(self, event.changes, event.encoded)
                 elif isinstance(event, SnapshotUploaded):
                     await rooms.apply_snapshot(self, event.snapshot)
                 elif isinstance(event, AwarenessReceived):

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from crdt_sync import Change, CRDTDocument, CRDTError, Snapshot, VersionVector, encode_changes
+from crdt_sync.changes import join_batches
 from crdt_sync.exceptions import PendingBufferFullError
 from crdt_sync.sync import (
     AwarenessUpdate,
@@ -440,7 +441,9 @@ class Rooms(RegistryObserver):
 
     # -- changes ------------------------------------------------------------------------
 
-    async def apply(self, member: Member, changes: tuple[Change, ...]) -> None:
+    async def apply(
+        self, member: Member, changes: tuple[Change, ...], encoded: bytes | None = None
+    ) -> None:
         """Apply ``member``'s changes: relay, store, acknowledge; refuse what is invalid.
 
         The changes are relayed as soon as they are in the document, while the
@@ -448,7 +451,8 @@ class Rooms(RegistryObserver):
         durability. If the server dies before the write, nothing is lost: the
         sender still holds them unacknowledged and every client sends what the
         server lacks at the next handshake. The relay frame wraps the bytes the
-        registry encoded for its store (one encoding per batch).
+        registry encoded for its store (one encoding per batch), or ``encoded``,
+        the batch the changes arrived in, when exactly they were applied.
         """
         session = member.session
         room = member.room
@@ -465,7 +469,7 @@ class Rooms(RegistryObserver):
         pending_before = room.document.pending_count
         metrics = self.metrics
         try:
-            result = await self.registry.apply(room.document_id, changes)
+            result = await self.registry.apply(room.document_id, changes, encoded=encoded)
             room.size += len(result.encoded)
             applied_at = time.perf_counter()
             if result.applied:
@@ -682,8 +686,12 @@ class Rooms(RegistryObserver):
         for target in targets:
             if id(target) not in senders:
                 if combined is None:
-                    batch = [change for relay in relays for change in relay.changes]
-                    combined = encode_changes_frame(encode_changes(batch), compressor)
+                    # The batches' segments joined (no encoding), or encoded afresh.
+                    joined = join_batches(relay.encoded for relay in relays)
+                    if joined is None:
+                        batch = [change for relay in relays for change in relay.changes]
+                        joined = encode_changes(batch)
+                    combined = encode_changes_frame(joined, compressor)
                 target.session.send_frame(combined)
                 relayed += total
             else:

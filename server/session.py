@@ -233,9 +233,11 @@ class HandshakeRequested:
 
 @dataclass(frozen=True)
 class ChangesReceived:
-    """The client sent changes: apply them (durably), then ``send_acknowledgement``."""
+    """The client sent changes: apply them (durably), then ``send_acknowledgement``.
+    ``encoded`` is the change batch they arrived in (reused when all of them apply)."""
 
     changes: tuple[Change, ...]
+    encoded: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -614,7 +616,7 @@ class ServerSession:
             if self._role is Role.READ:
                 self._refuse_read_only("changes", len(message.changes))
                 return
-            self._events.append(ChangesReceived(message.changes))
+            self._events.append(ChangesReceived(message.changes, message.encoded))
         elif isinstance(message, SnapshotUpload):
             if self._role is Role.READ:
                 self._refuse_read_only("a snapshot", 1)

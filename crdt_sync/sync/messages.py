@@ -220,9 +220,15 @@ class HandshakeResponse:
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """Either direction, after the handshake: changes in causal order."""
+    """Either direction, after the handshake: changes in causal order.
+
+    ``encoded``, set by :func:`decode_message`, is the change batch the frame
+    carried (the bytes ``changes`` were decoded from: a server that applies
+    exactly these changes stores and relays those bytes instead of encoding
+    them again). It takes no part in equality, and encoding ignores it."""
 
     changes: tuple[Change, ...]
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     TYPE = MessageType.CHANGES
 
@@ -678,10 +684,13 @@ class _Reader(Reader):
         return vv
 
     def changes(self, what: str) -> tuple[Change, ...]:
+        return self.changes_and_bytes(what)[0]
+
+    def changes_and_bytes(self, what: str) -> tuple[tuple[Change, ...], bytes]:
         start = self.pos
         raw = self.blob(what)
         try:
-            return tuple(decode_changes(raw, self.max_size))
+            return tuple(decode_changes(raw, self.max_size)), raw
         except DecodeError as exc:
             raise MessageDecodeError(f"{what}: {exc}", self.base + start) from None
         except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
@@ -767,7 +776,7 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
             session_id, vv, epoch, changes, snapshot, compression, Role(role_value)
         )
     elif kind is MessageType.CHANGES:
-        message = Changes(r.changes("changes"))
+        message = Changes(*r.changes_and_bytes("changes"))
     elif kind is MessageType.ACK:
         message = Ack(r.vv("version vector"))
     elif kind is MessageType.DOCUMENT_STATUS_REQUEST:

@@ -145,6 +145,23 @@ class HistoryPage:
 _HISTORY_CHUNK = 256
 
 
+def encoding_of(
+    applied: Sequence[Change], changes: Sequence[Change], received: bytes | None
+) -> bytes:
+    """The encoding of ``applied``: ``received`` (the batch ``changes`` arrived in)
+    when ``applied`` is exactly ``changes`` (equal values, same order; the
+    decoder is deterministic, so every reader decodes those bytes to these
+    changes), else a fresh :func:`crdt_sync.encode_changes`. Saves encoding
+    what a client sent when all of it applies (the usual case)."""
+    if (
+        received is not None
+        and len(applied) == len(changes)
+        and all(a == c for a, c in zip(applied, changes, strict=True))
+    ):
+        return received
+    return encode_changes(applied) if applied else b""
+
+
 def applied_result(
     document: CRDTDocument,
     changes: Sequence[Change],
@@ -461,8 +478,14 @@ class CRDTServerRegistry(ABC):
             raise DocumentNotFoundError(document_id)
         return self._epochs().setdefault(document_id, new_epoch())
 
-    async def apply(self, document_id: str, changes: Sequence[Change]) -> Applied:
+    async def apply(
+        self, document_id: str, changes: Sequence[Change], *, encoded: bytes | None = None
+    ) -> Applied:
         """Import a client's ``changes`` into the document; say what happened (:class:`Applied`).
+
+        ``encoded`` is the change batch ``changes`` arrived in, if known: when
+        exactly those changes are applied it is :attr:`Applied.encoded` (stored
+        and relayed as it is; :func:`encoding_of`).
 
         Returns once the changes are in the document (the server relays them at
         once); :attr:`Applied.stored` resolves once they are durably stored (the
@@ -484,7 +507,9 @@ class CRDTServerRegistry(ABC):
             await self.set_document(document_id, document)
         stored = asyncio.get_running_loop().create_future()
         stored.set_result(await self.durable_version_vector(document_id))
-        return applied_result(document, changes, applied, refusal, stored)
+        return applied_result(
+            document, changes, applied, refusal, stored, encoding_of(applied, changes, encoded)
+        )
 
     async def apply_changes(self, document_id: str, changes: Sequence[Change]) -> list[Change]:
         """:meth:`apply`, then wait until stored; return the changes applied.

@@ -12,6 +12,7 @@ from .base import (
     Applied,
     CRDTServerRegistry,
     applied_result,
+    encoding_of,
     import_and_collect,
     validate_document_id,
 )
@@ -43,7 +44,9 @@ class InMemoryServerRegistry(CRDTServerRegistry):
     async def has_document(self, document_id: str) -> bool:
         return document_id in self._documents
 
-    async def apply(self, document_id: str, changes: Sequence[Change]) -> Applied:
+    async def apply(
+        self, document_id: str, changes: Sequence[Change], *, encoded: bytes | None = None
+    ) -> Applied:
         document = self._documents.get(document_id)
         if document is None:
             raise DocumentNotFoundError(document_id)
@@ -51,7 +54,9 @@ class InMemoryServerRegistry(CRDTServerRegistry):
         # Stored as soon as it is in the document: this process's memory is the store.
         stored: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
         stored.set_result(document.version_vector)
-        return applied_result(document, changes, applied, refusal, stored)
+        return applied_result(
+            document, changes, applied, refusal, stored, encoding_of(applied, changes, encoded)
+        )
 
     async def remove_document(self, document_id: str) -> bool:
         self._epochs().pop(document_id, None)

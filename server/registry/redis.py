@@ -103,6 +103,7 @@ from .base import (
     CRDTServerRegistry,
     applied_result,
     check_secret_hash,
+    encoding_of,
     import_and_collect,
     merge_snapshot_checked,
     new_epoch,
@@ -948,12 +949,14 @@ class RedisServerRegistry(CRDTServerRegistry):
             raise DocumentNotFoundError(document_id)
         return doc.durable
 
-    async def apply(self, document_id: str, changes: Sequence[Change]) -> Applied:
+    async def apply(
+        self, document_id: str, changes: Sequence[Change], *, encoded: bytes | None = None
+    ) -> Applied:
         doc = await self._load(document_id)
         if doc is None:
             raise DocumentNotFoundError(document_id)
         applied, refusal = import_and_collect(doc.document, changes)
-        encoded = encode_changes(applied) if applied else b""
+        encoded = encoding_of(applied, changes, encoded)
         if applied:
             stored = self._enqueue(doc, b"c", encoded, version_vector_of(applied))
             if doc.local_pending:

@@ -43,7 +43,6 @@ from crdt_sync import (
     Snapshot,
     VersionVector,
     decode_changes,
-    encode_changes,
 )
 
 try:  # POSIX: the lock that keeps a second server off the file
@@ -67,6 +66,7 @@ from .base import (
     HistoryPage,
     applied_result,
     check_secret_hash,
+    encoding_of,
     import_and_collect,
     merge_snapshot_checked,
     new_epoch,
@@ -705,13 +705,15 @@ class SqliteServerRegistry(CRDTServerRegistry):
             raise DocumentNotFoundError(document_id)
         return loaded.durable
 
-    async def apply(self, document_id: str, changes: Sequence[Change]) -> Applied:
+    async def apply(
+        self, document_id: str, changes: Sequence[Change], *, encoded: bytes | None = None
+    ) -> Applied:
         """Import, queue the log row (compacting when due); ``stored`` resolves at the commit."""
         loaded = await self._load(document_id)
         if loaded is None:
             raise DocumentNotFoundError(document_id)
         applied, refusal = import_and_collect(loaded.document, changes)
-        encoded = encode_changes(applied) if applied else b""
+        encoded = encoding_of(applied, changes, encoded)
         if applied:
             stored = self._log(document_id, loaded, applied, encoded)
         else:

@@ -15,7 +15,16 @@ import pytest_asyncio
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from crdt_sync import Change, CRDTDocument, CRDTTextHandler, PeerId, VersionVector
+from crdt_sync import (
+    Change,
+    CRDTDocument,
+    CRDTTextHandler,
+    PeerId,
+    VersionVector,
+    decode_changes,
+    encode_changes,
+)
+from crdt_sync.changes import encode_change_tuples_v1, join_batches
 from crdt_sync.sync import (
     Ack,
     Changes,
@@ -27,9 +36,10 @@ from crdt_sync.sync import (
     decode_message,
     encode_message,
 )
+from crdt_sync.sync.messages import encode_changes_frame
 from server import InMemoryServerRegistry, WebSocketServer
 from server.rooms import Room, Rooms
-from server.session import HandshakeRequested, ServerSession, SessionState
+from server.session import ChangesReceived, HandshakeRequested, ServerSession, SessionState
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -299,3 +309,74 @@ async def test_frames_written_straight_to_the_socket_are_what_websockets_would_w
 
     payload = random.Random(size).randbytes(size)
     assert _framed(payload) == Frame(Opcode.BINARY, payload).serialize(mask=False)
+
+
+async def test_a_batch_applied_whole_is_relayed_in_the_bytes_it_arrived_in(rooms: Rooms) -> None:
+    writer, watcher = await joined(rooms, 2)
+    writer.session.receive_message(encode_message(Changes(writer.edit("as sent"))))
+    (event,) = writer.session.events_received()
+    assert isinstance(event, ChangesReceived) and event.encoded is not None
+    await rooms.apply(writer, event.changes, event.encoded)
+    await settle(lambda: bool(watcher.frames))
+    (frame,) = watcher.frames
+    assert frame == encode_changes_frame(event.encoded)  # stored and relayed as received
+
+
+async def test_a_batch_applied_in_part_is_encoded_afresh(rooms: Rooms) -> None:
+    writer, watcher = await joined(rooms, 2)
+    first = writer.edit("one")
+    await rooms.apply(writer, first)
+    await settle(lambda: bool(watcher.frames))
+    watcher.frames.clear()
+    second = writer.edit("two")
+    # The first change again (a duplicate: not applied) with a new one.
+    resent = encode_message(Changes(first + second))
+    writer.session.receive_message(resent)
+    (event,) = writer.session.events_received()
+    assert isinstance(event, ChangesReceived) and event.encoded is not None
+    await rooms.apply(writer, event.changes, event.encoded)
+    await settle(lambda: bool(watcher.frames))
+    (message,) = watcher.changes_frames()
+    assert message.changes == second  # only what was applied, not the bytes received
+    assert message.encoded != event.encoded
+
+
+async def test_batches_gathered_in_one_turn_are_joined_without_encoding_again(
+    rooms: Rooms,
+) -> None:
+    writers = await joined(rooms, 3)
+    (watcher,) = await joined(rooms, 1)
+    events = []
+    for index, writer in enumerate(writers):
+        writer.session.receive_message(encode_message(Changes(writer.edit(f"w{index} "))))
+        (event,) = writer.session.events_received()
+        assert isinstance(event, ChangesReceived) and event.encoded is not None
+        events.append(event)
+    await asyncio.gather(
+        *(
+            rooms.apply(writer, event.changes, event.encoded)
+            for writer, event in zip(writers, events, strict=True)
+        )
+    )
+    await settle(lambda: bool(watcher.frames))
+    (message,) = watcher.changes_frames()
+    assert message.changes == tuple(c for event in events for c in event.changes)
+    assert message.encoded == join_batches(event.encoded for event in events if event.encoded)
+
+
+async def test_join_batches_joins_only_uncompressed_batches_of_the_current_version() -> None:
+    docs = [CRDTDocument() for _ in range(3)]
+    batches, everything = [], []
+    for index, doc in enumerate(docs):
+        CRDTTextHandler(doc, "text").insert(0, "ab" * index + "ü😀")
+        changes = doc.export_changes(VersionVector())
+        everything += changes
+        batches.append(encode_changes(changes))
+    joined_bytes = join_batches(batches)
+    assert joined_bytes is not None
+    assert decode_changes(joined_bytes) == everything
+    assert join_batches([]) is not None and decode_changes(join_batches([]) or b"") == []
+    compressed = encode_changes(docs[0].export_changes(VersionVector()), compress=True)
+    assert join_batches([batches[0], compressed]) is None
+    older = decode_changes(batches[1])
+    assert join_batches([batches[0], encode_change_tuples_v1(c._data for c in older)]) is None
