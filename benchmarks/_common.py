@@ -684,46 +684,75 @@ def _peer_at(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos : pos + length], pos + length
 
 
+def _skip_ref(data: bytes, p: int) -> int:
+    """Skip an op's origin (tag 0 none, 1 previous, 2 peer index + counter)."""
+    tag = data[p]
+    if tag == 2:
+        _, p = _uv(data, p + 1)
+        _, p = _uv(data, p)
+        return p
+    if tag > 2:
+        raise ValueError("unknown reference tag")
+    return p + 1
+
+
 def crdt_change_ids(frame: bytes) -> list[tuple[bytes, int]]:
     """The op ids (peer as UTF-8, counter) of the edits a Changes frame carries, read
-    from the change batch's header.
+    from the change batch's rows.
 
-    Only the header is read (one segment's peer table, then its first change's
-    peer and counter) when the batch holds one uncompressed change (change
-    format version 3, ``docs/encoding.md``); anything else goes to the library's
-    decoder. :func:`check_crdt_readers` compares both on the precomputed frames
-    before any run.
+    Read here when the batch is uncompressed change format version 3
+    (``docs/encoding.md``) made of segments of one change each, each change's
+    ops text inserts (what a relay of typing clients holds: one segment per
+    client batch, joined); anything else goes to the library's decoder.
+    :func:`check_crdt_readers` compares both on the precomputed frames (and on
+    a joined relay) before any run.
     """
     if frame[4]:  # compressed body
         return crdt_change_ids_library(frame)
     _, p = _uv(frame, 5)
-    if frame[p : p + 7] != b"CRDC\x03\x00\x01":  # version 3, not compressed, one segment
+    if frame[p : p + 6] != b"CRDC\x03\x00":  # version 3, not compressed
         return crdt_change_ids_library(frame)
-    p += 7
-    npeers, p = _uv(frame, p)
-    peers = []
-    for _ in range(npeers):
-        peer, p = _peer_at(frame, p)
-        peers.append(peer)
-    nnames, p = _uv(frame, p)
-    for _ in range(nnames):
-        length, p = _uv(frame, p)
+    segments, p = _uv(frame, p + 6)
+    out = []
+    for _ in range(segments):
+        npeers, p = _uv(frame, p)
+        peers = []
+        for _ in range(npeers):
+            peer, p = _peer_at(frame, p)
+            peers.append(peer)
+        nnames, p = _uv(frame, p)
+        for _ in range(nnames):
+            length, p = _uv(frame, p)
+            p += length
+        count, p = _uv(frame, p)
+        if count != 1 or frame[p] != 0:  # several changes, or not a full row
+            return crdt_change_ids_library(frame)
+        p += 1 + 8  # kinds, stamps
+        typing, p = _uv(frame, p)
+        deleting, p = _uv(frame, p + 4 * typing)
+        length, p = _uv(frame, p + 16 * deleting)  # the text column
         p += length
-    count, p = _uv(frame, p)
-    if count != 1 or frame[p] != 0:  # several changes, or not a full row
+        flags = frame[p]
+        if flags & 3:  # "same peer" or "next counter" on a segment's first change
+            return crdt_change_ids_library(frame)
+        index, p = _uv(frame, p + 1)
+        counter, p = _uv(frame, p)
+        out.append((peers[index], counter))
+        if not flags & 4:  # deps listed
+            ndeps, p = _uv(frame, p)
+            for _ in range(2 * ndeps):
+                _, p = _uv(frame, p)
+        nops, p = _uv(frame, p)
+        for _ in range(nops):
+            if frame[p] != 1:  # not a text insert
+                return crdt_change_ids_library(frame)
+            _, p = _uv(frame, p + 1)  # handler name index
+            p = _skip_ref(frame, _skip_ref(frame, p))
+            length, p = _uv(frame, p)
+            p += length
+    if p != len(frame):
         return crdt_change_ids_library(frame)
-    p += 1 + 8  # kinds, stamps
-    typing, p = _uv(frame, p)
-    p += 4 * typing
-    deleting, p = _uv(frame, p)
-    p += 16 * deleting
-    length, p = _uv(frame, p)  # the text column
-    p += length
-    if frame[p] & 1:  # "same peer" on the first change
-        return crdt_change_ids_library(frame)
-    index, p = _uv(frame, p + 1)
-    counter, p = _uv(frame, p)
-    return [(peers[index], counter)]
+    return out
 
 
 def crdt_ack_library(frame: bytes, peer: bytes) -> int | None:
@@ -753,7 +782,14 @@ def check_crdt_readers(workload: Workload) -> bool:
     """Whether the header readers agree with the library on this workload's frames (and
     on a batch of several changes and on an Ack); when not, the library decodes."""
     from crdt_sync import VersionVector
-    from crdt_sync.sync.messages import Ack, Changes, decode_message, encode_message
+    from crdt_sync.changes import join_batches
+    from crdt_sync.sync.messages import (
+        Ack,
+        Changes,
+        decode_message,
+        encode_changes_frame,
+        encode_message,
+    )
 
     sample = [f for plan in workload.clients for f in plan.frames[:20]]
     try:
@@ -765,6 +801,13 @@ def check_crdt_readers(workload: Workload) -> bool:
             frame = encode_message(Changes(tuple(several)))
             if crdt_change_ids(frame) != crdt_change_ids_library(frame):
                 return False
+        # A relay joining several clients' batches (crdt_sync.changes.join_batches).
+        batches = [_batch_of(f) for f in sample[:5]]
+        joined = join_batches(batches) if all(batches) else None
+        if joined is not None:
+            frame = encode_changes_frame(joined)
+            if crdt_change_ids(frame) != crdt_change_ids_library(frame):
+                return False
         vv = VersionVector({plan.ident: plan.index + 3 for plan in workload.clients})
         ack = encode_message(Ack(vv))
         for plan in workload.clients:
@@ -774,6 +817,13 @@ def check_crdt_readers(workload: Workload) -> bool:
     except Exception:
         return False
     return True
+
+
+def _batch_of(frame: bytes) -> bytes:
+    from crdt_sync.sync.messages import Changes, decode_message
+
+    message = decode_message(frame)
+    return message.encoded or b"" if isinstance(message, Changes) else b""
 
 
 def _changes_of(message: Any, kind: type) -> tuple[Any, ...]:
