@@ -31,12 +31,16 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
 from itertools import accumulate
+from operator import sub
 from typing import Any
 
 from .changes import (
     _F_CHAIN_DEPS,
     _F_NEXT_COUNTER,
     _F_SAME_PEER,
+    _REF_FULL,
+    _REF_NONE,
+    _REF_PREV,
     MAX_NAME,
     TEXT_DELETE,
     TEXT_INSERT,
@@ -80,6 +84,18 @@ def _tobytes(code: str, values: Iterable[int]) -> bytes:
     if not _LITTLE:  # pragma: no cover - big-endian hosts
         a.byteswap()
     return a.tobytes()
+
+
+#: The bytes 0x00..0x7f: removing them leaves only the bytes with their top bit set.
+_BELOW_128 = bytes(range(128))
+
+
+def _non_negative(values: array[int]) -> bool:
+    """Whether no value of a ``q`` array is negative: no top byte has its sign bit
+    set (a check of the bytes, with no int made per value)."""
+    raw = values.tobytes()
+    top = raw[7::8] if _LITTLE else raw[0::8]
+    return not top.translate(None, _BELOW_128)
 
 
 def _frombytes(r: Reader, code: str, n: int) -> array[int]:
@@ -205,25 +221,31 @@ class Segment:
 
     __slots__ = (
         "_index",
+        "_one_each",
         "_ranges",
+        "_ts",
         "body",
         "dctr",
         "dlen",
         "dpeer",
+        "dts",
+        "max_ts",
         "n",
         "peers",
         "runs",
         "summary",
         "text",
         "tlen",
-        "ts",
     )
 
     def __init__(self) -> None:
         self.body = b""
         self.n = 0
         self.peers: list[str] = []
-        self.ts: array[int] = array("q")
+        # Time stamps as stored (deltas); ``ts`` adds them up when first asked.
+        self.dts: array[int] = array("q")
+        self._ts: array[int] | None = None
+        self.max_ts = 0
         self.tlen: array[int] = array("I")
         self.dpeer: array[int] = array("I")
         self.dctr: array[int] = array("Q")
@@ -234,6 +256,15 @@ class Segment:
         self.summary: dict[str, tuple[int, int]] = {}
         self._index: dict[str, tuple[list[int], list[int]]] | None = None
         self._ranges: dict[int, list[tuple[str, int, int]]] = {}
+        self._one_each: set[int] = set()
+
+    @property
+    def ts(self) -> array[int]:
+        """The time stamp of each change (valid: checked when decoded)."""
+        ts = self._ts
+        if ts is None:
+            ts = self._ts = array("q", accumulate(self.dts))
+        return ts
 
     def run_changes(self, run: Run) -> list[ChangeTuple]:
         """The changes of ``run``, built."""
@@ -277,21 +308,51 @@ class Segment:
         return out
 
     def delete_ranges(self, run: Run) -> list[tuple[str, int, int]]:
-        """The ranges a deleting run's continuations delete (not its head's)."""
-        i, j, _, _, _, _, d0, _ = run
-        ranges = self._ranges.get(i)
+        """The ranges a deleting run's continuations delete (not its head's).
+
+        Merged (sorted, consecutive counters joined) when every continuation
+        deletes one element of one peer, as backspacing and forward deleting
+        do: found from the columns in bulk, with no tuple per change (then
+        :meth:`deletes_one_each`). Otherwise one range per continuation.
+        """
+        ranges = self._ranges.get(run[0])
         if ranges is None:
-            peers = self.peers
-            stop = d0 + j - i - 1
-            ranges = self._ranges[i] = list(
-                zip(
-                    [peers[p] for p in self.dpeer[d0:stop]],
-                    self.dctr[d0:stop],
-                    self.dlen[d0:stop],
-                    strict=True,
-                )
-            )
+            ranges = self._ranges[run[0]] = self._delete_ranges(run)
         return ranges
+
+    def deletes_one_each(self, run: Run) -> bool:
+        """Whether :meth:`delete_ranges` of ``run`` merged one-element deletes (so
+        each element of its ranges is the last one some continuation deleted)."""
+        self.delete_ranges(run)
+        return run[0] in self._one_each
+
+    def _delete_ranges(self, run: Run) -> list[tuple[str, int, int]]:
+        i, j, _, _, _, _, d0, _ = run
+        m = j - i - 1
+        stop = d0 + m
+        peers = self.peers
+        pcol = self.dpeer[d0:stop]
+        if m > 1 and pcol.count(pcol[0]) == m and self.dlen[d0:stop].count(1) == m:
+            # One element each, of one peer (backspacing, forward deleting):
+            # the merged ranges are the groups of consecutive counters.
+            self._one_each.add(i)
+            peer = peers[pcol[0]]
+            ctrs = sorted(self.dctr[d0:stop])
+            breaks = [k for k, step in enumerate(map(sub, ctrs[1:], ctrs), 1) if step > 1]
+            out = []
+            start = 0
+            for k in [*breaks, m]:
+                out.append((peer, ctrs[start], ctrs[k - 1] - ctrs[start] + 1))
+                start = k
+            return out
+        return list(
+            zip(
+                [peers[p] for p in pcol],
+                self.dctr[d0:stop],
+                self.dlen[d0:stop],
+                strict=True,
+            )
+        )
 
     def find(self, peer: str, ctr: int) -> ChangeTuple | None:
         """The change of this segment holding op ``(peer, ctr)``, or None.
@@ -353,12 +414,25 @@ def decode_segment(r: Reader) -> Segment:
         raise r.fail("unknown change kind")
     if n and kinds[0] != FULL:
         raise r.fail("a segment cannot start with a continuation")
-    try:
-        ts = array("q", accumulate(_frombytes(r, "q", n)))
-    except OverflowError:
-        raise r.fail("time stamp out of range") from None
-    if n and (min(ts) < 0):
-        raise r.fail("negative time stamp")
+    # Stamps are stored as deltas; nearly always none is negative (one peer's
+    # clock only grows), and then the stamps rise from the first to their sum:
+    # checked with no int per change. Otherwise added up and checked one by one.
+    dts = _frombytes(r, "q", n)
+    ts: array[int] | None = None
+    max_ts = 0
+    if n:
+        if _non_negative(dts):
+            max_ts = sum(dts)
+            if max_ts >= MAX_STAMP:
+                raise r.fail("time stamp out of range")
+        else:
+            try:
+                ts = array("q", accumulate(dts))
+            except OverflowError:
+                raise r.fail("time stamp out of range") from None
+            if min(ts) < 0:
+                raise r.fail("negative time stamp")
+            max_ts = max(ts)
     nt = r.count(4)
     if nt != kinds.count(TYPING):
         raise r.fail("typing lengths do not match the changes")
@@ -381,40 +455,54 @@ def decode_segment(r: Reader) -> Segment:
     text = r.str()
     if len(text) != sum(tlen):
         raise r.fail("text length does not match the typing changes")
+    if b"\x01\x02" in kinds or b"\x02\x01" in kinds:
+        raise r.fail("a run mixes typing and deleting")
     heads = [m.start() for m in _HEAD.finditer(kinds)]
     heads.append(n)
+    # Text offsets of the typing continuations: the text of ``tlen[a:b]`` is
+    # ``text[tcum[a]:tcum[b]]``.
+    tcum = list(accumulate(tlen, initial=0))
     runs: list[Run] = []
+    append = runs.append
     summary: dict[str, tuple[int, int]] = {}
     prev_peer = ""
     expect = 0
-    tl = x = d = 0
+    tl = d = 0
+    data = r.data
+    stamp = summed = 0
     for h in range(len(heads) - 1):
         i, j = heads[h], heads[h + 1]
-        head = _read_row(r, peers, names, prev_peer, expect, ts[i], bool(runs))
+        if ts is None:
+            stamp += sum(dts[summed : i + 1])
+            summed = i + 1
+        else:
+            stamp = ts[i]
+        row = _fast_row(data, r.pos, peers, names, prev_peer, expect, stamp, h > 0)
+        if row is None:
+            head = _read_row(r, peers, names, prev_peer, expect, stamp, h > 0)
+        else:
+            head, r.pos = row
         peer = head[0]
         end = head[1] + head[5]
         m = j - i - 1
-        kind = FULL
-        tl0, x0, d0 = tl, x, d
+        tl0, d0 = tl, d
         if m:
             kind = kinds[i + 1]
-            if kinds.count(kind, i + 1, j) != m:
-                raise r.fail("a run mixes typing and deleting")
             ops = head[4]
             op = ops[0]
             if len(ops) != 1 or op[0] != (TEXT_INSERT if kind == TYPING else TEXT_DELETE):
                 raise r.fail("a continuation of a change that starts no such run")
             if kind == TYPING:
-                added = sum(tlen[tl : tl + m])
                 tl += m
-                x += added
-                end += added
+                end += tcum[tl] - tcum[tl0]
             else:
                 d += m
                 end += m
+        else:
+            kind = FULL
         if end > MAX_COUNTER:
             raise r.fail("counter too large")
-        runs.append((i, j, kind, head, tl0, x0, d0, end))
+        append((i, j, kind, head, tl0, tcum[tl0], d0, end))
         first = summary.get(peer)
         summary[peer] = (head[1] if first is None else first[0], end)
         prev_peer = peer
@@ -422,7 +510,9 @@ def decode_segment(r: Reader) -> Segment:
     seg.body = r.data[start : r.pos]
     seg.n = n
     seg.peers = peers
-    seg.ts = ts
+    seg.dts = dts
+    seg._ts = ts
+    seg.max_ts = max_ts
     seg.tlen = tlen
     seg.dpeer = dpeer
     seg.dctr = dctr
@@ -431,6 +521,147 @@ def decode_segment(r: Reader) -> Segment:
     seg.runs = runs
     seg.summary = summary
     return seg
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A LEB128 varint at ``pos`` and the position after it; IndexError if truncated,
+    ValueError past 64 bits (:meth:`Reader.uint`'s limits; the callers fall back to it)."""
+    result = 0
+    shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            if result > 1 << 64:
+                raise ValueError("varint out of range")
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fast_row(
+    data: bytes,
+    pos: int,
+    peers: list[str],
+    names: list[str],
+    prev_peer: str,
+    expect: int,
+    ts: int,
+    has_prev: bool,
+) -> tuple[ChangeTuple, int] | None:
+    """The row at ``pos`` when it is a well-formed change of one text insert or
+    one text delete (nearly every head of a run), and the position after it.
+
+    None for anything else, malformed input included: the caller then reads
+    the row with :func:`_read_row`, which accepts exactly the same rows and
+    raises the typed error for the rest. This is the same decoding without
+    the per-field calls, for the one row each run of a batch has.
+    """
+    try:
+        flags = data[pos]
+        pos += 1
+        if flags & ~7:
+            return None
+        if flags & _F_SAME_PEER:
+            if not has_prev:
+                return None
+            peer = prev_peer
+        else:
+            if flags & _F_NEXT_COUNTER:
+                return None
+            index = data[pos]
+            pos += 1
+            if index >= 0x80 or index >= len(peers):
+                return None
+            peer = peers[index]
+        if flags & _F_NEXT_COUNTER:
+            ctr = expect
+        else:
+            ctr, pos = _varint(data, pos)
+            if ctr > MAX_COUNTER:
+                return None
+        if flags & _F_CHAIN_DEPS:
+            if ctr == 0:
+                return None
+            deps: tuple[tuple[str, int], ...] = ((peer, ctr - 1),)
+        else:
+            count = data[pos]
+            pos += 1
+            if count >= 0x80 or count * 2 > len(data) - pos:
+                return None
+            dep_list = []
+            for _ in range(count):
+                index = data[pos]
+                pos += 1
+                if index >= 0x80 or index >= len(peers):
+                    return None
+                dctr, pos = _varint(data, pos)
+                dep_list.append((peers[index], dctr))
+            deps = tuple(dep_list)
+        if data[pos] != 1:  # one op
+            return None
+        kind = data[pos + 1]
+        index = data[pos + 2]
+        pos += 3
+        if index >= 0x80 or index >= len(names):
+            return None
+        name = names[index]
+        if kind == TEXT_INSERT:
+            refs: list[tuple[str, int] | None] = []
+            for _ in range(2):
+                tag = data[pos]
+                pos += 1
+                if tag == _REF_NONE:
+                    refs.append(None)
+                elif tag == _REF_PREV:
+                    if ctr == 0:
+                        return None
+                    refs.append((peer, ctr - 1))
+                elif tag == _REF_FULL:
+                    index = data[pos]
+                    pos += 1
+                    if index >= 0x80 or index >= len(peers):
+                        return None
+                    rctr, pos = _varint(data, pos)
+                    refs.append((peers[index], rctr))
+                else:
+                    return None
+            size = data[pos]
+            if size < 0x80:
+                pos += 1
+            else:
+                size, pos = _varint(data, pos)
+            if not size or pos + size > len(data):
+                return None
+            text = data[pos : pos + size].decode("utf-8", "surrogatepass")
+            pos += size
+            op: Any = (TEXT_INSERT, name, refs[0], refs[1], text)
+            n = len(text)
+        elif kind == TEXT_DELETE:
+            count = data[pos]
+            pos += 1
+            if count >= 0x80 or not count or count * 3 > len(data) - pos:
+                return None
+            ranges = []
+            for _ in range(count):
+                index = data[pos]
+                pos += 1
+                if index >= 0x80 or index >= len(peers):
+                    return None
+                rctr, pos = _varint(data, pos)
+                length, pos = _varint(data, pos)
+                if not length or length > MAX_COUNT:
+                    return None
+                ranges.append((peers[index], rctr, length))
+            op = (TEXT_DELETE, name, tuple(ranges))
+            n = 1
+        else:
+            return None
+    except (IndexError, ValueError):  # truncated, too long, bad UTF-8
+        return None
+    return (peer, ctr, ts, deps, (op,), n), pos
 
 
 def _read_row(

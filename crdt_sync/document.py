@@ -397,7 +397,7 @@ class CRDTDocument:
             return self._import([t for seg in segments for t in seg.tuples()])
         merged = self._validate_runs(segments)
         # From here on nothing can fail on account of the input.
-        stamps = [max(seg.ts) for seg in segments if seg.n]
+        stamps = [seg.max_ts for seg in segments if seg.n]
         if stamps:
             self._clock.observe(max(stamps))
         for seg in segments:
@@ -497,9 +497,13 @@ class CRDTDocument:
             if right is not None and frontier.get(right[0]) == right[1]:
                 del frontier[right[0]]
         elif kind == DELETING:
+            # Each continuation depends on the last element it deletes.
+            one_each = seg.deletes_one_each(run)
             for p, c, n in seg.delete_ranges(run):
-                if p != peer and frontier.get(p) == c + n - 1:
-                    del frontier[p]
+                if p != peer:
+                    f = frontier.get(p)
+                    if f is not None and (c <= f < c + n if one_each else f == c + n - 1):
+                        del frontier[p]
         frontier[peer] = end - 1
         if peer == self._peer:
             self._next = max(self._next, end)

@@ -37,7 +37,7 @@ class Snapshot:
 
     @classmethod
     def of(cls, doc: CRDTDocument) -> Snapshot:
-        return SnapshotCapture(doc).encode()
+        return SnapshotCapture(doc, copy=False).encode()
 
     @staticmethod
     def capture(doc: CRDTDocument) -> SnapshotCapture:

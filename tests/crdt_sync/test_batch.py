@@ -196,3 +196,42 @@ def test_continuations_that_do_not_fit_their_run_are_refused() -> None:
     broken[kinds_at] = TYPING  # a segment cannot start with a continuation
     with pytest.raises(DecodeError):
         decode_changes(bytes(broken))
+
+
+def _decode_outcome(data: bytes) -> object:
+    try:
+        return [seg.tuples() for seg in decode_batch(data)]
+    except DecodeError:
+        return "DecodeError"
+
+
+def test_the_fast_head_reader_decodes_exactly_what_the_checked_one_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ``_fast_row`` reads the head rows of text runs without the per-field
+    # calls; on anything else it defers to ``_read_row``. Every bit flip of a
+    # batch (uncompressed, so flips land in rows) must decode to the same
+    # changes, or fail, with and without it.
+    import crdt_sync.batch as batch
+
+    doc = session(3, 150)[0]
+    data = encode_changes(doc.export_changes(), compress=False)
+    assert data[5] == 0  # not compressed
+    rng = random.Random(5)
+    flips = [(rng.randrange(6, len(data)), rng.randrange(8)) for _ in range(1500)]
+    variants = [data] + [data[:i] + bytes([data[i] ^ (1 << b)]) + data[i + 1 :] for i, b in flips]
+    real_fast_row = batch._fast_row
+    used = []
+
+    def counting_fast_row(*args: object) -> object:
+        row = real_fast_row(*args)  # type: ignore[arg-type]
+        used.append(row is not None)
+        return row
+
+    monkeypatch.setattr(batch, "_fast_row", counting_fast_row)
+    fast = [_decode_outcome(v) for v in variants]
+    assert any(used) and not all(used)
+    monkeypatch.setattr(batch, "_fast_row", lambda *args: None)
+    checked = [_decode_outcome(v) for v in variants]
+    assert fast == checked
+    assert fast[0] != "DecodeError" and fast.count("DecodeError") > len(variants) // 10
