@@ -7,7 +7,7 @@ know nothing of transactions or history; the document drives them.
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
+from bisect import bisect_right
 from typing import Any
 
 from .changes import (
@@ -46,7 +46,8 @@ class NewIds:
         # Positions (anything an origin may name: text characters, list
         # positions made by inserts and moves), and list elements (made by
         # inserts only: what deletes, sets and moves name).
-        self.ranges: dict[tuple[StateKey, str], list[list[int]]] = {}
+        # Per (key, peer): the starts and the stops of its ranges, sorted.
+        self.ranges: dict[tuple[StateKey, str], tuple[list[int], list[int]]] = {}
         self.elements: NewIds | None = None
         # Right origins already checked to exist (typing repeats the same one).
         self.validated: set[tuple[StateKey, Id]] = set()
@@ -60,27 +61,35 @@ class NewIds:
         return self.elements is not None and self.elements.has(key, ident)
 
     def add(self, key: StateKey, peer: str, start: int, stop: int) -> None:
-        ranges = self.ranges.get((key, peer))
-        if ranges is None:
-            self.ranges[(key, peer)] = [[start, stop]]
+        entry = self.ranges.get((key, peer))
+        if entry is None:
+            self.ranges[(key, peer)] = ([start], [stop])
             return
-        last = ranges[-1]
-        if last[1] == start:
-            last[1] = stop
-        elif last[1] < start:
-            ranges.append([start, stop])
+        starts, stops = entry
+        last = stops[-1]
+        if last == start:
+            stops[-1] = stop
+        elif last < start:
+            starts.append(start)
+            stops.append(stop)
         else:
-            insort(ranges, [start, stop])
+            # Out of counter order (rare): insert in (start, stop) order.
+            i = bisect_right(starts, start)
+            while i > 0 and starts[i - 1] == start and stops[i - 1] > stop:
+                i -= 1
+            starts.insert(i, start)
+            stops.insert(i, stop)
 
     def end_of(self, key: StateKey, ident: Id) -> int | None:
         """The end of the new range holding ``ident``, or None."""
-        ranges = self.ranges.get((key, ident[0]))
-        if not ranges:
+        entry = self.ranges.get((key, ident[0]))
+        if entry is None:
             return None
+        starts, stops = entry
         ctr = ident[1]
-        i = bisect_right(ranges, [ctr, 1 << 62]) - 1
-        if i >= 0 and ranges[i][0] <= ctr < ranges[i][1]:
-            return ranges[i][1]
+        i = bisect_right(starts, ctr) - 1
+        if i >= 0 and ctr < stops[i]:
+            return stops[i]
         return None
 
     def has(self, key: StateKey, ident: Id) -> bool:
