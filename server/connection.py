@@ -25,6 +25,7 @@ import collections
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.server import ServerConnection
@@ -68,6 +69,22 @@ HISTORY_PAGE_BYTES = 1024 * 1024
 # take seconds to decode; a typing frame is well under it, and is faster
 # decoded than handed over.
 _DECODE_IN_THREAD_FROM = 1024
+
+# Big frames decoded at once, per event loop (each may inflate to the frame bound).
+_PARALLEL_DECODES = 2
+_decoder_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _decoders() -> asyncio.Semaphore:
+    """The running loop's slots for decoding big frames in worker threads."""
+    loop = asyncio.get_running_loop()
+    slots = _decoder_slots.get(loop)
+    if slots is None:
+        slots = _decoder_slots[loop] = asyncio.Semaphore(_PARALLEL_DECODES)
+    return slots
+
 
 #: ``authenticate(request) -> bool`` (or an awaitable of it): may this client join?
 Authenticator = Callable[[HandshakeRequest], "bool | Awaitable[bool]"]
@@ -113,6 +130,8 @@ class Connection:
         self._outbox_bytes = 0
         self._max_outbound = max_outbound
         self._writer: asyncio.Task[None] | None = None
+        #: Refused at the handshake because its peer cools down after an abuse.
+        self.cooling_refused = False
         #: When the client's token expires (seconds since the epoch), if it has one.
         self.expires_at: int | None = None
 
@@ -275,6 +294,37 @@ class Connection:
             if authority is not None and self.expires_at is not None
             else None
         )
+        # Frames are read (and charged to the rates) as they arrive, while earlier
+        # ones are still being applied and stored: a flood is refused at once.
+        inbox: collections.deque[bytes | str] = collections.deque()
+        arrived = asyncio.Event()
+        reader = asyncio.get_running_loop().create_task(self._read_ahead(inbox, arrived))
+        try:
+            while session.state is SessionState.OPEN:
+                if not inbox:
+                    if reader.done():
+                        reader.result()  # raises ConnectionClosed when the client went
+                        break  # refused (rate, silence): the session is closed
+                    arrived.clear()
+                    await arrived.wait()
+                    continue
+                await self._decode(inbox.popleft())
+                await self._process(rooms, access, emit)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await reader
+            if expiry is not None:
+                expiry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await expiry
+
+    async def _read_ahead(
+        self, inbox: collections.deque[bytes | str], arrived: asyncio.Event
+    ) -> None:
+        """Read frames while the session is open, charging each to the rates as it
+        arrives; end the session after ``idle_timeout`` seconds without a frame."""
+        session = self.session
         idle = self.limits.idle_timeout
         try:
             while session.state is SessionState.OPEN:
@@ -285,36 +335,44 @@ class Connection:
                     session.fail(ErrorCode.TIMEOUT, f"nothing received for {idle:g} seconds")
                     self.flush()
                     return
-                await self._receive(frame)
-                await self._process(rooms, access, emit)
+                if not self._within_rates(len(frame)):
+                    return
+                inbox.append(frame)
+                arrived.set()
         finally:
-            if expiry is not None:
-                expiry.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await expiry
+            arrived.set()
 
     async def _receive(self, frame: bytes | str) -> None:
-        """Hand one frame to the session, within the connection's rates.
+        """Hand one frame to the session, within the connection's rates."""
+        if self._within_rates(len(frame)):
+            await self._decode(frame)
 
-        Over its message or byte rate the client is refused with
-        ``RATE_LIMITED`` (the frame is not looked at). A big frame is decoded
-        in a worker thread, so decoding it never stalls the other documents.
-        """
-        session = self.session
-        size = len(frame)
-        self.received_at = time.perf_counter()
+    def _within_rates(self, size: int) -> bool:
+        """Charge a frame of ``size`` bytes to the connection's rates; over its message
+        or byte rate the client is refused with ``RATE_LIMITED`` (False)."""
         if self.metrics is not None:
             self.metrics.bytes_received.inc(size)
-        if not self._message_rate.take() or not self._byte_rate.take(size):
-            session.fail(
-                ErrorCode.RATE_LIMITED,
-                f"over {self.limits.messages_per_second:g} messages or"
-                f" {self.limits.bytes_per_second:g} bytes per second: slow down and reconnect",
-            )
-            self.flush()
-            return
-        if size >= _DECODE_IN_THREAD_FROM and not isinstance(frame, str):
-            decoded = await asyncio.to_thread(session.decode, frame)
+        if self._message_rate.take() and self._byte_rate.take(size):
+            return True
+        self.session.fail(
+            ErrorCode.RATE_LIMITED,
+            f"over {self.limits.messages_per_second:g} messages or"
+            f" {self.limits.bytes_per_second:g} bytes per second: slow down and reconnect",
+        )
+        self.flush()
+        return False
+
+    async def _decode(self, frame: bytes | str) -> None:
+        """Hand one frame (already charged to the rates) to the session. A big frame is
+        decoded in a worker thread, a few at a time, so decoding it never stalls the
+        other documents and a crowd of them cannot take the memory."""
+        session = self.session
+        self.received_at = time.perf_counter()
+        if len(frame) >= _DECODE_IN_THREAD_FROM and not isinstance(frame, str):
+            async with _decoders():
+                if session.state is SessionState.CLOSED:
+                    return
+                decoded = await asyncio.to_thread(session.decode, frame)
             session.receive_decoded(decoded)
         else:
             session.receive_message(frame)
@@ -340,6 +398,8 @@ class Connection:
                 break
             for event in events:
                 if isinstance(event, HandshakeRequested):
+                    if self._cooling(rooms, event.request.peer_id):
+                        continue
                     role = await self._authorise(event, access, emit)
                     if role is not None:
                         await rooms.join(self, event.request, event.document_id, role)
@@ -371,6 +431,19 @@ class Connection:
                     pass  # the writer closes the socket once the outbox is empty
             self.flush()
         self.flush()
+
+    def _cooling(self, rooms: Rooms, peer_id: str) -> bool:
+        """Refuse the handshake (``RATE_LIMITED``) of a peer whose connection from
+        this address was refused for abuse a moment ago (``Limits.abuse_cooldown``)."""
+        left = rooms.hosts.cooling(self.host, peer_id)
+        if left:
+            self.cooling_refused = True
+            self.session.reject_handshake(
+                ErrorCode.RATE_LIMITED,
+                "a connection of this peer was refused for its rate or an invalid frame:"
+                f" try again in {left:.1f} s",
+            )
+        return bool(left)
 
     async def _answer_history(self, rooms: Rooms, cursor: int) -> None:
         """A page of the document's kept history, from the registry (stored

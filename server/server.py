@@ -54,6 +54,13 @@ __all__ = ["Authenticator", "WebSocketServer"]
 
 _log = logging.getLogger(__name__)
 
+# Refusals after which the client's address cools down (Limits.abuse_cooldown): an
+# honest client never sends an undecodable frame, and is rarely over its rates.
+_ABUSE = frozenset(
+    code.name
+    for code in (ErrorCode.RATE_LIMITED, ErrorCode.INVALID_MESSAGE, ErrorCode.MESSAGE_TOO_LARGE)
+)
+
 #: Seconds ``/healthz`` waits for the store to answer.
 HEALTH_TIMEOUT = 2.0
 
@@ -446,6 +453,12 @@ class WebSocketServer:
                 code_name = reason.split(":", 1)[0]
                 if code_name in ErrorCode.__members__:
                     self.metrics.refusals.labels(code_name).inc()
+                if (
+                    code_name in _ABUSE
+                    and session.peer_id is not None
+                    and not connection.cooling_refused  # a retry does not prolong it
+                ):
+                    self._hosts.cool_down(host, session.peer_id)
             self.rooms.leave(connection)
             if session.state is not SessionState.CLOSED:
                 session.connection_lost(reason)

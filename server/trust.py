@@ -13,7 +13,8 @@ here, one copy each, and the driver (:mod:`server.rooms`,
 * :class:`Limits` -- every bound on one client's work, with its default
   (the CLI exposes each as an option: ``docs/server.md``, "Security model");
 * :class:`TokenBucket` -- the per-connection message and byte rates;
-* :class:`HostQuotas` -- connections and document creations per client address;
+* :class:`HostQuotas` -- connections and document creations per client address,
+  and the cool-down of an address whose connection was refused for abuse;
 * :func:`printable` -- client-supplied strings made safe for one log line.
 """
 
@@ -66,6 +67,11 @@ class Limits:
             ``max_message_size`` (the default is half of its default).
         idle_timeout: seconds a handshaken connection may stay completely
             silent (no frame at all; clients ping every 15 s); None: forever.
+        abuse_cooldown: seconds a peer id's new connections from an address
+            are refused (``RATE_LIMITED``, at the handshake) after one of them
+            was refused for its rate or for a frame that does not decode; None:
+            never. Reconnecting must not refill a flooding client's bucket, nor
+            let it send hostile frames as fast as it can handshake.
     """
 
     max_counter_jump: int = 1 << 22
@@ -86,15 +92,19 @@ class Limits:
     documents_per_ip_per_minute: int = 60
     max_document_bytes: int | None = 8 * 1024 * 1024
     idle_timeout: float | None = 600.0
+    abuse_cooldown: float | None = 5.0
 
     def __post_init__(self) -> None:
         for spec in fields(self):
             value = getattr(self, spec.name)
-            if value is None and spec.name in ("max_document_bytes", "idle_timeout"):
+            if value is None and spec.name in _OPTIONAL:
                 continue
             if not value > 0:
                 raise ValueError(f"{spec.name} must be positive, not {value!r}")
 
+
+# The limits that may be None (no bound; 0 on the command line).
+_OPTIONAL = ("max_document_bytes", "idle_timeout", "abuse_cooldown")
 
 #: One line of ``--help`` per limit (its default is appended); the option is the
 #: field's name with dashes. Optional bounds take 0 for "no bound".
@@ -117,6 +127,7 @@ _HELP: dict[str, str] = {
     "documents_per_ip_per_minute": "documents one client address may create per minute",
     "max_document_bytes": "bytes a document may grow to (0: no bound)",
     "idle_timeout": "seconds a handshaken connection may stay silent (0: forever)",
+    "abuse_cooldown": "seconds a peer is refused after a rate or decoding refusal (0: never)",
 }
 
 
@@ -127,7 +138,9 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     for spec in fields(Limits):
         default = getattr(defaults, spec.name)
         kind: Callable[[str], float] = (
-            float if isinstance(default, float) or spec.name == "idle_timeout" else int
+            float
+            if isinstance(default, float) or spec.name in ("idle_timeout", "abuse_cooldown")
+            else int
         )
         shown = 0 if default is None else default
         group.add_argument(
@@ -150,7 +163,7 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     values: dict[str, object] = {}
     for spec in fields(Limits):
         value = getattr(args, spec.name)
-        if spec.name in ("max_document_bytes", "idle_timeout") and value == 0:
+        if spec.name in _OPTIONAL and value == 0:
             value = None
         values[spec.name] = value
     return Limits(**values)  # type: ignore[arg-type]
@@ -224,13 +237,15 @@ class TokenBucket:
 
 
 class HostQuotas:
-    """Per client address: open connections, and document creations per minute."""
+    """Per client address: open connections, document creations per minute, and the
+    cool-down after an abuse."""
 
     def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
         self._limits = limits
         self._clock = clock
         self._connections: dict[str, int] = {}
         self._creations: dict[str, TokenBucket] = {}
+        self._cooling: dict[tuple[str, str], float] = {}  # (host, peer) -> refused until
 
     def connect(self, host: str) -> bool:
         """Count a new connection from ``host``; False (not counted) when at its cap."""
@@ -249,6 +264,32 @@ class HostQuotas:
 
     def connections(self, host: str) -> int:
         return self._connections.get(host, 0)
+
+    def cool_down(self, host: str, peer_id: str) -> None:
+        """A connection of ``peer_id`` from ``host`` was refused for abuse (rate,
+        undecodable frame): refuse that peer's new connections from that address
+        for ``abuse_cooldown`` seconds (its neighbours behind the same address
+        are not affected)."""
+        seconds = self._limits.abuse_cooldown
+        if seconds is None:
+            return
+        now = self._clock()
+        if len(self._cooling) >= _MAX_TRACKED_HOSTS:
+            for key in [k for k, until in self._cooling.items() if until <= now]:
+                del self._cooling[key]
+        self._cooling[(host, peer_id)] = now + seconds
+
+    def cooling(self, host: str, peer_id: str) -> float:
+        """Seconds new connections of ``peer_id`` from ``host`` are still refused (0: none)."""
+        key = (host, peer_id)
+        until = self._cooling.get(key)
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            del self._cooling[key]
+            return 0.0
+        return left
 
     def may_create(self, host: str) -> bool:
         """Spend one of ``host``'s document creations; False when its quota is used up."""

@@ -112,7 +112,7 @@ async def test_a_byte_flood_is_rate_limited() -> None:
 
 
 async def test_a_client_over_its_rate_says_so_and_reconnects() -> None:
-    limits = Limits(messages_per_second=5, message_burst=10)
+    limits = Limits(messages_per_second=5, message_burst=10, abuse_cooldown=1.0)
     async with serving(limits=limits) as server, honest_users(url(server), 1) as (user,):
         seen: list[ErrorOccurred] = []
         user.client.events.subscribe(
@@ -126,7 +126,8 @@ async def test_a_client_over_its_rate_says_so_and_reconnects() -> None:
             what="RATE_LIMITED",
         )
         assert not next(e for e in seen if e.code is ErrorCode.RATE_LIMITED).final
-        # Not final: the client reconnects by itself, and its edits get through.
+        # Not final: the client reconnects by itself (once its peer's cool-down is
+        # over; its retries meanwhile do not prolong it), and its edits get through.
         await user.type("after the limit")
         assert text_of(server)() == "after the limit"
 
