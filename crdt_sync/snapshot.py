@@ -302,3 +302,57 @@ def _merge_list_elems(
             for vis, _, _ in seq.set_deleted(ours[2][0], ours[2][1], 1, False, True):
                 if builder is not None:
                     builder.splice(vis, 0, [ours[0]])
+
+
+def merge_introduces(doc: CRDTDocument, snapshot: Snapshot) -> tuple[dict[str, int], int]:
+    """What merging ``snapshot`` into ``doc`` would introduce, touching neither.
+
+    Returns ``(lowest, deletions)``: per peer, the lowest op counter the merge
+    would put into ``doc`` (new sequence elements, and the stamps of map entries
+    and list element records that would win over ``doc``'s), and how many of
+    ``doc``'s text elements it would delete. A server checks the first against
+    what it holds (an op id it already has must never carry other content),
+    before :func:`merge_snapshot`. Raises DecodeError when the merge would.
+    """
+    decoded = snapshot._decoded if snapshot._decoded is not None else _decode(snapshot._data)
+    lowest: dict[str, int] = {}
+
+    def note(peer: str, counter: int) -> None:
+        if counter < lowest.get(peer, counter + 1):
+            lowest[peer] = counter
+
+    def stamp(value: Any) -> None:
+        if value is not None:
+            note(value[1], value[2])
+
+    deletions = 0
+    for key, value in decoded.states.items():
+        kind = key[1]
+        existing = doc._states.get(key)
+        if kind == KIND_MAP:
+            entries = {} if existing is None else existing.entries  # type: ignore[union-attr]
+            for name, entry in value.items():
+                old = entries.get(name)
+                if old is None or entry[0] > old[0]:
+                    stamp(entry[0])
+            continue
+        spans = value.spans() if kind == KIND_TEXT else value[0]
+        if existing is None or not existing.seq.span_count():  # type: ignore[union-attr]
+            for sp in spans:
+                note(sp[0], sp[1])
+        else:
+            plan = _plan_sequence(existing.seq, spans, kind == KIND_LIST)  # type: ignore[union-attr]
+            for piece in plan.pieces:
+                note(piece[0], piece[1])
+            deletions += sum(take for _, _, take in plan.deletions)
+        if kind == KIND_LIST:
+            ours_elems = {} if existing is None else existing.elems  # type: ignore[union-attr]
+            for elem, theirs in value[1].items():
+                ours = ours_elems.get(elem)
+                for field in (1, 3, 4):
+                    if ours is None or (
+                        theirs[field] is not None
+                        and (ours[field] is None or theirs[field] > ours[field])
+                    ):
+                        stamp(theirs[field])
+    return lowest, deletions

@@ -53,6 +53,7 @@ from typing import Any, Protocol
 from crdt_sync import Change, CRDTDocument, CRDTError, Snapshot, VersionVector, encode_changes
 from crdt_sync.changes import join_batches
 from crdt_sync.exceptions import PendingBufferFullError
+from crdt_sync.snapshot import merge_introduces
 from crdt_sync.sync import (
     AwarenessUpdate,
     Compressor,
@@ -76,7 +77,7 @@ from .metrics import ServerMetrics
 from .presence import REMOTE, RoomPresence, presence_size
 from .registry import CRDTServerRegistry, RegistryObserver
 from .session import ServerSession, SessionState
-from .trust import HostQuotas, Limits, upload_violation
+from .trust import HostQuotas, Limits, UploadRefusal, upload_violation
 
 __all__ = ["Emit", "Member", "Room", "Rooms", "Spawn"]
 
@@ -550,7 +551,10 @@ class Rooms(RegistryObserver):
         news = not snapshot.version_vector <= room.document.version_vector
         violation = await self._upload_violation(room, session, snapshot)
         if violation is not None:
-            session.fail(ErrorCode.FORBIDDEN_PEER, violation)
+            if violation.final:
+                session.fail(ErrorCode.FORBIDDEN_PEER, violation.message)
+            else:  # an honest replica may hold it: nothing merged, the connection stays
+                session.refuse_upload(violation.message)
             return
         bound = self.limits.max_document_bytes
         if bound is not None and news and max(room.size, len(snapshot)) >= bound:
@@ -609,7 +613,7 @@ class Rooms(RegistryObserver):
 
     async def _upload_violation(
         self, room: Room, session: ServerSession, snapshot: Snapshot
-    ) -> str | None:
+    ) -> UploadRefusal | None:
         """Why ``snapshot`` may not be merged (:func:`server.trust.upload_violation`)."""
         uploader = session.peer_id or ""
         server_vv = room.document.version_vector
@@ -619,8 +623,18 @@ class Rooms(RegistryObserver):
             if peer != uploader and counter > server_vv.get(peer, 0)
         ]
         claimed = await self.registry.claimed_peers(room.document_id, beyond) if beyond else set()
+        try:
+            introduced, deletions = merge_introduces(room.document, snapshot)
+        except CRDTError:
+            introduced, deletions = {}, 0  # the merge refuses it (INVALID_MESSAGE)
         return upload_violation(
-            uploader, snapshot.version_vector, server_vv, claimed, self.limits.max_counter_jump
+            uploader,
+            snapshot.version_vector,
+            server_vv,
+            claimed,
+            self.limits.max_counter_jump,
+            introduced,
+            deletions,
         )
 
     def relay_changes(self, room: Room, changes: list[Change], sender: Member | None) -> None:

@@ -697,6 +697,14 @@ class ServerSession:
         self._secret_hash = secret_hash(document_id, request.peer_id, request.replica_secret)
         self._events.append(HandshakeRequested(request, document_id))
 
+    def refuse_upload(self, message: str) -> None:
+        """Refuse a snapshot upload with ``FORBIDDEN_PEER`` but keep the connection:
+        it held ops of a claimed peer that the server lacks, which an honest replica
+        that joined from a snapshot may hold (``server.trust.upload_violation``).
+        Nothing was merged; the client sends its own changes instead."""
+        if self._require_open("refuse_upload"):
+            self._queue(Error(ErrorCode.FORBIDDEN_PEER, message))
+
     def _refuse_read_only(self, what: str, count: int) -> None:
         """A read-only client tried to write: refuse it, apply nothing, stay open."""
         self._queue(

@@ -29,6 +29,7 @@ __all__ = [
     "HostQuotas",
     "Limits",
     "TokenBucket",
+    "UploadRefusal",
     "add_limit_options",
     "limits_from_args",
     "printable",
@@ -169,39 +170,76 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits(**values)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True, slots=True)
+class UploadRefusal:
+    """Why a ``SnapshotUpload`` is refused (``FORBIDDEN_PEER``), and whether the
+    connection ends (``final``) or stays (an honest replica may hold what it was
+    refused: it carries on with its own changes)."""
+
+    message: str
+    final: bool
+
+
 def upload_violation(
     uploader: str,
     upload: Mapping[str, int],
     server: Mapping[str, int],
     claimed: Set[str],
     max_counter_jump: int,
-) -> str | None:
+    introduced: Mapping[str, int] | None = None,
+    deletions: int = 0,
+) -> UploadRefusal | None:
     """Why a ``SnapshotUpload`` with version vector ``upload`` must be refused, or None.
 
-    The rule (``docs/protocol.md``, "Snapshot upload"): an upload may only add
-    ops of the uploader's own peer, and of peers that hold no claim on the
-    document (authors who never connected to this server: restoring a reset
-    server, sharing a snapshot file). For a claimed peer other than the
-    uploader it may not claim more than the server holds. Where it may add,
-    it may not claim counters more than ``max_counter_jump`` beyond what the
-    server holds. (The snapshot's content is already proven against its own
-    vector by the core: no element lies beyond it.)
+    The rule (``docs/protocol.md``, "Snapshot upload"):
 
-    ``claimed`` holds the peers of ``upload`` that have a claim on the document.
+    * it may not put anything under an op id the server already holds
+      (``introduced``: per peer, the lowest counter the merge would add or make
+      win, :func:`crdt_sync.snapshot.merge_introduces`): content the server has
+      is never changed, and no one writes in another's name under old ids;
+    * it may delete text only when it brings some new op (a deletion is one);
+    * it may not claim counters more than ``max_counter_jump`` beyond what the
+      server holds, for any peer;
+    * it may only add ops of the uploader's own peer, and of peers that hold no
+      claim on the document (authors who never connected to this server:
+      restoring a reset server, sharing a snapshot file). For a claimed peer
+      other than the uploader it may not claim more than the server holds:
+      only that peer's replica may send them. An honest replica that joined
+      from a snapshot may hold such ops, so this refusal is not final.
+
+    The first three are final (nothing honest breaks them). ``claimed`` holds
+    the peers of ``upload`` that have a claim on the document. (The snapshot's
+    content is proven against its own vector by the core: no element lies
+    beyond it.)
     """
+    for peer, lowest in (introduced or {}).items():
+        held = server.get(peer, 0)
+        if lowest < held:
+            return UploadRefusal(
+                f"the upload puts content under op id {lowest} of peer {peer!r}, which the"
+                f" server already holds (it has up to {held - 1}): refused",
+                final=True,
+            )
+    if deletions and all(counter <= server.get(peer, 0) for peer, counter in upload.items()):
+        return UploadRefusal(
+            f"the upload deletes {deletions} characters but brings no new operation", final=True
+        )
     for peer, counter in upload.items():
         held = server.get(peer, 0)
-        if counter <= held:
-            continue
-        if peer != uploader and peer in claimed:
-            return (
-                f"the upload claims ops {held}..{counter - 1} of peer {peer!r}, which the"
-                " server lacks and only that peer's replica may send"
-            )
         if counter - held > max_counter_jump:
-            return (
+            return UploadRefusal(
                 f"the upload claims counter {counter} for peer {peer!r}, more than"
-                f" {max_counter_jump} beyond the {held} the server knows"
+                f" {max_counter_jump} beyond the {held} the server knows",
+                final=True,
+            )
+    for peer, counter in upload.items():
+        held = server.get(peer, 0)
+        if counter > held and peer != uploader and peer in claimed:
+            return UploadRefusal(
+                f"the upload claims ops {held}..{counter - 1} of peer {peer!r}, which the"
+                " server lacks and only that peer's replica may send: nothing merged;"
+                " send your own changes",
+                final=False,
             )
     return None
 

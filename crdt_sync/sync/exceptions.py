@@ -87,7 +87,10 @@ class ErrorCode(enum.IntEnum):
     """The client sent more messages or bytes than its rate allows; reconnect later."""
     FORBIDDEN_PEER = 16
     """A change, snapshot or awareness update speaks for another peer than the
-    connection's own. Final: an honest client never sends one."""
+    connection's own. Final (an honest client never sends one), except for a
+    snapshot upload holding a claimed peer's ops the server lacks, which an
+    honest replica that joined from a snapshot may hold: the server then keeps
+    the connection, and the client sends its own changes instead."""
     STORAGE_UNAVAILABLE = 17
     """The server cannot reach its store (its database or Redis) right now: what the
     client sent was not acknowledged (it keeps it). Reconnect later and resend."""

@@ -287,6 +287,11 @@ class ClientProtocol:
         self.error_message: str = ""
         self._peer = str(document.peer_id)
         self._server_reset = False
+        # Our snapshot upload was refused (FORBIDDEN_PEER, not final): it held ops of
+        # claimed peers the server lacks. Until the next connection, send our own
+        # changes instead; those peers' replicas send theirs.
+        self._upload_sent = False
+        self._upload_refused = False
         self._nonces = itertools.count(1)
         self._pings: dict[int, float] = {}
 
@@ -387,6 +392,7 @@ class ClientProtocol:
         """
         self._transition(Trigger.SEND_SNAPSHOT)
         snapshot = self.document.take_snapshot()
+        self._upload_sent = True
         self._send(SnapshotUpload(snapshot))
         self._events.append(SnapshotSent(snapshot.version_vector))
 
@@ -401,7 +407,10 @@ class ClientProtocol:
         the whole state restores everyone's work there.
         """
         if not self.document.can_export(server_vv):
-            self.send_snapshot()
+            if self._upload_refused:
+                self._send_changes(self._own_changes(server_vv))
+            else:
+                self.send_snapshot()
             return
         changes = self.document.export_changes(server_vv)
         own = [change for change in changes if change.peer == self._peer]
@@ -409,6 +418,19 @@ class ClientProtocol:
             self.send_snapshot()
         else:
             self._send_changes(own)
+
+    def _own_changes(self, server_vv: VersionVector) -> list[Change]:
+        """This peer's changes ``server_vv`` lacks, as far as the history holds them
+        (a document loaded from a snapshot holds other peers' ops only as content)."""
+        document = self.document
+        since = dict(server_vv)
+        for peer, counter in document.version_vector.items():
+            if peer != self._peer:
+                since[peer] = max(since.get(peer, 0), counter)
+        everything_else = VersionVector(since)
+        if not document.can_export(everything_else):
+            return []  # our own history is gone too: only a snapshot could carry it
+        return [c for c in document.export_changes(everything_else) if c.peer == self._peer]
 
     def _send_changes(self, changes: Sequence[Change]) -> None:
         if not changes:
@@ -557,6 +579,20 @@ class ClientProtocol:
                     ErrorOccurred(message.code, message.message, remote=True, final=False)
                 )
                 return
+        elif (
+            message.code is ErrorCode.FORBIDDEN_PEER
+            and self._upload_sent
+            and self._state in (ClientState.CONNECTED, ClientState.RESYNCING)
+        ):
+            # Our upload held ops of claimed peers the server lacks (we joined from
+            # a snapshot): refused, nothing merged, the connection stays. Those
+            # peers send their ops themselves; we send ours.
+            self._upload_refused = True
+            self._events.append(
+                ErrorOccurred(message.code, message.message, remote=True, final=False)
+            )
+            self._send_changes(self._own_changes(self.server_version_vector or VersionVector()))
+            return
         elif message.code is ErrorCode.OUT_OF_SYNC:
             before = self._state
             self._transition(Trigger.RECEIVE_OUT_OF_SYNC)
