@@ -204,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         metavar="CHANGES",
         default=DEFAULT_HISTORY_RETENTION,
-        help="SQLite and --memory: keep at least this many of each document's newest changes"
-        " as history for View > History; older ones are dropped (0: SQLite keeps only the"
-        f" log since the last snapshot; default {DEFAULT_HISTORY_RETENTION:,})",
+        help="SQLite, Redis and --memory: keep at least this many of each document's newest"
+        " changes as history for View > History; older ones are dropped (0: SQLite keeps only"
+        f" the log since the last snapshot; default {DEFAULT_HISTORY_RETENTION:,})",
     )
     parser.add_argument(
         "--metrics",
@@ -393,7 +393,7 @@ def _make_registry(args: argparse.Namespace) -> CRDTServerRegistry:
     if args.memory:
         return InMemoryServerRegistry(history_retention=args.history_retention)
     if args.redis is not None:
-        return RedisServerRegistry(args.redis)
+        return RedisServerRegistry(args.redis, history_retention=args.history_retention)
     path: Path = args.db if args.db is not None else default_database_path()
     return SqliteServerRegistry(path, history_retention=args.history_retention)
 

@@ -16,6 +16,11 @@ document (``K`` is the percent-encoded id, ``P`` the key prefix):
 * ``P:doc:K:snapshot`` -- the latest snapshot;
 * ``P:doc:K:peers`` -- the replica identity claims (:meth:`claim_peer`);
 * ``P:doc:K:lock`` -- the compaction lock (a random token with an expiry);
+* ``P:doc:K:history`` -- the kept history: a stream of the batches compaction
+  trimmed from ``P:doc:K:stream`` (same ids; fields ``d`` and ``n``, the change
+  count), and ``P:doc:K:hbase``, the state it starts at when it does not reach
+  back to the creation (meta ``hbase_id``: the last entry that state holds;
+  ``hcount``: changes in the history; ``hv``: the document keeps a history);
 * ``P:documents`` -- the set of document ids; ``P:presence:K`` -- a pub/sub
   channel for presence.
 
@@ -50,9 +55,12 @@ commits with a script that first checks the token is still its own (a
 process whose lock expired cannot write: *fenced*), stores the snapshot and
 ``upto``, and trims only entries that the snapshot covers *and* that are older
 than ``retention``; the lock is released by a script that deletes it only if
-it still holds the token. A process whose tail fell behind a trim (it was cut
-off from Redis for longer than ``retention``) merges the snapshot instead of
-the entries it missed.
+it still holds the token. The same script first moves the entries it trims
+into the history stream; history retention then folds the oldest history
+batches into ``P:doc:K:hbase`` under the same lock (``_keep_history_within``).
+A process whose reader fell behind a trim (it was cut off from Redis for
+longer than ``retention``) merges the snapshot instead of the entries it
+missed.
 
 **Presence** goes over pub/sub (at most once, which is enough for state that
 is renewed every few seconds); messages carry the process id so a process
@@ -101,6 +109,7 @@ from ..exceptions import (
 from .base import (
     Applied,
     CRDTServerRegistry,
+    HistoryPage,
     applied_result,
     check_secret_hash,
     encoding_of,
@@ -118,26 +127,94 @@ _log = logging.getLogger(__name__)
 # Redis errors and the socket errors under them: "Redis cannot be used right now".
 _UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
 
-# KEYS: lock, snapshot, meta, stream. ARGV: token, snapshot bytes, upto, retention ms.
-# Returns 1 (stored), 0 (the lock is not ours: fenced off), -1 (a snapshot as new exists).
-_COMMIT_SNAPSHOT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+# Shared by the scripts: stream ids as (ms, seq) and their order; a stream entry's fields.
+_LUA_IDS = """
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
-  return tonumber(ms), tonumber(seq)
+  return tonumber(ms) or 0, tonumber(seq) or 0
 end
-local cur_ms, cur_seq = parse(redis.call('HGET', KEYS[3], 'upto') or '0-0')
-local up_ms, up_seq = parse(ARGV[3])
-if not (cur_ms < up_ms or (cur_ms == up_ms and cur_seq < up_seq)) then return -1 end
+local function after(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am > bm or (am == bm and as > bs)
+end
+local function fields(flat)
+  local out = {}
+  for i = 1, #flat, 2 do out[flat[i]] = flat[i + 1] end
+  return out
+end
+"""
+
+# KEYS: lock, snapshot, meta, stream, history, history base. ARGV: token, snapshot
+# bytes, upto, retention ms. Returns 1 (stored), 0 (the lock is not ours: fenced
+# off), -1 (a snapshot as new exists). The entries it trims go to the history first.
+_COMMIT_SNAPSHOT = (
+    _LUA_IDS
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local upto = ARGV[3]
+if not after(upto, redis.call('HGET', KEYS[3], 'upto') or '0-0') then return -1 end
+if not redis.call('HGET', KEYS[3], 'hv') then
+  -- Kept by an older build (no history): the history starts at the stored snapshot.
+  local old = redis.call('GET', KEYS[2])
+  if old then redis.call('SET', KEYS[6], old) end
+  redis.call('HSET', KEYS[3], 'hv', 1, 'hbase_id', redis.call('HGET', KEYS[3], 'upto') or '0-0')
+end
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[3], 'upto', ARGV[3])
+redis.call('HSET', KEYS[3], 'upto', upto)
 local now = redis.call('TIME')
 local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
+local up_ms, up_seq = parse(upto)
 local min_ms, min_seq = up_ms, up_seq + 1
 if cutoff < min_ms then min_ms, min_seq = cutoff, 0 end
 if min_ms > 0 then
-  redis.call('XTRIM', KEYS[4], 'MINID', string.format('%d-%d', min_ms, min_seq))
+  local minid = string.format('%d-%d', min_ms, min_seq)
+  local base_id = redis.call('HGET', KEYS[3], 'hbase_id') or '0-0'
+  local top = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
+  local last = top[1] and top[1][1] or '0-0'
+  if after(base_id, last) then last = base_id end
+  local moved = 0
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[4], '-', '(' .. minid)) do
+    local f = fields(entry[2])
+    if f['t'] == 'c' and f['d'] and after(entry[1], last) then
+      redis.call('XADD', KEYS[5], entry[1], 'd', f['d'], 'n', f['n'] or '1')
+      moved = moved + (tonumber(f['n']) or 1)
+    end
+  end
+  if moved > 0 then redis.call('HINCRBY', KEYS[3], 'hcount', moved) end
+  redis.call('XTRIM', KEYS[4], 'MINID', minid)
 end
+return 1
+"""
+)
+
+# KEYS: stream, meta, history, history base. ARGV: origin, upload bytes, merged
+# state (snapshot bytes), the last entry it covers, that id's successor.
+# Appends a client's snapshot upload; the kept history restarts at the merged state.
+_APPEND_UPLOAD = """
+local id = redis.call('XADD', KEYS[1], '*', 'o', ARGV[1], 't', 's', 'd', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[3])
+redis.call('XTRIM', KEYS[3], 'MINID', ARGV[5])
+local count = 0
+for _, entry in ipairs(redis.call('XRANGE', KEYS[3], '-', '+')) do
+  for i = 1, #entry[2], 2 do
+    if entry[2][i] == 'n' then count = count + (tonumber(entry[2][i + 1]) or 1) end
+  end
+end
+redis.call('HSET', KEYS[2], 'hv', 1, 'hbase_id', ARGV[4], 'hcount', count)
+return id
+"""
+
+# KEYS: lock, meta, history, history base. ARGV: token, the base id read, the new
+# base id, the new base (snapshot bytes), that id's successor, changes dropped.
+# History retention: the oldest history batches give way to a base holding them.
+_DROP_HISTORY = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if (redis.call('HGET', KEYS[2], 'hbase_id') or '0-0') ~= ARGV[2] then return -1 end
+redis.call('SET', KEYS[4], ARGV[4])
+redis.call('HSET', KEYS[2], 'hbase_id', ARGV[3])
+redis.call('XTRIM', KEYS[3], 'MINID', ARGV[5])
+redis.call('HINCRBY', KEYS[2], 'hcount', -tonumber(ARGV[6]))
 return 1
 """
 
@@ -150,6 +227,8 @@ return 0
 
 #: Entries one read takes per stream at most.
 _READ_COUNT = 1000
+#: Entries one round trip of a history page reads from each of history and stream.
+_HISTORY_READ = 256
 #: Seconds a document whose keys hold the wrong type is left out of reads.
 _BROKEN_PAUSE = 5.0
 #: Longest wait of the presence subscriber before it looks at what to subscribe to.
@@ -162,6 +241,42 @@ def _valid_id(entry_id: str) -> bool:
     """Whether ``entry_id`` is a stream id ("1700000000000-3")."""
     ms, dash, seq = entry_id.partition("-")
     return bool(dash) and ms.isdigit() and seq.isdigit() and ms.isascii() and seq.isascii()
+
+
+def _cursor_id(cursor: int) -> str:
+    """The stream id a history cursor stands for (0: before the first entry)."""
+    return f"{cursor >> 20}-{cursor & 0xFFFFF}"
+
+
+def _id_cursor(entry_id: str) -> int:
+    """A history cursor for a stream id (``ms << 20 | seq``; ids Redis makes have a
+    sequence far below 2**20 within one millisecond)."""
+    ms, seq = _id_key(entry_id)
+    return ms << 20 | min(seq, 0xFFFFF)
+
+
+def _replay(document_id: str, base: bytes | None, batches: Sequence[bytes]) -> bytes:
+    """The state ``base`` (an encoded snapshot, or empty) plus ``batches``, as an encoded
+    snapshot (history retention; runs in a worker thread, on its own objects).
+
+    Raises:
+        CRDTError: a batch does not decode or does not apply.
+    """
+    if base is None:
+        document = CRDTDocument(document_id=document_id)
+    else:
+        document = CRDTDocument.from_snapshot(Snapshot.from_bytes(bytes(base)))
+    for batch in batches:
+        _, refusal = import_and_collect(document, decode_changes(batch))
+        if refusal is not None:
+            raise refusal
+    return document.take_snapshot().to_bytes()
+
+
+def _next_id(entry_id: str) -> str:
+    """The smallest stream id after ``entry_id``."""
+    ms, seq = _id_key(entry_id)
+    return f"{ms}-{seq + 1}"
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -206,6 +321,11 @@ class _Append:
     kind: bytes
     data: bytes
     covers: VersionVector
+    #: Changes in it (``c``); for an upload (``s``): the merged state and the last
+    #: stream entry that state had read (the kept history restarts there).
+    count: int = 0
+    merged: bytes = b""
+    merged_upto: str = "0-0"
     waiters: list[asyncio.Future[VersionVector]] = field(default_factory=list)
 
 
@@ -274,6 +394,8 @@ class RedisServerRegistry(CRDTServerRegistry):
         lock_ttl: seconds a compaction lock lives if its holder vanishes.
         streams_per_read: documents one blocking read follows at most (one
             connection each such read: 1,000 loaded documents take two).
+        history_retention: how many of a document's newest changes its kept
+            history holds at least (None: all); as ``SqliteServerRegistry``.
 
     Every public coroutine raises :class:`~server.exceptions.RegistryClosedError`
     after :meth:`close`, and :class:`~server.exceptions.StorageError` when
@@ -293,10 +415,14 @@ class RedisServerRegistry(CRDTServerRegistry):
         retry_max: float = 2.0,
         lock_ttl: float = 30.0,
         streams_per_read: int = 500,
+        history_retention: int | None = None,
     ) -> None:
         super().__init__()
         if snapshot_every < 1 or streams_per_read < 1:
             raise ValueError("snapshot_every and streams_per_read must be at least 1")
+        if history_retention is not None and history_retention < 0:
+            raise ValueError("history_retention must be at least 0 (or None: keep all)")
+        self.history_retention = history_retention
         if retention < 0 or not block > 0 or not timeout > 0 or not retry_max > 0:
             raise ValueError("retention must not be negative; block, timeout, retry_max positive")
         self.url = url
@@ -330,6 +456,8 @@ class RedisServerRegistry(CRDTServerRegistry):
             raise StorageError(f"not a Redis URL: {url!r} ({error})") from error
         self._commit_script = self._redis.register_script(_COMMIT_SNAPSHOT)
         self._release_script = self._redis.register_script(_RELEASE_LOCK)
+        self._upload_script = self._redis.register_script(_APPEND_UPLOAD)
+        self._drop_history_script = self._redis.register_script(_DROP_HISTORY)
         self._loaded: dict[str, _Doc] = {}
         self._loading: dict[str, asyncio.Future[_Doc | None]] = {}
         self._peer_claims: dict[tuple[str, str], bytes] = {}
@@ -715,7 +843,9 @@ class RedisServerRegistry(CRDTServerRegistry):
         if ready:
             doc.local_pending.difference_update(change.id for change in ready)
             # Nobody waits for this one: a failure is retried like any other batch.
-            self._enqueue(doc, b"c", encode_changes(ready), version_vector_of(ready))
+            self._enqueue(
+                doc, _Append(b"c", encode_changes(ready), version_vector_of(ready), len(ready))
+            )
 
     def _malformed(self, doc: _Doc, entry_id: str, why: str) -> None:
         self.stats.malformed_entries += 1
@@ -726,10 +856,7 @@ class RedisServerRegistry(CRDTServerRegistry):
 
     # -- appending ----------------------------------------------------------------------
 
-    def _enqueue(
-        self, doc: _Doc, kind: bytes, data: bytes, covers: VersionVector
-    ) -> asyncio.Future[VersionVector]:
-        append = _Append(kind, data, covers)
+    def _enqueue(self, doc: _Doc, append: _Append) -> asyncio.Future[VersionVector]:
         future: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
         append.waiters.append(future)
         doc.outbox.append(append)
@@ -755,13 +882,31 @@ class RedisServerRegistry(CRDTServerRegistry):
     async def _flush_outbox(self, doc: _Doc) -> None:
         """Append the queued batches in order; on failure tell the waiters, keep, retry."""
         stream = self._key(doc.document_id, "stream")
+        upload_keys = [
+            self._key(doc.document_id, p) for p in ("stream", "meta", "history", "hbase")
+        ]
         delay = 0.05
         while doc.outbox:
             batch = list(doc.outbox)[:64]
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for append in batch:
-                        pipe.xadd(stream, {"o": self._origin, "t": append.kind, "d": append.data})
+                        if append.kind == b"s":
+                            await self._upload_script(
+                                keys=upload_keys,
+                                args=[
+                                    self._origin,
+                                    append.data,
+                                    append.merged,
+                                    append.merged_upto,
+                                    _next_id(append.merged_upto),
+                                ],
+                                client=pipe,
+                            )
+                        else:
+                            fields = {"o": self._origin, "t": append.kind, "d": append.data}
+                            fields["n"] = str(append.count).encode()
+                            pipe.xadd(stream, fields)  # type: ignore[arg-type]
                     self.stats.round_trips += 1
                     self.stats.append_round_trips += 1
                     await pipe.execute()
@@ -830,6 +975,7 @@ class RedisServerRegistry(CRDTServerRegistry):
                     self.stats.compactions += 1
                     doc.snapshot = snapshot
                     self.notify_snapshot(doc.document_id, snapshot)
+                    await self._keep_history_within(doc, token)
                     return snapshot
                 return None
             finally:
@@ -855,12 +1001,129 @@ class RedisServerRegistry(CRDTServerRegistry):
     async def _commit_snapshot(self, doc: _Doc, token: str, snapshot: Snapshot, upto: str) -> int:
         """Store ``snapshot`` as covering the stream up to ``upto`` and trim, if ``token``
         still holds the lock: 1 stored, 0 fenced off, -1 a snapshot as new exists."""
-        keys = [self._key(doc.document_id, part) for part in ("lock", "snapshot", "meta", "stream")]
+        parts = ("lock", "snapshot", "meta", "stream", "history", "hbase")
+        keys = [self._key(doc.document_id, part) for part in parts]
         self.stats.round_trips += 1
         result = await self._commit_script(
             keys=keys, args=[token, snapshot.to_bytes(), upto, int(self.retention * 1000)]
         )
         return int(result)
+
+    # -- kept history -------------------------------------------------------------------
+
+    async def _keep_history_within(self, doc: _Doc, token: str) -> None:
+        """History retention, under the compaction lock (``token``): while the kept
+        history holds more than ``history_retention`` changes, its oldest batches
+        give way to a base that holds them (replayed off the event loop). A batch
+        that does not decode leaves the history as it is (reported)."""
+        limit = self.history_retention
+        if limit is None:
+            return
+        meta, history, base_key = (
+            self._key(doc.document_id, p) for p in ("meta", "history", "hbase")
+        )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(meta, ["hcount", "hbase_id"])
+            pipe.get(base_key)
+            self.stats.round_trips += 1
+            (count, base_id), base = await pipe.execute()
+        excess = int(count or 0) - limit
+        if excess <= 0:
+            return
+        dropped: list[bytes] = []
+        changes = 0
+        last = ""
+        position = "-"
+        while True:
+            self.stats.round_trips += 1
+            entries: Any = await self._redis.xrange(history, min=position, count=256)
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                n = int(fields.get(b"n", b"1") or 1)
+                if changes + n > excess:
+                    break
+                dropped.append(bytes(fields.get(b"d", b"")))
+                changes += n
+                last = _text(entry_id)
+            else:
+                position = f"({_text(entries[-1][0])}"
+                continue
+            break
+        if not dropped:
+            return
+        try:
+            replayed = await asyncio.to_thread(_replay, doc.document_id, base, dropped)
+        except (CRDTError, ValueError) as error:
+            self._report(doc.document_id, f"the history of {doc.document_id!r} kept whole: {error}")
+            return
+        self.stats.round_trips += 1
+        await self._drop_history_script(
+            keys=[self._key(doc.document_id, "lock"), meta, history, base_key],
+            args=[token, _text(base_id or b"0-0"), last, replayed, _next_id(last), changes],
+        )
+
+    async def history_page(self, document_id: str, cursor: int, max_bytes: int) -> HistoryPage:
+        """A page of the kept history, from Redis: the base the history starts at
+        (if any), then the batches compaction moved to ``P:doc:K:history``, then
+        the stream's, in stream order (the cursor is the last entry's id, as
+        ``ms << 20 | seq``); stored batches are sent as they are."""
+        self._check_open()
+        meta, history, stream = (self._key(document_id, p) for p in ("meta", "history", "stream"))
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hmget(meta, ["epoch", "hv", "hbase_id", "upto"])
+                pipe.get(self._key(document_id, "hbase"))
+                pipe.get(self._key(document_id, "snapshot"))
+                self.stats.round_trips += 1
+                (epoch, kept, base_id, upto), base_data, snapshot_data = await pipe.execute()
+            if epoch is None:
+                raise DocumentNotFoundError(document_id)
+            if kept is None:  # stored by an older build: its history starts at the snapshot
+                base_id, base_data = (upto or b"0-0"), snapshot_data
+            start = _text(base_id or b"0-0")
+            if not _valid_id(start):
+                start = "0-0"
+            base: Snapshot | None = None
+            if base_data is not None:
+                try:
+                    base = Snapshot.from_bytes(bytes(base_data))
+                except (CRDTError, ValueError) as error:
+                    raise StorageError(
+                        f"the history base of {document_id!r} in Redis does not decode: {error}"
+                    ) from error
+            position = max(_cursor_id(cursor), start, key=_id_key)
+            batches: list[bytes] = []
+            size = 0
+            more = False
+            while not more:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.xrange(history, min=f"({position}", count=_HISTORY_READ)
+                    pipe.xrange(stream, min=f"({position}", count=_HISTORY_READ)
+                    self.stats.round_trips += 1
+                    older, newer = await pipe.execute()
+                # Both read at once: every entry of the stream is newer than the history's.
+                entries = list(older) + ([] if len(older) == _HISTORY_READ else list(newer))
+                if not entries:
+                    break
+                for entry_id, fields in entries:
+                    if batches and size >= max_bytes:
+                        more = True
+                        break
+                    position = _text(entry_id)
+                    data = fields.get(b"d")
+                    if data is None or fields.get(b"t", b"c") != b"c":
+                        continue  # an upload: the history restarted at it (the base)
+                    batches.append(bytes(data))
+                    size += len(data)
+        except _UNAVAILABLE as error:
+            raise self._unavailable(f"reading the history of {document_id!r}", error) from error
+        return HistoryPage(
+            VersionVector() if base is None else base.version_vector,
+            base if cursor == 0 else None,
+            tuple(batches),
+            _id_cursor(position) if more else 0,
+        )
 
     # -- CRDTServerRegistry -------------------------------------------------------------
 
@@ -897,9 +1160,10 @@ class RedisServerRegistry(CRDTServerRegistry):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hsetnx(meta, "epoch", new_epoch())
                 pipe.hsetnx(meta, "upto", "0-0")
+                pipe.hsetnx(meta, "hv", 1)  # it keeps its history (from its creation)
                 pipe.sadd(self._documents_key, document_id)
                 self.stats.round_trips += 1
-                created, _, _ = await pipe.execute()
+                created, *_ = await pipe.execute()
         except _UNAVAILABLE as error:
             raise self._unavailable(f"creating {document_id!r}", error) from error
         if not created:
@@ -921,6 +1185,10 @@ class RedisServerRegistry(CRDTServerRegistry):
                 pipe.delete(self._key(document_id, "stream"))
                 pipe.set(self._key(document_id, "snapshot"), snapshot.to_bytes())
                 pipe.hset(meta, "upto", "0-0")
+                # The kept history restarts at this state (no change describes it).
+                pipe.delete(self._key(document_id, "history"))
+                pipe.set(self._key(document_id, "hbase"), snapshot.to_bytes())
+                pipe.hset(meta, mapping={"hv": 1, "hbase_id": "0-0", "hcount": 0})
                 pipe.sadd(self._documents_key, document_id)
                 pipe.hget(meta, "epoch")
                 self.stats.round_trips += 1
@@ -958,7 +1226,9 @@ class RedisServerRegistry(CRDTServerRegistry):
         applied, refusal = import_and_collect(doc.document, changes)
         encoded = encoding_of(applied, changes, encoded)
         if applied:
-            stored = self._enqueue(doc, b"c", encoded, version_vector_of(applied))
+            stored = self._enqueue(
+                doc, _Append(b"c", encoded, version_vector_of(applied), len(applied))
+            )
             if doc.local_pending:
                 doc.local_pending.difference_update(change.id for change in applied)
         else:
@@ -976,13 +1246,18 @@ class RedisServerRegistry(CRDTServerRegistry):
         doc = await self._load(document_id)
         if doc is None:
             raise DocumentNotFoundError(document_id)
+        upto = doc.last_id  # what the document holds of the stream before the merge
         try:
             merged, ready, refusal = merge_snapshot_checked(doc.document, snapshot)
         except CRDTError as error:
             raise ChangesRejectedError(error, []) from error
         if merged:
             covers = snapshot.version_vector.merge(version_vector_of(ready))
-            await self._enqueue(doc, b"s", snapshot.to_bytes(), covers)
+            # The kept history restarts at the merged state (no change describes it).
+            state = doc.document.take_snapshot().to_bytes()
+            await self._enqueue(
+                doc, _Append(b"s", snapshot.to_bytes(), covers, merged=state, merged_upto=upto)
+            )
         if refusal is not None:
             raise ChangesRejectedError(refusal, ready) from refusal
         return merged, ready
@@ -1047,7 +1322,7 @@ class RedisServerRegistry(CRDTServerRegistry):
             await self._stop_following(doc)
         for key in [key for key in self._peer_claims if key[0] == document_id]:
             del self._peer_claims[key]
-        parts = ("meta", "snapshot", "stream", "peers", "lock")
+        parts = ("meta", "snapshot", "stream", "peers", "lock", "history", "hbase")
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(*(self._key(document_id, part) for part in parts))
