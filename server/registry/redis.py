@@ -229,6 +229,8 @@ return 0
 _READ_COUNT = 1000
 #: Entries one round trip of a history page reads from each of history and stream.
 _HISTORY_READ = 256
+#: Attempts at a history page while retention keeps moving its base.
+_HISTORY_TRIES = 5
 #: Seconds a document whose keys hold the wrong type is left out of reads.
 _BROKEN_PAUSE = 5.0
 #: Longest wait of the presence subscriber before it looks at what to subscribe to.
@@ -1067,57 +1069,80 @@ class RedisServerRegistry(CRDTServerRegistry):
         """A page of the kept history, from Redis: the base the history starts at
         (if any), then the batches compaction moved to ``P:doc:K:history``, then
         the stream's, in stream order (the cursor is the last entry's id, as
-        ``ms << 20 | seq``); stored batches are sent as they are."""
+        ``ms << 20 | seq``); stored batches are sent as they are. A page is read
+        again if history retention moved the base while it was being read."""
         self._check_open()
-        meta, history, stream = (self._key(document_id, p) for p in ("meta", "history", "stream"))
         try:
+            for _ in range(_HISTORY_TRIES):
+                page = await self._read_history_page(document_id, cursor, max_bytes)
+                if page is not None:
+                    return page
+        except _UNAVAILABLE as error:
+            raise self._unavailable(f"reading the history of {document_id!r}", error) from error
+        raise StorageUnavailableError(
+            f"the history of {document_id!r} kept changing while it was read: try again"
+        )
+
+    async def _read_history_page(
+        self, document_id: str, cursor: int, max_bytes: int
+    ) -> HistoryPage | None:
+        """One attempt of :meth:`history_page`; None if the base moved meanwhile."""
+        meta, history, stream = (self._key(document_id, p) for p in ("meta", "history", "stream"))
+        position = _cursor_id(cursor)
+        base_id: Any = None
+        base: Snapshot | None = None
+        batches: list[bytes] = []
+        size = 0
+        more = False
+        first = True
+        while not more:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hmget(meta, ["epoch", "hv", "hbase_id", "upto"])
-                pipe.get(self._key(document_id, "hbase"))
-                pipe.get(self._key(document_id, "snapshot"))
+                if first:
+                    pipe.get(self._key(document_id, "hbase"))
+                    pipe.get(self._key(document_id, "snapshot"))
+                pipe.xrange(history, min=f"({position}", count=_HISTORY_READ)
+                pipe.xrange(stream, min=f"({position}", count=_HISTORY_READ)
                 self.stats.round_trips += 1
-                (epoch, kept, base_id, upto), base_data, snapshot_data = await pipe.execute()
+                (epoch, kept, now_base_id, upto), *rest = await pipe.execute()
             if epoch is None:
                 raise DocumentNotFoundError(document_id)
             if kept is None:  # stored by an older build: its history starts at the snapshot
-                base_id, base_data = (upto or b"0-0"), snapshot_data
-            start = _text(base_id or b"0-0")
-            if not _valid_id(start):
-                start = "0-0"
-            base: Snapshot | None = None
-            if base_data is not None:
-                try:
-                    base = Snapshot.from_bytes(bytes(base_data))
-                except (CRDTError, ValueError) as error:
-                    raise StorageError(
-                        f"the history base of {document_id!r} in Redis does not decode: {error}"
-                    ) from error
-            position = max(_cursor_id(cursor), start, key=_id_key)
-            batches: list[bytes] = []
-            size = 0
-            more = False
-            while not more:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.xrange(history, min=f"({position}", count=_HISTORY_READ)
-                    pipe.xrange(stream, min=f"({position}", count=_HISTORY_READ)
-                    self.stats.round_trips += 1
-                    older, newer = await pipe.execute()
-                # Both read at once: every entry of the stream is newer than the history's.
-                entries = list(older) + ([] if len(older) == _HISTORY_READ else list(newer))
-                if not entries:
+                now_base_id = upto or b"0-0"
+            if first:
+                base_data = rest[1] if kept is None else rest[0]
+                base_id = now_base_id
+                if base_data is not None:
+                    try:
+                        base = Snapshot.from_bytes(bytes(base_data))
+                    except (CRDTError, ValueError) as error:
+                        raise StorageError(
+                            f"the history base of {document_id!r} in Redis does not decode: {error}"
+                        ) from error
+                start = _text(base_id or b"0-0")
+                if _valid_id(start) and _id_key(start) > _id_key(position):
+                    # History before the base is gone: read on from the base.
+                    position = start
+                    first = False
+                    continue
+                first = False
+            elif now_base_id != base_id:
+                return None  # retention moved the base: this page would not replay
+            older, newer = rest[-2], rest[-1]
+            # Read at once: every entry of the stream is newer than the history's.
+            entries = list(older) + ([] if len(older) == _HISTORY_READ else list(newer))
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                if batches and size >= max_bytes:
+                    more = True
                     break
-                for entry_id, fields in entries:
-                    if batches and size >= max_bytes:
-                        more = True
-                        break
-                    position = _text(entry_id)
-                    data = fields.get(b"d")
-                    if data is None or fields.get(b"t", b"c") != b"c":
-                        continue  # an upload: the history restarted at it (the base)
-                    batches.append(bytes(data))
-                    size += len(data)
-        except _UNAVAILABLE as error:
-            raise self._unavailable(f"reading the history of {document_id!r}", error) from error
+                position = _text(entry_id)
+                data = fields.get(b"d")
+                if data is None or fields.get(b"t", b"c") != b"c":
+                    continue  # an upload: the history restarted at it (the base)
+                batches.append(bytes(data))
+                size += len(data)
         return HistoryPage(
             VersionVector() if base is None else base.version_vector,
             base if cursor == 0 else None,
