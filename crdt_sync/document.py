@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .batch import DELETING, FULL, TYPING, Run, Segment
+from .batch import DELETING, FULL, TYPING, Segment
 from .causal import MAX_PENDING, PendingBuffer, coalesce, typing_runs
 from .changes import (
     KIND_MAP,
@@ -400,9 +400,8 @@ class CRDTDocument:
         stamps = [seg.max_ts for seg in segments if seg.n]
         if stamps:
             self._clock.observe(max(stamps))
+        self._apply_runs(segments, merged)
         for seg in segments:
-            for run in seg.runs:
-                self._apply_run(seg, run, merged)
             self._history.add_segment(seg)
         self._emit_handler_events(None, False)
         count = sum(seg.n for seg in segments)
@@ -441,17 +440,27 @@ class CRDTDocument:
         """
         merged: dict[int, list[tuple[str, int, int]]] = {}
         created = NewIds()
+        states = self._states
         for seg in segments:
             for run in seg.runs:
                 _, _, kind, head, _, _, _, end = run
-                self._validate_one(head, created)
+                if kind == FULL:
+                    self._validate_one(head, created)
+                    continue
+                # A text run: the decoder made its head one text insert (typing)
+                # or one text delete (deleting), its size and counters in bounds.
+                op = head[4][0]
+                key = (op[1], KIND_TEXT)
+                state: Any = states.get(key)
+                if state is None:
+                    state = _EMPTY_STATES[KIND_TEXT]
                 if kind == TYPING:
-                    created.add((head[4][0][1], KIND_TEXT), head[0], head[1] + head[5], end)
-                elif kind == DELETING:
-                    key = (head[4][0][1], KIND_TEXT)
-                    state: Any = self._states.get(key)
-                    seq = (state if state is not None else _EMPTY_STATES[KIND_TEXT]).seq
-                    ranges = coalesce([*head[4][0][2], *seg.delete_ranges(run)])
+                    state.validate(op, key, created)
+                    created.add(key, head[0], head[1], end)
+                else:
+                    # The merged ranges include the head's own.
+                    seq = state.seq
+                    ranges = coalesce([*op[2], *seg.delete_ranges(run)])
                     merged[id(run)] = ranges
                     for peer, ctr, n in ranges:
                         at, stop = ctr, ctr + n
@@ -469,44 +478,51 @@ class CRDTDocument:
                             at = nxt
         return merged
 
-    def _apply_run(self, seg: Segment, run: Run, merged: dict[int, Any]) -> None:
-        """Apply one validated run of a segment (no history: the segment is kept)."""
-        _, _, kind, head, _, x0, _, end = run
-        peer, ctr, _, deps, ops, size = head
-        if kind == FULL:
-            self._apply_ops(head)
-        else:
-            op = ops[0]
-            key = (op[1], KIND_TEXT)
-            state = self._state(key)
-            out = self._builder(key)
-            if kind == TYPING:
-                head_end = ctr + size
-                text = op[4] + seg.text[x0 : x0 + end - head_end]
-                state.apply((TEXT_INSERT, op[1], op[2], op[3], text), peer, ctr, 0, out)
-            else:
-                ranges = merged[id(run)]
-                state.apply((TEXT_DELETE, op[1], tuple(ranges)), peer, ctr, 0, out)
-        self._vv[peer] = end
+    def _apply_runs(self, segments: list[Segment], merged: dict[int, Any]) -> None:
+        """Apply the validated runs of ``segments`` in order (no history: the
+        segments are kept). A text's state and delta builder are looked up once."""
+        vv = self._vv
         frontier = self._frontier
-        for dpeer, dctr in deps:
-            if frontier.get(dpeer) == dctr:
-                del frontier[dpeer]
-        if kind == TYPING:
-            right = ops[0][3]
-            if right is not None and frontier.get(right[0]) == right[1]:
-                del frontier[right[0]]
-        elif kind == DELETING:
-            # Each continuation depends on the last element it deletes.
-            one_each = seg.deletes_one_each(run)
-            for p, c, n in seg.delete_ranges(run):
-                if p != peer:
-                    f = frontier.get(p)
-                    if f is not None and (c <= f < c + n if one_each else f == c + n - 1):
-                        del frontier[p]
-        frontier[peer] = end - 1
-        if peer == self._peer:
-            self._next = max(self._next, end)
+        texts: dict[str, tuple[Any, DeltaBuilder | None]] = {}
+        for seg in segments:
+            for run in seg.runs:
+                _, _, kind, head, _, x0, _, end = run
+                peer, ctr, _, deps, ops, size = head
+                if kind == FULL:
+                    self._apply_ops(head)
+                else:
+                    op = ops[0]
+                    name = op[1]
+                    target = texts.get(name)
+                    if target is None:
+                        key = (name, KIND_TEXT)
+                        target = texts[name] = (self._state(key), self._builder(key))
+                    state, out = target
+                    if kind == TYPING:
+                        text = op[4] + seg.text[x0 : x0 + end - ctr - size]
+                        state.apply((TEXT_INSERT, name, op[2], op[3], text), peer, ctr, 0, out)
+                    else:
+                        ranges = tuple(merged[id(run)])
+                        state.apply((TEXT_DELETE, name, ranges), peer, ctr, 0, out)
+                vv[peer] = end
+                for dpeer, dctr in deps:
+                    if frontier.get(dpeer) == dctr:
+                        del frontier[dpeer]
+                if kind == TYPING:
+                    right = ops[0][3]
+                    if right is not None and frontier.get(right[0]) == right[1]:
+                        del frontier[right[0]]
+                elif kind == DELETING:
+                    # Each continuation depends on the last element it deletes.
+                    one_each = seg.deletes_one_each(run)
+                    for p, c, n in seg.delete_ranges(run):
+                        if p != peer:
+                            f = frontier.get(p)
+                            if f is not None and (c <= f < c + n if one_each else f == c + n - 1):
+                                del frontier[p]
+                frontier[peer] = end - 1
+                if peer == self._peer and end > self._next:
+                    self._next = end
 
     def import_changes(self, changes: Iterable[Change]) -> int:
         """Apply the changes not yet seen, in causal order; returns how many were applied.
