@@ -187,11 +187,11 @@ class RemoteCursorOverlay(ViewportOverlay):
     def paintEvent(self, event: QPaintEvent) -> None:
         """A 2 px caret and a small name tag above it for each collaborator."""
         # What this paint leaves on screen: the old drawing outside its area
-        # (not wiped), plus everything drawn now.
-        self._drawn = self._drawn.subtracted(event.region())
+        # (not wiped), plus everything drawn now (as :meth:`_footprint` counts it).
+        drawn = self._drawn.subtracted(event.region())
         if not self._cursors:
+            self._drawn = drawn
             return
-        self._drawn = self._drawn.united(self._footprint())
         painter = QPainter(self)
         metrics = QFontMetrics(self.font())
         limit = self._editor.document().characterCount() - 1
@@ -202,10 +202,12 @@ class RemoteCursorOverlay(ViewportOverlay):
                 shade.setAlpha(60)
                 for area in self._selection_rects(max(0, start), min(end, limit)):
                     painter.fillRect(area, shade)
+                    drawn = drawn.united(area.toAlignedRect().adjusted(-1, -1, 1, 1))
         for remote in self._cursors:
             rect = self._caret_rect(remote)
             colour = QColor(remote.colour)
             painter.fillRect(QRect(rect.left(), rect.top(), 2, rect.height()), colour)
+            drawn = drawn.united(QRect(rect.left() - 1, rect.top(), 4, rect.height()))
             opacity = self.label_opacity(remote.peer_id)
             if opacity <= 0:
                 continue
@@ -213,11 +215,13 @@ class RemoteCursorOverlay(ViewportOverlay):
             label = remote.name or remote.peer_id[:8]
             tag = self._label_rect(remote, rect, metrics)
             painter.fillRect(tag, colour)
+            drawn = drawn.united(tag.adjusted(0, 0, 1, 1))
             painter.setPen(QColor("white") if colour.lightness() < 160 else QColor("black"))
             painter.drawText(tag.adjusted(3, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, label)
             painter.setPen(Qt.PenStyle.NoPen)
             painter.setOpacity(1.0)
         painter.end()
+        self._drawn = drawn
 
     def _selection_rects(self, start: int, end: int) -> list[QRectF]:
         """Rectangles covering ``start``..``end`` on the visible lines only."""
