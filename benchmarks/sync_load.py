@@ -416,6 +416,13 @@ def report(runs: list[LoadRun], args: argparse.Namespace, ratio: str = "ours/the
                 f"  (timings withheld; not timing-dependent: deliveries {run.delivered:,} / "
                 f"{run.expected:,}, server holds every sent edit: {run.final_check})"
             )
+            print(
+                "  (indicative only, the server's batching depends on timing: server CPU "
+                f"{run.server_cpu:.2f} s, bytes server -> clients {fmt_bytes(run.bytes_received)};"
+                " errors received: "
+                + (", ".join(f"{k} {v:,}" for k, v in sorted(run.errors_in.items())) or "none")
+                + ")"
+            )
             advice = (
                 f"rerun with --workers {run.workers + 1} or a lower load"
                 if run.worker_cpu_max > args.limits.worker_cpu

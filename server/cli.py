@@ -402,6 +402,8 @@ def _log_event(event: ServerEvent) -> None:
     level = logging.WARNING if event.type is ServerEventType.ERROR else logging.INFO
     if event.type is ServerEventType.CLIENT_CHANGE_APPLIED:
         level = logging.DEBUG  # one per edit: too chatty for INFO
+    if not _log.isEnabledFor(level):
+        return  # formatting the details costs more than the event (one per edit)
     details = " ".join(f"{key}={value}" for key, value in sorted(event.data.items()))
     _log.log(level, "%s %s%s", event.type.value, event.message, f" [{details}]" if details else "")
 

@@ -191,6 +191,8 @@ class Rooms(RegistryObserver):
         self.limits = limits if limits is not None else Limits()
         self.hosts = hosts if hosts is not None else HostQuotas(self.limits)
         self.metrics = metrics if metrics is not None else ServerMetrics(registry)
+        # Observed per edit: the histogram's child is looked up once.
+        self._local_propagation = self.metrics.propagation.labels("local")
         self.compressor = compressor
         self.allow_create = allow_create
         self.max_pending_changes = max_pending_changes
@@ -476,9 +478,7 @@ class Rooms(RegistryObserver):
             if result.applied:
                 metrics.changes_applied.inc(len(result.applied))
                 self._relay_encoded(room, result.applied, result.encoded, member)
-                metrics.propagation.labels("local").observe(
-                    time.perf_counter() - member.received_at
-                )
+                self._local_propagation.observe(time.perf_counter() - member.received_at)
                 if result.unblocked:
                     # They waited for dependencies the sender's changes brought: the
                     # sender has never seen them (the others got them just above).

@@ -70,7 +70,7 @@ from crdt_sync.sync import (
     decode_message,
     encode_message,
 )
-from crdt_sync.sync.messages import encode_changes_frame
+from crdt_sync.sync.messages import encode_ack_frame, encode_changes_frame
 
 from .catchup import payload_for
 from .exceptions import InvalidDocumentIdError, LocalProtocolError
@@ -869,8 +869,12 @@ class ServerSession:
         may hold any peer's ops) it carries the whole vector.
         """
         if self._require_open("send_acknowledgement"):
-            carried = version_vector if whole else own_entry(version_vector, self._peer_id)
-            self._queue(Ack(carried))
+            if whole:
+                self._queue(Ack(version_vector))
+            else:
+                peer = self._peer_id
+                counter = version_vector.get(peer, 0) if peer is not None else 0
+                self._outgoing.append(encode_ack_frame(peer, counter, self._compressor))
 
     def send_out_of_sync(self, message: str) -> None:
         """Report that the client's changes could not be applied (missing

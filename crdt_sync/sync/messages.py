@@ -80,6 +80,7 @@ __all__ = [
     "Pong",
     "SnapshotUpload",
     "decode_message",
+    "encode_ack_frame",
     "encode_changes_frame",
     "encode_history_frame",
     "encode_message",
@@ -561,6 +562,20 @@ def encode_changes_frame(encoded_changes: bytes, compressor: Compressor | None =
     w = _Writer()
     w.blob(encoded_changes)
     return _frame(MessageType.CHANGES, bytes(w.buf), compressor)
+
+
+def encode_ack_frame(peer: str | None, counter: int, compressor: Compressor | None = None) -> bytes:
+    """An ``Ack`` frame carrying one peer's counter (none when ``counter`` is 0 or
+    ``peer`` None): equal to ``encode_message(Ack(VersionVector({peer: counter})))``,
+    without building the vector (a server acknowledges every batch it stores)."""
+    w = _Writer()
+    if counter and peer is not None:
+        w.uint(1)
+        w.peer_id(peer, "the peer id")
+        w.uint(counter)
+    else:
+        w.uint(0)
+    return _frame(MessageType.ACK, bytes(w.buf), compressor)
 
 
 def _history_body(

@@ -45,7 +45,7 @@ from crdt_sync.sync import (
     decode_message,
     encode_message,
 )
-from crdt_sync.sync.messages import SnapshotUpload, peek_message_type
+from crdt_sync.sync.messages import SnapshotUpload, encode_ack_frame, peek_message_type
 
 
 def sample_changes() -> tuple[Change, ...]:
@@ -402,3 +402,17 @@ def test_generated_snapshot_uploads_round_trip(snapshot: Snapshot, compressor: o
 )
 def test_generated_messages_round_trip(message: Message) -> None:
     assert decode_message(encode_message(message)) == message
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    st.none() | _peer,
+    st.integers(0, 2**63 - 1),
+    st.sampled_from([None, NoCompression(), GzipCompressor()]),
+)
+def test_ack_frame_of_one_peer_is_the_ack_message(
+    peer: str | None, counter: int, compressor: object
+) -> None:
+    vv = VersionVector({peer: counter}) if peer is not None else VersionVector()
+    expected = encode_message(Ack(vv), compressor)  # type: ignore[arg-type]
+    assert encode_ack_frame(peer, counter, compressor) == expected  # type: ignore[arg-type]
