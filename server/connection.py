@@ -116,6 +116,13 @@ class Connection:
         metrics: ServerMetrics | None = None,
     ) -> None:
         self.ws = ws
+        # The opening handshake's HTTP headers (about 3 KiB with the response's)
+        # serve no purpose once the connection is open: an idle connection does
+        # not keep them (the request stays, with its path: websockets reads it
+        # as "handshake done", and its parser holds it too).
+        if ws.request is not None:
+            ws.request.headers.clear()
+        ws.response = None
         self.metrics = metrics
         self.received_at = time.perf_counter()
         self.session = session
@@ -126,7 +133,9 @@ class Connection:
         self._byte_rate = TokenBucket(self.limits.bytes_per_second, self.limits.byte_burst)
         self.client_id = session.session_id
         self.room: Room | None = None
-        self._outbox: collections.deque[bytes] = collections.deque()
+        # Frames waiting for the writer; made when the first one waits (an empty
+        # deque takes 600 bytes, and most connections never need one).
+        self._outbox: collections.deque[bytes] | None = None
         self._outbox_bytes = 0
         self._max_outbound = max_outbound
         self._writer: asyncio.Task[None] | None = None
@@ -145,26 +154,31 @@ class Connection:
             if not self._outbox and self._writable():
                 self._write_now(frames)
             else:
-                for frame in frames:
-                    self._outbox.append(frame)
-                    self._outbox_bytes += len(frame)
+                self._wait(frames)
             if (
                 self._outbox_bytes + self._buffered() > self._max_outbound
                 and self.session.state is SessionState.OPEN
             ):
                 # The client does not read fast enough: drop the backlog (it will
                 # resynchronise on reconnect) and tell it why.
-                self._outbox.clear()
+                self._outbox = None
                 self._outbox_bytes = 0
                 self.session.fail(
                     ErrorCode.LIMIT_EXCEEDED,
                     f"more than {self._max_outbound} bytes waiting to be sent: client too slow",
                 )
-                for frame in self.session.messages_to_send():
-                    self._outbox.append(frame)
-                    self._outbox_bytes += len(frame)
+                self._wait(self.session.messages_to_send())
         if (self._outbox or self.session.state is SessionState.CLOSED) and self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self.write_loop())
+
+    def _wait(self, frames: list[bytes]) -> None:
+        """Queue ``frames`` for the writer, after those already waiting."""
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = collections.deque()
+        for frame in frames:
+            outbox.append(frame)
+            self._outbox_bytes += len(frame)
 
     def _write_now(self, frames: list[bytes]) -> None:
         """Write ``frames`` to the socket in one call, each as one WebSocket binary frame.
@@ -220,6 +234,8 @@ class Connection:
             while self._outbox:
                 frame = self._outbox.popleft()
                 self._outbox_bytes -= len(frame)
+                if not self._outbox:
+                    self._outbox = None
                 if self.metrics is not None:
                     self.metrics.bytes_sent.inc(len(frame))
                 await ws.send(frame)
@@ -227,7 +243,7 @@ class Connection:
                 code = int(self.session.close_code or 1000)
                 await ws.close(code, self.session.close_reason)
         except ConnectionClosed:
-            self._outbox.clear()
+            self._outbox = None
             self._outbox_bytes = 0
         finally:
             self._writer = None
