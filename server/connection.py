@@ -300,7 +300,9 @@ class Connection:
             async with asyncio.timeout(handshake_timeout):
                 while session.state in (SessionState.AWAITING_HANDSHAKE, SessionState.HANDSHAKING):
                     await self._receive(await self.ws.recv())
-                    await self._process(rooms, access, emit)
+                    # A few handshakes per address at once (Limits.handshakes_per_ip).
+                    async with rooms.hosts.handshake_turn(self.host):
+                        await self._process(rooms, access, emit)
         except TimeoutError:
             session.fail(ErrorCode.TIMEOUT, f"no handshake within {handshake_timeout:g} seconds")
             self.flush()

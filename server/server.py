@@ -358,7 +358,9 @@ class WebSocketServer:
     # -- plain HTTP on the WebSocket port -----------------------------------------------
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Answer ``GET /healthz`` and ``GET /metrics``; let everything else upgrade."""
+        """Answer ``GET /healthz`` and ``GET /metrics``; refuse an address at its
+        connection cap before the upgrade (HTTP 429: a flood of connections costs
+        an HTTP reply each, not a WebSocket session); let everything else upgrade."""
         path = urlsplit(request.path).path
         if path == "/healthz":
             return await self._healthz(ws)
@@ -366,6 +368,15 @@ class WebSocketServer:
             if not self.serve_metrics:
                 return ws.respond(HTTPStatus.NOT_FOUND, "metrics are off (--metrics)\n")
             return _http_response(HTTPStatus.OK, CONTENT_TYPE, self.metrics.exposition())
+        host = _host_of(ws)
+        cap = self.limits.max_connections_per_ip
+        if self._hosts.connections(host) >= cap:
+            self.metrics.refusals.labels(ErrorCode.TOO_MANY_CONNECTIONS.name).inc()
+            return _http_response(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                "text/plain; charset=utf-8",
+                f"TOO_MANY_CONNECTIONS: {cap} connections from {host} already\n".encode(),
+            )
         return None
 
     async def _healthz(self, ws: ServerConnection) -> Response:
@@ -402,7 +413,7 @@ class WebSocketServer:
             limits=self.limits,
         )
         remote = ws.remote_address
-        host = str(remote[0]) if isinstance(remote, tuple) and remote else ""
+        host = _host_of(ws)
         connection = Connection(
             ws, session, self.max_outbound_bytes, self.limits, host, self.metrics
         )
@@ -492,6 +503,12 @@ class WebSocketServer:
         public so tests can drive it without waiting.
         """
         return self.rooms.expire_awareness(now)
+
+
+def _host_of(ws: ServerConnection) -> str:
+    """The client's address (per-address quotas), "" when unknown."""
+    remote = ws.remote_address
+    return str(remote[0]) if isinstance(remote, tuple) and remote else ""
 
 
 def _http_response(status: HTTPStatus, content_type: str, body: bytes) -> Response:

@@ -21,9 +21,12 @@ here, one copy each, and the driver (:mod:`server.rooms`,
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Set
+from collections.abc import AsyncIterator, Callable, Mapping, Set
 from dataclasses import dataclass, fields
+from typing import Any
 
 __all__ = [
     "HostQuotas",
@@ -48,6 +51,10 @@ class Limits:
         peer_check_timeout: seconds an existing connection has to answer the
             liveness ping when a new connection presents the same peer id.
         max_connections_per_ip: open connections from one client address.
+        handshakes_per_ip: handshakes of one client address the server works
+            on at once (the others wait their turn, within the handshake
+            timeout): a crowd of new connections from one address queues behind
+            itself instead of in front of everyone's edits.
         messages_per_second, message_burst: per-connection message rate
             (token bucket: the burst is the bucket, refilled at the rate).
         bytes_per_second, byte_burst: per-connection byte rate, frames' sizes.
@@ -77,7 +84,8 @@ class Limits:
 
     max_counter_jump: int = 1 << 22
     peer_check_timeout: float = 3.0
-    max_connections_per_ip: int = 64
+    max_connections_per_ip: int = 16
+    handshakes_per_ip: int = 4
     messages_per_second: float = 100.0
     message_burst: int = 500
     bytes_per_second: float = 2 * 1024 * 1024
@@ -113,6 +121,7 @@ _HELP: dict[str, str] = {
     "max_counter_jump": "how far an upload may take a counter beyond what the server knows",
     "peer_check_timeout": "seconds a connection has to answer when its peer id connects again",
     "max_connections_per_ip": "open connections from one client address",
+    "handshakes_per_ip": "handshakes of one client address worked on at once",
     "messages_per_second": "messages per second per connection (sustained)",
     "message_burst": "messages a connection may send at once",
     "bytes_per_second": "bytes per second per connection (sustained)",
@@ -283,6 +292,8 @@ class HostQuotas:
         self._clock = clock
         self._connections: dict[str, int] = {}
         self._creations: dict[str, TokenBucket] = {}
+        # host -> [its handshake slots, how many hold or wait for one]
+        self._handshakes: dict[str, list[Any]] = {}
         self._cooling: dict[tuple[str, str], float] = {}  # (host, peer) -> refused until
 
     def connect(self, host: str) -> bool:
@@ -302,6 +313,22 @@ class HostQuotas:
 
     def connections(self, host: str) -> int:
         return self._connections.get(host, 0)
+
+    @contextlib.asynccontextmanager
+    async def handshake_turn(self, host: str) -> AsyncIterator[None]:
+        """Work on a handshake from ``host`` once it is among the address's
+        ``handshakes_per_ip`` at once (an address nobody waits for is forgotten)."""
+        entry = self._handshakes.get(host)
+        if entry is None:
+            entry = self._handshakes[host] = [asyncio.Semaphore(self._limits.handshakes_per_ip), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and self._handshakes.get(host) is entry:
+                del self._handshakes[host]
 
     def cool_down(self, host: str, peer_id: str) -> None:
         """A connection of ``peer_id`` from ``host`` was refused for abuse (rate,

@@ -561,7 +561,11 @@ class WebSocketClient:
         except InvalidStatus as exc:
             status = exc.response.status_code
             final = status in (401, 403, 404)
-            code = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.UNAUTHORIZED}.get(
+            code = {
+                401: ErrorCode.UNAUTHORIZED,
+                403: ErrorCode.UNAUTHORIZED,
+                429: ErrorCode.TOO_MANY_CONNECTIONS,  # this address is at its connection cap
+            }.get(
                 status,
                 ErrorCode.DOCUMENT_NOT_FOUND if status == 404 else ErrorCode.HANDSHAKE_FAILED,
             )

@@ -141,3 +141,33 @@ def appends_big(peers: list[str]) -> list[Change]:
 
 def url(server: WebSocketServer) -> str:
     return f"ws://127.0.0.1:{server.port}/notes"
+
+
+async def test_one_address_gets_a_few_handshakes_worked_on_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.rooms import Rooms
+
+    running: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    join = Rooms.join
+
+    async def counting(self: Rooms, member: Any, *args: Any, **kwargs: Any) -> None:
+        host = member.host
+        running[host] = running.get(host, 0) + 1
+        peak[host] = max(peak.get(host, 0), running[host])
+        try:
+            for _ in range(5):
+                await asyncio.sleep(0)  # let every other waiting handshake in, if it may
+            await join(self, member, *args, **kwargs)
+        finally:
+            running[host] -= 1
+
+    monkeypatch.setattr(Rooms, "join", counting)
+    limits = Limits(handshakes_per_ip=2)
+    async with serving(tmp_path, limits) as server, honest_users(url(server)) as users:
+        crowd = await asyncio.gather(*(Attacker.join(url(server)) for _ in range(12)))
+        for attacker in crowd:
+            await attacker.joined()  # every one gets in, in turn
+        assert peak["127.0.0.2"] == 2, peak
+        await keep_editing_and_converge(users, text_of(server))

@@ -20,7 +20,7 @@ from security_helpers import (
     wait_for,
 )
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from crdt_sync import Change, CRDTDocument, CRDTTextHandler, PeerId, VersionVector
 from crdt_sync.sync import (
@@ -225,8 +225,11 @@ async def test_one_address_cannot_take_every_connection() -> None:
         held = [await Attacker.join(url(server)) for _ in range(5)]
         for attacker in held:
             await attacker.joined()
-        extra = await Attacker.join(url(server))
-        await extra.expect_error(ErrorCode.TOO_MANY_CONNECTIONS)
+        # Refused before the upgrade: an HTTP reply, no WebSocket session.
+        with pytest.raises(InvalidStatus) as refused:
+            await Attacker.join(url(server))
+        assert refused.value.response.status_code == 429
+        assert b"TOO_MANY_CONNECTIONS" in refused.value.response.body
         # Honest clients from another address still get in, and edit.
         async with honest_users(url(server), 3) as users:
             await keep_editing_and_converge(users, text_of(server))
@@ -360,3 +363,23 @@ async def test_a_big_frame_is_decoded_off_the_event_loop(monkeypatch: pytest.Mon
             pass
         assert threads and all(t is not threading.main_thread() for t in threads)
         await keep_editing_and_converge(users, text_of(server))
+
+
+async def test_a_client_over_its_address_cap_reports_it_and_gets_in_later() -> None:
+    limits = Limits(max_connections_per_ip=2)
+    async with serving(limits=limits) as server, honest_users(url(server), 2) as users:
+        third = Honest(url(server), "third")
+        seen: list[ErrorOccurred] = []
+        third.client.events.subscribe(
+            lambda e: seen.append(e) if isinstance(e, ErrorOccurred) else None
+        )
+        try:
+            assert not await third.client.connect()  # refused, not final: it retries
+            assert seen and seen[-1].code is ErrorCode.TOO_MANY_CONNECTIONS
+            assert not seen[-1].final
+            await users[1].client.disconnect()
+            await third.wait_acknowledged()  # connected by itself once a slot freed
+            await keep_editing_and_converge([users[0], third], text_of(server))
+        finally:
+            await third.client.disconnect()
+            third.client.close()
