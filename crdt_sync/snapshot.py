@@ -309,8 +309,9 @@ def merge_introduces(doc: CRDTDocument, snapshot: Snapshot) -> tuple[dict[str, i
 
     Returns ``(lowest, deletions)``: per peer, the lowest op counter the merge
     would put into ``doc`` (new sequence elements, and the stamps of map entries
-    and list element records that would win over ``doc``'s), and how many of
-    ``doc``'s text elements it would delete. A server checks the first against
+    and list element records that would win over ``doc``'s), and how many
+    deletions it would bring (of ``doc``'s text, and list delete stamps, which
+    name the value they deleted rather than the deleting op). A server checks the first against
     what it holds (an op id it already has must never carry other content),
     before :func:`merge_snapshot`. Raises DecodeError when the merge would.
     """
@@ -349,10 +350,13 @@ def merge_introduces(doc: CRDTDocument, snapshot: Snapshot) -> tuple[dict[str, i
             ours_elems = {} if existing is None else existing.elems  # type: ignore[union-attr]
             for elem, theirs in value[1].items():
                 ours = ours_elems.get(elem)
-                for field in (1, 3, 4):
-                    if ours is None or (
-                        theirs[field] is not None
-                        and (ours[field] is None or theirs[field] > ours[field])
-                    ):
+                # The value and position stamps are the ids of the ops that set them.
+                for field in (1, 3):
+                    if ours is None or theirs[field] > ours[field]:
                         stamp(theirs[field])
+                # A delete stamp is the value stamp the deletion saw (an old id): a
+                # deletion, which an upload may only bring with a new op.
+                gone = theirs[4]
+                if gone is not None and (ours is None or ours[4] is None or gone > ours[4]):
+                    deletions += 1
     return lowest, deletions
