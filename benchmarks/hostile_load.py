@@ -165,8 +165,11 @@ async def _handshaken(spec: AttackSpec, result: AttackResult, hello: bytes) -> A
     """A connection from 127.0.0.2 that completed its handshake (or None)."""
     try:
         ws = await _open(spec)
-    except Exception:
+    except Exception as exc:
         result.connections_refused += 1
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status is not None:  # refused before the upgrade (an address at its cap)
+            result.errors[f"HTTP {status}"] += 1
         return None
     result.connections_opened += 1
     try:

@@ -85,7 +85,7 @@ class Limits:
     max_counter_jump: int = 1 << 22
     peer_check_timeout: float = 3.0
     max_connections_per_ip: int = 16
-    handshakes_per_ip: int = 4
+    handshakes_per_ip: int = 8
     messages_per_second: float = 100.0
     message_burst: int = 500
     bytes_per_second: float = 2 * 1024 * 1024
