@@ -267,7 +267,10 @@ class Rooms(RegistryObserver):
                 await refresh(room.document)  # off the loop, if the cached one is stale
                 durable = await self.registry.durable_version_vector(document_id)
                 if session.state is not SessionState.HANDSHAKING or self.closing:
-                    return  # timed out or closed while we looked the document up
+                    # Timed out or closed while we looked the document up.
+                    if not any(m.session.peer_id == request.peer_id for m in room.members):
+                        self.registry.peer_disconnected(document_id, request.peer_id)
+                    return
                 # Same synchronous step: compute what the client lacks, join the room.
                 session.accept_handshake(room.document, room.epoch, durable, role)
                 room.members.add(member)
@@ -287,6 +290,9 @@ class Rooms(RegistryObserver):
                 session.reject_handshake(
                     storage_code(error), f"the document cannot be opened: {error}"
                 )
+            room = self.rooms.get(document_id)
+            if room is None or not any(m.session.peer_id == request.peer_id for m in room.members):
+                self.registry.peer_disconnected(document_id, request.peer_id)
             return
         self._emit(
             ServerEventType.CLIENT_HANDSHAKE,
@@ -312,6 +318,16 @@ class Rooms(RegistryObserver):
         room = self.rooms.get(document_id)
         olds = [] if room is None else [m for m in room.members if m.session.peer_id == peer_id]
         if not olds:
+            # Another server process on a shared registry (Redis) may hold it: that
+            # process pings its connection and answers (one that does not is dropped).
+            if await self.registry.peer_holder(document_id, peer_id) is None:
+                return True
+            if not await self._claimed_by(member, document_id, peer_id):
+                return False
+            timeout = self.limits.peer_check_timeout
+            if await self.registry.peer_live_elsewhere(document_id, peer_id, timeout):
+                self._refuse_in_use(member, document_id, peer_id)
+                return False
             return True
         if not await self._claimed_by(member, document_id, peer_id):
             return False
@@ -332,6 +348,10 @@ class Rooms(RegistryObserver):
         if not await self._claimed_by(member, room.document_id, peer_id):
             return False
         if any(m.session.peer_id == peer_id for m in room.members):
+            self._refuse_in_use(member, room.document_id, peer_id)
+            return False
+        if not await self.registry.hold_peer(room.document_id, peer_id):
+            # A connection of it joined on another process meanwhile.
             self._refuse_in_use(member, room.document_id, peer_id)
             return False
         return True
@@ -399,6 +419,9 @@ class Rooms(RegistryObserver):
             return
         member.room = None
         room.members.discard(member)
+        peer_id = member.session.peer_id
+        if peer_id is not None and not any(m.session.peer_id == peer_id for m in room.members):
+            self.registry.peer_disconnected(room.document_id, peer_id)
         for removal in room.presence.remove_owner(member):
             self._relay_awareness(room, removal, member)
             self.registry.publish_presence(room.document_id, removal)
@@ -782,6 +805,21 @@ class Rooms(RegistryObserver):
 
     def storage_problem(self, document_id: str | None, message: str) -> None:
         self._emit(ServerEventType.ERROR, message, document_id=document_id)
+
+    async def peer_alive(self, document_id: str, peer_id: str) -> bool:
+        """Another process asks whether our connection of ``peer_id`` is alive: ping
+        it (as for a reconnect here); one that does not answer is dropped."""
+        room = self.rooms.get(document_id)
+        olds = [] if room is None else [m for m in room.members if m.session.peer_id == peer_id]
+        alive = False
+        for old in olds:
+            if await old.answers_ping(self.limits.peer_check_timeout):
+                alive = True
+            elif old.room is not None:
+                _log.info("dropping an unresponsive connection of peer %s", peer_id)
+                old.drop(ErrorCode.TIMEOUT, "replaced: a liveness ping went unanswered")
+                self.leave(old)
+        return alive
 
     def remote_snapshot(self, document_id: str, snapshot: Snapshot) -> None:
         room = self.rooms.get(document_id)

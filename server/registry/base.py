@@ -212,6 +212,12 @@ class RegistryObserver:
         """The store reported a problem nobody asked about (a malformed entry, a
         key of the wrong type), for ``document_id`` (None: not one document's)."""
 
+    async def peer_alive(self, document_id: str, peer_id: str) -> bool:
+        """Another process asks: is this process's connection of ``peer_id`` on
+        ``document_id`` alive (it answers a ping)? One that does not is dropped.
+        No connection: False."""
+        return False
+
 
 def validate_document_id(document_id: object) -> str:
     """Return ``document_id`` if it is an allowed document id.
@@ -423,6 +429,29 @@ class CRDTServerRegistry(ABC):
         Presence is ephemeral: best effort, never waited for. The default (one
         process) does nothing.
         """
+        return None
+
+    async def peer_holder(self, document_id: str, peer_id: str) -> str | None:
+        """The id of another server process that has a connection of ``peer_id`` on
+        ``document_id`` marked live (a registry shared by processes). The default
+        (one process): None."""
+        return None
+
+    async def peer_live_elsewhere(self, document_id: str, peer_id: str, timeout: float) -> bool:
+        """Whether another server process has a live connection of ``peer_id`` on
+        ``document_id``: it asks that process, which pings it within ``timeout``
+        seconds and drops it if it does not answer. The default: False."""
+        return False
+
+    async def hold_peer(self, document_id: str, peer_id: str) -> bool:
+        """Mark this process's new connection of ``peer_id`` on ``document_id`` live
+        (the other processes may ask about it); False if another process holds the
+        mark. The default (one process): True."""
+        return True
+
+    def peer_disconnected(self, document_id: str, peer_id: str) -> None:
+        """This process's connection of ``peer_id`` on ``document_id`` is gone. The
+        default does nothing."""
         return None
 
     async def check_health(self) -> None:

@@ -73,6 +73,7 @@ import asyncio
 import collections
 import contextlib
 import hmac
+import json
 import logging
 import time
 import urllib.parse
@@ -218,6 +219,14 @@ redis.call('HINCRBY', KEYS[2], 'hcount', -tonumber(ARGV[6]))
 return 1
 """
 
+# KEYS: live-connection marks. ARGV: process id, expiry ms. Renews the marks still ours.
+_RENEW_LIVE = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) end
+end
+return 0
+"""
+
 # KEYS: lock. ARGV: token. Deletes the lock only if it still holds our token.
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -233,6 +242,8 @@ _HISTORY_READ = 256
 _HISTORY_TRIES = 5
 #: Seconds a document whose keys hold the wrong type is left out of reads.
 _BROKEN_PAUSE = 5.0
+#: Milliseconds a live-connection mark lives unless renewed (a third of it, each time).
+_LIVE_TTL_MS = 10_000
 #: Longest wait of the presence subscriber before it looks at what to subscribe to.
 _PRESENCE_POLL = 0.25
 #: Milliseconds a process's wake stream outlives its last use (a killed process's).
@@ -459,6 +470,7 @@ class RedisServerRegistry(CRDTServerRegistry):
         self._commit_script = self._redis.register_script(_COMMIT_SNAPSHOT)
         self._release_script = self._redis.register_script(_RELEASE_LOCK)
         self._upload_script = self._redis.register_script(_APPEND_UPLOAD)
+        self._renew_script = self._redis.register_script(_RENEW_LIVE)
         self._drop_history_script = self._redis.register_script(_DROP_HISTORY)
         self._loaded: dict[str, _Doc] = {}
         self._loading: dict[str, asyncio.Future[_Doc | None]] = {}
@@ -470,6 +482,9 @@ class RedisServerRegistry(CRDTServerRegistry):
         # The readers of the loaded documents' streams (one connection each).
         self._readers: list[_Reader] = []
         self._reader_serial = 0
+        # (document id, peer id) of this process's live connections, and their renewer.
+        self._live: set[tuple[str, str]] = set()
+        self._live_renewer: asyncio.Task[None] | None = None
         # Presence: outgoing messages in order, and one subscriber connection.
         self._presence_out: collections.deque[tuple[bytes, bytes]] = collections.deque()
         self._presence_wakeup: asyncio.Event | None = None
@@ -1403,6 +1418,19 @@ class RedisServerRegistry(CRDTServerRegistry):
         with contextlib.suppress(StorageError):
             async with asyncio.timeout(self.timeout):
                 await self.flush()
+        if self._live:
+            # This process's connections are gone: take their live marks with it.
+            with contextlib.suppress(*_UNAVAILABLE):
+                async with asyncio.timeout(self.timeout):
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for document_id, peer_id in self._live:
+                            await self._release_script(
+                                keys=[self._live_key(document_id, peer_id)],
+                                args=[self.process_id],
+                                client=pipe,
+                            )
+                        await pipe.execute()
+            self._live.clear()
         self._closed = True
         for event in (self._presence_wakeup, self._presence_resubscribe):
             if event is not None:
@@ -1481,6 +1509,8 @@ class RedisServerRegistry(CRDTServerRegistry):
                     # Cleared before reading what is wanted: a change after this wakes us.
                     resubscribe.clear()
                     wanted = {self._channel(d) for d in self._loaded}
+                    if wanted:
+                        wanted.add(self._control_channel)
                     if wanted != subscribed:
                         if wanted - subscribed:
                             await pubsub.subscribe(*(wanted - subscribed))
@@ -1497,7 +1527,10 @@ class RedisServerRegistry(CRDTServerRegistry):
                     )
                     delay = 0.05
                     if message is not None and message.get("type") == "message":
-                        self._receive_presence(message)
+                        if _text(message.get("channel", b"")) == self._control_channel:
+                            self._receive_control(message)
+                        else:
+                            self._receive_presence(message)
             except asyncio.CancelledError:
                 raise
             except _UNAVAILABLE as error:
@@ -1507,6 +1540,139 @@ class RedisServerRegistry(CRDTServerRegistry):
             finally:
                 with contextlib.suppress(*_UNAVAILABLE):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- live connections of a peer id (one per peer id, across processes) -------------
+
+    @property
+    def _control_channel(self) -> str:
+        """This process's channel for questions of other processes."""
+        return f"{self.key_prefix}:process:{self.process_id}:control"
+
+    def _live_key(self, document_id: str, peer_id: str) -> str:
+        return self._key(document_id, f"live:{urllib.parse.quote(peer_id, safe='')}")
+
+    async def peer_holder(self, document_id: str, peer_id: str) -> str | None:
+        """The process whose connection of ``peer_id`` on ``document_id`` is marked live
+        (``P:doc:K:live:PEER``, a process id with a short expiry), if not this one."""
+        self._check_open()
+        try:
+            self.stats.round_trips += 1
+            value = await self._redis.get(self._live_key(document_id, peer_id))
+        except _UNAVAILABLE as error:
+            raise self._unavailable("looking up a live connection", error) from error
+        holder = None if value is None else _text(value)
+        return None if holder == self.process_id else holder
+
+    async def peer_live_elsewhere(self, document_id: str, peer_id: str, timeout: float) -> bool:
+        """Ask the process that holds ``peer_id`` live whether its connection answers a
+        ping (it drops one that does not): over pub/sub to its control channel, the
+        answer in a list this process waits on (``BLPOP``). A holder that is not
+        listening (a dead process), or does not answer within ``timeout`` + 1 s,
+        counts as gone: its mark is removed so this process can take over."""
+        holder = await self.peer_holder(document_id, peer_id)
+        if holder is None:
+            return False
+        key = self._live_key(document_id, peer_id)
+        reply = f"{self.key_prefix}:process:{self.process_id}:answer:{uuid.uuid4().hex}"
+        request = json.dumps({"d": document_id, "p": peer_id, "r": reply})
+        channel = f"{self.key_prefix}:process:{holder}:control"
+        try:
+            self.stats.round_trips += 1
+            listeners = await self._redis.publish(channel, self._origin + b"\n" + request.encode())
+            answer: Any = None
+            if listeners:
+                deadline = time.monotonic() + timeout + 1.0
+                while answer is None and time.monotonic() < deadline:
+                    wait = max(0.01, min(1.0, deadline - time.monotonic()))
+                    self.stats.round_trips += 1
+                    answer = await self._tail_redis.blpop([reply], timeout=wait)
+            if answer is not None and bytes(answer[1]) == b"1":
+                return True
+            # Gone: remove its mark (unless it changed meanwhile).
+            self.stats.round_trips += 1
+            await self._release_script(keys=[key], args=[holder])
+        except _UNAVAILABLE as error:
+            raise self._unavailable("asking about a live connection", error) from error
+        return False
+
+    async def hold_peer(self, document_id: str, peer_id: str) -> bool:
+        """Mark this process's new connection of ``peer_id`` live (``SET NX`` with a
+        short expiry, renewed while it is connected); False if another process holds
+        the mark (a connection that joined there meanwhile)."""
+        self._check_open()
+        key = self._live_key(document_id, peer_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, self.process_id, nx=True, px=_LIVE_TTL_MS)
+                pipe.get(key)
+                self.stats.round_trips += 1
+                _, value = await pipe.execute()
+        except _UNAVAILABLE as error:
+            raise self._unavailable("marking a live connection", error) from error
+        if value is not None and _text(value) != self.process_id:
+            return False
+        self._live.add((document_id, peer_id))
+        if self._live_renewer is None or self._live_renewer.done():
+            self._live_renewer = self._spawn(self._renew_live(), "crdt-redis-live")
+        return True
+
+    def peer_disconnected(self, document_id: str, peer_id: str) -> None:
+        if (document_id, peer_id) not in self._live or self._closed:
+            return
+        self._live.discard((document_id, peer_id))
+        self._spawn(self._unmark(document_id, peer_id), "crdt-redis-unmark")
+
+    async def _unmark(self, document_id: str, peer_id: str) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):  # best effort: the mark expires anyway
+            self.stats.round_trips += 1
+            await self._release_script(
+                keys=[self._live_key(document_id, peer_id)], args=[self.process_id]
+            )
+
+    async def _renew_live(self) -> None:
+        """Renew the marks of this process's live connections (they expire if it dies)."""
+        while self._live and not self._closed:
+            keys = [self._live_key(d, p) for d, p in self._live]
+            with contextlib.suppress(*_UNAVAILABLE):
+                self.stats.round_trips += 1
+                await self._renew_script(keys=keys, args=[self.process_id, _LIVE_TTL_MS])
+            await asyncio.sleep(_LIVE_TTL_MS / 3000)
+
+    def _receive_control(self, message: dict[str, Any]) -> None:
+        """Another process asks whether a connection of ours is alive: answer it."""
+        _, _, body = bytes(message["data"]).partition(b"\n")
+        try:
+            request = json.loads(body)
+            document_id, peer_id, reply = request["d"], request["p"], request["r"]
+        except (ValueError, TypeError, KeyError):
+            self.stats.malformed_entries += 1
+            return
+        if not all(isinstance(v, str) for v in (document_id, peer_id, reply)):
+            self.stats.malformed_entries += 1
+            return
+        if not reply.startswith(f"{self.key_prefix}:process:"):
+            self.stats.malformed_entries += 1
+            return
+        self._spawn(self._answer(document_id, peer_id, reply), "crdt-redis-answer")
+
+    async def _answer(self, document_id: str, peer_id: str, reply: str) -> None:
+        alive = False
+        for observer in self.observers():
+            if await observer.peer_alive(document_id, peer_id):
+                alive = True
+        with contextlib.suppress(*_UNAVAILABLE):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if not alive:  # dropped: the asker may take over at once
+                    self._live.discard((document_id, peer_id))
+                    await self._release_script(
+                        keys=[self._live_key(document_id, peer_id)],
+                        args=[self.process_id],
+                        client=pipe,
+                    )
+                pipe.rpush(reply, b"1" if alive else b"0")
+                pipe.pexpire(reply, 30_000)
+                self.stats.round_trips += 1
+                await pipe.execute()
 
     def _receive_presence(self, message: dict[str, Any]) -> None:
         origin, _, frame = bytes(message["data"]).partition(b"\n")

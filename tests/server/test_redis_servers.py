@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 from redis_helpers import RedisServer, ServerProcess
-from server_helpers import Peer, peers, wait_converged, wait_for
+from server_helpers import FAST_RECONNECT, Peer, peers, wait_converged, wait_for
 
-from crdt_sync import CRDTTextHandler
+from crdt_sync import CRDTDocument, CRDTTextHandler
 from crdt_sync.sync import ErrorCode
-from crdt_sync.sync.client import ConnectionStatus
+from crdt_sync.sync.client import ConnectionStatus, WebSocketClient
 from server import SqliteServerRegistry, WebSocketServer
 from server.registry import RedisServerRegistry
+from server.trust import Limits
 
 pytestmark = [pytest.mark.redis, pytest.mark.asyncio, pytest.mark.timeout(90)]
 
@@ -279,3 +280,65 @@ async def test_three_server_processes_converge(redis_server: RedisServer) -> Non
     finally:
         for process in processes:
             process.stop()
+
+
+async def test_a_live_peer_id_on_one_process_is_refused_on_another(
+    redis_server: RedisServer,
+) -> None:
+    async with (
+        redis_servers(redis_server.url, 2, limits=Limits(peer_check_timeout=2.0)) as (
+            first,
+            second,
+        ),
+        peers(url_of(first), 1) as [a],
+    ):
+        a.text.insert(0, "a ")
+        await a.wait_acknowledged()
+        # The same replica opened a second time, on the other process: the live
+        # connection (it answers first's ping) keeps its place.
+        copy = CRDTDocument(a.document.peer_id, replica_secret=a.document.replica_secret)
+        copy.binary_import_changes(a.document.binary_export_changes())
+        window = WebSocketClient(url_of(second), copy, "twin", reconnect=FAST_RECONNECT)
+        try:
+            assert not await window.connect()
+            error = window.last_error
+            assert error is not None and error.code is ErrorCode.PEER_ID_IN_USE
+        finally:
+            window.close()
+        a.text.insert(0, "still ")
+        await a.wait_acknowledged()
+        assert a.client.status is ConnectionStatus.CONNECTED
+
+
+async def test_a_dead_connection_on_one_process_is_replaced_from_another(
+    redis_server: RedisServer,
+) -> None:
+    async with (
+        redis_servers(redis_server.url, 2, limits=Limits(peer_check_timeout=1.0)) as (
+            first,
+            second,
+        ),
+        peers(url_of(first), 1) as [a],
+        peers(url_of(second), 1) as [b],
+    ):
+        a.text.insert(0, "a ")
+        await a.wait_acknowledged()
+        # a's network drops without a close: its socket on first is half-open.
+        ws = a.client._ws  # the test plays a broken network
+        assert ws is not None
+        ws.transport.pause_reading()
+        replacement = WebSocketClient(url_of(second), a.document, "a", reconnect=FAST_RECONNECT)
+        try:
+            assert await replacement.connect()  # first pinged, got nothing, dropped it
+            a.text.insert(len(a.text.value), "again")
+            await wait_for(
+                lambda: replacement.unacknowledged_changes == 0,
+                streams=(replacement.events,),
+                what="the replacement's acknowledgement",
+            )
+            await wait_converged([a, b])
+        finally:
+            await a.client.disconnect()
+            ws.transport.abort()
+            await replacement.disconnect()
+            replacement.close()
