@@ -98,7 +98,9 @@ SESSION_MAX_CHANGES = 2000
 #: The slider has at most this many positions.
 MAX_POSITIONS = 300
 #: Changes imported per slice of the background replay.
-REPLAY_SLICE = 400
+REPLAY_SLICE = 200
+#: How long one slice of the background replay may run on the event loop (s).
+REPLAY_BUDGET_S = 0.006
 #: How long one slice of reading the timeline may run on the event loop (s).
 READ_BUDGET_S = 0.004
 #: Changes grouped per step when the timeline's changes are given (fetched).
@@ -445,7 +447,7 @@ class HistoryReplay(QObject):
         """Stop the background replay (the versions made so far are kept)."""
         self._timer.stop()
 
-    def step(self, budget_s: float = 0.012) -> None:
+    def step(self, budget_s: float = REPLAY_BUDGET_S) -> None:
         """Replay for about ``budget_s`` seconds."""
         deadline = time.perf_counter() + budget_s
         while self._session < len(self.sessions) and time.perf_counter() < deadline:
