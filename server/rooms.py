@@ -17,7 +17,10 @@ Ordering guarantees:
   awaits each :meth:`Rooms.apply` in turn);
 * they are relayed to the other clients as soon as they are in the document,
   and acknowledged to the sender with the registry's *durable* version
-  vector once stored, so an acknowledged change survives a crash;
+  vector once stored, so an acknowledged change survives a crash; the
+  client's next frame is read, applied and relayed while the store works
+  (only the Ack waits for the disk), and its Acks go out in the order of
+  its batches;
 * changes applied within one turn of the event loop (from several clients)
   are relayed together at the end of that turn, or, when the room relayed
   less than ``relay_interval`` ago, once that interval is over (a quiet room
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -514,22 +518,28 @@ class Rooms(RegistryObserver):
                     document_id=room.document_id,
                     count=len(result.applied),
                 )
-            durable = await result.stored
+            stored = result.stored
+            if (
+                result.refusal is None
+                and result.pending_count <= self.max_pending_changes
+                and not (result.waiting and result.pending_count > pending_before)
+                and not (isinstance(stored, asyncio.Future) and stored.done())
+            ):
+                # The usual case: nothing to report but the Ack, which goes out once
+                # the changes are stored; the client's next frame is read (and
+                # applied, and relayed) meanwhile, not after the disk.
+                if not isinstance(stored, asyncio.Future):
+                    stored = asyncio.ensure_future(stored)
+                stored.add_done_callback(
+                    functools.partial(self._stored, member, room, bool(result.applied), applied_at)
+                )
+                return
+            durable = await stored
             if result.applied:
                 metrics.store_latency.observe(time.perf_counter() - applied_at)
             metrics.storage_up.set(1)
         except RegistryError as error:
-            metrics.storage_up.set(0)
-            self._emit(
-                ServerEventType.ERROR,
-                f"storing changes of {member.client_id} failed: {error}",
-                client_id=member.client_id,
-                document_id=room.document_id,
-            )
-            session.fail(
-                storage_code(error),
-                f"the server could not store the changes ({error}); reconnect and resend",
-            )
+            self._store_failed(member, room, error)
             return
         session.send_acknowledgement(durable)
         if result.refusal is not None:
@@ -555,6 +565,47 @@ class Rooms(RegistryObserver):
                 document_id=room.document_id,
                 count=result.waiting,
             )
+
+    def _stored(
+        self,
+        member: Member,
+        room: Room,
+        applied: bool,
+        applied_at: float,
+        stored: asyncio.Future[VersionVector],
+    ) -> None:
+        """A batch of ``member``'s is stored (or failed to be): acknowledge it.
+
+        Futures of one registry resolve in the order of the writes, so the Acks
+        of a client go out in the order of its batches (each covering more)."""
+        if stored.cancelled():
+            return
+        error = stored.exception()
+        if error is not None:
+            if isinstance(error, RegistryError):
+                self._store_failed(member, room, error)
+            else:
+                _log.error("storing changes of %s failed: %r", member.client_id, error)
+                member.session.fail(ErrorCode.INTERNAL_ERROR, "the server could not store them")
+        else:
+            if applied:
+                self.metrics.store_latency.observe(time.perf_counter() - applied_at)
+            self.metrics.storage_up.set(1)
+            member.session.send_acknowledgement(stored.result())
+        member.flush()
+
+    def _store_failed(self, member: Member, room: Room, error: RegistryError) -> None:
+        self.metrics.storage_up.set(0)
+        self._emit(
+            ServerEventType.ERROR,
+            f"storing changes of {member.client_id} failed: {error}",
+            client_id=member.client_id,
+            document_id=room.document_id,
+        )
+        member.session.fail(
+            storage_code(error),
+            f"the server could not store the changes ({error}); reconnect and resend",
+        )
 
     async def apply_snapshot(self, member: Member, snapshot: Snapshot) -> None:
         """A client uploaded its whole state: merge, store, acknowledge, push to the others.

@@ -5,10 +5,11 @@ now that frames are written straight to the sockets."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import socket
 import string
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import pytest_asyncio
@@ -38,6 +39,8 @@ from crdt_sync.sync import (
 )
 from crdt_sync.sync.messages import encode_changes_frame
 from server import InMemoryServerRegistry, WebSocketServer
+from server.exceptions import StorageError
+from server.registry.base import Applied
 from server.rooms import Room, Rooms
 from server.session import ChangesReceived, HandshakeRequested, ServerSession, SessionState
 
@@ -380,3 +383,68 @@ async def test_join_batches_joins_only_uncompressed_batches_of_the_current_versi
     assert join_batches([batches[0], compressed]) is None
     older = decode_changes(batches[1])
     assert join_batches([batches[0], encode_change_tuples_v1(c._data for c in older)]) is None
+
+
+class SlowStore(InMemoryServerRegistry):
+    """A memory registry whose writes are durable only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[asyncio.Future[VersionVector]] = []
+
+    async def apply(
+        self, document_id: str, changes: Sequence[Change], *, encoded: bytes | None = None
+    ) -> Applied:
+        result = await super().apply(document_id, changes, encoded=encoded)
+        stored: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
+        self.writes.append(stored)
+        return dataclasses.replace(result, stored=stored)
+
+
+async def test_a_clients_next_batch_is_applied_and_relayed_before_the_last_one_is_stored() -> None:
+    store = SlowStore()
+    tasks: list[asyncio.Task[object]] = []
+    rooms = make_rooms(tasks)
+    rooms.registry = store
+    try:
+        writer, watcher = await joined(rooms, 2)
+        first, second = writer.edit("one "), writer.edit("two ")
+        await rooms.apply(writer, first)  # returns once applied, not once stored
+        await rooms.apply(writer, second)
+        await settle(lambda: bool(watcher.frames))
+        (relayed,) = watcher.changes_frames()  # both, gathered in one turn
+        assert relayed.changes == first + second
+        assert [decode_message(f) for f in writer.frames] == []  # nothing stored yet
+        peer = writer.peer
+        for stored, batch in zip(store.writes, (first, second), strict=True):
+            stored.set_result(VersionVector({peer: batch[-1].counter + batch[-1].size}))
+        await settle(lambda: len(writer.frames) == 2)
+        acks = [decode_message(frame) for frame in writer.frames]
+        assert acks == [
+            Ack(VersionVector({peer: first[-1].counter + first[-1].size})),
+            Ack(VersionVector({peer: second[-1].counter + second[-1].size})),
+        ]  # in the order of the batches
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def test_a_store_that_fails_after_the_relay_ends_the_senders_session() -> None:
+    store = SlowStore()
+    tasks: list[asyncio.Task[object]] = []
+    rooms = make_rooms(tasks)
+    rooms.registry = store
+    try:
+        writer, watcher = await joined(rooms, 2)
+        await rooms.apply(writer, writer.edit("lost? "))
+        await settle(lambda: bool(watcher.frames))
+        store.writes[0].set_exception(StorageError("disk full"))
+        await settle(lambda: bool(writer.frames))
+        (error,) = [decode_message(frame) for frame in writer.frames]
+        assert isinstance(error, Error)
+        assert "could not store" in error.message
+        assert writer.session.state is SessionState.CLOSED
+        assert watcher.session.state is SessionState.OPEN
+    finally:
+        for task in tasks:
+            task.cancel()
