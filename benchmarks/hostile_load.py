@@ -25,7 +25,8 @@ same time:
   ``--attack-connections``, 1,200), each handshaken under a new peer id, held
   idle.
 
-Midway through each run a new honest client tries to connect (from 127.0.0.1).
+Midway through each run a new honest client joins the preloaded document (from
+127.0.0.1, with an empty version vector: it gets the whole document).
 At the end a real ``WebSocketClient`` fetches the document: the run has
 *converged* when its text equals the merge of the preload, every honest edit
 sent and the attacker's changes the server accepted; *acked edits lost* counts
@@ -76,7 +77,6 @@ from _common import (  # benchmarks/ is not a package
 ATTACKER_HOST = "127.0.0.2"
 CLASSES = ("flood", "big", "status", "presence", "connections")
 DOCUMENT = "hostile-doc"
-PROBE_DOCUMENT = "probe-doc"
 
 
 # ----------------------------------------------------------------- the attacker
@@ -404,9 +404,9 @@ async def send_preload(url: str, peer: str, secret: bytes, frames: list[bytes], 
 
 
 def probe_connect(url: str, out: dict[str, Any]) -> None:
-    """A new honest client's handshake during the attack (from 127.0.0.1), on a document
-    of its own (an empty one: joining the big one would cost the server its snapshot
-    and disturb the honest figures; this asks only whether the server lets anyone in)."""
+    """A new honest client's handshake during the attack (from 127.0.0.1), with an empty
+    version vector, on the preloaded document: it gets the whole document (the
+    server's kept snapshot and what came after, ``server/catchup.py``)."""
 
     async def go() -> None:
         from websockets.asyncio.client import connect
@@ -414,7 +414,7 @@ def probe_connect(url: str, out: dict[str, Any]) -> None:
         rng = random.Random()
         t = time.perf_counter()
         async with connect(url, compression=None, max_size=None, proxy=None, open_timeout=10) as ws:
-            await ws.send(handshake_request(PROBE_DOCUMENT, _peer(rng), rng.randbytes(32)))
+            await ws.send(handshake_request(DOCUMENT, _peer(rng), rng.randbytes(32)))
             while True:
                 data = await asyncio.wait_for(ws.recv(), 10)
                 if isinstance(data, bytes) and len(data) > 5 and data[3] in (0x02, 0x7F):
@@ -552,7 +552,7 @@ def run_class(kind: str, args: argparse.Namespace, prepared: Prepared) -> ClassR
                 timer = threading.Timer(
                     max(0.0, t0 + args.seconds / 2 - time.perf_counter()),
                     probe_connect,
-                    (f"ws://{HOST}:{server.port}/{PROBE_DOCUMENT}", probe_box),
+                    (url, probe_box),
                 )
                 timer.daemon = True
                 timer.start()

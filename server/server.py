@@ -54,11 +54,17 @@ __all__ = ["Authenticator", "WebSocketServer"]
 
 _log = logging.getLogger(__name__)
 
-# Refusals after which the client's address cools down (Limits.abuse_cooldown): an
-# honest client never sends an undecodable frame, and is rarely over its rates.
+# Refusals after which the peer cools down at its address (Limits.abuse_cooldown): an
+# honest client never sends an undecodable frame nor speaks for another peer (a
+# refused upload of an honest replica does not close), and is rarely over its rates.
 _ABUSE = frozenset(
     code.name
-    for code in (ErrorCode.RATE_LIMITED, ErrorCode.INVALID_MESSAGE, ErrorCode.MESSAGE_TOO_LARGE)
+    for code in (
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.INVALID_MESSAGE,
+        ErrorCode.MESSAGE_TOO_LARGE,
+        ErrorCode.FORBIDDEN_PEER,
+    )
 )
 
 #: Seconds ``/healthz`` waits for the store to answer.

@@ -77,7 +77,8 @@ class Limits:
             silent (no frame at all; clients ping every 15 s); None: forever.
         abuse_cooldown: seconds a peer id's new connections from an address
             are refused (``RATE_LIMITED``, at the handshake) after one of them
-            was refused for its rate or for a frame that does not decode; None:
+            was refused for its rate, a frame that does not decode or speaking
+            for another peer; None:
             never. Reconnecting must not refill a flooding client's bucket, nor
             let it send hostile frames as fast as it can handshake.
     """

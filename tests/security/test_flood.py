@@ -171,3 +171,16 @@ async def test_one_address_gets_a_few_handshakes_worked_on_at_once(
             await attacker.joined()  # every one gets in, in turn
         assert peak["127.0.0.2"] == 2, peak
         await keep_editing_and_converge(users, text_of(server))
+
+
+async def test_a_peer_refused_for_speaking_for_another_cools_down(tmp_path: Path) -> None:
+    from crdt_sync.sync import AwarenessUpdate
+
+    async with serving(tmp_path, Limits()) as server, honest_users(url(server)) as users:
+        attacker = await Attacker.join(url(server))
+        await attacker.joined()
+        await attacker.send(encode_message(AwarenessUpdate(users[0].peer, 1, {"name": "me"})))
+        await attacker.expect_error(ErrorCode.FORBIDDEN_PEER)
+        again = await Attacker.join(url(server), peer=attacker.peer)
+        await again.expect_error(ErrorCode.RATE_LIMITED)
+        await keep_editing_and_converge(users, text_of(server))
