@@ -26,7 +26,6 @@ import hmac
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -254,17 +253,11 @@ class SqliteServerRegistry(CRDTServerRegistry):
         # (document id, peer id) -> secret hash, for claims read or made.
         self._peer_claims: dict[tuple[str, str], bytes] = {}
         self._closed = False
-        # Group commit state: ops waiting for the next transaction, shared with the
-        # writer thread under the lock; _draining: a drain job is queued or running.
-        self._queue: list[_Queued] = []
-        self._queue_lock = threading.Lock()
-        # _draining: a drain job is queued or running; _idle: it waits on the doorbell.
+        # Group commit state: the ops for the writer thread, in order (a SimpleQueue:
+        # handing one over takes no lock on the loop's side); _draining: a drain
+        # job is queued or running (it takes what the inbox holds).
+        self._inbox: SimpleQueue[_Queued | None] = SimpleQueue()
         self._draining = False
-        self._idle = False
-        self._stopping = False
-        self._doorbell: SimpleQueue[None] = SimpleQueue()
-        # Every write not yet settled (flush waits for them).
-        self._unsettled: set[asyncio.Future[object]] = set()
         # The descriptor holding the exclusive lock on the file (POSIX).
         self._lock_fd: int | None = None
         # One thread owns the connection (sqlite3 objects are not shared).
@@ -467,67 +460,70 @@ class SqliteServerRegistry(CRDTServerRegistry):
             ) from error
 
     def _enqueue(self, op: _WriteOp, kind: int) -> asyncio.Future[object]:
-        """Hand ``op`` to the writer thread: a list append under a lock, and a wake-up
-        only when the thread waits for work (a new drain job when none runs)."""
+        """Hand ``op`` to the writer thread: one put on its inbox, and a drain job
+        submitted only when none is running."""
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._unsettled.add(future)
-        future.add_done_callback(self._unsettled.discard)
-        with self._queue_lock:
-            self._queue.append((op, future, kind))
-            if self._draining:
-                if self._idle:
-                    self._idle = False
-                    self._doorbell.put(None)
-                return future
+        self._inbox.put((op, future, kind))
+        if not self._draining:
             self._draining = True
-        try:
-            self._executor.submit(self._drain)
-        except RuntimeError as error:  # the executor is shut down
-            with self._queue_lock:
+            try:
+                self._executor.submit(self._drain)
+            except RuntimeError as error:  # the executor is shut down
                 self._draining = False
-                self._queue.clear()
-            future.set_exception(RegistryClosedError(f"registry {self.path} is closed: {error}"))
+                future.set_exception(
+                    RegistryClosedError(f"registry {self.path} is closed: {error}")
+                )
         return future
 
     def _drain(self) -> None:
-        """The writer thread's job: run what is queued, in order (writes in group
-        commits, a slow write or a read alone), and wait up to ``_LINGER`` seconds
-        for more before ending (so a busy server hands work over with a list
-        append, not an executor job per commit). Each commit settles its futures
-        with one call into their loop."""
-        doorbell = self._doorbell
+        """The writer thread's job: run what the inbox holds, in order (writes in
+        group commits, a slow write or a read alone), and wait up to ``_LINGER``
+        seconds for more before ending (so a busy server hands work over with a
+        queue put, not an executor job per commit). Each commit settles its
+        futures with one call into their loop.
+
+        The job ends with the inbox empty and ``_draining`` False; a put that
+        raced with the ending sees ``_draining`` False and submits the next job
+        (the executor's one thread runs them one after the other)."""
+        inbox = self._inbox
+        carried: _Queued | None = None
         while True:
-            with self._queue_lock:
-                queue = self._queue
-                if not queue:
-                    if self._stopping:
-                        self._draining = self._idle = False
-                        return
-                    self._idle = True
-            if not queue:
+            if carried is not None:
+                first, carried = carried, None
+            else:
                 try:
-                    doorbell.get(timeout=_LINGER)
+                    item = inbox.get(timeout=_LINGER)
                 except Empty:
-                    with self._queue_lock:
-                        if not self._queue:
-                            self._draining = self._idle = False
-                            return
-                continue
-            if queue[0][2] == _WRITE:
+                    self._draining = False
+                    if inbox.empty():
+                        return
+                    self._draining = True
+                    continue
+                if item is None:  # close(): end now
+                    self._draining = False
+                    return
+                first = item
+            kind = first[2]
+            batch = [first]
+            if kind == _WRITE:
                 # Group commits start commit_interval apart at most: what arrives
                 # while the thread waits joins this commit.
                 wait = self._last_commit + self.commit_interval - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-            with self._queue_lock:
-                queue = self._queue
-                kind = queue[0][2]
-                if kind == _WRITE:
-                    # Every write up to the first slow write or read shares the commit.
-                    cut = next((i for i, q in enumerate(queue) if q[2] != _WRITE), len(queue))
-                else:
-                    cut = 1
-                batch, self._queue = queue[:cut], queue[cut:]
+                # Every write up to the first slow write or read shares the commit.
+                while True:
+                    try:
+                        item = inbox.get_nowait()
+                    except Empty:
+                        break
+                    if item is None:
+                        inbox.put(None)  # seen after this commit
+                        break
+                    if item[2] != _WRITE:
+                        carried = item
+                        break
+                    batch.append(item)
             outcomes: list[tuple[bool, object]]
             if kind == _READ:
                 try:
@@ -1031,9 +1027,10 @@ class SqliteServerRegistry(CRDTServerRegistry):
         return list(self._loaded)
 
     async def flush(self) -> None:
+        """Return once every write queued before the call is settled (the writer
+        thread runs its inbox in order: a no-op queued last settles last)."""
         self._check_open()
-        while self._unsettled:
-            await asyncio.gather(*list(self._unsettled), return_exceptions=True)
+        await self._enqueue(lambda connection: None, _READ)
 
     async def close(self) -> None:
         """Snapshot every document with logged changes, commit, checkpoint the WAL, close.
@@ -1047,11 +1044,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
                 self._queue_snapshot(document_id, loaded)
         await self.flush()
         self._closed = True
-        with self._queue_lock:  # end the writer thread's job now, not after its linger
-            self._stopping = True
-            if self._idle:
-                self._idle = False
-                self._doorbell.put(None)
+        self._inbox.put(None)  # end the writer thread's job now, not after its linger
         loop = asyncio.get_running_loop()
 
         def finish(connection: sqlite3.Connection) -> None:
