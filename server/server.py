@@ -303,6 +303,7 @@ class WebSocketServer:
             return
         self._stopped = True
         self.rooms.closing = True
+        self._hosts.end_waits()  # refusals waiting in the tarpit are sent now
         for connection in list(self._connections):
             connection.session.close()
             connection.flush()
@@ -377,6 +378,10 @@ class WebSocketServer:
         host = _host_of(ws)
         cap = self.limits.max_connections_per_ip
         if self._hosts.connections(host) >= cap:
+            # Answered after a pause (a few at a time per address, the rest at once):
+            # an address that keeps connecting does so at the pace of the pause.
+            async with self._hosts.tarpit(host):
+                pass
             self.metrics.refusals.labels(ErrorCode.TOO_MANY_CONNECTIONS.name).inc()
             return _http_response(
                 HTTPStatus.TOO_MANY_REQUESTS,

@@ -296,6 +296,9 @@ class HostQuotas:
         # host -> [its handshake slots, how many hold or wait for one]
         self._handshakes: dict[str, list[Any]] = {}
         self._cooling: dict[tuple[str, str], float] = {}  # (host, peer) -> refused until
+        # host -> refusals waiting to be sent (tarpit); set: the waits end (stopping)
+        self._tarpitted: dict[str, int] = {}
+        self._opened: asyncio.Event | None = None
 
     def connect(self, host: str) -> bool:
         """Count a new connection from ``host``; False (not counted) when at its cap."""
@@ -330,6 +333,36 @@ class HostQuotas:
             entry[1] -= 1
             if entry[1] == 0 and self._handshakes.get(host) is entry:
                 del self._handshakes[host]
+
+    @contextlib.asynccontextmanager
+    async def tarpit(self, host: str) -> AsyncIterator[None]:
+        """Wait ``_TARPIT_SECONDS`` before refusing ``host`` for its connection cap,
+        if fewer than ``_TARPIT_SLOTS`` of its refusals wait already (else at once:
+        waiting sockets are bounded)."""
+        held = self._tarpitted.get(host, 0)
+        if held >= _TARPIT_SLOTS:
+            yield
+            return
+        self._tarpitted[host] = held + 1
+        if self._opened is None:
+            self._opened = asyncio.Event()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_TARPIT_SECONDS):
+                    await self._opened.wait()
+            yield
+        finally:
+            left = self._tarpitted[host] - 1
+            if left:
+                self._tarpitted[host] = left
+            else:
+                del self._tarpitted[host]
+
+    def end_waits(self) -> None:
+        """Answer every refusal waiting in :meth:`tarpit` now (the server stops)."""
+        if self._opened is None:
+            self._opened = asyncio.Event()
+        self._opened.set()
 
     def cool_down(self, host: str, peer_id: str) -> None:
         """A connection of ``peer_id`` from ``host`` was refused for abuse (rate,
@@ -372,6 +405,10 @@ class HostQuotas:
 
 
 _MAX_TRACKED_HOSTS = 10_000
+# An address over its connection cap gets its refusal after this pause, this many
+# at a time (the others at once).
+_TARPIT_SECONDS = 1.0
+_TARPIT_SLOTS = 64
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 

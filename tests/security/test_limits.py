@@ -383,3 +383,30 @@ async def test_a_client_over_its_address_cap_reports_it_and_gets_in_later() -> N
         finally:
             await third.client.disconnect()
             third.client.close()
+
+
+async def test_refusals_for_the_address_cap_wait_a_few_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import server.trust as trust
+
+    monkeypatch.setattr(trust, "_TARPIT_SECONDS", 60.0)
+    monkeypatch.setattr(trust, "_TARPIT_SLOTS", 2)
+    limits = Limits(max_connections_per_ip=2)
+    async with serving(limits=limits) as server, honest_users(url(server)) as users:
+        for _ in range(2):
+            await (await Attacker.join(url(server))).joined()
+        attempts = [asyncio.ensure_future(Attacker.join(url(server))) for _ in range(5)]
+        for refused, attempt in enumerate(asyncio.as_completed(attempts), 1):
+            with pytest.raises(InvalidStatus):
+                await attempt
+            if refused == 3:
+                break
+        # Two wait in the tarpit (an address hammering connects at its pace); the
+        # others were answered at once, and everyone else carries on meanwhile.
+        assert sum(not a.done() for a in attempts) == 2
+        await keep_editing_and_converge(users, text_of(server))
+    # Stopping the server ends the waits.
+    for attempt in attempts:
+        with pytest.raises((InvalidStatus, ConnectionClosed, OSError)):
+            await attempt
