@@ -401,6 +401,9 @@ def test_the_caller_bounds_what_a_batch_or_snapshot_may_inflate_to() -> None:
 
 
 @pytest.mark.slow
+# 20,000 examples take 6-7 minutes on a busy 2-core machine: the suite-wide
+# 120 s guard against hangs would cut the run short, not find a hang.
+@pytest.mark.timeout(900)
 @settings(parent=settings.get_profile("slow"), max_examples=20_000)
 @given(flips, st.booleans())
 def test_many_flipped_change_batches(changes: list[tuple[int, int]], compress: bool) -> None:
@@ -411,6 +414,9 @@ def test_many_flipped_change_batches(changes: list[tuple[int, int]], compress: b
 
 
 @pytest.mark.slow
+# 20,000 examples take 6-7 minutes on a busy 2-core machine: the suite-wide
+# 120 s guard against hangs would cut the run short, not find a hang.
+@pytest.mark.timeout(900)
 @settings(parent=settings.get_profile("slow"), max_examples=20_000)
 @given(flips)
 def test_many_snapshots_with_flipped_bodies(changes: list[tuple[int, int]]) -> None:
