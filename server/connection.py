@@ -314,19 +314,18 @@ class Connection:
         )
         # Frames are read (and charged to the rates) as they arrive, while earlier
         # ones are still being applied and stored: a flood is refused at once.
-        inbox: collections.deque[bytes | str] = collections.deque()
-        arrived = asyncio.Event()
-        reader = asyncio.get_running_loop().create_task(self._read_ahead(inbox, arrived))
+        inbox = _Inbox()
+        reader = asyncio.get_running_loop().create_task(self._read_ahead(inbox))
         try:
             while session.state is SessionState.OPEN:
-                if not inbox:
+                frame = inbox.pop()
+                if frame is None:
                     if reader.done():
                         reader.result()  # raises ConnectionClosed when the client went
                         break  # refused (rate, silence): the session is closed
-                    arrived.clear()
-                    await arrived.wait()
+                    await inbox.wait()
                     continue
-                await self._decode(inbox.popleft())
+                await self._decode(frame)
                 await self._process(rooms, access, emit)
         finally:
             reader.cancel()
@@ -337,9 +336,7 @@ class Connection:
                 with contextlib.suppress(asyncio.CancelledError):
                     await expiry
 
-    async def _read_ahead(
-        self, inbox: collections.deque[bytes | str], arrived: asyncio.Event
-    ) -> None:
+    async def _read_ahead(self, inbox: _Inbox) -> None:
         """Read frames while the session is open, charging each to the rates as it
         arrives; end the session after ``idle_timeout`` seconds without a frame."""
         session = self.session
@@ -355,10 +352,9 @@ class Connection:
                     return
                 if not self._within_rates(len(frame)):
                     return
-                inbox.append(frame)
-                arrived.set()
+                inbox.put(frame)
         finally:
-            arrived.set()
+            inbox.wake()
 
     async def _receive(self, frame: bytes | str) -> None:
         """Hand one frame to the session, within the connection's rates."""
@@ -510,6 +506,51 @@ class Connection:
                 )
                 return None
         return role
+
+
+class _Inbox:
+    """Frames read ahead of their processing, and the processing side's wake-up.
+
+    The deque is made for the first waiting frame and dropped once drained, the
+    wake-up future exists only while the processing side waits: an idle
+    connection holds neither (an ``asyncio.Event`` and a deque would take
+    1.5 KiB each connection)."""
+
+    __slots__ = ("_frames", "_waiter")
+
+    def __init__(self) -> None:
+        self._frames: collections.deque[bytes | str] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, frame: bytes | str) -> None:
+        if self._frames is None:
+            self._frames = collections.deque()
+        self._frames.append(frame)
+        self.wake()
+
+    def pop(self) -> bytes | str | None:
+        """The oldest waiting frame, or None."""
+        frames = self._frames
+        if not frames:
+            return None
+        frame = frames.popleft()
+        if not frames:
+            self._frames = None
+        return frame
+
+    def wake(self) -> None:
+        """Wake the processing side (a frame came, or the reading ended)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until :meth:`wake` (call only after :meth:`pop` found nothing)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
 
 class _Access:
