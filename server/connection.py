@@ -327,6 +327,11 @@ class Connection:
                     continue
                 await self._decode(frame)
                 await self._process(rooms, access, emit)
+                if inbox:
+                    # Applying a frame need not suspend (only its Ack waits for the
+                    # store): give the other connections a turn between frames, so
+                    # a client with hundreds queued cannot hold the loop for them all.
+                    await asyncio.sleep(0)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from security_helpers import Attacker, honest_users, keep_editing_and_converge
+from security_helpers import Attacker, honest_users, keep_editing_and_converge, wait_for
 from websockets.exceptions import ConnectionClosed
 
 from crdt_sync import Change, CRDTDocument, CRDTTextHandler, PeerId
@@ -184,3 +184,40 @@ async def test_a_peer_refused_for_speaking_for_another_cools_down(tmp_path: Path
         again = await Attacker.join(url(server), peer=attacker.peer)
         await again.expect_error(ErrorCode.RATE_LIMITED)
         await keep_editing_and_converge(users, text_of(server))
+
+
+async def test_a_client_with_many_frames_queued_lets_others_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.rooms import Rooms
+
+    order: list[str] = []
+    apply = Rooms.apply
+
+    async def recording(self: Rooms, member: Any, changes: Any, *args: Any, **kw: Any) -> None:
+        order.append(str(changes[0].peer))
+        await apply(self, member, changes, *args, **kw)
+
+    monkeypatch.setattr(Rooms, "apply", recording)
+    limits = Limits(messages_per_second=10_000, message_burst=10_000)
+    async with serving(tmp_path, limits) as server, honest_users(url(server)) as users:
+        attacker = await Attacker.join(url(server))
+        await attacker.joined()
+        burst = [encode_message(Changes((c,))) for c in appends(attacker.peer, 400)]
+        await asyncio.gather(*(attacker.send(frame) for frame in burst))
+        users[0].text.insert(0, "mine ")  # sent now, behind the attacker's burst
+        await users[0].wait_acknowledged()
+        mine = order.index(users[0].peer)
+        # Applied between the attacker's frames, not after all of them.
+        assert order[mine + 1 :].count(attacker.peer) > 0, "the burst held the loop"
+        while True:  # the whole burst is applied and acknowledged
+            message = await attacker.recv()
+            if isinstance(message, Ack) and message.version_vector.get(attacker.peer, 0) >= 400:
+                break
+        read = text_of(server)
+        await wait_for(
+            lambda: all(u.text.value == read() for u in users),
+            documents=tuple(u.document for u in users),
+            what="the burst relayed to everyone",
+        )
+        await keep_editing_and_converge(users, read)
