@@ -50,7 +50,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -81,7 +81,7 @@ from .metrics import ServerMetrics
 from .presence import REMOTE, RoomPresence, presence_size
 from .registry import CRDTServerRegistry, RegistryObserver
 from .session import ServerSession, SessionState
-from .trust import HostQuotas, Limits, UploadRefusal, upload_violation
+from .trust import HostQuotas, KeyedGates, Limits, UploadRefusal, upload_violation
 
 __all__ = ["Emit", "Member", "Room", "Rooms", "Spawn"]
 
@@ -205,8 +205,7 @@ class Rooms(RegistryObserver):
         self._emit = emit
         self._spawn = spawn
         self.rooms: dict[str, Room] = {}
-        # document id -> [its lock, how many coroutines hold or wait for it]
-        self._locks: dict[str, list[Any]] = {}
+        self._locks = KeyedGates(asyncio.Lock)
         #: Set when the server stops: no new joins, no idle unloads.
         self.closing = False
 
@@ -214,21 +213,9 @@ class Rooms(RegistryObserver):
         """The room of a loaded document, or None."""
         return self.rooms.get(document_id)
 
-    @contextlib.asynccontextmanager
-    async def _lock(self, document_id: str) -> AsyncIterator[None]:
-        """Hold the document's lock. A lock nobody holds or waits for is forgotten,
-        so the table only ever lists documents in use (not every id ever seen)."""
-        entry = self._locks.get(document_id)
-        if entry is None:
-            entry = self._locks[document_id] = [asyncio.Lock(), 0]
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0 and self._locks.get(document_id) is entry:
-                del self._locks[document_id]
+    def _lock(self, document_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the document's lock (forgotten once nobody holds or waits for it)."""
+        return self._locks.hold(document_id)
 
     @property
     def lock_count(self) -> int:

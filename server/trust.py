@@ -284,6 +284,35 @@ class TokenBucket:
         return True
 
 
+class KeyedGates:
+    """An asyncio lock or semaphore per key (a document id, a client address), made
+    when first needed and forgotten when nobody holds or waits for it: the table
+    lists only the keys in use, never every key a client ever named."""
+
+    def __init__(self, make: Callable[[], asyncio.Lock | asyncio.Semaphore]) -> None:
+        self._make = make
+        # key -> [its gate, how many coroutines hold or wait for it]
+        self._gates: dict[str, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._gates)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Pass ``key``'s gate for the ``async with`` block."""
+        entry = self._gates.get(key)
+        if entry is None:
+            entry = self._gates[key] = [self._make(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and self._gates.get(key) is entry:
+                del self._gates[key]
+
+
 class HostQuotas:
     """Per client address: open connections, document creations per minute, and the
     cool-down after an abuse."""
@@ -293,8 +322,7 @@ class HostQuotas:
         self._clock = clock
         self._connections: dict[str, int] = {}
         self._creations: dict[str, TokenBucket] = {}
-        # host -> [its handshake slots, how many hold or wait for one]
-        self._handshakes: dict[str, list[Any]] = {}
+        self._handshakes = KeyedGates(lambda: asyncio.Semaphore(limits.handshakes_per_ip))
         self._cooling: dict[tuple[str, str], float] = {}  # (host, peer) -> refused until
         # host -> refusals waiting to be sent (tarpit); set: the waits end (stopping)
         self._tarpitted: dict[str, int] = {}
@@ -318,21 +346,10 @@ class HostQuotas:
     def connections(self, host: str) -> int:
         return self._connections.get(host, 0)
 
-    @contextlib.asynccontextmanager
-    async def handshake_turn(self, host: str) -> AsyncIterator[None]:
+    def handshake_turn(self, host: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Work on a handshake from ``host`` once it is among the address's
-        ``handshakes_per_ip`` at once (an address nobody waits for is forgotten)."""
-        entry = self._handshakes.get(host)
-        if entry is None:
-            entry = self._handshakes[host] = [asyncio.Semaphore(self._limits.handshakes_per_ip), 0]
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0 and self._handshakes.get(host) is entry:
-                del self._handshakes[host]
+        ``handshakes_per_ip`` at once."""
+        return self._handshakes.hold(host)
 
     @contextlib.asynccontextmanager
     async def tarpit(self, host: str) -> AsyncIterator[None]:
