@@ -40,6 +40,7 @@ from .changes import (
     decode_batch,
     encode_bodies,
 )
+from .collector import paused_collector
 from .events import (
     DeltaBuilder,
     ListEvent,
@@ -375,12 +376,14 @@ class CRDTDocument:
         """Decode and import; a DecodeError leaves the document untouched.
 
         ``max_size`` bounds the decoded body of ``data`` (what its compressed
-        form may inflate to): a server passes its message size limit.
+        form may inflate to): a server passes its message size limit. The
+        garbage collector is paused meanwhile (``collector.py``).
         """
-        batch = decode_batch(data, max_size)
-        if batch and isinstance(batch[0], Segment):
-            return self._import_segments(batch)
-        return self._import(batch)
+        with paused_collector():
+            batch = decode_batch(data, max_size)
+            if batch and isinstance(batch[0], Segment):
+                return self._import_segments(batch)
+            return self._import(batch)
 
     def _import_segments(self, segments: list[Segment]) -> int:
         """Import decoded segments run by run when they are simply the next changes
@@ -538,7 +541,8 @@ class CRDTDocument:
             if not isinstance(change, Change):
                 raise TypeError(f"expected Change, not {type(change).__name__}")
             tuples.append(change._data)
-        return self._import(tuples)
+        with paused_collector():
+            return self._import(tuples)
 
     def _import(self, changes: list[ChangeTuple]) -> int:
         """Schedule, validate, then apply: a batch applies whole or not at all."""
