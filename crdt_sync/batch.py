@@ -98,6 +98,44 @@ def _non_negative(values: array[int]) -> bool:
     return not top.translate(None, _BELOW_128)
 
 
+_ONE = (1).to_bytes(4, sys.byteorder)
+
+
+def _all_ones(values: array[int]) -> bool:
+    """Whether every value of an ``I`` array is 1, with no int made per value
+    (``count`` finds ``len(values)`` non-overlapping 4-byte matches in
+    ``4 * len(values)`` bytes only if they tile the array)."""
+    return values.tobytes().count(_ONE) == len(values)
+
+
+def _all_below(values: array[int], limit: int) -> bool:
+    """Whether every value of an unsigned array is below ``limit``: by the bytes
+    when ``limit`` is a power of two or at most 256, else by ``max``."""
+    if not values:
+        return True
+    size = values.itemsize
+    raw = values.tobytes()
+    if not _LITTLE:  # pragma: no cover
+        return max(values) < limit
+    if limit <= 256:
+        # Only the low byte may be set, and below ``limit``.
+        if raw[0::size].translate(None, _BELOW[limit]):
+            return False
+        return not any(raw[k::size].translate(None, b"\x00") for k in range(1, size))
+    bits = limit.bit_length() - 1
+    if limit != 1 << bits:
+        return max(values) < limit
+    # A power of two: every byte above the limit's is zero, and its own below it.
+    byte, bit = divmod(bits, 8)
+    if byte < size and raw[byte::size].translate(None, _BELOW[1 << bit]):
+        return False
+    return not any(raw[k::size].translate(None, b"\x00") for k in range(byte + 1, size))
+
+
+#: ``_BELOW[k]``: the bytes 0 .. k-1 (removing them leaves the bytes >= k).
+_BELOW = [bytes(range(k)) for k in range(257)]
+
+
 def _frombytes(r: Reader, code: str, n: int) -> array[int]:
     a = array(code)
     a.frombytes(r.raw(a.itemsize * n))
@@ -437,7 +475,10 @@ def decode_segment(r: Reader) -> Segment:
     if nt != kinds.count(TYPING):
         raise r.fail("typing lengths do not match the changes")
     tlen = _frombytes(r, "I", nt)
-    if nt and min(tlen) < 1:
+    # Typing one character per change is the rule: then the text offsets are
+    # the indexes themselves (``tcum`` stays None), checked with no int per change.
+    ones = _all_ones(tlen)
+    if nt and not ones and min(tlen) < 1:
         raise r.fail("empty typing change")
     nd = r.count(16)
     if nd != kinds.count(DELETING):
@@ -445,15 +486,14 @@ def decode_segment(r: Reader) -> Segment:
     dpeer = _frombytes(r, "I", nd)
     dctr = _frombytes(r, "Q", nd)
     dlen = _frombytes(r, "I", nd)
-    if nd and (
-        max(dpeer) >= len(peers)
-        or max(dctr) >= MAX_COUNTER
-        or min(dlen) < 1
-        or max(dlen) > MAX_COUNT
+    if nd and not (
+        _all_below(dpeer, len(peers))
+        and _all_below(dctr, MAX_COUNTER)
+        and (_all_ones(dlen) or (min(dlen) >= 1 and max(dlen) <= MAX_COUNT))
     ):
         raise r.fail("bad delete range")
     text = r.str()
-    if len(text) != sum(tlen):
+    if len(text) != (nt if ones else sum(tlen)):
         raise r.fail("text length does not match the typing changes")
     if b"\x01\x02" in kinds or b"\x02\x01" in kinds:
         raise r.fail("a run mixes typing and deleting")
@@ -461,7 +501,7 @@ def decode_segment(r: Reader) -> Segment:
     heads.append(n)
     # Text offsets of the typing continuations: the text of ``tlen[a:b]`` is
     # ``text[tcum[a]:tcum[b]]``.
-    tcum = list(accumulate(tlen, initial=0))
+    tcum = None if ones else list(accumulate(tlen, initial=0))
     runs: list[Run] = []
     append = runs.append
     summary: dict[str, tuple[int, int]] = {}
@@ -494,7 +534,7 @@ def decode_segment(r: Reader) -> Segment:
                 raise r.fail("a continuation of a change that starts no such run")
             if kind == TYPING:
                 tl += m
-                end += tcum[tl] - tcum[tl0]
+                end += m if tcum is None else tcum[tl] - tcum[tl0]
             else:
                 d += m
                 end += m
@@ -502,7 +542,7 @@ def decode_segment(r: Reader) -> Segment:
             kind = FULL
         if end > MAX_COUNTER:
             raise r.fail("counter too large")
-        append((i, j, kind, head, tl0, tcum[tl0], d0, end))
+        append((i, j, kind, head, tl0, tl0 if tcum is None else tcum[tl0], d0, end))
         first = summary.get(peer)
         summary[peer] = (head[1] if first is None else first[0], end)
         prev_peer = peer
@@ -579,9 +619,22 @@ def _fast_row(
         if flags & _F_NEXT_COUNTER:
             ctr = expect
         else:
-            ctr, pos = _varint(data, pos)
-            if ctr > MAX_COUNTER:
-                return None
+            ctr = data[pos]
+            pos += 1
+            if ctr >= 0x80:  # a longer varint, inline (as _varint)
+                ctr &= 0x7F
+                shift = 7
+                while True:
+                    b = data[pos]
+                    pos += 1
+                    ctr |= (b & 0x7F) << shift
+                    if b < 0x80:
+                        break
+                    shift += 7
+                    if shift > 63:
+                        return None
+                if ctr > MAX_COUNTER:
+                    return None
         if flags & _F_CHAIN_DEPS:
             if ctr == 0:
                 return None
@@ -609,23 +662,37 @@ def _fast_row(
             return None
         name = names[index]
         if kind == TEXT_INSERT:
-            refs: list[tuple[str, int] | None] = []
-            for _ in range(2):
+            refs: list[tuple[str, int] | None] = [None, None]
+            for k in (0, 1):
                 tag = data[pos]
                 pos += 1
                 if tag == _REF_NONE:
-                    refs.append(None)
-                elif tag == _REF_PREV:
+                    continue
+                if tag == _REF_PREV:
                     if ctr == 0:
                         return None
-                    refs.append((peer, ctr - 1))
+                    refs[k] = (peer, ctr - 1)
                 elif tag == _REF_FULL:
                     index = data[pos]
-                    pos += 1
+                    rctr = data[pos + 1]
+                    pos += 2
                     if index >= 0x80 or index >= len(peers):
                         return None
-                    rctr, pos = _varint(data, pos)
-                    refs.append((peers[index], rctr))
+                    if rctr >= 0x80:  # a longer varint, inline (as _varint)
+                        rctr &= 0x7F
+                        shift = 7
+                        while True:
+                            b = data[pos]
+                            pos += 1
+                            rctr |= (b & 0x7F) << shift
+                            if b < 0x80:
+                                break
+                            shift += 7
+                            if shift > 63:
+                                return None
+                        if rctr > 1 << 64:
+                            return None
+                    refs[k] = (peers[index], rctr)
                 else:
                     return None
             size = data[pos]

@@ -566,10 +566,16 @@ class Sequence:
         return chunks.index(chunk)
 
     def _span_index(self, chunk: Chunk, span: Span) -> int:
+        """The index of ``span`` in ``chunk``: first by identity near the last
+        placement (``_hint``), where remote runs mostly land, then by
+        ``list.index``, which compares spans by value (a few items each)."""
         si = self._hint[1]
         spans = chunk.spans
         if si < len(spans) and spans[si] is span:
             return si
+        for k in range(si - 3 if si > 3 else 0, min(si + 4, len(spans))):
+            if spans[k] is span:
+                return k
         return spans.index(span)
 
     def find(self, peer: str, ctr: int) -> Span | None:

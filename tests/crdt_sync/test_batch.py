@@ -235,3 +235,21 @@ def test_the_fast_head_reader_decodes_exactly_what_the_checked_one_does(
     checked = [_decode_outcome(v) for v in variants]
     assert fast == checked
     assert fast[0] != "DecodeError" and fast.count("DecodeError") > len(variants) // 10
+
+
+def test_the_column_checks_by_bytes_agree_with_max_and_min() -> None:
+    from array import array
+
+    from crdt_sync.batch import _all_below, _all_ones
+
+    rng = random.Random(11)
+    limits = [0, 1, 2, 5, 255, 256, 257, 1000, 1 << 16, 1 << 24, (1 << 24) + 3, 1 << 53]
+    for _ in range(3000):
+        code = rng.choice("IQ")
+        top = rng.choice([1, 2, 256, 1 << 20, 1 << 32, 1 << 54])
+        top = min(top, 1 << (8 * array(code).itemsize))
+        values = array(code, [rng.choice([1, rng.randrange(top)]) for _ in range(rng.randrange(6))])
+        for limit in limits:
+            assert _all_below(values, limit) == all(v < limit for v in values), (values, limit)
+        if code == "I":
+            assert _all_ones(values) == all(v == 1 for v in values), values
