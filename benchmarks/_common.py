@@ -755,6 +755,85 @@ def crdt_change_ids(frame: bytes) -> list[tuple[bytes, int]]:
     return out
 
 
+def crdt_relay_ids_library(frame: bytes, dictionary: list[bytes]) -> list[tuple[bytes, int]]:
+    """The op ids a Relay frame (protocol version 4) carries, by the library's decoder."""
+    from crdt_sync.sync.messages import Relay, decode_message
+    from crdt_sync.sync.relay import decode_relay
+
+    message = decode_message(frame, max_size=1 << 30)
+    if not isinstance(message, Relay):
+        return []
+    entries = [entry.decode("utf-8", "surrogatepass") for entry in dictionary]
+    return [
+        (change.peer.encode(), change.counter + i)
+        for change in decode_relay(message.body, entries, 1 << 30)
+        for i in range(change.size)
+    ]
+
+
+def crdt_relay_ids(frame: bytes, dictionary: list[bytes]) -> list[tuple[bytes, int]]:
+    """The op ids (peer as UTF-8, counter) of the edits a Relay frame carries, read from
+    its records (``docs/encoding.md``, "Relay records"): a one-change record's peer
+    table (dictionary references or literal peers), its names, its 8-byte time stamp,
+    then its row's flags, peer index and counter. Each record's change is one text
+    insert of one character here; a record of another shape (a batch, several ids)
+    goes to the library's decoder, and so does a compressed frame."""
+    if frame[4]:
+        return crdt_relay_ids_library(frame, dictionary)
+    count, p = _uv(frame, 5)
+    out = []
+    for _ in range(count):
+        if frame[p] != 1:  # not a one-change record
+            return crdt_relay_ids_library(frame, dictionary)
+        npeers, p = _uv(frame, p + 1)
+        peers = []
+        for _ in range(npeers):
+            ref, p = _uv(frame, p)
+            if ref:
+                peers.append(dictionary[ref - 1])
+            else:
+                peer, p = _peer_at(frame, p)
+                peers.append(peer)
+        nnames, p = _uv(frame, p)
+        for _ in range(nnames):
+            ref, p = _uv(frame, p)
+            if not ref:
+                length, p = _uv(frame, p)
+                p += length
+        p += 8  # the time stamp
+        flags = frame[p]
+        index, p = _uv(frame, p + 1)
+        counter, p = _uv(frame, p)
+        out.append((peers[index], counter))
+        if not flags & 12:  # deps listed, not chained nor derived
+            ndeps, p = _uv(frame, p)
+            for _ in range(2 * ndeps):
+                _, p = _uv(frame, p)
+        nops, p = _uv(frame, p)
+        if nops != 1 or frame[p] != 1:  # one text insert
+            return crdt_relay_ids_library(frame, dictionary)
+        _, p = _uv(frame, p + 1)  # handler name index
+        p = _skip_ref(frame, _skip_ref(frame, p))
+        length, p = _uv(frame, p)
+        if length != 1:
+            return crdt_relay_ids_library(frame, dictionary)
+        p += length
+    if p != len(frame):
+        return crdt_relay_ids_library(frame, dictionary)
+    return out
+
+
+def crdt_dictionary_entries(frame: bytes, held: int) -> list[bytes]:
+    """The entries a Dictionary frame (protocol version 4) adds to a connection that
+    holds ``held`` of them, as UTF-8 (library decoder: one frame per new peer)."""
+    from crdt_sync.sync.messages import Dictionary, decode_message
+
+    message = decode_message(frame, max_size=1 << 30)
+    if not isinstance(message, Dictionary) or message.first != held:
+        raise ValueError("a dictionary delta that does not continue the dictionary")
+    return [entry.encode("utf-8", "surrogatepass") for entry in message.entries]
+
+
 def crdt_ack_library(frame: bytes, peer: bytes) -> int | None:
     """The counter an Ack frame acknowledges for ``peer`` (library decoder), None if no Ack."""
     from crdt_sync.sync.messages import Ack, decode_message
@@ -807,6 +886,25 @@ def check_crdt_readers(workload: Workload) -> bool:
         if joined is not None:
             frame = encode_changes_frame(joined)
             if crdt_change_ids(frame) != crdt_change_ids_library(frame):
+                return False
+        # A relay frame as the server makes it (protocol version 4), read with the
+        # dictionary delta it comes after.
+        from crdt_sync.sync.messages import encode_dictionary_frame, encode_relay_frame
+        from crdt_sync.sync.relay import RelayDictionary, encode_records
+
+        dictionary = RelayDictionary()
+        parts = []
+        count = 0
+        for f in sample[:5]:
+            message = decode_message(f)
+            if isinstance(message, Changes) and message.encoded:
+                part, n = encode_records(message.changes, message.encoded, dictionary)
+                parts.append(part)
+                count += n
+        if parts:
+            entries = crdt_dictionary_entries(encode_dictionary_frame(0, dictionary.entries), 0)
+            frame = encode_relay_frame(count, parts)
+            if crdt_relay_ids(frame, entries) != crdt_relay_ids_library(frame, entries):
                 return False
         vv = VersionVector({plan.ident: plan.index + 3 for plan in workload.clients})
         ack = encode_message(Ack(vv))
@@ -1048,6 +1146,8 @@ class _RawClient:
             self.complete.set()
         self.reader_task: asyncio.Task[None] | None = None
         self.peer = plan.ident.encode()
+        #: The server's relay dictionary as this connection was sent it (version 4).
+        self.dictionary: list[bytes] = []
 
     async def connect(self, tally: list[int]) -> None:
         from websockets.asyncio.client import connect
@@ -1107,12 +1207,17 @@ class _RawClient:
             return
         kind = data[3]
         fast = self.spec.fast_reader
-        if kind == 0x03:  # CHANGES
-            out.messages_in["CHANGES"] += 1
+        if kind == 0x03 or kind == 0x16:  # CHANGES, RELAY
+            out.messages_in["CHANGES" if kind == 0x03 else "RELAY"] += 1
             if not self.synced.is_set():
                 return
             try:
-                ids = crdt_change_ids(data) if fast else crdt_change_ids_library(data)
+                if kind == 0x16:
+                    ids = (crdt_relay_ids if fast else crdt_relay_ids_library)(
+                        data, self.dictionary
+                    )
+                else:
+                    ids = crdt_change_ids(data) if fast else crdt_change_ids_library(data)
             except Exception:
                 out.unparsed += 1
                 return
@@ -1125,6 +1230,13 @@ class _RawClient:
                     out.echoes += 1
                 else:
                     self._deliver(sender, counter - self.spec.firsts[sender], now)
+            return
+        if kind == 0x15:  # DICTIONARY: entries the next relays refer to
+            out.messages_in["DICTIONARY"] += 1
+            try:
+                self.dictionary += crdt_dictionary_entries(data, len(self.dictionary))
+            except Exception:
+                out.unparsed += 1
             return
         if kind == 0x04:  # ACK
             out.messages_in["ACK"] += 1

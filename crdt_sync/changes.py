@@ -121,6 +121,12 @@ class Change:
         """How many op ids the change consumes (``counter .. counter + size - 1``)."""
         return self._data[5]
 
+    @property
+    def data(self) -> ChangeTuple:
+        """The change as the plain tuple ``(peer, counter, timestamp, deps, ops, size)``
+        (deps as ``(peer, counter)`` pairs): what encoders read, with no object made."""
+        return self._data
+
     def to_bytes(self) -> bytes:
         return encode_changes([self])
 

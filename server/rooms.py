@@ -55,7 +55,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from crdt_sync import Change, CRDTDocument, CRDTError, Snapshot, VersionVector, encode_changes
-from crdt_sync.changes import join_batches
 from crdt_sync.exceptions import PendingBufferFullError
 from crdt_sync.snapshot import merge_introduces
 from crdt_sync.sync import (
@@ -67,7 +66,12 @@ from crdt_sync.sync import (
     Role,
     encode_message,
 )
-from crdt_sync.sync.messages import encode_changes_frame
+from crdt_sync.sync.messages import (
+    encode_changes_frame,
+    encode_dictionary_frame,
+    encode_relay_frame,
+)
+from crdt_sync.sync.relay import RelayDictionary, encode_records
 
 from .catchup import refresh
 from .events import ServerEventType
@@ -141,6 +145,10 @@ class Room:
     relay_flush: asyncio.Handle | None = None
     #: When the room last relayed (the event loop's clock).
     relayed_at: float = float("-inf")
+    #: Peer ids and handler names numbered for relay frames (protocol version 4):
+    #: append-only for the room's life, so a member's ``session.dictionary_sent``
+    #: (how many entries it was sent) stays meaningful.
+    dictionary: RelayDictionary = field(default_factory=RelayDictionary)
 
 
 class _Refused(Exception):
@@ -725,11 +733,15 @@ class Rooms(RegistryObserver):
                 room.relay_flush = loop.call_soon(self.flush_relays, room)
 
     def flush_relays(self, room: Room) -> None:
-        """Send the batches waiting in ``room``: one frame for each client that sent
-        none of them, the others' own frames for a client that sent some.
+        """Send the batches waiting in ``room`` as ``Relay`` frames (protocol version 4):
+        one frame for each client that sent none of them, a frame of the others'
+        batches for a client that sent some.
 
-        Every frame is encoded once and the same bytes go to every client it is
-        for; members write synchronously (no task per recipient).
+        Each batch is encoded once, as relay records whose ids refer to the
+        room's dictionary (``crdt_sync/sync/relay.py``), and the same bytes go in
+        every frame it is part of; a client that has not been sent the
+        dictionary's newest entries gets them first, in the same write. Members
+        write synchronously (no task per recipient).
         """
         if room.relay_flush is not None:
             room.relay_flush.cancel()
@@ -742,42 +754,39 @@ class Rooms(RegistryObserver):
         if not targets:
             return
         compressor = self.compressor
-        if len(relays) == 1:
-            (relay,) = relays
-            frame = encode_changes_frame(relay.encoded, compressor)
-            relayed = 0
-            for target in targets:
-                if target is not relay.sender:
-                    target.session.send_frame(frame)
-                    target.flush()
-                    relayed += len(relay.changes)
-            self.metrics.changes_relayed.inc(relayed)
-            return
+        dictionary = room.dictionary
+        parts: list[bytes] = []
+        counts: list[int] = []
+        for relay in relays:
+            part, count = encode_records(relay.changes, relay.encoded, dictionary)
+            parts.append(part)
+            counts.append(count)
+        size = len(dictionary)
         senders = {id(relay.sender) for relay in relays}
         combined: bytes | None = None
-        singles: list[bytes | None] = [None] * len(relays)
         total = sum(len(relay.changes) for relay in relays)
         relayed = 0
+        delta = functools.partial(encode_dictionary_frame, compressor=compressor)
         for target in targets:
             if id(target) not in senders:
                 if combined is None:
-                    # The batches' segments joined (no encoding), or encoded afresh.
-                    joined = join_batches(relay.encoded for relay in relays)
-                    if joined is None:
-                        batch = [change for relay in relays for change in relay.changes]
-                        joined = encode_changes(batch)
-                    combined = encode_changes_frame(joined, compressor)
-                target.session.send_frame(combined)
+                    combined = encode_relay_frame(sum(counts), parts, compressor)
+                frame = combined
                 relayed += total
             else:
-                for index, relay in enumerate(relays):
-                    if relay.sender is target:
-                        continue
-                    single = singles[index]
-                    if single is None:
-                        single = singles[index] = encode_changes_frame(relay.encoded, compressor)
-                    target.session.send_frame(single)
-                    relayed += len(relay.changes)
+                others = [i for i, relay in enumerate(relays) if relay.sender is not target]
+                if not others:
+                    continue
+                frame = encode_relay_frame(
+                    sum(counts[i] for i in others), [parts[i] for i in others], compressor
+                )
+                relayed += sum(len(relays[i].changes) for i in others)
+            session = target.session
+            if session.dictionary_sent < size:
+                # The entries it lacks go first, in the same write.
+                session.send_frame(dictionary.delta(session.dictionary_sent, delta))
+                session.dictionary_sent = size
+            session.send_frame(frame)
             target.flush()
         self.metrics.changes_relayed.inc(relayed)
 

@@ -438,6 +438,9 @@ class ServerSession:
         self._secret_hash = b""
         self._role = Role.WRITE
         self._history_next = 0
+        #: How many entries of its room's relay dictionary this connection was sent
+        #: (protocol version 4; ``server/rooms.py`` ``flush_relays``).
+        self.dictionary_sent = 0
         self.close_code: CloseCode | None = None
         self.close_reason = ""
 

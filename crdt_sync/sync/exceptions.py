@@ -7,6 +7,8 @@ The tree (every class is also a :class:`crdt_sync.CRDTError`)::
         ├── RemoteProtocolError        the peer sent something we cannot accept
         │   ├── MessageDecodeError     malformed / truncated / hostile frame bytes
         │   │   │                      (also a crdt_sync.DecodeError: carries .offset)
+        │   │   ├── DictionaryError    a relay names a dictionary entry never sent, or a
+        │   │   │                      dictionary delta does not continue the connection's
         │   │   ├── DecompressionError the body is not valid data for the negotiated
         │   │   │                      compressor, or compression was not negotiated
         │   │   └── UnknownMessageType a type byte this version does not define
@@ -33,6 +35,7 @@ from crdt_sync.exceptions import CRDTError, DecodeError
 __all__ = [
     "FINAL_ERROR_CODES",
     "DecompressionError",
+    "DictionaryError",
     "ErrorCode",
     "LocalProtocolError",
     "MessageDecodeError",
@@ -144,6 +147,12 @@ class MessageDecodeError(RemoteProtocolError, DecodeError):
     def __init__(self, message: str, offset: int = -1) -> None:
         DecodeError.__init__(self, message, offset)
         self.message = str(self)
+
+
+class DictionaryError(MessageDecodeError):
+    """Protocol version 4's peer dictionary misused by the server: a relay refers to
+    an entry this connection was never sent, or a ``Dictionary`` delta skips or
+    repeats indices, or would grow it past its bound (``crdt_sync/sync/relay.py``)."""
 
 
 class DecompressionError(MessageDecodeError):

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from crdt_sync import Change, Snapshot, VersionVector, decode_changes, encode_changes
-from crdt_sync.codec import Reader, Writer, inflate, load_json
+from crdt_sync.codec import Reader, Writer, load_json
 from crdt_sync.exceptions import DecodeError
 
 from .access import Role
@@ -55,6 +55,7 @@ from .exceptions import (
     UnknownMessageType,
     UnsupportedProtocolVersion,
 )
+from .relay import MAX_ENTRIES, MAX_ENTRY_BYTES, inflated_size
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -67,6 +68,7 @@ __all__ = [
     "AwarenessState",
     "AwarenessUpdate",
     "Changes",
+    "Dictionary",
     "DocumentStatus",
     "DocumentStatusRequest",
     "Error",
@@ -78,23 +80,28 @@ __all__ = [
     "MessageType",
     "Ping",
     "Pong",
+    "Relay",
     "SnapshotUpload",
     "decode_message",
     "encode_ack_frame",
     "encode_changes_frame",
+    "encode_dictionary_frame",
     "encode_history_frame",
     "encode_message",
+    "encode_relay_frame",
     "peek_message_type",
 ]
 
 MAGIC: Final = b"CS"
 FORMAT_VERSION: Final = 1
 """Version of the frame header layout (magic, version, type, flags)."""
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 """Version of the message semantics and body layouts, negotiated in the handshake.
 Version 3 writes peer ids (in version vectors, change batches, the handshake and
-presence) as ``crdt_sync.codec.Writer.peer`` does: a canonical UUID as 16 raw bytes."""
-SUPPORTED_PROTOCOL_VERSIONS: Final = (3,)
+presence) as ``crdt_sync.codec.Writer.peer`` does: a canonical UUID as 16 raw bytes.
+Version 4 adds the server's relay frames (:class:`Relay`, :class:`Dictionary`): peer
+ids and handler names as references into a per-document dictionary."""
+SUPPORTED_PROTOCOL_VERSIONS: Final = (4,)
 DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 """Default bound on a frame and on a decompressed body (16 MiB)."""
 
@@ -143,6 +150,8 @@ class MessageType(enum.IntEnum):
     AWARENESS_STATE = 0x12
     HISTORY_REQUEST = 0x13
     HISTORY_RESPONSE = 0x14
+    DICTIONARY = 0x15
+    RELAY = 0x16
     ERROR = 0x7F
 
 
@@ -376,6 +385,32 @@ class HistoryResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class Dictionary:
+    """Server -> client (version 4): entries of the document's dictionary this
+    connection has not been sent yet, numbered from ``first``, which must be the
+    count the connection already holds (``crdt_sync/sync/relay.py``)."""
+
+    first: int
+    entries: tuple[str, ...]
+
+    TYPE = MessageType.DICTIONARY
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Server -> client (version 4): changes other clients made, as relay records
+    (``body``) whose ids may be references into the connection's dictionary.
+
+    Decoding the frame keeps the body as it is: only the receiving connection,
+    which holds the dictionary, resolves it
+    (:func:`crdt_sync.sync.relay.decode_relay`) into changes with full ids."""
+
+    body: bytes
+
+    TYPE = MessageType.RELAY
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Either direction: something went wrong. The sender closes the connection
     after sending it, except for ``OUT_OF_SYNC`` (the client resyncs)."""
@@ -401,6 +436,8 @@ Message: TypeAlias = (
     | AwarenessState
     | HistoryRequest
     | HistoryResponse
+    | Dictionary
+    | Relay
     | Error
 )
 
@@ -531,6 +568,10 @@ def _encode_body(message: Message) -> bytes:
     elif isinstance(message, HistoryResponse):
         _history_body(w, message.start, message.base, [encode_changes(list(message.changes))])
         w.uint(message.next_cursor)
+    elif isinstance(message, Dictionary):
+        _dictionary_body(w, message.first, message.entries)
+    elif isinstance(message, Relay):
+        w.raw(message.body)
     elif isinstance(message, Error):
         w.uint(int(message.code))
         # Truncate rather than fail: an error report must always be sendable.
@@ -576,6 +617,39 @@ def encode_ack_frame(peer: str | None, counter: int, compressor: Compressor | No
     else:
         w.uint(0)
     return _frame(MessageType.ACK, bytes(w.buf), compressor)
+
+
+def _dictionary_body(w: _Writer, first: int, entries: Sequence[str]) -> None:
+    if not entries or len(entries) > MAX_ENTRIES:
+        raise ValueError(f"a dictionary delta holds 1 to {MAX_ENTRIES} entries")
+    w.uint(first)
+    w.uint(len(entries))
+    for entry in entries:
+        if len(entry.encode("utf-8", "surrogatepass")) > MAX_ENTRY_BYTES:
+            raise ValueError(f"a dictionary entry is at most {MAX_ENTRY_BYTES} bytes")
+        w.peer(entry)
+
+
+def encode_dictionary_frame(
+    first: int, entries: Sequence[str], compressor: Compressor | None = None
+) -> bytes:
+    """A ``Dictionary`` frame: equal to ``encode_message(Dictionary(first, entries))``."""
+    w = _Writer()
+    _dictionary_body(w, first, entries)
+    return _frame(MessageType.DICTIONARY, bytes(w.buf), compressor)
+
+
+def encode_relay_frame(
+    count: int, records: Sequence[bytes], compressor: Compressor | None = None
+) -> bytes:
+    """A ``Relay`` frame holding ``count`` relay records, the concatenation of
+    ``records`` (each part made once by :func:`crdt_sync.sync.relay.encode_records`
+    and shared by every frame it goes in)."""
+    w = _Writer()
+    w.uint(count)
+    for part in records:
+        w.raw(part)
+    return _frame(MessageType.RELAY, bytes(w.buf), compressor)
 
 
 def _history_body(
@@ -686,6 +760,15 @@ class _Reader(Reader):
             raise MessageDecodeError(f"{what}: {exc.detail}", exc.offset) from None
         except DecodeError as exc:
             raise MessageDecodeError(f"{what}: {exc.detail}", self.base + start) from None
+
+    def dictionary_entry(self) -> str:
+        start = self.pos
+        try:
+            return self.peer(MAX_ENTRY_BYTES)
+        except MessageDecodeError as exc:
+            raise MessageDecodeError(f"dictionary entry: {exc.detail}", exc.offset) from None
+        except DecodeError as exc:
+            raise MessageDecodeError(f"dictionary entry: {exc.detail}", self.base + start) from None
 
     def vv(self, what: str) -> VersionVector:
         # The package's one version-vector codec (crdt_sync.codec), with the wire's bounds.
@@ -830,13 +913,22 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
             start = r.pos
             raw = r.blob("history changes")
             try:
-                budget -= _inflated_size(raw, budget)
+                budget -= inflated_size(raw, budget)
                 history.extend(decode_changes(raw, r.max_size))
             except DecodeError as exc:
                 raise MessageDecodeError(f"history changes: {exc}", r.base + start) from None
             except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
                 raise MessageDecodeError(f"history changes: {exc!r}", r.base + start) from None
         message = HistoryResponse(start_vv, tuple(history), base, r.number("next cursor"))
+    elif kind is MessageType.DICTIONARY:
+        first = r.number("dictionary first index", MAX_ENTRIES)
+        # An entry takes at least 2 bytes (a one-byte string).
+        n = r.number("dictionary entry count", min(MAX_ENTRIES, (r.end - r.pos) // 2))
+        if not n:
+            raise r.fail("an empty dictionary delta")
+        message = Dictionary(first, tuple(r.dictionary_entry() for _ in range(n)))
+    elif kind is MessageType.RELAY:
+        message = Relay(r.raw(r.end - r.pos))
     else:  # MessageType.ERROR
         code = ErrorCode.from_wire(r.number("error code"))
         raw = r.blob("error message", MAX_ERROR_TEXT_BYTES)
@@ -844,17 +936,6 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
         message = Error(code, raw.decode("utf-8", "replace"))
     r.expect_end()
     return message
-
-
-def _inflated_size(batch: bytes, limit: int) -> int:
-    """What a change batch's body takes decoded (``docs/encoding.md``: 4 bytes of
-    magic, a version byte, a flags byte whose bit 0 means zlib), at most ``limit``
-    (else :class:`DecodeError`); a malformed header is left to the decoder."""
-    if len(batch) >= 6 and batch[5] & 1:
-        return len(inflate(batch[6:], 6, limit))
-    if len(batch) > limit:
-        raise DecodeError(f"{len(batch)} bytes exceed the limit of {limit}", 0)
-    return len(batch)
 
 
 def peek_message_type(data: bytes) -> MessageType | None:

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from crdt_sync import Change, CRDTDocument, CRDTError, VersionVector
+from crdt_sync.exceptions import DecodeError
 
 from .access import Role
 from .compression import Compressor, GzipCompressor, NoCompression
@@ -64,8 +65,10 @@ from .events import (
 )
 from .exceptions import (
     FINAL_ERROR_CODES,
+    DictionaryError,
     ErrorCode,
     LocalProtocolError,
+    MessageDecodeError,
     RemoteProtocolError,
     UnexpectedMessage,
 )
@@ -76,6 +79,7 @@ from .messages import (
     AwarenessState,
     AwarenessUpdate,
     Changes,
+    Dictionary,
     DocumentStatus,
     DocumentStatusRequest,
     Error,
@@ -86,10 +90,12 @@ from .messages import (
     Message,
     Ping,
     Pong,
+    Relay,
     SnapshotUpload,
     decode_message,
     encode_message,
 )
+from .relay import MAX_ENTRIES, decode_relay
 
 __all__ = ["TRANSITIONS", "ClientProtocol", "ClientState", "Trigger"]
 
@@ -123,6 +129,7 @@ class Trigger(enum.Enum):
     SEND_HISTORY_REQUEST = "send HistoryRequest"
     RECEIVE_HANDSHAKE_RESPONSE = "receive HandshakeResponse"
     RECEIVE_CHANGES = "receive Changes"
+    RECEIVE_DICTIONARY = "receive Dictionary"
     RECEIVE_ACK = "receive Ack"
     RECEIVE_DOCUMENT_STATUS = "receive DocumentStatus"
     RECEIVE_PING = "receive Ping"
@@ -147,6 +154,7 @@ _SYNCED: Final = {
     T.SEND_AWARENESS: None,
     T.SEND_HISTORY_REQUEST: None,
     T.RECEIVE_CHANGES: None,
+    T.RECEIVE_DICTIONARY: None,
     T.RECEIVE_ACK: None,
     T.RECEIVE_PING: None,
     T.RECEIVE_PONG: None,
@@ -204,6 +212,8 @@ del S, T
 _RECEIVE_TRIGGERS: Final[dict[type, Trigger]] = {
     HandshakeResponse: Trigger.RECEIVE_HANDSHAKE_RESPONSE,
     Changes: Trigger.RECEIVE_CHANGES,
+    Relay: Trigger.RECEIVE_CHANGES,
+    Dictionary: Trigger.RECEIVE_DICTIONARY,
     Ack: Trigger.RECEIVE_ACK,
     DocumentStatus: Trigger.RECEIVE_DOCUMENT_STATUS,
     Ping: Trigger.RECEIVE_PING,
@@ -294,6 +304,9 @@ class ClientProtocol:
         self._upload_refused = False
         self._nonces = itertools.count(1)
         self._pings: dict[int, float] = {}
+        # The server's dictionary as this connection was sent it (protocol version 4):
+        # relays refer to its entries by index.
+        self.dictionary: list[str] = []
 
     # ------------------------------------------------------------------ state
 
@@ -540,6 +553,16 @@ class ClientProtocol:
             self._receive_handshake_response(message)
         elif isinstance(message, Changes):
             self._receive_changes(message.changes)
+        elif isinstance(message, Relay):
+            try:
+                changes = decode_relay(message.body, self.dictionary, self.max_message_size)
+            except DictionaryError:
+                raise
+            except DecodeError as exc:
+                raise MessageDecodeError(f"relay: {exc}", exc.offset) from None
+            self._receive_changes(changes)
+        elif isinstance(message, Dictionary):
+            self._receive_dictionary(message)
         elif isinstance(message, Ack):
             # Protocol version 2: the Ack of changes holds our own peer's entry only;
             # merged into the handshake's vector and earlier acks, the count is the same.
@@ -654,6 +677,19 @@ class ClientProtocol:
             applied = self.document.import_changes(changes)
             self._events.append(ChangesReceived(len(changes), applied))
         self._send_what_the_server_lacks(server_vv)
+
+    def _receive_dictionary(self, message: Dictionary) -> None:
+        held = len(self.dictionary)
+        if message.first != held:
+            raise DictionaryError(
+                f"a dictionary delta from entry {message.first}, but this connection holds"
+                f" {held} entries ({'skips' if message.first > held else 'repeats'} indices)"
+            )
+        if held + len(message.entries) > MAX_ENTRIES:
+            raise DictionaryError(
+                f"a dictionary delta would grow the dictionary past {MAX_ENTRIES} entries"
+            )
+        self.dictionary.extend(message.entries)
 
     def _receive_changes(self, changes: Iterable[Change]) -> None:
         batch = tuple(changes)

@@ -29,15 +29,18 @@ from crdt_sync.changes import encode_change_tuples_v1, join_batches
 from crdt_sync.sync import (
     Ack,
     Changes,
+    Dictionary,
     Error,
     ErrorCode,
     HandshakeRequest,
     HandshakeResponse,
     NoCompression,
+    Relay,
     decode_message,
     encode_message,
 )
-from crdt_sync.sync.messages import encode_changes_frame
+from crdt_sync.sync.messages import encode_relay_frame
+from crdt_sync.sync.relay import decode_relay, encode_records
 from server import InMemoryServerRegistry, WebSocketServer
 from server.exceptions import StorageError
 from server.registry.base import Applied
@@ -91,9 +94,29 @@ class Recorder:
         self.made.clear()
         return out
 
+    def relay_frames(self) -> list[bytes]:
+        """The frames sent, but for dictionary deltas."""
+        return [f for f in self.frames if not isinstance(decode_message(f), Dictionary)]
+
     def changes_frames(self) -> list[Changes]:
-        messages = [decode_message(frame) for frame in self.frames]
-        return [m for m in messages if isinstance(m, Changes)]
+        """The changes of every Changes or Relay frame sent, references resolved
+        against the dictionary deltas sent before them (as a client does)."""
+        return relayed_changes(self.frames)
+
+
+def relayed_changes(frames: Sequence[bytes]) -> list[Changes]:
+    dictionary: list[str] = []
+    out = []
+    for frame in frames:
+        message = decode_message(frame)
+        if isinstance(message, Dictionary):
+            assert message.first == len(dictionary)
+            dictionary.extend(message.entries)
+        elif isinstance(message, Relay):
+            out.append(Changes(decode_relay(message.body, dictionary, 1 << 24)))
+        elif isinstance(message, Changes):
+            out.append(message)
+    return out
 
 
 async def joined(rooms: Rooms, count: int) -> list[Recorder]:
@@ -172,11 +195,11 @@ async def test_changes_from_several_clients_in_one_turn_reach_each_other_client_
     await settle(lambda: all(watcher.frames for watcher in watchers))
     everything = {change.id for batch in batches for change in batch}
     for watcher in watchers:
-        assert len(watcher.frames) == 1  # one frame for the whole turn
+        assert len(watcher.relay_frames()) == 1  # one frame for the whole turn
         (message,) = watcher.changes_frames()
         assert {change.id for change in message.changes} == everything
     # Encoded once: the very same bytes went to every client that sent nothing.
-    assert watchers[0].frames[0] is watchers[1].frames[0]
+    assert watchers[0].relay_frames()[0] is watchers[1].relay_frames()[0]
     for writer, own in zip(writers, batches, strict=True):
         acks = [m for m in map(decode_message, writer.frames) if isinstance(m, Ack)]
         assert acks == [
@@ -253,6 +276,7 @@ async def test_a_client_that_stops_reading_is_dropped_past_the_bound_others_go_o
     bounded_server: WebSocketServer,
 ) -> None:
     url = f"ws://127.0.0.1:{bounded_server.port}/notes"
+    dictionary: list[str] = []
     # The slow client: a small receive buffer, and it stops reading after its handshake.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -293,8 +317,10 @@ async def test_a_client_that_stops_reading_is_dropped_past_the_bound_others_go_o
                 async with asyncio.timeout(30):
                     while True:
                         message = decode_message(await slow.recv())
-                        if isinstance(message, Changes):
-                            relayed += len(message.changes)
+                        if isinstance(message, Dictionary):
+                            dictionary.extend(message.entries)
+                        elif isinstance(message, Relay):
+                            relayed += len(decode_relay(message.body, dictionary, 1 << 24))
                         elif isinstance(message, Error):
                             error = message
     assert error is not None and error.code is ErrorCode.LIMIT_EXCEEDED
@@ -314,15 +340,22 @@ async def test_frames_written_straight_to_the_socket_are_what_websockets_would_w
     assert _framed(payload) == Frame(Opcode.BINARY, payload).serialize(mask=False)
 
 
-async def test_a_batch_applied_whole_is_relayed_in_the_bytes_it_arrived_in(rooms: Rooms) -> None:
+async def test_a_batch_is_relayed_as_records_naming_ids_by_dictionary_entry(rooms: Rooms) -> None:
     writer, watcher = await joined(rooms, 2)
     writer.session.receive_message(encode_message(Changes(writer.edit("as sent"))))
     (event,) = writer.session.events_received()
     assert isinstance(event, ChangesReceived) and event.encoded is not None
     await rooms.apply(writer, event.changes, event.encoded)
     await settle(lambda: bool(watcher.frames))
-    (frame,) = watcher.frames
-    assert frame == encode_changes_frame(event.encoded)  # stored and relayed as received
+    delta, frame = watcher.frames  # the entries it lacks first, in the same write
+    assert decode_message(delta) == Dictionary(0, (writer.peer, "text"))
+    room = rooms.get("notes")
+    assert room is not None
+    records, count = encode_records(event.changes, event.encoded, room.dictionary)
+    assert frame == encode_relay_frame(count, [records])
+    assert len(frame) < len(event.encoded)  # no 17-byte peer id, no handler name
+    (message,) = watcher.changes_frames()
+    assert message.changes == event.changes
 
 
 async def test_a_batch_applied_in_part_is_encoded_afresh(rooms: Rooms) -> None:
@@ -330,7 +363,7 @@ async def test_a_batch_applied_in_part_is_encoded_afresh(rooms: Rooms) -> None:
     first = writer.edit("one")
     await rooms.apply(writer, first)
     await settle(lambda: bool(watcher.frames))
-    watcher.frames.clear()
+    seen = len(watcher.frames)
     second = writer.edit("two")
     # The first change again (a duplicate: not applied) with a new one.
     resent = encode_message(Changes(first + second))
@@ -338,13 +371,12 @@ async def test_a_batch_applied_in_part_is_encoded_afresh(rooms: Rooms) -> None:
     (event,) = writer.session.events_received()
     assert isinstance(event, ChangesReceived) and event.encoded is not None
     await rooms.apply(writer, event.changes, event.encoded)
-    await settle(lambda: bool(watcher.frames))
-    (message,) = watcher.changes_frames()
+    await settle(lambda: len(watcher.frames) > seen)
+    _, message = watcher.changes_frames()
     assert message.changes == second  # only what was applied, not the bytes received
-    assert message.encoded != event.encoded
 
 
-async def test_batches_gathered_in_one_turn_are_joined_without_encoding_again(
+async def test_batches_gathered_in_one_turn_go_in_one_relay_frame(
     rooms: Rooms,
 ) -> None:
     writers = await joined(rooms, 3)
@@ -364,7 +396,7 @@ async def test_batches_gathered_in_one_turn_are_joined_without_encoding_again(
     await settle(lambda: bool(watcher.frames))
     (message,) = watcher.changes_frames()
     assert message.changes == tuple(c for event in events for c in event.changes)
-    assert message.encoded == join_batches(event.encoded for event in events if event.encoded)
+    assert len(watcher.relay_frames()) == 1
 
 
 async def test_join_batches_joins_only_uncompressed_batches_of_the_current_version() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from crdt_sync.sync import (
     AwarenessState,
     AwarenessUpdate,
     Changes,
+    Dictionary,
     DocumentStatus,
     DocumentStatusRequest,
     Error,
@@ -31,12 +33,14 @@ from crdt_sync.sync import (
     Message,
     Ping,
     Pong,
+    Relay,
     decode_message,
     encode_message,
 )
 from crdt_sync.sync.client import ConnectionStatus
 from crdt_sync.sync.document_ids import document_url_path
 from crdt_sync.sync.events import ErrorOccurred
+from crdt_sync.sync.relay import decode_relay
 from server import (
     InMemoryServerRegistry,
     ServerEvent,
@@ -64,10 +68,25 @@ def _fields(request: HandshakeRequest) -> dict[str, object]:
     return {name: getattr(request, name) for name in request.__dataclass_fields__}
 
 
+#: The relay dictionary each raw connection was sent (protocol version 4).
+_DICTIONARIES: weakref.WeakKeyDictionary[ClientConnection, list[str]] = weakref.WeakKeyDictionary()
+
+
 async def recv_message(ws: ClientConnection) -> Message:
-    data = await asyncio.wait_for(ws.recv(), 10)
-    assert isinstance(data, bytes)
-    return decode_message(data)
+    """The next message, with a ``Relay`` resolved into the ``Changes`` it carries (as a
+    client does, against the dictionary deltas the connection was sent)."""
+    dictionary = _DICTIONARIES.setdefault(ws, [])
+    while True:
+        data = await asyncio.wait_for(ws.recv(), 10)
+        assert isinstance(data, bytes)
+        message = decode_message(data)
+        if isinstance(message, Dictionary):
+            assert message.first == len(dictionary)
+            dictionary.extend(message.entries)
+        elif isinstance(message, Relay):
+            return Changes(decode_relay(message.body, dictionary, 1 << 24))
+        else:
+            return message
 
 
 async def expect_error_and_close(ws: ClientConnection, code: ErrorCode) -> Error:

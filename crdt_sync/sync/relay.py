@@ -1,0 +1,294 @@
+"""Relay frames (protocol version 4): the changes a server relays, compacted for the wire.
+
+Why: a relayed one-character insert in a change batch of format 3 names up to
+three peers (its own, its left origin's, its right origin's), each as 17 bytes
+in the segment's peer table, plus its handler-name table, a column of counts
+and its deps, which repeat the origins: 84 bytes of frame for one character.
+Between a server and its clients the same ids come back in every frame, so
+the server numbers them once per document and refers to them by number.
+
+The *dictionary* of a document (:class:`RelayDictionary`, one per room and
+server process) is an append-only list of strings, peer ids and handler names
+alike, numbered in the order the server first relays them, bounded by
+:data:`MAX_ENTRIES` entries of at most :data:`MAX_ENTRY_BYTES` bytes (past the
+bound, or for a longer string, the server simply writes the string itself).
+Each connection has been sent a prefix of it; before a relay that uses newer
+entries the server sends the missing ones (``Dictionary``, continuing exactly
+where the connection's prefix ends), in the same write.
+
+A relay body is a count of *records*, each encoded once per batch and the same
+bytes for every recipient (``docs/encoding.md``, "Relay records"):
+
+- a one-change record: its own small peer and name tables whose entries are
+  references (or literals), the 8-byte time stamp, and the change as one row
+  of change format 1 (without time stamp) whose deps may be *derived*: a flag
+  says they are exactly what :func:`crdt_sync.transaction.deps_of` computes
+  from the change (this peer's previous op and the newest op of each other
+  peer its ops name), which is what every change made by a local edit has;
+- a batch record: a whole self-contained change batch (formats 1 to 3), for a
+  batch too long to be worth splitting.
+
+The receiver resolves every reference while decoding (:func:`decode_relay`), so
+what it imports, keeps in its history and exports holds full ids: references
+exist only on the wire, between a server and one connection. A client never
+sends them (it sends ``Changes`` of format 3, self-contained, which the server
+stores as they came).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from typing import Any, Final
+
+from crdt_sync.changes import (
+    _F_CHAIN_DEPS,
+    MAX_NAME,
+    Change,
+    ChangeTuple,
+    _read_id,
+    _read_op,
+    _read_peer,
+    _Tables,
+    _write_id,
+    _write_op,
+    decode_changes,
+    op_size,
+)
+from crdt_sync.codec import Reader, Writer, inflate
+from crdt_sync.exceptions import DecodeError
+from crdt_sync.transaction import deps_of
+
+from .exceptions import DictionaryError
+
+__all__ = [
+    "MAX_ENTRIES",
+    "MAX_ENTRY_BYTES",
+    "MAX_SPLIT_CHANGES",
+    "RECORD_BATCH",
+    "RECORD_CHANGE",
+    "RelayDictionary",
+    "decode_relay",
+    "encode_records",
+    "inflated_size",
+]
+
+MAX_ENTRIES: Final = 1 << 16
+"""Entries a document's dictionary holds at most (per room and server process)."""
+MAX_ENTRY_BYTES: Final = 64
+"""Longest string (UTF-8 bytes) entered in a dictionary; longer ones stay literal."""
+MAX_SPLIT_CHANGES: Final = 32
+"""A relayed batch of more changes than this goes as one batch record, as it came."""
+
+RECORD_CHANGE: Final = 1
+RECORD_BATCH: Final = 2
+#: Row flag of a one-change record: the deps are those ``deps_of`` derives.
+F_DERIVED_DEPS: Final = 8
+_ROW_FLAGS: Final = _F_CHAIN_DEPS | F_DERIVED_DEPS
+MAX_COUNTER: Final = 1 << 53
+MAX_STAMP: Final = 1 << 63
+
+
+def _entry_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+class RelayDictionary:
+    """A document's dictionary on the server: strings numbered in the order first
+    relayed, append-only, at most ``limit`` entries."""
+
+    __slots__ = ("_deltas", "_index", "entries", "limit")
+
+    def __init__(self, limit: int = MAX_ENTRIES) -> None:
+        self.limit = limit
+        self.entries: list[str] = []
+        self._index: dict[str, int] = {}
+        # Encoded deltas by (first index, entry count): the same for every
+        # connection that has been sent the same prefix.
+        self._deltas: dict[tuple[int, int], bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def number(self, text: str) -> int:
+        """The reference for ``text`` (its index + 1), entering it when there is room;
+        0 when it stays literal (dictionary full, empty or too long a string)."""
+        index = self._index.get(text)
+        if index is None:
+            if (
+                len(self.entries) >= self.limit
+                or not text
+                or len(text) > MAX_ENTRY_BYTES
+                or _entry_size(text) > MAX_ENTRY_BYTES
+            ):
+                return 0
+            index = self._index[text] = len(self.entries)
+            self.entries.append(text)
+        return index + 1
+
+    def delta(self, first: int, encode: Any) -> bytes:
+        """The frame ``encode(first, entries)`` makes of the entries from ``first`` on,
+        made once for each prefix length while the dictionary does not grow."""
+        key = (first, len(self.entries))
+        frame = self._deltas.get(key)
+        if frame is None:
+            if len(self._deltas) > 16:
+                self._deltas.clear()
+            frame = self._deltas[key] = encode(first, tuple(self.entries[first:]))
+        return frame
+
+
+def _write_peer_ref(w: Writer, dictionary: RelayDictionary, peer: str) -> None:
+    ref = dictionary.number(peer)
+    w.uint(ref)
+    if not ref:
+        w.peer(peer)
+
+
+def _write_name_ref(w: Writer, dictionary: RelayDictionary, name: str) -> None:
+    ref = dictionary.number(name) if name else 0
+    w.uint(ref)
+    if not ref:
+        w.str(name)
+
+
+def _write_change(w: Writer, dictionary: RelayDictionary, change: ChangeTuple) -> None:
+    peer, ctr, stamp, deps, ops, _size = change
+    t = _Tables()
+    row = Writer()
+    if len(deps) == 1 and deps[0][0] == peer and deps[0][1] == ctr - 1:
+        flags = _F_CHAIN_DEPS
+    elif deps == deps_of(peer, ctr, list(ops)):
+        flags = F_DERIVED_DEPS
+    else:
+        flags = 0
+    row.byte(flags)
+    row.uint(t.peer(peer))
+    row.uint(ctr)
+    if not flags:
+        row.uint(len(deps))
+        for dep in deps:
+            _write_id(row, t, dep)
+    row.uint(len(ops))
+    first = ctr
+    for op in ops:
+        _write_op(row, t, op, peer, first)
+        first += op_size(op)
+    w.byte(RECORD_CHANGE)
+    w.uint(len(t.peers))
+    for p in t.peers:
+        _write_peer_ref(w, dictionary, p)
+    w.uint(len(t.names))
+    for name in t.names:
+        _write_name_ref(w, dictionary, name)
+    w.raw(stamp.to_bytes(8, "little", signed=True))
+    w.buf += row.buf
+
+
+def encode_records(
+    changes: Sequence[Change], encoded: bytes, dictionary: RelayDictionary
+) -> tuple[bytes, int]:
+    """The relay records of one batch, ``changes`` (which ``encoded`` holds as a change
+    batch), numbering its ids in ``dictionary``: (the records' bytes, how many).
+
+    A batch of at most :data:`MAX_SPLIT_CHANGES` changes becomes one record per
+    change; a longer one a single batch record holding ``encoded``."""
+    w = Writer()
+    if len(changes) > MAX_SPLIT_CHANGES:
+        w.byte(RECORD_BATCH)
+        w.bytes(encoded)
+        return w.getvalue(), 1
+    for change in changes:
+        _write_change(w, dictionary, change.data)
+    return w.getvalue(), len(changes)
+
+
+# ----------------------------------------------------------------------- decoding
+
+
+def _read_entry(r: Reader, entries: Sequence[str], literal: Any, what: str) -> builtins.str:
+    ref = r.uint()
+    if not ref:
+        text: str = literal()
+        return text
+    if ref > len(entries):
+        raise DictionaryError(
+            f"{what} refers to dictionary entry {ref - 1}, but only {len(entries)}"
+            " entries were sent on this connection",
+            r.pos,
+        )
+    return entries[ref - 1]
+
+
+def _read_change(r: Reader, entries: Sequence[str]) -> ChangeTuple:
+    peers = [_read_entry(r, entries, r.peer, "a peer") for _ in range(r.count(1))]
+    if any(not p or len(p) > MAX_NAME for p in peers):
+        raise r.fail("bad peer id in the peer table")
+    names = [_read_entry(r, entries, r.str, "a handler name") for _ in range(r.count(1))]
+    if any(len(n) > MAX_NAME for n in names):
+        raise r.fail("handler name too long")
+    stamp = int.from_bytes(r.raw(8), "little", signed=True)
+    if not 0 <= stamp < MAX_STAMP:
+        raise r.fail("time stamp out of range")
+    flags = r.byte()
+    if flags & ~_ROW_FLAGS or flags == _ROW_FLAGS:
+        raise r.fail(f"unknown change flags {flags:#x}")
+    peer = _read_peer(r, peers)
+    ctr = r.uint(MAX_COUNTER)
+    deps: tuple[tuple[str, int], ...] = ()
+    if flags & _F_CHAIN_DEPS:
+        if ctr == 0:
+            raise r.fail("chained deps on counter 0")
+        deps = ((peer, ctr - 1),)
+    elif not flags:
+        deps = tuple(_read_id(r, peers) for _ in range(r.count(2)))
+    op_count = r.count(2)
+    if not op_count:
+        raise r.fail("change without ops")
+    ops = []
+    first = ctr
+    for _ in range(op_count):
+        op = _read_op(r, peers, names, peer, first)
+        first += op_size(op)
+        ops.append(op)
+    if first > MAX_COUNTER:
+        raise r.fail("counter too large")
+    if flags & F_DERIVED_DEPS:
+        deps = deps_of(peer, ctr, ops)
+    return (peer, ctr, stamp, deps, tuple(ops), first - ctr)
+
+
+def decode_relay(body: bytes, entries: Sequence[str], max_size: int) -> tuple[Change, ...]:
+    """The changes of a relay ``body``, every reference resolved against ``entries``
+    (what this connection was sent). Only ever raises :class:`DecodeError`
+    (:class:`DictionaryError` for a reference to an entry never sent). The batch
+    records' batches together inflate to at most ``max_size``."""
+    r = Reader(body)
+    out: list[Change] = []
+    budget = max_size
+    try:
+        for _ in range(r.count(2)):
+            form = r.byte()
+            if form == RECORD_CHANGE:
+                out.append(Change(_read_change(r, entries)))
+            elif form == RECORD_BATCH:
+                batch = r.bytes()
+                budget -= inflated_size(batch, budget)
+                out.extend(decode_changes(batch, max_size))
+            else:
+                raise r.fail(f"unknown relay record {form}")
+        r.expect_end()
+    except IndexError:  # pragma: no cover - the readers check every length
+        raise DecodeError("truncated relay record", r.pos) from None
+    return tuple(out)
+
+
+def inflated_size(batch: bytes, limit: int) -> int:
+    """What a change batch's body takes decoded (``docs/encoding.md``: 4 bytes of
+    magic, a version byte, a flags byte whose bit 0 means zlib), at most ``limit``
+    (else :class:`DecodeError`); a malformed header is left to the decoder."""
+    if len(batch) >= 6 and batch[5] & 1:
+        return len(inflate(batch[6:], 6, limit))
+    if len(batch) > limit:
+        raise DecodeError(f"{len(batch)} bytes exceed the limit of {limit}", 0)
+    return len(batch)

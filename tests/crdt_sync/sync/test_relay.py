@@ -1,0 +1,346 @@
+"""Relay frames of protocol version 4 (``crdt_sync/sync/relay.py``): records whose ids
+are references into a per-document dictionary, resolved by the receiving connection."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crdt_sync import (
+    Change,
+    CRDTDocument,
+    CRDTListHandler,
+    CRDTMapHandler,
+    CRDTTextHandler,
+    VersionVector,
+    decode_changes,
+    encode_changes,
+)
+from crdt_sync.exceptions import DecodeError
+from crdt_sync.sync import (
+    Changes,
+    ClientProtocol,
+    Dictionary,
+    DictionaryError,
+    ErrorCode,
+    HandshakeRequest,
+    HandshakeResponse,
+    MessageDecodeError,
+    Relay,
+    UnsupportedProtocolVersion,
+    decode_message,
+    encode_message,
+)
+from crdt_sync.sync.events import ChangesReceived, ErrorOccurred
+from crdt_sync.sync.messages import encode_dictionary_frame, encode_relay_frame
+from crdt_sync.sync.relay import (
+    MAX_ENTRIES,
+    MAX_ENTRY_BYTES,
+    MAX_SPLIT_CHANGES,
+    RECORD_BATCH,
+    RelayDictionary,
+    decode_relay,
+    encode_records,
+)
+
+BOUND = 1 << 24
+
+
+def session_changes(seed: int, peers: int = 3, rounds: int = 6) -> list[list[Change]]:
+    """Batches of several replicas editing text, a list and a map at random places,
+    each replica seeing the others' earlier batches (so origins name other peers)."""
+    rng = random.Random(seed)
+    docs = [CRDTDocument() for _ in range(peers)]
+    made: list[list[Change]] = [[] for _ in range(peers)]
+    for doc, box in zip(docs, made, strict=True):
+        doc.on_change(box.append)
+    handlers = [
+        (CRDTTextHandler(d, "text"), CRDTListHandler(d, "items"), CRDTMapHandler(d, "métadonnées"))
+        for d in docs
+    ]
+    batches: list[list[Change]] = []
+    for _ in range(rounds):
+        for index, (text, items, meta) in enumerate(handlers):
+            for _ in range(rng.randint(1, 4)):
+                roll = rng.random()
+                if roll < 0.5 or not text.value:
+                    text.insert(
+                        rng.randint(0, len(text.value)), rng.choice(["a", "é", "😀", "xyz"])
+                    )
+                elif roll < 0.65:
+                    text.delete(rng.randrange(len(text.value)), 1)
+                elif roll < 0.85:
+                    items.insert(rng.randint(0, len(items)), {"n": rng.randint(0, 9)})
+                else:
+                    meta.set(rng.choice("ab"), [rng.random()])
+            batch, made[index][:] = list(made[index]), []
+            batches.append(batch)
+        for doc in docs:
+            for batch in batches[-peers:]:
+                doc.import_changes(batch)
+    return batches
+
+
+def round_trip(batches: list[list[Change]], dictionary: RelayDictionary) -> tuple[Change, ...]:
+    parts, count = [], 0
+    for batch in batches:
+        part, n = encode_records(batch, encode_changes(batch), dictionary)
+        parts.append(part)
+        count += n
+    message = decode_message(encode_relay_frame(count, parts))
+    assert isinstance(message, Relay)
+    return decode_relay(message.body, list(dictionary.entries), BOUND)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_records_round_trip_every_kind_of_change(seed: int) -> None:
+    batches = session_changes(seed)
+    dictionary = RelayDictionary()
+    assert round_trip(batches, dictionary) == tuple(c for b in batches for c in b)
+    # Every peer and handler name was entered once, in the order first relayed.
+    assert len(dictionary.entries) == len(set(dictionary.entries))
+    assert {"text", "items", "métadonnées"} <= set(dictionary.entries)
+
+
+def test_a_full_dictionary_or_a_long_name_falls_back_to_literal_ids() -> None:
+    batches = session_changes(7)
+    for limit in (0, 1):
+        dictionary = RelayDictionary(limit)
+        assert round_trip(batches, dictionary) == tuple(c for b in batches for c in b)
+        assert len(dictionary.entries) == limit
+    doc = CRDTDocument()
+    long_name = "n" * (MAX_ENTRY_BYTES + 1)
+    CRDTTextHandler(doc, long_name).insert(0, "hi")
+    changes = doc.export_changes(VersionVector())
+    dictionary = RelayDictionary()
+    assert round_trip([changes], dictionary) == tuple(changes)
+    assert long_name not in dictionary.entries
+
+
+def test_a_typical_relayed_insert_is_small() -> None:
+    # Three peers typing at random places: each insert names up to three of them.
+    batches = session_changes(3, peers=3, rounds=10)
+    inserts = [b for b in batches[-6:] if len(b) == 1 and b[0].ops[0][0] == 1]
+    assert inserts
+    dictionary = RelayDictionary()
+    round_trip(batches, dictionary)  # every id entered
+    for batch in inserts:
+        part, _ = encode_records(batch, encode_changes(batch), dictionary)
+        assert len(part) < 40 < len(encode_changes(batch))
+
+
+def test_a_long_batch_goes_as_one_batch_record_as_it_came() -> None:
+    doc = CRDTDocument()
+    made: list[Change] = []
+    doc.on_change(made.append)
+    text = CRDTTextHandler(doc, "text")
+    for index in range(MAX_SPLIT_CHANGES + 5):
+        text.insert(index, "x")
+    encoded = encode_changes(made)
+    part, count = encode_records(made, encoded, RelayDictionary())
+    assert count == 1 and part[0] == RECORD_BATCH and encoded in part
+    assert decode_relay(bytes([1]) + part, [], BOUND) == tuple(made)
+
+
+def test_a_reference_to_an_entry_never_sent_is_a_typed_error() -> None:
+    batches = session_changes(1)
+    dictionary = RelayDictionary()
+    part, count = encode_records(batches[0], encode_changes(batches[0]), dictionary)
+    body = bytes([count]) + part
+    assert decode_relay(body, dictionary.entries, BOUND)
+    with pytest.raises(DictionaryError, match="were sent on this connection"):
+        decode_relay(body, dictionary.entries[:-1], BOUND)
+    assert issubclass(DictionaryError, MessageDecodeError)
+    assert DictionaryError("x").code is ErrorCode.INVALID_MESSAGE
+
+
+def test_dictionary_frames_round_trip_and_reject_bad_deltas() -> None:
+    peer = str(CRDTDocument().peer_id)
+    frame = encode_dictionary_frame(3, [peer, "text", "ü"])
+    assert decode_message(frame) == Dictionary(3, (peer, "text", "ü"))
+    assert len(frame) == 5 + 2 + 17 + 5 + 3  # a UUID entry takes 17 bytes
+    assert encode_message(Dictionary(3, (peer, "text", "ü"))) == frame
+    with pytest.raises(ValueError):
+        encode_dictionary_frame(0, [])
+    with pytest.raises(ValueError):
+        encode_dictionary_frame(0, ["x" * (MAX_ENTRY_BYTES + 1)])
+    empty = b"CS\x01\x15\x00\x00\x00"
+    with pytest.raises(MessageDecodeError, match="empty"):
+        decode_message(empty)
+    too_long = b"CS\x01\x15\x00\x00\x01" + bytes([MAX_ENTRY_BYTES + 1]) + b"x" * 65
+    with pytest.raises(MessageDecodeError, match="dictionary entry"):
+        decode_message(too_long)
+    far = b"CS\x01\x15\x00" + bytes([0x81, 0x80, 0x04]) + b"\x01\x01x"  # first = 65,537
+    with pytest.raises(MessageDecodeError, match="first index"):
+        decode_message(far)
+
+
+# ----------------------------------------------------------------- the client side
+
+
+def connected() -> ClientProtocol:
+    protocol = ClientProtocol(CRDTDocument(document_id="doc"), document_id="doc")
+    protocol.send_handshake()
+    protocol.messages_to_send()
+    protocol.receive_message(
+        encode_message(HandshakeResponse("s", VersionVector(), "epoch", compression="none"))
+    )
+    protocol.messages_to_send()
+    protocol.events_received()
+    return protocol
+
+
+def test_a_client_resolves_relays_against_the_deltas_it_was_sent() -> None:
+    batches = session_changes(2)
+    dictionary = RelayDictionary()
+    protocol = connected()
+    sent = 0
+    for batch in batches:
+        part, count = encode_records(batch, encode_changes(batch), dictionary)
+        if sent < len(dictionary):
+            protocol.receive_message(encode_dictionary_frame(sent, dictionary.entries[sent:]))
+            sent = len(dictionary)
+        protocol.receive_message(encode_relay_frame(count, [part]))
+    events = protocol.events_received()
+    assert all(isinstance(e, ChangesReceived) for e in events)
+    assert protocol.dictionary == dictionary.entries
+    expected = CRDTDocument()
+    for batch in batches:
+        expected.import_changes(batch)
+    assert protocol.document.version_vector == expected.version_vector
+    assert CRDTTextHandler(protocol.document, "text").value == (
+        CRDTTextHandler(expected, "text").value
+    )
+    # Its history holds full ids: the export decodes in a replica that never
+    # saw a dictionary, and no reference survives in it.
+    exported = protocol.document.binary_export_changes(VersionVector())
+    fresh = CRDTDocument()
+    fresh.binary_import_changes(exported)
+    assert fresh.version_vector == expected.version_vector
+    assert set(decode_changes(exported)) == {c for b in batches for c in b}
+
+
+@pytest.mark.parametrize(("first", "why"), [(2, "skips"), (0, "repeats")])
+def test_a_delta_that_skips_or_repeats_indices_closes_the_connection(first: int, why: str) -> None:
+    protocol = connected()
+    protocol.receive_message(encode_dictionary_frame(0, ["a"]))
+    protocol.receive_message(encode_dictionary_frame(first, ["b"]))
+    (event,) = protocol.events_received()
+    assert isinstance(event, ErrorOccurred) and event.code is ErrorCode.INVALID_MESSAGE
+    assert why in event.message
+    assert protocol.state.name == "CLOSED"
+
+
+def test_a_delta_past_the_bound_and_a_relay_naming_an_unsent_entry_are_refused() -> None:
+    protocol = connected()
+    protocol.dictionary.extend(["x"] * (MAX_ENTRIES - 1))
+    protocol.receive_message(encode_dictionary_frame(MAX_ENTRIES - 1, ["y", "z"]))
+    (event,) = protocol.events_received()
+    assert isinstance(event, ErrorOccurred) and "past" in event.message
+    protocol = connected()
+    batch = session_changes(0)[0]
+    dictionary = RelayDictionary()
+    part, count = encode_records(batch, encode_changes(batch), dictionary)
+    protocol.receive_message(encode_relay_frame(count, [part]))  # no delta first
+    (event,) = protocol.events_received()
+    assert isinstance(event, ErrorOccurred) and event.code is ErrorCode.INVALID_MESSAGE
+    assert "dictionary entry" in event.message
+    assert protocol.document.version_vector == VersionVector()  # nothing applied
+
+
+def test_a_version_3_client_is_refused_with_unsupported_protocol_version() -> None:
+    old = encode_message(HandshakeRequest("doc", "p", VersionVector(), protocol_version=3))
+    with pytest.raises(UnsupportedProtocolVersion) as info:
+        decode_message(old)
+    assert info.value.code is ErrorCode.UNSUPPORTED_PROTOCOL_VERSION
+    assert "4" in info.value.message
+
+
+# ----------------------------------------------------------------- hostile input
+
+
+def _valid_bodies() -> list[tuple[bytes, list[str]]]:
+    out = []
+    for seed in range(3):
+        batches = session_changes(seed, rounds=2)
+        dictionary = RelayDictionary()
+        parts, count = [], 0
+        for batch in batches:
+            part, n = encode_records(batch, encode_changes(batch), dictionary)
+            parts.append(part)
+            count += n
+        body = encode_relay_frame(count, parts)[5:]
+        out.append((body, list(dictionary.entries)))
+    return out
+
+
+_BODIES = _valid_bodies()
+
+
+@st.composite
+def mutated_relay(draw: st.DrawFn) -> tuple[bytes, list[str]]:
+    body, entries = draw(st.sampled_from(_BODIES))
+    data = bytearray(body)
+    for _ in range(draw(st.integers(1, 6))):
+        action = draw(st.sampled_from(["flip", "cut", "insert", "entries"]))
+        if action == "flip" and data:
+            at = draw(st.integers(0, len(data) - 1))
+            data[at] = draw(st.integers(0, 255))
+        elif action == "cut" and data:
+            data = data[: draw(st.integers(0, len(data) - 1))]
+        elif action == "insert":
+            at = draw(st.integers(0, len(data)))
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            entries = entries[: draw(st.integers(0, len(entries)))]
+    return bytes(data), entries
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_relay())
+def test_mutated_relays_decode_or_raise_decode_error_only(case: tuple[bytes, list[str]]) -> None:
+    body, entries = case
+    try:
+        changes = decode_relay(body, entries, BOUND)
+    except DecodeError:
+        return
+    for change in changes:
+        assert isinstance(change, Change)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.lists(st.text(min_size=1, max_size=8), max_size=4))
+def test_random_relay_bytes_never_raise_anything_but_decode_error(
+    body: bytes, entries: list[str]
+) -> None:
+    try:
+        decode_relay(body, entries, BOUND)
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_relay())
+def test_a_client_never_raises_on_mutated_relays(case: tuple[bytes, list[str]]) -> None:
+    body, entries = case
+    protocol = connected()
+    protocol.dictionary.extend(entries)
+    protocol.receive_message(b"CS\x01\x16\x00" + body)
+    for event in protocol.events_received():
+        if isinstance(event, ErrorOccurred):
+            assert event.code is ErrorCode.INVALID_MESSAGE
+    assert isinstance(decode_message(b"CS\x01\x16\x00" + body), Relay)
+
+
+def test_clients_never_send_relays_or_dictionaries_upstream() -> None:
+    # They are server -> client only: a server refuses them (tests/server), and a
+    # client's own Changes are format 3, self-contained.
+    protocol = connected()
+    document = protocol.document
+    CRDTTextHandler(document, "text").insert(0, "mine")
+    protocol.send_changes(document.export_changes(VersionVector()))
+    (frame,) = protocol.messages_to_send()
+    assert isinstance(decode_message(frame), Changes)
