@@ -29,15 +29,20 @@ never share counters.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from .registry import CRDTServerRegistry, RedisServerRegistry
 
-__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+__all__ = ["CONTENT_TYPE", "Count", "Histogram", "ServerMetrics"]
 
 #: The Content-Type of the Prometheus text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -58,6 +63,80 @@ _LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+
+
+class Count:
+    """A counter or a gauge kept as a plain number (the event loop is its only
+    writer, so it needs no lock: ``prometheus_client``'s take one per update)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float = 0.0) -> None:
+        self.value = value
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+class Labelled:
+    """Counters by the value of one label (``labels(value)`` makes one on first use)."""
+
+    __slots__ = ("children",)
+
+    def __init__(self) -> None:
+        self.children: dict[str, Count] = {}
+
+    def labels(self, value: str) -> Count:
+        child = self.children.get(value)
+        if child is None:
+            child = self.children[value] = Count()
+        return child
+
+
+class Histogram:
+    """Observations counted in fixed buckets (upper bounds, inclusive), with their
+    sum; written by the event loop only, read at scrape time."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = _LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        # One more than the bounds: the last counts what is above them all (+Inf).
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, observations <= le)`` per bucket, ending with ``+Inf``."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+        return out
+
+
+class LabelledHistograms:
+    """Histograms by the value of one label."""
+
+    __slots__ = ("children",)
+
+    def __init__(self) -> None:
+        self.children: dict[str, Histogram] = {}
+
+    def labels(self, value: str) -> Histogram:
+        child = self.children.get(value)
+        if child is None:
+            child = self.children[value] = Histogram()
+        return child
 
 
 class _RedisCollector(Collector):
@@ -102,8 +181,55 @@ class _RedisCollector(Collector):
             yield CounterMetricFamily(name, text, value=value)
 
 
+class _Collector(Collector):
+    """Reads a :class:`ServerMetrics`'s plain counters and histograms at scrape time."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        m = self._metrics
+        yield GaugeMetricFamily(
+            "crdt_storage_up", "1 when the last store operation succeeded", value=m.storage_up.value
+        )
+        for name, text, count in (
+            ("crdt_changes_applied", "Changes from clients applied", m.changes_applied),
+            (
+                "crdt_changes_relayed",
+                "Changes sent to clients (one per recipient)",
+                m.changes_relayed,
+            ),
+            ("crdt_bytes_received", "WebSocket payload bytes received", m.bytes_received),
+            ("crdt_bytes_sent", "WebSocket payload bytes sent", m.bytes_sent),
+        ):
+            yield CounterMetricFamily(name, text, value=count.value)
+        refusals = CounterMetricFamily(
+            "crdt_refusals", "Clients closed with an error, by error code", labels=["code"]
+        )
+        for code, count in sorted(m.refusals.children.items()):
+            refusals.add_metric([code], count.value)
+        yield refusals
+        propagation = HistogramMetricFamily(
+            "crdt_propagation_seconds",
+            "From a change's arrival (local frame or remote append) to its relay here",
+            labels=["source"],
+        )
+        for source, histogram in sorted(m.propagation.children.items()):
+            propagation.add_metric([source], histogram.cumulative(), histogram.sum)
+        yield propagation
+        store = HistogramMetricFamily(
+            "crdt_store_seconds", "From applying a batch to its being stored"
+        )
+        store.add_metric([], m.store_latency.cumulative(), m.store_latency.sum)
+        yield store
+
+
 class ServerMetrics:
-    """The counters of one server (see the module docstring for the list)."""
+    """The counters of one server (see the module docstring for the list).
+
+    The ones updated per edit or per frame are plain numbers (:class:`Count`,
+    :class:`Histogram`), turned into Prometheus samples only when scraped.
+    """
 
     def __init__(
         self,
@@ -119,43 +245,15 @@ class ServerMetrics:
         Gauge(
             "crdt_documents_loaded", "Documents with a room in this process", registry=self.registry
         ).set_function(lambda: float(documents()))
-        self.storage_up = Gauge(
-            "crdt_storage_up", "1 when the last store operation succeeded", registry=self.registry
-        )
-        self.storage_up.set(1)
-        self.changes_applied = Counter(
-            "crdt_changes_applied", "Changes from clients applied", registry=self.registry
-        )
-        self.changes_relayed = Counter(
-            "crdt_changes_relayed",
-            "Changes sent to clients (one per recipient)",
-            registry=self.registry,
-        )
-        self.bytes_received = Counter(
-            "crdt_bytes_received", "WebSocket payload bytes received", registry=self.registry
-        )
-        self.bytes_sent = Counter(
-            "crdt_bytes_sent", "WebSocket payload bytes sent", registry=self.registry
-        )
-        self.refusals = Counter(
-            "crdt_refusals",
-            "Clients closed with an error, by error code",
-            ["code"],
-            registry=self.registry,
-        )
-        self.propagation = Histogram(
-            "crdt_propagation_seconds",
-            "From a change's arrival (local frame or remote append) to its relay here",
-            ["source"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.store_latency = Histogram(
-            "crdt_store_seconds",
-            "From applying a batch to its being stored",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.storage_up = Count(1.0)
+        self.changes_applied = Count()
+        self.changes_relayed = Count()
+        self.bytes_received = Count()
+        self.bytes_sent = Count()
+        self.refusals = Labelled()
+        self.propagation = LabelledHistograms()
+        self.store_latency = Histogram()
+        self.registry.register(_Collector(self))
         if isinstance(store, RedisServerRegistry):
             self.registry.register(_RedisCollector(store))
 

@@ -153,13 +153,17 @@ def encoding_of(
     decoder is deterministic, so every reader decodes those bytes to these
     changes), else a fresh :func:`crdt_sync.encode_changes`. Saves encoding
     what a client sent when all of it applies (the usual case)."""
-    if (
-        received is not None
-        and len(applied) == len(changes)
-        and all(a == c for a, c in zip(applied, changes, strict=True))
-    ):
+    if received is not None and _same_changes(applied, changes):
         return received
     return encode_changes(applied) if applied else b""
+
+
+def _same_changes(applied: Sequence[Change], changes: Sequence[Change]) -> bool:
+    """Whether ``applied`` is exactly ``changes`` (the import usually hands back
+    the very objects it was given: identity first, equality otherwise)."""
+    return len(applied) == len(changes) and all(
+        a is c or a == c for a, c in zip(applied, changes, strict=True)
+    )
 
 
 def applied_result(
@@ -171,6 +175,18 @@ def applied_result(
     encoded: bytes | None = None,
 ) -> Applied:
     """Build the :class:`Applied` of an import of ``changes`` into ``document``."""
+    if _same_changes(applied, changes):
+        # The usual case (every change applied, none waited): nothing unblocked,
+        # nothing waiting, no id sets to build.
+        return Applied(
+            applied=tuple(applied),
+            unblocked=(),
+            encoded=(encode_changes(applied) if applied else b"") if encoded is None else encoded,
+            waiting=0,
+            pending_count=document.pending_count,
+            refusal=refusal,
+            stored=stored,
+        )
     submitted = {change.id for change in changes}
     known = document.version_vector
     return Applied(

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, SimpleQueue
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from crdt_sync import (
     Change,
@@ -154,15 +154,22 @@ _WriteOp = Callable[[sqlite3.Connection], object]
 # snapshot to encode: a transaction of its own, so the ops ahead of it commit
 # first), or a read (runs alone, outside any transaction, in queue order).
 _WRITE, _SLOW, _READ = 0, 1, 2
-# A queued op: the op, its future, its kind.
-_Queued = tuple[_WriteOp, "asyncio.Future[object]", int]
+# What settles a write on the loop instead of its future's plain result: called
+# with (ok, result-or-exception) as the commit's outcomes are handed over, so
+# a log row's durable vector is set without a callback hop per future.
+_Then = Callable[[bool, object], None]
+# A queued op: the op, its future, its kind, and what settles it (None: the future).
+_Queued = tuple[_WriteOp, "asyncio.Future[object]", int, "_Then | None"]
 #: Seconds the writer thread's job waits for more work before it ends.
 _LINGER = 0.5
 
 
 def _settle(batch: Sequence[_Queued], outcomes: Sequence[tuple[bool, object]]) -> None:
     """On the loop: resolve the futures of a committed batch."""
-    for (_, future, _), (ok, result) in zip(batch, outcomes, strict=True):
+    for (_, future, _, then), (ok, result) in zip(batch, outcomes, strict=True):
+        if then is not None:
+            then(ok, result)
+            continue
         if future.done():
             continue
         if ok:
@@ -184,7 +191,7 @@ class _Loaded:
     # Covers every change whose log row is committed (see durable_version_vector).
     durable: VersionVector = field(default_factory=VersionVector)
     # Writes queued or in flight for this document: release waits for them.
-    in_flight: set[asyncio.Future[object]] = field(default_factory=set)
+    in_flight: set[asyncio.Future[Any]] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -459,20 +466,30 @@ class SqliteServerRegistry(CRDTServerRegistry):
                 f"reading {self.path} failed: {error}", path=str(self.path)
             ) from error
 
-    def _enqueue(self, op: _WriteOp, kind: int) -> asyncio.Future[object]:
+    def _enqueue(
+        self,
+        op: _WriteOp,
+        kind: int,
+        future: asyncio.Future[Any] | None = None,
+        then: _Then | None = None,
+    ) -> asyncio.Future[object]:
         """Hand ``op`` to the writer thread: one put on its inbox, and a drain job
-        submitted only when none is running."""
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._inbox.put((op, future, kind))
+        submitted only when none is running. With ``then`` (and its ``future``),
+        ``then`` settles the op on the loop instead of ``future``'s plain result."""
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+        self._inbox.put((op, future, kind, then))
         if not self._draining:
             self._draining = True
             try:
                 self._executor.submit(self._drain)
             except RuntimeError as error:  # the executor is shut down
                 self._draining = False
-                future.set_exception(
-                    RegistryClosedError(f"registry {self.path} is closed: {error}")
-                )
+                closed = RegistryClosedError(f"registry {self.path} is closed: {error}")
+                if then is not None:
+                    then(False, closed)
+                else:
+                    future.set_exception(closed)
         return future
 
     def _drain(self) -> None:
@@ -533,7 +550,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
             else:
                 self._last_commit = time.monotonic()
                 try:
-                    outcomes = self._run_batch([op for op, _, _ in batch])
+                    outcomes = self._run_batch([item[0] for item in batch])
                 except Exception as error:
                     path = str(self.path)
                     failure = StorageError(f"writing to {path} failed: {error}", path=path)
@@ -778,7 +795,21 @@ class SqliteServerRegistry(CRDTServerRegistry):
                 (document_id, count, data),
             )
 
-        committed = self._write(append, loaded)
+        stored: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
+
+        def settle(ok: bool, result: object) -> None:
+            # On the loop, as the commit's outcomes arrive (no callback hop).
+            loaded.in_flight.discard(stored)
+            if stored.done():
+                return
+            if ok:
+                loaded.durable = loaded.durable.merge(covers)
+                stored.set_result(loaded.durable)
+            elif isinstance(result, BaseException):
+                stored.set_exception(result)
+
+        loaded.in_flight.add(stored)
+        self._enqueue(append, _WRITE, stored, settle)
         loaded.changes_since_snapshot += count
         loaded.logged_bytes += len(data)
         last = loaded.snapshot
@@ -787,20 +818,6 @@ class SqliteServerRegistry(CRDTServerRegistry):
         ):
             # Queued right behind the append, so it lands in the same or the next commit.
             self._queue_snapshot(document_id, loaded)
-        stored: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
-
-        def on_commit(future: asyncio.Future[object]) -> None:
-            if stored.done():
-                return
-            if future.cancelled():
-                stored.cancel()
-            elif (error := future.exception()) is not None:
-                stored.set_exception(error)
-            else:
-                loaded.durable = loaded.durable.merge(covers)
-                stored.set_result(loaded.durable)
-
-        committed.add_done_callback(on_commit)
         return stored
 
     def _queue_snapshot(
