@@ -25,7 +25,6 @@ version reuses whole segments instead of re-encoding them.
 
 from __future__ import annotations
 
-import re
 import sys
 from array import array
 from bisect import bisect_right
@@ -60,7 +59,6 @@ MAX_COUNTER = 1 << 53
 MAX_STAMP = 1 << 63
 
 _LITTLE = sys.byteorder == "little"
-_HEAD = re.compile(b"\x00")
 
 #: A run: (first change index, end index, kind, head change, offset in tlen,
 #: offset in the text column, offset in the delete columns, counter after the run).
@@ -460,9 +458,7 @@ def decode_segment(r: Reader) -> Segment:
     max_ts = 0
     if n:
         if _non_negative(dts):
-            max_ts = sum(dts)
-            if max_ts >= MAX_STAMP:
-                raise r.fail("time stamp out of range")
+            pass  # their sum is checked below, added up with the heads' stamps
         else:
             try:
                 ts = array("q", accumulate(dts))
@@ -497,34 +493,36 @@ def decode_segment(r: Reader) -> Segment:
         raise r.fail("text length does not match the typing changes")
     if b"\x01\x02" in kinds or b"\x02\x01" in kinds:
         raise r.fail("a run mixes typing and deleting")
-    heads = [m.start() for m in _HEAD.finditer(kinds)]
-    heads.append(n)
+    # Each head (a 0) and its continuations: the pieces after the first split.
+    sizes = [len(piece) for piece in kinds.split(b"\x00")[1:]]
     # Text offsets of the typing continuations: the text of ``tlen[a:b]`` is
     # ``text[tcum[a]:tcum[b]]``.
     tcum = None if ones else list(accumulate(tlen, initial=0))
     runs: list[Run] = []
     append = runs.append
-    summary: dict[str, tuple[int, int]] = {}
+    firsts: dict[str, int] = {}
+    ends: dict[str, int] = {}
     prev_peer = ""
     expect = 0
     tl = d = 0
     data = r.data
     stamp = summed = 0
-    for h in range(len(heads) - 1):
-        i, j = heads[h], heads[h + 1]
+    j = 0
+    for m in sizes:
+        i = j
+        j = i + 1 + m
         if ts is None:
             stamp += sum(dts[summed : i + 1])
             summed = i + 1
         else:
             stamp = ts[i]
-        row = _fast_row(data, r.pos, peers, names, prev_peer, expect, stamp, h > 0)
+        row = _fast_row(data, r.pos, peers, names, prev_peer, expect, stamp, i > 0)
         if row is None:
-            head = _read_row(r, peers, names, prev_peer, expect, stamp, h > 0)
+            head = _read_row(r, peers, names, prev_peer, expect, stamp, i > 0)
         else:
             head, r.pos = row
         peer = head[0]
         end = head[1] + head[5]
-        m = j - i - 1
         tl0, d0 = tl, d
         if m:
             kind = kinds[i + 1]
@@ -543,10 +541,15 @@ def decode_segment(r: Reader) -> Segment:
         if end > MAX_COUNTER:
             raise r.fail("counter too large")
         append((i, j, kind, head, tl0, tl0 if tcum is None else tcum[tl0], d0, end))
-        first = summary.get(peer)
-        summary[peer] = (head[1] if first is None else first[0], end)
+        if peer not in firsts:
+            firsts[peer] = head[1]
+        ends[peer] = end
         prev_peer = peer
         expect = end
+    if ts is None and n:
+        max_ts = stamp + sum(dts[summed:])
+        if max_ts >= MAX_STAMP:
+            raise r.fail("time stamp out of range")
     seg.body = r.data[start : r.pos]
     seg.n = n
     seg.peers = peers
@@ -559,7 +562,7 @@ def decode_segment(r: Reader) -> Segment:
     seg.dlen = dlen
     seg.text = text
     seg.runs = runs
-    seg.summary = summary
+    seg.summary = {peer: (first, ends[peer]) for peer, first in firsts.items()}
     return seg
 
 

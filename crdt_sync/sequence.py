@@ -381,10 +381,31 @@ class Sequence:
         else:
             stored = self.empty
         chunks = self.chunks
-        # The slot right after the left origin.
-        ci, si = (0, 0) if left is None else self._slot_after(left)
         self._cur = None
-        nxt = self._span_from(ci, si)
+        # The slot right after the left origin (``_slot_after``, inline: this
+        # runs once per remote run).
+        if left is None:
+            ci = si = 0
+        else:
+            lpeer, lctr = left
+            s = self._last
+            if s is None or s[P] != lpeer or not s[C] <= lctr < s[C] + s[N]:
+                s = self._find(lpeer, lctr)
+                if s is None:
+                    raise KeyError(left)
+            chunk = s[CH]
+            ci, si = self._hint
+            if ci >= len(chunks) or chunks[ci] is not chunk:
+                ci = chunks.index(chunk)
+            spans = chunk.spans
+            if si >= len(spans) or spans[si] is not s:
+                si = self._span_index(chunk, s)
+            off = lctr - s[C] + 1
+            if off < s[N]:
+                self._split(s, chunk, si, off)
+            si += 1
+        spans = chunks[ci].spans
+        nxt = spans[si] if si < len(spans) else self._span_from(ci, si)
         if nxt is not None and nxt[L] == left and (nxt[P], nxt[C]) != right:
             # A sibling (another insert right after our left origin) sits
             # between the origins: order by the rule. Anything else there has
@@ -406,10 +427,17 @@ class Sequence:
                 self._last = prev
                 self._hint = (ci, si - 1)
                 return prev, off
-        span = [peer, ctr, n, stored, deleted, left, right, None]
-        self._insert_span(ci, si, span)
+        chunk = chunks[ci]
+        span = [peer, ctr, n, stored, deleted, left, right, chunk]
+        spans = chunk.spans
+        spans.insert(si, span)
+        if not deleted:
+            chunk.vis += n
+            self.length += n
+        self._index_add(span)
         self._hint = (ci, si)
-        self._rebalance(ci)
+        if len(spans) > CHUNK_MAX:
+            self._rebalance(ci)
         self._last = span
         return span, 0
 
@@ -451,6 +479,7 @@ class Sequence:
         right_at: tuple[int, int] | None = None
         dest = (ci, si)
         scanning = False
+        prev: Span | None = None
         while True:
             spans = chunks[ci].spans
             if si >= len(spans):
@@ -466,10 +495,17 @@ class Sequence:
                 dest = (ci, si)
             o_left = o[L]
             if o_left != left:
-                ls = None if o_left is None else find(o_left[0], o_left[1])
-                if ls is None or id(ls) not in passed:
-                    return dest  # o's left origin is before ours
-                # o's left origin is after ours: o is in a subtree we pass.
+                # o's left origin after ours: o is in a subtree we pass. Mostly
+                # it is the last element of the span just passed (no lookup).
+                if (
+                    o_left is None
+                    or prev is None
+                    or o_left[1] != prev[C] + prev[N] - 1
+                    or o_left[0] != prev[P]
+                ):
+                    ls = None if o_left is None else find(o_left[0], o_left[1])
+                    if ls is None or id(ls) not in passed:
+                        return dest  # o's left origin is before ours
             else:
                 o_right = o[R]
                 if o_right == right:
@@ -485,6 +521,7 @@ class Sequence:
                         right_at = self._position_of(self._find(right[0], right[1]))  # type: ignore[arg-type]
                     scanning = self._position_of(find(o_right[0], o_right[1])) < right_at  # type: ignore[arg-type]
             passed.add(id(o))
+            prev = o
             si += 1
         if not scanning:
             # Past every element between the origins: just before the right origin.
@@ -503,9 +540,11 @@ class Sequence:
         changed: list[tuple[int, int, Any]] = []
         self._cur = None
         while count > 0:
-            s = self._find(peer, ctr)
-            if s is None:
-                raise KeyError((peer, ctr))
+            s = self._last
+            if s is None or s[P] != peer or not s[C] <= ctr < s[C] + s[N]:
+                s = self._find(peer, ctr)
+                if s is None:
+                    raise KeyError((peer, ctr))
             off = ctr - s[C]
             take = s[N] - off
             if take > count:
@@ -726,7 +765,18 @@ class Sequence:
         """
         chunk = s[CH]
         spans = chunk.spans
-        if deleted and not s[D] and not self.keep and self._shift_boundary(s, spans, si, off, take):
+        n = s[N]
+        if (
+            deleted
+            and not s[D]
+            and not self.keep
+            # A tombstone beside the deleted prefix or suffix (else no shift).
+            and (
+                (off and off + take == n and si + 1 < len(spans) and spans[si + 1][D])
+                or (not off and take < n and si and spans[si - 1][D])
+            )
+            and self._shift_boundary(s, spans, si, off, take)
+        ):
             # Backspace or forward delete next to a tombstone of the same run:
             # the boundary between them moved, no span was split or merged.
             chunk.vis -= take

@@ -87,6 +87,8 @@ class NewIds:
             return None
         starts, stops = entry
         ctr = ident[1]
+        if starts[-1] <= ctr:  # the latest range (typing on), or past every range
+            return stops[-1] if ctr < stops[-1] else None
         i = bisect_right(starts, ctr) - 1
         if i >= 0 and ctr < stops[i]:
             return stops[i]
