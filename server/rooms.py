@@ -784,7 +784,8 @@ class Rooms(RegistryObserver):
             session = target.session
             if session.dictionary_sent < size:
                 # The entries it lacks go first, in the same write.
-                session.send_frame(dictionary.delta(session.dictionary_sent, delta))
+                for entries in dictionary.deltas(session.dictionary_sent, delta):
+                    session.send_frame(entries)
                 session.dictionary_sent = size
             session.send_frame(frame)
             target.flush()

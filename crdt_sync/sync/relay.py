@@ -62,6 +62,7 @@ from crdt_sync.transaction import deps_of
 from .exceptions import DictionaryError
 
 __all__ = [
+    "MAX_DELTA_ENTRIES",
     "MAX_ENTRIES",
     "MAX_ENTRY_BYTES",
     "MAX_SPLIT_CHANGES",
@@ -77,6 +78,8 @@ MAX_ENTRIES: Final = 1 << 16
 """Entries a document's dictionary holds at most (per room and server process)."""
 MAX_ENTRY_BYTES: Final = 64
 """Longest string (UTF-8 bytes) entered in a dictionary; longer ones stay literal."""
+MAX_DELTA_ENTRIES: Final = 4096
+"""Entries one ``Dictionary`` frame carries at most (the server splits longer deltas)."""
 MAX_SPLIT_CHANGES: Final = 32
 """A relayed batch of more changes than this goes as one batch record, as it came."""
 
@@ -105,7 +108,7 @@ class RelayDictionary:
         self._index: dict[str, int] = {}
         # Encoded deltas by (first index, entry count): the same for every
         # connection that has been sent the same prefix.
-        self._deltas: dict[tuple[int, int], bytes] = {}
+        self._deltas: dict[tuple[int, int], list[bytes]] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -126,16 +129,21 @@ class RelayDictionary:
             self.entries.append(text)
         return index + 1
 
-    def delta(self, first: int, encode: Any) -> bytes:
-        """The frame ``encode(first, entries)`` makes of the entries from ``first`` on,
-        made once for each prefix length while the dictionary does not grow."""
+    def deltas(self, first: int, encode: Any) -> list[bytes]:
+        """The frames ``encode(first, entries)`` makes of the entries from ``first`` on,
+        at most :data:`MAX_DELTA_ENTRIES` a frame (so a late joiner's catch-up never
+        nears a frame bound), made once for each prefix length while the
+        dictionary does not grow."""
         key = (first, len(self.entries))
-        frame = self._deltas.get(key)
-        if frame is None:
+        frames = self._deltas.get(key)
+        if frames is None:
             if len(self._deltas) > 16:
                 self._deltas.clear()
-            frame = self._deltas[key] = encode(first, tuple(self.entries[first:]))
-        return frame
+            frames = self._deltas[key] = [
+                encode(at, tuple(self.entries[at : at + MAX_DELTA_ENTRIES]))
+                for at in range(first, len(self.entries), MAX_DELTA_ENTRIES)
+            ]
+        return frames
 
 
 def _write_peer_ref(w: Writer, dictionary: RelayDictionary, peer: str) -> None:

@@ -37,6 +37,7 @@ from crdt_sync.sync import (
 from crdt_sync.sync.events import ChangesReceived, ErrorOccurred
 from crdt_sync.sync.messages import encode_dictionary_frame, encode_relay_frame
 from crdt_sync.sync.relay import (
+    MAX_DELTA_ENTRIES,
     MAX_ENTRIES,
     MAX_ENTRY_BYTES,
     MAX_SPLIT_CHANGES,
@@ -344,3 +345,23 @@ def test_clients_never_send_relays_or_dictionaries_upstream() -> None:
     protocol.send_changes(document.export_changes(VersionVector()))
     (frame,) = protocol.messages_to_send()
     assert isinstance(decode_message(frame), Changes)
+
+
+def test_a_long_delta_goes_in_frames_of_at_most_max_delta_entries_in_order() -> None:
+    dictionary = RelayDictionary()
+    for index in range(2 * MAX_DELTA_ENTRIES + 10):
+        assert dictionary.number(f"name {index}") == index + 1
+    frames = dictionary.deltas(5, encode_dictionary_frame)
+    assert dictionary.deltas(5, encode_dictionary_frame) is frames  # made once
+    deltas = [decode_message(frame) for frame in frames]
+    assert [len(d.entries) for d in deltas if isinstance(d, Dictionary)] == [
+        MAX_DELTA_ENTRIES,
+        MAX_DELTA_ENTRIES,
+        5,
+    ]
+    protocol = connected()
+    protocol.dictionary.extend(dictionary.entries[:5])
+    for frame in frames:
+        protocol.receive_message(frame)
+    assert protocol.events_received() == []
+    assert protocol.dictionary == dictionary.entries
