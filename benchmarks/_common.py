@@ -773,14 +773,17 @@ def crdt_relay_ids_library(frame: bytes, dictionary: list[bytes]) -> list[tuple[
 
 def crdt_relay_ids(frame: bytes, dictionary: list[bytes]) -> list[tuple[bytes, int]]:
     """The op ids (peer as UTF-8, counter) of the edits a Relay frame carries, read from
-    its records (``docs/encoding.md``, "Relay records"): a one-change record's peer
-    table (dictionary references or literal peers), its names, its 8-byte time stamp,
-    then its row's flags, peer index and counter. Each record's change is one text
-    insert of one character here; a record of another shape (a batch, several ids)
-    goes to the library's decoder, and so does a compressed frame."""
+    its records (``docs/encoding.md``, "Relay records"): after the frame's time base,
+    a one-change record's peer table (dictionary references or literal peers), its
+    names, its time stamp (two varints), then its row's flags, peer index and
+    counter. Each record's change is one text insert of one character here; a
+    record of another shape (a batch, several ids) goes to the library's decoder,
+    and so does a compressed frame."""
     if frame[4]:
         return crdt_relay_ids_library(frame, dictionary)
     count, p = _uv(frame, 5)
+    if count:
+        _, p = _uv(frame, p)  # the time base
     out = []
     for _ in range(count):
         if frame[p] != 1:  # not a one-change record
@@ -800,7 +803,8 @@ def crdt_relay_ids(frame: bytes, dictionary: list[bytes]) -> list[tuple[bytes, i
             if not ref:
                 length, p = _uv(frame, p)
                 p += length
-        p += 8  # the time stamp
+        _, p = _uv(frame, p)  # the time stamp: milliseconds after the base,
+        _, p = _uv(frame, p)  # and its logical part
         flags = frame[p]
         index, p = _uv(frame, p + 1)
         counter, p = _uv(frame, p)
@@ -890,20 +894,21 @@ def check_crdt_readers(workload: Workload) -> bool:
         # A relay frame as the server makes it (protocol version 4), read with the
         # dictionary delta it comes after.
         from crdt_sync.sync.messages import encode_dictionary_frame, encode_relay_frame
-        from crdt_sync.sync.relay import RelayDictionary, encode_records
+        from crdt_sync.sync.relay import RelayDictionary, encode_records, time_base
 
         dictionary = RelayDictionary()
+        messages = [decode_message(f) for f in sample[:5]]
+        relayed = [m for m in messages if isinstance(m, Changes) and m.encoded]
+        base = time_base(m.changes for m in relayed)
         parts = []
         count = 0
-        for f in sample[:5]:
-            message = decode_message(f)
-            if isinstance(message, Changes) and message.encoded:
-                part, n = encode_records(message.changes, message.encoded, dictionary)
-                parts.append(part)
-                count += n
+        for message in relayed:
+            part, n = encode_records(message.changes, message.encoded or b"", dictionary, base)
+            parts.append(part)
+            count += n
         if parts:
             entries = crdt_dictionary_entries(encode_dictionary_frame(0, dictionary.entries), 0)
-            frame = encode_relay_frame(count, parts)
+            frame = encode_relay_frame(count, base, parts)
             if crdt_relay_ids(frame, entries) != crdt_relay_ids_library(frame, entries):
                 return False
         vv = VersionVector({plan.ident: plan.index + 3 for plan in workload.clients})

@@ -71,7 +71,7 @@ from crdt_sync.sync.messages import (
     encode_dictionary_frame,
     encode_relay_frame,
 )
-from crdt_sync.sync.relay import RelayDictionary, encode_records
+from crdt_sync.sync.relay import RelayDictionary, encode_records, time_base
 
 from .catchup import refresh
 from .events import ServerEventType
@@ -755,10 +755,12 @@ class Rooms(RegistryObserver):
             return
         compressor = self.compressor
         dictionary = room.dictionary
+        # One time base for every frame of the flush: the records are shared.
+        base = time_base(relay.changes for relay in relays)
         parts: list[bytes] = []
         counts: list[int] = []
         for relay in relays:
-            part, count = encode_records(relay.changes, relay.encoded, dictionary)
+            part, count = encode_records(relay.changes, relay.encoded, dictionary, base)
             parts.append(part)
             counts.append(count)
         size = len(dictionary)
@@ -770,7 +772,7 @@ class Rooms(RegistryObserver):
         for target in targets:
             if id(target) not in senders:
                 if combined is None:
-                    combined = encode_relay_frame(sum(counts), parts, compressor)
+                    combined = encode_relay_frame(sum(counts), base, parts, compressor)
                 frame = combined
                 relayed += total
             else:
@@ -778,7 +780,7 @@ class Rooms(RegistryObserver):
                 if not others:
                     continue
                 frame = encode_relay_frame(
-                    sum(counts[i] for i in others), [parts[i] for i in others], compressor
+                    sum(counts[i] for i in others), base, [parts[i] for i in others], compressor
                 )
                 relayed += sum(len(relays[i].changes) for i in others)
             session = target.session

@@ -640,13 +640,16 @@ def encode_dictionary_frame(
 
 
 def encode_relay_frame(
-    count: int, records: Sequence[bytes], compressor: Compressor | None = None
+    count: int, base: int, records: Sequence[bytes], compressor: Compressor | None = None
 ) -> bytes:
-    """A ``Relay`` frame holding ``count`` relay records, the concatenation of
-    ``records`` (each part made once by :func:`crdt_sync.sync.relay.encode_records`
-    and shared by every frame it goes in)."""
+    """A ``Relay`` frame holding ``count`` relay records of time ``base``, the
+    concatenation of ``records`` (each part made once by
+    :func:`crdt_sync.sync.relay.encode_records` with that base, and shared by every
+    frame it goes in)."""
     w = _Writer()
     w.uint(count)
+    if count:
+        w.uint(base)
     for part in records:
         w.raw(part)
     return _frame(MessageType.RELAY, bytes(w.buf), compressor)

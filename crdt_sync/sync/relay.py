@@ -20,7 +20,8 @@ A relay body is a count of *records*, each encoded once per batch and the same
 bytes for every recipient (``docs/encoding.md``, "Relay records"):
 
 - a one-change record: its own small peer and name tables whose entries are
-  references (or literals), the 8-byte time stamp, and the change as one row
+  references (or literals), the time stamp (its milliseconds relative to the
+  frame's time base, and its logical part), and the change as one row
   of change format 1 (without time stamp) whose deps may be *derived*: a flag
   says they are exactly what :func:`crdt_sync.transaction.deps_of` computes
   from the change (this peer's previous op and the newest op of each other
@@ -38,7 +39,7 @@ stores as they came).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from crdt_sync.changes import (
@@ -72,6 +73,7 @@ __all__ = [
     "decode_relay",
     "encode_records",
     "inflated_size",
+    "time_base",
 ]
 
 MAX_ENTRIES: Final = 1 << 16
@@ -90,6 +92,8 @@ F_DERIVED_DEPS: Final = 8
 _ROW_FLAGS: Final = _F_CHAIN_DEPS | F_DERIVED_DEPS
 MAX_COUNTER: Final = 1 << 53
 MAX_STAMP: Final = 1 << 63
+#: Time stamps are hybrid logical clock values, milliseconds << 16 | logical.
+MAX_MS: Final = MAX_STAMP >> 16
 
 
 def _entry_size(text: str) -> int:
@@ -160,8 +164,11 @@ def _write_name_ref(w: Writer, dictionary: RelayDictionary, name: str) -> None:
         w.str(name)
 
 
-def _write_change(w: Writer, dictionary: RelayDictionary, change: ChangeTuple) -> None:
+def _write_change(w: Writer, dictionary: RelayDictionary, change: ChangeTuple, base: int) -> None:
     peer, ctr, stamp, deps, ops, _size = change
+    ms = stamp >> 16
+    if ms < base:
+        raise ValueError(f"time stamp {stamp} is before the frame's time base {base}")
     t = _Tables()
     row = Writer()
     if len(deps) == 1 and deps[0][0] == peer and deps[0][1] == ctr - 1:
@@ -189,15 +196,32 @@ def _write_change(w: Writer, dictionary: RelayDictionary, change: ChangeTuple) -
     w.uint(len(t.names))
     for name in t.names:
         _write_name_ref(w, dictionary, name)
-    w.raw(stamp.to_bytes(8, "little", signed=True))
+    w.uint(ms - base)
+    w.uint(stamp & 0xFFFF)
     w.buf += row.buf
 
 
+def time_base(batches: Iterable[Sequence[Change]]) -> int:
+    """The time base of a relay frame holding ``batches``: the earliest millisecond of
+    their one-change records' time stamps (0 when there is none)."""
+    return min(
+        (
+            change.timestamp >> 16
+            for changes in batches
+            if len(changes) <= MAX_SPLIT_CHANGES
+            for change in changes
+        ),
+        default=0,
+    )
+
+
 def encode_records(
-    changes: Sequence[Change], encoded: bytes, dictionary: RelayDictionary
+    changes: Sequence[Change], encoded: bytes, dictionary: RelayDictionary, base: int
 ) -> tuple[bytes, int]:
     """The relay records of one batch, ``changes`` (which ``encoded`` holds as a change
-    batch), numbering its ids in ``dictionary``: (the records' bytes, how many).
+    batch), numbering its ids in ``dictionary``, their time stamps relative to the
+    frame's time ``base`` (:func:`time_base` of every batch the frames made of
+    these records hold): (the records' bytes, how many).
 
     A batch of at most :data:`MAX_SPLIT_CHANGES` changes becomes one record per
     change; a longer one a single batch record holding ``encoded``."""
@@ -207,7 +231,7 @@ def encode_records(
         w.bytes(encoded)
         return w.getvalue(), 1
     for change in changes:
-        _write_change(w, dictionary, change.data)
+        _write_change(w, dictionary, change.data, base)
     return w.getvalue(), len(changes)
 
 
@@ -228,15 +252,15 @@ def _read_entry(r: Reader, entries: Sequence[str], literal: Any, what: str) -> b
     return entries[ref - 1]
 
 
-def _read_change(r: Reader, entries: Sequence[str]) -> ChangeTuple:
+def _read_change(r: Reader, entries: Sequence[str], base: int) -> ChangeTuple:
     peers = [_read_entry(r, entries, r.peer, "a peer") for _ in range(r.count(1))]
     if any(not p or len(p) > MAX_NAME for p in peers):
         raise r.fail("bad peer id in the peer table")
     names = [_read_entry(r, entries, r.str, "a handler name") for _ in range(r.count(1))]
     if any(len(n) > MAX_NAME for n in names):
         raise r.fail("handler name too long")
-    stamp = int.from_bytes(r.raw(8), "little", signed=True)
-    if not 0 <= stamp < MAX_STAMP:
+    stamp = (base + r.uint(MAX_MS)) << 16 | r.uint(0xFFFF)
+    if stamp >= MAX_STAMP:
         raise r.fail("time stamp out of range")
     flags = r.byte()
     if flags & ~_ROW_FLAGS or flags == _ROW_FLAGS:
@@ -275,10 +299,12 @@ def decode_relay(body: bytes, entries: Sequence[str], max_size: int) -> tuple[Ch
     out: list[Change] = []
     budget = max_size
     try:
-        for _ in range(r.count(2)):
+        count = r.count(2)
+        base = r.uint(MAX_MS) if count else 0
+        for _ in range(count):
             form = r.byte()
             if form == RECORD_CHANGE:
-                out.append(Change(_read_change(r, entries)))
+                out.append(Change(_read_change(r, entries, base)))
             elif form == RECORD_BATCH:
                 batch = r.bytes()
                 budget -= inflated_size(batch, budget)

@@ -117,7 +117,7 @@ async def test_a_late_joiner_and_a_reconnecting_client_are_sent_the_entries_they
 async def test_a_client_sending_relays_or_dictionaries_is_refused(
     server: WebSocketServer,
 ) -> None:
-    frames = [encode_dictionary_frame(0, ["text"]), encode_relay_frame(0, [])]
+    frames = [encode_dictionary_frame(0, ["text"]), encode_relay_frame(0, 0, [])]
     for frame in frames:
         async with connect(url_of(server), compression=None) as ws:
             peer = str(PeerId.generate())

@@ -40,7 +40,7 @@ from crdt_sync.sync import (
     encode_message,
 )
 from crdt_sync.sync.messages import encode_relay_frame
-from crdt_sync.sync.relay import decode_relay, encode_records
+from crdt_sync.sync.relay import decode_relay, encode_records, time_base
 from server import InMemoryServerRegistry, WebSocketServer
 from server.exceptions import StorageError
 from server.registry.base import Applied
@@ -351,8 +351,9 @@ async def test_a_batch_is_relayed_as_records_naming_ids_by_dictionary_entry(room
     assert decode_message(delta) == Dictionary(0, (writer.peer, "text"))
     room = rooms.get("notes")
     assert room is not None
-    records, count = encode_records(event.changes, event.encoded, room.dictionary)
-    assert frame == encode_relay_frame(count, [records])
+    base = time_base([event.changes])
+    records, count = encode_records(event.changes, event.encoded, room.dictionary, base)
+    assert frame == encode_relay_frame(count, base, [records])
     assert len(frame) < len(event.encoded)  # no 17-byte peer id, no handler name
     (message,) = watcher.changes_frames()
     assert message.changes == event.changes

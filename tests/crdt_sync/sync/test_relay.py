@@ -45,6 +45,7 @@ from crdt_sync.sync.relay import (
     RelayDictionary,
     decode_relay,
     encode_records,
+    time_base,
 )
 
 BOUND = 1 << 24
@@ -85,13 +86,19 @@ def session_changes(seed: int, peers: int = 3, rounds: int = 6) -> list[list[Cha
     return batches
 
 
-def round_trip(batches: list[list[Change]], dictionary: RelayDictionary) -> tuple[Change, ...]:
+def relay_frame(batches: list[list[Change]], dictionary: RelayDictionary) -> bytes:
+    """One Relay frame holding ``batches``, as a server's flush makes it."""
+    base = time_base(batches)
     parts, count = [], 0
     for batch in batches:
-        part, n = encode_records(batch, encode_changes(batch), dictionary)
+        part, n = encode_records(batch, encode_changes(batch), dictionary, base)
         parts.append(part)
         count += n
-    message = decode_message(encode_relay_frame(count, parts))
+    return encode_relay_frame(count, base, parts)
+
+
+def round_trip(batches: list[list[Change]], dictionary: RelayDictionary) -> tuple[Change, ...]:
+    message = decode_message(relay_frame(batches, dictionary))
     assert isinstance(message, Relay)
     return decode_relay(message.body, list(dictionary.entries), BOUND)
 
@@ -129,8 +136,9 @@ def test_a_typical_relayed_insert_is_small() -> None:
     dictionary = RelayDictionary()
     round_trip(batches, dictionary)  # every id entered
     for batch in inserts:
-        part, _ = encode_records(batch, encode_changes(batch), dictionary)
-        assert len(part) < 40 < len(encode_changes(batch))
+        part, _ = encode_records(batch, encode_changes(batch), dictionary, time_base([batch]))
+        assert len(part) < 30 and len(relay_frame([batch], dictionary)) + 2 < 40
+        assert len(encode_changes(batch)) > 80
 
 
 def test_a_long_batch_goes_as_one_batch_record_as_it_came() -> None:
@@ -141,16 +149,16 @@ def test_a_long_batch_goes_as_one_batch_record_as_it_came() -> None:
     for index in range(MAX_SPLIT_CHANGES + 5):
         text.insert(index, "x")
     encoded = encode_changes(made)
-    part, count = encode_records(made, encoded, RelayDictionary())
+    part, count = encode_records(made, encoded, RelayDictionary(), 0)
     assert count == 1 and part[0] == RECORD_BATCH and encoded in part
-    assert decode_relay(bytes([1]) + part, [], BOUND) == tuple(made)
+    assert time_base([made]) == 0  # no one-change record: no base needed
+    assert decode_relay(bytes([1, 0]) + part, [], BOUND) == tuple(made)
 
 
 def test_a_reference_to_an_entry_never_sent_is_a_typed_error() -> None:
     batches = session_changes(1)
     dictionary = RelayDictionary()
-    part, count = encode_records(batches[0], encode_changes(batches[0]), dictionary)
-    body = bytes([count]) + part
+    body = relay_frame([batches[0]], dictionary)[5:]
     assert decode_relay(body, dictionary.entries, BOUND)
     with pytest.raises(DictionaryError, match="were sent on this connection"):
         decode_relay(body, dictionary.entries[:-1], BOUND)
@@ -200,11 +208,11 @@ def test_a_client_resolves_relays_against_the_deltas_it_was_sent() -> None:
     protocol = connected()
     sent = 0
     for batch in batches:
-        part, count = encode_records(batch, encode_changes(batch), dictionary)
+        frame = relay_frame([batch], dictionary)
         if sent < len(dictionary):
             protocol.receive_message(encode_dictionary_frame(sent, dictionary.entries[sent:]))
             sent = len(dictionary)
-        protocol.receive_message(encode_relay_frame(count, [part]))
+        protocol.receive_message(frame)
     events = protocol.events_received()
     assert all(isinstance(e, ChangesReceived) for e in events)
     assert protocol.dictionary == dictionary.entries
@@ -243,9 +251,7 @@ def test_a_delta_past_the_bound_and_a_relay_naming_an_unsent_entry_are_refused()
     assert isinstance(event, ErrorOccurred) and "past" in event.message
     protocol = connected()
     batch = session_changes(0)[0]
-    dictionary = RelayDictionary()
-    part, count = encode_records(batch, encode_changes(batch), dictionary)
-    protocol.receive_message(encode_relay_frame(count, [part]))  # no delta first
+    protocol.receive_message(relay_frame([batch], RelayDictionary()))  # no delta first
     (event,) = protocol.events_received()
     assert isinstance(event, ErrorOccurred) and event.code is ErrorCode.INVALID_MESSAGE
     assert "dictionary entry" in event.message
@@ -268,12 +274,7 @@ def _valid_bodies() -> list[tuple[bytes, list[str]]]:
     for seed in range(3):
         batches = session_changes(seed, rounds=2)
         dictionary = RelayDictionary()
-        parts, count = [], 0
-        for batch in batches:
-            part, n = encode_records(batch, encode_changes(batch), dictionary)
-            parts.append(part)
-            count += n
-        body = encode_relay_frame(count, parts)[5:]
+        body = relay_frame(batches, dictionary)[5:]
         out.append((body, list(dictionary.entries)))
     return out
 
@@ -365,3 +366,13 @@ def test_a_long_delta_goes_in_frames_of_at_most_max_delta_entries_in_order() -> 
         protocol.receive_message(frame)
     assert protocol.events_received() == []
     assert protocol.dictionary == dictionary.entries
+
+
+def test_time_stamps_go_relative_to_the_frames_time_base_and_come_back_exact() -> None:
+    batches = session_changes(5)
+    stamps = [c.timestamp for b in batches for c in b]
+    assert min(stamps) >> 16 == time_base(batches)
+    assert [c.timestamp for c in round_trip(batches, RelayDictionary())] == stamps
+    # A stamp before the base is the caller's mistake, not silently wrapped.
+    with pytest.raises(ValueError, match="before the frame's time base"):
+        encode_records(batches[0], b"", RelayDictionary(), time_base(batches) + (1 << 20))
