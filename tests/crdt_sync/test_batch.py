@@ -21,7 +21,12 @@ from crdt_sync import (
     encode_changes,
 )
 from crdt_sync.batch import DELETING, FULL, TYPING
-from crdt_sync.changes import decode_batch, encode_change_tuples_v1
+from crdt_sync.changes import (
+    TEXT_DELETE,
+    decode_batch,
+    encode_change_tuples,
+    encode_change_tuples_v1,
+)
 from crdt_sync.history import FREEZE
 
 
@@ -253,3 +258,78 @@ def test_the_column_checks_by_bytes_agree_with_max_and_min() -> None:
             assert _all_below(values, limit) == all(v < limit for v in values), (values, limit)
         if code == "I":
             assert _all_ones(values) == all(v == 1 for v in values), values
+
+
+def test_runs_merged_into_concurrent_content_agree_with_change_by_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two replicas type, backspace and jump about apart from each other; each
+    # then takes the other's history by runs (bytes, everything next) and, on
+    # a copy, change by change: the same document either way.
+    rng = random.Random(21)
+    replicas = [CRDTDocument(peer(1)), CRDTDocument(peer(2))]
+    texts = [CRDTTextHandler(d, "t") for d in replicas]
+    for text in texts:
+        cursor = 0
+        for _ in range(1500):
+            r = rng.random()
+            if r < 0.65:
+                text.insert(cursor, rng.choice("abcdé😀 "))
+                cursor += 1
+            elif r < 0.85 and cursor:
+                text.delete(cursor - 1, 1)
+                cursor -= 1
+            else:
+                cursor = rng.randrange(len(text) + 1)
+    a, b = replicas
+    for target, source in ((a, b), (b, a)):
+        data = source.binary_export_changes(target.version_vector)
+        assert {run[2] for seg in decode_batch(data) for run in seg.runs} >= {TYPING, DELETING}
+        fast, slow = CRDTDocument(target.peer_id, "d"), CRDTDocument(target.peer_id, "d")
+        for copy in (fast, slow):
+            copy.import_changes(target.export_changes())
+        general = CRDTDocument._import
+        with monkeypatch.context() as patch:
+            # By runs: the general path must not be taken.
+            patch.setattr(CRDTDocument, "_import", None)
+            fast.binary_import_changes(data)
+        assert CRDTDocument._import is general
+        slow.import_changes(source.export_changes())
+        assert fingerprint(fast) == fingerprint(slow)
+        assert fast.get_value("t") == slow.get_value("t")
+        fast.check_invariants()
+    a.binary_import_changes(b.binary_export_changes(a.version_vector))
+    b.binary_import_changes(a.binary_export_changes(b.version_vector))
+    assert texts[0].value == texts[1].value
+
+
+def test_a_batch_invalid_late_leaves_a_document_with_concurrent_content_untouched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Typing runs (next, valid), then a change deleting "text" that is a map
+    # entry's op id: refused, and nothing of the runs before it is applied.
+    author, target = CRDTDocument(peer(1)), CRDTDocument(peer(2))
+    CRDTMapHandler(author, "m").set("k", 1)  # op (peer 1, 0)
+    target.import_changes(author.export_changes())
+    mine = CRDTTextHandler(target, "t")
+    mine.insert(0, "concurrent")
+    typed = CRDTTextHandler(author, "t")
+    for i in range(300):
+        typed.insert(i, "x")
+    for i in range(40):
+        typed.delete(299 - i, 1)
+    me = str(author.peer_id)
+    good = author.export_changes(target.version_vector)
+    last = good[-1]
+    delete = (TEXT_DELETE, "t", ((me, 0, 1),))
+    forged = (me, last.counter + last.size, last.timestamp, ((me, 0),), (delete,), 1)
+    changes = [c._data for c in good] + [forged]
+    data = encode_change_tuples(changes)
+    assert len(decode_batch(data)[0].runs) >= 3
+    before = fingerprint(target)
+    with pytest.raises(InvalidChangeError), monkeypatch.context() as patch:
+        patch.setattr(CRDTDocument, "_import", None)  # refused by the run path itself
+        target.binary_import_changes(data)
+    assert fingerprint(target) == before
+    target.check_invariants()
+    assert target.binary_import_changes(encode_change_tuples(changes[:-1])) == len(good)
