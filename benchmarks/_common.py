@@ -774,11 +774,11 @@ def crdt_relay_ids_library(frame: bytes, dictionary: list[bytes]) -> list[tuple[
 def crdt_relay_ids(frame: bytes, dictionary: list[bytes]) -> list[tuple[bytes, int]]:
     """The op ids (peer as UTF-8, counter) of the edits a Relay frame carries, read from
     its records (``docs/encoding.md``, "Relay records"): after the frame's time base,
-    a one-change record's peer table (dictionary references or literal peers), its
-    names, its time stamp (two varints), then its row's flags, peer index and
-    counter. Each record's change is one text insert of one character here; a
-    record of another shape (a batch, several ids) goes to the library's decoder,
-    and so does a compressed frame."""
+    an insert record's peer (a dictionary reference) and counter, then its time
+    stamp, handler name, origins and text skipped. Each record here is an insert
+    record of one character naming peers by reference; a frame with any other
+    record (a change, a batch, a literal peer) goes to the library's decoder, and
+    so does a compressed frame."""
     if frame[4]:
         return crdt_relay_ids_library(frame, dictionary)
     count, p = _uv(frame, 5)
@@ -786,38 +786,29 @@ def crdt_relay_ids(frame: bytes, dictionary: list[bytes]) -> list[tuple[bytes, i
         _, p = _uv(frame, p)  # the time base
     out = []
     for _ in range(count):
-        if frame[p] != 1:  # not a one-change record
+        if frame[p] != 3:  # not an insert record
             return crdt_relay_ids_library(frame, dictionary)
-        npeers, p = _uv(frame, p + 1)
-        peers = []
-        for _ in range(npeers):
-            ref, p = _uv(frame, p)
-            if ref:
-                peers.append(dictionary[ref - 1])
-            else:
-                peer, p = _peer_at(frame, p)
-                peers.append(peer)
-        nnames, p = _uv(frame, p)
-        for _ in range(nnames):
-            ref, p = _uv(frame, p)
-            if not ref:
-                length, p = _uv(frame, p)
-                p += length
+        ref, p = _uv(frame, p + 1)
+        if not ref:  # a literal peer
+            return crdt_relay_ids_library(frame, dictionary)
+        counter, p = _uv(frame, p)
+        out.append((dictionary[ref - 1], counter))
         _, p = _uv(frame, p)  # the time stamp: milliseconds after the base,
         _, p = _uv(frame, p)  # and its logical part
-        flags = frame[p]
-        index, p = _uv(frame, p + 1)
-        counter, p = _uv(frame, p)
-        out.append((peers[index], counter))
-        if not flags & 12:  # deps listed, not chained nor derived
-            ndeps, p = _uv(frame, p)
-            for _ in range(2 * ndeps):
-                _, p = _uv(frame, p)
-        nops, p = _uv(frame, p)
-        if nops != 1 or frame[p] != 1:  # one text insert
+        ref, p = _uv(frame, p)  # the handler name
+        if not ref:
             return crdt_relay_ids_library(frame, dictionary)
-        _, p = _uv(frame, p + 1)  # handler name index
-        p = _skip_ref(frame, _skip_ref(frame, p))
+        for _ in range(2):  # the origins: none, previous, or a reference and a counter
+            tag = frame[p]
+            if tag == 2:
+                ref, p = _uv(frame, p + 1)
+                if not ref:
+                    return crdt_relay_ids_library(frame, dictionary)
+                _, p = _uv(frame, p)
+            elif tag > 2:
+                raise ValueError("unknown reference tag")
+            else:
+                p += 1
         length, p = _uv(frame, p)
         if length != 1:
             return crdt_relay_ids_library(frame, dictionary)

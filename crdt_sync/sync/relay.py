@@ -26,6 +26,9 @@ bytes for every recipient (``docs/encoding.md``, "Relay records"):
   says they are exactly what :func:`crdt_sync.transaction.deps_of` computes
   from the change (this peer's previous op and the newest op of each other
   peer its ops name), which is what every change made by a local edit has;
+- an insert record: a change that is one text insert with derived deps (what
+  typing makes, nearly every relay) as just the insert's fields: its peer,
+  counter, time stamp, handler name, origins and text;
 - a batch record: a whole self-contained change batch (formats 1 to 3), for a
   batch too long to be worth splitting.
 
@@ -44,7 +47,11 @@ from typing import Any, Final
 
 from crdt_sync.changes import (
     _F_CHAIN_DEPS,
+    _REF_FULL,
+    _REF_NONE,
+    _REF_PREV,
     MAX_NAME,
+    TEXT_INSERT,
     Change,
     ChangeTuple,
     _read_id,
@@ -69,6 +76,7 @@ __all__ = [
     "MAX_SPLIT_CHANGES",
     "RECORD_BATCH",
     "RECORD_CHANGE",
+    "RECORD_INSERT",
     "RelayDictionary",
     "decode_relay",
     "encode_records",
@@ -87,6 +95,7 @@ MAX_SPLIT_CHANGES: Final = 32
 
 RECORD_CHANGE: Final = 1
 RECORD_BATCH: Final = 2
+RECORD_INSERT: Final = 3
 #: Row flag of a one-change record: the deps are those ``deps_of`` derives.
 F_DERIVED_DEPS: Final = 8
 _ROW_FLAGS: Final = _F_CHAIN_DEPS | F_DERIVED_DEPS
@@ -169,11 +178,32 @@ def _write_change(w: Writer, dictionary: RelayDictionary, change: ChangeTuple, b
     ms = stamp >> 16
     if ms < base:
         raise ValueError(f"time stamp {stamp} is before the frame's time base {base}")
+    derived = deps == deps_of(peer, ctr, list(ops))
+    if derived and len(ops) == 1 and ops[0][0] == TEXT_INSERT:
+        # Typing, the usual relay: nothing but the insert's own fields.
+        _, name, left, right, text = ops[0]
+        w.byte(RECORD_INSERT)
+        _write_peer_ref(w, dictionary, peer)
+        w.uint(ctr)
+        w.uint(ms - base)
+        w.uint(stamp & 0xFFFF)
+        _write_name_ref(w, dictionary, name)
+        for origin in (left, right):
+            if origin is None:
+                w.byte(_REF_NONE)
+            elif origin[0] == peer and origin[1] == ctr - 1:
+                w.byte(_REF_PREV)
+            else:
+                w.byte(_REF_FULL)
+                _write_peer_ref(w, dictionary, origin[0])
+                w.uint(origin[1])
+        w.str(text)
+        return
     t = _Tables()
     row = Writer()
     if len(deps) == 1 and deps[0][0] == peer and deps[0][1] == ctr - 1:
         flags = _F_CHAIN_DEPS
-    elif deps == deps_of(peer, ctr, list(ops)):
+    elif derived:
         flags = F_DERIVED_DEPS
     else:
         flags = 0
@@ -290,6 +320,42 @@ def _read_change(r: Reader, entries: Sequence[str], base: int) -> ChangeTuple:
     return (peer, ctr, stamp, deps, tuple(ops), first - ctr)
 
 
+def _read_insert(r: Reader, entries: Sequence[str], base: int) -> ChangeTuple:
+    peer = _read_entry(r, entries, r.peer, "a peer")
+    if not peer or len(peer) > MAX_NAME:
+        raise r.fail("bad peer id")
+    ctr = r.uint(MAX_COUNTER)
+    stamp = (base + r.uint(MAX_MS)) << 16 | r.uint(0xFFFF)
+    if stamp >= MAX_STAMP:
+        raise r.fail("time stamp out of range")
+    name = _read_entry(r, entries, r.str, "a handler name")
+    if len(name) > MAX_NAME:
+        raise r.fail("handler name too long")
+    origins: list[tuple[str, int] | None] = []
+    for _ in range(2):
+        tag = r.byte()
+        if tag == _REF_NONE:
+            origins.append(None)
+        elif tag == _REF_PREV:
+            if not ctr:
+                raise r.fail("reference to the op before counter 0")
+            origins.append((peer, ctr - 1))
+        elif tag == _REF_FULL:
+            other = _read_entry(r, entries, r.peer, "an origin's peer")
+            if not other or len(other) > MAX_NAME:
+                raise r.fail("bad peer id")
+            origins.append((other, r.uint()))
+        else:
+            raise r.fail(f"unknown reference tag {tag}")
+    text = r.str()
+    if not text:
+        raise r.fail("empty insert")
+    if ctr + len(text) > MAX_COUNTER:
+        raise r.fail("counter too large")
+    op = (TEXT_INSERT, name, origins[0], origins[1], text)
+    return (peer, ctr, stamp, deps_of(peer, ctr, [op]), (op,), len(text))
+
+
 def decode_relay(body: bytes, entries: Sequence[str], max_size: int) -> tuple[Change, ...]:
     """The changes of a relay ``body``, every reference resolved against ``entries``
     (what this connection was sent). Only ever raises :class:`DecodeError`
@@ -303,7 +369,9 @@ def decode_relay(body: bytes, entries: Sequence[str], max_size: int) -> tuple[Ch
         base = r.uint(MAX_MS) if count else 0
         for _ in range(count):
             form = r.byte()
-            if form == RECORD_CHANGE:
+            if form == RECORD_INSERT:
+                out.append(Change(_read_insert(r, entries, base)))
+            elif form == RECORD_CHANGE:
                 out.append(Change(_read_change(r, entries, base)))
             elif form == RECORD_BATCH:
                 batch = r.bytes()

@@ -19,6 +19,7 @@ from crdt_sync import (
     decode_changes,
     encode_changes,
 )
+from crdt_sync.changes import TEXT_INSERT
 from crdt_sync.exceptions import DecodeError
 from crdt_sync.sync import (
     Changes,
@@ -42,6 +43,8 @@ from crdt_sync.sync.relay import (
     MAX_ENTRY_BYTES,
     MAX_SPLIT_CHANGES,
     RECORD_BATCH,
+    RECORD_CHANGE,
+    RECORD_INSERT,
     RelayDictionary,
     decode_relay,
     encode_records,
@@ -376,3 +379,39 @@ def test_time_stamps_go_relative_to_the_frames_time_base_and_come_back_exact() -
     # A stamp before the base is the caller's mistake, not silently wrapped.
     with pytest.raises(ValueError, match="before the frame's time base"):
         encode_records(batches[0], b"", RelayDictionary(), time_base(batches) + (1 << 20))
+
+
+def test_typing_goes_as_insert_records_and_anything_else_as_change_records() -> None:
+    batches = session_changes(6, rounds=4)
+    dictionary = RelayDictionary()
+    round_trip(batches, dictionary)
+    base = time_base(batches)
+    forms = set()
+    for batch in batches:
+        for change in batch:
+            part, _ = encode_records([change], b"", dictionary, base)
+            typing = len(change.ops) == 1 and change.ops[0][0] == TEXT_INSERT
+            assert part[0] == (RECORD_INSERT if typing else RECORD_CHANGE)
+            forms.add(part[0])
+    assert forms == {RECORD_INSERT, RECORD_CHANGE}
+    # An insert whose deps are not the derived ones is a change record.
+    doc = CRDTDocument()
+    CRDTTextHandler(doc, "text").insert(0, "a")
+    (change,) = doc.export_changes(VersionVector())
+    peer, ctr, stamp, _, ops, size = change.data
+    odd = Change((peer, ctr, stamp, (("someone-else", 7),), ops, size))
+    part, _ = encode_records([odd], b"", dictionary, stamp >> 16)
+    assert part[0] == RECORD_CHANGE
+    body = encode_relay_frame(1, stamp >> 16, [part])[5:]
+    assert decode_relay(body, dictionary.entries, BOUND) == (odd,)
+
+
+@pytest.mark.slow
+@settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_relay())
+def test_mutated_relays_long_run(case: tuple[bytes, list[str]]) -> None:
+    body, entries = case
+    try:
+        decode_relay(body, entries, BOUND)
+    except DecodeError:
+        pass
