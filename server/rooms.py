@@ -247,6 +247,13 @@ class Rooms(RegistryObserver):
             # round trip (seconds, for a dead one): never while holding the lock.
             if not await self._replace_stale(member, document_id, request.peer_id):
                 return
+            if document_id in self.rooms and not await self._claimed_by(
+                member, document_id, request.peer_id
+            ):
+                # The document exists: the claim (a committed write on SQLite, a
+                # round trip on Redis) is made before taking its lock, so joins
+                # at once share a commit instead of waiting for one each in turn.
+                return
             async with self._lock(document_id):
                 room = self.rooms.get(document_id)
                 if room is None:

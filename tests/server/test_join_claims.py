@@ -1,0 +1,56 @@
+"""Clients joining an open document at once share the commits of their peer id
+claims (server/rooms.py join): the claim is made before the document's lock, so
+a crowd of joins does not wait for one commit each in turn (real SQLite file,
+real server, real clients)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from server_helpers import Peer, wait_converged
+
+from server import SqliteServerRegistry, WebSocketServer
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+
+class CountingRegistry(SqliteServerRegistry):
+    """Counts the group commits of the writer thread."""
+
+    commits = 0
+
+    def _run_batch(
+        self, ops: Sequence[Any]
+    ) -> list[tuple[bool, object]]:  # runs on the writer thread
+        type(self).commits += 1
+        return super()._run_batch(ops)
+
+
+async def test_joins_at_once_share_their_claim_commits(tmp_path: Any) -> None:
+    # Commits at least 0.3 s apart: claims made while one waits share the next.
+    registry = CountingRegistry(tmp_path / "store.sqlite3", commit_interval=0.3)
+    async with WebSocketServer("127.0.0.1", 0, registry) as server:
+        url = f"ws://127.0.0.1:{server.port}/notes"
+        first = Peer(url, "first")
+        await first.connect()  # opens (creates) the document
+        first.text.insert(0, "here")
+        await first.wait_acknowledged()
+        crowd = [Peer(url, f"user{i}") for i in range(6)]
+        try:
+            before = CountingRegistry.commits
+            await asyncio.gather(*(peer.connect() for peer in crowd))
+            claims = CountingRegistry.commits - before
+            await wait_converged([first, *crowd])
+        finally:
+            for peer in (first, *crowd):
+                await peer.client.disconnect()
+    await registry.close()
+    # One commit per claim in turn would be 6; shared, one or two.
+    assert claims <= 2, f"{claims} commits for 6 joins"
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        (stored,) = db.execute("SELECT COUNT(*) FROM peers").fetchone()
+    assert stored == 7  # every claim is stored
