@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 import weakref
@@ -30,7 +31,8 @@ from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event, State
 
 from crdt_sync.sync import ErrorCode, HandshakeRequest, Role
 from crdt_sync.sync.document_ids import document_id_from_url_path
@@ -57,7 +59,13 @@ from .session import (
 )
 from .trust import Limits, TokenBucket
 
-__all__ = ["Authenticator", "Connection", "describe_close", "document_id_from_url_path"]
+__all__ = [
+    "Authenticator",
+    "Connection",
+    "FrameConnection",
+    "describe_close",
+    "document_id_from_url_path",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -103,6 +111,64 @@ def _framed(payload: bytes) -> bytes:
     return b"\x82\x7f" + n.to_bytes(8, "big") + payload
 
 
+#: ``sink(message)``: one whole data message as it arrives (str: a text message).
+FrameSink = Callable[["bytes | str"], None]
+
+
+class FrameConnection(ServerConnection):
+    """websockets' server connection, handing every whole data message to
+    :attr:`frame_sink` (once set) from the protocol callback that parsed it.
+
+    websockets would queue each frame, wake the task waiting in ``recv()`` and
+    hand it over there: a queue, a task switch and (for the idle bound) a
+    timeout object per frame, on the path of every edit. Control frames are
+    websockets' as before (it answers pings, and pongs acknowledge its pings);
+    its parser has already bounded the message size and checked the order of
+    fragments when a frame gets here.
+    """
+
+    frame_sink: FrameSink | None = None
+    _fragments: list[bytes] | None = None
+    _fragments_text = False
+
+    def listen(self, sink: FrameSink) -> None:
+        """Hand every data message to ``sink`` from now on, starting with any that
+        websockets queued before."""
+        self.frame_sink = sink
+        frames = getattr(getattr(self.recv_messages, "frames", None), "queue", None)
+        if frames:
+            queued = list(frames)
+            frames.clear()
+            for frame in queued:
+                self.process_event(frame)
+
+    def process_event(self, event: Event) -> None:
+        sink = self.frame_sink
+        if sink is None or not isinstance(event, Frame):
+            super().process_event(event)
+            return
+        opcode = event.opcode
+        if opcode is Opcode.BINARY and event.fin:
+            sink(bytes(event.data))
+        elif opcode is Opcode.BINARY or opcode is Opcode.TEXT:
+            if event.fin:
+                sink(bytes(event.data).decode("utf-8", "replace"))
+            else:
+                self._fragments = [bytes(event.data)]
+                self._fragments_text = opcode is Opcode.TEXT
+        elif opcode is Opcode.CONT:
+            parts = self._fragments
+            if parts is None:  # pragma: no cover - websockets refuses a stray continuation
+                return
+            parts.append(bytes(event.data))
+            if event.fin:
+                self._fragments = None
+                message = b"".join(parts)
+                sink(message.decode("utf-8", "replace") if self._fragments_text else message)
+        else:
+            super().process_event(event)
+
+
 class Connection:
     """One client: its socket, its session, its outbox and writer task."""
 
@@ -125,6 +191,8 @@ class Connection:
         ws.response = None
         self.metrics = metrics
         self.received_at = time.perf_counter()
+        #: The event loop's clock when the latest frame arrived (the idle bound).
+        self.last_frame_at = 0.0
         self.session = session
         self.limits = limits if limits is not None else Limits()
         #: The client's address (per-address quotas), "" when unknown.
@@ -293,13 +361,27 @@ class Connection:
         document (else ``UNAUTHORIZED`` with the reason); the token's role
         applies, and the connection is closed (``UNAUTHORIZED``) the second
         the token expires.
+
+        Frames are taken (and charged to the rates) as websockets parses them
+        (:class:`FrameConnection`), while earlier ones are still being applied
+        and stored: a flood is refused at once.
         """
         session = self.session
         access = _Access(authority, authenticate)
+        inbox = _Inbox()
+        ws = self.ws
+        if not isinstance(ws, FrameConnection):
+            raise TypeError("Connection.serve needs a FrameConnection (serve(create_connection=))")
+        loop = asyncio.get_running_loop()
+        ws.connection_lost_waiter.add_done_callback(lambda _: inbox.wake())
+        ws.listen(functools.partial(self._arrived, inbox, loop))
         try:
             async with asyncio.timeout(handshake_timeout):
                 while session.state in (SessionState.AWAITING_HANDSHAKE, SessionState.HANDSHAKING):
-                    await self._receive(await self.ws.recv())
+                    frame = await self._next(inbox)
+                    if frame is None:
+                        break  # refused for its rate: the session is closed
+                    await self._decode(frame)
                     # A few handshakes per address at once (Limits.handshakes_per_ip).
                     async with rooms.hosts.handshake_turn(self.host):
                         await self._process(rooms, access, emit)
@@ -308,23 +390,16 @@ class Connection:
             self.flush()
             return
         expiry = (
-            asyncio.get_running_loop().create_task(self._expire(authority))
+            loop.create_task(self._expire(authority))
             if authority is not None and self.expires_at is not None
             else None
         )
-        # Frames are read (and charged to the rates) as they arrive, while earlier
-        # ones are still being applied and stored: a flood is refused at once.
-        inbox = _Inbox()
-        reader = asyncio.get_running_loop().create_task(self._read_ahead(inbox))
+        idle = _IdleWatch(self, inbox, loop) if self.limits.idle_timeout else None
         try:
             while session.state is SessionState.OPEN:
-                frame = inbox.pop()
+                frame = await self._next(inbox)
                 if frame is None:
-                    if reader.done():
-                        reader.result()  # raises ConnectionClosed when the client went
-                        break  # refused (rate, silence): the session is closed
-                    await inbox.wait()
-                    continue
+                    break  # refused (rate, silence): the session is closed
                 await self._decode(frame)
                 await self._process(rooms, access, emit)
                 if inbox:
@@ -333,38 +408,39 @@ class Connection:
                     # a client with hundreds queued cannot hold the loop for them all.
                     await asyncio.sleep(0)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await reader
+            if idle is not None:
+                idle.stop()
             if expiry is not None:
                 expiry.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await expiry
 
-    async def _read_ahead(self, inbox: _Inbox) -> None:
-        """Read frames while the session is open, charging each to the rates as it
-        arrives; end the session after ``idle_timeout`` seconds without a frame."""
-        session = self.session
-        idle = self.limits.idle_timeout
-        try:
-            while session.state is SessionState.OPEN:
-                try:
-                    async with asyncio.timeout(idle):
-                        frame = await self.ws.recv()
-                except TimeoutError:
-                    session.fail(ErrorCode.TIMEOUT, f"nothing received for {idle:g} seconds")
-                    self.flush()
-                    return
-                if not self._within_rates(len(frame)):
-                    return
-                inbox.put(frame)
-        finally:
+    def _arrived(self, inbox: _Inbox, loop: asyncio.AbstractEventLoop, frame: bytes | str) -> None:
+        """A whole message came (in websockets' protocol callback): charge it to the
+        rates and queue it, or refuse the client (``RATE_LIMITED``)."""
+        if self.session.state is SessionState.CLOSED:
+            return  # refused already: what still comes is dropped
+        self.last_frame_at = loop.time()
+        if self._within_rates(len(frame)):
+            inbox.put(frame)
+        else:
             inbox.wake()
 
-    async def _receive(self, frame: bytes | str) -> None:
-        """Hand one frame to the session, within the connection's rates."""
-        if self._within_rates(len(frame)):
-            await self._decode(frame)
+    async def _next(self, inbox: _Inbox) -> bytes | str | None:
+        """The next frame; None once the session is closed with nothing waiting.
+
+        Raises:
+            ConnectionClosed: the client went (after every frame it sent was taken).
+        """
+        while True:
+            frame = inbox.pop()
+            if frame is not None:
+                return frame
+            if self.ws.connection_lost_waiter.done():
+                raise self.ws.protocol.close_exc
+            if self.session.state is SessionState.CLOSED:
+                return None
+            await inbox.wait()
 
     def _within_rates(self, size: int) -> bool:
         """Charge a frame of ``size`` bytes to the connection's rates; over its message
@@ -527,6 +603,10 @@ class _Inbox:
         self._frames: collections.deque[bytes | str] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
+    def __bool__(self) -> bool:
+        """Whether a frame waits."""
+        return bool(self._frames)
+
     def put(self, frame: bytes | str) -> None:
         if self._frames is None:
             self._frames = collections.deque()
@@ -556,6 +636,43 @@ class _Inbox:
             await self._waiter
         finally:
             self._waiter = None
+
+
+class _IdleWatch:
+    """Ends a connection's session after ``Limits.idle_timeout`` seconds without a
+    frame: one timer, moved on only when it fires (not a timeout per frame)."""
+
+    __slots__ = ("_connection", "_handle", "_inbox", "_loop")
+
+    def __init__(
+        self, connection: Connection, inbox: _Inbox, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._connection = connection
+        self._inbox = inbox
+        self._loop = loop
+        connection.last_frame_at = loop.time()
+        self._handle: asyncio.TimerHandle | None = loop.call_later(
+            connection.limits.idle_timeout or 0.0, self._check
+        )
+
+    def _check(self) -> None:
+        connection = self._connection
+        idle = connection.limits.idle_timeout or 0.0
+        self._handle = None
+        if connection.session.state is not SessionState.OPEN:
+            return
+        left = connection.last_frame_at + idle - self._loop.time()
+        if left > 0:
+            self._handle = self._loop.call_later(left, self._check)
+            return
+        connection.session.fail(ErrorCode.TIMEOUT, f"nothing received for {idle:g} seconds")
+        connection.flush()
+        self._inbox.wake()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class _Access:

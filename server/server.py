@@ -41,7 +41,7 @@ from crdt_sync.sync import DEFAULT_MAX_MESSAGE_SIZE, Compressor, ErrorCode, NoCo
 from crdt_sync.sync.document_ids import document_id_from_url_path
 
 from .auth import TokenAuthority
-from .connection import Authenticator, Connection, describe_close
+from .connection import Authenticator, Connection, FrameConnection, describe_close
 from .events import EventStream, ServerEvent, ServerEventType
 from .exceptions import RegistryError, ServerStateError
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -278,6 +278,8 @@ class WebSocketServer:
             # origin must be allowed explicitly (answered with HTTP 403 otherwise).
             origins=[None, *(Origin(origin) for origin in self.allowed_origins)],
             process_request=self._process_request,
+            # Data frames go straight to the connection's session (no recv() hop).
+            create_connection=FrameConnection,
         )
         self._remove_snapshot_listener = self.registry.add_snapshot_listener(self._on_snapshot)
         self._remove_observer = self.registry.add_observer(self.rooms)
