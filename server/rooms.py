@@ -758,8 +758,8 @@ class Rooms(RegistryObserver):
             return
         room.relayed_at = asyncio.get_running_loop().time()
         targets = [m for m in room.members if m.session.state is SessionState.OPEN]
-        if not targets:
-            return
+        if not targets or (len(targets) == 1 and all(r.sender is targets[0] for r in relays)):
+            return  # nobody else to tell (a document edited alone)
         compressor = self.compressor
         dictionary = room.dictionary
         # One time base for every frame of the flush: the records are shared.

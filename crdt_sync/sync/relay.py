@@ -3,7 +3,8 @@
 Why: a relayed one-character insert in a change batch of format 3 names up to
 three peers (its own, its left origin's, its right origin's), each as 17 bytes
 in the segment's peer table, plus its handler-name table, a column of counts
-and its deps, which repeat the origins: 84 bytes of frame for one character.
+and its deps, which repeat the origins: 84 to 107 bytes of frame for one
+character (28 as a relay record, WebSocket header included).
 Between a server and its clients the same ids come back in every frame, so
 the server numbers them once per document and refers to them by number.
 

@@ -228,6 +228,16 @@ async def test_one_clients_batch_is_relayed_alone_and_not_back_to_it(rooms: Room
     assert writer.changes_frames() == []
 
 
+async def test_a_document_edited_alone_relays_nothing_and_numbers_nothing(rooms: Rooms) -> None:
+    (writer,) = await joined(rooms, 1)
+    await rooms.apply(writer, writer.edit("alone"))
+    room = rooms.get("notes")
+    assert room is not None
+    rooms.flush_relays(room)  # what the end of the turn does
+    assert not room.relays and room.relay_flush is None
+    assert len(room.dictionary) == 0 and writer.changes_frames() == []
+
+
 async def test_a_busy_room_gathers_changes_for_the_relay_interval_a_quiet_one_does_not() -> None:
     tasks: list[asyncio.Task[object]] = []
     rooms = make_rooms(tasks, relay_interval=3600.0)  # an interval no test outlives
