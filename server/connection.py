@@ -169,6 +169,22 @@ class FrameConnection(ServerConnection):
             super().process_event(event)
 
 
+# The payload framed last and its frame: a relay goes to every client of a
+# document one after the other, the same bytes object each time.
+_last_framed: tuple[bytes, bytes] = (b"", _framed(b""))
+
+
+def _framed_shared(payload: bytes) -> bytes:
+    """:func:`_framed`, reusing the frame made for the very same payload object last."""
+    global _last_framed
+    last = _last_framed
+    if last[0] is payload:
+        return last[1]
+    wire = _framed(payload)
+    _last_framed = (payload, wire)
+    return wire
+
+
 class Connection:
     """One client: its socket, its session, its outbox and writer task."""
 
@@ -217,27 +233,44 @@ class Connection:
     def flush(self) -> None:
         """Send the session's output, in order: now while the socket takes it, else
         through the outbox and the writer (never blocks)."""
-        frames = self.session.messages_to_send()
+        session = self.session
+        frames = session.messages_to_send()
         if frames:
-            if not self._outbox and self._writable():
-                self._write_now(frames)
+            ws = self.ws
+            transport = ws.transport
+            if (
+                self._outbox is None
+                and transport is not None
+                and ws.protocol.state is State.OPEN
+                and not transport.is_closing()
+                and (buffered := transport.get_write_buffer_size()) <= _HIGH_WATER
+            ):
+                # The usual case: straight to the socket. What it holds after the
+                # write is at most what it held plus this write, so the bound on
+                # what waits is looked at again only when that could exceed it.
+                if buffered + self._write_now(frames) > self._max_outbound:
+                    self._bound_backlog()
             else:
                 self._wait(frames)
-            if (
-                self._outbox_bytes + self._buffered() > self._max_outbound
-                and self.session.state is SessionState.OPEN
-            ):
-                # The client does not read fast enough: drop the backlog (it will
-                # resynchronise on reconnect) and tell it why.
-                self._outbox = None
-                self._outbox_bytes = 0
-                self.session.fail(
-                    ErrorCode.LIMIT_EXCEEDED,
-                    f"more than {self._max_outbound} bytes waiting to be sent: client too slow",
-                )
-                self._wait(self.session.messages_to_send())
-        if (self._outbox or self.session.state is SessionState.CLOSED) and self._writer is None:
+                self._bound_backlog()
+        if (self._outbox or session.state is SessionState.CLOSED) and self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self.write_loop())
+
+    def _bound_backlog(self) -> None:
+        """Drop a client with more than ``max_outbound`` bytes waiting to be sent."""
+        if (
+            self._outbox_bytes + self._buffered() > self._max_outbound
+            and self.session.state is SessionState.OPEN
+        ):
+            # The client does not read fast enough: drop the backlog (it will
+            # resynchronise on reconnect) and tell it why.
+            self._outbox = None
+            self._outbox_bytes = 0
+            self.session.fail(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"more than {self._max_outbound} bytes waiting to be sent: client too slow",
+            )
+            self._wait(self.session.messages_to_send())
 
     def _wait(self, frames: list[bytes]) -> None:
         """Queue ``frames`` for the writer, after those already waiting."""
@@ -248,51 +281,47 @@ class Connection:
             outbox.append(frame)
             self._outbox_bytes += len(frame)
 
-    def _write_now(self, frames: list[bytes]) -> None:
-        """Write ``frames`` to the socket in one call, each as one WebSocket binary frame.
+    def _write_now(self, frames: list[bytes]) -> int:
+        """Write ``frames`` to the socket in one call, each as one WebSocket binary
+        frame; returns the bytes written (headers included).
 
         Without extensions (the server negotiates none: permessage-deflate is off,
         frames are compressed by our own compressor) a server's frame is a 2 to
         10 byte header and the payload, unmasked, so it is framed here; the
-        frames of one flush (a relay and an ack, say) go out in one write.
+        frames of one flush (a relay and an ack, say) go out in one write. A
+        frame relayed to many clients is framed once (:func:`_framed_shared`).
         """
         ws = self.ws
         protocol = ws.protocol
-        size = 0
         if protocol.extensions:  # pragma: no cover - the server negotiates none
+            size = 0
             for frame in frames:
                 protocol.send_binary(frame)
                 size += len(frame)
             ws.send_data()
+            if self.metrics is not None:
+                self.metrics.bytes_sent.inc(size)
+            return size
+        if protocol.writes:  # anything websockets queued goes first (a pong)
+            ws.send_data()
+        if len(frames) == 1:
+            payload = frames[0]
+            size = len(payload)
+            wire = _framed_shared(payload)
         else:
-            if protocol.writes:  # anything websockets queued goes first (a pong)
-                ws.send_data()
-            if len(frames) == 1:
-                wire = _framed(frames[0])
-                size = len(frames[0])
-            else:
-                wire = b"".join([_framed(frame) for frame in frames])
-                size = sum(len(frame) for frame in frames)
-            transport = ws.transport
-            if transport is not None:
-                transport.write(wire)
+            size = sum(len(frame) for frame in frames)
+            wire = b"".join([_framed(frame) for frame in frames])
+        transport = ws.transport
+        if transport is not None:
+            transport.write(wire)
         if self.metrics is not None:
             self.metrics.bytes_sent.inc(size)
+        return len(wire)
 
     def _buffered(self) -> int:
         """Bytes written to the socket that it has not sent yet."""
         transport = self.ws.transport
         return 0 if transport is None else transport.get_write_buffer_size()
-
-    def _writable(self) -> bool:
-        """May a frame be written now, ahead of the writer? (open, buffer not full)"""
-        ws = self.ws
-        return (
-            ws.protocol.state is State.OPEN
-            and ws.transport is not None
-            and not ws.transport.is_closing()
-            and ws.transport.get_write_buffer_size() <= _HIGH_WATER
-        )
 
     async def write_loop(self) -> None:
         """Send the queued frames in order, then close the socket if the session is

@@ -154,21 +154,51 @@ _WriteOp = Callable[[sqlite3.Connection], object]
 # snapshot to encode: a transaction of its own, so the ops ahead of it commit
 # first), or a read (runs alone, outside any transaction, in queue order).
 _WRITE, _SLOW, _READ = 0, 1, 2
-# What settles a write on the loop instead of its future's plain result: called
-# with (ok, result-or-exception) as the commit's outcomes are handed over, so
-# a log row's durable vector is set without a callback hop per future.
-_Then = Callable[[bool, object], None]
-# A queued op: the op, its future, its kind, and what settles it (None: the future).
-_Queued = tuple[_WriteOp, "asyncio.Future[object]", int, "_Then | None"]
+# A queued op: the op, its future, its kind, and the log row it writes (None: a
+# plain op, whose future gets the op's result).
+_Queued = tuple[_WriteOp, "asyncio.Future[object]", int, "_LogRow | None"]
 #: Seconds the writer thread's job waits for more work before it ends.
 _LINGER = 0.5
 
 
+class _LogRow:
+    """A batch of changes whose log row waits for its commit: the document, the
+    version vector the row makes durable, and the future of the durable vector."""
+
+    __slots__ = ("covers", "loaded", "stored")
+
+    def __init__(
+        self, loaded: _Loaded, covers: VersionVector, stored: asyncio.Future[VersionVector]
+    ) -> None:
+        self.loaded = loaded
+        self.covers = covers
+        self.stored = stored
+
+    def fail(self, error: BaseException) -> None:
+        self.loaded.in_flight.discard(self.stored)
+        if not self.stored.done():
+            self.stored.set_exception(error)
+
+
 def _settle(batch: Sequence[_Queued], outcomes: Sequence[tuple[bool, object]]) -> None:
-    """On the loop: resolve the futures of a committed batch."""
-    for (_, future, _, then), (ok, result) in zip(batch, outcomes, strict=True):
-        if then is not None:
-            then(ok, result)
+    """On the loop: resolve the futures of a committed batch.
+
+    A document's durable vector moves once per commit, past every log row of it
+    that the commit holds, and each row's future gets that vector (a new
+    vector per row would copy the whole vector for each batch)."""
+    rows: list[tuple[_LogRow, bool, object]] = []
+    advanced: dict[int, tuple[_Loaded, dict[str, int]]] = {}
+    for (_, future, _, row), (ok, result) in zip(batch, outcomes, strict=True):
+        if row is not None:
+            rows.append((row, ok, result))
+            if ok:
+                entry = advanced.get(id(row.loaded))
+                if entry is None:
+                    entry = advanced[id(row.loaded)] = (row.loaded, dict(row.loaded.durable))
+                ends = entry[1]
+                for peer, counter in row.covers.items():
+                    if counter > ends.get(peer, 0):
+                        ends[peer] = counter
             continue
         if future.done():
             continue
@@ -176,6 +206,15 @@ def _settle(batch: Sequence[_Queued], outcomes: Sequence[tuple[bool, object]]) -
             future.set_result(result)
         elif isinstance(result, BaseException):
             future.set_exception(result)
+    for loaded, ends in advanced.values():
+        loaded.durable = VersionVector(ends)
+    for row, ok, result in rows:
+        if not ok:
+            row.fail(result if isinstance(result, BaseException) else RuntimeError(result))
+            continue
+        row.loaded.in_flight.discard(row.stored)
+        if not row.stored.done():
+            row.stored.set_result(row.loaded.durable)
 
 
 @dataclass
@@ -470,15 +509,15 @@ class SqliteServerRegistry(CRDTServerRegistry):
         self,
         op: _WriteOp,
         kind: int,
-        future: asyncio.Future[Any] | None = None,
-        then: _Then | None = None,
+        row: _LogRow | None = None,
     ) -> asyncio.Future[object]:
         """Hand ``op`` to the writer thread: one put on its inbox, and a drain job
-        submitted only when none is running. With ``then`` (and its ``future``),
-        ``then`` settles the op on the loop instead of ``future``'s plain result."""
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-        self._inbox.put((op, future, kind, then))
+        submitted only when none is running. With a log ``row``, its future is the
+        row's (settled by :func:`_settle`) instead of a new one."""
+        future: asyncio.Future[Any] = (
+            asyncio.get_running_loop().create_future() if row is None else row.stored
+        )
+        self._inbox.put((op, future, kind, row))
         if not self._draining:
             self._draining = True
             try:
@@ -486,8 +525,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
             except RuntimeError as error:  # the executor is shut down
                 self._draining = False
                 closed = RegistryClosedError(f"registry {self.path} is closed: {error}")
-                if then is not None:
-                    then(False, closed)
+                if row is not None:
+                    row.fail(closed)
                 else:
                     future.set_exception(closed)
         return future
@@ -796,20 +835,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
             )
 
         stored: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
-
-        def settle(ok: bool, result: object) -> None:
-            # On the loop, as the commit's outcomes arrive (no callback hop).
-            loaded.in_flight.discard(stored)
-            if stored.done():
-                return
-            if ok:
-                loaded.durable = loaded.durable.merge(covers)
-                stored.set_result(loaded.durable)
-            elif isinstance(result, BaseException):
-                stored.set_exception(result)
-
         loaded.in_flight.add(stored)
-        self._enqueue(append, _WRITE, stored, settle)
+        self._enqueue(append, _WRITE, _LogRow(loaded, covers, stored))
         loaded.changes_since_snapshot += count
         loaded.logged_bytes += len(data)
         last = loaded.snapshot
