@@ -221,3 +221,6 @@ async def test_a_client_with_many_frames_queued_lets_others_through(
             what="the burst relayed to everyone",
         )
         await keep_editing_and_converge(users, read)
+        # It reads nothing more: with frames unread it stops reading (websockets'
+        # flow control) and would never see the server's close.
+        attacker.ws.transport.abort()
