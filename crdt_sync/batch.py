@@ -100,10 +100,17 @@ _ONE = (1).to_bytes(4, sys.byteorder)
 
 
 def _all_ones(values: array[int]) -> bool:
-    """Whether every value of an ``I`` array is 1, with no int made per value
-    (``count`` finds ``len(values)`` non-overlapping 4-byte matches in
-    ``4 * len(values)`` bytes only if they tile the array)."""
-    return values.tobytes().count(_ONE) == len(values)
+    """Whether every value of an ``I`` array is 1, with no int made per value:
+    its bytes begin a run of ones (one ``memcmp``), or for a long array
+    ``count`` finds ``len(values)`` non-overlapping 4-byte matches in
+    ``4 * len(values)`` bytes, which happens only if they tile the array."""
+    raw = values.tobytes()
+    if len(raw) <= len(_ONES):
+        return _ONES.startswith(raw)  # one memcmp
+    return raw.count(_ONE) == len(values)
+
+
+_ONES = _ONE * 4096
 
 
 def _all_below(values: array[int], limit: int) -> bool:
@@ -374,6 +381,9 @@ class Segment:
             self._one_each.add(i)
             peer = peers[pcol[0]]
             ctrs = sorted(self.dctr[d0:stop])
+            first = ctrs[0]
+            if ctrs[-1] - first == m - 1 and ctrs == list(range(first, first + m)):
+                return [(peer, first, m)]  # one stretch (compared in C, no step by step)
             breaks = [k for k, step in enumerate(map(sub, ctrs[1:], ctrs), 1) if step > 1]
             out = []
             start = 0

@@ -258,6 +258,13 @@ def test_the_column_checks_by_bytes_agree_with_max_and_min() -> None:
             assert _all_below(values, limit) == all(v < limit for v in values), (values, limit)
         if code == "I":
             assert _all_ones(values) == all(v == 1 for v in values), values
+    for size in (4095, 4096, 4097, 9000):  # past the memcmp prefix: counted
+        ones = array("I", [1] * size)
+        assert _all_ones(ones)
+        for at in (0, size // 2, size - 1):
+            other = array("I", ones)
+            other[at] = 257
+            assert not _all_ones(other)
 
 
 def test_runs_merged_into_concurrent_content_agree_with_change_by_change(
