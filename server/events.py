@@ -52,6 +52,8 @@ class ServerEventType(enum.Enum):
 
 
 def _freeze(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if type(data) is MappingProxyType:
+        return data  # read-only already (the server hands over a fresh dict's proxy)
     return MappingProxyType(dict(data or {}))
 
 

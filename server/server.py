@@ -27,7 +27,7 @@ import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -347,8 +347,10 @@ class WebSocketServer:
     def _emit(self, kind: ServerEventType, message: str, **data: Any) -> None:
         # Messages and strings quote what clients chose (names, error texts, ids):
         # control characters are escaped here, once, so no log line can be forged.
-        clean = {k: printable(v, 1000) if isinstance(v, str) else v for k, v in data.items()}
-        self.server_events.emit(ServerEvent(kind, printable(message, 4000), clean))
+        for key, value in data.items():  # ``data`` is this call's own dict
+            if isinstance(value, str):
+                data[key] = printable(value, 1000)
+        self.server_events.emit(ServerEvent(kind, printable(message, 4000), MappingProxyType(data)))
 
     def _on_snapshot(self, document_id: str, snapshot: object) -> None:
         self._emit(
