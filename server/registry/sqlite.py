@@ -161,6 +161,21 @@ _Queued = tuple[_WriteOp, "asyncio.Future[object]", int, "_LogRow | None"]
 _LINGER = 0.5
 
 
+class _Append:
+    """The op that writes one batch's log row. Consecutive ones in a group commit
+    are written with one ``executemany`` (:meth:`SqliteServerRegistry._run_batch`)."""
+
+    __slots__ = ("params",)
+
+    SQL = "INSERT INTO changes (document_id, change_count, data) VALUES (?, ?, ?)"
+
+    def __init__(self, document_id: str, count: int, data: bytes) -> None:
+        self.params = (document_id, count, data)
+
+    def __call__(self, connection: sqlite3.Connection) -> None:
+        connection.execute(self.SQL, self.params)
+
+
 class _LogRow:
     """A batch of changes whose log row waits for its commit: the document, the
     version vector the row makes durable, and the future of the durable vector."""
@@ -458,23 +473,52 @@ class SqliteServerRegistry(CRDTServerRegistry):
                     return [(False, error)]
                 connection.execute("COMMIT")
                 return [(True, result)]
-            for op in ops:
-                connection.execute("SAVEPOINT op")
-                try:
-                    result = op(connection)
-                except Exception as error:
-                    connection.execute("ROLLBACK TO op")
-                    connection.execute("RELEASE op")
-                    outcomes.append((False, error))
-                else:
-                    connection.execute("RELEASE op")
-                    outcomes.append((True, result))
+            index, count = 0, len(ops)
+            while index < count:
+                end = index + 1
+                if isinstance(ops[index], _Append):
+                    while end < count and isinstance(ops[end], _Append):
+                        end += 1
+                if end - index > 1 and self._append_all(ops[index:end]):
+                    # Consecutive log rows (several writers' batches) in one statement.
+                    outcomes.extend([(True, None)] * (end - index))
+                    index = end
+                    continue
+                for op in ops[index:end]:
+                    connection.execute("SAVEPOINT op")
+                    try:
+                        result = op(connection)
+                    except Exception as error:
+                        connection.execute("ROLLBACK TO op")
+                        connection.execute("RELEASE op")
+                        outcomes.append((False, error))
+                    else:
+                        connection.execute("RELEASE op")
+                        outcomes.append((True, result))
+                index = end
             connection.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
             raise
         return outcomes
+
+    def _append_all(self, ops: Sequence[_WriteOp]) -> bool:
+        """Write the log rows ``ops`` (all :class:`_Append`) with one ``executemany``
+        under a savepoint; False (nothing written) if it failed, so the caller writes
+        them one by one and only a row that fails alone fails."""
+        connection = self._connection
+        connection.execute("SAVEPOINT rows")
+        try:
+            connection.executemany(
+                _Append.SQL, [op.params for op in ops if isinstance(op, _Append)]
+            )
+        except Exception:
+            connection.execute("ROLLBACK TO rows")
+            connection.execute("RELEASE rows")
+            return False
+        connection.execute("RELEASE rows")
+        return True
 
     # -- group commit (event loop side) ---------------------------------------------------
 
@@ -828,15 +872,9 @@ class SqliteServerRegistry(CRDTServerRegistry):
         count = len(applied)
         covers = version_vector_of(applied)
 
-        def append(connection: sqlite3.Connection) -> None:
-            connection.execute(
-                "INSERT INTO changes (document_id, change_count, data) VALUES (?, ?, ?)",
-                (document_id, count, data),
-            )
-
         stored: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
         loaded.in_flight.add(stored)
-        self._enqueue(append, _WRITE, _LogRow(loaded, covers, stored))
+        self._enqueue(_Append(document_id, count, data), _WRITE, _LogRow(loaded, covers, stored))
         loaded.changes_since_snapshot += count
         loaded.logged_bytes += len(data)
         last = loaded.snapshot
