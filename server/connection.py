@@ -619,7 +619,7 @@ class Connection:
 
 
 class _Inbox:
-    """Frames read ahead of their processing, and the processing side's wake-up.
+    """Frames received ahead of their processing, and the processing side's wake-up.
 
     The deque is made for the first waiting frame and dropped once drained, the
     wake-up future exists only while the processing side waits: an idle
