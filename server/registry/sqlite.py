@@ -152,8 +152,11 @@ _UPGRADE_TO_3 = (
 _WriteOp = Callable[[sqlite3.Connection], object]
 # What a queued op is: a write (shares the next group commit), a slow write (a
 # snapshot to encode: a transaction of its own, so the ops ahead of it commit
-# first), or a read (runs alone, outside any transaction, in queue order).
-_WRITE, _SLOW, _READ = 0, 1, 2
+# first), a read (runs alone, outside any transaction, in queue order), or an
+# urgent write (a peer id claim, which a client's handshake waits for: it shares
+# a commit like a write but does not wait for the commit interval; one per peer
+# and document, so it adds no fsyncs under load).
+_WRITE, _SLOW, _READ, _URGENT = 0, 1, 2, 3
 # A queued op: the op, its future, its kind, and the log row it writes (None: a
 # plain op, whose future gets the op's result).
 _Queued = tuple[_WriteOp, "asyncio.Future[object]", int, "_LogRow | None"]
@@ -605,14 +608,32 @@ class SqliteServerRegistry(CRDTServerRegistry):
                 first = item
             kind = first[2]
             batch = [first]
-            if kind == _WRITE:
-                # Group commits start commit_interval apart at most: what arrives
-                # while the thread waits joins this commit.
-                wait = self._last_commit + self.commit_interval - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
+            if kind == _WRITE or kind == _URGENT:
+                gathering = True
+                if kind == _WRITE:
+                    # Group commits start commit_interval apart at most: the writes
+                    # arriving while the thread waits join this commit; an urgent
+                    # one ends the wait (a client's handshake waits for it).
+                    deadline = self._last_commit + self.commit_interval
+                    while gathering and (wait := deadline - time.monotonic()) > 0:
+                        try:
+                            item = inbox.get(timeout=wait)
+                        except Empty:
+                            break
+                        if item is None:
+                            inbox.put(None)  # seen after this commit
+                            gathering = False
+                        elif item[2] == _WRITE:
+                            batch.append(item)
+                        elif item[2] == _URGENT:
+                            batch.append(item)
+                            break
+                        else:  # a slow write or a read: after this commit
+                            carried = item
+                            gathering = False
+                            time.sleep(max(0.0, deadline - time.monotonic()))
                 # Every write up to the first slow write or read shares the commit.
-                while True:
+                while gathering:
                     try:
                         item = inbox.get_nowait()
                     except Empty:
@@ -620,7 +641,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
                     if item is None:
                         inbox.put(None)  # seen after this commit
                         break
-                    if item[2] != _WRITE:
+                    if item[2] != _WRITE and item[2] != _URGENT:
                         carried = item
                         break
                     batch.append(item)
@@ -1030,7 +1051,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
                 ).fetchone()
                 return bytes(row[0])
 
-            result = await self._write(claim)
+            # Answered before the handshake is: not held back by the commit interval.
+            result = await self._enqueue(claim, _URGENT)
             stored = result if isinstance(result, bytes) else candidate
             self._peer_claims[key] = stored
         return hmac.compare_digest(stored, candidate)
