@@ -300,17 +300,8 @@ def encode_change_tuples_v1(changes: Iterable[ChangeTuple], compress: bool | Non
         if not flags & _F_NEXT_COUNTER:
             body.uint(ctr)
         body.sint(stamp - prev_ts)
-        if not flags & _F_CHAIN_DEPS:
-            body.uint(len(deps))
-            for dep in deps:
-                _write_id(body, t, dep)
-        body.uint(len(ops))
-        first = ctr
-        for op in ops:
-            _write_op(body, t, op, peer, first)
-            first += op_size(op)
+        expect = _write_deps_and_ops(body, t, peer, ctr, deps, ops, not flags & _F_CHAIN_DEPS)
         prev_peer = peer
-        expect = first
         prev_ts = stamp
     head = Writer()
     head.uint(len(t.peers))
@@ -385,6 +376,49 @@ def _read_ref(r: Reader, peers: list[str], peer: str, first: int) -> tuple[str, 
     if tag == _REF_FULL:
         return _read_id(r, peers)
     raise r.fail(f"unknown reference tag {tag}")
+
+
+def _read_deps_and_ops(
+    r: Reader, peers: list[str], names: list[str], peer: str, ctr: int, chained: bool, listed: bool
+) -> tuple[tuple[tuple[str, int], ...], tuple[Any, ...], int]:
+    """The end of a change row, after its peer and counter: its deps (``chained``: only
+    this peer's previous op; ``listed``: a count and ids; neither: none written) and its
+    ops. Returns (deps, ops, the counter after the last op). The one reader of this layout
+    (change format 1 rows, format 2-3 head rows, relay records)."""
+    deps: tuple[tuple[str, int], ...] = ()
+    if chained:
+        if ctr == 0:
+            raise r.fail("chained deps on counter 0")
+        deps = ((peer, ctr - 1),)
+    elif listed:
+        deps = tuple(_read_id(r, peers) for _ in range(r.count(2)))
+    op_count = r.count(2)
+    if not op_count:
+        raise r.fail("change without ops")
+    ops = []
+    first = ctr
+    for _ in range(op_count):
+        op = _read_op(r, peers, names, peer, first)
+        first += op_size(op)
+        ops.append(op)
+    return deps, tuple(ops), first
+
+
+def _write_deps_and_ops(
+    w: Writer, t: _Tables, peer: str, ctr: int, deps: Any, ops: Any, listed: bool
+) -> int:
+    """What :func:`_read_deps_and_ops` reads: the deps when ``listed``, then the ops.
+    Returns the counter after the last op."""
+    if listed:
+        w.uint(len(deps))
+        for dep in deps:
+            _write_id(w, t, dep)
+    w.uint(len(ops))
+    first = ctr
+    for op in ops:
+        _write_op(w, t, op, peer, first)
+        first += op_size(op)
+    return first
 
 
 def _read_op(r: Reader, peers: list[str], names: list[str], peer: str, first: int) -> Any:

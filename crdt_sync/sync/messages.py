@@ -754,24 +754,18 @@ class _Reader(Reader):
     def opt_str(self, what: str, limit: int) -> str | None:
         return self.text(what, limit) if self.flag(what) else None
 
-    def peer_id(self, what: str) -> str:
+    def peer_id(self, what: str, max_bytes: int = MAX_ID_BYTES) -> str:
         # The package's one peer-id codec (crdt_sync.codec), with the wire's bound.
         start = self.pos
         try:
-            return self.peer(MAX_ID_BYTES)
+            return self.peer(max_bytes)
         except MessageDecodeError as exc:
             raise MessageDecodeError(f"{what}: {exc.detail}", exc.offset) from None
         except DecodeError as exc:
             raise MessageDecodeError(f"{what}: {exc.detail}", self.base + start) from None
 
     def dictionary_entry(self) -> str:
-        start = self.pos
-        try:
-            return self.peer(MAX_ENTRY_BYTES)
-        except MessageDecodeError as exc:
-            raise MessageDecodeError(f"dictionary entry: {exc.detail}", exc.offset) from None
-        except DecodeError as exc:
-            raise MessageDecodeError(f"dictionary entry: {exc.detail}", self.base + start) from None
+        return self.peer_id("dictionary entry", MAX_ENTRY_BYTES)
 
     def vv(self, what: str) -> VersionVector:
         # The package's one version-vector codec (crdt_sync.codec), with the wire's bounds.

@@ -55,14 +55,11 @@ from crdt_sync.changes import (
     TEXT_INSERT,
     Change,
     ChangeTuple,
-    _read_id,
-    _read_op,
+    _read_deps_and_ops,
     _read_peer,
     _Tables,
-    _write_id,
-    _write_op,
+    _write_deps_and_ops,
     decode_changes,
-    op_size,
 )
 from crdt_sync.codec import Reader, Writer, inflate
 from crdt_sync.exceptions import DecodeError
@@ -211,15 +208,7 @@ def _write_change(w: Writer, dictionary: RelayDictionary, change: ChangeTuple, b
     row.byte(flags)
     row.uint(t.peer(peer))
     row.uint(ctr)
-    if not flags:
-        row.uint(len(deps))
-        for dep in deps:
-            _write_id(row, t, dep)
-    row.uint(len(ops))
-    first = ctr
-    for op in ops:
-        _write_op(row, t, op, peer, first)
-        first += op_size(op)
+    _write_deps_and_ops(row, t, peer, ctr, deps, ops, not flags)
     w.byte(RECORD_CHANGE)
     w.uint(len(t.peers))
     for p in t.peers:
@@ -298,27 +287,14 @@ def _read_change(r: Reader, entries: Sequence[str], base: int) -> ChangeTuple:
         raise r.fail(f"unknown change flags {flags:#x}")
     peer = _read_peer(r, peers)
     ctr = r.uint(MAX_COUNTER)
-    deps: tuple[tuple[str, int], ...] = ()
-    if flags & _F_CHAIN_DEPS:
-        if ctr == 0:
-            raise r.fail("chained deps on counter 0")
-        deps = ((peer, ctr - 1),)
-    elif not flags:
-        deps = tuple(_read_id(r, peers) for _ in range(r.count(2)))
-    op_count = r.count(2)
-    if not op_count:
-        raise r.fail("change without ops")
-    ops = []
-    first = ctr
-    for _ in range(op_count):
-        op = _read_op(r, peers, names, peer, first)
-        first += op_size(op)
-        ops.append(op)
+    deps, ops, first = _read_deps_and_ops(
+        r, peers, names, peer, ctr, bool(flags & _F_CHAIN_DEPS), not flags
+    )
     if first > MAX_COUNTER:
         raise r.fail("counter too large")
     if flags & F_DERIVED_DEPS:
-        deps = deps_of(peer, ctr, ops)
-    return (peer, ctr, stamp, deps, tuple(ops), first - ctr)
+        deps = deps_of(peer, ctr, list(ops))
+    return (peer, ctr, stamp, deps, ops, first - ctr)
 
 
 def _read_insert(r: Reader, entries: Sequence[str], base: int) -> ChangeTuple:
