@@ -44,13 +44,10 @@ from .changes import (
     TEXT_DELETE,
     TEXT_INSERT,
     ChangeTuple,
-    _read_id,
-    _read_op,
+    _read_deps_and_ops,
     _read_peer,
     _Tables,
-    _write_id,
-    _write_op,
-    op_size,
+    _write_deps_and_ops,
 )
 from .codec import MAX_COUNT, Reader, Writer
 
@@ -212,17 +209,8 @@ def encode_segment(changes: Iterable[ChangeTuple]) -> bytes:
             rows.uint(t.peer(peer))
         if not flags & _F_NEXT_COUNTER:
             rows.uint(ctr)
-        if not flags & _F_CHAIN_DEPS:
-            rows.uint(len(deps))
-            for dep in deps:
-                _write_id(rows, t, dep)
-        rows.uint(len(ops))
-        first = ctr
-        for op in ops:
-            _write_op(rows, t, op, peer, first)
-            first += op_size(op)
+        expect = _write_deps_and_ops(rows, t, peer, ctr, deps, ops, not flags & _F_CHAIN_DEPS)
         prev_peer = peer
-        expect = first
         run = None
         if len(ops) == 1:
             op = ops[0]
@@ -765,22 +753,9 @@ def _read_row(
             raise r.fail("next-counter flag without the same-peer flag")
         peer = _read_peer(r, peers)
     ctr = expect if flags & _F_NEXT_COUNTER else r.uint(MAX_COUNTER)
-    if flags & _F_CHAIN_DEPS:
-        if ctr == 0:
-            raise r.fail("chained deps on counter 0")
-        deps: tuple[tuple[str, int], ...] = ((peer, ctr - 1),)
-    else:
-        deps = tuple(_read_id(r, peers) for _ in range(r.count(2)))
-    op_count = r.count(2)
-    if not op_count:
-        raise r.fail("change without ops")
-    ops = []
-    first = ctr
-    for _ in range(op_count):
-        op = _read_op(r, peers, names, peer, first)
-        first += op_size(op)
-        ops.append(op)
-    return (peer, ctr, ts, deps, tuple(ops), first - ctr)
+    chained = bool(flags & _F_CHAIN_DEPS)
+    deps, ops, first = _read_deps_and_ops(r, peers, names, peer, ctr, chained, not chained)
+    return (peer, ctr, ts, deps, ops, first - ctr)
 
 
 def decode_segments(r: Reader) -> list[Segment]:

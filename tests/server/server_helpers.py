@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from crdt_sync import CRDTDocument, CRDTListHandler, CRDTMapHandler, CRDTTextHandler
 from crdt_sync.sync import Compressor
 from crdt_sync.sync.client import ConnectionStatus, ReconnectPolicy, WebSocketClient
 from crdt_sync.sync.streams import EventStream
+from server import SqliteServerRegistry
 
 WAIT = 15.0  # generous bound for one condition; tests normally finish in milliseconds
 
@@ -123,3 +124,16 @@ async def peers(url: str, count: int, **options: Any) -> AsyncIterator[list[Peer
     finally:
         for peer in made:
             await peer.client.disconnect()
+
+
+class CountingRegistry(SqliteServerRegistry):
+    """A SQLite registry that counts the group commits of its writer thread (read
+    it before and after: the count is shared by every instance)."""
+
+    commits = 0
+
+    def _run_batch(
+        self, ops: Sequence[Any]
+    ) -> list[tuple[bool, object]]:  # runs on the writer thread
+        type(self).commits += 1
+        return super()._run_batch(ops)

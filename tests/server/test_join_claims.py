@@ -7,27 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from server_helpers import Peer, wait_converged
+from server_helpers import CountingRegistry, Peer, wait_converged
 
 from server import SqliteServerRegistry, WebSocketServer
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
-
-
-class CountingRegistry(SqliteServerRegistry):
-    """Counts the group commits of the writer thread."""
-
-    commits = 0
-
-    def _run_batch(
-        self, ops: Sequence[Any]
-    ) -> list[tuple[bool, object]]:  # runs on the writer thread
-        type(self).commits += 1
-        return super()._run_batch(ops)
 
 
 async def test_joins_at_once_share_their_claim_commits(tmp_path: Any) -> None:

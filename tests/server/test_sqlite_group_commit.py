@@ -6,28 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
+from server_helpers import CountingRegistry
 
 from crdt_sync import Change, CRDTDocument, CRDTTextHandler, VersionVector
 from server import SqliteServerRegistry
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
-
-
-class CountingRegistry(SqliteServerRegistry):
-    """Counts the group commits of the writer thread."""
-
-    commits = 0
-
-    def _run_batch(
-        self, ops: Sequence[Any]
-    ) -> list[tuple[bool, object]]:  # runs on the writer thread
-        type(self).commits += 1
-        return super()._run_batch(ops)
 
 
 def typed(text: str) -> tuple[str, list[Change]]:

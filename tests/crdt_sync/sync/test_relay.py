@@ -407,6 +407,9 @@ def test_typing_goes_as_insert_records_and_anything_else_as_change_records() -> 
 
 
 @pytest.mark.slow
+# 20,000 examples take minutes on a busy 2-core machine: the suite-wide 120 s
+# guard against hangs would cut the run short, not find a hang.
+@pytest.mark.timeout(900)
 @settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_relay())
 def test_mutated_relays_long_run(case: tuple[bytes, list[str]]) -> None:
