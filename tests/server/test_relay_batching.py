@@ -5,6 +5,7 @@ now that frames are written straight to the sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import socket
@@ -132,27 +133,11 @@ async def joined(rooms: Rooms, count: int) -> list[Recorder]:
     return members
 
 
-def make_rooms(tasks: list[asyncio.Task[object]], relay_interval: float = 0.0) -> Rooms:
-    def spawn(coroutine: object, name: str) -> asyncio.Task[object]:
-        task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
-        tasks.append(task)
-        return task
-
-    return Rooms(
-        InMemoryServerRegistry(),
-        NoCompression(),
-        allow_create=True,
-        max_pending_changes=1000,
-        idle_unload_after=60.0,
-        awareness_timeout=30.0,
-        emit=lambda *args, **kwargs: None,
-        spawn=spawn,
-        relay_interval=relay_interval,
-    )
-
-
-@pytest_asyncio.fixture
-async def rooms() -> AsyncIterator[Rooms]:
+@contextlib.asynccontextmanager
+async def running_rooms(
+    relay_interval: float = 0.0, registry: InMemoryServerRegistry | None = None
+) -> AsyncIterator[Rooms]:
+    """Rooms on a memory registry whose spawned tasks are cancelled on the way out."""
     tasks: list[asyncio.Task[object]] = []
 
     def spawn(coroutine: object, name: str) -> asyncio.Task[object]:
@@ -160,18 +145,27 @@ async def rooms() -> AsyncIterator[Rooms]:
         tasks.append(task)
         return task
 
-    yield Rooms(
-        InMemoryServerRegistry(),
-        NoCompression(),
-        allow_create=True,
-        max_pending_changes=1000,
-        idle_unload_after=60.0,
-        awareness_timeout=30.0,
-        emit=lambda *args, **kwargs: None,
-        spawn=spawn,
-    )
-    for task in tasks:
-        task.cancel()
+    try:
+        yield Rooms(
+            registry if registry is not None else InMemoryServerRegistry(),
+            NoCompression(),
+            allow_create=True,
+            max_pending_changes=1000,
+            idle_unload_after=60.0,
+            awareness_timeout=30.0,
+            emit=lambda *args, **kwargs: None,
+            spawn=spawn,
+            relay_interval=relay_interval,
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+@pytest_asyncio.fixture
+async def rooms() -> AsyncIterator[Rooms]:
+    async with running_rooms() as rooms:
+        yield rooms
 
 
 async def settle(condition: object, rounds: int = 100) -> None:
@@ -239,9 +233,8 @@ async def test_a_document_edited_alone_relays_nothing_and_numbers_nothing(rooms:
 
 
 async def test_a_busy_room_gathers_changes_for_the_relay_interval_a_quiet_one_does_not() -> None:
-    tasks: list[asyncio.Task[object]] = []
-    rooms = make_rooms(tasks, relay_interval=3600.0)  # an interval no test outlives
-    try:
+    # An interval no test outlives.
+    async with running_rooms(relay_interval=3600.0) as rooms:
         first, second, watcher = await joined(rooms, 3)
         # The room was quiet: the first change goes out at the end of the turn.
         early = first.edit("early ")
@@ -262,9 +255,6 @@ async def test_a_busy_room_gathers_changes_for_the_relay_interval_a_quiet_one_do
         assert len(frames) == 2
         assert {c.id for c in frames[1].changes} == {c.id for batch in later for c in batch}
         assert room.relay_flush is None and not room.relays
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 # ----------------------------------------------------------------- the slow-reader bound
@@ -446,10 +436,7 @@ class SlowStore(InMemoryServerRegistry):
 
 async def test_a_clients_next_batch_is_applied_and_relayed_before_the_last_one_is_stored() -> None:
     store = SlowStore()
-    tasks: list[asyncio.Task[object]] = []
-    rooms = make_rooms(tasks)
-    rooms.registry = store
-    try:
+    async with running_rooms(registry=store) as rooms:
         writer, watcher = await joined(rooms, 2)
         first, second = writer.edit("one "), writer.edit("two ")
         await rooms.apply(writer, first)  # returns once applied, not once stored
@@ -467,17 +454,11 @@ async def test_a_clients_next_batch_is_applied_and_relayed_before_the_last_one_i
             Ack(VersionVector({peer: first[-1].counter + first[-1].size})),
             Ack(VersionVector({peer: second[-1].counter + second[-1].size})),
         ]  # in the order of the batches
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 async def test_a_store_that_fails_after_the_relay_ends_the_senders_session() -> None:
     store = SlowStore()
-    tasks: list[asyncio.Task[object]] = []
-    rooms = make_rooms(tasks)
-    rooms.registry = store
-    try:
+    async with running_rooms(registry=store) as rooms:
         writer, watcher = await joined(rooms, 2)
         await rooms.apply(writer, writer.edit("lost? "))
         await settle(lambda: bool(watcher.frames))
@@ -488,6 +469,3 @@ async def test_a_store_that_fails_after_the_relay_ends_the_senders_session() -> 
         assert "could not store" in error.message
         assert writer.session.state is SessionState.CLOSED
         assert watcher.session.state is SessionState.OPEN
-    finally:
-        for task in tasks:
-            task.cancel()
