@@ -67,6 +67,8 @@ if TYPE_CHECKING:
 
 #: Empty states to validate ops for names the document has no state for yet.
 _EMPTY_STATES: dict[str, Any] = {kind: cls() for kind, cls in STATE_TYPES.items()}
+#: The op kinds a lone change can carry to be applied as a text run of one change.
+_TEXT_EDITS = frozenset((TEXT_INSERT, TEXT_DELETE))
 
 
 class CRDTDocument:
@@ -382,8 +384,13 @@ class CRDTDocument:
         with paused_collector():
             batch = decode_batch(data, max_size)
             if batch and isinstance(batch[0], Segment):
-                return self._import_segments(batch)
-            return self._import(batch)
+                count = self._import_segments(batch)
+            else:
+                count = self._import(batch)
+            # Freed before the pause ends: the collection the next allocation
+            # then triggers walks only what the import keeps, not the batch.
+            del batch
+        return count
 
     def _import_segments(self, segments: list[Segment]) -> int:
         """Import decoded segments run by run when they are simply the next changes
@@ -447,23 +454,29 @@ class CRDTDocument:
         for seg in segments:
             for run in seg.runs:
                 _, _, kind, head, _, _, _, end = run
-                if kind == FULL:
+                ops = head[4]
+                op = ops[0]
+                if kind == FULL and (len(ops) != 1 or op[0] not in _TEXT_EDITS):
                     self._validate_one(head, created)
                     continue
-                # A text run: the decoder made its head one text insert (typing)
-                # or one text delete (deleting), its size and counters in bounds.
-                op = head[4][0]
+                # A text run, or a lone change of one text insert or delete
+                # (checked as the run it would head): the decoder made its head
+                # one text insert (typing) or one text delete (deleting), its
+                # size and counters in bounds.
                 key = (op[1], KIND_TEXT)
                 state: Any = states.get(key)
                 if state is None:
                     state = _EMPTY_STATES[KIND_TEXT]
-                if kind == TYPING:
+                if op[0] == TEXT_INSERT:
                     state.validate(op, key, created)
                     created.add(key, head[0], head[1], end)
                 else:
                     # The merged ranges include the head's own.
                     seq = state.seq
-                    ranges = coalesce([*op[2], *seg.delete_ranges(run)])
+                    if kind == FULL:
+                        ranges = coalesce(list(op[2]))
+                    else:
+                        ranges = coalesce([*op[2], *seg.delete_ranges(run)])
                     merged[id(run)] = ranges
                     for peer, ctr, n in ranges:
                         at, stop = ctr, ctr + n
@@ -491,17 +504,24 @@ class CRDTDocument:
             for run in seg.runs:
                 _, _, kind, head, _, x0, _, end = run
                 peer, ctr, _, deps, ops, size = head
-                if kind == FULL:
+                op = ops[0]
+                if kind == FULL and (len(ops) != 1 or op[0] not in _TEXT_EDITS):
                     self._apply_ops(head)
                 else:
-                    op = ops[0]
                     name = op[1]
                     target = texts.get(name)
                     if target is None:
                         key = (name, KIND_TEXT)
                         target = texts[name] = (self._state(key), self._builder(key))
                     state, out = target
-                    if kind == TYPING:
+                    if kind == FULL:
+                        if op[0] == TEXT_INSERT:
+                            state.apply(op, peer, ctr, 0, out)
+                        else:
+                            state.apply(
+                                (TEXT_DELETE, name, tuple(merged[id(run)])), peer, ctr, 0, out
+                            )
+                    elif kind == TYPING:
                         text = op[4] + seg.text[x0 : x0 + end - ctr - size]
                         state.apply((TEXT_INSERT, name, op[2], op[3], text), peer, ctr, 0, out)
                     else:

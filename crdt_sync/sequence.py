@@ -29,8 +29,10 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
 from typing import Any
 
-# Span fields. A span is ``[peer, counter, length, content, deleted, left, right, chunk]``.
-P, C, N, X, D, L, R, CH = range(8)
+# Span fields. A span is ``[peer, counter, length, content, deleted, left, right, chunk,
+# slot]``: ``slot`` is where the span was last seen in its chunk's list (a hint,
+# checked by identity before use; see :meth:`Sequence._span_index`).
+P, C, N, X, D, L, R, CH, SI = range(9)
 
 #: Spans per chunk before it is split in two (64-256 measured best, see the notes;
 #: 64 and 128 run local replay in the same number of instructions, and 64 halves
@@ -42,13 +44,16 @@ Span = list[Any]
 
 
 class Chunk:
-    """A run of consecutive spans and the number of visible elements in them."""
+    """A run of consecutive spans, the number of visible elements in them, and the
+    chunk's index in :attr:`Sequence.chunks` (kept exact: chunks are only ever
+    added by splitting one, which renumbers those after it)."""
 
-    __slots__ = ("spans", "vis")
+    __slots__ = ("at", "spans", "vis")
 
-    def __init__(self, spans: list[Span], vis: int) -> None:
+    def __init__(self, spans: list[Span], vis: int, at: int = 0) -> None:
         self.spans = spans
         self.vis = vis
+        self.at = at
 
 
 class SortedInts:
@@ -141,7 +146,6 @@ class Sequence:
 
     __slots__ = (
         "_cur",
-        "_hint",
         "_last",
         "_starts",
         "_where",
@@ -160,9 +164,8 @@ class Sequence:
         self._where: dict[str, dict[int, Span]] = {}
         # Cursor cache: (chunk index, span index, visible elements before that span).
         self._cur: tuple[int, int, int] | None = None
-        # The span found by the last id lookup, and where a span was last placed.
+        # The span found by the last id lookup.
         self._last: Span | None = None
-        self._hint = (0, 0)
 
     # ------------------------------------------------------------------ reading
 
@@ -246,7 +249,7 @@ class Sequence:
     def span_visible_start(self, span: Span) -> int:
         chunk = span[CH]
         chunks = self.chunks
-        ci = chunks.index(chunk)
+        ci = chunk.at
         total = 0
         for i in range(ci):
             total += chunks[i].vis
@@ -284,7 +287,7 @@ class Sequence:
                     return left, None
             else:
                 left = None
-            self._insert_span(ci, len(spans), [peer, ctr, n, content, False, left, None, None])
+            self._insert_span(ci, len(spans), [peer, ctr, n, content, False, left, None, None, 0])
             self._cur = (ci, len(self.chunks[ci].spans) - 1, pos)
             self._rebalance(ci)
             return left, None
@@ -297,7 +300,7 @@ class Sequence:
             left = (s[P], s[C] + off - 1)
             right: Id | None = (s[P], s[C] + off)
             self._split(s, chunk, si, off)
-            self._insert_span(ci, si + 1, [peer, ctr, n, content, False, left, right, None])
+            self._insert_span(ci, si + 1, [peer, ctr, n, content, False, left, right, None, 0])
             self._cur = (ci, si + 1, pos)
             self._rebalance(ci)
             return left, right
@@ -320,7 +323,7 @@ class Sequence:
                 psi = si - 1 if pci == ci else len(pspans) - 1
                 self._cur = (pci, psi, pos - prev[N] + n)
                 return left, right
-        self._insert_span(ci, si, [peer, ctr, n, content, False, left, right, None])
+        self._insert_span(ci, si, [peer, ctr, n, content, False, left, right, None, 0])
         self._cur = (ci, si, pos)
         self._rebalance(ci)
         return left, right
@@ -337,7 +340,7 @@ class Sequence:
         ci, si = self._slot_after(after)
         nxt = self._span_from(ci, si)
         right: Id | None = None if nxt is None else (nxt[P], nxt[C])
-        new = [peer, ctr, len(content), content, False, after, right, None]
+        new = [peer, ctr, len(content), content, False, after, right, None, 0]
         self._insert_span(ci, si, new)
         self._cur = None
         self._rebalance(ci)
@@ -396,10 +399,9 @@ class Sequence:
                 if s is None:
                     raise KeyError(left)
             chunk = s[CH]
-            ci, si = self._hint
-            if ci >= len(chunks) or chunks[ci] is not chunk:
-                ci = chunks.index(chunk)
+            ci = chunk.at
             spans = chunk.spans
+            si = s[SI]
             if si >= len(spans) or spans[si] is not s:
                 si = self._span_index(chunk, s)
             off = lctr - s[C] + 1
@@ -427,17 +429,15 @@ class Sequence:
                 off = prev[N]
                 self._extend(prev, stored, n, 0 if deleted else n)
                 self._last = prev
-                self._hint = (ci, si - 1)
                 return prev, off
         chunk = chunks[ci]
-        span = [peer, ctr, n, stored, deleted, left, right, chunk]
+        span = [peer, ctr, n, stored, deleted, left, right, chunk, si]
         spans = chunk.spans
         spans.insert(si, span)
         if not deleted:
             chunk.vis += n
             self.length += n
         self._index_add(span)
-        self._hint = (ci, si)
         if len(spans) > CHUNK_MAX:
             self._rebalance(ci)
         self._last = span
@@ -474,7 +474,7 @@ class Sequence:
             rs, roff = self.locate(*right)
             if roff:
                 rchunk = rs[CH]
-                self._split(rs, rchunk, rchunk.spans.index(rs), roff)
+                self._split(rs, rchunk, self._span_index(rchunk, rs), roff)
         chunks = self.chunks
         find = self._find
         passed: set[int] = set()
@@ -600,24 +600,29 @@ class Sequence:
         return self._chunk_index(chunk), self._span_index(chunk, span)
 
     def _chunk_index(self, chunk: Chunk) -> int:
-        ci = self._hint[0]
-        chunks = self.chunks
-        if ci < len(chunks) and chunks[ci] is chunk:
-            return ci
-        return chunks.index(chunk)
+        return chunk.at
 
-    def _span_index(self, chunk: Chunk, span: Span) -> int:
-        """The index of ``span`` in ``chunk``: first by identity near the last
-        placement (``_hint``), where remote runs mostly land, then by
-        ``list.index``, which compares spans by value (a few items each)."""
-        si = self._hint[1]
+    @staticmethod
+    def _span_index(chunk: Chunk, span: Span) -> int:
+        """The index of ``span`` in ``chunk``, by identity: its slot hint, or one
+        place either side of it (a span inserted or merged away before it since);
+        else every span of the chunk gets its exact slot again (one pass)."""
         spans = chunk.spans
+        si: int = span[SI]
         if si < len(spans) and spans[si] is span:
             return si
-        for k in range(si - 3 if si > 3 else 0, min(si + 4, len(spans))):
-            if spans[k] is span:
-                return k
-        return spans.index(span)
+        if si + 1 < len(spans) and spans[si + 1] is span:
+            span[SI] = si + 1
+            return si + 1
+        if 0 < si <= len(spans) and spans[si - 1] is span:
+            span[SI] = si - 1
+            return si - 1
+        for k, s in enumerate(spans):
+            s[SI] = k
+        si = span[SI]
+        if spans[si] is not span:  # pragma: no cover - a span outside its chunk
+            raise AssertionError("span missing from its chunk")
+        return si
 
     def find(self, peer: str, ctr: int) -> Span | None:
         """The span holding element ``(peer, ctr)``, or None."""
@@ -713,6 +718,7 @@ class Sequence:
     def _insert_span(self, ci: int, si: int, span: Span) -> None:
         chunk = self.chunks[ci]
         span[CH] = chunk
+        span[SI] = si
         chunk.spans.insert(si, span)
         if not span[D]:
             chunk.vis += span[N]
@@ -750,6 +756,7 @@ class Sequence:
             (s[P], s[C] + off - 1),
             s[R],
             chunk,
+            si + 1,
         ]
         s[N] = off
         s[X] = content[:off]
@@ -885,14 +892,18 @@ class Sequence:
         moved = spans[half:]
         del spans[half:]
         vis = 0
-        new = Chunk(moved, 0)
-        for s in moved:
+        new = Chunk(moved, 0, ci + 1)
+        for k, s in enumerate(moved):
             s[CH] = new
+            s[SI] = k
             if not s[D]:
                 vis += s[N]
         new.vis = vis
         chunk.vis -= vis
-        self.chunks.insert(ci + 1, new)
+        chunks = self.chunks
+        chunks.insert(ci + 1, new)
+        for k in range(ci + 2, len(chunks)):
+            chunks[k].at = k
         cur = self._cur
         if cur is not None:
             cci, csi, cvs = cur
@@ -904,7 +915,8 @@ class Sequence:
     # ------------------------------------------------------------------ loading
 
     def load_spans(self, spans: list[Span]) -> None:
-        """Replace the content with ``spans`` (document order, all eight fields).
+        """Replace the content with ``spans`` (document order, all nine fields;
+        the chunk and slot ones are set here).
 
         Raises DecodeError if an element id appears twice.
         """
@@ -914,10 +926,11 @@ class Sequence:
         length = 0
         for i in range(0, len(spans), size):
             part = spans[i : i + size]
-            chunk = Chunk(part, 0)
+            chunk = Chunk(part, 0, len(chunks))
             vis = 0
-            for s in part:
+            for k, s in enumerate(part):
                 s[CH] = chunk
+                s[SI] = k
                 if not s[D]:
                     vis += s[N]
             chunk.vis = vis
@@ -938,7 +951,6 @@ class Sequence:
         self._starts = {peer: SortedInts(list(w)) for peer, w in where.items()}
         self._cur = None
         self._last = None
-        self._hint = (0, 0)
 
     # --------------------------------------------------------------- invariants
 
@@ -948,7 +960,9 @@ class Sequence:
         seen: set[tuple[str, int]] = set()
         if len(self.chunks) > 1 and any(not ch.spans for ch in self.chunks):
             raise AssertionError("empty chunk among several")
-        for chunk in self.chunks:
+        for at, chunk in enumerate(self.chunks):
+            if chunk.at != at:
+                raise AssertionError(f"chunk {at} thinks it is chunk {chunk.at}")
             vis = 0
             for s in chunk.spans:
                 if s[CH] is not chunk:

@@ -396,10 +396,10 @@ class TextColumns:
             elif not f & _RIGHT_SAME:
                 right = next(rights)
             if f & _DELETED:
-                append([peer, ctr, length, "", True, left, right, None])
+                append([peer, ctr, length, "", True, left, right, None, 0])
             else:
                 end = tpos + length
-                append([peer, ctr, length, text[tpos:end], False, left, right, None])
+                append([peer, ctr, length, text[tpos:end], False, left, right, None, 0])
                 tpos = end
         return spans
 
@@ -488,7 +488,7 @@ def _decode_list(
         if n * 2 > r.remaining():
             raise r.fail("span longer than the input")
         content = tuple(_read_id(r, peers) for _ in range(n))
-        spans.append([peer, ctr, n, content, bool(deleted), left, right, None])
+        spans.append([peer, ctr, n, content, bool(deleted), left, right, None, 0])
     index = {peer: i for i, peer in enumerate(peers)}
     cols = [index[sp[P]] for sp in spans], [sp[C] for sp in spans], [sp[N] for sp in spans]
     _check_id_ranges(r, *cols, peers, vv)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from network import exchange
 
 from crdt_sync import CRDTDocument, CRDTListHandler, CRDTTextHandler, PeerId
-from crdt_sync.sequence import Sequence
+from crdt_sync.sequence import SI, Sequence
 
 
 def peer(n: int) -> PeerId:
@@ -310,3 +310,28 @@ def test_concurrent_appends_delivered_one_by_one_grow_one_span_per_author() -> N
     assert len({t.value for t in texts_}) == 1
     for doc in docs:
         doc.check_invariants()
+
+
+def test_remote_runs_find_their_slot_through_wrong_slot_hints() -> None:
+    """A span's slot in its chunk is a hint checked by identity (``Sequence._span_index``)
+    and each chunk knows its index: remote runs landing among many spans, in many
+    chunks, with every hint made wrong first, still go to the right places."""
+    docs, (a, b) = texts(2)
+    for i in range(600):  # scattered typing: hundreds of spans, several chunks
+        a.insert((i * 7919) % (len(a) + 1), "xyz"[i % 3])
+    docs[1].binary_import_changes(docs[0].binary_export_changes(docs[1].version_vector))
+    seq = seq_of(b)
+    assert len(seq.chunks) > 3
+    for k, span in enumerate(seq.spans()):
+        span[SI] = (k * 31 + 5) % 67
+    before = docs[1].version_vector
+    for i in range(300):  # runs of typing and deleting all over the text
+        at = (i * 104729) % len(a)
+        if i % 3:
+            a.insert(at, "ab" * (1 + i % 4))
+        else:
+            a.delete(at, min(1 + i % 5, len(a) - at))
+    docs[1].binary_import_changes(docs[0].binary_export_changes(before))
+    assert b.value == a.value
+    for doc in docs:
+        doc.check_invariants()  # includes every chunk's index
