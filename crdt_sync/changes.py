@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from .codec import MAX_COUNT, Reader, Writer
+from .codec import MAX_COUNT, PEER_UUID, Reader, Writer, _uuid_text
 from .codec import MAX_INFLATED as MAX_INFLATED
 from .codec import inflate as inflate
 from .exceptions import DecodeError
@@ -485,6 +485,9 @@ def decode_change_tuples(data: bytes, max_size: int = MAX_INFLATED) -> list[Chan
     ``max_size`` bounds the decoded body: what a compressed batch inflates to,
     or an uncompressed batch's length (a server passes its message size limit).
     """
+    one = _one_change(data, max_size)
+    if one is not None:
+        return [one]
     version, r = _batch_reader(data, max_size)
     if version != FORMAT_VERSION:
         from .batch import decode_segments
@@ -504,6 +507,72 @@ def decode_change_tuples(data: bytes, max_size: int = MAX_INFLATED) -> list[Chan
         raise DecodeError("truncated change", r.pos) from None
     r.expect_end()
     return out
+
+
+#: The header and segment count of an uncompressed version 3 batch of one segment.
+_ONE_SEGMENT = MAGIC + bytes((CHANGES_VERSION, 0, 1))
+#: A segment's change count, kinds and the empty columns and text after its one
+#: stamp, when it holds one change (a head) and no run continues it.
+_ONE_HEAD = b"\x01\x00"
+_NO_COLUMNS = b"\x00\x00\x00"
+
+
+def _one_change(data: Any, max_size: Any) -> ChangeTuple | None:
+    """The change of a batch holding one change of one text insert or delete
+    (what a client sends for each keystroke), read straight from the bytes; None
+    for anything else, malformed input included, which then goes the general way
+    (:func:`decode_change_tuples`), so results and errors are the general way's.
+
+    The batch: version 3, uncompressed, one segment whose peer table holds raw
+    UUIDs (under 128 of them), handler names under 128 bytes (under 128 of them),
+    one head and no continuation, a stamp that is not negative, no column values
+    and no text; the head row is read by ``batch._fast_row``, which accepts
+    exactly the rows the general reader accepts or declines.
+    """
+    if type(data) is not bytes or type(max_size) is not int or len(data) - 6 > max_size:
+        return None
+    if not data.startswith(_ONE_SEGMENT):
+        return None
+    from .batch import MAX_COUNTER, _fast_row
+
+    end = len(data)
+    try:
+        count = data[7]
+        pos = 8
+        if not 0 < count < 0x80 or pos + 17 * count > end:
+            return None
+        peers = []
+        for _ in range(count):
+            if data[pos] != PEER_UUID:
+                return None
+            peers.append(_uuid_text(data[pos + 1 : pos + 17]))
+            pos += 17
+        count = data[pos]
+        pos += 1
+        if count >= 0x80:
+            return None
+        names = []
+        for _ in range(count):
+            size = data[pos]
+            pos += 1
+            if size >= 0x80 or pos + size > end:
+                return None
+            names.append(data[pos : pos + size].decode("utf-8", "surrogatepass"))
+            pos += size
+        if data[pos : pos + 2] != _ONE_HEAD or pos + 13 > end:
+            return None
+        stamp = int.from_bytes(data[pos + 2 : pos + 10], "little", signed=True)
+        if stamp < 0 or data[pos + 10 : pos + 13] != _NO_COLUMNS:
+            return None
+        row = _fast_row(data, pos + 13, peers, names, "", 0, stamp, False)
+    except (IndexError, UnicodeDecodeError):
+        return None
+    if row is None or row[1] != end:
+        return None
+    head = row[0]
+    if head[1] + head[5] > MAX_COUNTER:
+        return None
+    return head
 
 
 def _batch_reader(data: bytes, max_size: int) -> tuple[int, Reader]:
