@@ -57,7 +57,7 @@ from .exceptions import (
 )
 from .history import History
 from .ids import HybridLogicalClock, PeerId, VersionVector
-from .sequence import C, N
+from .sequence import C, N, Sequence
 from .state import STATE_TYPES, NewIds, State, StateKey, TextState
 from .transaction import Transaction, Transactions, deps_of
 
@@ -69,6 +69,12 @@ if TYPE_CHECKING:
 _EMPTY_STATES: dict[str, Any] = {kind: cls() for kind, cls in STATE_TYPES.items()}
 #: The op kinds a lone change can carry to be applied as a text run of one change.
 _TEXT_EDITS = frozenset((TEXT_INSERT, TEXT_DELETE))
+#: Fewer runs than this are checked before they are applied (no copy for a rollback).
+_CHECKED_MIN_RUNS = 8
+
+
+class _NotNow(Exception):
+    """A run the checked fast path leaves to the careful one (internal)."""
 
 
 class CRDTDocument:
@@ -403,14 +409,18 @@ class CRDTDocument:
         """
         if self._depth:
             raise RuntimeError("cannot import changes inside a transaction")
-        if len(self._pending) or not self._runs_are_next(segments):
+        if len(self._pending):
             return self._import([t for seg in segments for t in seg.tuples()])
-        merged = self._validate_runs(segments)
-        # From here on nothing can fail on account of the input.
+        if not self._apply_runs_checked(segments):
+            # Nothing was changed: check everything first, then apply.
+            if not self._runs_are_next(segments):
+                return self._import([t for seg in segments for t in seg.tuples()])
+            merged = self._validate_runs(segments)
+            # From here on nothing can fail on account of the input.
+            self._apply_runs(segments, merged)
         stamps = [seg.max_ts for seg in segments if seg.n]
         if stamps:
             self._clock.observe(max(stamps))
-        self._apply_runs(segments, merged)
         for seg in segments:
             self._history.add_segment(seg)
         self._emit_handler_events(None, False)
@@ -419,6 +429,123 @@ class CRDTDocument:
             changes = tuple(Change(t) for seg in segments for t in seg.tuples())
             self._on_update.emit(UpdateEvent(changes, False, None))
         return count
+
+    def _apply_runs_checked(self, segments: list[Segment]) -> bool:
+        """Apply ``segments``, text runs only, checking each run as it is applied;
+        True if all applied. Otherwise (a run not simply next, not valid, not a
+        text edit, or a text too large to copy for this batch) put everything
+        back as it was and return False, for :meth:`_runs_are_next`,
+        :meth:`_validate_runs` and :meth:`_apply_runs` to decide.
+
+        Validation fused with application: the lookups that check a run are
+        the ones that place it (an unknown origin or deleted id raises KeyError
+        in the sequence). The rollback is a copy of each text touched, taken
+        before its first change, so it runs only when the batch holds at least
+        an eighth as many runs as that text has spans (a copy costs far less
+        per span than a run's separate validation).
+        """
+        runs = 0
+        for seg in segments:
+            runs += len(seg.runs)
+        if runs < _CHECKED_MIN_RUNS:
+            return False
+        vv = self._vv
+        frontier = self._frontier
+        saved = (dict(vv), dict(frontier), self._next, dict(self._tx.builders))
+        backups: list[tuple[Sequence, Sequence]] = []
+        new_states: list[StateKey] = []
+        texts: dict[str, tuple[Sequence, DeltaBuilder | None]] = {}
+        try:
+            for seg in segments:
+                for run in seg.runs:
+                    _, _, kind, head, _, x0, _, end = run
+                    peer, ctr, _, deps, ops, size = head
+                    if vv.get(peer, 0) != ctr:
+                        raise _NotNow  # a duplicate, an overlap or a gap
+                    for dpeer, dctr in deps:
+                        if vv.get(dpeer, 0) <= dctr:
+                            raise _NotNow
+                    op = ops[0]
+                    if len(ops) != 1 or op[0] not in _TEXT_EDITS:
+                        raise _NotNow
+                    name = op[1]
+                    target = texts.get(name)
+                    if target is None:
+                        key = (name, KIND_TEXT)
+                        if key not in self._states:
+                            new_states.append(key)
+                        seq = self._state(key).seq
+                        if seq.span_count() > 8 * runs:
+                            raise _NotNow
+                        backups.append((seq, seq.clone()))
+                        target = texts[name] = (seq, self._builder(key))
+                    seq, out = target
+                    if op[0] == TEXT_INSERT:
+                        text = op[4]
+                        right = op[3]
+                        if not isinstance(text, str) or not text:
+                            raise _NotNow
+                        if kind == TYPING:
+                            if (
+                                right is not None
+                                and right[0] != peer
+                                and vv.get(right[0], 0) <= right[1]
+                            ):
+                                raise _NotNow
+                            text += seg.text[x0 : x0 + end - ctr - size]
+                        span, off = seq.integrate(peer, ctr, text, op[2], right, False, True)
+                        if out is not None:
+                            out.splice(seq.span_visible_start(span) + off, 0, text)
+                    else:
+                        if kind == DELETING:
+                            more = seg.delete_ranges(run)
+                            for p, c, n in more:
+                                if p != peer and vv.get(p, 0) < c + n:
+                                    raise _NotNow
+                            ranges = coalesce([*op[2], *more])
+                        else:
+                            ranges = coalesce(list(op[2]))
+                        want = out is not None
+                        for p, c, n in ranges:
+                            for vis, count, _ in seq.set_deleted(p, c, n, True, want):
+                                if out is not None:
+                                    out.splice(vis, count, "")
+                    vv[peer] = end
+                    for dpeer, dctr in deps:
+                        if frontier.get(dpeer) == dctr:
+                            del frontier[dpeer]
+                    if kind == TYPING:
+                        right = op[3]
+                        if right is not None and frontier.get(right[0]) == right[1]:
+                            del frontier[right[0]]
+                    elif kind == DELETING:
+                        one_each = seg.deletes_one_each(run)
+                        for p, c, n in seg.delete_ranges(run):
+                            if p != peer:
+                                f = frontier.get(p)
+                                if f is not None and (
+                                    c <= f < c + n if one_each else f == c + n - 1
+                                ):
+                                    del frontier[p]
+                    frontier[peer] = end - 1
+                    if peer == self._peer and end > self._next:
+                        self._next = end
+        except BaseException as exc:
+            # Put back everything this attempt touched.
+            for seq, backup in backups:
+                seq.restore(backup)
+            for key in new_states:
+                del self._states[key]
+            vv.clear()
+            vv.update(saved[0])
+            frontier.clear()
+            frontier.update(saved[1])
+            self._next = saved[2]
+            self._tx.builders = saved[3]
+            if isinstance(exc, Exception):
+                return False  # the careful way decides (and raises the typed error)
+            raise
+        return True
 
     def _runs_are_next(self, segments: list[Segment]) -> bool:
         """Whether every run of ``segments`` applies in order as it stands."""

@@ -373,12 +373,14 @@ class Sequence:
         left: Id | None,
         right: Id | None,
         deleted: bool = False,
+        check_right: bool = False,
     ) -> tuple[Span, int]:
         """Place elements made elsewhere; returns the span holding them and their offset.
 
         Their origins must already be in the sequence (KeyError otherwise: the
-        caller validates first). This is the single place that orders concurrent
-        inserts: see the rule below.
+        caller validates first; an unknown left origin always raises before any
+        change, an unknown right origin only with ``check_right``). This is the
+        single place that orders concurrent inserts: see the rule below.
         """
         n = len(content)
         if not deleted or self.keep:
@@ -391,6 +393,8 @@ class Sequence:
         # runs once per remote run).
         if left is None:
             ci = si = 0
+            if check_right and right is not None and self._find(right[0], right[1]) is None:
+                raise KeyError(right)
         else:
             lpeer, lctr = left
             s = self._last
@@ -398,6 +402,15 @@ class Sequence:
                 s = self._find(lpeer, lctr)
                 if s is None:
                     raise KeyError(left)
+            # Every element's right origin exists (checked when it came), so
+            # sharing the left span's one is proof enough.
+            if (
+                check_right
+                and right is not None
+                and s[R] != right
+                and self._find(right[0], right[1]) is None
+            ):
+                raise KeyError(right)
             chunk = s[CH]
             ci = chunk.at
             spans = chunk.spans
@@ -911,6 +924,40 @@ class Sequence:
                 self._cur = (ci + 1, csi - half, cvs)
             elif cci > ci:
                 self._cur = (cci + 1, csi, cvs)
+
+    # ------------------------------------------------------------------ copying
+
+    def clone(self) -> Sequence:
+        """An independent copy (spans, chunks and index), to roll back to with
+        :meth:`restore`. O(spans): each span is one list copy."""
+        new = Sequence(self.empty, self.keep)
+        chunks: list[Chunk] = []
+        where: dict[str, dict[int, Span]] = {peer: {} for peer in self._where}
+        for chunk in self.chunks:
+            copy = Chunk([s.copy() for s in chunk.spans], chunk.vis, chunk.at)
+            for s in copy.spans:
+                s[CH] = copy
+                where[s[P]][s[C]] = s
+            chunks.append(copy)
+        new.chunks = chunks
+        new.length = self.length
+        new._where = where
+        starts: dict[str, SortedInts] = {}
+        for peer, old in self._starts.items():
+            sorted_ints = starts[peer] = SortedInts()
+            sorted_ints.blocks = [block.copy() for block in old.blocks]
+            sorted_ints.maxes = old.maxes.copy()
+        new._starts = starts
+        return new
+
+    def restore(self, backup: Sequence) -> None:
+        """Take over the content of ``backup`` (a :meth:`clone`), which must not be used after."""
+        self.chunks = backup.chunks
+        self.length = backup.length
+        self._where = backup._where
+        self._starts = backup._starts
+        self._cur = None
+        self._last = None
 
     # ------------------------------------------------------------------ loading
 

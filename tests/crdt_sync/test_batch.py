@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from network import document_values, fingerprint
@@ -23,10 +24,12 @@ from crdt_sync import (
 from crdt_sync.batch import DELETING, FULL, TYPING
 from crdt_sync.changes import (
     TEXT_DELETE,
+    TEXT_INSERT,
     decode_batch,
     encode_change_tuples,
     encode_change_tuples_v1,
 )
+from crdt_sync.events import apply_delta
 from crdt_sync.history import FREEZE
 
 
@@ -340,3 +343,136 @@ def test_a_batch_invalid_late_leaves_a_document_with_concurrent_content_untouche
     assert fingerprint(target) == before
     target.check_invariants()
     assert target.binary_import_changes(encode_change_tuples(changes[:-1])) == len(good)
+
+
+def _apart(seed: int, steps: int) -> tuple[CRDTDocument, CRDTDocument]:
+    """Two replicas that typed, backspaced and jumped about apart from each other."""
+    rng = random.Random(seed)
+    replicas = (CRDTDocument(peer(1)), CRDTDocument(peer(2)))
+    for doc in replicas:
+        text = CRDTTextHandler(doc, "t")
+        cursor = 0
+        for _ in range(steps):
+            r = rng.random()
+            if r < 0.65:
+                text.insert(cursor, rng.choice("abcdé😀 "))
+                cursor += 1
+            elif r < 0.85 and cursor:
+                text.delete(cursor - 1, 1)
+                cursor -= 1
+            else:
+                cursor = rng.randrange(len(text) + 1)
+    return replicas
+
+
+def _spy_checked(patch: pytest.MonkeyPatch) -> list[bool]:
+    """Record what each call of the checked run path returned."""
+    results: list[bool] = []
+    checked = CRDTDocument._apply_runs_checked
+
+    def spy(self: CRDTDocument, segments: Any) -> bool:
+        results.append(checked(self, segments))
+        return results[-1]
+
+    patch.setattr(CRDTDocument, "_apply_runs_checked", spy)
+    return results
+
+
+def test_checked_runs_agree_with_checking_first_and_with_change_by_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each replica takes the other's history three ways: by runs checked as
+    # they apply, by runs checked before (the checked path declined), and
+    # change by change. Observed, so the text events are compared too.
+    a, b = _apart(33, 1200)
+    for target, source in ((a, b), (b, a)):
+        data = source.binary_export_changes(target.version_vector)
+        copies = [CRDTDocument(target.peer_id, "d") for _ in range(3)]
+        mirrors = []
+        for copy in copies:
+            copy.import_changes(target.export_changes())
+            handler = CRDTTextHandler(copy, "t")
+            mirror = [handler.value]
+            mirrors.append(mirror)
+
+            def follow(event: Any, mirror: list[str] = mirror) -> None:
+                mirror[0] = apply_delta(mirror[0], event.delta)
+
+            handler.observe(follow)
+        checked, first, by_change = copies
+        with monkeypatch.context() as patch:
+            results = _spy_checked(patch)
+            checked.binary_import_changes(data)
+        assert results == [True]
+        with monkeypatch.context() as patch:
+            patch.setattr(CRDTDocument, "_apply_runs_checked", lambda self, segments: False)
+            first.binary_import_changes(data)
+        by_change.import_changes(source.export_changes())
+        assert fingerprint(checked) == fingerprint(first) == fingerprint(by_change)
+        assert mirrors[0] == mirrors[1] == mirrors[2] == [checked.get_value("t")]
+        checked.check_invariants()
+
+
+def _forged(author: CRDTDocument, op: tuple[Any, ...], gap: int = 0) -> tuple[Any, ...]:
+    """A change after ``author``'s last, with one op."""
+    last = author.export_changes()[-1]
+    me = str(author.peer_id)
+    ctr = last.counter + last.size + gap
+    size = len(op[4]) if op[0] == TEXT_INSERT else 1
+    return (me, ctr, last.timestamp, ((me, ctr - 1 - gap),), (op,), size)
+
+
+@pytest.mark.parametrize("late", ["unknown left", "unknown right", "map op deleted", "gap"])
+def test_a_batch_refused_late_by_the_checked_path_is_rolled_back(
+    monkeypatch: pytest.MonkeyPatch, late: str
+) -> None:
+    # Many runs apply (each checked as it goes), then the last change cannot:
+    # everything is put back, and the careful path gives exactly its result
+    # (the typed error with nothing changed, or the change left pending).
+    a, b = _apart(34, 600)
+    CRDTMapHandler(b, "m").set("k", 1)
+    map_op = b.export_changes()[-1].counter
+    a.import_changes(b.export_changes())
+    target = CRDTDocument(a.peer_id, "d")
+    target.import_changes(a.export_changes())
+    events: list[Any] = []
+    CRDTTextHandler(target, "t").observe(events.append)
+    typed: Any = b.handlers[("t", "text")]
+    for i in range(40):
+        typed.insert((i * 7) % (len(typed) + 1), "xy")
+        typed.delete((i * 5) % len(typed), 1)
+    good = b.export_changes(target.version_vector)
+    me, other = str(b.peer_id), "00000000-0000-4000-8000-000000000077"
+    *_, end = typed._state.seq.spans()
+    known = (end[0], end[1] + end[2] - 1)  # the last character (nothing after it)
+    ops = {
+        "unknown left": (TEXT_INSERT, "t", (me, 10**6), None, "z"),
+        "unknown right": (TEXT_INSERT, "t", known, (other, 3), "z"),
+        "map op deleted": (TEXT_DELETE, "t", ((me, map_op, 1),)),
+        "gap": (TEXT_INSERT, "t", known, None, "z"),
+    }
+    changes = [c._data for c in good] + [_forged(b, ops[late], gap=5 if late == "gap" else 0)]
+    data = encode_change_tuples(changes)
+    assert sum(len(seg.runs) for seg in decode_batch(data)) >= 60
+    careful = CRDTDocument(target.peer_id, "d")
+    careful.import_changes(target.export_changes())
+    before = fingerprint(target)
+    with monkeypatch.context() as patch:
+        results = _spy_checked(patch)
+        if late == "gap":
+            assert target.binary_import_changes(data) == len(good)
+        else:
+            with pytest.raises(InvalidChangeError):
+                target.binary_import_changes(data)
+            assert fingerprint(target) == before
+            assert events == []
+    assert results == [False]
+    with monkeypatch.context() as patch:
+        patch.setattr(CRDTDocument, "_apply_runs_checked", lambda self, segments: False)
+        if late == "gap":
+            careful.binary_import_changes(data)
+        else:
+            with pytest.raises(InvalidChangeError):
+                careful.binary_import_changes(data)
+    assert fingerprint(target) == fingerprint(careful)
+    target.check_invariants()
