@@ -57,7 +57,7 @@ from .exceptions import (
 )
 from .history import History
 from .ids import HybridLogicalClock, PeerId, VersionVector
-from .sequence import C, N, Sequence
+from .sequence import Backup, C, N, Sequence
 from .state import STATE_TYPES, NewIds, State, StateKey, TextState
 from .transaction import Transaction, Transactions, deps_of
 
@@ -71,6 +71,21 @@ _EMPTY_STATES: dict[str, Any] = {kind: cls() for kind, cls in STATE_TYPES.items(
 _TEXT_EDITS = frozenset((TEXT_INSERT, TEXT_DELETE))
 #: Fewer runs than this are checked before they are applied (no copy for a rollback).
 _CHECKED_MIN_RUNS = 8
+
+
+def _merge_two(
+    first: Any, more: list[tuple[str, int, int]]
+) -> list[tuple[str, int, int]] | tuple[tuple[str, int, int], ...]:
+    """``coalesce([*first, *more])``, with no sort for the usual deleting run: one
+    range of the head and one merged range of its continuations that touch."""
+    if len(first) == 1 and len(more) == 1:
+        p, c, n = more[0]
+        hp, hc, hn = first[0]
+        if hp == p and hc <= c + n and c <= hc + hn:
+            lo = c if c < hc else hc
+            hi = c + n if c + n > hc + hn else hc + hn
+            return ((p, lo, hi - lo),)
+    return coalesce([*first, *more])
 
 
 class _NotNow(Exception):
@@ -452,9 +467,11 @@ class CRDTDocument:
         vv = self._vv
         frontier = self._frontier
         saved = (dict(vv), dict(frontier), self._next, dict(self._tx.builders))
-        backups: list[tuple[Sequence, Sequence]] = []
+        backups: list[tuple[Sequence, Backup]] = []
         new_states: list[StateKey] = []
         texts: dict[str, tuple[Sequence, DeltaBuilder | None]] = {}
+        # Whether the deleting run at hand deletes some other peer's elements.
+        foreign = False
         try:
             for seg in segments:
                 for run in seg.runs:
@@ -477,7 +494,7 @@ class CRDTDocument:
                         seq = self._state(key).seq
                         if seq.span_count() > 8 * runs:
                             raise _NotNow
-                        backups.append((seq, seq.clone()))
+                        backups.append((seq, seq.backup()))
                         target = texts[name] = (seq, self._builder(key))
                     seq, out = target
                     if op[0] == TEXT_INSERT:
@@ -500,9 +517,11 @@ class CRDTDocument:
                         if kind == DELETING:
                             more = seg.delete_ranges(run)
                             for p, c, n in more:
-                                if p != peer and vv.get(p, 0) < c + n:
-                                    raise _NotNow
-                            ranges = coalesce([*op[2], *more])
+                                if p != peer:
+                                    if vv.get(p, 0) < c + n:
+                                        raise _NotNow
+                                    foreign = True
+                            ranges = _merge_two(op[2], more)
                         else:
                             ranges = coalesce(list(op[2]))
                         want = out is not None
@@ -518,7 +537,9 @@ class CRDTDocument:
                         right = op[3]
                         if right is not None and frontier.get(right[0]) == right[1]:
                             del frontier[right[0]]
-                    elif kind == DELETING:
+                    elif foreign:
+                        # Each continuation depends on the last element it deletes.
+                        foreign = False
                         one_each = seg.deletes_one_each(run)
                         for p, c, n in seg.delete_ranges(run):
                             if p != peer:

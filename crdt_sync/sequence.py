@@ -41,6 +41,8 @@ CHUNK_MAX = 64
 
 Id = tuple[str, int]
 Span = list[Any]
+#: A copy of a sequence's spans, chunk by chunk (:meth:`Sequence.backup`).
+Backup = list[list[Span]]
 
 
 class Chunk:
@@ -927,35 +929,37 @@ class Sequence:
 
     # ------------------------------------------------------------------ copying
 
-    def clone(self) -> Sequence:
-        """An independent copy (spans, chunks and index), to roll back to with
-        :meth:`restore`. O(spans): each span is one list copy."""
-        new = Sequence(self.empty, self.keep)
-        chunks: list[Chunk] = []
-        where: dict[str, dict[int, Span]] = {peer: {} for peer in self._where}
-        for chunk in self.chunks:
-            copy = Chunk([s.copy() for s in chunk.spans], chunk.vis, chunk.at)
-            for s in copy.spans:
-                s[CH] = copy
-                where[s[P]][s[C]] = s
-            chunks.append(copy)
-        new.chunks = chunks
-        new.length = self.length
-        new._where = where
-        starts: dict[str, SortedInts] = {}
-        for peer, old in self._starts.items():
-            sorted_ints = starts[peer] = SortedInts()
-            sorted_ints.blocks = [block.copy() for block in old.blocks]
-            sorted_ints.maxes = old.maxes.copy()
-        new._starts = starts
-        return new
+    def backup(self) -> Backup:
+        """A copy of the content to roll back to with :meth:`restore`: one list
+        copy per span, nothing else (the chunks, slots and id index are rebuilt
+        only if restored). The copies still name the live chunks, so they form
+        no reference cycle and are freed as soon as the backup is dropped."""
+        return [[s.copy() for s in chunk.spans] for chunk in self.chunks]
 
-    def restore(self, backup: Sequence) -> None:
-        """Take over the content of ``backup`` (a :meth:`clone`), which must not be used after."""
-        self.chunks = backup.chunks
-        self.length = backup.length
-        self._where = backup._where
-        self._starts = backup._starts
+    def restore(self, backup: Backup) -> None:
+        """Put back the content saved by :meth:`backup` (which must not be used after)."""
+        chunks: list[Chunk] = []
+        where: dict[str, dict[int, Span]] = {}
+        length = 0
+        for spans in backup:
+            chunk = Chunk(spans, 0, len(chunks))
+            vis = 0
+            for k, s in enumerate(spans):
+                s[CH] = chunk
+                s[SI] = k
+                if not s[D]:
+                    vis += s[N]
+                w = where.get(s[P])
+                if w is None:
+                    w = where[s[P]] = {}
+                w[s[C]] = s
+            chunk.vis = vis
+            length += vis
+            chunks.append(chunk)
+        self.chunks = chunks
+        self.length = length
+        self._where = where
+        self._starts = {peer: SortedInts(list(w)) for peer, w in where.items()}
         self._cur = None
         self._last = None
 
