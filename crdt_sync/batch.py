@@ -506,6 +506,7 @@ def decode_segment(r: Reader) -> Segment:
     data = r.data
     stamp = summed = 0
     j = 0
+    pos = r.pos
     for m in sizes:
         i = j
         j = i + 1 + m
@@ -514,11 +515,13 @@ def decode_segment(r: Reader) -> Segment:
             summed = i + 1
         else:
             stamp = ts[i]
-        row = _fast_row(data, r.pos, peers, names, prev_peer, expect, stamp, i > 0)
+        row = _fast_row(data, pos, peers, names, prev_peer, expect, stamp, i > 0)
         if row is None:
+            r.pos = pos
             head = _read_row(r, peers, names, prev_peer, expect, stamp, i > 0)
+            pos = r.pos
         else:
-            head, r.pos = row
+            head, pos = row
         peer = head[0]
         end = head[1] + head[5]
         tl0, d0 = tl, d
@@ -527,6 +530,7 @@ def decode_segment(r: Reader) -> Segment:
             ops = head[4]
             op = ops[0]
             if len(ops) != 1 or op[0] != (TEXT_INSERT if kind == TYPING else TEXT_DELETE):
+                r.pos = pos
                 raise r.fail("a continuation of a change that starts no such run")
             if kind == TYPING:
                 tl += m
@@ -537,13 +541,20 @@ def decode_segment(r: Reader) -> Segment:
         else:
             kind = FULL
         if end > MAX_COUNTER:
+            r.pos = pos
             raise r.fail("counter too large")
         append((i, j, kind, head, tl0, tl0 if tcum is None else tcum[tl0], d0, end))
-        if peer not in firsts:
-            firsts[peer] = head[1]
-        ends[peer] = end
-        prev_peer = peer
+        if peer != prev_peer:
+            # The summary (first and end counter per peer), kept up as the peer changes.
+            if prev_peer:
+                ends[prev_peer] = expect
+            if peer not in firsts:
+                firsts[peer] = head[1]
+            prev_peer = peer
         expect = end
+    if prev_peer:
+        ends[prev_peer] = expect
+    r.pos = pos
     if ts is None and n:
         max_ts = stamp + sum(dts[summed:])
         if max_ts >= MAX_STAMP:
@@ -663,39 +674,66 @@ def _fast_row(
             return None
         name = names[index]
         if kind == TEXT_INSERT:
-            refs: list[tuple[str, int] | None] = [None, None]
-            for k in (0, 1):
-                tag = data[pos]
-                pos += 1
-                if tag == _REF_NONE:
-                    continue
-                if tag == _REF_PREV:
-                    if ctr == 0:
-                        return None
-                    refs[k] = (peer, ctr - 1)
-                elif tag == _REF_FULL:
-                    index = data[pos]
-                    rctr = data[pos + 1]
-                    pos += 2
-                    if index >= 0x80 or index >= len(peers):
-                        return None
-                    if rctr >= 0x80:  # a longer varint, inline (as _varint)
-                        rctr &= 0x7F
-                        shift = 7
-                        while True:
-                            b = data[pos]
-                            pos += 1
-                            rctr |= (b & 0x7F) << shift
-                            if b < 0x80:
-                                break
-                            shift += 7
-                            if shift > 63:
-                                return None
-                        if rctr > 1 << 64:
-                            return None
-                    refs[k] = (peers[index], rctr)
-                else:
+            # The two origins, each a tag and maybe (peer, varint); varints of
+            # up to three bytes (counters below 2**21) decoded without a loop.
+            tag = data[pos]
+            if tag == _REF_FULL:
+                index = data[pos + 1]
+                if index >= 0x80 or index >= len(peers):
                     return None
+                b = data[pos + 2]
+                if b < 0x80:
+                    pos += 3
+                else:
+                    c = data[pos + 3]
+                    if c < 0x80:
+                        b = (b & 0x7F) | c << 7
+                        pos += 4
+                    else:
+                        c2 = data[pos + 4]
+                        if c2 < 0x80:
+                            b = (b & 0x7F) | (c & 0x7F) << 7 | c2 << 14
+                            pos += 5
+                        else:
+                            b, pos = _varint(data, pos + 2)
+                left: tuple[str, int] | None = (peers[index], b)
+            elif tag == _REF_NONE:
+                left = None
+                pos += 1
+            elif tag == _REF_PREV and ctr:
+                left = (peer, ctr - 1)
+                pos += 1
+            else:
+                return None
+            tag = data[pos]
+            if tag == _REF_FULL:
+                index = data[pos + 1]
+                if index >= 0x80 or index >= len(peers):
+                    return None
+                b = data[pos + 2]
+                if b < 0x80:
+                    pos += 3
+                else:
+                    c = data[pos + 3]
+                    if c < 0x80:
+                        b = (b & 0x7F) | c << 7
+                        pos += 4
+                    else:
+                        c2 = data[pos + 4]
+                        if c2 < 0x80:
+                            b = (b & 0x7F) | (c & 0x7F) << 7 | c2 << 14
+                            pos += 5
+                        else:
+                            b, pos = _varint(data, pos + 2)
+                right: tuple[str, int] | None = (peers[index], b)
+            elif tag == _REF_NONE:
+                right = None
+                pos += 1
+            elif tag == _REF_PREV and ctr:
+                right = (peer, ctr - 1)
+                pos += 1
+            else:
+                return None
             size = data[pos]
             if size < 0x80:
                 pos += 1
@@ -705,7 +743,7 @@ def _fast_row(
                 return None
             text = data[pos : pos + size].decode("utf-8", "surrogatepass")
             pos += size
-            op: Any = (TEXT_INSERT, name, refs[0], refs[1], text)
+            op: Any = (TEXT_INSERT, name, left, right, text)
             n = len(text)
         elif kind == TEXT_DELETE:
             count = data[pos]
@@ -715,11 +753,21 @@ def _fast_row(
             ranges = []
             for _ in range(count):
                 index = data[pos]
-                pos += 1
                 if index >= 0x80 or index >= len(peers):
                     return None
-                rctr, pos = _varint(data, pos)
-                length, pos = _varint(data, pos)
+                # Counter and length, the usual short forms without a call.
+                b = data[pos + 1]
+                c = data[pos + 2]
+                if b >= 0x80 and c >= 0x80 and data[pos + 3] < 0x80:
+                    rctr = (b & 0x7F) | (c & 0x7F) << 7 | data[pos + 3] << 14
+                    pos += 4
+                else:
+                    rctr, pos = _varint(data, pos + 1)
+                length = data[pos]
+                if length < 0x80:
+                    pos += 1
+                else:
+                    length, pos = _varint(data, pos)
                 if not length or length > MAX_COUNT:
                     return None
                 ranges.append((peers[index], rctr, length))

@@ -213,8 +213,29 @@ def _decode_outcome(data: bytes) -> object:
         return "DecodeError"
 
 
+def _far_edits() -> bytes:
+    """Runs of typing and deleting whose origins and deleted ids have counters
+    of two and three varint bytes (16,384 and past), uncompressed."""
+    rng = random.Random(8)
+    docs = [CRDTDocument(peer(1)), CRDTDocument(peer(2))]
+    texts = [CRDTTextHandler(d, "t") for d in docs]
+    texts[0].insert(0, "a" * 17000)
+    docs[1].import_changes(docs[0].export_changes())
+    since = docs[0].version_vector
+    for _ in range(40):
+        k = rng.randrange(2)
+        at = rng.choice([rng.randrange(100, 16000), rng.randrange(16500, len(texts[k]))])
+        for i in range(rng.randrange(1, 4)):
+            texts[k].insert(at + i, "xy")
+        for i in range(rng.randrange(0, 3)):
+            texts[k].delete(at + 2 - i, 1)
+        docs[1 - k].import_changes(docs[k].export_changes(docs[1 - k].version_vector))
+    return encode_changes(docs[0].export_changes(since), compress=False)
+
+
+@pytest.mark.parametrize("batch_of", ["session", "far counters"])
 def test_the_fast_head_reader_decodes_exactly_what_the_checked_one_does(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, batch_of: str
 ) -> None:
     # ``_fast_row`` reads the head rows of text runs without the per-field
     # calls; on anything else it defers to ``_read_row``. Every bit flip of a
@@ -222,8 +243,10 @@ def test_the_fast_head_reader_decodes_exactly_what_the_checked_one_does(
     # changes, or fail, with and without it.
     import crdt_sync.batch as batch
 
-    doc = session(3, 150)[0]
-    data = encode_changes(doc.export_changes(), compress=False)
+    if batch_of == "session":
+        data = encode_changes(session(3, 150)[0].export_changes(), compress=False)
+    else:
+        data = _far_edits()
     assert data[5] == 0  # not compressed
     rng = random.Random(5)
     flips = [(rng.randrange(6, len(data)), rng.randrange(8)) for _ in range(1500)]
