@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
@@ -517,6 +518,10 @@ async def run(args: argparse.Namespace) -> int:
             await registry.check_health()
         except StorageError as error:  # keeps running: it retries until the store answers
             _log.warning("the store does not answer yet: %s", error)
+        # What startup made (modules, classes, tables) lives as long as the process:
+        # moved out of the collector's generations, a full collection no longer
+        # walks it (gc.freeze); what the server makes afterwards is collected as usual.
+        gc.freeze()
         print(listening_line(args.host, server.port, server.scheme), flush=True)
         if authority is not None:
             print(

@@ -608,7 +608,21 @@ def encode_changes_frame(encoded_changes: bytes, compressor: Compressor | None =
 def encode_ack_frame(peer: str | None, counter: int, compressor: Compressor | None = None) -> bytes:
     """An ``Ack`` frame carrying one peer's counter (none when ``counter`` is 0 or
     ``peer`` None): equal to ``encode_message(Ack(VersionVector({peer: counter})))``,
-    without building the vector (a server acknowledges every batch it stores)."""
+    without building the vector (a server acknowledges every batch it stores).
+    The frame up to the counter is made once per peer (:func:`_ack_prefix`)."""
+    if counter and peer is not None:
+        prefix = _ACK_PREFIX.get(peer)
+        if prefix is None:
+            prefix = _ack_prefix(peer)
+            if prefix is not None:
+                if len(_ACK_PREFIX) >= _ACK_PREFIX_CACHE:
+                    _ACK_PREFIX.clear()
+                _ACK_PREFIX[peer] = prefix
+        if prefix is not None:
+            w = _Writer()
+            w.buf += prefix
+            w.uint(counter)
+            return bytes(w.buf)
     w = _Writer()
     if counter and peer is not None:
         w.uint(1)
@@ -617,6 +631,23 @@ def encode_ack_frame(peer: str | None, counter: int, compressor: Compressor | No
     else:
         w.uint(0)
     return _frame(MessageType.ACK, bytes(w.buf), compressor)
+
+
+#: Ack frames up to the counter, by peer id (ids short enough that an Ack is never
+#: compressed: every UUID): bounded.
+_ACK_PREFIX: dict[str, bytes] = {}
+_ACK_PREFIX_CACHE = 4096
+
+
+def _ack_prefix(peer: str) -> bytes | None:
+    """The Ack frame of ``peer`` without its counter, when that frame is never
+    compressed whatever the counter (else None)."""
+    w = _Writer()
+    w.uint(1)
+    w.peer_id(peer, "the peer id")
+    if len(w.buf) + 9 >= _MIN_COMPRESS_SIZE:
+        return None
+    return MAGIC + bytes((FORMAT_VERSION, MessageType.ACK, 0)) + bytes(w.buf)
 
 
 def _dictionary_body(w: _Writer, first: int, entries: Sequence[str]) -> None:

@@ -419,3 +419,16 @@ def test_ack_frame_of_one_peer_is_the_ack_message(
     vv = VersionVector({peer: counter}) if peer is not None else VersionVector()
     expected = encode_message(Ack(vv), compressor)  # type: ignore[arg-type]
     assert encode_ack_frame(peer, counter, compressor) == expected  # type: ignore[arg-type]
+
+
+def test_ack_frames_of_a_peer_reuse_its_prefix() -> None:
+    # The second frame of a peer comes from the cached prefix; a long peer id
+    # (whose Ack may be compressed) is never cached.
+    for peer in ("00000000-0000-4000-8000-0000000000aa", "p" * 200):
+        for counter in (1, 127, 128, 2**63 - 1):
+            for _ in range(2):
+                expected = encode_message(Ack(VersionVector({peer: counter})), GzipCompressor())
+                assert encode_ack_frame(peer, counter, GzipCompressor()) == expected
+        for bad in (-1, 2**63):
+            with pytest.raises(ValueError):
+                encode_ack_frame(peer, bad)
