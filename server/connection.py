@@ -248,7 +248,17 @@ class Connection:
                 # The usual case: straight to the socket. What it holds after the
                 # write is at most what it held plus this write, so the bound on
                 # what waits is looked at again only when that could exceed it.
-                if buffered + self._write_now(frames) > self._max_outbound:
+                protocol = ws.protocol
+                if len(frames) == 1 and not protocol.extensions and not protocol.writes:
+                    # One frame (a relay, an Ack): _write_now's common case, inline.
+                    payload = frames[0]
+                    wire = _framed_shared(payload)
+                    transport.write(wire)
+                    if self.metrics is not None:
+                        self.metrics.bytes_sent.inc(len(payload))
+                    if buffered + len(wire) > self._max_outbound:
+                        self._bound_backlog()
+                elif buffered + self._write_now(frames) > self._max_outbound:
                     self._bound_backlog()
             else:
                 self._wait(frames)
@@ -429,7 +439,12 @@ class Connection:
                 frame = await self._next(inbox)
                 if frame is None:
                     break  # refused (rate, silence): the session is closed
-                await self._decode(frame)
+                if len(frame) < _DECODE_IN_THREAD_FROM or isinstance(frame, str):
+                    # The usual frame, decoded here (no coroutine for it).
+                    self.received_at = time.perf_counter()
+                    session.receive_message(frame)
+                else:
+                    await self._decode(frame)
                 await self._process(rooms, access, emit)
                 if inbox:
                     # Applying a frame need not suspend (only its Ack waits for the

@@ -594,6 +594,11 @@ class Rooms(RegistryObserver):
                 self.metrics.store_latency.observe(time.perf_counter() - applied_at)
             self.metrics.storage_up.set(1)
             member.session.send_acknowledgement(stored.result())
+            if room.relay_flush is not None and any(r.sender is not member for r in room.relays):
+                # A relay frame goes to this client within relay_interval, and
+                # flush_relays writes what its session queued first: the Ack
+                # rides in that write instead of a send of its own.
+                return
         member.flush()
 
     def _store_failed(self, member: Member, room: Room, error: RegistryError) -> None:

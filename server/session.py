@@ -840,8 +840,10 @@ class ServerSession:
 
         The frame must have been encoded with this session's compressor.
         """
-        if self._require_open("send_frame"):
+        if self._state is SessionState.OPEN:  # _require_open's common case, inline
             self._outgoing.append(frame)
+        else:
+            self._require_open("send_frame")  # CLOSED: ignored; before the handshake: raises
 
     def send_history(self, frame: bytes, next_cursor: int) -> None:
         """Queue an encoded ``HistoryResponse`` (``encode_history_frame`` with this

@@ -469,3 +469,53 @@ async def test_a_store_that_fails_after_the_relay_ends_the_senders_session() -> 
         assert "could not store" in error.message
         assert writer.session.state is SessionState.CLOSED
         assert watcher.session.state is SessionState.OPEN
+
+
+class CountingRecorder(Recorder):
+    """A member that also counts its flushes (each one a write to its socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[list[bytes]] = []
+
+    def flush(self) -> None:
+        frames = self.session.messages_to_send()
+        if frames:
+            self.writes.append(frames)
+            self.frames.extend(frames)
+
+
+async def test_an_ack_due_while_a_relay_to_its_client_waits_leaves_in_the_relays_write() -> None:
+    store = SlowStore()
+    async with running_rooms(relay_interval=3600.0, registry=store) as rooms:
+        writer, other = CountingRecorder(), CountingRecorder()
+        for member in (writer, other):
+            member.session.receive_message(encode_message(handshake(member.peer)))
+            (event,) = member.session.events_received()
+            assert isinstance(event, HandshakeRequested)
+            await rooms.join(member, event.request, "notes")
+            member.flush()
+            member.writes.clear()
+            member.frames.clear()
+        mine = writer.edit("mine ")
+        await rooms.apply(writer, mine)  # the room was quiet: relayed at once
+        await settle(lambda: bool(other.frames))
+        theirs = other.edit("theirs ")
+        await rooms.apply(other, theirs)  # busy now: waits for the interval
+        room = writer.room
+        assert room is not None and room.relay_flush is not None
+        counter = mine[-1].counter + mine[-1].size
+        store.writes[0].set_result(VersionVector({writer.peer: counter}))
+        for _ in range(5):
+            await asyncio.sleep(0)  # the store's callbacks run
+        assert writer.writes == []  # the Ack waits for the relay to its client
+        rooms.flush_relays(room)
+        (write,) = writer.writes  # one write: the Ack, then the relay
+        assert decode_message(write[0]) == Ack(VersionVector({writer.peer: counter}))
+        assert isinstance(decode_message(write[-1]), Relay)
+        (relayed,) = relayed_changes(write)
+        assert relayed.changes == theirs
+        # With no relay waiting for its client, an Ack goes at once.
+        store.writes[1].set_result(VersionVector({other.peer: 7}))
+        await settle(lambda: len(other.writes) == 2)
+        assert decode_message(other.writes[-1][0]) == Ack(VersionVector({other.peer: 7}))
