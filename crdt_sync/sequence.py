@@ -967,7 +967,7 @@ class Sequence:
 
     def load_spans(self, spans: list[Span]) -> None:
         """Replace the content with ``spans`` (document order, all nine fields;
-        the chunk and slot ones are set here).
+        the chunk one is set here, the slot hints are set on first use).
 
         Raises DecodeError if an element id appears twice.
         """
@@ -979,9 +979,8 @@ class Sequence:
             part = spans[i : i + size]
             chunk = Chunk(part, 0, len(chunks))
             vis = 0
-            for k, s in enumerate(part):
-                s[CH] = chunk
-                s[SI] = k
+            for s in part:
+                s[CH] = chunk  # (slots are hints: found on first use)
                 if not s[D]:
                     vis += s[N]
             chunk.vis = vis
