@@ -26,6 +26,7 @@ import hmac
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -325,6 +326,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
         # handing one over takes no lock on the loop's side); _draining: a drain
         # job is queued or running (it takes what the inbox holds).
         self._inbox: SimpleQueue[_Queued | None] = SimpleQueue()
+        # Ends the writer's wait for the commit interval early (urgent writes, close).
+        self._wake = threading.Event()
         self._draining = False
         # The descriptor holding the exclusive lock on the file (POSIX).
         self._lock_fd: int | None = None
@@ -569,6 +572,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
             asyncio.get_running_loop().create_future() if row is None else row.stored
         )
         self._inbox.put((op, future, kind, row))
+        if kind == _URGENT:
+            self._wake.set()
         if not self._draining:
             self._draining = True
             try:
@@ -613,31 +618,21 @@ class SqliteServerRegistry(CRDTServerRegistry):
             kind = first[2]
             batch = [first]
             if kind == _WRITE or kind == _URGENT:
-                gathering = True
                 if kind == _WRITE:
-                    # Group commits start commit_interval apart at most: the writes
-                    # arriving while the thread waits join this commit; an urgent
-                    # one ends the wait (a client's handshake waits for it).
-                    deadline = self._last_commit + self.commit_interval
-                    while gathering and (wait := deadline - time.monotonic()) > 0:
-                        try:
-                            item = inbox.get(timeout=wait)
-                        except Empty:
-                            break
-                        if item is None:
-                            inbox.put(None)  # seen after this commit
-                            gathering = False
-                        elif item[2] == _WRITE:
-                            batch.append(item)
-                        elif item[2] == _URGENT:
-                            batch.append(item)
-                            break
-                        else:  # a slow write or a read: after this commit
-                            carried = item
-                            gathering = False
-                            time.sleep(max(0.0, deadline - time.monotonic()))
+                    # Group commits start commit_interval apart at most: the thread
+                    # sleeps to then (not woken by each write that arrives, which
+                    # would cost a wake-up and a GIL handover per write), and the
+                    # writes queued meanwhile join this commit. An urgent one (a
+                    # claim a client's handshake waits for) or close() ends the
+                    # sleep (_wake).
+                    wait = self._last_commit + self.commit_interval - time.monotonic()
+                    if wait > 0:
+                        self._wake.wait(wait)
+                # Cleared before the queue is drained: a wake-up for an item the
+                # drain below misses stays set, so no urgent write waits.
+                self._wake.clear()
                 # Every write up to the first slow write or read shares the commit.
-                while gathering:
+                while True:
                     try:
                         item = inbox.get_nowait()
                     except Empty:
@@ -1153,6 +1148,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
         await self.flush()
         self._closed = True
         self._inbox.put(None)  # end the writer thread's job now, not after its linger
+        self._wake.set()
         loop = asyncio.get_running_loop()
 
         def finish(connection: sqlite3.Connection) -> None:
