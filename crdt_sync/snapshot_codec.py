@@ -52,12 +52,17 @@ def _array_bytes(code: str, values: list[int]) -> bytes:
 
 
 def _read_array(r: Reader, code: str, n: int) -> array[int]:
+    return _read_column(r, code, n)[0]
+
+
+def _read_column(r: Reader, code: str, n: int) -> tuple[array[int], bytes]:
+    """``n`` little-endian values as an array, and their bytes."""
     a = array(code)
-    size = a.itemsize * n
-    a.frombytes(r.raw(size))
+    raw = r.raw(a.itemsize * n)
+    a.frombytes(raw)
     if not _LITTLE:  # pragma: no cover
         a.byteswap()
-    return a
+    return a, raw
 
 
 class _Decoded:
@@ -384,23 +389,27 @@ class TextColumns:
         nl = r.uint(n)
         nr = r.uint(n)
         flags = r.raw(n)
-        peer_col = _read_array(r, "I", n)
-        ctr_col = _read_array(r, "Q", n)
-        len_col = _read_array(r, "I", n)
-        self.lp = _read_array(r, "I", nl)
+        peer_col, peer_raw = _read_column(r, "I", n)
+        ctr_col, ctr_raw = _read_column(r, "Q", n)
+        len_col, len_raw = _read_column(r, "I", n)
+        self.lp, lp_raw = _read_column(r, "I", nl)
         self.lc = _read_array(r, "Q", nl)
-        self.rp = _read_array(r, "I", nr)
+        self.rp, rp_raw = _read_column(r, "I", nr)
         self.rc = _read_array(r, "Q", nr)
         text = r.str()
+        # The range checks read the little-endian bytes (byte planes, searches
+        # for zero values), not one int object per value.
         npeers = len(peers)
-        for col in (peer_col, self.lp, self.rp):
-            if col and max(col) >= npeers:
+        for raw, col in ((peer_raw, peer_col), (lp_raw, self.lp), (rp_raw, self.rp)):
+            if not _all_below(raw, 4, npeers, col):
                 raise r.fail("peer index out of range")
-        if n and (min(len_col) == 0 or max(ctr_col) >= 1 << 53 or max(flags) > 31):
+        if n and (
+            _zero_at(len_raw, 4)
+            or not _all_below(ctr_raw, 8, 1 << 53, ctr_col)
+            or flags.translate(None, _KNOWN_FLAGS)
+        ):
             raise r.fail("empty span, counter out of range or unknown span flags")
-        i = -1
-        for _ in range(ctr_col.count(0)):
-            i = ctr_col.index(0, i + 1)
+        for i in _zero_at(ctr_raw, 8):
             if flags[i] & _LEFT_PREV:
                 raise r.fail("left origin before counter 0")
         # The columns must agree with each other: as many explicit origins as
@@ -411,7 +420,8 @@ class TextColumns:
             raise r.fail("right origin column does not match the flags")
         if sum(compress(len_col, flags.translate(_VISIBLE))) != len(text):
             raise r.fail("text length does not match the visible spans")
-        _check_id_ranges(r, peer_col, ctr_col, len_col, peers, vv)
+        one_peer = n > 0 and peer_raw == peer_raw[:4] * n
+        _check_id_ranges(r, peer_col, ctr_col, len_col, peers, vv, one_peer)
         self.peers = peers
         self.flags = flags
         self.peer = peer_col
@@ -457,6 +467,7 @@ def _check_id_ranges(
     len_col: Sequence_[int],
     peers: list[str],
     vv: VersionVector,
+    one_peer: bool | None = None,
 ) -> None:
     """Raise unless the id ranges ``(peer, counter, length)`` of the spans are
     disjoint and inside the snapshot's own version vector.
@@ -468,7 +479,9 @@ def _check_id_ranges(
     next start: two sorts and a comparison, all at C speed.
     """
     groups: dict[int, tuple[list[int], list[int]]] = {}
-    if len(set(peer_col)) == 1:
+    if one_peer is None:
+        one_peer = len(set(peer_col)) == 1
+    if one_peer:
         groups[peer_col[0]] = (list(ctr_col), list(len_col))
     else:
         for p, c, n in zip(peer_col, ctr_col, len_col, strict=True):
@@ -493,6 +506,50 @@ def _flag_table(test: Callable[[int], bool]) -> bytes:
 _EXPLICIT_LEFT = _flag_table(lambda f: not f & (_LEFT_PREV | _LEFT_NONE))
 _EXPLICIT_RIGHT = _flag_table(lambda f: not f & (_RIGHT_NONE | _RIGHT_SAME))
 _VISIBLE = _flag_table(lambda f: not f & _DELETED)
+#: The flag bytes that are valid (deleted by ``translate`` to find any other).
+_KNOWN_FLAGS = bytes(range(32))
+
+
+def _zero_at(raw: bytes, width: int) -> list[int]:
+    """The indexes of the zero values in ``raw`` (little-endian, ``width`` bytes each).
+
+    A search for ``width`` zero bytes; a match that is not aligned is part of
+    two values, and the search goes on from the next aligned offset.
+    """
+    zero = bytes(width)
+    found: list[int] = []
+    at = raw.find(zero)
+    while at >= 0:
+        skew = at % width
+        if skew:
+            at = raw.find(zero, at - skew + width)
+        else:
+            found.append(at // width)
+            at = raw.find(zero, at + width)
+    return found
+
+
+def _all_below(raw: bytes, width: int, bound: int, values: array[int]) -> bool:
+    """Whether every little-endian value of ``width`` bytes in ``raw`` is below ``bound``.
+
+    A bound up to 256, or a power of two, is checked on the byte planes (the
+    high planes all zero, the top one below its limit); any other bound on
+    ``values``, the same values as an array.
+    """
+    if not raw:
+        return True
+    if bound <= 256:
+        whole, top = 1, bound
+    elif bound & (bound - 1) == 0:
+        q, p = divmod(bound.bit_length() - 1, 8)
+        if q >= width:
+            return True
+        whole, top = (q + 1, 1 << p) if p else (q, 256)
+    else:
+        return max(values) < bound
+    if any(raw[k::width].strip(b"\0") for k in range(whole, width)):
+        return False
+    return top == 256 or not raw[whole - 1 :: width].translate(None, bytes(range(top)))
 
 
 def _read_opt_id(r: Reader, peers: list[str]) -> tuple[str, int] | None:

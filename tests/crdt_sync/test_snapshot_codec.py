@@ -12,10 +12,14 @@ import hashlib
 import itertools
 import random
 import zlib
+from array import array
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from network import document_values, exchange
 
 import crdt_sync.ids as ids_module
@@ -27,8 +31,17 @@ from crdt_sync import (
     PeerId,
     Snapshot,
     UndoManager,
+    VersionVector,
 )
-from crdt_sync.snapshot_codec import SnapshotCapture, _decode
+from crdt_sync.codec import Reader, Writer
+from crdt_sync.exceptions import DecodeError
+from crdt_sync.snapshot_codec import (
+    SnapshotCapture,
+    TextColumns,
+    _all_below,
+    _decode,
+    _zero_at,
+)
 
 #: SHA-256 of the inflated payload of :func:`fixed_document`'s snapshot, as the
 #: encoder of 94a0399 (before the one-pass encoder) wrote it.
@@ -121,3 +134,104 @@ def test_a_round_trip_keeps_the_fixed_document(monkeypatch: pytest.MonkeyPatch) 
     loaded = CRDTDocument.from_snapshot(Snapshot.from_bytes(doc.take_snapshot().to_bytes()))
     assert document_values(loaded) == document_values(doc)
     assert payload(loaded.take_snapshot()) == payload(doc.take_snapshot())
+
+
+# ------------------------------------------------------- decoding text columns
+
+
+def text_part(
+    spans: list[tuple[int, int, int, int]],
+    lefts: Sequence[tuple[int, int]] = (),
+    rights: Sequence[tuple[int, int]] = (),
+    text: str = "",
+) -> bytes:
+    """A text part from raw columns: ``(flags, peer index, counter, length)`` per span."""
+    w = Writer()
+    w.uint(len(spans))
+    w.uint(len(lefts))
+    w.uint(len(rights))
+    w.raw(bytes(f for f, _, _, _ in spans))
+    w.raw(array("I", [p for _, p, _, _ in spans]).tobytes())
+    w.raw(array("Q", [c for _, _, c, _ in spans]).tobytes())
+    w.raw(array("I", [n for _, _, _, n in spans]).tobytes())
+    w.raw(array("I", [p for p, _ in lefts]).tobytes())
+    w.raw(array("Q", [c for _, c in lefts]).tobytes())
+    w.raw(array("I", [p for p, _ in rights]).tobytes())
+    w.raw(array("Q", [c for _, c in rights]).tobytes())
+    w.str(text)
+    return w.getvalue()
+
+
+def columns(part: bytes, npeers: int = 2, counter: int = 1 << 53) -> TextColumns:
+    peers = [f"p{i}" for i in range(npeers)]
+    return TextColumns(Reader(part), peers, VersionVector(dict.fromkeys(peers, counter)))
+
+
+DEL, LNONE, LPREV, RNONE = 1, 2, 4, 8
+
+
+@pytest.mark.parametrize(
+    ("spans", "npeers", "message"),
+    [
+        ([(DEL | LNONE | RNONE, 2, 0, 1)], 2, "peer index out of range"),
+        ([(DEL | LNONE | RNONE, 1, 0, 1)], 1, "peer index out of range"),
+        ([(DEL | LNONE | RNONE, 300, 0, 1)], 300, "peer index out of range"),
+        ([(DEL | LNONE | RNONE, 256, 0, 1)], 256, "peer index out of range"),
+        ([(DEL | LNONE | RNONE, 1 << 16, 0, 1)], 1 << 16, "peer index out of range"),
+        ([(DEL | LNONE | RNONE, 0, 5, 0)], 2, "empty span"),
+        ([(DEL | LNONE | RNONE, 0, 1 << 53, 1)], 2, "counter out of range"),
+        ([(DEL | LNONE | RNONE, 0, 1 << 63, 1)], 2, "counter out of range"),
+        ([(32 | DEL | LNONE | RNONE, 0, 0, 1)], 2, "unknown span flags"),
+        ([(255, 0, 0, 1)], 2, "unknown span flags"),
+        ([(DEL | LNONE | RNONE, 0, 3, 1), (DEL | LPREV | RNONE, 1, 0, 1)], 2, "before counter 0"),
+    ],
+)
+def test_bad_text_columns_are_refused_with_their_error(
+    spans: list[tuple[int, int, int, int]], npeers: int, message: str
+) -> None:
+    with pytest.raises(DecodeError, match=message):
+        columns(text_part(spans), npeers)
+
+
+def test_text_columns_at_the_edges_of_the_range_checks_decode() -> None:
+    # The largest counter, peer indexes just below the bounds, counters whose
+    # zero bytes straddle two values (a search for eight zero bytes finds
+    # them unaligned), a zero counter without a previous-left flag.
+    spans = [
+        (DEL | LNONE | RNONE, 0, (1 << 53) - 1, 1),
+        (DEL | LNONE | RNONE, 1, 1 << 8, 1),
+        (DEL | LNONE | RNONE, 1, 1 << 48, 1),
+        (DEL | LNONE | RNONE, 1, 0, 1),
+        (DEL | LPREV | RNONE, 1, 1 << 16, 1),
+    ]
+    for npeers in (2, 255, 256, 257, 300, 1 << 16):
+        last = npeers - 1
+        decoded = columns(text_part([*spans, (DEL | LNONE | RNONE, last, 7, 1)]), npeers)
+        assert list(decoded.peer) == [0, 1, 1, 1, 1, last]
+    assert [s[1] for s in decoded.spans()] == [c for _, _, c, _ in spans] + [7]
+
+
+@given(
+    width=st.sampled_from([4, 8]),
+    values=st.lists(
+        st.one_of(
+            st.integers(0, 3),
+            st.sampled_from([1 << k for k in range(0, 64, 4)]),
+            st.integers(0, (1 << 64) - 1),
+        ),
+        max_size=12,
+    ),
+    bound=st.one_of(
+        st.integers(0, 600),
+        st.sampled_from([1 << k for k in range(64)]),
+        st.integers(0, 1 << 64),
+    ),
+)
+def test_the_byte_plane_checks_agree_with_int_comparisons(
+    width: int, values: list[int], bound: int
+) -> None:
+    values = [v & ((1 << (8 * width)) - 1) for v in values]
+    col = array("I" if width == 4 else "Q", values)
+    raw = b"".join(v.to_bytes(width, "little") for v in values)
+    assert _all_below(raw, width, bound, col) == all(v < bound for v in values)
+    assert _zero_at(raw, width) == [i for i, v in enumerate(values) if v == 0]
