@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -180,6 +181,45 @@ class _Append:
         connection.execute(self.SQL, self.params)
 
 
+#: Log rows a commit writes with one multi-row INSERT (more take the general way:
+#: each row count is a statement SQLite compiles and the sqlite3 module caches).
+_ROWS_PER_INSERT = 32
+
+
+@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
+def _insert_rows_sql(count: int) -> str:
+    """The INSERT of ``count`` log rows in one statement."""
+    return _Append.SQL + ", (?, ?, ?)" * (count - 1)
+
+
+class _Wake:
+    """A flag the writer thread sleeps on, with a timeout, and the loop raises:
+    :class:`threading.Event` for one sleeper, on a bare lock (held while the
+    flag is down). ``Event.wait`` makes a lock and runs a Condition in Python
+    for every wait, and the writer waits once per commit."""
+
+    __slots__ = ("_down",)
+
+    def __init__(self) -> None:
+        self._down = threading.Lock()
+        self._down.acquire()
+
+    def set(self) -> None:
+        """Raise the flag (a no-op if it is up)."""
+        with contextlib.suppress(RuntimeError):  # already up
+            self._down.release()
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until the flag is up or ``timeout`` seconds passed (it stays up)."""
+        if self._down.acquire(timeout=timeout):
+            with contextlib.suppress(RuntimeError):  # set() raised it meanwhile
+                self._down.release()
+
+    def clear(self) -> None:
+        """Lower the flag (a no-op if it is down)."""
+        self._down.acquire(blocking=False)
+
+
 class _LogRow:
     """A batch of changes whose log row waits for its commit: the document, the
     version vector the row makes durable, and the future of the durable vector."""
@@ -326,8 +366,9 @@ class SqliteServerRegistry(CRDTServerRegistry):
         # handing one over takes no lock on the loop's side); _draining: a drain
         # job is queued or running (it takes what the inbox holds).
         self._inbox: SimpleQueue[_Queued | None] = SimpleQueue()
-        # Ends the writer's wait for the commit interval early (urgent writes, close).
-        self._wake = threading.Event()
+        # Ends the writer's wait for the commit interval early (any op but a plain
+        # write, and close()).
+        self._wake = _Wake()
         self._draining = False
         # The descriptor holding the exclusive lock on the file (POSIX).
         self._lock_fd: int | None = None
@@ -471,6 +512,25 @@ class SqliteServerRegistry(CRDTServerRegistry):
         commit. If the commit itself fails every op fails.
         """
         connection = self._connection
+        count = len(ops)
+        rows = [op for op in ops if type(op) is _Append] if count <= _ROWS_PER_INSERT else ()
+        if len(rows) == count:
+            # The usual commit under load: only log rows. One INSERT of them all,
+            # which is its own transaction (one statement, no BEGIN, SAVEPOINT,
+            # RELEASE or COMMIT of its own: each is a round trip into SQLite and
+            # a GIL handover on this thread). A statement is atomic: if it fails
+            # nothing is written, and the general way below finds the culprit.
+            try:
+                connection.execute(
+                    _insert_rows_sql(count),
+                    [param for row in rows for param in row.params],
+                )
+            except Exception:  # retried row by row below
+                if connection.in_transaction:  # pragma: no cover - SQLite rolled it back
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.execute("ROLLBACK")
+            else:
+                return [(True, None)] * count
         outcomes: list[tuple[bool, object]] = []
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -483,7 +543,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
                     return [(False, error)]
                 connection.execute("COMMIT")
                 return [(True, result)]
-            index, count = 0, len(ops)
+            index = 0
             while index < count:
                 end = index + 1
                 if isinstance(ops[index], _Append):
@@ -572,7 +632,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
             asyncio.get_running_loop().create_future() if row is None else row.stored
         )
         self._inbox.put((op, future, kind, row))
-        if kind == _URGENT:
+        if kind != _WRITE:  # only plain writes wait for the commit interval
             self._wake.set()
         if not self._draining:
             self._draining = True
@@ -644,6 +704,13 @@ class SqliteServerRegistry(CRDTServerRegistry):
                         carried = item
                         break
                     batch.append(item)
+            else:
+                # A read or a slow write raised the flag: lowered, unless ops wait
+                # behind it (one of them may be urgent; at worst a write then
+                # commits before its interval is out).
+                self._wake.clear()
+                if not inbox.empty():
+                    self._wake.set()
             outcomes: list[tuple[bool, object]]
             if kind == _READ:
                 try:
@@ -663,6 +730,16 @@ class SqliteServerRegistry(CRDTServerRegistry):
                 loop.call_soon_threadsafe(_settle, batch, outcomes)
             except RuntimeError:  # that loop is closed: nobody waits any more
                 pass
+            if kind != _READ and carried is None and inbox.empty():
+                # Sleep out the interval now, not blocked on the empty inbox:
+                # under load the next writes are waiting when it ends, so no put
+                # has to wake this thread first (a futex wake on the loop's side,
+                # a wake-up and a GIL handover here, per commit). A write that
+                # comes meanwhile commits when the interval ends, as it would
+                # have; any other op and close() end the sleep (_wake).
+                wait = self._last_commit + self.commit_interval - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
 
     # -- loading ------------------------------------------------------------------------
 

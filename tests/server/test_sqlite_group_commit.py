@@ -105,3 +105,24 @@ async def test_a_replaced_document_between_log_rows_keeps_their_order(tmp_path: 
     final = text_of(await reopened.get_document("notes"))
     assert "x" in final and "new" in final and "old" not in final, final
     await reopened.close()
+
+
+async def test_reads_and_snapshots_are_not_held_back_by_the_commit_interval(
+    tmp_path: Path,
+) -> None:
+    # Commits a minute apart at most: only plain log rows wait for that.
+    registry = CountingRegistry(tmp_path / "store.sqlite3", commit_interval=60.0)
+    await asyncio.wait_for(registry.create_document("notes"), 5)  # the first commits at once
+    # The writer thread now sleeps out the interval: a read ends that sleep.
+    assert await asyncio.wait_for(registry.document_ids(), 5) == ["notes"]
+    peer, typing = typed("typed")
+    applied = await registry.apply("notes", typing)
+    assert not applied.stored.done()  # its commit waits for the interval ...
+    # ... but a read queued behind it does not wait: the row commits with it.
+    assert await asyncio.wait_for(registry.document_ids(), 5) == ["notes"]
+    stored = await asyncio.wait_for(applied.stored, 5)
+    assert stored.get(peer, 0) == len("typed")
+    # A snapshot (a slow write) does not wait either.
+    snapshot = await asyncio.wait_for(registry.create_snapshot("notes"), 5)
+    assert snapshot.version_vector.get(peer, 0) == len("typed")
+    await asyncio.wait_for(registry.close(), 5)
