@@ -912,6 +912,13 @@ def main_merge(args: argparse.Namespace, names: list[str]) -> None:
             f"{name}, merge of the two halves (SYNTHETIC: A replays the first half, B the "
             "second from an empty text, positions clamped; bar <= 50 ms each way)"
         )
+        ours.notes.append(
+            "timing, the same for both libraries: each timed call starts after gc.collect(), "
+            "with every object of earlier repetitions freed (each repetition builds its own "
+            "replicas and drops them); collections the call triggers itself, including the "
+            "one crdt_sync's paused collector leaves due at the end of an import, are inside "
+            "its time"
+        )
         report_scenario(title, keys, ours, theirs)
 
 

@@ -59,6 +59,8 @@ _LITTLE = sys.byteorder == "little"
 
 #: A run: (first change index, end index, kind, head change, offset in tlen,
 #: offset in the text column, offset in the delete columns, counter after the run).
+#: The head's time stamp is 0 as decoded (the stamps stay deltas until asked
+#: for): :meth:`Segment.head` gives the head with its own.
 Run = tuple[int, int, int, ChangeTuple, int, int, int, int]
 
 
@@ -297,10 +299,15 @@ class Segment:
             ts = self._ts = array("q", accumulate(self.dts))
         return ts
 
+    def head(self, run: Run) -> ChangeTuple:
+        """The head change of ``run`` with its time stamp."""
+        head = run[3]
+        return (head[0], head[1], self.ts[run[0]], head[3], head[4], head[5])
+
     def run_changes(self, run: Run) -> list[ChangeTuple]:
         """The changes of ``run``, built."""
         i, j, kind, head, tl0, x0, d0, _ = run
-        out = [head]
+        out = [self.head(run)]
         if kind == FULL:
             return out
         peer = head[0]
@@ -415,7 +422,7 @@ class Segment:
             return None
         head_end = head[1] + head[5]
         if ctr < head_end:
-            return head
+            return self.head(run)
         name = head[4][0][1]
         if kind == TYPING:
             starts = list(accumulate(self.tlen[tl0 : tl0 + j - i - 1], initial=head_end))
@@ -448,9 +455,10 @@ def decode_segment(r: Reader) -> Segment:
         raise r.fail("unknown change kind")
     if n and kinds[0] != FULL:
         raise r.fail("a segment cannot start with a continuation")
-    # Stamps are stored as deltas; nearly always none is negative (one peer's
-    # clock only grows), and then the stamps rise from the first to their sum:
-    # checked with no int per change. Otherwise added up and checked one by one.
+    # Stamps are stored as deltas, and kept so (``Segment.ts`` adds them up when
+    # asked). Nearly always none is negative (one peer's clock only grows), and
+    # then the stamps rise from the first to their sum: checked with no int per
+    # change. Otherwise added up and checked one by one.
     dts = _frombytes(r, "q", n)
     ts: array[int] | None = None
     max_ts = 0
@@ -504,21 +512,15 @@ def decode_segment(r: Reader) -> Segment:
     expect = 0
     tl = d = 0
     data = r.data
-    stamp = summed = 0
     j = 0
     pos = r.pos
     for m in sizes:
         i = j
         j = i + 1 + m
-        if ts is None:
-            stamp += sum(dts[summed : i + 1])
-            summed = i + 1
-        else:
-            stamp = ts[i]
-        row = _fast_row(data, pos, peers, names, prev_peer, expect, stamp, i > 0)
+        row = _fast_row(data, pos, peers, names, prev_peer, expect, 0, i > 0)
         if row is None:
             r.pos = pos
-            head = _read_row(r, peers, names, prev_peer, expect, stamp, i > 0)
+            head = _read_row(r, peers, names, prev_peer, expect, 0, i > 0)
             pos = r.pos
         else:
             head, pos = row
@@ -556,7 +558,7 @@ def decode_segment(r: Reader) -> Segment:
         ends[prev_peer] = expect
     r.pos = pos
     if ts is None and n:
-        max_ts = stamp + sum(dts[summed:])
+        max_ts = sum(dts)
         if max_ts >= MAX_STAMP:
             raise r.fail("time stamp out of range")
     seg.body = r.data[start : r.pos]

@@ -654,7 +654,7 @@ class CRDTDocument:
                 peer, ctr, _, deps, ops, size = head
                 op = ops[0]
                 if kind == FULL and (len(ops) != 1 or op[0] not in _TEXT_EDITS):
-                    self._apply_ops(head)
+                    self._apply_ops(seg.head(run))
                 else:
                     name = op[1]
                     target = texts.get(name)
@@ -954,7 +954,8 @@ class CRDTDocument:
             raise RuntimeError("cannot import a snapshot inside a transaction")
         if snapshot.version_vector <= self.version_vector:
             return False
-        merge_snapshot(self, snapshot)
+        with paused_collector():  # it makes many long-lived objects, as an import does
+            merge_snapshot(self, snapshot)
         # Changes that waited may be ready now: schedule them again.
         waiting = self._pending.take_all()
         try:

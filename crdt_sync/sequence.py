@@ -401,24 +401,33 @@ class Sequence:
             lpeer, lctr = left
             s = self._last
             if s is None or s[P] != lpeer or not s[C] <= lctr < s[C] + s[N]:
-                s = self._find(lpeer, lctr)
-                if s is None:
-                    raise KeyError(left)
-            # Every element's right origin exists (checked when it came), so
-            # sharing the left span's one is proof enough.
-            if (
-                check_right
-                and right is not None
-                and s[R] != right
-                and self._find(right[0], right[1]) is None
-            ):
-                raise KeyError(right)
+                # Else mostly in the span after it: the piece the last run split
+                # off (the span found is the one: ids are unique).
+                if s is not None:
+                    spans = s[CH].spans
+                    si = s[SI] + 1
+                    s = spans[si] if si < len(spans) else None
+                if s is None or s[P] != lpeer or not s[C] <= lctr < s[C] + s[N]:
+                    s = self._find(lpeer, lctr)
+                    if s is None:
+                        raise KeyError(left)
             chunk = s[CH]
             ci = chunk.at
             spans = chunk.spans
             si = s[SI]
             if si >= len(spans) or spans[si] is not s:
                 si = self._span_index(chunk, s)
+            if check_right and right is not None and s[R] != right:
+                # Every element's right origin exists (checked when it came), so
+                # sharing the left span's one is proof enough; so is being in
+                # the left span or the next one (where it mostly is).
+                rpeer, rctr = right
+                if rpeer != s[P] or not s[C] <= rctr < s[C] + s[N]:
+                    t = spans[si + 1] if si + 1 < len(spans) else None
+                    if (
+                        t is None or t[P] != rpeer or not t[C] <= rctr < t[C] + t[N]
+                    ) and self._find(rpeer, rctr) is None:
+                        raise KeyError(right)
             off = lctr - s[C] + 1
             if off < s[N]:
                 self._split(s, chunk, si, off)
@@ -619,24 +628,25 @@ class Sequence:
 
     @staticmethod
     def _span_index(chunk: Chunk, span: Span) -> int:
-        """The index of ``span`` in ``chunk``, by identity: its slot hint, or one
-        place either side of it (a span inserted or merged away before it since);
-        else every span of the chunk gets its exact slot again (one pass)."""
+        """The index of ``span`` in ``chunk``: its slot hint when that holds it,
+        else found by ``list.index`` from a few places before the hint (spans
+        inserted before it since moved it right by as many; one merged away,
+        left by one), else from the start. ``list.index`` tests identity first,
+        and two distinct spans never compare equal (their first ids differ, and
+        so does their second field once the first are equal), so it finds this
+        very span, comparing each span it passes in C by its first two fields."""
         spans = chunk.spans
         si: int = span[SI]
         if si < len(spans) and spans[si] is span:
             return si
-        if si + 1 < len(spans) and spans[si + 1] is span:
-            span[SI] = si + 1
-            return si + 1
-        if 0 < si <= len(spans) and spans[si - 1] is span:
-            span[SI] = si - 1
-            return si - 1
-        for k, s in enumerate(spans):
-            s[SI] = k
-        si = span[SI]
-        if spans[si] is not span:  # pragma: no cover - a span outside its chunk
-            raise AssertionError("span missing from its chunk")
+        try:
+            si = spans.index(span, si - 3 if si > 3 else 0)
+        except ValueError:
+            try:
+                si = spans.index(span)
+            except ValueError:  # pragma: no cover - a span outside its chunk
+                raise AssertionError("span missing from its chunk") from None
+        span[SI] = si
         return si
 
     def find(self, peer: str, ctr: int) -> Span | None:

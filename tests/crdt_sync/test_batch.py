@@ -22,6 +22,7 @@ from crdt_sync import (
     encode_changes,
 )
 from crdt_sync.batch import DELETING, FULL, TYPING
+from crdt_sync.causal import coalesce
 from crdt_sync.changes import (
     TEXT_DELETE,
     TEXT_INSERT,
@@ -484,3 +485,67 @@ def test_a_batch_refused_late_by_the_checked_path_is_rolled_back(
                 careful.binary_import_changes(data)
     assert fingerprint(target) == fingerprint(careful)
     target.check_invariants()
+
+
+def test_run_heads_get_their_time_stamps_when_asked_for() -> None:
+    """A decoded segment keeps the stamps as deltas: the run heads are built
+    without them, and :meth:`Segment.head` (used by ``tuples``, ``find`` and the
+    check-first import of map ops, whose last writer wins by stamp) adds them up.
+    A map write merged through the runs path wins or loses exactly as it does
+    change by change."""
+    older, newer = CRDTDocument(peer(1)), CRDTDocument(peer(2))
+    older_text = CRDTTextHandler(older, "t")
+    newer_text = CRDTTextHandler(newer, "t")
+    CRDTMapHandler(older, "m").set("k", "older")
+    older_text.insert(0, "abc")
+    newer.binary_import_changes(older.binary_export_changes())
+    for i in range(12):  # runs of typing around a later map write
+        newer_text.insert((i * 5) % (len(newer_text) + 1), "xy")
+        if i == 6:
+            CRDTMapHandler(newer, "m").set("k", "newer")
+    data = newer.binary_export_changes(older.version_vector)
+    changes = newer.export_changes(older.version_vector)
+    assert [c.timestamp for seg in decode_batch(data) for c in map(Change, seg.tuples())] == [
+        c.timestamp for c in changes
+    ]
+    assert len({c.timestamp for c in changes}) > 1
+    by_runs = CRDTDocument(peer(3), "d")
+    by_runs.binary_import_changes(older.binary_export_changes())
+    by_changes = CRDTDocument(peer(3), "d")
+    by_changes.binary_import_changes(older.binary_export_changes())
+    by_runs.binary_import_changes(data)
+    for change in changes:
+        by_changes.import_changes([change])
+    assert CRDTMapHandler(by_runs, "m").get("k") == "newer"
+    assert fingerprint(by_runs) == fingerprint(by_changes)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_merged_delete_ranges_of_a_run_are_its_continuations_ranges_coalesced(seed: int) -> None:
+    """``Segment.delete_ranges`` merges a deleting run's one-element deletes from
+    the columns (sorted counters cut where a step is above 1): the same
+    ranges as coalescing each continuation's own, for backspacing and forward
+    deleting over text typed in many places (counters far apart)."""
+    rng = random.Random(seed)
+    doc = CRDTDocument(peer(1))
+    text = CRDTTextHandler(doc, "t")
+    for i in range(60):  # text typed in many places: counters out of order
+        text.insert(rng.randrange(len(text) + 1), "abcdef"[: 1 + i % 6])
+    for _ in range(40):
+        at = rng.randrange(len(text))
+        for _ in range(rng.randrange(1, 9)):
+            if rng.random() < 0.5 and at > 0:
+                at -= 1
+                text.delete(at, 1)  # backspace
+            elif at < len(text):
+                text.delete(at, 1)  # forward delete
+        text.insert(rng.randrange(len(text) + 1), "x")
+    checked = 0
+    for seg in decode_batch(doc.binary_export_changes()):
+        for run in seg.runs:
+            if run[2] != DELETING:
+                continue
+            ranges = [r for change in seg.run_changes(run)[1:] for r in change[4][0][2]]
+            assert seg.delete_ranges(run) == coalesce(ranges)
+            checked += 1
+    assert checked > 10

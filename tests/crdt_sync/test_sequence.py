@@ -335,3 +335,66 @@ def test_remote_runs_find_their_slot_through_wrong_slot_hints() -> None:
     assert b.value == a.value
     for doc in docs:
         doc.check_invariants()  # includes every chunk's index
+
+
+def test_span_index_finds_a_span_whatever_its_hint_says() -> None:
+    """``Sequence._span_index`` searches from a little before a wrong hint, then from
+    the start: every span is found at its own index, whichever way the hint is off."""
+    seq = Sequence("", False)
+    for k in range(40):  # 40 spans of one peer in one chunk, not mergeable
+        seq.integrate("p", 2 * k, "a", None if not k else ("p", 2 * k - 2), ("p", 2 * k + 1))
+    chunk = seq.chunks[0]
+    spans = chunk.spans
+    assert len(spans) == 40
+    for wrong in (lambda k: 0, lambda k: 39, lambda k: k + 1, lambda k: k - 4, lambda k: 500):
+        for k, span in enumerate(spans):
+            span[SI] = max(wrong(k), 0)
+        for k, span in enumerate(spans):
+            assert Sequence._span_index(chunk, span) == k
+            assert span[SI] == k
+
+
+def test_checked_integrate_finds_right_origins_near_the_left_one_and_refuses_unknown_ones() -> None:
+    """With ``check_right``, a right origin in the left origin's span or in the span
+    after it is accepted without an index lookup; one that is not there (past the
+    end of either span, or of another peer) still raises KeyError before any change."""
+    seq = Sequence("", False)
+    seq.integrate("p", 0, "abcdef", None, None)
+    seq.integrate("q", 0, "X", ("p", 2), ("p", 3))  # abc | X | def
+    seq.integrate("r", 0, "mn", ("p", 5), None)
+    assert seq.value() == "abcXdefmn"
+    refused = [(("q", 0), ("p", 6)), (("q", 0), ("q", 1)), (("q", 0), ("s", 0))]
+    refused += [(("p", 1), ("p", 6)), (("p", 1), ("r", 2)), (("r", 0), ("r", 7))]
+    for left, right in refused:
+        with pytest.raises(KeyError):
+            seq.integrate("t", 0, "Z", left, right, False, True)
+        assert seq.value() == "abcXdefmn"
+        assert seq.span_count() == 4
+    seq.integrate("t", 0, "1", ("p", 0), ("p", 2), False, True)  # right in the left span
+    seq.integrate("t", 1, "2", ("q", 0), ("p", 4), False, True)  # right in the next span
+    seq.integrate("t", 2, "3", ("p", 4), ("r", 1), False, True)  # found through the index
+    assert seq.value() == "ab1cX2defm3n"  # FugueMax: past b, f and m (siblings, right later)
+    seq.check_invariants()
+
+
+def test_a_remote_run_finds_its_left_origin_in_the_piece_the_last_run_split_off() -> None:
+    """``Sequence.integrate`` looks for the left origin in the last span found, then
+    in the span after it (the piece a run typed mid-span split off), then in the
+    index: runs typed here and there in one text, merged into a copy with
+    concurrent content, give the text that change-by-change delivery gives."""
+    docs, (a, b) = texts(2)
+    a.insert(0, "the quick brown fox jumps over the lazy dog")
+    b.insert(0, "concurrent ")
+    before = docs[1].version_vector
+    for i in range(60):  # type mid-text, then a little to the right, and so on
+        at = (i * 37) % len(a)
+        a.insert(at, "<" + str(i))
+        a.insert(min(at + 4, len(a)), ">")
+    one_by_one = CRDTDocument(peer(3))
+    one_by_one.binary_import_changes(docs[1].binary_export_changes())
+    for change in docs[0].export_changes(before):
+        one_by_one.import_changes([change])
+    docs[1].binary_import_changes(docs[0].binary_export_changes(before))
+    assert b.value == CRDTTextHandler(one_by_one, "t").value
+    for doc in (docs[1], one_by_one):
+        doc.check_invariants()
