@@ -491,6 +491,8 @@ async def run(args: argparse.Namespace) -> int:
         allowed_origins=args.allow_origin,
         limits=limits,
         metrics=args.metrics,
+        # One per edit, and _log_event shows them only at DEBUG.
+        change_events=_log.isEnabledFor(logging.DEBUG),
     )
     subscription = server.server_events.subscribe(_log_event)
     stop = asyncio.Event()

@@ -28,11 +28,18 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Event, State
+from websockets.protocol import Event, Protocol, State
+from websockets.streams import StreamReader
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets without its C extension
+    from websockets.utils import apply_mask
 
 from crdt_sync.sync import ErrorCode, HandshakeRequest, Role
 from crdt_sync.sync.document_ids import document_id_from_url_path
@@ -131,6 +138,58 @@ class FrameConnection(ServerConnection):
     _fragments: list[bytes] | None = None
     _fragments_text = False
 
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the socket: complete final masked binary frames at the start
+        of ``data`` go straight to :attr:`frame_sink`, the rest to websockets.
+
+        The fast path reads a frame only where websockets' parser would start
+        one (:func:`_at_frame_boundary`), while the connection is open and no
+        fragmented message is under way, and only the simplest kind: FIN set,
+        no reserved bits, opcode binary, masked, a length of at most 65,535
+        and of at most websockets' size bounds. It unmasks with websockets' own
+        function and hands over what websockets would. From the first byte it
+        does not take (another kind of frame, a frame not complete in ``data``,
+        anything malformed) everything goes to websockets, which then starts at
+        a frame boundary: pings, close frames, fragments, size limits and
+        protocol errors are websockets' as before, with its close codes."""
+        sink = self.frame_sink
+        protocol = self.protocol
+        if (
+            sink is None
+            or protocol.state is not State.OPEN
+            or protocol.current_size is not None
+            or protocol.extensions
+            or not _at_frame_boundary(protocol)
+        ):
+            super().data_received(data)
+            return
+        bound = _FAST_FRAME_BOUND
+        if protocol.max_message_size is not None and protocol.max_message_size < bound:
+            bound = protocol.max_message_size
+        if protocol.max_fragment_size is not None and protocol.max_fragment_size < bound:
+            bound = protocol.max_fragment_size
+        start, end = 0, len(data)
+        while end - start >= 6:  # the shortest masked frame: 2 header bytes, the mask
+            if data[start] != 0x82:  # FIN, no reserved bits, binary
+                break
+            length = data[start + 1] ^ 0x80  # the mask bit must be set
+            if length < 126:
+                mask = start + 2
+            elif length == 126 and end - start >= 8:
+                length = int.from_bytes(data[start + 2 : start + 4], "big")
+                mask = start + 4
+            else:  # unmasked, a 64-bit length, or the length not all here
+                break
+            stop = mask + 4 + length
+            if length > bound or stop > end:
+                break
+            start = stop
+            sink(apply_mask(data[mask + 4 : stop], data[mask : mask + 4]))
+            if protocol.state is not State.OPEN:  # pragma: no cover - the sink closed it
+                break
+        if start < end:
+            super().data_received(data[start:] if start else data)
+
     def listen(self, sink: FrameSink) -> None:
         """Hand every data message to ``sink`` from now on, starting with any that
         websockets queued before."""
@@ -167,6 +226,29 @@ class FrameConnection(ServerConnection):
                 sink(message.decode("utf-8", "replace") if self._fragments_text else message)
         else:
             super().process_event(event)
+
+
+#: The longest frame payload :meth:`FrameConnection.data_received` reads itself.
+_FAST_FRAME_BOUND = 65535
+
+# The generator websockets' parser waits in between two frames (and only there).
+_AT_EOF = StreamReader.at_eof.__code__
+
+
+def _at_frame_boundary(protocol: Protocol) -> bool:
+    """Whether websockets' parser waits for the first byte of a frame.
+
+    Its parser is a chain of generators: between frames the innermost is the
+    reader's ``at_eof`` (its buffer empty), and inside a frame it is a read of
+    the frame's next part. Anything else (another version of websockets, a
+    parser that has stopped) answers False, and websockets parses it all."""
+    parser: Any = getattr(protocol, "parser", None)
+    while parser is not None:
+        inner = getattr(parser, "gi_yieldfrom", None)
+        if inner is None:
+            return getattr(parser, "gi_code", None) is _AT_EOF
+        parser = inner
+    return False
 
 
 # The payload framed last and its frame: a relay goes to every client of a

@@ -216,6 +216,8 @@ class Rooms(RegistryObserver):
         self._locks = KeyedGates(asyncio.Lock)
         #: Set when the server stops: no new joins, no idle unloads.
         self.closing = False
+        #: Emit CLIENT_CHANGE_APPLIED for each batch applied (one per edit).
+        self.change_events = True
 
     def get(self, document_id: str) -> Room | None:
         """The room of a loaded document, or None."""
@@ -512,14 +514,15 @@ class Rooms(RegistryObserver):
                     # They waited for dependencies the sender's changes brought: the
                     # sender has never seen them (the others got them just above).
                     self.relay_changes_to(member, list(result.unblocked))
-                self._emit(
-                    ServerEventType.CLIENT_CHANGE_APPLIED,
-                    f"{len(result.applied)} change(s) from {member.client_id} applied to"
-                    f" {room.document_id!r}",
-                    client_id=member.client_id,
-                    document_id=room.document_id,
-                    count=len(result.applied),
-                )
+                if self.change_events:
+                    self._emit(
+                        ServerEventType.CLIENT_CHANGE_APPLIED,
+                        f"{len(result.applied)} change(s) from {member.client_id} applied to"
+                        f" {room.document_id!r}",
+                        client_id=member.client_id,
+                        document_id=room.document_id,
+                        count=len(result.applied),
+                    )
             stored = result.stored
             if (
                 result.refusal is None

@@ -640,6 +640,23 @@ async def test_server_events_cover_a_session() -> None:
         assert expected in seen
 
 
+async def test_change_events_can_be_turned_off() -> None:
+    # One event per edit costs work per edit: the CLI turns them off unless it
+    # logs at DEBUG. The edits still travel; the other events still come.
+    server = WebSocketServer("127.0.0.1", 0, change_events=False)
+    seen: list[ServerEventType] = []
+    subscription = server.server_events.subscribe(lambda event: seen.append(event.type))
+    await server.start()
+    async with peers(url_of(server), 2) as group:
+        group[0].text.insert(0, "x")
+        await wait_converged(group)
+        await group[0].wait_acknowledged()
+    await server.stop()
+    subscription.cancel()
+    assert ServerEventType.CLIENT_HANDSHAKE in seen
+    assert ServerEventType.CLIENT_CHANGE_APPLIED not in seen
+
+
 async def test_idle_documents_are_flushed_and_unloaded(tmp_path: Path) -> None:
     registry = SqliteServerRegistry(tmp_path / "store.sqlite3")
     async with WebSocketServer("127.0.0.1", 0, registry, idle_unload_after=0) as server:
