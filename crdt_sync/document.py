@@ -256,7 +256,8 @@ class CRDTDocument:
         block raises, the edits made so far are still committed: each edit is
         applied at once, and a replica must never hold state its history lacks.
         """
-        return Transaction(self._tx, origin)
+        tx = self._tx
+        return tx.plain if origin is None else Transaction(tx, origin)
 
     @property
     def in_transaction(self) -> bool:

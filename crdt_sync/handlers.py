@@ -133,7 +133,7 @@ class CRDTTextHandler(Handler):
             ctr = tx.next
             left, right = seq.local_insert(index, tx.peer, ctr, text)
             tx.push((TEXT_INSERT, self._name, left, right, text), len(text))
-            if self._observers:
+            if self._observers._subs:  # (not Observers.__bool__: a call per edit)
                 builder = tx.builder(self._key)
                 if builder is not None:
                     builder.splice(index, 0, text)
@@ -159,7 +159,7 @@ class CRDTTextHandler(Handler):
         try:
             pieces = seq.local_delete(index, count)
             tx.push((TEXT_DELETE, self._name, tuple((p, c, n) for p, c, n, _ in pieces)), 1)
-            if self._observers:
+            if self._observers._subs:  # (not Observers.__bool__: a call per edit)
                 builder = tx.builder(self._key)
                 if builder is not None:
                     builder.splice(index, count, "")

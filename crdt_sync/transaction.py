@@ -38,32 +38,33 @@ def deps_of(peer: str, first: int, ops: list[tuple[Any, ...]]) -> tuple[tuple[st
     small keeps changes small in sessions with many writers, where the whole
     frontier would name every one of them.
     """
-    newest: dict[str, int] = {}
-
-    def need(ident: tuple[str, int] | None) -> None:
-        if ident is not None and ident[0] != peer and newest.get(ident[0], -1) < ident[1]:
-            newest[ident[0]] = ident[1]
-
+    newest: dict[str, int] | None = None
     for op in ops:
         code = op[0]
         if code == TEXT_INSERT or code == LIST_INSERT:
-            need(op[2])
-            need(op[3])
+            left, right = op[2], op[3]
+            # Typing after one's own text: nothing of another peer is named.
+            if (left is None or left[0] == peer) and (right is None or right[0] == peer):
+                continue
+            named: Any = (left, right)
         elif code == TEXT_DELETE:
-            for p, c, n in op[2]:
-                need((p, c + n - 1))
+            named = [(p, c + n - 1) for p, c, n in op[2] if p != peer]
         elif code == LIST_DELETE:
-            for p, c, _ in op[2]:
-                need((p, c))
+            named = [(p, c) for p, c, _ in op[2]]
         elif code == LIST_MOVE:
-            need(op[2])
-            need(op[3])
-            need(op[4])
+            named = op[2:5]
         elif code == LIST_SET:
-            need(op[2])
-    deps = [(peer, first - 1)] if first else []
-    deps.extend(newest.items())
-    return tuple(deps)
+            named = op[2:3]
+        else:
+            continue
+        for ident in named:
+            if ident is not None and ident[0] != peer:
+                if newest is None:
+                    newest = {}
+                if newest.get(ident[0], -1) < ident[1]:
+                    newest[ident[0]] = ident[1]
+    own = ((peer, first - 1),) if first else ()
+    return own if newest is None else own + tuple(newest.items())
 
 
 class Transactions:
@@ -84,6 +85,7 @@ class Transactions:
         "ops",
         "origin",
         "peer",
+        "plain",
         "stamp",
         "undo_records",
         "undo_tracking",
@@ -102,6 +104,9 @@ class Transactions:
         self.map_keys: dict[StateKey, set[str]] = {}
         self.undo_records: list[tuple[Any, ...]] = []
         self.undo_tracking = 0
+        #: The context manager of ``doc.transaction()`` without an origin: it
+        #: holds nothing per use, so one serves every such block.
+        self.plain = Transaction(self, None)
 
     def begin(self, origin: object = None) -> None:
         """Open a transaction, or join the open one (the outermost origin wins)."""
@@ -172,8 +177,17 @@ class Transaction:
         self._origin = origin
 
     def __enter__(self) -> CRDTDocument:
-        self._tx.begin(self._origin)
-        return self._tx._doc
+        # Transactions.begin and .end, inlined: one call each per transaction.
+        tx = self._tx
+        if not tx.depth:
+            tx.origin = self._origin
+            tx.stamp = tx._doc._clock.tick()
+            tx.first = tx.next
+        tx.depth += 1
+        return tx._doc
 
     def __exit__(self, *exc: object) -> None:
-        self._tx.end()
+        tx = self._tx
+        tx.depth -= 1
+        if not tx.depth:
+            tx._doc._commit()
