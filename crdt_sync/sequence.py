@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 # Span fields. A span is ``[peer, counter, length, content, deleted, left, right, chunk,
@@ -183,8 +184,7 @@ class Sequence:
 
     def spans(self) -> Iterator[Span]:
         """Every span in document order (tombstones included). Do not mutate."""
-        for ch in self.chunks:
-            yield from ch.spans
+        return chain.from_iterable([ch.spans for ch in self.chunks])
 
     def span_count(self) -> int:
         return sum(len(ch.spans) for ch in self.chunks)

@@ -185,7 +185,8 @@ def _encode_text(spans: list[list[Any]], pid: Any, index: dict[str, int]) -> lis
     ``index`` before falling back to ``pid``, which gives a new peer its index.
     """
     get = index.get
-    peer_col: list[int] = []
+    # The peer column as runs: (peer index, first span of the run).
+    peer_runs: list[tuple[int, int]] = []
     ctr_col: list[int] = []
     len_col: list[int] = []
     flags = bytearray()
@@ -194,12 +195,7 @@ def _encode_text(spans: list[list[Any]], pid: Any, index: dict[str, int]) -> lis
     right_peer: list[int] = []
     right_ctr: list[int] = []
     text: list[str] = []
-    add_flag, add_peer, add_ctr, add_len = (
-        flags.append,
-        peer_col.append,
-        ctr_col.append,
-        len_col.append,
-    )
+    add_flag, add_ctr, add_len = flags.append, ctr_col.append, len_col.append
     add_text = text.append
     add_lp, add_lc, add_rp, add_rc = (
         left_peer.append,
@@ -209,12 +205,11 @@ def _encode_text(spans: list[list[Any]], pid: Any, index: dict[str, int]) -> lis
     )
     prev_right: Any = ()
     prev_peer: Any = None
-    prev_pid = 0
     for s in spans:
         peer = s[0]
         ctr = s[1]
         if peer != prev_peer:
-            prev_pid = pid(peer)
+            peer_runs.append((pid(peer), len(flags)))
             prev_peer = peer
         left = s[5]
         right = s[6]
@@ -241,7 +236,6 @@ def _encode_text(spans: list[list[Any]], pid: Any, index: dict[str, int]) -> lis
             add_rc(right[1])
         prev_right = right
         add_flag(f)
-        add_peer(prev_pid)
         add_ctr(ctr)
         add_len(s[2])
     counts = Writer()
@@ -254,7 +248,7 @@ def _encode_text(spans: list[list[Any]], pid: Any, index: dict[str, int]) -> lis
     return [
         counts.getvalue(),
         bytes(flags),
-        _array_bytes("I", peer_col),
+        _runs_bytes(peer_runs, len(flags)),
         _array_bytes("Q", ctr_col),
         _array_bytes("I", len_col),
         _array_bytes("I", left_peer),
@@ -264,6 +258,18 @@ def _encode_text(spans: list[list[Any]], pid: Any, index: dict[str, int]) -> lis
         text_size.getvalue(),
         text_bytes,
     ]
+
+
+def _runs_bytes(runs: list[tuple[int, int]], n: int) -> bytes:
+    """The ``n`` values of a column given as runs ``(value, first index)``, as ``I`` bytes."""
+    if not runs:
+        return b""
+    ends = [start for _, start in runs[1:]]
+    ends.append(n)
+    return b"".join(
+        _array_bytes("I", [value]) * (end - start)
+        for (value, start), end in zip(runs, ends, strict=True)
+    )
 
 
 def _write_opt_id(w: Writer, ident: Any, pid: Any) -> None:
