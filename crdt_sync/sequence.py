@@ -272,6 +272,9 @@ class Sequence:
         The new elements get ids ``(peer, ctr)``, ``(peer, ctr + 1)``, ...; returns the
         ``(left, right)`` origins to record in the operation. ``0 <= pos <= length``.
         """
+        typed = self._extend_at_cursor(pos, peer, ctr, content)
+        if typed is not None:
+            return typed
         n = len(content)
         if pos == self.length:
             # At the end: after every tombstone, nothing to the right.
@@ -329,6 +332,47 @@ class Sequence:
         self._cur = (ci, si, pos)
         self._rebalance(ci)
         return left, right
+
+    def _extend_at_cursor(
+        self, pos: int, peer: str, ctr: int, content: Any
+    ) -> tuple[Id, Id | None] | None:
+        """Typing on, without a seek: grow the cursor's span by ``content``, or None.
+
+        That is what :meth:`local_insert` does when the cursor's span is
+        ``peer``'s, visible, ends at ``ctr - 1`` and at visible index ``pos``, and
+        the raw element after it is visible and its right origin (or there is
+        none and it has no right origin): the same span grown, the same origins
+        returned, the cursor left where it is. Anything else returns None and
+        goes the general way.
+        """
+        cur = self._cur
+        if cur is None:
+            return None
+        ci, si, vs = cur
+        chunks = self.chunks
+        spans = chunks[ci].spans
+        if si >= len(spans):
+            return None
+        s = spans[si]
+        if s[C] + s[N] != ctr or vs + s[N] != pos or s[D] or s[P] != peer:
+            return None
+        if si + 1 < len(spans):
+            nxt: Span | None = spans[si + 1]
+        else:
+            nxt = None
+            for chunk in chunks[ci + 1 :]:
+                if chunk.spans:
+                    nxt = chunk.spans[0]
+                    break
+        right = s[R]
+        if nxt is None:
+            if right is not None:
+                return None
+        elif nxt[D] or right is None or right[1] != nxt[C] or right[0] != nxt[P]:
+            return None
+        n = len(content)
+        self._extend(s, content, n, n)
+        return (peer, ctr - 1), right
 
     def insert_after(
         self, after: Id, peer: str, ctr: int, content: Any
