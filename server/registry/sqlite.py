@@ -72,7 +72,6 @@ from .base import (
     merge_snapshot_checked,
     new_epoch,
     validate_document_id,
-    version_vector_of,
 )
 
 __all__ = ["SqliteServerRegistry"]
@@ -222,15 +221,15 @@ class _Wake:
 
 class _LogRow:
     """A batch of changes whose log row waits for its commit: the document, the
-    version vector the row makes durable, and the future of the durable vector."""
+    changes (what the row makes durable), and the future of the durable vector."""
 
-    __slots__ = ("covers", "loaded", "stored")
+    __slots__ = ("changes", "loaded", "stored")
 
     def __init__(
-        self, loaded: _Loaded, covers: VersionVector, stored: asyncio.Future[VersionVector]
+        self, loaded: _Loaded, changes: Sequence[Change], stored: asyncio.Future[VersionVector]
     ) -> None:
         self.loaded = loaded
-        self.covers = covers
+        self.changes = changes
         self.stored = stored
 
     def fail(self, error: BaseException) -> None:
@@ -255,9 +254,12 @@ def _settle(batch: Sequence[_Queued], outcomes: Sequence[tuple[bool, object]]) -
                 if entry is None:
                     entry = advanced[id(row.loaded)] = (row.loaded, dict(row.loaded.durable))
                 ends = entry[1]
-                for peer, counter in row.covers.items():
-                    if counter > ends.get(peer, 0):
-                        ends[peer] = counter
+                # Each change's end, straight into the document's new vector (no
+                # vector per row: one per commit and document).
+                for change in row.changes:
+                    end = change.counter + change.size
+                    if end > ends.get(change.peer, 0):
+                        ends[change.peer] = end
             continue
         if future.done():
             continue
@@ -967,11 +969,9 @@ class SqliteServerRegistry(CRDTServerRegistry):
         The future resolves to the durable version vector once the row is committed.
         """
         count = len(applied)
-        covers = version_vector_of(applied)
-
         stored: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
         loaded.in_flight.add(stored)
-        self._enqueue(_Append(document_id, count, data), _WRITE, _LogRow(loaded, covers, stored))
+        self._enqueue(_Append(document_id, count, data), _WRITE, _LogRow(loaded, applied, stored))
         loaded.changes_since_snapshot += count
         loaded.logged_bytes += len(data)
         last = loaded.snapshot
