@@ -120,7 +120,9 @@ class CRDTTextHandler(Handler):
         """Insert ``text`` so it starts at ``index`` (0 <= index <= len)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, not {type(text).__name__}")
-        seq = self._state.seq
+        state = self._state
+        # The loaded sequence, or the property that loads it (a call per edit saved).
+        seq = state._seq if state._lazy is None else state.seq
         if type(index) is not int or not 0 <= index <= seq.length:
             _check_index(index, seq.length, True)
         if not text:

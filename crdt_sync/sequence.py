@@ -370,8 +370,12 @@ class Sequence:
                 return None
         elif nxt[D] or right is None or right[1] != nxt[C] or right[0] != nxt[P]:
             return None
+        # self._extend(s, content, n, n), inline: this is the typing hot path.
         n = len(content)
-        self._extend(s, content, n, n)
+        s[N] += n
+        s[X] = s[X] + content
+        s[CH].vis += n
+        self.length += n
         return (peer, ctr - 1), right
 
     def insert_after(

@@ -38,6 +38,13 @@ def deps_of(peer: str, first: int, ops: list[tuple[Any, ...]]) -> tuple[tuple[st
     small keeps changes small in sessions with many writers, where the whole
     frontier would name every one of them.
     """
+    own = ((peer, first - 1),) if first else ()
+    if len(ops) == 1:
+        op = ops[0]
+        if op[0] == TEXT_INSERT:
+            left, right = op[2], op[3]
+            if (left is None or left[0] == peer) and (right is None or right[0] == peer):
+                return own
     newest: dict[str, int] | None = None
     for op in ops:
         code = op[0]
@@ -63,7 +70,6 @@ def deps_of(peer: str, first: int, ops: list[tuple[Any, ...]]) -> tuple[tuple[st
                     newest = {}
                 if newest.get(ident[0], -1) < ident[1]:
                     newest[ident[0]] = ident[1]
-    own = ((peer, first - 1),) if first else ()
     return own if newest is None else own + tuple(newest.items())
 
 
