@@ -594,7 +594,14 @@ class ServerSession:
         elif isinstance(message, Error):
             self._receive_error(message)
         elif isinstance(message, Changes):
-            foreign = next((c.peer for c in message.changes if c.peer != self._peer_id), None)
+            changes = message.changes
+            if len(changes) == 1:  # a keystroke: the checks below without generators
+                only = changes[0]
+                foreign = only.peer if only.peer != self._peer_id else None
+                ops = len(only.ops)
+            else:
+                foreign = next((c.peer for c in changes if c.peer != self._peer_id), None)
+                ops = sum(len(change.ops) for change in changes)
             if foreign is not None:
                 # The identity rule: a connection speaks only for its own peer.
                 self._fail(
@@ -602,9 +609,8 @@ class ServerSession:
                     f"changes of peer {foreign!r} on the connection of peer {self._peer_id!r}",
                 )
                 return
-            if not message.changes:
+            if not changes:
                 return
-            ops = sum(len(change.ops) for change in message.changes)
             if (
                 len(message.changes) > self.limits.max_changes_per_frame
                 or ops > self.limits.max_ops_per_frame

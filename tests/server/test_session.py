@@ -48,6 +48,7 @@ from server.session import (
     SessionState,
     SnapshotUploaded,
 )
+from server.trust import Limits
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -321,6 +322,40 @@ def test_changes_from_the_client_become_an_event() -> None:
     assert [c.id for c in event.changes] == [c.id for c in made]
     session.receive_message(frame(Changes(())))  # an empty batch is nothing
     assert session.events_received() == []
+
+
+def one_change(peer: str, inserts: int) -> Changes:
+    """A batch of one change of ``peer`` holding ``inserts`` text inserts."""
+    client = CRDTDocument(peer)
+    made: list[Change] = []
+    client.on_change(made.append)
+    text = CRDTTextHandler(client, "text")
+    with client.transaction():
+        for _ in range(inserts):
+            text.insert(0, "x")
+    [change] = made
+    assert len(change.ops) == inserts
+    return Changes((change,))
+
+
+@pytest.mark.parametrize("inserts", [2, 3])
+def test_a_lone_change_gets_every_check_a_batch_gets(inserts: int) -> None:
+    # One change (a keystroke) takes a shorter way through the checks: the same ones.
+    session = open_session()
+    session.receive_message(frame(one_change(str(PeerId.generate()), inserts)))
+    assert_refused(session, ErrorCode.FORBIDDEN_PEER)
+    for limit, accepted in ((inserts, True), (inserts - 1, False)):
+        session = ServerSession("notes", limits=Limits(max_ops_per_frame=limit))
+        session.receive_message(frame(handshake()))
+        session.events_received()
+        session.accept_handshake(server_document(), "epoch-1")
+        session.messages_to_send()
+        session.receive_message(frame(one_change(PEER, inserts)))
+        if accepted:
+            [event] = session.events_received()
+            assert isinstance(event, ChangesReceived) and len(event.changes) == 1
+        else:
+            assert_refused(session, ErrorCode.LIMIT_EXCEEDED)
 
 
 def test_status_request_is_answered_with_what_the_client_lacks() -> None:
