@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from server_helpers import CountingRegistry
@@ -15,6 +17,8 @@ from crdt_sync import Change, CRDTDocument, CRDTTextHandler, VersionVector
 from server import SqliteServerRegistry
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+T = TypeVar("T")
 
 
 def typed(text: str) -> tuple[str, list[Change]]:
@@ -110,19 +114,28 @@ async def test_a_replaced_document_between_log_rows_keeps_their_order(tmp_path: 
 async def test_reads_and_snapshots_are_not_held_back_by_the_commit_interval(
     tmp_path: Path,
 ) -> None:
-    # Commits a minute apart at most: only plain log rows wait for that.
-    registry = CountingRegistry(tmp_path / "store.sqlite3", commit_interval=60.0)
-    await asyncio.wait_for(registry.create_document("notes"), 5)  # the first commits at once
-    # The writer thread now sleeps out the interval: a read ends that sleep.
-    assert await asyncio.wait_for(registry.document_ids(), 5) == ["notes"]
-    peer, typing = typed("typed")
-    applied = await registry.apply("notes", typing)
-    assert not applied.stored.done()  # its commit waits for the interval ...
-    # ... but a read queued behind it does not wait: the row commits with it.
-    assert await asyncio.wait_for(registry.document_ids(), 5) == ["notes"]
-    stored = await asyncio.wait_for(applied.stored, 5)
-    assert stored.get(peer, 0) == len("typed")
-    # A snapshot (a slow write) does not wait either.
-    snapshot = await asyncio.wait_for(registry.create_snapshot("notes"), 5)
-    assert snapshot.version_vector.get(peer, 0) == len("typed")
-    await asyncio.wait_for(registry.close(), 5)
+    # Commits an hour apart at most: only plain log rows wait for that. Nothing
+    # here measures time: had a read or a snapshot to wait for the interval, the
+    # guard (_settled) would turn the hour's hang into a failure.
+    registry = CountingRegistry(tmp_path / "store.sqlite3", commit_interval=3600.0)
+    try:
+        await _settled(registry.create_document("notes"))  # the first commits at once
+        # The writer thread now sleeps out the interval: a read ends that sleep.
+        assert await _settled(registry.document_ids()) == ["notes"]
+        peer, typing = typed("typed")
+        applied = await registry.apply("notes", typing)
+        assert not applied.stored.done()  # its commit waits for the interval ...
+        # ... but a read queued behind it does not wait: the row commits with it.
+        assert await _settled(registry.document_ids()) == ["notes"]
+        stored = await _settled(applied.stored)
+        assert stored.get(peer, 0) == len("typed")
+        # A snapshot (a slow write) does not wait either.
+        snapshot = await _settled(registry.create_snapshot("notes"))
+        assert snapshot.version_vector.get(peer, 0) == len("typed")
+    finally:
+        await registry.close()  # ends the writer's sleep in any case
+
+
+async def _settled(awaitable: Awaitable[T]) -> T:
+    """``awaitable``'s result; a hang guard, far inside the hour the interval is."""
+    return await asyncio.wait_for(awaitable, 30)
