@@ -182,6 +182,11 @@ class Servers:
             if self.auth:
                 self.token("bench-doc")  # creates the secret file before the server reads it
                 extra += ["--secret-file", str(self.secret_file)]
+            interval = getattr(self.args, "commit_interval", None)
+            if interval is not None and self.args.registry == "sqlite" and self.redis_url is None:
+                if not server_has_option("--commit-interval"):
+                    raise SystemExit("this server has no --commit-interval option")
+                extra += ["--commit-interval", str(interval)]
             if self.redis_url is not None and server_has_option("--metrics"):
                 extra.append("--metrics")  # the Redis round trips are read from /metrics
             db = self.dir / "documents.sqlite3"
@@ -832,6 +837,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--lag-ms", type=float, default=200.0, help="random: how stale a client's replica is"
     )
     parser.add_argument("--registry", choices=("memory", "sqlite"), default="sqlite")
+    parser.add_argument(
+        "--commit-interval",
+        type=float,
+        default=None,
+        help="SQLite: the server's group-commit interval, seconds (its default: 0.025)",
+    )
     parser.add_argument("--compare", choices=(PYCRDT,), default=None)
     parser.add_argument("--workers", type=int, default=2, help="generator processes (2)")
     parser.add_argument("--drain", type=float, default=10.0, help="longest wait after sends")

@@ -158,6 +158,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _commit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= MAX_COMMIT_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"is seconds from 0 to {MAX_COMMIT_INTERVAL:g} (an Ack waits up to this long),"
+            f" not {text}"
+        )
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -168,6 +178,10 @@ def _positive_float(text: str) -> float:
 #: Changes of each document's history the SQLite store keeps by default: a million
 #: changes of typing are tens of megabytes.
 DEFAULT_HISTORY_RETENTION = 1_000_000
+#: The SQLite store's group-commit interval, seconds (SqliteServerRegistry's default).
+DEFAULT_COMMIT_INTERVAL = 0.025
+#: The longest interval the command line accepts: every Ack may wait this long.
+MAX_COMMIT_INTERVAL = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQLite, Redis and --memory: keep at least this many of each document's newest"
         " changes as history for View > History; older ones are dropped (0: SQLite keeps only"
         f" the log since the last snapshot; default {DEFAULT_HISTORY_RETENTION:,})",
+    )
+    parser.add_argument(
+        "--commit-interval",
+        type=_commit_interval,
+        metavar="S",
+        default=None,
+        help="SQLite only: seconds between the starts of two group commits at least; each"
+        " commit is an fsync, and a sender's Ack waits for its commit, so a longer interval"
+        f" costs Ack latency and saves CPU under load (0 to {MAX_COMMIT_INTERVAL:g};"
+        f" default {DEFAULT_COMMIT_INTERVAL:g})",
     )
     parser.add_argument(
         "--metrics",
@@ -396,7 +420,10 @@ def _make_registry(args: argparse.Namespace) -> CRDTServerRegistry:
     if args.redis is not None:
         return RedisServerRegistry(args.redis, history_retention=args.history_retention)
     path: Path = args.db if args.db is not None else default_database_path()
-    return SqliteServerRegistry(path, history_retention=args.history_retention)
+    interval = DEFAULT_COMMIT_INTERVAL if args.commit_interval is None else args.commit_interval
+    return SqliteServerRegistry(
+        path, history_retention=args.history_retention, commit_interval=interval
+    )
 
 
 def _log_event(event: ServerEvent) -> None:
@@ -554,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
+    if args.commit_interval is not None and (args.memory or args.redis is not None):
+        parser.error("--commit-interval applies to the SQLite store only (not --memory, --redis)")
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import select
@@ -20,7 +21,14 @@ from websockets.typing import Origin
 
 from crdt_sync.sync.client import ConnectionStatus
 from server.auth import TokenAuthority, default_secret_path
-from server.cli import build_parser, listening_line
+from server.cli import (
+    DEFAULT_COMMIT_INTERVAL,
+    _make_registry,
+    build_parser,
+    listening_line,
+    main,
+)
+from server.registry import SqliteServerRegistry
 from server.tls import create_self_signed_certificate
 
 # What the desktop app uses to find the port.
@@ -54,6 +62,35 @@ def test_parser_defaults_and_refusals(capsys: pytest.CaptureFixture[str]) -> Non
             build_parser().parse_args(bad)
         assert caught.value.code == 2
     capsys.readouterr()
+
+
+def test_commit_interval_refusals(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("-0.001", "1.5", "nan", "inf", "25ms"):
+        with pytest.raises(SystemExit) as caught:
+            build_parser().parse_args(["--commit-interval", bad])
+        assert caught.value.code == 2
+        assert "--commit-interval" in capsys.readouterr().err
+    # The other stores have no commits to space out: refused, not silently ignored.
+    for store in (["--memory"], ["--redis", "redis://127.0.0.1:1/0"]):
+        with pytest.raises(SystemExit) as caught:
+            main([*store, "--commit-interval", "0.05", "--port", "0"])
+        assert caught.value.code == 2
+        assert "SQLite store only" in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+async def test_commit_interval_reaches_the_sqlite_store(tmp_path: Path) -> None:
+    default_signature = inspect.signature(SqliteServerRegistry).parameters["commit_interval"]
+    assert default_signature.default == DEFAULT_COMMIT_INTERVAL
+    for given, expected in (([], DEFAULT_COMMIT_INTERVAL), (["0.05"], 0.05), (["0"], 0.0)):
+        option = ["--commit-interval", *given] if given else []
+        args = build_parser().parse_args(["--db", str(tmp_path / "d.sqlite3"), *option])
+        registry = _make_registry(args)
+        try:
+            assert isinstance(registry, SqliteServerRegistry)
+            assert registry.commit_interval == expected
+        finally:
+            await registry.close()
 
 
 def start_server(*arguments: str) -> tuple[subprocess.Popen[str], int]:
