@@ -484,7 +484,8 @@ class CRDTDocument:
                         if vv.get(dpeer, 0) <= dctr:
                             raise _NotNow
                     op = ops[0]
-                    if len(ops) != 1 or op[0] not in _TEXT_EDITS:
+                    # (A continued run's head is one text insert or delete: decoded so.)
+                    if kind == FULL and (len(ops) != 1 or op[0] not in _TEXT_EDITS):
                         raise _NotNow
                     name = op[1]
                     target = texts.get(name)
@@ -523,12 +524,17 @@ class CRDTDocument:
                                         raise _NotNow
                                     foreign = True
                             ranges = _merge_two(op[2], more)
+                        elif len(op[2]) == 1:
+                            ranges = op[2]  # (coalesce of one range: itself)
                         else:
                             ranges = coalesce(list(op[2]))
-                        want = out is not None
-                        for p, c, n in ranges:
-                            for vis, count, _ in seq.set_deleted(p, c, n, True, want):
-                                if out is not None:
+                        if out is None:
+                            delete = seq.delete_known
+                            for p, c, n in ranges:
+                                delete(p, c, n)
+                        else:
+                            for p, c, n in ranges:
+                                for vis, count, _ in seq.set_deleted(p, c, n, True, True):
                                     out.splice(vis, count, "")
                     vv[peer] = end
                     for dpeer, dctr in deps:

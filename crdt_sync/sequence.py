@@ -489,8 +489,10 @@ class Sequence:
             # step), which is also how a remote run grows its own span.
             nci, nsi = self._position_of(nxt)
             ci, si = self._scan(peer, left, right, nci, nsi)
-        if left is not None and si > 0 and left == (peer, ctr - 1):
-            prev = chunks[ci].spans[si - 1]
+        chunk = chunks[ci]
+        spans = chunk.spans
+        if left is not None and si > 0 and lctr == ctr - 1 and lpeer == peer:
+            prev = spans[si - 1]
             if (
                 prev[P] == peer
                 and prev[C] + prev[N] == ctr
@@ -502,14 +504,19 @@ class Sequence:
                 self._extend(prev, stored, n, 0 if deleted else n)
                 self._last = prev
                 return prev, off
-        chunk = chunks[ci]
         span = [peer, ctr, n, stored, deleted, left, right, chunk, si]
-        spans = chunk.spans
         spans.insert(si, span)
         if not deleted:
             chunk.vis += n
             self.length += n
-        self._index_add(span)
+        # ``_index_add(span)``, inline.
+        where = self._where.get(peer)
+        if where is None:
+            self._index_add(span)
+        else:
+            if ctr not in where:
+                self._starts[peer].add(ctr)
+            where[ctr] = span
         if len(spans) > CHUNK_MAX:
             self._rebalance(ci)
         self._last = span
@@ -634,6 +641,86 @@ class Sequence:
             ctr += take
             count -= take
         return changed
+
+    def delete_known(self, peer: str, ctr: int, count: int) -> None:
+        """``set_deleted(peer, ctr, count, True, False)`` for a caller that wants
+        nothing back (a remote delete nobody observes): the same spans in the
+        end, with no content copied and no list built.
+
+        KeyError if an id is unknown; what was deleted before it stays deleted
+        (callers validate first or roll back, as with :meth:`set_deleted`).
+        """
+        self._cur = None
+        while count > 0:
+            s = self._last
+            if s is None or s[P] != peer or not s[C] <= ctr < s[C] + s[N]:
+                s = self._find(peer, ctr)
+                if s is None:
+                    raise KeyError((peer, ctr))
+            off = ctr - s[C]
+            take = s[N] - off
+            if take > count:
+                take = count
+            if not s[D]:
+                self._delete_in(s, off, take)
+            ctr += take
+            count -= take
+
+    def _delete_in(self, s: Span, off: int, take: int) -> None:
+        """``_set_deleted(s, off, take, True, -1, <slot of s>, -1)`` for a visible
+        span ``s``: the same steps (shift a boundary, or split, flag and merge
+        with the neighbours), with the deleted flag and the mergeability tests
+        written out, and no cursor kept."""
+        chunk = s[CH]
+        spans = chunk.spans
+        si = s[SI]
+        if si >= len(spans) or spans[si] is not s:
+            si = self._span_index(chunk, s)
+        keep = self.keep
+        n = s[N]
+        if (
+            not keep
+            and (
+                (off and off + take == n and si + 1 < len(spans) and spans[si + 1][D])
+                or (not off and take < n and si and spans[si - 1][D])
+            )
+            and self._shift_boundary(s, spans, si, off, take)
+        ):
+            chunk.vis -= take
+            self.length -= take
+            return
+        if off:
+            s = self._split(s, chunk, si, off)
+            si += 1
+        if take < s[N]:
+            self._split(s, chunk, si, take)
+        s[D] = True
+        chunk.vis -= take
+        self.length -= take
+        if not keep:
+            s[X] = self.empty
+        # Merge with neighbouring tombstones of the same run (``_mergeable``).
+        peer = s[P]
+        if si + 1 < len(spans):
+            b = spans[si + 1]
+            if (
+                b[D]
+                and b[P] == peer
+                and s[C] + s[N] == b[C]
+                and b[R] == s[R]
+                and b[L] == (peer, b[C] - 1)
+            ):
+                self._merge(s, spans, si + 1)
+        if si:
+            a = spans[si - 1]
+            if (
+                a[D]
+                and a[P] == peer
+                and a[C] + a[N] == s[C]
+                and s[R] == a[R]
+                and s[L] == (peer, s[C] - 1)
+            ):
+                self._merge(a, spans, si)
 
     def check_range(self, peer: str, ctr: int, count: int) -> None:
         """Raise KeyError unless every element ``ctr .. ctr+count-1`` of ``peer`` exists."""

@@ -209,11 +209,13 @@ class TextState:
             span, off = seq.integrate(peer, ctr, op[4], op[2], op[3])
             if out is not None:
                 out.splice(seq.span_visible_start(span) + off, 0, op[4])
+        elif out is None:
+            for p, c, n in op[2]:
+                seq.delete_known(p, c, n)
         else:
             for p, c, n in op[2]:
-                for vis, count, _ in seq.set_deleted(p, c, n, True, out is not None):
-                    if out is not None:
-                        out.splice(vis, count, "")
+                for vis, count, _ in seq.set_deleted(p, c, n, True, True):
+                    out.splice(vis, count, "")
 
 
 class ListState:

@@ -7,6 +7,7 @@ invariant checks look at the :class:`Sequence` behind a handler.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -398,3 +399,53 @@ def test_a_remote_run_finds_its_left_origin_in_the_piece_the_last_run_split_off(
     assert b.value == CRDTTextHandler(one_by_one, "t").value
     for doc in (docs[1], one_by_one):
         doc.check_invariants()
+
+
+def _span_fields(seq: Sequence) -> list[list[Any]]:
+    """Every span's fields but its chunk and slot hint, in document order."""
+    return [s[: SI - 1] for s in seq.spans()]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_delete_known_leaves_the_spans_set_deleted_leaves(seed: int, keep: bool) -> None:
+    """``Sequence.delete_known`` (a remote delete nobody observes) is
+    ``set_deleted(..., True, False)`` without the pieces it returns: on texts of
+    two peers' runs, typed, split and partly deleted already (so boundaries shift
+    into tombstones, pieces merge on either side, ranges cross spans and chunks,
+    and some elements are deleted twice), the same ranges give the same spans,
+    field by field, after every call."""
+    rng = random.Random(seed)
+    empty: Any = [] if keep else ""
+    copies = [Sequence(empty, keep), Sequence(empty, keep)]
+    ctrs = {"p": 0, "q": 0}
+    ids: list[tuple[str, int]] = []
+    for _ in range(150):  # runs typed at random places, each one span when integrated
+        who = rng.choice("pq")
+        size = rng.randint(1, 6)
+        content: Any = "".join(rng.choice("abc") for _ in range(size))
+        if keep:
+            content = list(content)
+        at = rng.randrange(len(ids) + 1)
+        left = ids[at - 1] if at else None
+        right = ids[at] if at < len(ids) else None
+        for seq in copies:
+            seq.integrate(who, ctrs[who], content, left, right)
+        new = [(who, ctrs[who] + k) for k in range(size)]
+        ids[at:at] = new
+        ctrs[who] += size
+    order = sorted(ids)
+    assert len(copies[0].chunks) > 2
+    for _ in range(120):
+        who, ctr = order[rng.randrange(len(order))]
+        count = rng.randint(1, 9)
+        while (who, ctr + count - 1) not in ids:
+            count -= 1
+        copies[0].set_deleted(who, ctr, count, True, False)
+        copies[1].delete_known(who, ctr, count)
+        assert _span_fields(copies[1]) == _span_fields(copies[0])
+        assert copies[1].length == copies[0].length
+        copies[1].check_invariants()
+    assert copies[1].value() == copies[0].value()
+    with pytest.raises(KeyError):
+        copies[1].delete_known("r", 0, 1)
