@@ -24,6 +24,7 @@ from crdt_sync import (
 from crdt_sync.batch import DELETING, FULL, TYPING
 from crdt_sync.causal import coalesce
 from crdt_sync.changes import (
+    MAP_SET,
     TEXT_DELETE,
     TEXT_INSERT,
     decode_batch,
@@ -238,10 +239,11 @@ def _far_edits() -> bytes:
 def test_the_fast_head_reader_decodes_exactly_what_the_checked_one_does(
     monkeypatch: pytest.MonkeyPatch, batch_of: str
 ) -> None:
-    # ``_fast_row`` reads the head rows of text runs without the per-field
-    # calls; on anything else it defers to ``_read_row``. Every bit flip of a
-    # batch (uncompressed, so flips land in rows) must decode to the same
-    # changes, or fail, with and without it.
+    # ``_chained_row`` reads the usual head rows from a short window,
+    # ``_fast_row`` the other text-run heads without the per-field calls; on
+    # anything else each defers to the next, the last to ``_read_row``. Every
+    # bit flip of a batch (uncompressed, so flips land in rows) must decode to
+    # the same changes, or fail, with and without them.
     import crdt_sync.batch as batch
 
     if batch_of == "session":
@@ -252,21 +254,97 @@ def test_the_fast_head_reader_decodes_exactly_what_the_checked_one_does(
     rng = random.Random(5)
     flips = [(rng.randrange(6, len(data)), rng.randrange(8)) for _ in range(1500)]
     variants = [data] + [data[:i] + bytes([data[i] ^ (1 << b)]) + data[i + 1 :] for i, b in flips]
-    real_fast_row = batch._fast_row
-    used = []
+    used: dict[str, list[bool]] = {"_chained_row": [], "_fast_row": []}
 
-    def counting_fast_row(*args: object) -> object:
-        row = real_fast_row(*args)  # type: ignore[arg-type]
-        used.append(row is not None)
-        return row
+    def counting(name: str) -> Any:
+        real = getattr(batch, name)
 
-    monkeypatch.setattr(batch, "_fast_row", counting_fast_row)
+        def reader(*args: object) -> object:
+            row = real(*args)
+            used[name].append(row is not None)
+            return row
+
+        return reader
+
+    for name in used:
+        monkeypatch.setattr(batch, name, counting(name))
     fast = [_decode_outcome(v) for v in variants]
-    assert any(used) and not all(used)
+    for name in used:
+        assert any(used[name]) and not all(used[name]), name
+    monkeypatch.setattr(batch, "_chained_row", lambda *args: None)
     monkeypatch.setattr(batch, "_fast_row", lambda *args: None)
     checked = [_decode_outcome(v) for v in variants]
     assert fast == checked
     assert fast[0] != "DecodeError" and fast.count("DecodeError") > len(variants) // 10
+
+
+def _random_head_op(rng: random.Random, peers: list[str], ctr: int) -> Any:
+    """A text insert or delete (now and then another op) as a head row may hold,
+    with counters of one to five varint bytes and texts of every UTF-8 width."""
+
+    def counter() -> int:
+        return rng.choice([0, 1, 127, 128, 16383, 16384, (1 << 21) - 1, 1 << 21, 1 << 40])
+
+    def ref() -> Any:
+        return rng.choice([None, (peers[0], ctr - 1), (rng.choice(peers), counter())])
+
+    r = rng.random()
+    if r < 0.5:
+        size = rng.choice([1, 1, 2, 5, 40, 127, 128, 300])
+        text = "".join(rng.choice("ab\né€😀\ud800") for _ in range(size))
+        return (TEXT_INSERT, rng.choice(["t", "u"]), ref(), ref(), text)
+    if r < 0.9:
+        ranges = tuple(
+            (rng.choice(peers), counter(), rng.choice([1, 2, 127, 128, 1 << 20]))
+            for _ in range(rng.choice([1, 1, 1, 2]))
+        )
+        return (TEXT_DELETE, rng.choice(["t", "u"]), ranges)
+    return (MAP_SET, "m", "k", rng.randrange(1000))
+
+
+def test_the_chained_head_reader_reads_what_the_fast_one_does_or_declines() -> None:
+    # ``_chained_row`` must give exactly ``_fast_row``'s change and position for
+    # every row it accepts, whatever the bytes: rows written by the encoder
+    # (every origin form, varints of one to five bytes, texts up to 300 bytes),
+    # the same rows with bytes flipped, cut short or followed by garbage, and
+    # random bytes after the usual first two.
+    from crdt_sync.batch import _chained_row, _fast_row
+    from crdt_sync.changes import _Tables, _write_deps_and_ops
+    from crdt_sync.codec import Writer
+
+    rng = random.Random(21)
+    peers = [str(peer(n)) for n in range(1, 4)]
+    names = ["t", "u", "m"]
+    rows = []
+    for _ in range(3000):
+        tables = _Tables()
+        for p in peers:
+            tables.peer(p)
+        for name in names:
+            tables.name(name)
+        ctr = rng.choice([1, 2, 200, 20000, 3_000_000])
+        w = Writer()
+        w.byte(7)  # the previous peer, the next counter, deps chained
+        ops = [_random_head_op(rng, peers, ctr) for _ in range(rng.choice([1, 1, 1, 2]))]
+        _write_deps_and_ops(w, tables, peers[0], ctr, (), ops, False)
+        rows.append((w.getvalue(), ctr))
+    cases = []
+    for row, ctr in rows:
+        cases.append((row, ctr))
+        at = rng.randrange(len(row))
+        cases.append((row[:at] + bytes([row[at] ^ (1 << rng.randrange(8))]) + row[at + 1 :], ctr))
+        cases.append((row[: rng.randrange(len(row))], ctr))
+        cases.append((row + rng.randbytes(rng.randrange(1, 50)), ctr))
+        cases.append((b"\x07\x01" + rng.randbytes(rng.randrange(30)), rng.choice([0, ctr])))
+    accepted = {TEXT_INSERT: 0, TEXT_DELETE: 0}
+    for row, ctr in cases:
+        lead = rng.randrange(3)
+        data = rng.randbytes(lead) + row
+        got = _chained_row(data, lead, peers, names, len(peers), len(names), peers[0], ctr)
+        if got is not None:
+            accepted[got[0][4][0][0]] += 1
+            assert got == _fast_row(data, lead, peers, names, peers[0], ctr, 0, True), row
+    assert min(accepted.values()) > len(cases) // 20, accepted
 
 
 def test_the_column_checks_by_bytes_agree_with_max_and_min() -> None:
