@@ -179,7 +179,7 @@ def _positive_float(text: str) -> float:
 #: changes of typing are tens of megabytes.
 DEFAULT_HISTORY_RETENTION = 1_000_000
 #: The SQLite store's group-commit interval, seconds (SqliteServerRegistry's default).
-DEFAULT_COMMIT_INTERVAL = 0.025
+DEFAULT_COMMIT_INTERVAL = 0.05
 #: The longest interval the command line accepts: every Ack may wait this long.
 MAX_COMMIT_INTERVAL = 1.0
 

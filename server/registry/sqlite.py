@@ -317,13 +317,13 @@ class SqliteServerRegistry(CRDTServerRegistry):
         synchronous: SQLite ``synchronous`` pragma. ``"FULL"`` (default)
             survives power loss; ``"NORMAL"`` survives a killed process only.
         commit_interval: seconds between the starts of two group commits at
-            least (default 25 ms: at most 40 commits, each an fsync, per
+            least (default 50 ms: at most 20 commits, each an fsync, per
             second however many writers; writes arriving meanwhile share the
             next commit; a write after a quiet spell commits at once). Only
             acknowledgements wait for it, never a relay: under sustained load
             an Ack comes up to this much later, and each commit costs the
             writer thread about half a millisecond of CPU (statements, WAL
-            write, fsync) and the loop a wake-up.
+            write, fsync: mostly the kernel's) and the loop a wake-up.
 
     Raises (from the constructor):
         StorageCorruptError: the file is not a SQLite database or is damaged.
@@ -343,7 +343,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
         snapshot_every: int = 500,
         synchronous: str = "FULL",
         history_retention: int | None = None,
-        commit_interval: float = 0.025,
+        commit_interval: float = 0.05,
     ) -> None:
         super().__init__()
         if snapshot_every < 1:
