@@ -473,6 +473,11 @@ class CRDTDocument:
         texts: dict[str, tuple[Sequence, DeltaBuilder | None]] = {}
         # Whether the deleting run at hand deletes some other peer's elements.
         foreign = False
+        me = self._peer
+        # The text of the previous run (runs mostly edit one text).
+        last_name: str | None = None
+        seq: Any = None  # (a Sequence from the first run on)
+        out: DeltaBuilder | None = None
         try:
             for seg in segments:
                 for run in seg.runs:
@@ -488,17 +493,19 @@ class CRDTDocument:
                     if kind == FULL and (len(ops) != 1 or op[0] not in _TEXT_EDITS):
                         raise _NotNow
                     name = op[1]
-                    target = texts.get(name)
-                    if target is None:
-                        key = (name, KIND_TEXT)
-                        if key not in self._states:
-                            new_states.append(key)
-                        seq = self._state(key).seq
-                        if seq.span_count() > 8 * runs:
-                            raise _NotNow
-                        backups.append((seq, seq.backup()))
-                        target = texts[name] = (seq, self._builder(key))
-                    seq, out = target
+                    if name != last_name:
+                        target = texts.get(name)
+                        if target is None:
+                            key = (name, KIND_TEXT)
+                            if key not in self._states:
+                                new_states.append(key)
+                            seq = self._state(key).seq
+                            if seq.span_count() > 8 * runs:
+                                raise _NotNow
+                            backups.append((seq, seq.backup()))
+                            target = texts[name] = (seq, self._builder(key))
+                        seq, out = target
+                        last_name = name
                     if op[0] == TEXT_INSERT:
                         text = op[4]
                         right = op[3]
@@ -556,7 +563,7 @@ class CRDTDocument:
                                 ):
                                     del frontier[p]
                     frontier[peer] = end - 1
-                    if peer == self._peer and end > self._next:
+                    if peer == me and end > self._next:
                         self._next = end
         except BaseException as exc:
             # Put back everything this attempt touched.

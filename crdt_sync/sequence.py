@@ -78,6 +78,16 @@ class SortedInts:
 
     def add(self, value: int) -> None:
         maxes = self.maxes
+        if maxes and value > maxes[-1]:
+            # After every member (new spans of a peer mostly come in order).
+            block = self.blocks[-1]
+            block.append(value)
+            maxes[-1] = value
+            if len(block) > 2 * self.BLOCK:
+                half = len(block) // 2
+                self.blocks[-1:] = [block[:half], block[half:]]
+                maxes[-1:] = [block[half - 1], block[-1]]
+            return
         if not maxes:
             self.blocks.append([value])
             maxes.append(value)
@@ -456,7 +466,7 @@ class Sequence:
                     si = s[SI] + 1
                     s = spans[si] if si < len(spans) else None
                 if s is None or s[P] != lpeer or not s[C] <= lctr < s[C] + s[N]:
-                    s = self._find(lpeer, lctr)
+                    s = self._find_indexed(lpeer, lctr)
                     if s is None:
                         raise KeyError(left)
             chunk = s[CH]
@@ -554,60 +564,66 @@ class Sequence:
             if roff:
                 rchunk = rs[CH]
                 self._split(rs, rchunk, self._span_index(rchunk, rs), roff)
+        # The right origin's id, or one no element has (counters are never negative).
+        rpeer, rctr = ("", -1) if right is None else right
         chunks = self.chunks
         find = self._find
         passed: set[int] = set()
+        mark = passed.add
         right_at: tuple[int, int] | None = None
-        dest = (ci, si)
+        # Where to insert if a sibling ends the scan (``dci``, ``dsi``).
+        dci, dsi = ci, si
         scanning = False
         prev: Span | None = None
+        last = len(chunks) - 1
         while True:
             spans = chunks[ci].spans
-            if si >= len(spans):
-                if ci + 1 < len(chunks):
-                    ci += 1
-                    si = 0
-                    continue
-                break  # the end of the sequence
-            o = spans[si]
-            if right is not None and o[P] == right[0] and o[C] == right[1]:
-                break  # the right origin
-            if not scanning:
-                dest = (ci, si)
-            o_left = o[L]
-            if o_left != left:
-                # o's left origin after ours: o is in a subtree we pass. Mostly
-                # it is the last element of the span just passed (no lookup).
-                if (
-                    o_left is None
-                    or prev is None
-                    or o_left[1] != prev[C] + prev[N] - 1
-                    or o_left[0] != prev[P]
-                ):
-                    ls = None if o_left is None else find(o_left[0], o_left[1])
-                    if ls is None or id(ls) not in passed:
-                        return dest  # o's left origin is before ours
-            else:
-                o_right = o[R]
-                if o_right == right:
-                    if peer < o[P]:
-                        return dest
-                    scanning = False
-                elif o_right is None:
-                    scanning = False  # o's right origin (the end) is after ours
-                elif right is None:
-                    scanning = True  # o's right origin is before ours (the end)
+            n = len(spans)
+            while si < n:
+                o = spans[si]
+                if o[C] == rctr and o[P] == rpeer:
+                    # The right origin: past every element between the origins,
+                    # just before it (unless a sibling left us scanning).
+                    return (dci, dsi) if scanning else (ci, si)
+                if not scanning:
+                    dci = ci
+                    dsi = si
+                o_left = o[L]
+                if o_left != left:
+                    # o's left origin after ours: o is in a subtree we pass. Mostly
+                    # it is the last element of the span just passed (no lookup).
+                    if (
+                        o_left is None
+                        or prev is None
+                        or o_left[1] != prev[C] + prev[N] - 1
+                        or o_left[0] != prev[P]
+                    ):
+                        ls = None if o_left is None else find(o_left[0], o_left[1])
+                        if ls is None or id(ls) not in passed:
+                            return dci, dsi  # o's left origin is before ours
                 else:
-                    if right_at is None:
-                        right_at = self._position_of(self._find(right[0], right[1]))  # type: ignore[arg-type]
-                    scanning = self._position_of(find(o_right[0], o_right[1])) < right_at  # type: ignore[arg-type]
-            passed.add(id(o))
-            prev = o
-            si += 1
-        if not scanning:
-            # Past every element between the origins: just before the right origin.
-            return (ci, si)
-        return dest
+                    o_right = o[R]
+                    if o_right == right:
+                        if peer < o[P]:
+                            return dci, dsi
+                        scanning = False
+                    elif o_right is None:
+                        scanning = False  # o's right origin (the end) is after ours
+                    elif right is None:
+                        scanning = True  # o's right origin is before ours (the end)
+                    else:
+                        if right_at is None:
+                            right_at = self._position_of(self._find(rpeer, rctr))  # type: ignore[arg-type]
+                        scanning = self._position_of(find(o_right[0], o_right[1])) < right_at  # type: ignore[arg-type]
+                mark(id(o))
+                prev = o
+                si += 1
+            if ci == last:
+                break  # the end of the sequence
+            ci += 1
+            si = 0
+        # The end: past every element after the left origin, unless scanning.
+        return (dci, dsi) if scanning else (ci, si)
 
     def set_deleted(
         self, peer: str, ctr: int, count: int, deleted: bool, want_index: bool
@@ -654,7 +670,7 @@ class Sequence:
         while count > 0:
             s = self._last
             if s is None or s[P] != peer or not s[C] <= ctr < s[C] + s[N]:
-                s = self._find(peer, ctr)
+                s = self._find_indexed(peer, ctr)
                 if s is None:
                     raise KeyError((peer, ctr))
             off = ctr - s[C]
@@ -799,6 +815,10 @@ class Sequence:
         s = self._last
         if s is not None and s[P] == peer and s[C] <= ctr < s[C] + s[N]:
             return s
+        return self._find_indexed(peer, ctr)
+
+    def _find_indexed(self, peer: str, ctr: int) -> Span | None:
+        """:meth:`_find` past the span of the last lookup (the caller tried it)."""
         starts = self._starts.get(peer)
         if starts is None:
             return None
@@ -921,7 +941,12 @@ class Sequence:
         s[N] = off
         s[X] = content[:off]
         chunk.spans.insert(si + 1, tail)
-        self._index_add(tail)
+        # ``_index_add(tail)``, inline (the peer has a span already: ``s``).
+        start = tail[C]
+        where = self._where[tail[P]]
+        if start not in where:
+            self._starts[tail[P]].add(start)
+        where[start] = tail
         return tail
 
     def _set_deleted(

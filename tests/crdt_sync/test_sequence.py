@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from network import exchange
 
 from crdt_sync import CRDTDocument, CRDTListHandler, CRDTTextHandler, PeerId
-from crdt_sync.sequence import SI, Sequence
+from crdt_sync.sequence import SI, Sequence, SortedInts
 
 
 def peer(n: int) -> PeerId:
@@ -449,3 +449,44 @@ def test_delete_known_leaves_the_spans_set_deleted_leaves(seed: int, keep: bool)
     assert copies[1].value() == copies[0].value()
     with pytest.raises(KeyError):
         copies[1].delete_known("r", 0, 1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sorted_ints_take_members_in_order_and_out_of_order_alike(seed: int) -> None:
+    """``SortedInts.add`` appends a member above every other one to the last block
+    directly (the usual case: a peer's spans come in counter order), splitting
+    a block that grows past twice ``BLOCK`` as the general way does: mixed with
+    members added out of order and removed, floor and ceiling answer as a
+    sorted list would, and the blocks stay sorted and bounded."""
+    rng = random.Random(seed)
+    ints = SortedInts()
+    model: list[int] = []
+    top = 0
+    for step in range(6 * SortedInts.BLOCK):
+        r = rng.random()
+        if r < 0.7 or not model:
+            top += rng.randint(1, 5)
+            value = top  # above every member
+        elif r < 0.9:
+            value = rng.randrange(top)
+            if value in model:
+                continue
+        else:
+            value = model[rng.randrange(len(model))]
+            ints.remove(value)
+            model.remove(value)
+            continue
+        ints.add(value)
+        model.append(value)
+        model.sort()
+        if step % 97 == 0:
+            assert list(ints) == model
+    assert list(ints) == model
+    assert len(ints.blocks) > 2
+    assert all(0 < len(b) <= 2 * SortedInts.BLOCK for b in ints.blocks)
+    assert ints.maxes == [b[-1] for b in ints.blocks]
+    for probe in range(-1, top + 2, 7):
+        below = [v for v in model if v <= probe]
+        above = [v for v in model if v >= probe]
+        assert ints.floor(probe) == (below[-1] if below else None)
+        assert ints.ceiling(probe) == (above[0] if above else None)
