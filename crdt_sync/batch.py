@@ -52,6 +52,8 @@ from .changes import (
 from .codec import MAX_COUNT, Reader, Writer
 
 FULL, TYPING, DELETING = 0, 1, 2
+#: The op a continued run's head holds, by the kind of its continuations.
+_RUN_OP = (-1, TEXT_INSERT, TEXT_DELETE)
 MAX_COUNTER = 1 << 53
 MAX_STAMP = 1 << 63
 
@@ -87,12 +89,11 @@ def _tobytes(code: str, values: Iterable[int]) -> bytes:
 _BELOW_128 = bytes(range(128))
 
 
-def _non_negative(values: array[int]) -> bool:
-    """Whether no value of a ``q`` array is negative: no top byte has its sign bit
-    set (a check of the bytes, with no int made per value)."""
-    raw = values.tobytes()
-    top = raw[7::8] if _LITTLE else raw[0::8]
-    return not top.translate(None, _BELOW_128)
+def _non_negative(data: bytes, start: int, end: int) -> bool:
+    """Whether no value of the little-endian ``q`` column ``data[start:end]`` is
+    negative: no top byte has its sign bit set (a check of the bytes, with no
+    int made per value)."""
+    return not data[start + 7 : end : 8].translate(None, _BELOW_128)
 
 
 _ONE = (1).to_bytes(4, sys.byteorder)
@@ -141,10 +142,17 @@ _BELOW = [bytes(range(k)) for k in range(257)]
 
 
 def _frombytes(r: Reader, code: str, n: int) -> array[int]:
+    """The column of ``n`` values at ``r``: copied once, from a view of the batch."""
     a = array(code)
-    a.frombytes(r.raw(a.itemsize * n))
-    if not _LITTLE:  # pragma: no cover
-        a.byteswap()
+    size = a.itemsize * n
+    pos = r.pos
+    if pos + size > r.end:
+        raise r.fail(f"truncated: expected {size} bytes")
+    if size:
+        a.frombytes(memoryview(r.data)[pos : pos + size])
+        if not _LITTLE:  # pragma: no cover
+            a.byteswap()
+    r.pos = pos + size
     return a
 
 
@@ -271,22 +279,37 @@ class Segment:
         "tlen",
     )
 
-    def __init__(self) -> None:
-        self.body = b""
-        self.n = 0
-        self.peers: list[str] = []
+    def __init__(
+        self,
+        body: bytes,
+        n: int,
+        peers: list[str],
+        dts: array[int],
+        ts: array[int] | None,
+        max_ts: int,
+        tlen: array[int],
+        dpeer: array[int],
+        dctr: array[int],
+        dlen: array[int],
+        text: str,
+        runs: list[Run],
+        summary: dict[str, tuple[int, int]],
+    ) -> None:
+        self.body = body
+        self.n = n
+        self.peers = peers
         # Time stamps as stored (deltas); ``ts`` adds them up when first asked.
-        self.dts: array[int] = array("q")
-        self._ts: array[int] | None = None
-        self.max_ts = 0
-        self.tlen: array[int] = array("I")
-        self.dpeer: array[int] = array("I")
-        self.dctr: array[int] = array("Q")
-        self.dlen: array[int] = array("I")
-        self.text = ""
-        self.runs: list[Run] = []
+        self.dts = dts
+        self._ts = ts
+        self.max_ts = max_ts
+        self.tlen = tlen
+        self.dpeer = dpeer
+        self.dctr = dctr
+        self.dlen = dlen
+        self.text = text
+        self.runs = runs
         # peer -> (first counter, counter after the last) of its changes here.
-        self.summary: dict[str, tuple[int, int]] = {}
+        self.summary = summary
         self._index: dict[str, tuple[list[int], list[int]]] | None = None
         self._ranges: dict[int, list[tuple[str, int, int]]] = {}
         self._one_each: set[int] = set()
@@ -442,7 +465,6 @@ class Segment:
 def decode_segment(r: Reader) -> Segment:
     """Read one segment body at ``r``; only ever raises :class:`DecodeError`."""
     start = r.pos
-    seg = Segment()
     peers = [r.peer() for _ in range(r.count(1))]
     if any(not p or len(p) > MAX_NAME for p in peers):
         raise r.fail("bad peer id in the peer table")
@@ -451,7 +473,9 @@ def decode_segment(r: Reader) -> Segment:
         raise r.fail("handler name too long")
     n = r.count(9)
     kinds = r.raw(n)
-    if kinds.translate(None, b"\x00\x01\x02"):
+    # Counted (a fast pass each): the kinds are only 0, 1 and 2 if these add up.
+    typing, deleting = kinds.count(TYPING), kinds.count(DELETING)
+    if kinds.count(FULL) + typing + deleting != n:
         raise r.fail("unknown change kind")
     if n and kinds[0] != FULL:
         raise r.fail("a segment cannot start with a continuation")
@@ -459,11 +483,12 @@ def decode_segment(r: Reader) -> Segment:
     # asked). Nearly always none is negative (one peer's clock only grows), and
     # then the stamps rise from the first to their sum: checked with no int per
     # change. Otherwise added up and checked one by one.
+    at = r.pos
     dts = _frombytes(r, "q", n)
     ts: array[int] | None = None
     max_ts = 0
     if n:
-        if _non_negative(dts):
+        if _non_negative(r.data, at, r.pos):
             pass  # their sum is checked below, added up with the heads' stamps
         else:
             try:
@@ -474,7 +499,7 @@ def decode_segment(r: Reader) -> Segment:
                 raise r.fail("negative time stamp")
             max_ts = max(ts)
     nt = r.count(4)
-    if nt != kinds.count(TYPING):
+    if nt != typing:
         raise r.fail("typing lengths do not match the changes")
     tlen = _frombytes(r, "I", nt)
     # Typing one character per change is the rule: then the text offsets are
@@ -483,7 +508,7 @@ def decode_segment(r: Reader) -> Segment:
     if nt and not ones and min(tlen) < 1:
         raise r.fail("empty typing change")
     nd = r.count(16)
-    if nd != kinds.count(DELETING):
+    if nd != deleting:
         raise r.fail("delete ranges do not match the changes")
     dpeer = _frombytes(r, "I", nd)
     dctr = _frombytes(r, "Q", nd)
@@ -499,8 +524,6 @@ def decode_segment(r: Reader) -> Segment:
         raise r.fail("text length does not match the typing changes")
     if b"\x01\x02" in kinds or b"\x02\x01" in kinds:
         raise r.fail("a run mixes typing and deleting")
-    # Each head (a 0) and its continuations: the pieces after the first split.
-    sizes = [len(piece) for piece in kinds.split(b"\x00")[1:]]
     # Text offsets of the typing continuations: the text of ``tlen[a:b]`` is
     # ``text[tcum[a]:tcum[b]]``.
     tcum = None if ones else list(accumulate(tlen, initial=0))
@@ -516,48 +539,53 @@ def decode_segment(r: Reader) -> Segment:
     pos = r.pos
     npeers = min(len(peers), 0x80)
     nnames = min(len(names), 0x80)
-    for m in sizes:
+    # Each head (a 0) and its continuations: the pieces after the first split.
+    for m in map(len, kinds.split(b"\x00")[1:]):
         i = j
         j = i + 1 + m
-        row = None
         if i:
             row = _chained_row(data, pos, peers, names, npeers, nnames, prev_peer, expect)
-        if row is None:
-            row = _fast_row(data, pos, peers, names, prev_peer, expect, 0, i > 0)
+            if row is None:
+                row = _fast_row(data, pos, peers, names, prev_peer, expect, 0, True)
+        else:
+            row = _fast_row(data, pos, peers, names, prev_peer, expect, 0, False)
         if row is None:
             r.pos = pos
             head = _read_row(r, peers, names, prev_peer, expect, 0, i > 0)
             pos = r.pos
         else:
             head, pos = row
-        peer = head[0]
-        end = head[1] + head[5]
-        tl0, d0 = tl, d
+        peer, ctr, _, _, ops, end = head
+        end += ctr
         if m:
             kind = kinds[i + 1]
-            ops = head[4]
-            op = ops[0]
-            if len(ops) != 1 or op[0] != (TEXT_INSERT if kind == TYPING else TEXT_DELETE):
+            if len(ops) != 1 or ops[0][0] != _RUN_OP[kind]:
                 r.pos = pos
                 raise r.fail("a continuation of a change that starts no such run")
             if kind == TYPING:
+                if tcum is None:
+                    append((i, j, TYPING, head, tl, tl, d, end + m))
+                    end += m
+                else:
+                    x0 = tcum[tl]
+                    append((i, j, TYPING, head, tl, x0, d, end + tcum[tl + m] - x0))
+                    end += tcum[tl + m] - x0
                 tl += m
-                end += m if tcum is None else tcum[tl] - tcum[tl0]
             else:
-                d += m
                 end += m
+                append((i, j, DELETING, head, tl, tl if tcum is None else tcum[tl], d, end))
+                d += m
         else:
-            kind = FULL
+            append((i, j, FULL, head, tl, tl if tcum is None else tcum[tl], d, end))
         if end > MAX_COUNTER:
             r.pos = pos
             raise r.fail("counter too large")
-        append((i, j, kind, head, tl0, tl0 if tcum is None else tcum[tl0], d0, end))
         if peer != prev_peer:
             # The summary (first and end counter per peer), kept up as the peer changes.
             if prev_peer:
                 ends[prev_peer] = expect
             if peer not in firsts:
-                firsts[peer] = head[1]
+                firsts[peer] = ctr
             prev_peer = peer
         expect = end
     if prev_peer:
@@ -567,20 +595,21 @@ def decode_segment(r: Reader) -> Segment:
         max_ts = sum(dts)
         if max_ts >= MAX_STAMP:
             raise r.fail("time stamp out of range")
-    seg.body = r.data[start : r.pos]
-    seg.n = n
-    seg.peers = peers
-    seg.dts = dts
-    seg._ts = ts
-    seg.max_ts = max_ts
-    seg.tlen = tlen
-    seg.dpeer = dpeer
-    seg.dctr = dctr
-    seg.dlen = dlen
-    seg.text = text
-    seg.runs = runs
-    seg.summary = {peer: (first, ends[peer]) for peer, first in firsts.items()}
-    return seg
+    return Segment(
+        r.data[start:pos],
+        n,
+        peers,
+        dts,
+        ts,
+        max_ts,
+        tlen,
+        dpeer,
+        dctr,
+        dlen,
+        text,
+        runs,
+        {peer: (first, ends[peer]) for peer, first in firsts.items()},
+    )
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
