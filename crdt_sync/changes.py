@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from .codec import MAX_COUNT, PEER_UUID, Reader, Writer, _uuid_text
+from .codec import MAX_COUNT, PEER_UUID, ZLIB_LEVEL, Reader, Writer, _uuid_text
 from .codec import MAX_INFLATED as MAX_INFLATED
 from .codec import inflate as inflate
 from .exceptions import DecodeError
@@ -255,7 +255,7 @@ def encode_bodies(bodies: Iterable[bytes], compress: bool | None = None) -> byte
     if compress is None:
         compress = len(payload) > 4096
     if compress:
-        return MAGIC + bytes([CHANGES_VERSION, 1]) + zlib.compress(payload, 6)
+        return MAGIC + bytes([CHANGES_VERSION, 1]) + zlib.compress(payload, ZLIB_LEVEL)
     return MAGIC + bytes([CHANGES_VERSION, 0]) + payload
 
 
@@ -315,7 +315,7 @@ def encode_change_tuples_v1(changes: Iterable[ChangeTuple], compress: bool | Non
     if compress is None:
         compress = len(payload) > 4096
     if compress:
-        return MAGIC + bytes([FORMAT_VERSION, 1]) + zlib.compress(payload, 6)
+        return MAGIC + bytes([FORMAT_VERSION, 1]) + zlib.compress(payload, ZLIB_LEVEL)
     return MAGIC + bytes([FORMAT_VERSION, 0]) + payload
 
 

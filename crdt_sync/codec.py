@@ -23,6 +23,15 @@ MAX_COUNT = 1 << 24
 MAX_JSON_DEPTH = 64
 #: Default bound on what compressed data may inflate to.
 MAX_INFLATED = 64 << 20
+#: The zlib level of everything the package compresses (change batches over
+#: 4 KiB, snapshot bodies); a reader inflates any level. Level 2 is zlib's
+#: fast deflate. Measured on automerge-paper: B's changes that A lacks (a
+#: 2.1 MB body, half of it the fixed-width stamp column) deflate in 10.7 ms to
+#: 163.8 KB at level 2, against 33.4 ms and 143.2 KB at level 6 (the level
+#: before 2026-12-01), and inflate in 3.4 ms against 4.0 ms; the snapshot
+#: body (460 KB) in 30 M instructions to 104.9 KB, against 43.5 M and 97.6 KB
+#: at level 4 and about three times that at level 6.
+ZLIB_LEVEL = 2
 
 JSONValue = Any
 #: Marker of a peer id written as 16 raw bytes (:meth:`Writer.peer`): a ``str`` of

@@ -20,7 +20,7 @@ from operator import add, gt
 from typing import TYPE_CHECKING, Any
 
 from .changes import FORMAT_VERSION, KIND_LIST, KIND_MAP, KIND_TEXT, MAX_INFLATED, _read_header
-from .codec import MAX_COUNT, Reader, Writer
+from .codec import MAX_COUNT, ZLIB_LEVEL, Reader, Writer
 from .exceptions import DecodeError
 from .ids import VersionVector
 from .sequence import C, D, L, N, P, R, X
@@ -42,12 +42,6 @@ _RIGHT_NONE = 8
 _RIGHT_SAME = 16  # same right origin as the previous span
 
 _LITTLE = sys.byteorder == "little"
-
-#: The snapshot body's zlib level. Measured on automerge-paper's snapshot (a
-#: 460 KB body, mostly fixed-width columns): level 2 deflates it in 30 M
-#: instructions to 104.9 KB, level 4 in 43.5 M to 97.6 KB, level 6 in about
-#: three times level 4's time to 94.4 KB. Inflating costs the same at each.
-ZLIB_LEVEL = 2
 
 
 def _array_bytes(code: str, values: list[int]) -> bytes:
@@ -172,8 +166,8 @@ def _encode(doc: SnapshotCapture) -> bytes:
     head.uint(len(peers))
     for peer in peers:
         head.str(peer)
-    # Level 2 (ZLIB_LEVEL). A stream
-    # fed piece by piece deflates to exactly the bytes of the joined payload.
+    # At ZLIB_LEVEL (``codec.py``). A stream fed piece by piece deflates to
+    # exactly the bytes of the joined payload.
     deflate = zlib.compressobj(ZLIB_LEVEL)
     out = [MAGIC, bytes([FORMAT_VERSION, 1]), deflate.compress(head.getvalue())]
     out += [deflate.compress(piece) for piece in pieces]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from crdt_sync import (
     decode_changes,
     encode_changes,
 )
+from crdt_sync.codec import ZLIB_LEVEL
 
 
 def peer(n: int) -> PeerId:
@@ -124,7 +126,12 @@ def test_large_batches_are_compressed_and_still_round_trip() -> None:
     data = encode_changes(changes)
     assert data[5] & 1, "bodies over 4 KiB are compressed by default"
     assert decode_changes(data) == changes
-    assert len(encode_changes(changes, compress=False)) > len(data)
+    body = encode_changes(changes, compress=False)
+    assert len(body) > len(data)
+    # At the package's one level (codec.ZLIB_LEVEL), as a document's export too.
+    assert data[6:] == zlib.compress(body[6:], ZLIB_LEVEL)
+    exported = a.binary_export_changes()
+    assert exported[6:] == zlib.compress(zlib.decompress(exported[6:]), ZLIB_LEVEL)
 
 
 def test_header_is_checked() -> None:

@@ -33,10 +33,9 @@ from crdt_sync import (
     UndoManager,
     VersionVector,
 )
-from crdt_sync.codec import Reader, Writer
+from crdt_sync.codec import ZLIB_LEVEL, Reader, Writer
 from crdt_sync.exceptions import DecodeError
 from crdt_sync.snapshot_codec import (
-    ZLIB_LEVEL,
     SnapshotCapture,
     TextColumns,
     _all_below,
