@@ -14,6 +14,7 @@ import pytest_asyncio
 from crdt_sync import (
     Change,
     CRDTDocument,
+    CRDTError,
     CRDTListHandler,
     CRDTMapHandler,
     CRDTTextHandler,
@@ -37,6 +38,7 @@ from server.registry import (
     validate_document_id,
     version_vector_of,
 )
+from server.registry.base import import_and_collect
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -266,6 +268,56 @@ async def test_apply_says_what_it_applied_unblocked_and_left_waiting(
     assert decode_changes(made_ready.encoded) == list(made_ready.applied)
     assert await made_ready.stored == editor.doc.version_vector
     assert await registry.durable_version_vector("notes") == editor.doc.version_vector
+
+
+def _collected_from_update_events(
+    document: CRDTDocument, changes: list[Change] | tuple[Change, ...]
+) -> tuple[list[Change], CRDTError | None]:
+    """What the import applied, read from its update events (the general way)."""
+    seen: list[Change] = []
+    subscription = document.on_update(lambda event: seen.extend(event.changes))
+    try:
+        document.import_changes(changes)
+    except CRDTError as error:
+        return seen, error
+    finally:
+        subscription.cancel()
+    return seen, None
+
+
+def test_import_and_collect_of_a_lone_change_says_what_the_update_events_say() -> None:
+    # A lone change with nothing waiting takes a path without an update subscription;
+    # every outcome must be what the events report, on a twin document.
+    editor = Editor()
+    editor.text.insert(0, "ab")
+    first = editor.take()
+    editor.text.insert(2, "cd")
+    second = editor.take()
+    editor.text.insert(4, "ef")
+    third = editor.take()
+    impostor = CRDTDocument(peer_id=editor.doc.peer_id)
+    fake: list[Change] = []
+    impostor.on_change(fake.append)
+    CRDTTextHandler(impostor, "text").insert(0, "other and longer")
+    assert len(first) == len(second) == len(third) == len(fake) == 1
+    steps: list[tuple[list[Change] | tuple[Change, ...], list[Change], bool]] = [
+        (second, [], False),  # waits for first: nothing applied
+        (list(first), [first[0], second[0]], False),  # something waits: the general way
+        (tuple(first), [], False),  # a duplicate
+        (tuple(third), [third[0]], False),  # applied
+        (fake, [], True),  # same ids, other content: refused, nothing applied
+        (first + third, [], False),  # a batch of two duplicates: the general way
+    ]
+    ours, twin = CRDTDocument(), CRDTDocument()
+    for changes, expected, refused in steps:
+        applied, refusal = import_and_collect(ours, changes)
+        reference, reference_refusal = _collected_from_update_events(twin, changes)
+        assert [c.id for c in applied] == [c.id for c in reference] == [c.id for c in expected]
+        assert applied == reference
+        assert (refusal is not None) is (reference_refusal is not None) is refused
+        assert ours.version_vector == twin.version_vector
+        assert ours.pending_count == twin.pending_count
+    assert text_of(ours) == text_of(twin) == "abcdef"
 
 
 @pytest.mark.asyncio
