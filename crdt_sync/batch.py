@@ -123,10 +123,12 @@ def _all_below(values: array[int], limit: int) -> bool:
     if not _LITTLE:  # pragma: no cover
         return max(values) < limit
     if limit <= 256:
-        # Only the low byte may be set, and below ``limit``.
-        if raw[0::size].translate(None, _BELOW[limit]):
+        # Only the low byte may be set, and below ``limit``: every other byte
+        # is a zero when the zeros outside the low bytes number size - 1 a value.
+        low = raw[0::size]
+        if low.translate(None, _BELOW[limit]):
             return False
-        return not any(raw[k::size].translate(None, b"\x00") for k in range(1, size))
+        return raw.count(0) - low.count(0) == (size - 1) * len(values)
     bits = limit.bit_length() - 1
     if limit != 1 << bits:
         return max(values) < limit
