@@ -18,27 +18,46 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 _lock = threading.Lock()
 _depth = 0
 _was_enabled = False
 
 
-@contextmanager
-def paused_collector() -> Iterator[None]:
-    """Disable :mod:`gc` collections for the ``with`` block, then restore the previous state."""
-    global _depth, _was_enabled
-    with _lock:
-        if not _depth:
-            _was_enabled = gc.isenabled()
-            gc.disable()
-        _depth += 1
-    try:
-        yield
-    finally:
+class _Pause:
+    """The ``with`` block of :func:`paused_collector`. It holds no state of its own
+    (the count is module-wide), so one instance serves every pause, and entering
+    it is two method calls: an import of one keystroke pays for it too, where a
+    ``contextlib.contextmanager`` would make a generator and a wrapper each time."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        global _depth, _was_enabled
+        with _lock:
+            if not _depth:
+                _was_enabled = gc.isenabled()
+                gc.disable()
+            _depth += 1
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        global _depth
         with _lock:
             _depth -= 1
             if not _depth and _was_enabled:
                 gc.enable()
+
+
+_PAUSE = _Pause()
+
+
+def paused_collector() -> _Pause:
+    """Disable :mod:`gc` collections for the ``with`` block, then restore the previous
+    state (also when the block raises)."""
+    return _PAUSE
