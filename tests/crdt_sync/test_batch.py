@@ -627,3 +627,51 @@ def test_merged_delete_ranges_of_a_run_are_its_continuations_ranges_coalesced(se
             assert seg.delete_ranges(run) == coalesce(ranges)
             checked += 1
     assert checked > 10
+
+
+def test_runs_into_an_unobserved_text_match_an_observed_one_and_roll_back_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A text nobody observes takes remote deletes through Sequence.delete_known,
+    # an observed one through set_deleted (for the delta): the same batch gives
+    # the same document either way, and a batch whose last change deletes a map
+    # op's id is refused by either with nothing changed (the unobserved one
+    # rolled back after delete_known raised).
+    a, b = _apart(35, 900)
+    CRDTMapHandler(b, "m").set("k", 1)
+    map_op = b.export_changes()[-1].counter
+    a.import_changes(b.export_changes())
+    typed: Any = b.handlers[("t", "text")]
+    for i in range(60):  # runs of typing and deleting all over the text
+        typed.insert((i * 7) % (len(typed) + 1), "xy")
+        typed.delete((i * 11) % len(typed), 1 + i % 3)
+    data = b.binary_export_changes(a.version_vector)
+    observed, unobserved = (CRDTDocument(a.peer_id, "d") for _ in range(2))
+    mirror: list[str] = []
+    for copy in (observed, unobserved):
+        copy.import_changes(a.export_changes())
+        handler = CRDTTextHandler(copy, "t")
+        if copy is observed:
+            mirror.append(handler.value)
+            handler.observe(lambda event: mirror.append(apply_delta(mirror[-1], event.delta)))
+    before = fingerprint(unobserved)
+    me = str(b.peer_id)
+    forged = _forged(b, (TEXT_DELETE, "t", ((me, map_op, 1),)))
+    bad = encode_change_tuples([c._data for c in b.export_changes(a.version_vector)] + [forged])
+    for copy in (observed, unobserved):
+        with monkeypatch.context() as patch:
+            results = _spy_checked(patch)
+            with pytest.raises(InvalidChangeError):
+                copy.binary_import_changes(bad)
+        assert results == [False]
+        copy.check_invariants()
+    assert fingerprint(unobserved) == before == fingerprint(observed)
+    assert len(mirror) == 1
+    for copy in (observed, unobserved):
+        with monkeypatch.context() as patch:
+            results = _spy_checked(patch)
+            copy.binary_import_changes(data)
+        assert results == [True]
+    assert fingerprint(observed) == fingerprint(unobserved)
+    assert mirror[-1] == observed.get_value("t") == unobserved.get_value("t")
+    unobserved.check_invariants()
