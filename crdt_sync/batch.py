@@ -976,11 +976,3 @@ def decode_segments(r: Reader) -> list[Segment]:
     segments = [decode_segment(r) for _ in range(count)]
     r.expect_end()
     return segments
-
-
-def encode_body(bodies: Iterable[bytes]) -> bytes:
-    """A version 2 batch body: a count, then segment bodies."""
-    parts = list(bodies)
-    w = Writer()
-    w.uint(len(parts))
-    return w.getvalue() + b"".join(parts)

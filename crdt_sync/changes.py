@@ -248,15 +248,24 @@ def encode_change_tuples(changes: Iterable[ChangeTuple], compress: bool | None =
 
 
 def encode_bodies(bodies: Iterable[bytes], compress: bool | None = None) -> bytes:
-    """A version 2 batch made of segment bodies (``batch.encode_segment``)."""
-    from .batch import encode_body
+    """A version 2 batch made of segment bodies (``batch.encode_segment``).
 
-    payload = encode_body(bodies)
+    Compressed piece by piece, with no joined copy of the bodies: a zlib stream
+    fed in pieces deflates to exactly the bytes of the joined payload.
+    """
+    parts = list(bodies)
+    w = Writer()
+    w.uint(len(parts))
+    count = w.getvalue()
     if compress is None:
-        compress = len(payload) > 4096
+        compress = len(count) + sum(map(len, parts)) > 4096
     if compress:
-        return MAGIC + bytes([CHANGES_VERSION, 1]) + zlib.compress(payload, ZLIB_LEVEL)
-    return MAGIC + bytes([CHANGES_VERSION, 0]) + payload
+        deflate = zlib.compressobj(ZLIB_LEVEL)
+        out = [MAGIC, bytes([CHANGES_VERSION, 1]), deflate.compress(count)]
+        out += [deflate.compress(part) for part in parts]
+        out.append(deflate.flush())
+        return b"".join(out)
+    return b"".join([MAGIC, bytes([CHANGES_VERSION, 0]), count, *parts])
 
 
 def join_batches(batches: Iterable[bytes]) -> bytes | None:
