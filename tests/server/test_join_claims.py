@@ -44,19 +44,23 @@ async def test_joins_at_once_share_their_claim_commits(tmp_path: Any) -> None:
 
 
 async def test_a_claim_is_not_held_back_by_the_commit_interval(tmp_path: Any) -> None:
-    # Commits at most one a minute: an edit's Ack would wait, a joining client not
-    # (its handshake, bounded by the server's handshake timeout, waits for its claim).
-    registry = SqliteServerRegistry(tmp_path / "store.sqlite3", commit_interval=60.0)
-    async with WebSocketServer("127.0.0.1", 0, registry, handshake_timeout=5.0) as server:
-        url = f"ws://127.0.0.1:{server.port}/notes"
-        first = Peer(url, "first")
-        second = Peer(url, "second")
-        try:
-            await first.connect()  # creates the document: its writes commit at once
-            first.text.insert(0, "typed")
-            await second.connect()  # its claim commits within the minute's wait
-            await wait_converged([first, second])
-        finally:
-            for peer in (first, second):
-                await peer.client.disconnect()
-    await registry.close()
+    # Commits an hour apart at most: an edit's Ack would wait, a joining client
+    # not (its handshake waits for its claim, which does not wait for the
+    # interval). Nothing here measures time: had the claim to wait for the
+    # interval, the server's own handshake timeout would refuse the join.
+    registry = SqliteServerRegistry(tmp_path / "store.sqlite3", commit_interval=3600.0)
+    try:
+        async with WebSocketServer("127.0.0.1", 0, registry) as server:
+            url = f"ws://127.0.0.1:{server.port}/notes"
+            first = Peer(url, "first")
+            second = Peer(url, "second")
+            try:
+                await first.connect()  # creates the document: its writes commit at once
+                first.text.insert(0, "typed")
+                await second.connect()  # its claim commits without the hour's wait
+                await wait_converged([first, second])
+            finally:
+                for peer in (first, second):
+                    await peer.client.disconnect()
+    finally:
+        await registry.close()  # ends the writer's sleep in any case
