@@ -539,29 +539,144 @@ def decode_segment(r: Reader) -> Segment:
     data = r.data
     j = 0
     pos = r.pos
-    npeers = min(len(peers), 0x80)
-    nnames = min(len(names), 0x80)
+    # The tables as a one-byte index reaches them: ``[index]`` past either
+    # raises IndexError, which declines the row (an index of 128 or more is
+    # not one byte long).
+    peers1 = peers[:0x80]
+    names1 = names[:0x80]
+    chained = _CHAINED
     # Each head (a 0) and its continuations: the pieces after the first split.
     for m in map(len, kinds.split(b"\x00")[1:]):
         i = j
         j = i + 1 + m
-        if i:
-            row = _chained_row(data, pos, peers, names, npeers, nnames, prev_peer, expect)
-            if row is None:
+        # The usual head after a segment's first, read here from a short copy
+        # of the batch (every offset a small int): flags 7 (the previous
+        # change's peer, the next counter, deps chained), then one text insert
+        # or one text delete of one range, with every index one byte, every
+        # varint one to three bytes and an insert's text under 128 bytes.
+        # Anything else (malformed input included) declines to the readers
+        # below, which give the same change for every row read here
+        # (``tests/crdt_sync/test_batch.py`` compares them).
+        head: ChangeTuple | None = None
+        if i and chained:
+            w = data[pos : pos + _WINDOW]
+            try:
+                if w[0] != 7 or w[1] != 1 or not expect:
+                    raise _Unusual
+                name = names1[w[3]]
+                starts = w[2]
+                if starts == TEXT_INSERT:
+                    tag = w[4]
+                    if tag == _REF_FULL:
+                        b = w[6]
+                        if b < 0x80:
+                            at = 7
+                        else:
+                            c = w[7]
+                            if c < 0x80:
+                                b = (b & 0x7F) | c << 7
+                                at = 8
+                            elif w[8] < 0x80:
+                                b = (b & 0x7F) | (c & 0x7F) << 7 | w[8] << 14
+                                at = 9
+                            else:
+                                raise _Unusual
+                        left: tuple[str, int] | None = (peers1[w[5]], b)
+                    elif tag == _REF_PREV:
+                        left = (prev_peer, expect - 1)
+                        at = 5
+                    elif tag == _REF_NONE:
+                        left = None
+                        at = 5
+                    else:
+                        raise _Unusual
+                    tag = w[at]
+                    if tag == _REF_FULL:
+                        b = w[at + 2]
+                        if b < 0x80:
+                            k = at + 3
+                        else:
+                            c = w[at + 3]
+                            if c < 0x80:
+                                b = (b & 0x7F) | c << 7
+                                k = at + 4
+                            elif w[at + 4] < 0x80:
+                                b = (b & 0x7F) | (c & 0x7F) << 7 | w[at + 4] << 14
+                                k = at + 5
+                            else:
+                                raise _Unusual
+                        right: tuple[str, int] | None = (peers1[w[at + 1]], b)
+                    elif tag == _REF_PREV:
+                        right = (prev_peer, expect - 1)
+                        k = at + 1
+                    elif tag == _REF_NONE:
+                        right = None
+                        k = at + 1
+                    else:
+                        raise _Unusual
+                    # Where the text ends: past the window when its length
+                    # takes two varint bytes (a first byte of 128 or more).
+                    at = w[k] + k + 1
+                    if at > len(w) or at == k + 1:
+                        raise _Unusual
+                    chars = w[k + 1 : at].decode("utf-8", "surrogatepass")
+                    size = len(chars)
+                    op: Any = (TEXT_INSERT, name, left, right, chars)
+                elif starts == TEXT_DELETE:
+                    if w[4] != 1:
+                        raise _Unusual
+                    b = w[6]
+                    if b < 0x80:
+                        k = 7
+                    else:
+                        c = w[7]
+                        if c < 0x80:
+                            b = (b & 0x7F) | c << 7
+                            k = 8
+                        elif w[8] < 0x80:
+                            b = (b & 0x7F) | (c & 0x7F) << 7 | w[8] << 14
+                            k = 9
+                        else:
+                            raise _Unusual
+                    size = w[k]
+                    if not size or size >= 0x80:
+                        raise _Unusual
+                    op = (TEXT_DELETE, name, ((peers1[w[5]], b, size),))
+                    size = 1
+                    at = k + 1
+                else:
+                    raise _Unusual
+                ctr = expect
+                head = (prev_peer, ctr, 0, ((prev_peer, ctr - 1),), (op,), size)
+                pos += at
+                end = ctr + size
+            except (IndexError, ValueError, _Unusual):  # past the window, bad UTF-8
+                pass
+        if head is None:
+            if i:
                 row = _fast_row(data, pos, peers, names, prev_peer, expect, 0, True)
-        else:
-            row = _fast_row(data, pos, peers, names, prev_peer, expect, 0, False)
-        if row is None:
-            r.pos = pos
-            head = _read_row(r, peers, names, prev_peer, expect, 0, i > 0)
-            pos = r.pos
-        else:
-            head, pos = row
-        peer, ctr, _, _, ops, end = head
-        end += ctr
+            else:
+                row = _fast_row(data, pos, peers, names, prev_peer, expect, 0, False)
+            if row is None:
+                r.pos = pos
+                head = _read_row(r, peers, names, prev_peer, expect, 0, i > 0)
+                pos = r.pos
+            else:
+                head, pos = row
+            peer, ctr, _, _, ops, end = head
+            end += ctr
+            # The kind of run the head can start (a continuation says which).
+            starts = ops[0][0] if len(ops) == 1 else -1
+            if peer != prev_peer:
+                # The summary (first and end counter per peer), kept up as the peer changes.
+                if prev_peer:
+                    ends[prev_peer] = expect
+                if peer not in firsts:
+                    firsts[peer] = ctr
+                prev_peer = peer
         if m:
             kind = kinds[i + 1]
-            if len(ops) != 1 or ops[0][0] != _RUN_OP[kind]:
+            if starts != _RUN_OP[kind]:
                 r.pos = pos
                 raise r.fail("a continuation of a change that starts no such run")
             if kind == TYPING:
@@ -582,13 +697,6 @@ def decode_segment(r: Reader) -> Segment:
         if end > MAX_COUNTER:
             r.pos = pos
             raise r.fail("counter too large")
-        if peer != prev_peer:
-            # The summary (first and end counter per peer), kept up as the peer changes.
-            if prev_peer:
-                ends[prev_peer] = expect
-            if peer not in firsts:
-                firsts[peer] = ctr
-            prev_peer = peer
         expect = end
     if prev_peer:
         ends[prev_peer] = expect
@@ -632,129 +740,18 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-#: How many bytes of a batch :func:`_chained_row` reads a head row from: its
-#: offsets into that window are small ints (no int object made per step).
+#: How many bytes of a batch :func:`decode_segment` reads a usual head row
+#: from: its offsets into that copy are small ints (no int object made per
+#: step). Under 128, so a text whose length takes two varint bytes never fits.
 _WINDOW = 40
 
+#: Whether :func:`decode_segment` reads the usual head rows itself (tests turn
+#: it off to compare with the readers it defers to).
+_CHAINED = True
 
-def _chained_row(
-    data: bytes,
-    pos: int,
-    peers: list[str],
-    names: list[str],
-    npeers: int,
-    nnames: int,
-    peer: str,
-    ctr: int,
-) -> tuple[ChangeTuple, int] | None:
-    """The head row at ``pos`` when it has the usual shape of a head after the
-    first of a segment, and the position after it: flags 7 (the previous
-    change's peer, the next counter ``ctr``, deps chained), then one text
-    insert or one text delete of one range, with every index and varint one to
-    three bytes long and an insert's text under 128 bytes.
 
-    None for anything else, malformed input included; the caller then reads the
-    row with :func:`_fast_row`, which gives the same change for every row this
-    one accepts (``tests/crdt_sync/test_batch.py`` compares them on mutated
-    and random rows). ``npeers`` and ``nnames`` are the table sizes capped at
-    128 (an index of one byte is below 128). The row is read from a short copy
-    of the batch, so every offset stays a small int.
-    """
-    w = data[pos : pos + _WINDOW]
-    try:
-        if w[0] != 7 or w[1] != 1 or not ctr:
-            return None
-        index = w[3]
-        if index >= nnames:
-            return None
-        name = names[index]
-        kind = w[2]
-        if kind == TEXT_INSERT:
-            tag = w[4]
-            if tag == _REF_FULL:
-                index = w[5]
-                b = w[6]
-                if b < 0x80:
-                    at = 7
-                else:
-                    c = w[7]
-                    if c < 0x80:
-                        b = (b & 0x7F) | c << 7
-                        at = 8
-                    elif w[8] < 0x80:
-                        b = (b & 0x7F) | (c & 0x7F) << 7 | w[8] << 14
-                        at = 9
-                    else:
-                        return None
-                if index >= npeers:
-                    return None
-                left: tuple[str, int] | None = (peers[index], b)
-            elif tag == _REF_PREV:
-                left = (peer, ctr - 1)
-                at = 5
-            elif tag == _REF_NONE:
-                left = None
-                at = 5
-            else:
-                return None
-            tag = w[at]
-            if tag == _REF_FULL:
-                index = w[at + 1]
-                b = w[at + 2]
-                if b < 0x80:
-                    at += 3
-                else:
-                    c = w[at + 3]
-                    if c < 0x80:
-                        b = (b & 0x7F) | c << 7
-                        at += 4
-                    elif w[at + 4] < 0x80:
-                        b = (b & 0x7F) | (c & 0x7F) << 7 | w[at + 4] << 14
-                        at += 5
-                    else:
-                        return None
-                if index >= npeers:
-                    return None
-                right: tuple[str, int] | None = (peers[index], b)
-            elif tag == _REF_PREV:
-                right = (peer, ctr - 1)
-                at += 1
-            elif tag == _REF_NONE:
-                right = None
-                at += 1
-            else:
-                return None
-            size = w[at] + at + 1  # where the text ends
-            if size > len(w) or size == at + 1 or w[at] >= 0x80:
-                return None
-            text = w[at + 1 : size].decode("utf-8", "surrogatepass")
-            op: Any = (TEXT_INSERT, name, left, right, text)
-            return (peer, ctr, 0, ((peer, ctr - 1),), (op,), len(text)), pos + size
-        if kind == TEXT_DELETE:
-            index = w[5]
-            if w[4] != 1 or index >= npeers:
-                return None
-            b = w[6]
-            if b < 0x80:
-                at = 7
-            else:
-                c = w[7]
-                if c < 0x80:
-                    b = (b & 0x7F) | c << 7
-                    at = 8
-                elif w[8] < 0x80:
-                    b = (b & 0x7F) | (c & 0x7F) << 7 | w[8] << 14
-                    at = 9
-                else:
-                    return None
-            length = w[at]
-            if not length or length >= 0x80:
-                return None
-            op = (TEXT_DELETE, name, ((peers[index], b, length),))
-            return (peer, ctr, 0, ((peer, ctr - 1),), (op,), 1), pos + at + 1
-    except (IndexError, ValueError):  # past the window, bad UTF-8
-        return None
-    return None
+class _Unusual(Exception):
+    """A head row :func:`decode_segment` leaves to :func:`_fast_row`."""
 
 
 def _fast_row(

@@ -239,11 +239,12 @@ def _far_edits() -> bytes:
 def test_the_fast_head_reader_decodes_exactly_what_the_checked_one_does(
     monkeypatch: pytest.MonkeyPatch, batch_of: str
 ) -> None:
-    # ``_chained_row`` reads the usual head rows from a short window,
-    # ``_fast_row`` the other text-run heads without the per-field calls; on
-    # anything else each defers to the next, the last to ``_read_row``. Every
-    # bit flip of a batch (uncompressed, so flips land in rows) must decode to
-    # the same changes, or fail, with and without them.
+    # ``decode_segment`` reads the usual head rows itself from a short window
+    # (``_CHAINED``), ``_fast_row`` the other text-run heads without the
+    # per-field calls; on anything else each defers to the next, the last to
+    # ``_read_row``. Every bit flip of a batch (uncompressed, so flips land in
+    # rows) must decode to the same changes, or fail, with all three readers,
+    # without the first, and with ``_read_row`` alone.
     import crdt_sync.batch as batch
 
     if batch_of == "session":
@@ -254,27 +255,26 @@ def test_the_fast_head_reader_decodes_exactly_what_the_checked_one_does(
     rng = random.Random(5)
     flips = [(rng.randrange(6, len(data)), rng.randrange(8)) for _ in range(1500)]
     variants = [data] + [data[:i] + bytes([data[i] ^ (1 << b)]) + data[i + 1 :] for i, b in flips]
-    used: dict[str, list[bool]] = {"_chained_row": [], "_fast_row": []}
+    used: list[bool] = []
+    real = batch._fast_row
 
-    def counting(name: str) -> Any:
-        real = getattr(batch, name)
+    def counting(*args: Any) -> Any:
+        row = real(*args)
+        used.append(row is not None)
+        return row
 
-        def reader(*args: object) -> object:
-            row = real(*args)
-            used[name].append(row is not None)
-            return row
-
-        return reader
-
-    for name in used:
-        monkeypatch.setattr(batch, name, counting(name))
+    monkeypatch.setattr(batch, "_fast_row", counting)
     fast = [_decode_outcome(v) for v in variants]
-    for name in used:
-        assert any(used[name]) and not all(used[name]), name
-    monkeypatch.setattr(batch, "_chained_row", lambda *args: None)
+    inline_calls = len(used)
+    monkeypatch.setattr(batch, "_CHAINED", False)
+    del used[:]
+    without_inline = [_decode_outcome(v) for v in variants]
+    # The inline reader took most heads, and the fast one both read and declined.
+    assert inline_calls < len(used) // 2
+    assert any(used) and not all(used)
     monkeypatch.setattr(batch, "_fast_row", lambda *args: None)
     checked = [_decode_outcome(v) for v in variants]
-    assert fast == checked
+    assert fast == without_inline == checked
     assert fast[0] != "DecodeError" and fast.count("DecodeError") > len(variants) // 10
 
 
@@ -302,15 +302,41 @@ def _random_head_op(rng: random.Random, peers: list[str], ctr: int) -> Any:
     return (MAP_SET, "m", "k", rng.randrange(1000))
 
 
-def test_the_chained_head_reader_reads_what_the_fast_one_does_or_declines() -> None:
-    # ``_chained_row`` must give exactly ``_fast_row``'s change and position for
-    # every row it accepts, whatever the bytes: rows written by the encoder
-    # (every origin form, varints of one to five bytes, texts up to 300 bytes),
-    # the same rows with bytes flipped, cut short or followed by garbage, and
-    # random bytes after the usual first two.
-    from crdt_sync.batch import _chained_row, _fast_row
-    from crdt_sync.changes import _Tables, _write_deps_and_ops
+def _segment_of_rows(peers: list[str], names: list[str], first: bytes, row: bytes) -> bytes:
+    """A segment body of two heads (no continuations, stamps 0): ``first``, a
+    full row, and ``row``, whatever its bytes; then nothing."""
     from crdt_sync.codec import Writer
+
+    w = Writer()
+    w.uint(len(peers))
+    for p in peers:
+        w.peer(p)
+    w.uint(len(names))
+    for name in names:
+        w.str(name)
+    w.uint(2)
+    w.raw(b"\x00\x00" + bytes(16))  # two heads, their stamp deltas
+    w.uint(0)  # no typing continuations
+    w.uint(0)  # no deleting ones
+    w.str("")
+    w.raw(first)
+    w.raw(row)
+    return w.getvalue()
+
+
+def test_the_inline_head_reader_reads_what_the_fast_one_does_or_declines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ``decode_segment`` reads a head row of the usual shape itself; it must
+    # give exactly the change and position ``_fast_row`` (or ``_read_row``)
+    # gives, or decline, whatever the bytes: rows written by the encoder (every
+    # origin form, varints of one to five bytes, texts up to 300 bytes), the
+    # same rows with bytes flipped, cut short or followed by garbage, and
+    # random bytes after the usual first two. Each row is the second head of a
+    # segment, after a head that makes its counter the next one.
+    import crdt_sync.batch as batch
+    from crdt_sync.changes import _Tables, _write_deps_and_ops
+    from crdt_sync.codec import Reader, Writer
 
     rng = random.Random(21)
     peers = [str(peer(n)) for n in range(1, 4)]
@@ -335,15 +361,50 @@ def test_the_chained_head_reader_reads_what_the_fast_one_does_or_declines() -> N
         cases.append((row[:at] + bytes([row[at] ^ (1 << rng.randrange(8))]) + row[at + 1 :], ctr))
         cases.append((row[: rng.randrange(len(row))], ctr))
         cases.append((row + rng.randbytes(rng.randrange(1, 50)), ctr))
-        cases.append((b"\x07\x01" + rng.randbytes(rng.randrange(30)), rng.choice([0, ctr])))
+        cases.append((b"\x07\x01" + rng.randbytes(rng.randrange(30)), ctr))
+    calls = [0]
+    real = batch._fast_row
+
+    def counting(*args: Any) -> Any:
+        calls[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(batch, "_fast_row", counting)
+
+    def outcome(body: bytes) -> object:
+        r = Reader(body, 0)
+        try:
+            seg = batch.decode_segment(r)
+        except DecodeError:
+            return "DecodeError"
+        return seg.runs[1][3], r.pos
+
     accepted = {TEXT_INSERT: 0, TEXT_DELETE: 0}
     for row, ctr in cases:
-        lead = rng.randrange(3)
-        data = rng.randbytes(lead) + row
-        got = _chained_row(data, lead, peers, names, len(peers), len(names), peers[0], ctr)
-        if got is not None:
-            accepted[got[0][4][0][0]] += 1
-            assert got == _fast_row(data, lead, peers, names, peers[0], ctr, 0, True), row
+        # The first head: peers[0] inserting a text of 1-3 characters ending
+        # at ``ctr`` (so the row's lead varies), no origins.
+        size = min(ctr, rng.randrange(1, 4))
+        tables = _Tables()
+        for p in peers:
+            tables.peer(p)
+        for name in names:
+            tables.name(name)
+        w = Writer()
+        w.byte(0)
+        w.uint(0)  # peers[0]
+        w.uint(ctr - size)
+        op = (TEXT_INSERT, "t", None, None, "x" * size)
+        _write_deps_and_ops(w, tables, peers[0], ctr - size, (), [op], True)
+        body = _segment_of_rows(peers, names, w.getvalue(), row)
+        calls[0] = 0
+        got = outcome(body)
+        inline = calls[0] == 1  # only the first head went to _fast_row
+        monkeypatch.setattr(batch, "_CHAINED", False)
+        assert got == outcome(body), row
+        monkeypatch.setattr(batch, "_CHAINED", True)
+        if inline:
+            assert got != "DecodeError"
+            accepted[got[0][4][0][0]] += 1  # type: ignore[index]
     assert min(accepted.values()) > len(cases) // 20, accepted
 
 
