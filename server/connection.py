@@ -27,7 +27,7 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -135,6 +135,9 @@ class FrameConnection(ServerConnection):
     """
 
     frame_sink: FrameSink | None = None
+    #: True from the start of each :meth:`data_received` until the sink clears it:
+    #: the connection handles at most one frame per read in the callback itself.
+    fresh = False
     _fragments: list[bytes] | None = None
     _fragments_text = False
 
@@ -154,6 +157,7 @@ class FrameConnection(ServerConnection):
         protocol errors are websockets' as before, with its close codes."""
         sink = self.frame_sink
         protocol = self.protocol
+        self.fresh = True
         if (
             sink is None
             or protocol.state is not State.OPEN
@@ -495,13 +499,16 @@ class Connection:
             raise TypeError("Connection.serve needs a FrameConnection (serve(create_connection=))")
         loop = asyncio.get_running_loop()
         ws.connection_lost_waiter.add_done_callback(lambda _: inbox.wake())
-        ws.listen(functools.partial(self._arrived, inbox, loop))
+        ws.listen(functools.partial(self._arrived, inbox, loop, ws))
         try:
             async with asyncio.timeout(handshake_timeout):
                 while session.state in (SessionState.AWAITING_HANDSHAKE, SessionState.HANDSHAKING):
                     frame = await self._next(inbox)
                     if frame is None:
                         break  # refused for its rate: the session is closed
+                    if isinstance(frame, _Later):  # pragma: no cover - only once OPEN
+                        await frame
+                        continue
                     await self._decode(frame)
                     # A few handshakes per address at once (Limits.handshakes_per_ip).
                     async with rooms.hosts.handshake_turn(self.host):
@@ -516,24 +523,32 @@ class Connection:
             else None
         )
         idle = _IdleWatch(self, inbox, loop) if self.limits.idle_timeout else None
+        if rooms.registry.runs_outside_tasks:
+            # A frame that comes while this task waits for one is handled in the
+            # socket's callback (_arrived): no task switch per edit.
+            inbox.direct = functools.partial(self._process, rooms, access, emit)
         try:
             while session.state is SessionState.OPEN:
                 frame = await self._next(inbox)
                 if frame is None:
                     break  # refused (rate, silence): the session is closed
-                if len(frame) < _DECODE_IN_THREAD_FROM or isinstance(frame, str):
+                if isinstance(frame, _Later):
+                    await frame  # the rest of a frame begun in the callback
+                elif len(frame) < _DECODE_IN_THREAD_FROM or isinstance(frame, str):
                     # The usual frame, decoded here (no coroutine for it).
                     self.received_at = time.perf_counter()
                     session.receive_message(frame)
                 else:
                     await self._decode(frame)
-                await self._process(rooms, access, emit)
+                if not isinstance(frame, _Later):
+                    await self._process(rooms, access, emit)
                 if inbox:
                     # Applying a frame need not suspend (only its Ack waits for the
                     # store): give the other connections a turn between frames, so
                     # a client with hundreds queued cannot hold the loop for them all.
                     await asyncio.sleep(0)
         finally:
+            inbox.direct = None
             if idle is not None:
                 idle.stop()
             if expiry is not None:
@@ -541,18 +556,62 @@ class Connection:
                 with contextlib.suppress(asyncio.CancelledError):
                     await expiry
 
-    def _arrived(self, inbox: _Inbox, loop: asyncio.AbstractEventLoop, frame: bytes | str) -> None:
+    def _arrived(
+        self,
+        inbox: _Inbox,
+        loop: asyncio.AbstractEventLoop,
+        ws: FrameConnection,
+        frame: bytes | str,
+    ) -> None:
         """A whole message came (in websockets' protocol callback): charge it to the
         rates and queue it, or refuse the client (``RATE_LIMITED``)."""
         if self.session.state is SessionState.CLOSED:
             return  # refused already: what still comes is dropped
         self.last_frame_at = loop.time()
-        if self._within_rates(len(frame)):
-            inbox.put(frame)
-        else:
+        if not self._within_rates(len(frame)):
             inbox.wake()
+        elif (
+            inbox.direct is not None
+            and type(frame) is bytes
+            and len(frame) < _DECODE_IN_THREAD_FROM
+            and ws.fresh
+            and inbox.parked()
+        ):
+            ws.fresh = False
+            self._handle_now(inbox, inbox.direct, frame)
+        else:
+            inbox.put(frame)
 
-    async def _next(self, inbox: _Inbox) -> bytes | str | None:
+    def _handle_now(
+        self, inbox: _Inbox, process: Callable[[], Coroutine[Any, Any, None]], frame: bytes
+    ) -> None:
+        """Handle ``frame`` here, in the socket's callback, while the connection's task
+        waits for a frame (so none is under way and none waits).
+
+        This is what the task would do with it: decode, then :meth:`_process`, run
+        as far as it goes without suspending (applying a keystroke, relaying it,
+        queuing its store and Ack never suspends on the memory and SQLite
+        registries). If it does suspend, or raises, the rest goes to the task as
+        the next thing in the inbox, ahead of any later frame, so frames are still
+        handled one at a time, in order. At most one frame per read of the socket
+        is handled here (:attr:`FrameConnection.fresh`): the other frames of a
+        burst go through the task, which lets other connections in between."""
+        self.received_at = time.perf_counter()
+        session = self.session
+        session.receive_message(frame)
+        coroutine = process()
+        try:
+            step = coroutine.send(None)
+        except StopIteration:
+            if session.state is not SessionState.OPEN:
+                inbox.wake()  # the task ends the connection
+            return
+        except Exception as error:
+            inbox.put(_Later(None, None, error))
+            return
+        inbox.put(_Later(coroutine, step, None))
+
+    async def _next(self, inbox: _Inbox) -> bytes | str | _Later | None:
         """The next frame; None once the session is closed with nothing waiting.
 
         Raises:
@@ -715,6 +774,50 @@ class Connection:
         return role
 
 
+class _Later:
+    """The rest of a frame's handling that :meth:`Connection._handle_now` began in
+    the socket's callback: awaiting it (in the connection's task) runs the
+    suspended coroutine on from where it stopped, or raises what it raised."""
+
+    __slots__ = ("_coroutine", "_error", "_step")
+
+    def __init__(
+        self,
+        coroutine: Coroutine[Any, Any, None] | None,
+        step: Any,
+        error: Exception | None,
+    ) -> None:
+        self._coroutine = coroutine
+        self._step = step  # what the coroutine yielded when it suspended
+        self._error = error
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        if self._error is not None:
+            raise self._error
+        coroutine, step = self._coroutine, self._step
+        if coroutine is None:  # pragma: no cover - made with a coroutine or an error
+            return
+        self._coroutine = self._step = None
+        while True:
+            # What the coroutine yields (a future it waits for) goes to the task,
+            # and what the task sends or throws back goes to the coroutine.
+            try:
+                sent = yield step
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as error:
+                try:
+                    step = coroutine.throw(error)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    step = coroutine.send(sent)
+                except StopIteration:
+                    return
+
+
 class _Inbox:
     """Frames received ahead of their processing, and the processing side's wake-up.
 
@@ -723,23 +826,31 @@ class _Inbox:
     connection holds neither (an ``asyncio.Event`` and a deque would take
     1.5 KiB each connection)."""
 
-    __slots__ = ("_frames", "_waiter")
+    __slots__ = ("_frames", "_waiter", "direct")
 
     def __init__(self) -> None:
-        self._frames: collections.deque[bytes | str] | None = None
+        self._frames: collections.deque[bytes | str | _Later] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        #: Set while frames may be handled in the socket's callback: makes the
+        #: coroutine that carries out what the session asks for.
+        self.direct: Callable[[], Coroutine[Any, Any, None]] | None = None
 
     def __bool__(self) -> bool:
         """Whether a frame waits."""
         return bool(self._frames)
 
-    def put(self, frame: bytes | str) -> None:
+    def parked(self) -> bool:
+        """Whether the processing side waits for a frame, and none waits."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and self._frames is None
+
+    def put(self, frame: bytes | str | _Later) -> None:
         if self._frames is None:
             self._frames = collections.deque()
         self._frames.append(frame)
         self.wake()
 
-    def pop(self) -> bytes | str | None:
+    def pop(self) -> bytes | str | _Later | None:
         """The oldest waiting frame, or None."""
         frames = self._frames
         if not frames:

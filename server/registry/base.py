@@ -370,6 +370,14 @@ class CRDTServerRegistry(ABC):
     :func:`validate_document_id`.
     """
 
+    #: Whether the server may run :meth:`apply` (and the other calls a client's
+    #: frame leads to) outside any task, straight from the socket's callback
+    #: (``server/connection.py``): true for a registry whose calls use nothing
+    #: that needs the current task (``asyncio.timeout`` does). Where such a call
+    #: suspends, the connection's task carries it on. False by default (a
+    #: custom registry may do anything).
+    runs_outside_tasks = False
+
     def __init__(self) -> None:
         self._default_epochs: dict[str, str] = {}
         self._default_snapshots: dict[str, Snapshot] = {}

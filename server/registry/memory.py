@@ -75,6 +75,8 @@ class InMemoryServerRegistry(CRDTServerRegistry):
             :class:`SqliteServerRegistry`.
     """
 
+    runs_outside_tasks = True
+
     def __init__(self, *, history_retention: int | None = None) -> None:
         super().__init__()
         if history_retention is not None and history_retention < 0:

@@ -336,6 +336,8 @@ class SqliteServerRegistry(CRDTServerRegistry):
     :class:`StorageCorruptError` naming the document.
     """
 
+    runs_outside_tasks = True
+
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -1,0 +1,234 @@
+"""A frame handled in the socket's callback (server/connection.py Connection._handle_now):
+on the memory and SQLite registries a frame that comes while its connection waits
+for one is applied there, without a task switch; what suspends or raises goes on
+in the connection's task, and the frames of a connection keep their order (real
+server, raw WebSocket clients on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from crdt_sync import Change, CRDTDocument, CRDTTextHandler, VersionVector
+from crdt_sync.sync import (
+    Ack,
+    Changes,
+    Error,
+    ErrorCode,
+    HandshakeRequest,
+    HandshakeResponse,
+    Message,
+    Ping,
+    Pong,
+    decode_message,
+    encode_message,
+)
+from server import InMemoryServerRegistry, SqliteServerRegistry, WebSocketServer
+from server.registry import Applied
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+
+class Recording(InMemoryServerRegistry):
+    """A memory registry that notes the task each ``apply`` runs in, and what it
+    finished applying, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[asyncio.Task[object] | None] = []
+        self.done: list[str] = []
+
+    async def apply(
+        self, document_id: str, changes: Sequence[Change], *, encoded: bytes | None = None
+    ) -> Applied:
+        self.tasks.append(asyncio.current_task())
+        result = await super().apply(document_id, changes, encoded=encoded)
+        self.done.append("".join(str(op) for change in changes for op in change.ops))
+        return result
+
+
+class InTasks(Recording):
+    """The same, declared unfit to run outside a task."""
+
+    runs_outside_tasks = False
+
+
+class RecordingSqlite(SqliteServerRegistry):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.tasks: list[asyncio.Task[object] | None] = []
+
+    async def apply(
+        self, document_id: str, changes: Sequence[Change], *, encoded: bytes | None = None
+    ) -> Applied:
+        self.tasks.append(asyncio.current_task())
+        return await super().apply(document_id, changes, encoded=encoded)
+
+
+class Gated(Recording):
+    """Its first ``apply`` waits for :attr:`gate` before importing (it suspends)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.first_in: asyncio.Task[object] | None = None
+
+    async def apply(
+        self, document_id: str, changes: Sequence[Change], *, encoded: bytes | None = None
+    ) -> Applied:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.first_in = asyncio.current_task()
+            await self.gate.wait()
+        return await super().apply(document_id, changes, encoded=encoded)
+
+
+class Broken(InMemoryServerRegistry):
+    """A registry with a bug: ``apply`` raises something that is not a RegistryError."""
+
+    async def apply(
+        self, document_id: str, changes: Sequence[Change], *, encoded: bytes | None = None
+    ) -> Applied:
+        raise RuntimeError("a bug in the registry")
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` (nothing to subscribe to) until it holds, for 10 s at most."""
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+class Writer:
+    """A raw WebSocket client with a document whose keystrokes it sends one per frame."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.document = CRDTDocument()
+        self.text = CRDTTextHandler(self.document, "text")
+        self.made: list[Change] = []
+        self.document.on_change(self.made.append)
+
+    @classmethod
+    async def join(cls, port: int) -> Writer:
+        ws = await connect(f"ws://127.0.0.1:{port}/notes", ping_interval=None)
+        writer = cls(ws)
+        peer = str(writer.document.peer_id)
+        await ws.send(encode_message(HandshakeRequest("notes", peer, VersionVector())))
+        assert isinstance(await writer.next(), HandshakeResponse)
+        # A round trip: the connection's task waits for the next frame now.
+        await ws.send(encode_message(Ping(1, 0)))
+        assert await writer.next() == Pong(1, 0)
+        return writer
+
+    def keystroke(self, char: str) -> bytes:
+        self.made.clear()
+        self.text.insert(len(self.text.value), char)
+        (change,) = self.made
+        return encode_message(Changes((change,)))
+
+    async def next(self) -> Message:
+        while True:
+            data = await asyncio.wait_for(self.ws.recv(), 10)
+            assert isinstance(data, bytes)
+            message = decode_message(data)
+            if not isinstance(message, Changes):  # relays are not the point here
+                return message
+
+    async def acks(self, count: int) -> list[int]:
+        """The counters of the next ``count`` Acks (other messages skipped)."""
+        out: list[int] = []
+        while len(out) < count:
+            message = await self.next()
+            if isinstance(message, Ack):
+                out.append(message.version_vector.get(str(self.document.peer_id), 0))
+        return out
+
+
+async def test_a_keystroke_is_applied_in_the_sockets_callback() -> None:
+    registry = Recording()
+    async with WebSocketServer("127.0.0.1", 0, registry) as server:
+        writer = await Writer.join(server.port)
+        for char in "abc":
+            await writer.ws.send(writer.keystroke(char))
+            assert await writer.acks(1) == [len(writer.text.value)]
+        # No task: applied straight from the read of the socket.
+        assert registry.tasks == [None, None, None]
+        assert registry.done == [str(c.ops[0]) for c in writer.document.export_changes()]
+        await writer.ws.close()
+
+
+async def test_on_sqlite_too(tmp_path: Path) -> None:
+    registry = RecordingSqlite(tmp_path / "docs.db")
+    async with WebSocketServer("127.0.0.1", 0, registry) as server:
+        writer = await Writer.join(server.port)
+        for char in "ab":
+            await writer.ws.send(writer.keystroke(char))
+            assert await writer.acks(1) == [len(writer.text.value)]
+        assert registry.tasks == [None, None]
+        await writer.ws.close()
+
+
+async def test_a_registry_unfit_for_it_is_called_from_the_connections_task() -> None:
+    registry = InTasks()
+    async with WebSocketServer("127.0.0.1", 0, registry) as server:
+        writer = await Writer.join(server.port)
+        await writer.ws.send(writer.keystroke("a"))
+        assert await writer.acks(1) == [1]
+        (task,) = registry.tasks
+        assert task is not None
+        await writer.ws.close()
+
+
+async def test_frames_that_come_while_one_is_suspended_wait_for_it_in_order() -> None:
+    registry = Gated()
+    async with WebSocketServer("127.0.0.1", 0, registry) as server:
+        writer = await Writer.join(server.port)
+        frames = [writer.keystroke(char) for char in "abcd"]
+        received = server.metrics.bytes_received.value
+        try:
+            await in_order(writer, registry, frames, received, server)
+        finally:
+            registry.gate.set()  # the server's close waits for the connection
+        await writer.ws.close()
+
+
+async def in_order(
+    writer: Writer, registry: Gated, frames: list[bytes], received: float, server: WebSocketServer
+) -> None:
+    """Send four keystrokes, the first suspended in the callback until the gate opens."""
+    await writer.ws.send(frames[0])
+    await asyncio.wait_for(registry.entered.wait(), 10)  # suspended in the callback
+    assert registry.first_in is None
+    for frame in frames[1:]:
+        await writer.ws.send(frame)
+    await until(
+        lambda: server.metrics.bytes_received.value - received == sum(map(len, frames)),
+        "the later frames at the server",
+    )
+    assert registry.done == []  # nothing overtook the suspended frame
+    registry.gate.set()
+    # Applied and acknowledged in the order sent, each Ack covering one more.
+    assert await writer.acks(4) == [1, 2, 3, 4]
+    expected = [str(c.ops[0]) for c in writer.document.export_changes()]
+    assert registry.done == expected
+    # The first was carried on in the connection's task, the others too.
+    assert None not in registry.tasks
+
+
+async def test_an_exception_in_the_callback_ends_only_that_connection() -> None:
+    async with WebSocketServer("127.0.0.1", 0, Broken()) as server:
+        writer = await Writer.join(server.port)
+        await writer.ws.send(writer.keystroke("a"))
+        error = await writer.next()
+        assert isinstance(error, Error) and error.code is ErrorCode.INTERNAL_ERROR
+        # The server is still up: another client joins and is answered.
+        other = await Writer.join(server.port)
+        await other.ws.send(encode_message(Ping(2, 0)))
+        assert await other.next() == Pong(2, 0)
+        await other.ws.close()
