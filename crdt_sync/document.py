@@ -485,9 +485,14 @@ class CRDTDocument:
                     peer, ctr, _, deps, ops, size = head
                     if vv.get(peer, 0) != ctr:
                         raise _NotNow  # a duplicate, an overlap or a gap
+                    # Each dep is checked and leaves the frontier in one pass
+                    # (before the run is applied: that reads neither, and a
+                    # failure puts the frontier back with everything else).
                     for dpeer, dctr in deps:
                         if vv.get(dpeer, 0) <= dctr:
                             raise _NotNow
+                        if frontier.get(dpeer) == dctr:
+                            del frontier[dpeer]
                     op = ops[0]
                     # (A continued run's head is one text insert or delete: decoded so.)
                     if kind == FULL and (len(ops) != 1 or op[0] not in _TEXT_EDITS):
@@ -512,12 +517,13 @@ class CRDTDocument:
                         if not isinstance(text, str) or not text:
                             raise _NotNow
                         if kind == TYPING:
-                            if (
-                                right is not None
-                                and right[0] != peer
-                                and vv.get(right[0], 0) <= right[1]
-                            ):
-                                raise _NotNow
+                            if right is not None:
+                                rpeer = right[0]
+                                if rpeer != peer and vv.get(rpeer, 0) <= right[1]:
+                                    raise _NotNow
+                                # Each continuation depends on the right origin.
+                                if frontier.get(rpeer) == right[1]:
+                                    del frontier[rpeer]
                             text += seg.text[x0 : x0 + end - ctr - size]
                         span, off = seq.integrate(peer, ctr, text, op[2], right, False, True)
                         if out is not None:
@@ -544,14 +550,7 @@ class CRDTDocument:
                                 for vis, count, _ in seq.set_deleted(p, c, n, True, True):
                                     out.splice(vis, count, "")
                     vv[peer] = end
-                    for dpeer, dctr in deps:
-                        if frontier.get(dpeer) == dctr:
-                            del frontier[dpeer]
-                    if kind == TYPING:
-                        right = op[3]
-                        if right is not None and frontier.get(right[0]) == right[1]:
-                            del frontier[right[0]]
-                    elif foreign:
+                    if foreign:
                         # Each continuation depends on the last element it deletes.
                         foreign = False
                         one_each = seg.deletes_one_each(run)

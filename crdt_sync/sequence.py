@@ -35,6 +35,10 @@ from typing import Any
 # checked by identity before use; see :meth:`Sequence._span_index`).
 P, C, N, X, D, L, R, CH, SI = range(9)
 
+#: Starts per block of :class:`SortedInts` (a block is split past twice this).
+_BLOCK = 512
+_BLOCK_MAX = 2 * _BLOCK
+
 #: Spans per chunk before it is split in two (64-256 measured best, see the notes;
 #: 64 and 128 run local replay in the same number of instructions, and 64 halves
 #: the ``list.index`` walks of remote runs: 2-3 % fewer for a merge or an import).
@@ -48,8 +52,9 @@ Backup = list[list[Span]]
 
 class Chunk:
     """A run of consecutive spans, the number of visible elements in them, and the
-    chunk's index in :attr:`Sequence.chunks` (kept exact: chunks are only ever
-    added by splitting one, which renumbers those after it)."""
+    chunk's index in :attr:`Sequence.chunks` (exact when ``chunks[at] is chunk``:
+    chunks are only ever added by splitting one, which leaves those after it
+    to be renumbered when next asked, see :meth:`Sequence._chunk_index`)."""
 
     __slots__ = ("at", "spans", "vis")
 
@@ -64,7 +69,7 @@ class SortedInts:
 
     __slots__ = ("blocks", "maxes")
 
-    BLOCK = 512
+    BLOCK = _BLOCK
 
     def __init__(self, values: list[int] | None = None) -> None:
         self.blocks: list[list[int]] = []
@@ -83,7 +88,7 @@ class SortedInts:
             block = self.blocks[-1]
             block.append(value)
             maxes[-1] = value
-            if len(block) > 2 * self.BLOCK:
+            if len(block) > _BLOCK_MAX:
                 half = len(block) // 2
                 self.blocks[-1:] = [block[:half], block[half:]]
                 maxes[-1:] = [block[half - 1], block[-1]]
@@ -100,7 +105,7 @@ class SortedInts:
         else:
             insort(self.blocks[i], value)
         block = self.blocks[i]
-        if len(block) > 2 * self.BLOCK:
+        if len(block) > _BLOCK_MAX:
             half = len(block) // 2
             self.blocks[i : i + 1] = [block[:half], block[half:]]
             maxes[i : i + 1] = [block[half - 1], block[-1]]
@@ -149,6 +154,29 @@ class SortedInts:
             yield from block
 
 
+def _span_index(chunk: Chunk, span: Span) -> int:
+    """The index of ``span`` in ``chunk``: its slot hint when that holds it,
+    else found by ``list.index`` from a few places before the hint (spans
+    inserted before it since moved it right by as many; one merged away,
+    left by one), else from the start. ``list.index`` tests identity first,
+    and two distinct spans never compare equal (their first ids differ, and
+    so does their second field once the first are equal), so it finds this
+    very span, comparing each span it passes in C by its first two fields."""
+    spans = chunk.spans
+    si: int = span[SI]
+    if si < len(spans) and spans[si] is span:
+        return si
+    try:
+        si = spans.index(span, si - 3 if si > 3 else 0)
+    except ValueError:
+        try:
+            si = spans.index(span)
+        except ValueError:  # pragma: no cover - a span outside its chunk
+            raise AssertionError("span missing from its chunk") from None
+    span[SI] = si
+    return si
+
+
 class Sequence:
     """An ordered collection of elements with ids, origins and tombstones.
 
@@ -160,6 +188,7 @@ class Sequence:
     __slots__ = (
         "_cur",
         "_last",
+        "_stale",
         "_starts",
         "_where",
         "chunks",
@@ -179,6 +208,8 @@ class Sequence:
         self._cur: tuple[int, int, int] | None = None
         # The span found by the last id lookup.
         self._last: Span | None = None
+        # The chunks before this index know their index (``Chunk.at``) exactly.
+        self._stale = 1
 
     # ------------------------------------------------------------------ reading
 
@@ -262,6 +293,8 @@ class Sequence:
         chunk = span[CH]
         chunks = self.chunks
         ci = chunk.at
+        if chunks[ci] is not chunk:
+            ci = self._chunk_index(chunk)
         total = 0
         for i in range(ci):
             total += chunks[i].vis
@@ -471,10 +504,45 @@ class Sequence:
                         raise KeyError(left)
             chunk = s[CH]
             ci = chunk.at
+            if chunks[ci] is not chunk:
+                ci = self._chunk_index(chunk)
             spans = chunk.spans
             si = s[SI]
             if si >= len(spans) or spans[si] is not s:
-                si = self._span_index(chunk, s)
+                si = _span_index(chunk, s)
+            off = lctr - s[C] + 1
+            if off < s[N] and right is not None and right[1] == lctr + 1 and right[0] == lpeer:
+                # Between two elements of one span (typing inside a text): the
+                # new span goes between its halves, and the tail, the right
+                # origin, is the next span (no sibling to order against). The
+                # general way ends the same: the new ids are not in the
+                # sequence, so its right origin is not the new first element
+                # and the new span cannot extend the head.
+                content = s[X]
+                tail = [lpeer, lctr + 1, s[N] - off, content[off:], s[D], left, s[R], chunk, si + 2]
+                s[N] = off
+                s[X] = content[:off]
+                span = [peer, ctr, n, stored, deleted, left, right, chunk, si + 1]
+                spans[si + 1 : si + 1] = (span, tail)
+                # ``_index_add`` of the tail (as ``_split`` does) and of the span.
+                index = self._where[lpeer]
+                if lctr + 1 not in index:
+                    self._starts[lpeer].add(lctr + 1)
+                index[lctr + 1] = tail
+                where = self._where.get(peer)
+                if where is None:
+                    self._index_add(span)
+                else:
+                    if ctr not in where:
+                        self._starts[peer].add(ctr)
+                    where[ctr] = span
+                if not deleted:
+                    chunk.vis += n
+                    self.length += n
+                if len(spans) > CHUNK_MAX:
+                    self._rebalance(ci)
+                self._last = span
+                return span, 0
             if check_right and right is not None and s[R] != right:
                 # Every element's right origin exists (checked when it came), so
                 # sharing the left span's one is proof enough; so is being in
@@ -486,7 +554,6 @@ class Sequence:
                         t is None or t[P] != rpeer or not t[C] <= rctr < t[C] + t[N]
                     ) and self._find(rpeer, rctr) is None:
                         raise KeyError(right)
-            off = lctr - s[C] + 1
             if off < s[N]:
                 self._split(s, chunk, si, off)
             si += 1
@@ -563,7 +630,7 @@ class Sequence:
             rs, roff = self.locate(*right)
             if roff:
                 rchunk = rs[CH]
-                self._split(rs, rchunk, self._span_index(rchunk, rs), roff)
+                self._split(rs, rchunk, _span_index(rchunk, rs), roff)
         # The right origin's id, or one no element has (counters are never negative).
         rpeer, rctr = ("", -1) if right is None else right
         chunks = self.chunks
@@ -652,7 +719,7 @@ class Sequence:
                     vis = self.span_visible_start(s) + (0 if s[D] else off)
                 content = s[X][off : off + take]
                 chunk = s[CH]
-                self._set_deleted(s, off, take, deleted, -1, self._span_index(chunk, s), -1)
+                self._set_deleted(s, off, take, deleted, -1, _span_index(chunk, s), -1)
                 changed.append((vis, take, content))
             ctr += take
             count -= take
@@ -691,9 +758,55 @@ class Sequence:
         spans = chunk.spans
         si = s[SI]
         if si >= len(spans) or spans[si] is not s:
-            si = self._span_index(chunk, s)
+            si = _span_index(chunk, s)
         keep = self.keep
         n = s[N]
+        if off and off + take < n:
+            # Inside the span: the two splits of the general steps at once. It
+            # leaves the span, the deleted middle and the tail, all of one run;
+            # the middle's neighbours are visible, so nothing merges.
+            peer = s[P]
+            at = s[C] + off
+            content = s[X]
+            right = s[R]
+            mid = [
+                peer,
+                at,
+                take,
+                content[off : off + take] if keep else self.empty,
+                True,
+                (peer, at - 1),
+                right,
+                chunk,
+                si + 1,
+            ]
+            stop = at + take
+            tail = [
+                peer,
+                stop,
+                n - off - take,
+                content[off + take :],
+                False,
+                (peer, stop - 1),
+                right,
+                chunk,
+                si + 2,
+            ]
+            s[N] = off
+            s[X] = content[:off]
+            spans[si + 1 : si + 1] = (mid, tail)
+            # ``_index_add`` of both, as ``_split`` does.
+            where = self._where[peer]
+            starts = self._starts[peer]
+            if at not in where:
+                starts.add(at)
+            where[at] = mid
+            if stop not in where:
+                starts.add(stop)
+            where[stop] = tail
+            chunk.vis -= take
+            self.length -= take
+            return
         if (
             not keep
             and (
@@ -753,7 +866,7 @@ class Sequence:
         span, off = self.locate(*ident)
         chunk = span[CH]
         ci = self._chunk_index(chunk)
-        si = self._span_index(chunk, span)
+        si = _span_index(chunk, span)
         if off < span[N] - 1:
             self._split(span, chunk, si, off + 1)
         return ci, si + 1
@@ -772,33 +885,32 @@ class Sequence:
 
     def _position_of(self, span: Span) -> tuple[int, int]:
         chunk = span[CH]
-        return self._chunk_index(chunk), self._span_index(chunk, span)
+        return self._chunk_index(chunk), _span_index(chunk, span)
 
     def _chunk_index(self, chunk: Chunk) -> int:
-        return chunk.at
+        """The index of ``chunk`` in :attr:`chunks`. Its ``at`` when that holds it;
+        else the chunks from the first one not known exact are renumbered up to
+        it (a split renumbers nothing: merging remote runs into the front of a
+        long text split chunks there hundreds of times, and renumbered every
+        chunk after each split)."""
+        ci = chunk.at
+        chunks = self.chunks
+        if chunks[ci] is chunk:
+            return ci
+        # ``at`` is below the true index for a chunk not known exact (chunks
+        # are only inserted), so the chunk lies at ``_stale`` or after.
+        ci = self._stale
+        c = chunks[ci]
+        while c is not chunk:
+            c.at = ci
+            ci += 1
+            c = chunks[ci]
+        chunk.at = ci
+        self._stale = ci + 1
+        return ci
 
-    @staticmethod
-    def _span_index(chunk: Chunk, span: Span) -> int:
-        """The index of ``span`` in ``chunk``: its slot hint when that holds it,
-        else found by ``list.index`` from a few places before the hint (spans
-        inserted before it since moved it right by as many; one merged away,
-        left by one), else from the start. ``list.index`` tests identity first,
-        and two distinct spans never compare equal (their first ids differ, and
-        so does their second field once the first are equal), so it finds this
-        very span, comparing each span it passes in C by its first two fields."""
-        spans = chunk.spans
-        si: int = span[SI]
-        if si < len(spans) and spans[si] is span:
-            return si
-        try:
-            si = spans.index(span, si - 3 if si > 3 else 0)
-        except ValueError:
-            try:
-                si = spans.index(span)
-            except ValueError:  # pragma: no cover - a span outside its chunk
-                raise AssertionError("span missing from its chunk") from None
-        span[SI] = si
-        return si
+    #: (A method too, for tests; the sequence calls the module function.)
+    _span_index = staticmethod(_span_index)
 
     def find(self, peer: str, ctr: int) -> Span | None:
         """The span holding element ``(peer, ctr)``, or None."""
@@ -1098,8 +1210,9 @@ class Sequence:
         chunk.vis -= vis
         chunks = self.chunks
         chunks.insert(ci + 1, new)
-        for k in range(ci + 2, len(chunks)):
-            chunks[k].at = k
+        # The chunks after ``new`` moved one place: renumbered when asked.
+        if self._stale > ci + 2:
+            self._stale = ci + 2
         cur = self._cur
         if cur is not None:
             cci, csi, cvs = cur
@@ -1138,6 +1251,7 @@ class Sequence:
             length += vis
             chunks.append(chunk)
         self.chunks = chunks
+        self._stale = len(chunks)
         self.length = length
         self._where = where
         self._starts = {peer: SortedInts(list(w)) for peer, w in where.items()}
@@ -1177,6 +1291,7 @@ class Sequence:
 
             raise DecodeError("an element appears twice in the sequence")
         self.chunks = chunks or [Chunk([], 0)]
+        self._stale = len(self.chunks)
         self.length = length
         self._where = where
         self._starts = {peer: SortedInts(list(w)) for peer, w in where.items()}
@@ -1192,7 +1307,8 @@ class Sequence:
         if len(self.chunks) > 1 and any(not ch.spans for ch in self.chunks):
             raise AssertionError("empty chunk among several")
         for at, chunk in enumerate(self.chunks):
-            if chunk.at != at:
+            # Exact before ``_stale``; at most the true index after it.
+            if chunk.at != at and (at < self._stale or chunk.at > at):
                 raise AssertionError(f"chunk {at} thinks it is chunk {chunk.at}")
             vis = 0
             for s in chunk.spans:

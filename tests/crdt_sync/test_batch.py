@@ -736,3 +736,119 @@ def test_runs_into_an_unobserved_text_match_an_observed_one_and_roll_back_alike(
     assert fingerprint(observed) == fingerprint(unobserved)
     assert mirror[-1] == observed.get_value("t") == unobserved.get_value("t")
     unobserved.check_invariants()
+
+
+def _three_writers(seed: int, steps: int) -> tuple[list[CRDTDocument], list[list[Change]]]:
+    """Three replicas typing into, and deleting, each other's text (text only,
+    so their batches go the checked run path), exchanging now and then; and
+    each one's history a fifth of the way through."""
+    rng = random.Random(seed)
+    docs = [CRDTDocument(peer(i + 1)) for i in range(3)]
+    texts = [CRDTTextHandler(d, "t") for d in docs]
+    cursors = [0, 0, 0]
+    early: list[list[Change]] = []
+    for step in range(steps):
+        if step == steps // 5:
+            early = [d.export_changes() for d in docs]
+        k = rng.randrange(3)
+        text = texts[k]
+        cursors[k] = min(cursors[k], len(text))
+        r = rng.random()
+        if r < 0.55:
+            text.insert(cursors[k], rng.choice("abcdé😀 "))
+            cursors[k] += 1
+        elif r < 0.75 and cursors[k]:
+            text.delete(cursors[k] - 1, 1)  # backspace
+            cursors[k] -= 1
+        elif r < 0.85 and len(text) > cursors[k]:
+            text.delete(cursors[k], 1)  # forward delete
+        elif len(text):
+            cursors[k] = rng.randrange(len(text) + 1)
+        if rng.random() < 0.04:
+            j = rng.randrange(3)
+            if j != k:
+                docs[j].import_changes(docs[k].export_changes(docs[j].version_vector))
+    return docs, early
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_checked_runs_leave_the_frontier_change_by_change_leaves(
+    monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    # Runs whose deps, right origins and deleted elements name other writers'
+    # newest ops take those off the frontier (and the checked path does that
+    # before it applies each run). Each replica, as it was early on, takes each
+    # other one's changes since then by runs, all applied by the checked path,
+    # and on a copy change by change: the same frontier, in the same order (the
+    # snapshot bytes of the fingerprint hold it too).
+    docs, early = _three_writers(seed, 900)
+    for t, target in enumerate(docs):
+        for source in docs:
+            if source is target:
+                continue
+            fast, slow = CRDTDocument(target.peer_id, "d"), CRDTDocument(target.peer_id, "d")
+            for copy in (fast, slow):
+                copy.import_changes(early[t])
+            changes = source.export_changes(fast.version_vector)
+            data = encode_changes(changes)
+            runs = [run for seg in decode_batch(data) for run in seg.runs]
+            assert len(runs) >= 8 and {run[2] for run in runs} >= {TYPING, DELETING}
+            with monkeypatch.context() as patch:
+                results = _spy_checked(patch)
+                fast.binary_import_changes(data)
+            assert results == [True]
+            slow.import_changes(changes)
+            assert list(fast._frontier.items()) == list(slow._frontier.items())
+            assert fingerprint(fast) == fingerprint(slow)
+            fast.check_invariants()
+
+
+@pytest.mark.parametrize("ending", ["typing", "deleting"])
+def test_run_heads_that_name_no_other_writer_still_leave_the_frontier_as_their_runs_do(
+    monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    # As another encoder may write them: every run head names only its author's
+    # previous op, while a typing run's continuations depend on its right
+    # origin (another writer's newest op) or a deleting run's continuation on
+    # the other writer's element it deletes. Change by change those deps take
+    # the op off the frontier; by runs the checked path must do the same.
+    a, b = CRDTDocument(peer(1)), CRDTDocument(peer(2))
+    CRDTTextHandler(b, "t").insert(0, "xyz")  # b's newest op: "z"
+    a.import_changes(b.export_changes())
+    text = CRDTTextHandler(a, "t")
+    if ending == "typing":
+        for i, ch in enumerate("pqr"):  # before "z", its right origin
+            text.insert(2 + i, ch)
+    else:
+        text.insert(3, "s")  # after "z", then backspaced with it
+        text.delete(3, 1)
+        text.delete(2, 1)
+    for i in range(9):  # runs of a's own, at other places in its text
+        at = 0 if i % 2 else len(text)
+        text.insert(at, "uv"[i % 2])
+        text.insert(at + 1, "w")
+    me = str(a.peer_id)
+    genuine = [c._data for c in a.export_changes(b.version_vector)]
+    heads = {run[3][1] for seg in decode_batch(encode_change_tuples(genuine)) for run in seg.runs}
+    forged = [
+        (*t[:3], tuple(d for d in t[3] if d[0] == me), *t[4:]) if t[1] in heads else t
+        for t in genuine
+    ]
+    data = encode_change_tuples(forged)
+    runs = [run for seg in decode_batch(data) for run in seg.runs]
+    assert {run[3][1] for run in runs} == heads and len(runs) >= 8
+    first = runs[0] if ending == "typing" else runs[1]  # (after the lone "s")
+    assert first[2] == (TYPING if ending == "typing" else DELETING) and first[1] - first[0] > 1
+    fast, slow = CRDTDocument(peer(3), "d"), CRDTDocument(peer(3), "d")
+    for copy in (fast, slow):
+        copy.import_changes(b.export_changes())
+    assert fast._frontier == {str(b.peer_id): 2}
+    with monkeypatch.context() as patch:
+        results = _spy_checked(patch)
+        fast.binary_import_changes(data)
+    assert results == [True]
+    slow.import_changes([Change(t) for t in forged])
+    assert str(b.peer_id) not in slow._frontier
+    assert list(fast._frontier.items()) == list(slow._frontier.items())
+    assert fingerprint(fast) == fingerprint(slow)
+    assert fast.get_value("t") == a.get_value("t")

@@ -490,3 +490,79 @@ def test_sorted_ints_take_members_in_order_and_out_of_order_alike(seed: int) -> 
         above = [v for v in model if v >= probe]
         assert ints.floor(probe) == (below[-1] if below else None)
         assert ints.ceiling(probe) == (above[0] if above else None)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_a_run_integrated_inside_a_span_lands_as_if_the_span_were_split_first(
+    seed: int, keep: bool
+) -> None:
+    """``Sequence.integrate`` places a run between two elements of one span (its
+    right origin the successor of its left one: typing inside a text) in one
+    step; the general way splits the span after the left origin first and then
+    finds the new span's slot. Two copies get the same runs, typed at random
+    places of two peers' text, some as tombstones; one has every left origin's
+    span split beforehand (``_slot_after``, the general way's first step). The
+    spans are the same, field by field, and so are the chunks, after every run."""
+    rng = random.Random(seed)
+    empty: Any = [] if keep else ""
+    fast, general = Sequence(empty, keep), Sequence(empty, keep)
+    ctrs = {"p": 0, "q": 0}
+    ids: list[tuple[str, int]] = []
+    inside = 0
+    for _ in range(400):
+        who = rng.choice("pq")
+        size = rng.randint(1, 5)
+        content: Any = "".join(rng.choice("abc") for _ in range(size))
+        if keep:
+            content = list(content)
+        at = rng.randrange(len(ids) + 1)
+        left = ids[at - 1] if at else None
+        right = ids[at] if at < len(ids) else None
+        deleted = rng.random() < 0.2
+        if left is not None:
+            span, off = fast.locate(*left)
+            inside += right is not None and off + 1 < span[2] and right == (left[0], left[1] + 1)
+            general._slot_after(left)
+        for seq in (fast, general):
+            seq.integrate(who, ctrs[who], content, left, right, deleted, True)
+        ids[at:at] = [(who, ctrs[who] + k) for k in range(size)]
+        ctrs[who] += size
+        assert _span_fields(fast) == _span_fields(general)
+        assert [len(c.spans) for c in fast.chunks] == [len(c.spans) for c in general.chunks]
+        fast.check_invariants()
+    assert inside > 100 and len(fast.chunks) > 4
+    assert fast.value() == general.value()
+
+
+def test_chunks_split_before_others_are_renumbered_when_asked() -> None:
+    """A chunk split renumbers none of the chunks after it: ``Chunk.at`` is
+    trusted when the chunk is there, else the chunks from the first one not
+    known exact are renumbered up to it. Runs typed at the front of a long
+    text split the front chunks again and again; every span's visible index
+    (which reads its chunk's index) and every chunk's index stay right, asked
+    in any order."""
+    rng = random.Random(5)
+    seq = Sequence("", False)
+    for i in range(600):  # a long text: "ab" of p, a tombstone of q, and so on
+        seq.integrate("p", 2 * i, "ab", ("q", i - 1) if i else None, None)
+        seq.integrate("q", i, "x", ("p", 2 * i + 1), None, True)
+    assert len(seq.chunks) > 20
+    stale = 0
+    for step in range(300):
+        # At the front: between the "a" and "b" of one of the first runs.
+        left = ("p", rng.randrange(0, 40, 2))
+        seq.integrate("r", step * 2, "yz", left, ("p", left[1] + 1), False, True)
+        if step % 7 == 0:
+            seq.check_invariants()
+            stale += seq._stale < len(seq.chunks)  # some chunk left to renumber
+            chunks = list(enumerate(seq.chunks))
+            rng.shuffle(chunks)
+            for i, chunk in chunks[:5]:
+                assert seq._chunk_index(chunk) == i
+            visible = 0
+            for chunk in seq.chunks:
+                for span in chunk.spans:
+                    assert seq.span_visible_start(span) == visible
+                    visible += 0 if span[4] else span[2]
+    assert stale > 5
