@@ -352,6 +352,34 @@ class Connection:
         if (self._outbox or session.state is SessionState.CLOSED) and self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self.write_loop())
 
+    def relay(self, frame: bytes) -> None:
+        """``session.send_frame(frame)`` then :meth:`flush`, for a frame many clients
+        get (a relay): straight to the socket when nothing is queued before it (no
+        trip through the session's queue), else the way :meth:`flush` goes."""
+        ws = self.ws
+        transport = ws.transport
+        protocol = ws.protocol
+        if (
+            self._outbox is None
+            and transport is not None
+            and self.session.writable_now()
+            and protocol.state is State.OPEN
+            and not protocol.writes
+            and not protocol.extensions
+            and not transport.is_closing()
+            and (buffered := transport.get_write_buffer_size()) <= _HIGH_WATER
+        ):
+            wire = _framed_shared(frame)
+            transport.write(wire)
+            if self.metrics is not None:
+                self.metrics.bytes_sent.inc(len(frame))
+            if buffered + len(wire) > self._max_outbound:
+                self._bound_backlog()
+                self.flush()  # starts the writer if that dropped the client
+            return
+        self.session.send_frame(frame)
+        self.flush()
+
     def _bound_backlog(self) -> None:
         """Drop a client with more than ``max_outbound`` bytes waiting to be sent."""
         if (

@@ -111,6 +111,10 @@ class Member(Protocol):
     def flush(self) -> None:
         """Send what the session queued (never blocks)."""
 
+    def relay(self, frame: bytes) -> None:
+        """``session.send_frame(frame)`` then :meth:`flush` (``frame`` is the same
+        bytes object for many members: a relay frame)."""
+
     async def answers_ping(self, timeout: float) -> bool:
         """Whether the client answers a liveness ping within ``timeout`` seconds."""
 
@@ -804,8 +808,10 @@ class Rooms(RegistryObserver):
                 for entries in dictionary.deltas(session.dictionary_sent, delta):
                     session.send_frame(entries)
                 session.dictionary_sent = size
-            session.send_frame(frame)
-            target.flush()
+                session.send_frame(frame)
+                target.flush()
+            else:
+                target.relay(frame)
         self.metrics.changes_relayed.inc(relayed)
 
     # -- presence -----------------------------------------------------------------------

@@ -851,6 +851,11 @@ class ServerSession:
         else:
             self._require_open("send_frame")  # CLOSED: ignored; before the handshake: raises
 
+    def writable_now(self) -> bool:
+        """Whether a frame handed straight to the socket leaves in order: the session
+        is OPEN (:meth:`send_frame` would queue it) and nothing is queued before it."""
+        return self._state is SessionState.OPEN and not self._outgoing
+
     def send_history(self, frame: bytes, next_cursor: int) -> None:
         """Queue an encoded ``HistoryResponse`` (``encode_history_frame`` with this
         session's compressor) whose next page starts at ``next_cursor`` (0: none):

@@ -1,12 +1,14 @@
 """A frame handled in the socket's callback (server/connection.py Connection._handle_now):
 on the memory and SQLite registries a frame that comes while its connection waits
 for one is applied there, without a task switch; what suspends or raises goes on
-in the connection's task, and the frames of a connection keep their order (real
-server, raw WebSocket clients on 127.0.0.1)."""
+in the connection's task, and the frames of a connection keep their order. And a
+relay written straight to the socket (Connection.relay) never overtakes what the
+session queued before it (real server, raw WebSocket clients on 127.0.0.1)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from crdt_sync import Change, CRDTDocument, CRDTTextHandler, VersionVector
 from crdt_sync.sync import (
     Ack,
     Changes,
+    Dictionary,
     Error,
     ErrorCode,
     HandshakeRequest,
@@ -24,9 +27,11 @@ from crdt_sync.sync import (
     Message,
     Ping,
     Pong,
+    Relay,
     decode_message,
     encode_message,
 )
+from crdt_sync.sync.relay import decode_relay
 from server import InMemoryServerRegistry, SqliteServerRegistry, WebSocketServer
 from server.registry import Applied
 
@@ -86,6 +91,22 @@ class Gated(Recording):
             self.first_in = asyncio.current_task()
             await self.gate.wait()
         return await super().apply(document_id, changes, encoded=encoded)
+
+
+class Held(InMemoryServerRegistry):
+    """A memory registry whose writes are durable only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[asyncio.Future[VersionVector]] = []
+
+    async def apply(
+        self, document_id: str, changes: Sequence[Change], *, encoded: bytes | None = None
+    ) -> Applied:
+        result = await super().apply(document_id, changes, encoded=encoded)
+        stored: asyncio.Future[VersionVector] = asyncio.get_running_loop().create_future()
+        self.writes.append(stored)
+        return dataclasses.replace(result, stored=stored)
 
 
 class Broken(InMemoryServerRegistry):
@@ -232,3 +253,57 @@ async def test_an_exception_in_the_callback_ends_only_that_connection() -> None:
         await other.ws.send(encode_message(Ping(2, 0)))
         assert await other.next() == Pong(2, 0)
         await other.ws.close()
+
+
+async def read_until_relay(writer: Writer, entries: list[str]) -> list[str]:
+    """What ``writer`` gets up to and including its next relay: "ack N" (its own
+    counter) or "relay PEER"; dictionary entries go to ``entries``."""
+    got: list[str] = []
+    while not got or not got[-1].startswith("relay"):
+        data = await asyncio.wait_for(writer.ws.recv(), 10)
+        assert isinstance(data, bytes)
+        message = decode_message(data)
+        if isinstance(message, Dictionary):
+            entries.extend(message.entries)
+        elif isinstance(message, Relay):
+            (change,) = decode_relay(message.body, entries, 1 << 20)
+            got.append(f"relay {change.peer}")
+        else:
+            assert isinstance(message, Ack)
+            got.append(f"ack {message.version_vector.get(str(writer.document.peer_id), 0)}")
+    return got
+
+
+async def test_an_ack_queued_for_a_waiting_relay_leaves_before_it_in_one_write() -> None:
+    registry = Held()
+    # Relays wait an hour after the first: the test flushes them itself.
+    async with WebSocketServer("127.0.0.1", 0, registry, relay_interval=3600.0) as server:
+        a, b = await Writer.join(server.port), await Writer.join(server.port)
+        seen_by_a: list[str] = []
+        seen_by_b: list[str] = []
+        peer_b = str(b.document.peer_id)
+        await a.ws.send(a.keystroke("a"))  # relayed to b at once (the room's first relay)
+        assert await read_until_relay(b, seen_by_b) == [f"relay {a.document.peer_id}"]
+        await b.ws.send(b.keystroke("b"))  # its relay to a waits for the hour
+        await until(lambda: len(registry.writes) == 2, "b applied")
+        room = server.rooms.get("notes")
+        assert room is not None and room.relay_flush is not None
+        server.rooms.flush_relays(room)
+        # Both peers are in a's dictionary now: the next relay to a needs no entries.
+        assert await read_until_relay(a, seen_by_a) == [f"relay {peer_b}"]
+        await b.ws.send(b.keystroke("c"))
+        await until(lambda: len(registry.writes) == 3, "c applied")
+        await a.ws.send(a.keystroke("d"))
+        await until(lambda: len(registry.writes) == 4, "d applied")
+        # a's writes are durable while a relay to a waits: its Acks are queued to ride it.
+        registry.writes[0].set_result(VersionVector({str(a.document.peer_id): 1}))
+        registry.writes[3].set_result(a.document.version_vector)
+        await until(lambda: all(registry.writes[i].done() for i in (0, 3)), "stored")
+        await asyncio.sleep(0)  # the futures' callbacks: the Acks queued, not written
+        server.rooms.flush_relays(room)
+        assert await read_until_relay(a, seen_by_a) == ["ack 1", "ack 2", f"relay {peer_b}"]
+        for write in registry.writes:
+            if not write.done():
+                write.set_result(VersionVector())
+        await a.ws.close()
+        await b.ws.close()

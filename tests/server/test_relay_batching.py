@@ -82,6 +82,10 @@ class Recorder:
     def flush(self) -> None:
         self.frames.extend(self.session.messages_to_send())
 
+    def relay(self, frame: bytes) -> None:
+        self.session.send_frame(frame)
+        self.flush()
+
     async def answers_ping(self, timeout: float) -> bool:
         return self.session.state is SessionState.OPEN
 
