@@ -426,6 +426,8 @@ def report(runs: list[LoadRun], args: argparse.Namespace, ratio: str = "ours/the
                 f"{run.server_cpu:.2f} s, bytes server -> clients {fmt_bytes(run.bytes_received)};"
                 " errors received: "
                 + (", ".join(f"{k} {v:,}" for k, v in sorted(run.errors_in.items())) or "none")
+                + "; frames received by clients: "
+                + (", ".join(f"{k} {v:,}" for k, v in sorted(run.messages_in.items())) or "-")
                 + ")"
             )
             advice = (

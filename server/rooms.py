@@ -122,13 +122,16 @@ class Member(Protocol):
         """End the connection now (best-effort ``Error``, then cut the transport)."""
 
 
-@dataclass(frozen=True, slots=True)
 class _Relay:
-    """A batch of applied changes waiting for the end of the loop's turn."""
+    """A batch of applied changes waiting for the end of the loop's turn (a plain
+    class: made for every edit, and a frozen dataclass's ``__init__`` costs more)."""
 
-    changes: Sequence[Change]
-    encoded: bytes
-    sender: object  # the member whose changes they are, or None
+    __slots__ = ("changes", "encoded", "sender")
+
+    def __init__(self, changes: Sequence[Change], encoded: bytes, sender: object) -> None:
+        self.changes = changes
+        self.encoded = encoded
+        self.sender = sender  # the member whose changes they are, or None
 
 
 @dataclass(eq=False)
@@ -783,11 +786,25 @@ class Rooms(RegistryObserver):
             parts.append(part)
             counts.append(count)
         size = len(dictionary)
+        relayed = 0
+        if len(relays) == 1:
+            # The usual flush: one batch, one frame for everyone but its sender.
+            (relay,) = relays
+            sender = relay.sender
+            frame = encode_relay_frame(counts[0], base, parts, compressor)
+            for target in targets:
+                if target is sender:
+                    continue
+                if target.session.dictionary_sent < size:
+                    self._send_with_entries(target, frame, dictionary, size)
+                else:
+                    target.relay(frame)
+                relayed += 1
+            self.metrics.changes_relayed.inc(relayed * len(relay.changes))
+            return
         senders = {id(relay.sender) for relay in relays}
         combined: bytes | None = None
         total = sum(len(relay.changes) for relay in relays)
-        relayed = 0
-        delta = functools.partial(encode_dictionary_frame, compressor=compressor)
         for target in targets:
             if id(target) not in senders:
                 if combined is None:
@@ -802,17 +819,24 @@ class Rooms(RegistryObserver):
                     sum(counts[i] for i in others), base, [parts[i] for i in others], compressor
                 )
                 relayed += sum(len(relays[i].changes) for i in others)
-            session = target.session
-            if session.dictionary_sent < size:
-                # The entries it lacks go first, in the same write.
-                for entries in dictionary.deltas(session.dictionary_sent, delta):
-                    session.send_frame(entries)
-                session.dictionary_sent = size
-                session.send_frame(frame)
-                target.flush()
+            if target.session.dictionary_sent < size:
+                self._send_with_entries(target, frame, dictionary, size)
             else:
                 target.relay(frame)
         self.metrics.changes_relayed.inc(relayed)
+
+    def _send_with_entries(
+        self, target: Member, frame: bytes, dictionary: RelayDictionary, size: int
+    ) -> None:
+        """Send ``frame`` to ``target`` after the dictionary entries it lacks (up to
+        ``size``), in the same write."""
+        session = target.session
+        delta = functools.partial(encode_dictionary_frame, compressor=self.compressor)
+        for entries in dictionary.deltas(session.dictionary_sent, delta):
+            session.send_frame(entries)
+        session.dictionary_sent = size
+        session.send_frame(frame)
+        target.flush()
 
     # -- presence -----------------------------------------------------------------------
 
