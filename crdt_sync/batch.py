@@ -392,18 +392,24 @@ class Segment:
     def _delete_ranges(self, run: Run) -> list[tuple[str, int, int]]:
         i, j, _, _, _, _, d0, _ = run
         m = j - i - 1
-        stop = d0 + m
         peers = self.peers
+        if m == 1:
+            return [(peers[self.dpeer[d0]], self.dctr[d0], self.dlen[d0])]
+        stop = d0 + m
         pcol = self.dpeer[d0:stop]
-        if m > 1 and pcol.count(pcol[0]) == m and self.dlen[d0:stop].count(1) == m:
+        if pcol.count(pcol[0]) == m and self.dlen[d0:stop].count(1) == m:
             # One element each, of one peer (backspacing, forward deleting):
             # the merged ranges are the groups of consecutive counters.
             self._one_each.add(i)
             peer = peers[pcol[0]]
-            ctrs = sorted(self.dctr[d0:stop])
-            first = ctrs[0]
-            if ctrs[-1] - first == m - 1 and ctrs == list(range(first, first + m)):
-                return [(peer, first, m)]  # one stretch (compared in C, no step by step)
+            col = self.dctr[d0:stop]
+            top, bottom = col[0], col[-1]
+            # One stretch backspaced or forward deleted, compared in C.
+            if top - bottom == m - 1 and col == array("Q", range(top, bottom - 1, -1)):
+                return [(peer, bottom, m)]
+            if bottom - top == m - 1 and col == array("Q", range(top, bottom + 1)):
+                return [(peer, top, m)]
+            ctrs = sorted(col)
             breaks = [k for k, step in enumerate(map(sub, ctrs[1:], ctrs), 1) if step > 1]
             out = []
             start = 0

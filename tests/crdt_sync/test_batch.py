@@ -690,6 +690,65 @@ def test_merged_delete_ranges_of_a_run_are_its_continuations_ranges_coalesced(se
     assert checked > 10
 
 
+def test_delete_ranges_from_columns_of_every_shape_agree_with_coalescing() -> None:
+    """``Segment.delete_ranges`` takes a run of one continuation, and a falling or
+    rising stretch of one-element deletes, without sorting: whatever the
+    columns, it gives the coalesced ranges of the continuations when they all
+    delete one element of one peer (``deletes_one_each``), else each
+    continuation's range in order."""
+    from crdt_sync.batch import _delete_deps, decode_segment, encode_segment
+    from crdt_sync.codec import Reader
+
+    rng = random.Random(12)
+    me, other, third = str(peer(1)), str(peer(2)), str(peer(3))
+
+    def column(shape: str, m: int) -> list[tuple[str, int, int]]:
+        base = rng.choice([5, 300, 70000, 1 << 40])
+        if shape == "falling":
+            return [(other, base + m - 1 - k, 1) for k in range(m)]
+        if shape == "rising":
+            return [(other, base + k, 1) for k in range(m)]
+        if shape == "falling with gaps":
+            ctrs = sorted(rng.sample(range(base, base + 3 * m), m), reverse=True)
+            return [(other, c, 1) for c in ctrs]
+        if shape == "near a stretch":  # top - bottom == m - 1, not in order or repeated
+            ctrs = [base + m - 1 - k for k in range(m)]
+            a, b = rng.sample(range(m), 2)
+            if rng.random() < 0.5:
+                ctrs[a], ctrs[b] = ctrs[b], ctrs[a]
+            elif 0 < a < m - 1:
+                ctrs[a] = ctrs[a + 1]
+            return [(other, c, 1) for c in ctrs]
+        if shape == "shuffled":
+            ctrs = rng.sample(range(base, base + 2 * m), m)
+            return [(other, c, 1) for c in ctrs]
+        if shape == "two peers":
+            return [(rng.choice([other, third]), base + k, 1) for k in range(m)]
+        return [(other, base + 2 * k, rng.choice([1, 1, 3])) for k in range(m)]  # lengths
+
+    shapes = ["falling", "rising", "falling with gaps", "near a stretch", "shuffled"]
+    shapes += ["two peers", "lengths"]
+    checked = 0
+    for _ in range(400):
+        shape = rng.choice(shapes)
+        m = rng.choice([1, 1, 2, 3, 7, 40]) if shape != "near a stretch" else rng.choice([3, 9])
+        ranges = column(shape, m)
+        ctr = 10
+        head_op = (TEXT_DELETE, "t", ((other, 1, 1),))
+        changes = [(me, ctr, 0, ((me, ctr - 1),), (head_op,), 1)]
+        for k, (p, c, n) in enumerate(ranges, ctr + 1):
+            op = (TEXT_DELETE, "t", ((p, c, n),))
+            changes.append((me, k, 0, _delete_deps(me, k, p, c, n), (op,), 1))
+        seg = decode_segment(Reader(encode_segment(changes)))
+        assert [run[2] for run in seg.runs] == [DELETING]
+        run = seg.runs[0]
+        one_each = m > 1 and len({p for p, _, _ in ranges}) == 1 and {n for *_, n in ranges} == {1}
+        assert seg.delete_ranges(run) == (coalesce(ranges) if one_each else ranges), ranges
+        assert seg.deletes_one_each(run) == one_each
+        checked += one_each
+    assert checked > 100
+
+
 def test_runs_into_an_unobserved_text_match_an_observed_one_and_roll_back_alike(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
