@@ -14,7 +14,6 @@ deleting on) that apply in one step.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from .batch import DELETING, FULL, TYPING
 from .changes import TEXT_DELETE, TEXT_INSERT, ChangeTuple
@@ -175,14 +174,22 @@ def delete_run_end(changes: list[ChangeTuple], i: int) -> int:
 
 def coalesce(ranges: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
     """Sorted, merged ``(peer, counter, length)`` ranges (deletes commute)."""
-    out: list[list[Any]] = []
-    for peer, ctr, n in sorted(ranges):
-        if out and out[-1][0] == peer and ctr <= out[-1][1] + out[-1][2]:
-            last = out[-1]
-            last[2] = max(last[2], ctr + n - last[1])
+    if not ranges:
+        return []
+    ranges = sorted(ranges)
+    out: list[tuple[str, int, int]] = []
+    # The range being grown: its peer, first counter and the counter after it.
+    peer, first, end = ranges[0]
+    end += first
+    for p, c, n in ranges:
+        if c <= end and p == peer:
+            if c + n > end:
+                end = c + n
         else:
-            out.append([peer, ctr, n])
-    return [(p, c, n) for p, c, n in out]
+            out.append((peer, first, end - first))
+            peer, first, end = p, c, c + n
+    out.append((peer, first, end - first))
+    return out
 
 
 def typing_run_end(changes: list[ChangeTuple], i: int) -> int:

@@ -511,7 +511,13 @@ class Sequence:
             if si >= len(spans) or spans[si] is not s:
                 si = _span_index(chunk, s)
             off = lctr - s[C] + 1
+            # (A flag, not the test itself: CPython 3.11 does not specialise a
+            # comparison followed by a jump too long for one byte, as the one
+            # over this block would be.)
+            inside = False
             if off < s[N] and right is not None and right[1] == lctr + 1 and right[0] == lpeer:
+                inside = True
+            if inside:
                 # Between two elements of one span (typing inside a text): the
                 # new span goes between its halves, and the tail, the right
                 # origin, is the next span (no sibling to order against). The
@@ -761,7 +767,10 @@ class Sequence:
             si = _span_index(chunk, s)
         keep = self.keep
         n = s[N]
+        inside = False  # (a flag: see ``integrate``)
         if off and off + take < n:
+            inside = True
+        if inside:
             # Inside the span: the two splits of the general steps at once. It
             # leaves the span, the deleted middle and the tail, all of one run;
             # the middle's neighbours are visible, so nothing merges.

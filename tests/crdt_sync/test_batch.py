@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -911,3 +912,25 @@ def test_run_heads_that_name_no_other_writer_still_leave_the_frontier_as_their_r
     assert list(fast._frontier.items()) == list(slow._frontier.items())
     assert fingerprint(fast) == fingerprint(slow)
     assert fast.get_value("t") == a.get_value("t")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_coalesced_ranges_cover_exactly_the_elements_of_the_ranges_given(seed: int) -> None:
+    # Against the elements themselves: coalesce gives sorted ranges, each one
+    # separated from the next by a gap (or of another peer), covering exactly
+    # the elements the given ranges name (overlapping, touching, empty, repeated
+    # and out of order among them).
+    rng = random.Random(seed)
+    for _ in range(3000):
+        ranges = [
+            (rng.choice("pq"), rng.randint(0, 20), rng.randint(0, 5))
+            for _ in range(rng.randint(0, 7))
+        ]
+        out = coalesce(list(ranges))
+        assert {(p, c + k) for p, c, n in out for k in range(n)} == {
+            (p, c + k) for p, c, n in ranges for k in range(n)
+        }
+        assert out == sorted(out)
+        for (p, c, n), (q, d, _) in pairwise(out):
+            assert p != q or c + n < d
+        assert all(n > 0 for _, _, n in out) or any(n == 0 for _, _, n in ranges)
