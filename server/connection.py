@@ -336,14 +336,8 @@ class Connection:
                 # what waits is looked at again only when that could exceed it.
                 protocol = ws.protocol
                 if len(frames) == 1 and not protocol.extensions and not protocol.writes:
-                    # One frame (a relay, an Ack): _write_now's common case, inline.
-                    payload = frames[0]
-                    wire = _framed_shared(payload)
-                    transport.write(wire)
-                    if self.metrics is not None:
-                        self.metrics.bytes_sent.inc(len(payload))
-                    if buffered + len(wire) > self._max_outbound:
-                        self._bound_backlog()
+                    # One frame (a relay, an Ack): _write_now's common case.
+                    self._write_one(transport, frames[0], buffered)
                 elif buffered + self._write_now(frames) > self._max_outbound:
                     self._bound_backlog()
             else:
@@ -369,16 +363,24 @@ class Connection:
             and not transport.is_closing()
             and (buffered := transport.get_write_buffer_size()) <= _HIGH_WATER
         ):
-            wire = _framed_shared(frame)
-            transport.write(wire)
-            if self.metrics is not None:
-                self.metrics.bytes_sent.inc(len(frame))
-            if buffered + len(wire) > self._max_outbound:
-                self._bound_backlog()
-                self.flush()  # starts the writer if that dropped the client
+            if self._write_one(transport, frame, buffered):
+                self.flush()  # starts the writer if the bound dropped the client
             return
         self.session.send_frame(frame)
         self.flush()
+
+    def _write_one(self, transport: asyncio.Transport, payload: bytes, buffered: int) -> bool:
+        """Write one frame straight to ``transport`` (which held ``buffered`` bytes);
+        True if the bound on what waits was looked at (:meth:`_bound_backlog`): only
+        when this write could take it past ``max_outbound``."""
+        wire = _framed_shared(payload)
+        transport.write(wire)
+        if self.metrics is not None:
+            self.metrics.bytes_sent.inc(len(payload))
+        if buffered + len(wire) > self._max_outbound:
+            self._bound_backlog()
+            return True
+        return False
 
     def _bound_backlog(self) -> None:
         """Drop a client with more than ``max_outbound`` bytes waiting to be sent."""
