@@ -111,9 +111,10 @@ class Member(Protocol):
     def flush(self) -> None:
         """Send what the session queued (never blocks)."""
 
-    def relay(self, frame: bytes) -> None:
+    def relay(self, frame: bytes) -> bool:
         """``session.send_frame(frame)`` then :meth:`flush` (``frame`` is the same
-        bytes object for many members: a relay frame)."""
+        bytes object for many members: a relay frame), if the session is open;
+        returns whether it is (False: nothing sent)."""
 
     async def answers_ping(self, timeout: float) -> bool:
         """Whether the client answers a liveness ping within ``timeout`` seconds."""
@@ -772,8 +773,8 @@ class Rooms(RegistryObserver):
         if not relays:
             return
         room.relayed_at = asyncio.get_running_loop().time()
-        targets = [m for m in room.members if m.session.state is SessionState.OPEN]
-        if not targets or (len(targets) == 1 and all(r.sender is targets[0] for r in relays)):
+        members = room.members
+        if not members or (len(members) == 1 and all(r.sender in members for r in relays)):
             return  # nobody else to tell (a document edited alone)
         compressor = self.compressor
         dictionary = room.dictionary
@@ -788,24 +789,30 @@ class Rooms(RegistryObserver):
         size = len(dictionary)
         relayed = 0
         if len(relays) == 1:
-            # The usual flush: one batch, one frame for everyone but its sender.
+            # The usual flush: one batch, one frame for everyone but its sender. A
+            # member whose session is not open (leaving) sends nothing: relay()
+            # says so, and one that lacks dictionary entries is asked first.
             (relay,) = relays
             sender = relay.sender
             frame = encode_relay_frame(counts[0], base, parts, compressor)
-            for target in targets:
+            for target in members:
                 if target is sender:
                     continue
                 if target.session.dictionary_sent < size:
+                    if target.session.state is not SessionState.OPEN:
+                        continue
                     self._send_with_entries(target, frame, dictionary, size)
-                else:
-                    target.relay(frame)
+                elif not target.relay(frame):
+                    continue
                 relayed += 1
             self.metrics.changes_relayed.inc(relayed * len(relay.changes))
             return
         senders = {id(relay.sender) for relay in relays}
         combined: bytes | None = None
         total = sum(len(relay.changes) for relay in relays)
-        for target in targets:
+        for target in members:
+            if target.session.state is not SessionState.OPEN:
+                continue
             if id(target) not in senders:
                 if combined is None:
                     combined = encode_relay_frame(sum(counts), base, parts, compressor)

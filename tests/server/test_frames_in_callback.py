@@ -307,3 +307,28 @@ async def test_an_ack_queued_for_a_waiting_relay_leaves_before_it_in_one_write()
                 write.set_result(VersionVector())
         await a.ws.close()
         await b.ws.close()
+
+
+async def test_a_relay_skips_a_client_whose_session_closed_and_counts_the_others() -> None:
+    async with WebSocketServer("127.0.0.1", 0, InMemoryServerRegistry()) as server:
+        a, b, c = [await Writer.join(server.port) for _ in range(3)]
+        room = server.rooms.get("notes")
+        assert room is not None
+        (leaving,) = [m for m in room.members if m.session.peer_id == str(c.document.peer_id)]
+        seen_by_b: list[str] = []
+        await a.ws.send(a.keystroke("a"))  # to b and c, with the dictionary's entries
+        assert await read_until_relay(b, seen_by_b) == [f"relay {a.document.peer_id}"]
+        assert await read_until_relay(c, []) == [f"relay {a.document.peer_id}"]
+        # Closed but still in the room: nothing has flushed it or woken its task yet.
+        leaving.session.fail(ErrorCode.INTERNAL_ERROR, "closed by the test")
+        relayed = server.rooms.metrics.changes_relayed
+        before = relayed.value
+        await a.ws.send(a.keystroke("b"))
+        assert await read_until_relay(b, seen_by_b) == [f"relay {a.document.peer_id}"]
+        assert relayed.value - before == 1  # b only
+        assert leaving.relay(b"not sent") is False
+        leaving.flush()  # now the Error, and nothing before it
+        error = await c.next()
+        assert isinstance(error, Error) and error.code is ErrorCode.INTERNAL_ERROR
+        for writer in (a, b):
+            await writer.ws.close()

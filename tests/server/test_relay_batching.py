@@ -82,9 +82,12 @@ class Recorder:
     def flush(self) -> None:
         self.frames.extend(self.session.messages_to_send())
 
-    def relay(self, frame: bytes) -> None:
+    def relay(self, frame: bytes) -> bool:
+        if self.session.state is not SessionState.OPEN:
+            return False
         self.session.send_frame(frame)
         self.flush()
+        return True
 
     async def answers_ping(self, timeout: float) -> bool:
         return self.session.state is SessionState.OPEN
