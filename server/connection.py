@@ -138,6 +138,12 @@ class FrameConnection(ServerConnection):
     #: True from the start of each :meth:`data_received` until the sink clears it:
     #: the connection handles at most one frame per read in the callback itself.
     fresh = False
+    #: The longest frame :meth:`data_received` reads itself (:func:`_fast_bound`;
+    #: 0: none, websockets' parser is inside a frame or a fragmented message),
+    #: None when not looked at since websockets last parsed: only its own
+    #: parsing moves its parser, so it is looked at once per handover to
+    #: websockets, not for every frame read here.
+    _fast_bound: int | None = None
     _fragments: list[bytes] | None = None
     _fragments_text = False
 
@@ -158,20 +164,15 @@ class FrameConnection(ServerConnection):
         sink = self.frame_sink
         protocol = self.protocol
         self.fresh = True
-        if (
-            sink is None
-            or protocol.state is not State.OPEN
-            or protocol.current_size is not None
-            or protocol.extensions
-            or not _at_frame_boundary(protocol)
-        ):
-            super().data_received(data)
+        if sink is None or protocol.state is not State.OPEN:
+            self._parse(data)
             return
-        bound = _FAST_FRAME_BOUND
-        if protocol.max_message_size is not None and protocol.max_message_size < bound:
-            bound = protocol.max_message_size
-        if protocol.max_fragment_size is not None and protocol.max_fragment_size < bound:
-            bound = protocol.max_fragment_size
+        bound = self._fast_bound
+        if bound is None:
+            bound = self._fast_bound = _fast_bound(protocol)
+        if not bound:
+            self._parse(data)
+            return
         start, end = 0, len(data)
         while end - start >= 6:  # the shortest masked frame: 2 header bytes, the mask
             if data[start] != 0x82:  # FIN, no reserved bits, binary
@@ -192,7 +193,16 @@ class FrameConnection(ServerConnection):
             if protocol.state is not State.OPEN:  # pragma: no cover - the sink closed it
                 break
         if start < end:
-            super().data_received(data[start:] if start else data)
+            self._parse(data[start:] if start else data)
+
+    def _parse(self, data: bytes) -> None:
+        """Hand ``data`` to websockets' parser (which moves on from where it was)."""
+        self._fast_bound = None
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        self._fast_bound = None
+        super().eof_received()
 
     def listen(self, sink: FrameSink) -> None:
         """Hand every data message to ``sink`` from now on, starting with any that
@@ -237,6 +247,23 @@ _FAST_FRAME_BOUND = 65535
 
 # The generator websockets' parser waits in between two frames (and only there).
 _AT_EOF = StreamReader.at_eof.__code__
+
+
+def _fast_bound(protocol: Protocol) -> int:
+    """The longest frame :meth:`FrameConnection.data_received` may read itself
+    (:data:`_FAST_FRAME_BOUND` or websockets' size bounds, the smallest), or 0
+    while websockets' parser does not wait for a frame's first byte with no
+    fragmented message under way, or extensions were negotiated."""
+    if protocol.current_size is not None or protocol.extensions:
+        return 0
+    if not _at_frame_boundary(protocol):
+        return 0
+    bound = _FAST_FRAME_BOUND
+    if protocol.max_message_size is not None and protocol.max_message_size < bound:
+        bound = protocol.max_message_size
+    if protocol.max_fragment_size is not None and protocol.max_fragment_size < bound:
+        bound = protocol.max_fragment_size
+    return bound
 
 
 def _at_frame_boundary(protocol: Protocol) -> bool:
@@ -724,19 +751,20 @@ class Connection:
     async def _process(self, rooms: Rooms, access: _Access, emit: Emit) -> None:
         """Carry out everything the session asked for, until it asks for nothing."""
         session = self.session
-        while True:
-            events = session.events_received()
-            if not events:
-                break
+        events = session.events_received()
+        if not events:
+            self.flush()
+            return
+        while events:
             for event in events:
-                if isinstance(event, HandshakeRequested):
+                if isinstance(event, ChangesReceived):  # the usual one first
+                    await rooms.apply(self, event.changes, event.encoded)
+                elif isinstance(event, HandshakeRequested):
                     if self._cooling(rooms, event.request.peer_id):
                         continue
                     role = await self._authorise(event, access, emit)
                     if role is not None:
                         await rooms.join(self, event.request, event.document_id, role)
-                elif isinstance(event, ChangesReceived):
-                    await rooms.apply(self, event.changes, event.encoded)
                 elif isinstance(event, SnapshotUploaded):
                     await rooms.apply_snapshot(self, event.snapshot)
                 elif isinstance(event, AwarenessReceived):
@@ -762,7 +790,7 @@ class Connection:
                 elif isinstance(event, SessionClosed):
                     pass  # the writer closes the socket once the outbox is empty
             self.flush()
-        self.flush()
+            events = session.events_received()
 
     def _cooling(self, rooms: Rooms, peer_id: str) -> bool:
         """Refuse the handshake (``RATE_LIMITED``) of a peer whose connection from

@@ -586,14 +586,7 @@ class ServerSession:
             self._fail(ErrorCode.INVALID_MESSAGE, f"cannot process the message: {error}")
 
     def _dispatch(self, message: Message, target: SessionState) -> None:
-        if isinstance(message, HandshakeRequest):
-            self._receive_handshake(message, target)
-        elif isinstance(message, Ping):
-            self._queue(Pong(message.nonce, message.timestamp_ms))
-            self._events.append(PingReceived(message.nonce))
-        elif isinstance(message, Error):
-            self._receive_error(message)
-        elif isinstance(message, Changes):
+        if isinstance(message, Changes):  # the usual message first
             changes = message.changes
             if len(changes) == 1:  # a keystroke: the checks below without generators
                 only = changes[0]
@@ -626,6 +619,13 @@ class ServerSession:
                 self._refuse_read_only("changes", len(message.changes))
                 return
             self._events.append(ChangesReceived(message.changes, message.encoded))
+        elif isinstance(message, HandshakeRequest):
+            self._receive_handshake(message, target)
+        elif isinstance(message, Ping):
+            self._queue(Pong(message.nonce, message.timestamp_ms))
+            self._events.append(PingReceived(message.nonce))
+        elif isinstance(message, Error):
+            self._receive_error(message)
         elif isinstance(message, SnapshotUpload):
             if self._role is Role.READ:
                 self._refuse_read_only("a snapshot", 1)

@@ -207,6 +207,25 @@ async def test_complete_binary_frames_skip_websockets_parser(opened: Opened) -> 
     assert received[5:] == [b"five"] and len(fed) == 3
 
 
+async def test_the_rest_of_a_cut_frame_goes_to_websockets_even_if_it_looks_like_a_frame(
+    opened: Opened,
+) -> None:
+    # The fast path looks at websockets' parser again after each handover (it
+    # keeps what it saw only while nothing was parsed): here the rest of a frame
+    # cut across two reads is, byte for byte, a complete binary frame itself.
+    rng = random.Random(3)
+    inner = frame(0x82, b"inside", rng)
+    mask = rng.randbytes(4)
+    on_the_wire = b"head" + inner  # the outer frame's masked payload
+    outer = bytes((0x82, 0x80 | len(on_the_wire))) + mask + on_the_wire
+    cut_at = len(outer) - len(inner)
+    chunks = [frame(0x82, b"before", rng) + outer[:cut_at], outer[cut_at:]]
+    expected = [b"before", apply_mask(on_the_wire, mask)]
+    assert reference(chunks)[0] == expected
+    await compare(opened, chunks)
+    await compare(opened, [outer[:cut_at], outer[cut_at:], frame(0x82, b"after", rng)])
+
+
 async def test_oversized_unmasked_and_reserved_frames_close_as_websockets_does(
     opened: Opened,
 ) -> None:
