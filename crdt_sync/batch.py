@@ -49,7 +49,7 @@ from .changes import (
     _Tables,
     _write_deps_and_ops,
 )
-from .codec import MAX_COUNT, Reader, Writer
+from .codec import MAX_COUNT, Reader, Writer, _varint
 
 FULL, TYPING, DELETING = 0, 1, 2
 #: The op a continued run's head holds, by the kind of its continuations.
@@ -726,24 +726,6 @@ def decode_segment(r: Reader) -> Segment:
         runs,
         {peer: (first, ends[peer]) for peer, first in firsts.items()},
     )
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """A LEB128 varint at ``pos`` and the position after it; IndexError if truncated,
-    ValueError past 64 bits (:meth:`Reader.uint`'s limits; the callers fall back to it)."""
-    result = 0
-    shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            if result > 1 << 64:
-                raise ValueError("varint out of range")
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
 
 
 #: How many bytes of a batch :func:`decode_segment` reads a usual head row

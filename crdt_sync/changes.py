@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from .codec import MAX_COUNT, PEER_UUID, ZLIB_LEVEL, Reader, Writer, _uuid_text
+from .codec import _PEER_TEXT, MAX_COUNT, PEER_UUID, ZLIB_LEVEL, Reader, Writer, _uuid_text, _varint
 from .codec import MAX_INFLATED as MAX_INFLATED
 from .codec import inflate as inflate
 from .exceptions import DecodeError
@@ -524,6 +524,8 @@ _ONE_SEGMENT = MAGIC + bytes((CHANGES_VERSION, 0, 1))
 #: stamp, when it holds one change (a head) and no run continues it.
 _ONE_HEAD = b"\x01\x00"
 _NO_COLUMNS = b"\x00\x00\x00"
+#: Change counters stay below this (``batch.MAX_COUNTER``).
+_MAX_COUNTER = 1 << 53
 
 
 def _one_change(data: Any, max_size: Any) -> ChangeTuple | None:
@@ -533,55 +535,138 @@ def _one_change(data: Any, max_size: Any) -> ChangeTuple | None:
     (:func:`decode_change_tuples`), so results and errors are the general way's.
 
     The batch: version 3, uncompressed, one segment whose peer table holds raw
-    UUIDs (under 128 of them), handler names under 128 bytes (under 128 of them),
-    one head and no continuation, a stamp that is not negative, no column values
-    and no text; the head row is read by ``batch._fast_row``, which accepts
-    exactly the rows the general reader accepts or declines.
+    UUIDs (under 128 of them) and whose name table holds one name under 128
+    bytes, one head and no continuation, a stamp that is not negative, no column
+    values and no text. The head row: deps chained or listed, one op, every
+    peer and name index one byte; it accepts exactly the rows the general
+    reader accepts or declines (``tests/crdt_sync/sync/test_one_change.py``).
     """
     if type(data) is not bytes or type(max_size) is not int or len(data) - 6 > max_size:
         return None
     if not data.startswith(_ONE_SEGMENT):
         return None
-    from .batch import MAX_COUNTER, _fast_row
-
     end = len(data)
     try:
+        # The peer table (count, then the raw-UUID marker and 16 bytes each),
+        # then a one-name table (a length byte, the name).
         count = data[7]
-        pos = 8
-        if not 0 < count < 0x80 or pos + 17 * count > end:
+        pos = 8 + 17 * count
+        if not 0 < count < 0x80 or data[pos] != 1:
             return None
+        size = data[pos + 1]
+        at = pos + 2 + size
+        if size >= 0x80 or at + 17 > end or data[8:pos:17].count(PEER_UUID) != count:
+            return None
+        name = data[pos + 2 : at].decode("utf-8", "surrogatepass")
+        # The peer ids as the peer cache knows them (no call per peer).
         peers = []
-        for _ in range(count):
-            if data[pos] != PEER_UUID:
-                return None
-            peers.append(_uuid_text(data[pos + 1 : pos + 17]))
-            pos += 17
-        count = data[pos]
-        pos += 1
-        if count >= 0x80:
-            return None
-        names = []
-        for _ in range(count):
-            size = data[pos]
-            pos += 1
-            if size >= 0x80 or pos + size > end:
-                return None
-            names.append(data[pos : pos + size].decode("utf-8", "surrogatepass"))
-            pos += size
-        if data[pos : pos + 2] != _ONE_HEAD or pos + 13 > end:
+        for p in range(9, pos, 17):
+            raw = data[p : p + 16]
+            peers.append(_PEER_TEXT.get(raw) or _uuid_text(raw))
+        pos = at
+        if data[pos] != 1 or data[pos + 1] or data[pos + 10 : pos + 13] != _NO_COLUMNS:
             return None
         stamp = int.from_bytes(data[pos + 2 : pos + 10], "little", signed=True)
-        if stamp < 0 or data[pos + 10 : pos + 13] != _NO_COLUMNS:
+        if stamp < 0:
             return None
-        row = _fast_row(data, pos + 13, peers, names, "", 0, stamp, False)
-    except (IndexError, UnicodeDecodeError):
+        # The head row: flags (0: deps listed; 4: chained), the peer, the counter.
+        # A peer index is one byte below the count: ``peers[index]`` raises
+        # IndexError for any other (declined below).
+        flags = data[pos + 13]
+        index = data[pos + 14]
+        peer = peers[index]
+        ctr = data[pos + 15]
+        pos += 16
+        if ctr >= 0x80:
+            ctr, pos = _varint(data, pos - 1)  # past the bound: declined at the end
+        if flags == _F_CHAIN_DEPS:
+            if not ctr:
+                return None
+            deps: tuple[tuple[str, int], ...] = ((peer, ctr - 1),)
+        elif not flags:
+            n = data[pos]
+            pos += 1
+            if n >= 0x80:
+                return None
+            listed = []
+            for _ in range(n):
+                index = data[pos]
+                c = data[pos + 1]
+                if c < 0x80:
+                    pos += 2
+                else:
+                    c, pos = _varint(data, pos + 1)
+                listed.append((peers[index], c))
+            deps = tuple(listed)
+        else:
+            return None
+        # One op, of the one name.
+        if data[pos] != 1 or data[pos + 2]:
+            return None
+        kind = data[pos + 1]
+        pos += 3
+        if kind == TEXT_INSERT:
+            origins: list[tuple[str, int] | None] = []
+            for _ in range(2):
+                tag = data[pos]
+                if tag == _REF_FULL:
+                    index = data[pos + 1]
+                    c = data[pos + 2]
+                    if c < 0x80:
+                        pos += 3
+                    else:
+                        c, pos = _varint(data, pos + 2)
+                    origins.append((peers[index], c))
+                elif tag == _REF_PREV and ctr:
+                    origins.append((peer, ctr - 1))
+                    pos += 1
+                elif tag == _REF_NONE:
+                    origins.append(None)
+                    pos += 1
+                else:
+                    return None
+            size = data[pos]
+            if size < 0x80:
+                pos += 1
+            else:
+                size, pos = _varint(data, pos)
+            if not size or pos + size != end:
+                return None
+            text = data[pos:end].decode("utf-8", "surrogatepass")
+            size = len(text)
+            op: Any = (TEXT_INSERT, name, origins[0], origins[1], text)
+        elif kind == TEXT_DELETE:
+            n = data[pos]
+            pos += 1
+            if n >= 0x80:
+                return None
+            ranges = []
+            for _ in range(n):
+                index = data[pos]
+                c = data[pos + 1]
+                if c < 0x80:
+                    pos += 2
+                else:
+                    c, pos = _varint(data, pos + 1)
+                length = data[pos]
+                if length < 0x80:
+                    pos += 1
+                else:
+                    length, pos = _varint(data, pos)
+                if not length or length > MAX_COUNT:
+                    return None
+                ranges.append((peers[index], c, length))
+            if pos != end:
+                return None
+            op = (TEXT_DELETE, name, tuple(ranges))
+            size = 1
+        else:
+            return None
+    except (IndexError, ValueError):  # truncated, a varint too long, bad UTF-8
         return None
-    if row is None or row[1] != end:
+    if ctr + size > _MAX_COUNTER:
         return None
-    head = row[0]
-    if head[1] + head[5] > MAX_COUNTER:
-        return None
-    return head
+    return (peer, ctr, stamp, deps, (op,), size)
 
 
 def _batch_reader(data: bytes, max_size: int) -> tuple[int, Reader]:

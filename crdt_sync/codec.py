@@ -199,6 +199,24 @@ def _uuid_text(raw: bytes) -> str:
     return text
 
 
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A LEB128 varint at ``pos`` and the position after it; IndexError if truncated,
+    ValueError past 64 bits (:meth:`Reader.uint`'s limits; the callers fall back to it)."""
+    result = 0
+    shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            if result > 1 << 64:
+                raise ValueError("varint out of range")
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
 class Reader:
     """Reads primitives from ``data``; any problem raises :class:`DecodeError`."""
 

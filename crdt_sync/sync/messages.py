@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from crdt_sync import Change, Snapshot, VersionVector, decode_changes, encode_changes
+from crdt_sync.changes import _one_change
 from crdt_sync.codec import Reader, Writer, load_json
 from crdt_sync.exceptions import DecodeError
 
@@ -971,6 +972,34 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
     return message
 
 
+#: The header of an uncompressed ``CHANGES`` frame.
+_CHANGES_HEADER: Final = MAGIC + bytes((FORMAT_VERSION, MessageType.CHANGES, 0))
+
+
+def _keystroke(data: bytes, max_size: int) -> Changes | None:
+    """The ``Changes`` of an uncompressed ``CHANGES`` frame ``data`` whose batch
+    (its length in one or two bytes, then the batch up to the frame's end) holds
+    one change that :func:`crdt_sync.changes._one_change` reads; None otherwise
+    (the general way then decodes the frame, errors included)."""
+    size = len(data) - HEADER_SIZE - 1
+    if size < 1:
+        return None
+    length = data[HEADER_SIZE]
+    if length >= 0x80:
+        high = data[HEADER_SIZE + 1] if size > 1 else 0x80
+        if high >= 0x80:
+            return None
+        length = (length & 0x7F) | high << 7
+        size -= 1
+    if length != size:
+        return None
+    raw = data[len(data) - size :]
+    one = _one_change(raw, max_size)
+    if one is None:
+        return None
+    return Changes((Change(one),), raw)
+
+
 def peek_message_type(data: bytes) -> MessageType | None:
     """The type of a frame, or None when the header is not a valid frame header."""
     if len(data) < HEADER_SIZE or data[:2] != MAGIC or data[2] != FORMAT_VERSION:
@@ -996,6 +1025,13 @@ def decode_message(
     (frame format, or a handshake's protocol version), :class:`UnknownMessageType`,
     :class:`DecompressionError`, or :class:`MessageDecodeError` for anything else.
     """
+    if type(data) is bytes and data.startswith(_CHANGES_HEADER) and len(data) <= max_size:
+        # A keystroke: one change in an uncompressed batch that fills the frame,
+        # read by the batch decoder's one-change fast path (which gives what the
+        # general way gives, or declines: then the general way reads it).
+        one = _keystroke(data, max_size)
+        if one is not None:
+            return one
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MessageDecodeError(f"a frame is bytes, not {type(data).__name__}", 0)
     data = bytes(data)

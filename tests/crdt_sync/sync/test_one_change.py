@@ -22,6 +22,7 @@ from crdt_sync.changes import (
     decode_change_tuples,
     encode_change_tuples,
 )
+from crdt_sync.codec import Writer
 from crdt_sync.exceptions import DecodeError
 
 BOUND = 1 << 20
@@ -192,3 +193,116 @@ def test_random_bytes_after_the_header(tail: bytes) -> None:
 @given(mutated())
 def test_mutated_batches_long_run(data: bytes) -> None:
     test_mutated_batches_decode_as_the_general_way_does.hypothesis.inner_test(data)  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------ forged batches, one field at a time
+
+PEER_RAW = bytes(range(16))
+OTHER_RAW = bytes(range(16, 32))
+
+
+def varint(value: int) -> bytes:
+    w = Writer()
+    w.uint(value)
+    return w.getvalue()
+
+
+def forged(
+    row: bytes,
+    *,
+    peer_table: bytes | None = None,
+    names: bytes = b"\x01\x04text",
+    stamp: int = 5,
+) -> bytes:
+    """A version 3 batch of one segment holding one head row ``row``, with the
+    tables and stamp given (default: two raw-UUID peers, the name "text")."""
+    if peer_table is None:
+        peer_table = b"\x02\x00" + PEER_RAW + b"\x00" + OTHER_RAW
+    return (
+        b"CRDC\x03\x00\x01"
+        + peer_table
+        + names
+        + b"\x01\x00"
+        + stamp.to_bytes(8, "little", signed=True)
+        + b"\x00\x00\x00"
+        + row
+    )
+
+
+def insert_row(
+    ctr: int, left: bytes = b"\x00", right: bytes = b"\x00", text: bytes = b"\x01a"
+) -> bytes:
+    # flags 0 (deps listed), peer 0, the counter, no deps, one op: insert of name 0.
+    return b"\x00\x00" + varint(ctr) + b"\x00\x01\x01\x00" + left + right + text
+
+
+def delete_row(length: int, tail: bytes = b"") -> bytes:
+    # One op: a delete of one range (peer 1, counter 3, ``length``).
+    return b"\x00\x00\x05\x00\x01\x02\x00\x01\x01\x03" + varint(length) + tail
+
+
+def agree(data: bytes) -> tuple[bool, Any]:
+    """Whether the fast path took ``data``, and the general outcome (checked equal)."""
+    one = _one_change(data, BOUND)
+    expected = outcome(general, data)
+    if one is not None:
+        assert expected == ("ok", [one])
+    return one is not None, expected
+
+
+def test_forged_rows_the_fast_path_takes_or_declines_as_the_general_way_reads_them() -> None:
+    cases = [
+        # (taken, general outcome) for a valid row and its invalid neighbour.
+        (insert_row(1, left=b"\x01"), insert_row(0, left=b"\x01")),  # left origin: the op before
+        (insert_row(1, right=b"\x01"), insert_row(0, right=b"\x01")),  # right origin likewise
+        (
+            b"\x04\x00\x01\x01\x01\x00\x00\x00\x01a",
+            b"\x04\x00\x00\x01\x01\x00\x00\x00\x01a",
+        ),  # chained
+        (insert_row(4, text=b"\x01a"), insert_row(4, text=b"\x00")),  # an empty insert
+        (delete_row(1 << 24), delete_row((1 << 24) + 1)),  # a range's length bound
+        (delete_row(2), delete_row(2, b"\x00")),  # a byte after the delete
+        (delete_row(0x90), delete_row(0)),  # an empty range
+        (insert_row(3), insert_row(3).replace(b"\x01\x01\x00", b"\x01\x01\x01", 1)),  # name 1
+        (insert_row((1 << 53) - 1), insert_row(1 << 53)),  # the counter bound
+        (insert_row(7, left=b"\x02\x01\x09"), insert_row(7, left=b"\x02\x02\x09")),  # peer index
+    ]
+    for valid, invalid in cases:
+        taken, expected = agree(forged(valid))
+        assert taken and expected[0] == "ok", valid
+        taken, expected = agree(forged(invalid))
+        assert not taken and expected[0] == "error", invalid
+    # A delete of no range is what the general way reads too.
+    taken, expected = agree(forged(b"\x00\x00\x07\x00\x01\x02\x00\x00"))
+    assert taken and expected[0] == "ok"
+    taken, expected = agree(forged(insert_row(3), stamp=-1))
+    assert not taken and expected[0] == "error"
+
+
+def test_forged_lengths_in_long_form_the_fast_path_must_not_read_as_one_byte() -> None:
+    # A deps count of two bytes (0x80 0x00: zero deps) followed by 128 deps the
+    # count's one byte would claim: the general way reads no deps, then the
+    # first "dep" as the op count, and fails.
+    deps = b"\x00\x01" + b"\x00\x01\x00\x05" * 63 + b"\x00\x01"
+    row = b"\x00\x00\x07\x80" + deps + b"\x01\x01\x00\x00\x00\x01a"
+    taken, expected = agree(forged(row))
+    assert not taken and expected[0] == "error"
+    # A delete's range count likewise (0x80 0x00: no ranges), then 128 ranges.
+    ranges = b"\x00\x03\x01" + b"\x01\x03\x01" * 127
+    row = b"\x00\x00\x07\x00\x01\x02\x00\x80" + ranges
+    taken, expected = agree(forged(row))
+    assert not taken and expected[0] == "error"
+    # A peer count of two bytes (0x80 0x00: no peers) followed by 128 raw peers.
+    table = b"\x80" + b"".join(b"\x00" + bytes([i]) * 16 for i in range(128))
+    taken, expected = agree(forged(insert_row(3), peer_table=table))
+    assert not taken and expected[0] == "error"
+    # A name length of two bytes (128), the name ending in what a one-byte length
+    # (0x80) would take for the one-change count, before a zero change count.
+    name = b"a" * 127 + b"\x01"
+    data = forged(insert_row(3), names=b"\x01\x80\x01" + name)
+    data = data.replace(name + b"\x01\x00", name + b"\x00", 1)
+    taken, expected = agree(data)
+    assert not taken and expected[0] == "error"
+    # The longest one-byte name is taken.
+    taken, expected = agree(forged(insert_row(3), names=b"\x01\x7f" + b"n" * 127))
+    assert taken and expected[0] == "ok"
