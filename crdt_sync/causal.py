@@ -137,11 +137,11 @@ def typing_runs(changes: list[ChangeTuple]) -> list[tuple[int, int, int]]:
     count = len(changes)
     while i < count:
         ops = changes[i][4]
-        code = ops[0][0]
-        if len(ops) == 1 and code == TEXT_INSERT:
+        code = ops[0][0] if len(ops) == 1 else None  # none: invalid, checked as SINGLE
+        if code == TEXT_INSERT:
             j = typing_run_end(changes, i)
             runs.append((i, j, TYPING if j - i > 1 else SINGLE))
-        elif len(ops) == 1 and code == TEXT_DELETE:
+        elif code == TEXT_DELETE:
             j = delete_run_end(changes, i)
             runs.append((i, j, DELETING if j - i > 1 else SINGLE))
         else:

@@ -722,8 +722,39 @@ class CRDTDocument:
             if not isinstance(change, Change):
                 raise TypeError(f"expected Change, not {type(change).__name__}")
             tuples.append(change._data)
+        if len(tuples) == 1 and self._import_one(tuples[0]):
+            return 1
         with paused_collector():
             return self._import(tuples)
+
+    def _import_one(self, t: ChangeTuple) -> bool:
+        """Apply ``t`` the way :meth:`_import` applies a batch of it alone when it is
+        ready and nothing waits (a keystroke from the network): True when applied,
+        False when it is not that case (the general way then takes it). Raises the
+        general way's error for an invalid change, with nothing applied.
+
+        The general way would schedule it alone (``order`` is ``[t]``, the pending
+        buffer unchanged), validate it as a single run and apply it: the same
+        calls, without the copies of the version vector and the buffer, the run
+        cutting, and the collector's pause (which pays only for bulk imports).
+        """
+        if self._depth or self._pending.waiting:
+            return False
+        vv = self._vv
+        peer, ctr = t[0], t[1]
+        if vv.get(peer, 0) != ctr:
+            return False  # a duplicate, an overlap or a gap
+        for dpeer, dctr in t[3]:
+            if vv.get(dpeer, 0) <= dctr:
+                return False  # it waits for its deps
+        if ctr + t[5] > 1 << 53:
+            raise InvalidChangeError(f"change {peer}@{ctr}: counter too large")
+        self._validate_one(t, NewIds())
+        self._apply(t)
+        self._emit_handler_events(None, False)
+        if self._on_update._subs:
+            self._on_update.emit(UpdateEvent((Change(t),), False, None))
+        return True
 
     def _import(self, changes: list[ChangeTuple]) -> int:
         """Schedule, validate, then apply: a batch applies whole or not at all."""
