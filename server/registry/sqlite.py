@@ -252,10 +252,10 @@ def _settle(batch: Sequence[_Queued], outcomes: Sequence[tuple[bool, object]]) -
             if ok:
                 entry = advanced.get(id(row.loaded))
                 if entry is None:
-                    entry = advanced[id(row.loaded)] = (row.loaded, dict(row.loaded.durable))
+                    entry = advanced[id(row.loaded)] = (row.loaded, {})
                 ends = entry[1]
-                # Each change's end, straight into the document's new vector (no
-                # vector per row: one per commit and document).
+                # Each change's end, for the commit's one merge into the document's
+                # vector (no vector per row, and only the peers that moved here).
                 for change in row.changes:
                     end = change.counter + change.size
                     if end > ends.get(change.peer, 0):
@@ -268,7 +268,7 @@ def _settle(batch: Sequence[_Queued], outcomes: Sequence[tuple[bool, object]]) -
         elif isinstance(result, BaseException):
             future.set_exception(result)
     for loaded, ends in advanced.values():
-        loaded.durable = VersionVector(ends)
+        loaded.durable = loaded.durable.merge(ends)
     for row, ok, result in rows:
         if not ok:
             row.fail(result if isinstance(result, BaseException) else RuntimeError(result))

@@ -139,3 +139,25 @@ async def test_reads_and_snapshots_are_not_held_back_by_the_commit_interval(
 async def _settled(awaitable: Awaitable[T]) -> T:
     """``awaitable``'s result; a hang guard, far inside the hour the interval is."""
     return await asyncio.wait_for(awaitable, 30)
+
+
+async def test_a_commit_moves_the_durable_vector_only_for_the_peers_it_holds(
+    tmp_path: Path,
+) -> None:
+    # Each commit merges what it stored into the document's durable vector: the
+    # peers whose changes it does not hold keep what earlier commits made durable.
+    registry = SqliteServerRegistry(tmp_path / "store.sqlite3", commit_interval=0.0)
+    await registry.create_document("notes")
+    peer_a, typed_a = typed("first writer")
+    peer_b, typed_b = typed("second")
+    first = await (await registry.apply("notes", typed_a)).stored
+    assert first == VersionVector({peer_a: len("first writer")})
+    second = await (await registry.apply("notes", typed_b)).stored
+    both = VersionVector({peer_a: len("first writer"), peer_b: len("second")})
+    assert second == both == await registry.durable_version_vector("notes")
+    # Two rows of one peer in one commit: the later end wins.
+    peer_c, typed_c = typed("abc")
+    rows = [await registry.apply("notes", typed_c[:1]), await registry.apply("notes", typed_c[1:])]
+    stored = await asyncio.gather(*(row.stored for row in rows))
+    assert stored[-1] == VersionVector({**both, peer_c: 3})
+    await registry.close()
