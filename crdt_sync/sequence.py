@@ -598,7 +598,15 @@ class Sequence:
             self._index_add(span)
         else:
             if ctr not in where:
-                self._starts[peer].add(ctr)
+                starts = self._starts[peer]
+                maxes = starts.maxes
+                block = starts.blocks[-1] if maxes else None
+                if block is not None and ctr > maxes[-1] and len(block) < _BLOCK_MAX:
+                    # After every start of the peer (``SortedInts.add``'s first way).
+                    block.append(ctr)
+                    maxes[-1] = ctr
+                else:
+                    starts.add(ctr)
             where[ctr] = span
         if len(spans) > CHUNK_MAX:
             self._rebalance(ci)
@@ -937,29 +945,37 @@ class Sequence:
         if s is not None and s[P] == peer and s[C] <= ctr < s[C] + s[N]:
             return s
         # ``_find_indexed``, inline (one call less for the many callers that miss).
-        starts = self._starts.get(peer)
-        if starts is None:
+        where = self._where.get(peer)
+        if where is None:
             return None
-        start = starts.floor(ctr)
-        if start is None:
-            return None
-        s = self._where[peer][start]
-        if ctr >= start + s[N]:
-            return None
+        s = where.get(ctr)
+        if s is None:
+            start = self._starts[peer].floor(ctr)
+            if start is None:
+                return None
+            s = where[start]
+            if ctr >= start + s[N]:
+                return None
         self._last = s
         return s
 
     def _find_indexed(self, peer: str, ctr: int) -> Span | None:
-        """:meth:`_find` past the span of the last lookup (the caller tried it)."""
-        starts = self._starts.get(peer)
-        if starts is None:
+        """:meth:`_find` past the span of the last lookup (the caller tried it).
+
+        A span that starts at ``ctr`` is taken from the index directly (a
+        remote delete mostly starts at a span's first element, a remote
+        insert after an element that is a span of its own): no bisection."""
+        where = self._where.get(peer)
+        if where is None:
             return None
-        start = starts.floor(ctr)
-        if start is None:
-            return None
-        s = self._where[peer][start]
-        if ctr >= start + s[N]:
-            return None
+        s = where.get(ctr)
+        if s is None:
+            start = self._starts[peer].floor(ctr)
+            if start is None:
+                return None
+            s = where[start]
+            if ctr >= start + s[N]:
+                return None
         self._last = s
         return s
 
@@ -1237,7 +1253,7 @@ class Sequence:
         copy per span, nothing else (the chunks, slots and id index are rebuilt
         only if restored). The copies still name the live chunks, so they form
         no reference cycle and are freed as soon as the backup is dropped."""
-        return [[s.copy() for s in chunk.spans] for chunk in self.chunks]
+        return [list(map(list.copy, chunk.spans)) for chunk in self.chunks]
 
     def restore(self, backup: Backup) -> None:
         """Put back the content saved by :meth:`backup` (which must not be used after)."""
@@ -1345,6 +1361,12 @@ class Sequence:
         for peer, starts in self._starts.items():
             if sorted(self._where[peer]) != list(starts):
                 raise AssertionError(f"sorted starts of {peer} disagree with the index")
+            if starts.maxes != [block[-1] for block in starts.blocks if block] or any(
+                len(block) > _BLOCK_MAX for block in starts.blocks
+            ):
+                raise AssertionError(
+                    f"sorted starts of {peer}: a block is empty, too long or its max is wrong"
+                )
         if self._cur is not None:
             ci, si, vs = self._cur
             spans = self.chunks[ci].spans

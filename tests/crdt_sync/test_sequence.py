@@ -566,3 +566,64 @@ def test_chunks_split_before_others_are_renumbered_when_asked() -> None:
                     assert seq.span_visible_start(span) == visible
                     visible += 0 if span[4] else span[2]
     assert stale > 5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lookups_by_id_find_the_span_holding_each_element_or_none(seed: int) -> None:
+    """``Sequence._find`` and ``_find_indexed`` take a span that starts at the
+    counter asked for straight from the id index, and bisect the starts for
+    any other. Random runs of three peers, split, deleted and merged again,
+    with counters left unused between runs: every id (a span's first element,
+    a middle or last one, one in a gap, one past the end, a peer never seen)
+    gives the span holding it, or None, as a walk over the spans does."""
+    rng = random.Random(seed)
+    seq = Sequence("", False)
+    ctrs = dict.fromkeys("pqr", 0)
+    ids: list[tuple[str, int]] = []
+    for step in range(300):
+        if ids and rng.random() < 0.3:
+            pos = rng.randrange(seq.length) if seq.length else 0
+            if seq.length:
+                seq.local_delete(pos, min(rng.randint(1, 4), seq.length - pos))
+        else:
+            who = rng.choice("pqr")
+            at = rng.randrange(len(ids) + 1)
+            left = ids[at - 1] if at else None
+            right = ids[at] if at < len(ids) else None
+            size = rng.randint(1, 4)
+            seq.integrate(who, ctrs[who], "x" * size, left, right)
+            ctrs[who] += size + rng.choice([0, 0, 2])
+            ids = [(s[0], s[1] + k) for s in seq.spans() for k in range(s[2])]
+        if step % 15 == 14:
+            holder = {(s[0], s[1] + k): s for s in seq.spans() for k in range(s[2])}
+            for who in "pqrs":
+                for ctr in range(ctrs.get(who, 0) + 3):
+                    want = holder.get((who, ctr))
+                    seq._last = None
+                    assert seq._find_indexed(who, ctr) is want
+                    seq._last = None
+                    assert seq._find(who, ctr) is want
+    known = set(ids)
+    starts = sum(1 for s in seq.spans() if (s[0], s[1] - 1) in known)
+    assert starts > 20  # spans that start inside a run: found by their start
+
+
+def test_remote_spans_appended_in_counter_order_keep_the_sorted_starts_in_bounded_blocks() -> None:
+    """``Sequence.integrate`` appends the start of a new span that comes after
+    every start of its peer to the last block of the sorted starts itself,
+    while that block has room, and leaves a full block to ``SortedInts.add``,
+    which splits it. Runs of two peers, each after the other's last element
+    (no span grows), fill several blocks; the starts stay sorted, each block
+    within its bound, and every id is found."""
+    seq = Sequence("", False)
+    left = None
+    for k in range(2500):
+        seq.integrate("p", 2 * k, "ab", left, None)
+        seq.integrate("q", k, "c", ("p", 2 * k + 1), None)
+        left = ("q", k)
+        if k % 500 == 0:
+            seq.check_invariants()
+    seq.check_invariants()
+    assert len(seq._starts["p"].blocks) > 3
+    for k in range(2500):
+        assert seq.find("p", 2 * k + 1) is seq.find("p", 2 * k)
