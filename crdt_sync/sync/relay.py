@@ -245,6 +245,10 @@ def encode_records(
 
     A batch of at most :data:`MAX_SPLIT_CHANGES` changes becomes one record per
     change; a longer one a single batch record holding ``encoded``."""
+    if len(changes) == 1 and _INSERT_RECORDS:
+        record = _insert_record(changes[0].data, dictionary, base)
+        if record is not None:
+            return record, 1
     w = Writer()
     if len(changes) > MAX_SPLIT_CHANGES:
         w.byte(RECORD_BATCH)
@@ -253,6 +257,109 @@ def encode_records(
     for change in changes:
         _write_change(w, dictionary, change.data, base)
     return w.getvalue(), len(changes)
+
+
+#: Whether :func:`encode_records` writes a keystroke's insert record with
+#: :func:`_insert_record` (tests turn it off to compare with the general writer).
+_INSERT_RECORDS = True
+
+
+def _put(buf: bytearray, value: int) -> None:
+    """``value`` as a varint (:meth:`Writer.uint`) of two bytes or more."""
+    while value >= 0x80:
+        buf.append((value & 0x7F) | 0x80)
+        value >>= 7
+    buf.append(value)
+
+
+def _insert_record(change: ChangeTuple, dictionary: RelayDictionary, base: int) -> bytes | None:
+    """The insert record :func:`_write_change` writes for ``change`` when it is one
+    text insert with derived deps whose peer and name have dictionary entries (a
+    relayed keystroke), written without the general writer's calls; None for
+    anything else (the general writer then writes it, or raises).
+
+    The deps are compared with what :func:`crdt_sync.transaction.deps_of` derives
+    for one insert: this peer's previous op, then the left origin and the right
+    origin when another peer's (the newer of the two when the same peer's).
+    """
+    peer, ctr, stamp, deps, ops, _ = change
+    if len(ops) != 1 or type(deps) is not tuple or ops[0][0] != TEXT_INSERT:
+        return None
+    _, name, left, right, text = ops[0]
+    ms = stamp >> 16
+    if ms < base:
+        return None
+    # The derived deps, compared part by part (no tuple built for them).
+    at = 0
+    if ctr:
+        if not deps or deps[0] != (peer, ctr - 1):
+            return None
+        at = 1
+    if left is not None and left[0] != peer:
+        if right is not None and right[0] == left[0]:
+            if deps[at:] != ((left[0], max(left[1], right[1])),):
+                return None
+        elif right is not None and right[0] != peer:
+            if deps[at:] != (left, right):
+                return None
+        elif deps[at:] != (left,):
+            return None
+    elif right is not None and right[0] != peer:
+        if deps[at:] != (right,):
+            return None
+    elif len(deps) != at:
+        return None
+    index = dictionary._index
+    ref = index.get(peer)
+    named = index.get(name)
+    if ref is None or named is None:
+        return None  # a string not entered yet, or staying literal
+    buf = bytearray((RECORD_INSERT, ref + 1) if ref < 0x7F else (RECORD_INSERT,))
+    if ref >= 0x7F:
+        _put(buf, ref + 1)
+    if ctr < 0x80:
+        buf.append(ctr)
+    else:
+        _put(buf, ctr)
+    ms -= base
+    if ms < 0x80:
+        buf.append(ms)
+    else:
+        _put(buf, ms)
+    logical = stamp & 0xFFFF
+    if logical < 0x80:
+        buf.append(logical)
+    else:
+        _put(buf, logical)
+    if named < 0x7F:
+        buf.append(named + 1)
+    else:
+        _put(buf, named + 1)
+    for origin in (left, right):
+        if origin is None:
+            buf.append(_REF_NONE)
+        elif origin[0] == peer and origin[1] == ctr - 1:
+            buf.append(_REF_PREV)
+        else:
+            other = index.get(origin[0])
+            if other is None:
+                return None
+            buf.append(_REF_FULL)
+            if other < 0x7F:
+                buf.append(other + 1)
+            else:
+                _put(buf, other + 1)
+            if origin[1] < 0x80:
+                buf.append(origin[1])
+            else:
+                _put(buf, origin[1])
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) < 0x80:
+        buf.append(len(raw))
+    else:
+        _put(buf, len(raw))
+    buf += raw
+    return bytes(buf)
 
 
 # ----------------------------------------------------------------------- decoding
