@@ -186,6 +186,11 @@ class Rooms(RegistryObserver):
         metrics: the counters to keep.
         relay_interval: seconds a busy room gathers changes into one relay
             frame (0: relay at the end of every turn of the event loop).
+        relay_frames_per_second: how many relay frames a busy room sends per
+            second at most, all its clients together: a room of ``n`` clients
+            gathers for ``n / relay_frames_per_second`` seconds when that is
+            longer than ``relay_interval`` (a big room sends fewer, bigger
+            frames); 0 or infinity: no such bound.
     """
 
     def __init__(
@@ -203,10 +208,19 @@ class Rooms(RegistryObserver):
         hosts: HostQuotas | None = None,
         metrics: ServerMetrics | None = None,
         relay_interval: float = 0.0,
+        relay_frames_per_second: float = 0.0,
     ) -> None:
         if relay_interval < 0:
             raise ValueError(f"relay_interval must not be negative, not {relay_interval}")
+        if not relay_frames_per_second >= 0:
+            raise ValueError(
+                f"relay_frames_per_second must not be negative, not {relay_frames_per_second}"
+            )
         self.relay_interval = relay_interval
+        # Seconds of gathering per client of a room (0: the room's size does not count).
+        self._gap_per_member = (
+            1.0 / relay_frames_per_second if 0 < relay_frames_per_second < float("inf") else 0.0
+        )
         self.registry = registry
         self.limits = limits if limits is not None else Limits()
         self.hosts = hosts if hosts is not None else HostQuotas(self.limits)
@@ -749,7 +763,10 @@ class Rooms(RegistryObserver):
         room.relays.append(_Relay(changes, encoded, sender))
         if room.relay_flush is None:
             loop = asyncio.get_running_loop()
-            wait = room.relayed_at + self.relay_interval - loop.time()
+            interval = self.relay_interval
+            if self._gap_per_member:
+                interval = max(interval, len(room.members) * self._gap_per_member)
+            wait = room.relayed_at + interval - loop.time()
             if wait > 0:
                 room.relay_flush = loop.call_later(wait, self.flush_relays, room)
             else:

@@ -123,6 +123,11 @@ class WebSocketServer:
         relay_interval: seconds a busy document gathers the changes it relays
             into one frame per client (a quiet one relays at once); 0 relays at
             the end of every turn of the event loop.
+        relay_frames_per_second: a busy document sends at most about this many
+            relay frames per second, all its clients together: one of ``n``
+            clients gathers for ``n / relay_frames_per_second`` seconds when that
+            is longer than ``relay_interval`` (5,000: 10 ms at 50 clients, the
+            interval up to 25 clients); 0 turns the bound off.
         change_events: emit a ``CLIENT_CHANGE_APPLIED`` event for every batch of
             changes applied (one per edit; about 15 us of work each, with the
             CLI's subscriber, on this project's 2-core test machine); the CLI
@@ -155,6 +160,7 @@ class WebSocketServer:
         limits: Limits | None = None,
         metrics: bool = False,
         relay_interval: float = 0.005,
+        relay_frames_per_second: float = 5000.0,
         change_events: bool = True,
     ) -> None:
         for name, value in (
@@ -216,6 +222,7 @@ class WebSocketServer:
             hosts=self._hosts,
             metrics=self.metrics,
             relay_interval=relay_interval,
+            relay_frames_per_second=relay_frames_per_second,
         )
         self.rooms.change_events = change_events
         self._sweeper: asyncio.Task[None] | None = None

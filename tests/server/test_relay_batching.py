@@ -142,7 +142,9 @@ async def joined(rooms: Rooms, count: int) -> list[Recorder]:
 
 @contextlib.asynccontextmanager
 async def running_rooms(
-    relay_interval: float = 0.0, registry: InMemoryServerRegistry | None = None
+    relay_interval: float = 0.0,
+    registry: InMemoryServerRegistry | None = None,
+    relay_frames_per_second: float = 0.0,
 ) -> AsyncIterator[Rooms]:
     """Rooms on a memory registry whose spawned tasks are cancelled on the way out."""
     tasks: list[asyncio.Task[object]] = []
@@ -163,6 +165,7 @@ async def running_rooms(
             emit=lambda *args, **kwargs: None,
             spawn=spawn,
             relay_interval=relay_interval,
+            relay_frames_per_second=relay_frames_per_second,
         )
     finally:
         for task in tasks:
@@ -262,6 +265,64 @@ async def test_a_busy_room_gathers_changes_for_the_relay_interval_a_quiet_one_do
         assert len(frames) == 2
         assert {c.id for c in frames[1].changes} == {c.id for batch in later for c in batch}
         assert room.relay_flush is None and not room.relays
+
+
+async def test_a_big_room_gathers_for_longer_within_its_frame_budget() -> None:
+    # One relay frame per second at most, all clients together: a room of n
+    # clients gathers for n seconds after a relay (the interval, 0, is shorter).
+    async with running_rooms(relay_frames_per_second=1.0) as rooms:
+        members = await joined(rooms, 4)
+        room = rooms.get("notes")
+        assert room is not None
+        await rooms.apply(members[0], members[0].edit("quiet "))
+        assert isinstance(room.relay_flush, asyncio.Handle)  # a quiet room: at once
+        assert not isinstance(room.relay_flush, asyncio.TimerHandle)
+        await settle(lambda: not room.relays)
+        await rooms.apply(members[1], members[1].edit("busy "))
+        assert isinstance(room.relay_flush, asyncio.TimerHandle)
+        assert room.relay_flush.when() - room.relayed_at == pytest.approx(4.0, abs=0.5)
+        rooms.flush_relays(room)
+        rooms.leave(members[3])  # three clients: three seconds
+        await rooms.apply(members[2], members[2].edit("fewer "))
+        assert isinstance(room.relay_flush, asyncio.TimerHandle)
+        assert room.relay_flush.when() - room.relayed_at == pytest.approx(3.0, abs=0.5)
+        rooms.flush_relays(room)
+    with pytest.raises(ValueError, match="relay_frames_per_second"):
+        async with running_rooms(relay_frames_per_second=-1.0):
+            pass
+
+
+async def test_a_gathered_flush_reaches_every_client_once_in_the_order_applied() -> None:
+    async with running_rooms(relay_frames_per_second=1.0) as rooms:
+        writers = await joined(rooms, 3)
+        (watcher,) = await joined(rooms, 1)
+        room = rooms.get("notes")
+        assert room is not None
+        await rooms.apply(writers[0], writers[0].edit("start "))
+        await settle(lambda: bool(watcher.frames))
+        # Within the room's four seconds: everything waits, in the order applied.
+        order: list[Change] = []
+        for round_ in range(3):
+            for index, writer in enumerate(writers):
+                batch = writer.edit(f"{round_}{index} ")
+                order.extend(batch)
+                await rooms.apply(writer, batch)
+        assert len(watcher.changes_frames()) == 1
+        rooms.flush_relays(room)
+        # One frame more for each client, with each change once, in the order applied.
+        (_, gathered) = watcher.changes_frames()
+        assert [c.id for c in gathered.changes] == [c.id for c in order]
+        for writer in writers:
+            frames = writer.changes_frames()
+            assert len(frames) <= 2
+            got = [c.id for c in frames[-1].changes]
+            assert got == [c.id for c in order if str(c.peer) != str(writer.document.peer_id)]
+        for member in [*writers, watcher]:
+            for message in member.changes_frames():
+                member.document.import_changes(message.changes)
+        texts = {CRDTTextHandler(room.document, "text").value}
+        texts |= {member.text.value for member in [*writers, watcher]}
+        assert len(texts) == 1
 
 
 # ----------------------------------------------------------------- the slow-reader bound
