@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from crdt_sync import Change, decode_changes
 from crdt_sync.changes import encode_change_tuples
@@ -20,7 +19,7 @@ from crdt_sync.sync import messages
 from crdt_sync.sync.exceptions import RemoteProtocolError
 from crdt_sync.sync.messages import Changes, decode_message, encode_message
 
-from .test_one_change import keystrokes
+from .test_one_change import keystrokes, mutated
 
 BOUND = 1 << 20
 
@@ -135,27 +134,9 @@ def test_a_length_of_three_bytes_goes_the_general_way(monkeypatch: pytest.Monkey
     assert fast == general and fast[0] == "error"
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    """A keystroke frame with a few bytes changed, inserted, removed or cut off."""
-    data = bytearray(draw(st.sampled_from(FRAMES)))
-    for _ in range(draw(st.integers(1, 3))):
-        how = draw(st.sampled_from(["set", "insert", "delete", "truncate"]))
-        # Often in the frame header and the batch's length, which this path reads.
-        at = draw(st.one_of(st.integers(0, 8), st.integers(0, len(data))))
-        if how == "set" and at < len(data):
-            data[at] = draw(st.integers(0, 255))
-        elif how == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=3))
-        elif how == "delete":
-            del data[at : at + draw(st.integers(1, 3))]
-        else:
-            del data[at:]
-    return bytes(data)
-
-
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated())
+# Often in the frame header and the batch's length, which this path reads.
+@given(mutated(FRAMES, head=8))
 def test_mutated_frames_decode_as_the_general_way_does(data: bytes) -> None:
     with pytest.MonkeyPatch.context() as monkeypatch:
         fast, general, _ = both_ways(monkeypatch, data)

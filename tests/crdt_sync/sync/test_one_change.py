@@ -144,12 +144,14 @@ SEEDS = [data for seed in range(3) for data in keystrokes(seed, edits=20)]
 
 
 @st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    """A keystroke batch with a few bytes changed, inserted, removed or cut off."""
-    data = bytearray(draw(st.sampled_from(SEEDS)))
+def mutated(draw: st.DrawFn, seeds: list[bytes], head: int | None = None) -> bytes:
+    """One of ``seeds`` with a few bytes changed, inserted, removed or cut off
+    (often in its first ``head`` bytes, when given)."""
+    data = bytearray(draw(st.sampled_from(seeds)))
     for _ in range(draw(st.integers(1, 3))):
         how = draw(st.sampled_from(["set", "insert", "delete", "truncate"]))
-        at = draw(st.integers(0, len(data)))
+        anywhere = st.integers(0, len(data))
+        at = draw(anywhere if head is None else st.one_of(st.integers(0, head), anywhere))
         if how == "set" and at < len(data):
             data[at] = draw(st.integers(0, 255))
         elif how == "insert":
@@ -162,7 +164,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated())
+@given(mutated(SEEDS))
 def test_mutated_batches_decode_as_the_general_way_does(data: bytes) -> None:
     one = _one_change(data, BOUND)
     expected = outcome(general, data)
@@ -190,7 +192,7 @@ def test_random_bytes_after_the_header(tail: bytes) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated())
+@given(mutated(SEEDS))
 def test_mutated_batches_long_run(data: bytes) -> None:
     test_mutated_batches_decode_as_the_general_way_does.hypothesis.inner_test(data)  # type: ignore[attr-defined]
 
