@@ -763,14 +763,17 @@ class Rooms(RegistryObserver):
         room.relays.append(_Relay(changes, encoded, sender))
         if room.relay_flush is None:
             loop = asyncio.get_running_loop()
-            interval = self.relay_interval
-            if self._gap_per_member:
-                interval = max(interval, len(room.members) * self._gap_per_member)
-            wait = room.relayed_at + interval - loop.time()
+            wait = room.relayed_at + self.gathering_time(room) - loop.time()
             if wait > 0:
                 room.relay_flush = loop.call_later(wait, self.flush_relays, room)
             else:
                 room.relay_flush = loop.call_soon(self.flush_relays, room)
+
+    def gathering_time(self, room: Room) -> float:
+        """Seconds ``room`` gathers changes after a relay before it relays again:
+        ``relay_interval``, or longer in a room whose clients would otherwise get
+        more than ``relay_frames_per_second`` relay frames a second together."""
+        return max(self.relay_interval, len(room.members) * self._gap_per_member)
 
     def flush_relays(self, room: Room) -> None:
         """Send the batches waiting in ``room`` as ``Relay`` frames (protocol version 4):
