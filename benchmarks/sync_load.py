@@ -604,10 +604,19 @@ def print_bars(ours: LoadRun, theirs: LoadRun | None, args: argparse.Namespace) 
             f"N=10: server CPU <= 1.5 s per 20 s: {ok(ours.server_cpu * scale <= 1.5)} "
             f"({ours.server_cpu * scale:.2f} s scaled)"
         )
-    if theirs is not None and theirs.server_cpu:
+    if (
+        theirs is not None
+        and theirs.server_cpu
+        and ours.n == 50
+        and args.pattern == "random"
+        and args.rate == 10
+    ):
+        # The issue gives this ratio beside the N=50 CPU bar only ("<= 8 s,
+        # about half of pycrdt-websocket's"); at N=10 its bar is 1.5 s alone.
         lines.append(
-            f"server CPU about half of pycrdt-websocket's or less: "
-            f"{ok(ours.server_cpu <= 0.5 * theirs.server_cpu)}"
+            f"N=50 random: server CPU about half of pycrdt-websocket's or less: "
+            f"{ok(ours.server_cpu <= 0.5 * theirs.server_cpu)} "
+            f"({ours.server_cpu / theirs.server_cpu:.2f}x)"
         )
     for line in lines:
         print(f"bar (issue 12, {args.registry} registry): {line}")
