@@ -11,6 +11,7 @@ into a document with concurrent edits.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import TYPE_CHECKING, Any
 
 from .changes import KIND_LIST, KIND_MAP, KIND_TEXT, MAX_INFLATED
@@ -18,7 +19,7 @@ from .exceptions import DecodeError
 from .ids import VersionVector
 from .sequence import C, D, N, Sequence
 from .snapshot_codec import SnapshotCapture, _decode, _Decoded
-from .state import ListState, NewIds
+from .state import ListState
 
 if TYPE_CHECKING:
     from .document import CRDTDocument
@@ -124,8 +125,9 @@ def _plan_sequence(seq: Sequence, spans: list[list[Any]], is_list: bool) -> _Pla
 
     Elements ``seq`` lacks become pieces, ordered so that each piece's origins
     exist when it is integrated (in ``seq``, or in a piece before it). Raises
-    DecodeError if some piece can never be placed (its origins are nowhere, or
-    inside itself): the document is then left untouched.
+    DecodeError if some piece can never be placed (its origins are nowhere,
+    inside itself, or in pieces that wait for it): the document is then left
+    untouched.
     """
     plan = _Plan()
     todo: list[Piece] = []
@@ -147,25 +149,98 @@ def _plan_sequence(seq: Sequence, spans: list[list[Any]], is_list: bool) -> _Pla
             piece = content[k:j] if (not deleted or is_list) else range(j - k)
             todo.append((peer, ctr + k, piece, piece_left, right, deleted))
             k = j
-    # Ranges placed so far, per peer, kept sorted and merged: a bisection each.
-    placed = NewIds()
-    key = ("", "")
-
-    def exists(ident: Any) -> bool:
-        return ident is None or seq.contains(*ident) or placed.has(key, ident)
-
-    while todo:
-        rest: list[Piece] = []
-        for piece in todo:
-            if exists(piece[3]) and exists(piece[4]):
-                plan.pieces.append(piece)
-                placed.add(key, piece[0], piece[1], piece[1] + len(piece[2]))
-            else:
-                rest.append(piece)
-        if len(rest) == len(todo):
-            raise DecodeError("snapshot elements refer to origins that are nowhere")
-        todo = rest
+    plan.pieces = _integration_order(seq, todo)
     return plan
+
+
+def _integration_order(seq: Sequence, todo: list[Piece]) -> list[Piece]:
+    """``todo`` (pieces in document order) ordered so each piece's origins exist first.
+
+    The order is the one of placing, pass after pass over the pieces left in
+    document order, every piece whose origins are in ``seq`` or placed before
+    it; but each origin is looked up once, not once a pass (a merge of two
+    halves of a long text took 16 passes). A piece's pass is 1 past the
+    latest pass of the pieces holding its origins, or that pass itself when
+    the origin's piece comes earlier in document order (placed earlier in the
+    same pass); the pieces are then sorted by (pass, document order). Raises
+    DecodeError if an origin is nowhere, or the pieces' origins form a cycle
+    (a piece naming an element of its own among its origins included).
+    """
+    count = len(todo)
+    # Per peer, the pieces' first counters, sorted, and the piece of each: the
+    # snapshot's ids of a peer are disjoint (its decoder checks), so are these.
+    firsts: dict[str, list[tuple[int, int]]] = {}
+    for i, piece in enumerate(todo):
+        entry = firsts.get(piece[0])
+        if entry is None:
+            firsts[piece[0]] = [(piece[1], i)]
+        else:
+            entry.append((piece[1], i))
+    starts: dict[str, list[int]] = {}
+    owners: dict[str, list[int]] = {}
+    for peer, entry in firsts.items():
+        entry.sort()
+        starts[peer] = [c for c, _ in entry]
+        owners[peer] = [i for _, i in entry]
+    contains = seq.contains
+    # waiting[i]: origins of piece i still to place; after[j]: the pieces
+    # whose origins piece j holds (an entry per origin).
+    waiting = [0] * count
+    after: dict[int, list[int]] = {}
+    ready: list[int] = []
+    prev: Piece | None = None
+    for i, piece in enumerate(todo):
+        deps = 0
+        for origin in (piece[3], piece[4]):
+            if origin is None:
+                continue
+            opeer, octr = origin
+            if prev is not None and prev[0] == opeer and prev[1] <= octr < prev[1] + len(prev[2]):
+                j = i - 1  # typing on: the piece just before (no lookup)
+            else:
+                first = starts.get(opeer)
+                j = -1
+                if first is not None:
+                    k = bisect_right(first, octr) - 1
+                    if k >= 0:
+                        j = owners[opeer][k]
+                        if octr >= todo[j][1] + len(todo[j][2]):
+                            j = -1
+                if j < 0:
+                    if not contains(opeer, octr):
+                        raise DecodeError("snapshot elements refer to origins that are nowhere")
+                    continue
+            deps += 1
+            waiting_on = after.get(j)
+            if waiting_on is None:
+                after[j] = [i]
+            else:
+                waiting_on.append(i)
+        waiting[i] = deps
+        if not deps:
+            ready.append(i)
+        prev = piece
+    # Placing (Kahn's): a piece's pass is final when its last origin is placed.
+    passes = [1] * count
+    done = 0
+    while ready:
+        j = ready.pop()
+        done += 1
+        waiting_on = after.get(j)
+        if waiting_on is None:
+            continue
+        at = passes[j]
+        for i in waiting_on:
+            need = at + 1 if j > i else at
+            if need > passes[i]:
+                passes[i] = need
+            waiting[i] -= 1
+            if not waiting[i]:
+                ready.append(i)
+    if done < count:
+        raise DecodeError("snapshot elements refer to origins that are nowhere")
+    order = sorted(range(count), key=lambda i: passes[i] * count + i)
+    return [todo[i] for i in order]
 
 
 def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
