@@ -15,9 +15,10 @@ from bisect import bisect_right
 from typing import TYPE_CHECKING, Any
 
 from .changes import KIND_LIST, KIND_MAP, KIND_TEXT, MAX_INFLATED
+from .events import DeltaBuilder
 from .exceptions import DecodeError
 from .ids import VersionVector
-from .sequence import C, D, N, Sequence
+from .sequence import C, D, N, P, Sequence, X
 from .snapshot_codec import SnapshotCapture, _decode, _Decoded
 from .state import ListState
 
@@ -309,24 +310,96 @@ def _merge_sequence(doc: CRDTDocument, key: tuple[str, str], state: Any, plan: _
     """Carry out ``plan`` (from :func:`_plan_sequence`) on ``state``, reporting deltas."""
     seq: Sequence = state.seq
     builder = doc._builder(key)
-    is_list = isinstance(state, ListState)
+    if not isinstance(state, ListState):
+        for peer, ctr, take in plan.deletions:
+            seq.delete_known(peer, ctr, take)
+        for peer, ctr, content, left, right, deleted in plan.pieces:
+            seq.integrate(peer, ctr, content, left, right, deleted=deleted)
+        if builder is not None and (plan.deletions or plan.pieces):
+            _report_text_merge(seq, plan, builder)
+        return
     for peer, ctr, take in plan.deletions:
         for vis, count, _ in seq.set_deleted(peer, ctr, take, True, True):
             if builder is not None:
                 builder.splice(vis, count, "")
-    for peer, ctr, content, left, right, deleted in plan.pieces:
-        if is_list:
-            visible = _list_position_visible(state, (peer, ctr), content)
-            seq.integrate(peer, ctr, content, left, right, deleted=True)
-            for i, elem in enumerate(content):
-                if visible[i]:
-                    for vis, _, _ in seq.set_deleted(peer, ctr + i, 1, False, True):
-                        if builder is not None:
-                            builder.splice(vis, 0, [state.elems[elem][0]])
-        else:
-            span, off = seq.integrate(peer, ctr, content, left, right, deleted=deleted)
-            if builder is not None and not deleted:
-                builder.splice(seq.span_visible_start(span) + off, 0, content)
+    for peer, ctr, content, left, right, _ in plan.pieces:
+        visible = _list_position_visible(state, (peer, ctr), content)
+        seq.integrate(peer, ctr, content, left, right, deleted=True)
+        for i, elem in enumerate(content):
+            if visible[i]:
+                for vis, _, _ in seq.set_deleted(peer, ctr + i, 1, False, True):
+                    if builder is not None:
+                        builder.splice(vis, 0, [state.elems[elem][0]])
+
+
+def _report_text_merge(seq: Sequence, plan: _Plan, builder: DeltaBuilder) -> None:
+    """Report a carried-out text ``plan`` to ``builder``: one walk over the spans.
+
+    A splice per piece, at its visible index, costs a walk over the chunks
+    and one over the builder's ops, which grow with the pieces: a merge of
+    thousands of pieces spent most of its time there. The text's elements
+    are instead read in order once: the plan's visible pieces are the
+    insertions, its deletions the removed characters, anything else was there
+    before and is unchanged. Each place where something changed becomes one
+    splice, given from the end backwards so that every position is the one
+    in the text before the merge and the builder is only ever split at its
+    first op.
+    """
+    # Per peer, the changed ids (visible new ones, or removed ones) as sorted,
+    # disjoint [start, stop) ranges: the snapshot's ids never overlap.
+    new: dict[str, list[tuple[int, int]]] = {}
+    gone: dict[str, list[tuple[int, int]]] = {}
+    for peer, ctr, content, _, _, deleted in plan.pieces:
+        if not deleted:
+            new.setdefault(peer, []).append((ctr, ctr + len(content)))
+    for peer, ctr, take in plan.deletions:
+        gone.setdefault(peer, []).append((ctr, ctr + take))
+    for each in (*new.values(), *gone.values()):
+        each.sort()
+    edits: list[tuple[int, int, str]] = []  # (position before the merge, removed, inserted)
+    before = 0  # characters of the text before the merge, passed so far
+    at = -1  # where the edit being gathered starts, or -1
+    removed = 0
+    inserted: list[str] = []
+    for s in seq.spans():
+        peer, ctr, n, dead = s[P], s[C], s[N], s[D]
+        ranges = (gone if dead else new).get(peer)
+        if ranges is None:
+            if not dead:
+                if at >= 0:
+                    edits.append((at, removed, "".join(inserted)))
+                    at, removed, inserted = -1, 0, []
+                before += n
+            continue
+        end = ctr + n
+        i = bisect_right(ranges, (ctr, end)) - 1
+        if i < 0 or ranges[i][1] <= ctr:
+            i += 1
+        pos = ctr
+        while pos < end:
+            if i < len(ranges) and ranges[i][0] <= pos:
+                stop = min(ranges[i][1], end)
+                if at < 0:
+                    at = before
+                if dead:
+                    removed += stop - pos
+                    before += stop - pos
+                else:
+                    inserted.append(s[X][pos - ctr : stop - ctr])
+                if stop == ranges[i][1]:
+                    i += 1
+            else:
+                stop = end if i == len(ranges) else min(ranges[i][0], end)
+                if not dead:
+                    if at >= 0:
+                        edits.append((at, removed, "".join(inserted)))
+                        at, removed, inserted = -1, 0, []
+                    before += stop - pos
+            pos = stop
+    if at >= 0:
+        edits.append((at, removed, "".join(inserted)))
+    for at, removed, text in reversed(edits):
+        builder.splice(at, removed, text)
 
 
 def _list_position_visible(state: ListState, first: tuple[str, int], content: Any) -> list[bool]:
