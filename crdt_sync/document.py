@@ -525,8 +525,10 @@ class CRDTDocument:
                                 if frontier.get(rpeer) == right[1]:
                                     del frontier[rpeer]
                             text += seg.text[x0 : x0 + end - ctr - size]
-                        span, off = seq.integrate(peer, ctr, text, op[2], right, False, True)
-                        if out is not None:
+                        if out is None:
+                            seq.integrate(peer, ctr, text, op[2], right, False, True)
+                        else:
+                            span, off = seq.integrate(peer, ctr, text, op[2], right, False, True)
                             out.splice(seq.span_visible_start(span) + off, 0, text)
                     else:
                         if kind == DELETING:

@@ -166,6 +166,11 @@ def _span_index(chunk: Chunk, span: Span) -> int:
     si: int = span[SI]
     if si < len(spans) and spans[si] is span:
         return si
+    return _span_moved(spans, span, si)
+
+
+def _span_moved(spans: list[Span], span: Span, si: int) -> int:
+    """:func:`_span_index` for a caller that found the hint ``si`` stale."""
     try:
         si = spans.index(span, si - 3 if si > 3 else 0)
     except ValueError:
@@ -499,9 +504,17 @@ class Sequence:
                     si = s[SI] + 1
                     s = spans[si] if si < len(spans) else None
                 if s is None or s[P] != lpeer or not s[C] <= lctr < s[C] + s[N]:
-                    s = self._find_indexed(lpeer, lctr)
+                    # ``_find_indexed``, inline (see ``delete_known``).
+                    where = self._where.get(lpeer)
+                    s = None if where is None else where.get(lctr)
                     if s is None:
-                        raise KeyError(left)
+                        start = None if where is None else self._starts[lpeer].floor(lctr)
+                        if start is None:
+                            raise KeyError(left)
+                        s = where[start]  # type: ignore[index]
+                        if lctr >= start + s[N]:
+                            raise KeyError(left)
+                    self._last = s
             chunk = s[CH]
             ci = chunk.at
             if chunks[ci] is not chunk:
@@ -509,7 +522,7 @@ class Sequence:
             spans = chunk.spans
             si = s[SI]
             if si >= len(spans) or spans[si] is not s:
-                si = _span_index(chunk, s)
+                si = _span_moved(spans, s, si)
             off = lctr - s[C] + 1
             # (A flag, not the test itself: CPython 3.11 does not specialise a
             # comparison followed by a jump too long for one byte, as the one
@@ -751,9 +764,18 @@ class Sequence:
         while count > 0:
             s = self._last
             if s is None or s[P] != peer or not s[C] <= ctr < s[C] + s[N]:
-                s = self._find_indexed(peer, ctr)
+                # ``_find_indexed``, inline (a call less per range: this runs
+                # for every range of a remote delete).
+                where = self._where.get(peer)
+                s = None if where is None else where.get(ctr)
                 if s is None:
-                    raise KeyError((peer, ctr))
+                    start = None if where is None else self._starts[peer].floor(ctr)
+                    if start is None:
+                        raise KeyError((peer, ctr))
+                    s = where[start]  # type: ignore[index]
+                    if ctr >= start + s[N]:
+                        raise KeyError((peer, ctr))
+                self._last = s
             off = ctr - s[C]
             take = s[N] - off
             if take > count:
@@ -772,7 +794,7 @@ class Sequence:
         spans = chunk.spans
         si = s[SI]
         if si >= len(spans) or spans[si] is not s:
-            si = _span_index(chunk, s)
+            si = _span_moved(spans, s, si)
         keep = self.keep
         n = s[N]
         inside = False  # (a flag: see ``integrate``)
@@ -1075,13 +1097,15 @@ class Sequence:
     def _split(self, s: Span, chunk: Chunk, si: int, off: int) -> Span:
         """Split span ``s`` (at ``chunk.spans[si]``) before offset ``off``; returns the tail."""
         content = s[X]
+        peer = s[P]
+        start = s[C] + off
         tail = [
-            s[P],
-            s[C] + off,
+            peer,
+            start,
             s[N] - off,
             content[off:],
             s[D],
-            (s[P], s[C] + off - 1),
+            (peer, start - 1),
             s[R],
             chunk,
             si + 1,
@@ -1090,10 +1114,9 @@ class Sequence:
         s[X] = content[:off]
         chunk.spans.insert(si + 1, tail)
         # ``_index_add(tail)``, inline (the peer has a span already: ``s``).
-        start = tail[C]
-        where = self._where[tail[P]]
+        where = self._where[peer]
         if start not in where:
-            self._starts[tail[P]].add(start)
+            self._starts[peer].add(start)
         where[start] = tail
         return tail
 
@@ -1224,13 +1247,11 @@ class Sequence:
         half = len(spans) // 2
         moved = spans[half:]
         del spans[half:]
-        vis = 0
         new = Chunk(moved, 0, ci + 1)
         for k, s in enumerate(moved):
             s[CH] = new
             s[SI] = k
-            if not s[D]:
-                vis += s[N]
+        vis = sum([s[N] for s in moved if not s[D]])
         new.vis = vis
         chunk.vis -= vis
         chunks = self.chunks
