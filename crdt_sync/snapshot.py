@@ -11,7 +11,9 @@ into a document with concurrent edits.
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_right
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from .changes import KIND_LIST, KIND_MAP, KIND_TEXT, MAX_INFLATED
@@ -109,6 +111,8 @@ def load_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
 
 
 Piece = tuple[str, int, Any, Any, Any, bool]  # peer, counter, content, left, right, deleted
+#: A piece's first id.
+_PEER_COUNTER = itemgetter(0, 1)
 
 
 class _Plan:
@@ -168,66 +172,79 @@ def _integration_order(seq: Sequence, todo: list[Piece]) -> list[Piece]:
     (a piece naming an element of its own among its origins included).
     """
     count = len(todo)
-    # Per peer, the pieces' first counters, sorted, and the piece of each: the
-    # snapshot's ids of a peer are disjoint (its decoder checks), so are these.
-    firsts: dict[str, list[tuple[int, int]]] = {}
-    for i, piece in enumerate(todo):
-        entry = firsts.get(piece[0])
-        if entry is None:
-            firsts[piece[0]] = [(piece[1], i)]
-        else:
-            entry.append((piece[1], i))
-    starts: dict[str, list[int]] = {}
-    owners: dict[str, list[int]] = {}
-    for peer, entry in firsts.items():
-        entry.sort()
-        starts[peer] = [c for c, _ in entry]
-        owners[peer] = [i for _, i in entry]
+    # An origin is mostly the first element of a piece (a right origin: the
+    # piece after it was split there) or the last one of a piece before it (a
+    # left origin): two dictionaries. Any other is in ``seq``, or inside a
+    # piece: found by bisection in an index built the first time it is needed.
+    heads = dict(zip(map(_PEER_COUNTER, todo), itertools.count()))
+    lasts: dict[Any, int] = {}
+    index: dict[str, list[tuple[int, int]]] | None = None
     contains = seq.contains
+
+    def holder(origin: Any) -> int:
+        """The piece holding ``origin``, or -1 when ``seq`` holds it."""
+        nonlocal index
+        if contains(*origin):
+            return -1
+        if index is None:
+            index = {}
+            for i, piece in enumerate(todo):
+                index.setdefault(piece[0], []).append((piece[1], i))
+            for entries in index.values():
+                entries.sort()
+        firsts = index.get(origin[0])
+        if firsts is not None:
+            k = bisect_right(firsts, (origin[1], count)) - 1
+            if k >= 0:
+                j = firsts[k][1]
+                if origin[1] < todo[j][1] + len(todo[j][2]):
+                    return j
+        raise DecodeError("snapshot elements refer to origins that are nowhere")
+
     # waiting[i]: origins of piece i still to place; after[j]: the pieces
     # whose origins piece j holds (an entry per origin).
     waiting = [0] * count
-    after: dict[int, list[int]] = {}
+    after: list[list[int] | None] = [None] * count
     ready: list[int] = []
-    prev: Piece | None = None
     for i, piece in enumerate(todo):
         deps = 0
-        for origin in (piece[3], piece[4]):
-            if origin is None:
-                continue
-            opeer, octr = origin
-            if prev is not None and prev[0] == opeer and prev[1] <= octr < prev[1] + len(prev[2]):
-                j = i - 1  # typing on: the piece just before (no lookup)
-            else:
-                first = starts.get(opeer)
-                j = -1
-                if first is not None:
-                    k = bisect_right(first, octr) - 1
-                    if k >= 0:
-                        j = owners[opeer][k]
-                        if octr >= todo[j][1] + len(todo[j][2]):
-                            j = -1
-                if j < 0:
-                    if not contains(opeer, octr):
-                        raise DecodeError("snapshot elements refer to origins that are nowhere")
-                    continue
-            deps += 1
-            waiting_on = after.get(j)
-            if waiting_on is None:
-                after[j] = [i]
-            else:
-                waiting_on.append(i)
+        left = piece[3]
+        if left is not None:
+            j = lasts.get(left)
+            if j is None:
+                j = heads.get(left)
+                if j is None:
+                    j = holder(left)
+            if j >= 0:
+                deps = 1
+                waiting_on = after[j]
+                if waiting_on is None:
+                    after[j] = [i]
+                else:
+                    waiting_on.append(i)
+        right = piece[4]
+        if right is not None:
+            j = heads.get(right)
+            if j is None:
+                j = holder(right)
+            if j >= 0:
+                deps += 1
+                waiting_on = after[j]
+                if waiting_on is None:
+                    after[j] = [i]
+                else:
+                    waiting_on.append(i)
         waiting[i] = deps
         if not deps:
             ready.append(i)
-        prev = piece
+        lasts[(piece[0], piece[1] + len(piece[2]) - 1)] = i
     # Placing (Kahn's): a piece's pass is final when its last origin is placed.
     passes = [1] * count
     done = 0
     while ready:
         j = ready.pop()
         done += 1
-        waiting_on = after.get(j)
+        waiting_on = after[j]
         if waiting_on is None:
             continue
         at = passes[j]
@@ -240,8 +257,9 @@ def _integration_order(seq: Sequence, todo: list[Piece]) -> list[Piece]:
                 ready.append(i)
     if done < count:
         raise DecodeError("snapshot elements refer to origins that are nowhere")
-    order = sorted(range(count), key=lambda i: passes[i] * count + i)
-    return [todo[i] for i in order]
+    # Sorted by (pass, document order) as one int each.
+    order = sorted([at * count + i for i, at in enumerate(passes)])
+    return [todo[key % count] for key in order]
 
 
 def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:

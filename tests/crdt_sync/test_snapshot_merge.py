@@ -233,6 +233,18 @@ def test_pieces_are_placed_pass_by_pass_in_document_order() -> None:
     assert _integration_order(seq, [x, z, y, v, w]) == [y, w, x, z, v]
 
 
+def test_an_origin_inside_a_piece_makes_it_wait_for_that_piece() -> None:
+    seq = Sequence("", keep_deleted_content=False)
+    seq.integrate("s", 0, "ab", None, None)
+    # U's origins are the middle and the last element of M, after it in
+    # document order (neither is a piece's first element, nor the last one of
+    # a piece before it): U waits a pass.
+    u = ("r", 5, "u", ("r", 1), ("r", 2), False)
+    m = ("r", 0, "abc", ("s", 0), ("s", 1), False)
+    w = ("q", 0, "w", ("s", 1), None, False)
+    assert _integration_order(seq, [u, m, w]) == [m, w, u]
+
+
 @pytest.mark.parametrize(
     "pieces",
     [
