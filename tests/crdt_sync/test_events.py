@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from hypothesis import example, given
@@ -23,6 +24,7 @@ from crdt_sync import (
     TextEvent,
     apply_delta,
 )
+from crdt_sync.events import DeltaBuilder
 
 
 def peer(n: int) -> PeerId:
@@ -233,3 +235,111 @@ def test_snapshot_merge_reports_list_moves_and_deletes() -> None:
     b.import_snapshot(Snapshot.from_bytes(a.take_snapshot().to_bytes()))
     assert lb.value == ["r", "p"]
     assert rec.before == ["r", "p"]
+
+
+class _FlatDeltaBuilder:
+    """The delta builder as one list of ops, walked from its start at every splice
+    (crdt_sync/events.py before its ops were cut into blocks): the reference the
+    blocks must give the same delta as."""
+
+    def __init__(self) -> None:
+        self.ops: list[list[Any]] = []
+
+    def splice(self, pos: int, delete: int, content: Any) -> None:
+        ops = self.ops
+        k = 0
+        cur = 0
+        while cur < pos:
+            if k == len(ops):
+                ops.append(["r", pos - cur])
+                k += 1
+                break
+            kind, v = ops[k]
+            w = v if kind == "r" else (len(v) if kind == "i" else 0)
+            if cur + w <= pos:
+                cur += w
+                k += 1
+                continue
+            off = pos - cur
+            if kind == "r":
+                ops[k : k + 1] = [["r", off], ["r", v - off]]
+            else:
+                ops[k : k + 1] = [["i", v[:off]], ["i", v[off:]]]
+            k += 1
+            break
+        j = k
+        rem = delete
+        while rem > 0:
+            if j == len(ops):
+                ops.append(["d", rem])
+                break
+            kind, v = ops[j]
+            if kind == "d":
+                j += 1
+                continue
+            w = v if kind == "r" else len(v)
+            take = w if w < rem else rem
+            if kind == "r":
+                if take < w:
+                    ops[j : j + 1] = [["d", take], ["r", w - take]]
+                else:
+                    ops[j] = ["d", take]
+                j += 1
+            elif take < w:
+                ops[j] = ["i", v[take:]]
+            else:
+                del ops[j]
+            rem -= take
+        if len(content):
+            ops.insert(k, ["i", content])
+
+    def delta(self) -> tuple[Any, ...]:
+        built = DeltaBuilder()
+        built._blocks = [self.ops]
+        built._widths = [0]
+        return built.delta()
+
+
+@given(st.integers(0, 2**32 - 1), st.booleans())
+@example(0, True)
+@example(1, False)
+def test_the_delta_builder_in_blocks_composes_splices_as_one_list_does(
+    seed: int, text: bool
+) -> None:
+    """Hundreds of splices (inserts, deletes, both, at the ends, past the end,
+    deleting across many ops and blocks) into a builder whose ops outgrow one
+    block: the same delta as the single list, after every few splices, and that
+    delta turns the value before into the value after."""
+    rng = random.Random(seed)
+    before: Any = "".join(rng.choice("abcdef") for _ in range(rng.randrange(0, 300)))
+    if not text:
+        before = list(before)
+    value = before[:]
+    built = DeltaBuilder()
+    flat = _FlatDeltaBuilder()
+    past = False
+    for step in range(rng.choice((300, 700))):
+        n = len(value)
+        pos = rng.randrange(0, n + 1)
+        shape = rng.random()
+        if shape < 0.01:
+            pos = n + rng.randrange(1, 4)  # past the end (a retain appended)
+            past = True
+        delete = 0
+        if shape > 0.55:
+            delete = rng.randrange(1, 4) if shape < 0.9 else rng.randrange(1, 80)
+        content: Any = "".join(rng.choice("XYZ") for _ in range(rng.choice((0, 1, 1, 2, 5))))
+        if not text:
+            content = list(content)
+        if pos > n:
+            delete = 0
+        built.splice(pos, delete, content)
+        flat.splice(pos, delete, content)
+        value = value[:pos] + content + value[pos + delete :]
+        if step % 17 == 0:
+            assert built.delta() == flat.delta()
+    assert len(built._blocks) > 1
+    assert built.delta() == flat.delta()
+    assert bool(built) == bool(flat.ops)
+    if not past:
+        assert apply_delta(before, built.delta()) == value
