@@ -966,6 +966,41 @@ class Sequence:
         starts = self._starts.get(peer)
         return None if starts is None else starts.ceiling(ctr)
 
+    def find_or_next(self, peer: str, ctr: int) -> tuple[Span | None, int | None]:
+        """``(span holding (peer, ctr), None)``, or ``(None, the first counter >
+        ctr of an element of peer held here, or None)``.
+
+        :meth:`find` then :meth:`next_known` from ``ctr + 1`` in one lookup (a
+        snapshot merge asks both of each incoming span): the floor and the
+        ceiling of ``ctr`` among the peer's span starts come from one block.
+        """
+        s = self._last
+        if s is not None and s[P] == peer and s[C] <= ctr < s[C] + s[N]:
+            return s, None
+        where = self._where.get(peer)
+        if where is None:
+            return None, None
+        s = where.get(ctr)
+        if s is None:
+            starts = self._starts[peer]
+            maxes = starts.maxes
+            i = bisect_right(maxes, ctr)
+            after: int | None = None
+            if i < len(maxes):
+                block = starts.blocks[i]
+                j = bisect_right(block, ctr)
+                after = block[j]  # maxes[i] > ctr: block holds a start past ctr
+                floor = block[j - 1] if j else (maxes[i - 1] if i else None)
+            else:
+                floor = maxes[-1] if maxes else None
+            if floor is None:
+                return None, after
+            s = where[floor]
+            if ctr >= floor + s[N]:
+                return None, after
+        self._last = s
+        return s, None
+
     def _find(self, peer: str, ctr: int) -> Span | None:
         s = self._last
         if s is not None and s[P] == peer and s[C] <= ctr < s[C] + s[N]:

@@ -136,18 +136,18 @@ def _plan_sequence(seq: Sequence, spans: list[list[Any]], is_list: bool) -> _Pla
     """
     plan = _Plan()
     todo: list[Piece] = []
+    find_or_next = seq.find_or_next
     for sp in spans:
         peer, ctr, n, content, deleted, left, right = sp[:7]
         k = 0
         while k < n:
-            found = seq.find(peer, ctr + k)
+            found, known = find_or_next(peer, ctr + k)
             if found is not None:
                 take = min(found[C] + found[N] - (ctr + k), n - k)
                 if deleted and not is_list and not found[D]:
                     plan.deletions.append((peer, ctr + k, take))
                 k += take
                 continue
-            known = seq.next_known(peer, ctr + k + 1)
             j = n if known is None else min(n, known - ctr)
             piece_left = left if k == 0 else (peer, ctr + k - 1)
             # Deleted text keeps no characters: a range stands in for their count.

@@ -627,3 +627,34 @@ def test_remote_spans_appended_in_counter_order_keep_the_sorted_starts_in_bounde
     assert len(seq._starts["p"].blocks) > 3
     for k in range(2500):
         assert seq.find("p", 2 * k + 1) is seq.find("p", 2 * k)
+
+
+@given(
+    runs=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 40)), min_size=1, max_size=60),
+    probes=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 60_000)), max_size=40),
+)
+def test_find_or_next_answers_as_find_then_next_known(
+    runs: list[tuple[int, int]], probes: list[tuple[int, int]]
+) -> None:
+    # Three peers' runs with gaps in their counters, as loaded from a
+    # snapshot, enough of them to fill several SortedInts blocks per peer.
+    seq = Sequence("", keep_deleted_content=False)
+    counters = [0, 0, 0]
+    spans: list[list[Any]] = []
+    for who, n in runs * (4000 // len(runs)):
+        spans.append(["abc"[who], counters[who], n, "x" * n, False, None, None, None, 0])
+        counters[who] += n + n % 3  # a gap after most runs
+    seq.load_spans(spans)
+    # Random probes, every counter around some of them, and every counter
+    # before the first start of each block of a peer's starts (whose floor is
+    # in the block before).
+    near = [(who, c + d) for who, c in probes[:3] for d in range(-50, 50) if c + d >= 0]
+    for who in range(3):
+        for block in seq._starts["abc"[who]].blocks if "abc"[who] in seq._starts else ():
+            near.extend((who, c) for c in range(max(0, block[0] - 60), block[0] + 1))
+    for who, ctr in probes + near:
+        peer = "abcd"[who]
+        seq._last = None  # not the span of the last lookup: the index itself
+        found, after = seq.find_or_next(peer, ctr)
+        assert found is seq.find(peer, ctr)
+        assert after == (None if found is not None else seq.next_known(peer, ctr + 1))
