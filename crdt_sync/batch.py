@@ -551,6 +551,7 @@ def decode_segment(r: Reader) -> Segment:
     peers1 = peers[:0x80]
     names1 = names[:0x80]
     chained = _CHAINED
+    low7, high7, high14 = _LOW7, _HIGH7, _HIGH14
     # Each head (a 0) and its continuations: the pieces after the first split.
     for m in map(len, kinds.split(b"\x00")[1:]):
         i = j
@@ -580,10 +581,10 @@ def decode_segment(r: Reader) -> Segment:
                         else:
                             c = w[7]
                             if c < 0x80:
-                                b = (b & 0x7F) | c << 7
+                                b = low7[b] + high7[c]
                                 at = 8
                             elif w[8] < 0x80:
-                                b = (b & 0x7F) | (c & 0x7F) << 7 | w[8] << 14
+                                b = low7[b] + high7[c] + high14[w[8]]
                                 at = 9
                             else:
                                 raise _Unusual
@@ -604,10 +605,10 @@ def decode_segment(r: Reader) -> Segment:
                         else:
                             c = w[at + 3]
                             if c < 0x80:
-                                b = (b & 0x7F) | c << 7
+                                b = low7[b] + high7[c]
                                 k = at + 4
                             elif w[at + 4] < 0x80:
-                                b = (b & 0x7F) | (c & 0x7F) << 7 | w[at + 4] << 14
+                                b = low7[b] + high7[c] + high14[w[at + 4]]
                                 k = at + 5
                             else:
                                 raise _Unusual
@@ -637,10 +638,10 @@ def decode_segment(r: Reader) -> Segment:
                     else:
                         c = w[7]
                         if c < 0x80:
-                            b = (b & 0x7F) | c << 7
+                            b = low7[b] + high7[c]
                             k = 8
                         elif w[8] < 0x80:
-                            b = (b & 0x7F) | (c & 0x7F) << 7 | w[8] << 14
+                            b = low7[b] + high7[c] + high14[w[8]]
                             k = 9
                         else:
                             raise _Unusual
@@ -732,6 +733,14 @@ def decode_segment(r: Reader) -> Segment:
 #: from: its offsets into that copy are small ints (no int object made per
 #: step). Under 128, so a text whose length takes two varint bytes never fits.
 _WINDOW = 40
+
+#: A varint's bytes by their place, as the parts of its value they give: list
+#: lookups and additions (specialised by the interpreter) cost about half the
+#: masks and shifts they stand for, which it does not specialise. The callers
+#: have checked which bytes have their top bit set.
+_LOW7 = [b & 0x7F for b in range(256)]
+_HIGH7 = [(b & 0x7F) << 7 for b in range(256)]
+_HIGH14 = [(b & 0x7F) << 14 for b in range(256)]
 
 #: Whether :func:`decode_segment` reads the usual head rows itself (tests turn
 #: it off to compare with the readers it defers to).
