@@ -508,17 +508,9 @@ class Sequence:
                     si = s[SI] + 1
                     s = spans[si] if si < len(spans) else None
                 if s is None or s[P] != lpeer or not s[C] <= lctr < s[C] + s[N]:
-                    # ``_find_indexed``, inline (see ``delete_known``).
-                    where = self._where.get(lpeer)
-                    s = None if where is None else where.get(lctr)
+                    s = self._find_indexed(lpeer, lctr)
                     if s is None:
-                        start = None if where is None else self._starts[lpeer].floor(lctr)
-                        if start is None:
-                            raise KeyError(left)
-                        s = where[start]  # type: ignore[index]
-                        if lctr >= start + s[N]:
-                            raise KeyError(left)
-                    self._last = s
+                        raise KeyError(left)
             chunk = s[CH]
             ci = chunk.at
             if chunks[ci] is not chunk:
@@ -768,18 +760,9 @@ class Sequence:
         while count > 0:
             s = self._last
             if s is None or s[P] != peer or not s[C] <= ctr < s[C] + s[N]:
-                # ``_find_indexed``, inline (a call less per range: this runs
-                # for every range of a remote delete).
-                where = self._where.get(peer)
-                s = None if where is None else where.get(ctr)
+                s = self._find_indexed(peer, ctr)
                 if s is None:
-                    start = None if where is None else self._starts[peer].floor(ctr)
-                    if start is None:
-                        raise KeyError((peer, ctr))
-                    s = where[start]  # type: ignore[index]
-                    if ctr >= start + s[N]:
-                        raise KeyError((peer, ctr))
-                self._last = s
+                    raise KeyError((peer, ctr))
             off = ctr - s[C]
             take = s[N] - off
             if take > count:
