@@ -30,7 +30,6 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
 from itertools import accumulate
-from operator import sub
 from typing import Any
 
 from .changes import (
@@ -399,23 +398,38 @@ class Segment:
         pcol = self.dpeer[d0:stop]
         if pcol.count(pcol[0]) == m and self.dlen[d0:stop].count(1) == m:
             # One element each, of one peer (backspacing, forward deleting):
-            # the merged ranges are the groups of consecutive counters.
+            # the merged ranges are the groups of consecutive counters. Found
+            # in the order deleted, one pass with no sort: a stretch [lo, hi]
+            # grows while the next counter is one below it (backspacing) or
+            # one above (forward deleting); the few stretches are then sorted
+            # and the touching or overlapping ones joined (a counter deleted
+            # twice starts a stretch inside another).
             self._one_each.add(i)
             peer = peers[pcol[0]]
-            col = self.dctr[d0:stop]
-            top, bottom = col[0], col[-1]
-            # One stretch backspaced or forward deleted, compared in C.
-            if top - bottom == m - 1 and col == array("Q", range(top, bottom - 1, -1)):
-                return [(peer, bottom, m)]
-            if bottom - top == m - 1 and col == array("Q", range(top, bottom + 1)):
-                return [(peer, top, m)]
-            ctrs = sorted(col)
-            breaks = [k for k, step in enumerate(map(sub, ctrs[1:], ctrs), 1) if step > 1]
+            stretches = []
+            col = self.dctr[d0:stop].tolist()
+            lo = hi = col[0]
+            for c in col:
+                if c == lo - 1:
+                    lo = c
+                elif c == hi + 1:
+                    hi = c
+                elif c != lo:
+                    stretches.append((lo, hi))
+                    lo = hi = c
+            if not stretches:
+                return [(peer, lo, hi - lo + 1)]
+            stretches.append((lo, hi))
+            stretches.sort()
             out = []
-            start = 0
-            for k in [*breaks, m]:
-                out.append((peer, ctrs[start], ctrs[k - 1] - ctrs[start] + 1))
-                start = k
+            lo, hi = stretches[0]
+            for first, last in stretches:
+                if first > hi + 1:
+                    out.append((peer, lo, hi - lo + 1))
+                    lo = first
+                if last > hi:
+                    hi = last
+            out.append((peer, lo, hi - lo + 1))
             return out
         return list(
             zip(

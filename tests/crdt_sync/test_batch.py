@@ -663,7 +663,7 @@ def test_run_heads_get_their_time_stamps_when_asked_for() -> None:
 @pytest.mark.parametrize("seed", range(4))
 def test_merged_delete_ranges_of_a_run_are_its_continuations_ranges_coalesced(seed: int) -> None:
     """``Segment.delete_ranges`` merges a deleting run's one-element deletes from
-    the columns (sorted counters cut where a step is above 1): the same
+    the columns (stretches found in the order deleted, then joined): the same
     ranges as coalescing each continuation's own, for backspacing and forward
     deleting over text typed in many places (counters far apart)."""
     rng = random.Random(seed)
@@ -720,6 +720,14 @@ def test_delete_ranges_from_columns_of_every_shape_agree_with_coalescing() -> No
             elif 0 < a < m - 1:
                 ctrs[a] = ctrs[a + 1]
             return [(other, c, 1) for c in ctrs]
+        if shape == "stretches":  # backspacing and forward deleting in a few places
+            ctrs = []
+            while len(ctrs) < m:
+                at, step = base + rng.randrange(3 * m), rng.choice([-1, 1])
+                for _ in range(rng.randrange(1, 12)):
+                    ctrs.append(at)
+                    at += step
+            return [(other, c, 1) for c in ctrs[:m]]
         if shape == "shuffled":
             ctrs = rng.sample(range(base, base + 2 * m), m)
             return [(other, c, 1) for c in ctrs]
@@ -727,7 +735,7 @@ def test_delete_ranges_from_columns_of_every_shape_agree_with_coalescing() -> No
             return [(rng.choice([other, third]), base + k, 1) for k in range(m)]
         return [(other, base + 2 * k, rng.choice([1, 1, 3])) for k in range(m)]  # lengths
 
-    shapes = ["falling", "rising", "falling with gaps", "near a stretch", "shuffled"]
+    shapes = ["falling", "rising", "falling with gaps", "near a stretch", "stretches", "shuffled"]
     shapes += ["two peers", "lengths"]
     checked = 0
     for _ in range(400):
