@@ -21,6 +21,7 @@ from crdt_sync import (
     VersionVector,
     decode_changes,
     encode_changes,
+    remote,
 )
 from crdt_sync.batch import DELETING, FULL, TYPING
 from crdt_sync.causal import coalesce
@@ -447,12 +448,12 @@ def test_runs_merged_into_concurrent_content_agree_with_change_by_change(
         fast, slow = CRDTDocument(target.peer_id, "d"), CRDTDocument(target.peer_id, "d")
         for copy in (fast, slow):
             copy.import_changes(target.export_changes())
-        general = CRDTDocument._import
+        general = remote.import_tuples
         with monkeypatch.context() as patch:
             # By runs: the general path must not be taken.
-            patch.setattr(CRDTDocument, "_import", None)
+            patch.setattr(remote, "import_tuples", None)
             fast.binary_import_changes(data)
-        assert CRDTDocument._import is general
+        assert remote.import_tuples is general
         slow.import_changes(source.export_changes())
         assert fingerprint(fast) == fingerprint(slow)
         assert fast.get_value("t") == slow.get_value("t")
@@ -487,7 +488,7 @@ def test_a_batch_invalid_late_leaves_a_document_with_concurrent_content_untouche
     assert len(decode_batch(data)[0].runs) >= 3
     before = fingerprint(target)
     with pytest.raises(InvalidChangeError), monkeypatch.context() as patch:
-        patch.setattr(CRDTDocument, "_import", None)  # refused by the run path itself
+        patch.setattr(remote, "import_tuples", None)  # refused by the run path itself
         target.binary_import_changes(data)
     assert fingerprint(target) == before
     target.check_invariants()
@@ -517,13 +518,13 @@ def _apart(seed: int, steps: int) -> tuple[CRDTDocument, CRDTDocument]:
 def _spy_checked(patch: pytest.MonkeyPatch) -> list[bool]:
     """Record what each call of the checked run path returned."""
     results: list[bool] = []
-    checked = CRDTDocument._apply_runs_checked
+    checked = remote._apply_runs_checked
 
-    def spy(self: CRDTDocument, segments: Any) -> bool:
-        results.append(checked(self, segments))
+    def spy(doc: CRDTDocument, segments: Any) -> bool:
+        results.append(checked(doc, segments))
         return results[-1]
 
-    patch.setattr(CRDTDocument, "_apply_runs_checked", spy)
+    patch.setattr(remote, "_apply_runs_checked", spy)
     return results
 
 
@@ -554,7 +555,7 @@ def test_checked_runs_agree_with_checking_first_and_with_change_by_change(
             checked.binary_import_changes(data)
         assert results == [True]
         with monkeypatch.context() as patch:
-            patch.setattr(CRDTDocument, "_apply_runs_checked", lambda self, segments: False)
+            patch.setattr(remote, "_apply_runs_checked", lambda doc, segments: False)
             first.binary_import_changes(data)
         by_change.import_changes(source.export_changes())
         assert fingerprint(checked) == fingerprint(first) == fingerprint(by_change)
@@ -617,7 +618,7 @@ def test_a_batch_refused_late_by_the_checked_path_is_rolled_back(
             assert events == []
     assert results == [False]
     with monkeypatch.context() as patch:
-        patch.setattr(CRDTDocument, "_apply_runs_checked", lambda self, segments: False)
+        patch.setattr(remote, "_apply_runs_checked", lambda doc, segments: False)
         if late == "gap":
             careful.binary_import_changes(data)
         else:

@@ -1,4 +1,4 @@
-"""The one-change import of ``crdt_sync/document.py`` (``CRDTDocument._import_one``):
+"""The one-change import of ``crdt_sync/remote.py`` (``import_one``):
 a lone change that is ready while nothing waits (a keystroke arriving from the
 network) is applied without the batch machinery. It must leave the document
 exactly as the general way does (state, version vector, pending buffer, count,
@@ -17,6 +17,7 @@ from crdt_sync import (
     CRDTListHandler,
     CRDTMapHandler,
     CRDTTextHandler,
+    remote,
 )
 from crdt_sync.changes import TEXT_INSERT
 
@@ -97,7 +98,13 @@ class Receiver:
 
 
 def general_only(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setattr(receiver.doc, "_import_one", lambda t: False)
+    """Make ``receiver``'s document decline the one-change way (others keep it)."""
+    other = remote.import_one
+
+    def declining(doc: CRDTDocument, t: Any) -> bool:
+        return False if doc is receiver.doc else other(doc, t)
+
+    monkeypatch.setattr(remote, "import_one", declining)
 
 
 def deliveries(seed: int) -> list[list[Change]]:
@@ -127,15 +134,15 @@ def test_one_change_at_a_time_leaves_the_document_as_the_general_way(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     taken = 0
-    real = CRDTDocument._import_one
+    real = remote.import_one
 
-    def counting(self: CRDTDocument, t: Any) -> bool:
+    def counting(doc: CRDTDocument, t: Any) -> bool:
         nonlocal taken
-        done = real(self, t)
+        done = real(doc, t)
         taken += done
         return done
 
-    monkeypatch.setattr(CRDTDocument, "_import_one", counting)
+    monkeypatch.setattr(remote, "import_one", counting)
     for seed in range(6):
         fast, general = Receiver(), Receiver()
         general_only(monkeypatch, general)
