@@ -572,7 +572,9 @@ def _forged(author: CRDTDocument, op: tuple[Any, ...], gap: int = 0) -> tuple[An
     return (me, ctr, last.timestamp, ((me, ctr - 1 - gap),), (op,), size)
 
 
-@pytest.mark.parametrize("late", ["unknown left", "unknown right", "map op deleted", "gap"])
+@pytest.mark.parametrize(
+    "late", ["unknown left", "unknown right", "map op deleted", "gap", "own dep ahead"]
+)
 def test_a_batch_refused_late_by_the_checked_path_is_rolled_back(
     monkeypatch: pytest.MonkeyPatch, late: str
 ) -> None:
@@ -600,8 +602,13 @@ def test_a_batch_refused_late_by_the_checked_path_is_rolled_back(
         "unknown right": (TEXT_INSERT, "t", known, (other, 3), "z"),
         "map op deleted": (TEXT_DELETE, "t", ((me, map_op, 1),)),
         "gap": (TEXT_INSERT, "t", known, None, "z"),
+        "own dep ahead": (TEXT_INSERT, "t", known, None, "z"),
     }
-    changes = [c._data for c in good] + [_forged(b, ops[late], gap=5 if late == "gap" else 0)]
+    last = _forged(b, ops[late], gap=5 if late == "gap" else 0)
+    if late == "own dep ahead":
+        # A dep on its own peer at or past its own counter: never known first.
+        last = (*last[:3], ((me, last[1]),), *last[4:])
+    changes = [c._data for c in good] + [last]
     data = encode_change_tuples(changes)
     assert sum(len(seg.runs) for seg in decode_batch(data)) >= 60
     careful = CRDTDocument(target.peer_id, "d")
@@ -609,7 +616,7 @@ def test_a_batch_refused_late_by_the_checked_path_is_rolled_back(
     before = fingerprint(target)
     with monkeypatch.context() as patch:
         results = _spy_checked(patch)
-        if late == "gap":
+        if late in ("gap", "own dep ahead"):
             assert target.binary_import_changes(data) == len(good)
         else:
             with pytest.raises(InvalidChangeError):
@@ -619,7 +626,7 @@ def test_a_batch_refused_late_by_the_checked_path_is_rolled_back(
     assert results == [False]
     with monkeypatch.context() as patch:
         patch.setattr(remote, "_apply_runs_checked", lambda doc, segments: False)
-        if late == "gap":
+        if late in ("gap", "own dep ahead"):
             careful.binary_import_changes(data)
         else:
             with pytest.raises(InvalidChangeError):
