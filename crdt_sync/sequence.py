@@ -28,7 +28,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
 from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 # Span fields. A span is ``[peer, counter, length, content, deleted, left, right, chunk,
@@ -47,6 +47,8 @@ CHUNK_MAX = 64
 
 #: A chunk's visible length, read in C.
 _VIS = attrgetter("vis")
+#: A span's left origin, read in C.
+_LEFT = itemgetter(5)
 
 Id = tuple[str, int]
 Span = list[Any]
@@ -648,12 +650,24 @@ class Sequence:
         The walk is lazy and stops where the rule decides: ``o.left`` lies after
         our left exactly when its span was passed in this walk (a set of spans),
         and whether ``o.right`` lies before our right is one position comparison.
+
+        With no left origin the walk starts at the first element, so every
+        element's left origin (which precedes it) not None has been passed:
+        only the elements with none, and the right origin, need looking at.
+        They are found in C, chunk by chunk (the first run of a peer into a
+        text another peer started scans the whole text).
         """
+        # The right origin's slot when the walk skips to root elements (else unused).
+        rci = rsi = -1
         if right is not None:
             rs, roff = self.locate(*right)
             if roff:
                 rchunk = rs[CH]
-                self._split(rs, rchunk, _span_index(rchunk, rs), roff)
+                rs = self._split(rs, rchunk, _span_index(rchunk, rs), roff)
+            if left is None:
+                rci, rsi = self._position_of(rs)
+        roots = left is None
+        lefts: list[Id | None] = []
         # The right origin's id, or one no element has (counters are never negative).
         rpeer, rctr = ("", -1) if right is None else right
         chunks = self.chunks
@@ -669,7 +683,17 @@ class Sequence:
         while True:
             spans = chunks[ci].spans
             n = len(spans)
+            if roots:
+                lefts = list(map(_LEFT, spans))
+                lefts.append(None)
             while si < n:
+                if roots:
+                    # The next element with no left origin, or the right origin.
+                    si = lefts.index(None, si)
+                    if ci == rci and si > rsi:
+                        si = rsi
+                    elif si == n:
+                        break
                 o = spans[si]
                 if o[C] == rctr and o[P] == rpeer:
                     # The right origin: past every element between the origins,

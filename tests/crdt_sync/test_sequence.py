@@ -535,6 +535,49 @@ def test_a_run_integrated_inside_a_span_lands_as_if_the_span_were_split_first(
     assert fast.value() == general.value()
 
 
+def _element_ids(seq: Sequence) -> list[tuple[str, int, bool]]:
+    """Every element's id and deleted flag, in document order."""
+    return [(s[0], s[1] + k, s[4]) for s in seq.spans() for k in range(s[2])]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_runs_with_no_left_origin_are_ordered_as_runs_after_a_first_element(seed: int) -> None:
+    """A run with no left origin (typed at the start of the text) walks the
+    sequence from its first element and looks only at the elements with no
+    left origin and at its right origin (found in C); the general walk looks at
+    every element. Two copies get the same runs from three peers, many at the
+    start and many concurrent (their origins several elements apart, with
+    other runs between them), some as tombstones; the second copy holds one
+    element more, first, which stands in for "no left origin" in its runs. The
+    elements are in the same order in both, after every run."""
+    rng = random.Random(seed)
+    roots, general = Sequence("", False), Sequence("", False)
+    first = ("0", 0)
+    general.integrate(*first, "#", None, None)
+    ctrs = {"p": 0, "q": 0, "r": 0}
+    ids: list[tuple[str, int]] = []
+    at_start = 0
+    for _ in range(300):
+        who = rng.choice("pqr")
+        size = rng.randint(1, 3)
+        at = 0 if rng.random() < 0.3 else rng.randrange(len(ids) + 1)
+        gap = rng.choice([0, 0, 1, 2, 5])
+        left = ids[at - 1] if at else None
+        right = ids[at + gap] if at + gap < len(ids) else None
+        deleted = rng.random() < 0.2
+        content = "".join(rng.choice("abc") for _ in range(size))
+        at_start += left is None and bool(ids)
+        roots.integrate(who, ctrs[who], content, left, right, deleted, True)
+        general.integrate(who, ctrs[who], content, left or first, right, deleted, True)
+        ctrs[who] += size
+        elements = _element_ids(roots)
+        assert elements == _element_ids(general)[1:]
+        ids = [(p, c) for p, c, _ in elements]
+        roots.check_invariants()
+    assert at_start > 50 and len(roots.chunks) > 3
+    assert sum(s[5] is None for s in roots.spans()) > 50
+
+
 def test_chunks_split_before_others_are_renumbered_when_asked() -> None:
     """A chunk split renumbers none of the chunks after it: ``Chunk.at`` is
     trusted when the chunk is there, else the chunks from the first one not
