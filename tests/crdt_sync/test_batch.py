@@ -769,11 +769,11 @@ def test_delete_ranges_from_columns_of_every_shape_agree_with_coalescing() -> No
 def test_runs_into_an_unobserved_text_match_an_observed_one_and_roll_back_alike(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A text nobody observes takes remote deletes through Sequence.delete_known,
-    # an observed one through set_deleted (for the delta): the same batch gives
-    # the same document either way, and a batch whose last change deletes a map
-    # op's id is refused by either with nothing changed (the unobserved one
-    # rolled back after delete_known raised).
+    # A text nobody observes and an observed one (whose delta the checked run
+    # path finds after the runs, from the spans and their backup): the same
+    # batch gives the same document either way, and a batch whose last change
+    # deletes a map op's id is refused by either with nothing changed (rolled
+    # back after delete_known raised) and no event.
     a, b = _apart(35, 900)
     CRDTMapHandler(b, "m").set("k", 1)
     map_op = b.export_changes()[-1].counter
