@@ -223,14 +223,8 @@ def _apply_runs_checked(doc: CRDTDocument, segments: list[Segment]) -> bool:
                         delete(p, c, n)
                 vv[peer] = end
                 if foreign:
-                    # Each continuation depends on the last element it deletes.
                     foreign = False
-                    one_each = seg.deletes_one_each(run)
-                    for p, c, n in seg.delete_ranges(run):
-                        if p != peer:
-                            f = frontier.get(p)
-                            if f is not None and (c <= f < c + n if one_each else f == c + n - 1):
-                                del frontier[p]
+                    _deleted_leave_frontier(frontier, seg, run, peer)
                 frontier[peer] = end - 1
                 if peer == me and end > doc._next:
                     doc._next = end
@@ -252,6 +246,18 @@ def _apply_runs_checked(doc: CRDTDocument, segments: list[Segment]) -> bool:
             return False  # the careful way decides (and raises the typed error)
         raise
     return True
+
+
+def _deleted_leave_frontier(frontier: dict[str, int], seg: Segment, run: Any, peer: str) -> None:
+    """Take off ``frontier`` what deleting ``run`` of ``peer`` depends on: each
+    continuation depends on the last element it deletes (other peers' only:
+    the run's own peer gets its entry anew after the run)."""
+    one_each = seg.deletes_one_each(run)
+    for p, c, n in seg.delete_ranges(run):
+        if p != peer:
+            f = frontier.get(p)
+            if f is not None and (c <= f < c + n if one_each else f == c + n - 1):
+                del frontier[p]
 
 
 def _report_edits(builder: DeltaBuilder, old: Backup, seq: Sequence, since: dict[str, int]) -> None:
@@ -432,13 +438,7 @@ def _apply_runs(doc: CRDTDocument, segments: list[Segment], merged: dict[int, An
                 if right is not None and frontier.get(right[0]) == right[1]:
                     del frontier[right[0]]
             elif kind == DELETING:
-                # Each continuation depends on the last element it deletes.
-                one_each = seg.deletes_one_each(run)
-                for p, c, n in seg.delete_ranges(run):
-                    if p != peer:
-                        f = frontier.get(p)
-                        if f is not None and (c <= f < c + n if one_each else f == c + n - 1):
-                            del frontier[p]
+                _deleted_leave_frontier(frontier, seg, run, peer)
             frontier[peer] = end - 1
             if peer == doc._peer and end > doc._next:
                 doc._next = end
