@@ -637,11 +637,17 @@ def decode_segment(r: Reader) -> Segment:
                         raise _Unusual
                     # Where the text ends: past the window when its length
                     # takes two varint bytes (a first byte of 128 or more).
-                    at = w[k] + k + 1
-                    if at > len(w) or at == k + 1:
-                        raise _Unusual
-                    chars = w[k + 1 : at].decode("utf-8", "surrogatepass")
-                    size = len(chars)
+                    if w[k] == 1:
+                        # One ASCII character, looked up (IndexError past 0x7f).
+                        chars = _ASCII[w[k + 1]]
+                        size = 1
+                        at = k + 2
+                    else:
+                        at = w[k] + k + 1
+                        if at > len(w) or at == k + 1:
+                            raise _Unusual
+                        chars = w[k + 1 : at].decode("utf-8", "surrogatepass")
+                        size = len(chars)
                     op: Any = (TEXT_INSERT, name, left, right, chars)
                 elif starts == TEXT_DELETE:
                     if w[4] != 1:
@@ -747,6 +753,11 @@ def decode_segment(r: Reader) -> Segment:
 #: from: its offsets into that copy are small ints (no int object made per
 #: step). Under 128, so a text whose length takes two varint bytes never fits.
 _WINDOW = 40
+
+#: The one-character strings of the ASCII bytes, by byte: a head's text of one
+#: ASCII byte (a typing run's head, nearly always) is looked up here instead of
+#: sliced and decoded; a byte past 0x7f is an IndexError, which declines the row.
+_ASCII = [chr(b) for b in range(0x80)]
 
 #: A varint's bytes by their place, as the parts of its value they give: list
 #: lookups and additions (specialised by the interpreter) cost about half the

@@ -410,6 +410,74 @@ def test_the_inline_head_reader_reads_what_the_fast_one_does_or_declines(
     assert min(accepted.values()) > len(cases) // 20, accepted
 
 
+def test_a_head_of_one_text_byte_is_read_inline_when_ascii_else_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The inline reader looks a one-byte text up (``_ASCII``) instead of
+    # decoding it: every byte value must give what ``_fast_row`` and
+    # ``_read_row`` give (the character, or DecodeError past 0x7f), for each
+    # origin form before it.
+    import crdt_sync.batch as batch
+    from crdt_sync.changes import _Tables, _write_deps_and_ops
+    from crdt_sync.codec import Reader, Writer
+
+    peers = [str(peer(n)) for n in range(1, 3)]
+    names = ["t"]
+    calls = [0]
+    real = batch._fast_row
+
+    def counting(*args: Any) -> Any:
+        calls[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(batch, "_fast_row", counting)
+
+    def outcome(body: bytes) -> object:
+        try:
+            return batch.decode_segment(Reader(body, 0)).runs[1][3]
+        except DecodeError:
+            return "DecodeError"
+
+    for right in [None, (peers[0], 4), (peers[1], 70000)]:
+        tables = _Tables()
+        for p in peers:
+            tables.peer(p)
+        tables.name("t")
+        first = Writer()
+        first.byte(0)
+        first.uint(0)  # peers[0]
+        first.uint(0)
+        _write_deps_and_ops(
+            first, tables, peers[0], 0, (), [(TEXT_INSERT, "t", None, None, "xyzab")], True
+        )
+        w = Writer()
+        w.byte(7)  # the previous peer, the next counter, deps chained
+        _write_deps_and_ops(
+            w, tables, peers[0], 5, (), [(TEXT_INSERT, "t", None, right, "?")], False
+        )
+        row = w.getvalue()
+        assert row[-2:] == b"\x01?"
+        for value in range(256):
+            body = _segment_of_rows(peers, names, first.getvalue(), row[:-1] + bytes([value]))
+            calls[0] = 0
+            got = outcome(body)
+            assert (calls[0] == 1) == (value < 0x80)  # read inline, or declined
+            monkeypatch.setattr(batch, "_CHAINED", False)
+            assert got == outcome(body)
+            monkeypatch.setattr(batch, "_CHAINED", True)
+            if value < 0x80:
+                assert got == (
+                    peers[0],
+                    5,
+                    0,
+                    ((peers[0], 4),),
+                    ((TEXT_INSERT, "t", None, right, chr(value)),),
+                    1,
+                )
+            else:
+                assert got == "DecodeError"
+
+
 def test_the_column_checks_by_bytes_agree_with_max_and_min() -> None:
     from array import array
 
