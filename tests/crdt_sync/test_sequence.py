@@ -492,6 +492,44 @@ def test_sorted_ints_take_members_in_order_and_out_of_order_alike(seed: int) -> 
         assert ints.ceiling(probe) == (above[0] if above else None)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_sorted_ints_take_two_members_with_none_between_as_two_adds(seed: int) -> None:
+    """``SortedInts.add_two(low, high)`` (the two new starts of a span deleted
+    inside) is ``add(low)`` then ``add(high)`` when no member lies between them:
+    in one search, into the block holding the gap, splitting a block that grows
+    past twice ``BLOCK``; or above every member. Two copies, one taking pairs
+    by ``add_two``, the other by two ``add`` calls, hold the same members, and
+    the blocks of the first stay sorted and bounded."""
+    rng = random.Random(seed)
+    two, one = SortedInts(), SortedInts()
+    members = [0]
+    two.add(0)
+    one.add(0)
+    for step in range(8 * SortedInts.BLOCK):
+        if rng.random() < 0.3:
+            low = members[-1] + rng.randint(1, 99)  # above every member
+        else:
+            # Between two low members (their blocks fill up), two apart at least.
+            k = rng.randrange(len(members) // 4 + 1)
+            while k + 1 < len(members) and members[k + 1] - members[k] < 3:
+                k += 1
+            gap = (members[k + 1] if k + 1 < len(members) else members[k] + 9) - members[k]
+            low = members[k] + rng.randint(1, gap - 2)
+        high = low + 1 + rng.randrange(2)
+        if high in members:
+            continue
+        two.add_two(low, high)
+        one.add(low)
+        one.add(high)
+        members = sorted([*members, low, high])
+        if step % 89 == 0:
+            assert list(two) == members
+    assert list(two) == list(one) == members
+    assert len(two.blocks) > 2
+    assert all(0 < len(b) <= 2 * SortedInts.BLOCK for b in two.blocks)
+    assert two.maxes == [b[-1] for b in two.blocks]
+
+
 @pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("seed", range(4))
 def test_a_run_integrated_inside_a_span_lands_as_if_the_span_were_split_first(
