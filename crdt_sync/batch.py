@@ -566,67 +566,79 @@ def decode_segment(r: Reader) -> Segment:
     names1 = names[:0x80]
     chained = _CHAINED
     low7, high7, high14 = _LOW7, _HIGH7, _HIGH14
+    # The batch from ``base`` on as a list of ints, ``buf``: the next row is at
+    # ``base + p``. A list subscript costs a fraction of a bytes one, and ``p``
+    # stays a small int (no int object made per step). Converted a stretch at a
+    # time, when ``p`` passes _REFILL; emptied when a row is read by the readers
+    # below (``pos`` is the position while it is empty).
+    buf: list[int] = []
+    base = p = 0
     # Each head (a 0) and its continuations: the pieces after the first split.
     for m in map(len, kinds.split(b"\x00")[1:]):
         i = j
-        j = i + 1 + m
-        # The usual head after a segment's first, read here from a short copy
-        # of the batch (every offset a small int): flags 7 (the previous
-        # change's peer, the next counter, deps chained), then one text insert
-        # or one text delete of one range, with every index one byte, every
-        # varint one to three bytes and an insert's text under 128 bytes.
-        # Anything else (malformed input included) declines to the readers
-        # below, which give the same change for every row read here
-        # (``tests/crdt_sync/test_batch.py`` compares them).
+        j += m + 1
+        # The usual head after a segment's first, read here from ``buf``:
+        # flags 7 (the previous change's peer, the next counter, deps
+        # chained), then one text insert or one text delete of one range,
+        # with every index one byte, every varint one to three bytes and an
+        # insert's text under 128 bytes. Anything else (malformed input
+        # included) declines to the readers below, which give the same change
+        # for every row read here (``tests/crdt_sync/test_batch.py`` compares
+        # them).
         head: ChangeTuple | None = None
         if i and chained:
-            w = data[pos : pos + _WINDOW]
+            if p > _REFILL or not buf:
+                if buf:
+                    pos = base + p
+                base = pos
+                p = 0
+                buf = list(data[pos : pos + _STRETCH])
             try:
-                if w[0] != 7 or w[1] != 1 or not expect:
+                if buf[p] != 7 or buf[p + 1] != 1 or not expect:
                     raise _Unusual
-                name = names1[w[3]]
-                starts = w[2]
+                name = names1[buf[p + 3]]
+                starts = buf[p + 2]
                 if starts == TEXT_INSERT:
-                    tag = w[4]
+                    tag = buf[p + 4]
                     if tag == _REF_FULL:
-                        b = w[6]
+                        b = buf[p + 6]
                         if b < 0x80:
-                            at = 7
+                            at = p + 7
                         else:
-                            c = w[7]
+                            c = buf[p + 7]
                             if c < 0x80:
                                 b = low7[b] + high7[c]
-                                at = 8
-                            elif w[8] < 0x80:
-                                b = low7[b] + high7[c] + high14[w[8]]
-                                at = 9
+                                at = p + 8
+                            elif buf[p + 8] < 0x80:
+                                b = low7[b] + high7[c] + high14[buf[p + 8]]
+                                at = p + 9
                             else:
                                 raise _Unusual
-                        left: tuple[str, int] | None = (peers1[w[5]], b)
+                        left: tuple[str, int] | None = (peers1[buf[p + 5]], b)
                     elif tag == _REF_PREV:
                         left = (prev_peer, expect - 1)
-                        at = 5
+                        at = p + 5
                     elif tag == _REF_NONE:
                         left = None
-                        at = 5
+                        at = p + 5
                     else:
                         raise _Unusual
-                    tag = w[at]
+                    tag = buf[at]
                     if tag == _REF_FULL:
-                        b = w[at + 2]
+                        b = buf[at + 2]
                         if b < 0x80:
                             k = at + 3
                         else:
-                            c = w[at + 3]
+                            c = buf[at + 3]
                             if c < 0x80:
                                 b = low7[b] + high7[c]
                                 k = at + 4
-                            elif w[at + 4] < 0x80:
-                                b = low7[b] + high7[c] + high14[w[at + 4]]
+                            elif buf[at + 4] < 0x80:
+                                b = low7[b] + high7[c] + high14[buf[at + 4]]
                                 k = at + 5
                             else:
                                 raise _Unusual
-                        right: tuple[str, int] | None = (peers1[w[at + 1]], b)
+                        right: tuple[str, int] | None = (peers1[buf[at + 1]], b)
                     elif tag == _REF_PREV:
                         right = (prev_peer, expect - 1)
                         k = at + 1
@@ -635,51 +647,53 @@ def decode_segment(r: Reader) -> Segment:
                         k = at + 1
                     else:
                         raise _Unusual
-                    # Where the text ends: past the window when its length
-                    # takes two varint bytes (a first byte of 128 or more).
-                    if w[k] == 1:
+                    size = buf[k]
+                    if size == 1:
                         # One ASCII character, looked up (IndexError past 0x7f).
-                        chars = _ASCII[w[k + 1]]
-                        size = 1
+                        chars = _ASCII[buf[k + 1]]
                         at = k + 2
                     else:
-                        at = w[k] + k + 1
-                        if at > len(w) or at == k + 1:
+                        # Its length in one varint byte, its bytes all in ``buf``.
+                        at = size + k + 1
+                        if not size or size >= 0x80 or at > len(buf):
                             raise _Unusual
-                        chars = w[k + 1 : at].decode("utf-8", "surrogatepass")
+                        chars = bytes(buf[k + 1 : at]).decode("utf-8", "surrogatepass")
                         size = len(chars)
                     op: Any = (TEXT_INSERT, name, left, right, chars)
                 elif starts == TEXT_DELETE:
-                    if w[4] != 1:
+                    if buf[p + 4] != 1:
                         raise _Unusual
-                    b = w[6]
+                    b = buf[p + 6]
                     if b < 0x80:
-                        k = 7
+                        k = p + 7
                     else:
-                        c = w[7]
+                        c = buf[p + 7]
                         if c < 0x80:
                             b = low7[b] + high7[c]
-                            k = 8
-                        elif w[8] < 0x80:
-                            b = low7[b] + high7[c] + high14[w[8]]
-                            k = 9
+                            k = p + 8
+                        elif buf[p + 8] < 0x80:
+                            b = low7[b] + high7[c] + high14[buf[p + 8]]
+                            k = p + 9
                         else:
                             raise _Unusual
-                    size = w[k]
+                    size = buf[k]
                     if not size or size >= 0x80:
                         raise _Unusual
-                    op = (TEXT_DELETE, name, ((peers1[w[5]], b, size),))
+                    op = (TEXT_DELETE, name, ((peers1[buf[p + 5]], b, size),))
                     size = 1
                     at = k + 1
                 else:
                     raise _Unusual
                 ctr = expect
                 head = (prev_peer, ctr, 0, ((prev_peer, ctr - 1),), (op,), size)
-                pos += at
+                p = at
                 end = ctr + size
-            except (IndexError, ValueError, _Unusual):  # past the window, bad UTF-8
+            except (IndexError, ValueError, _Unusual):  # past ``buf``, bad UTF-8
                 pass
         if head is None:
+            if buf:
+                pos = base + p
+                buf = []
             if i:
                 row = _fast_row(data, pos, peers, names, prev_peer, expect, 0, True)
             else:
@@ -704,16 +718,16 @@ def decode_segment(r: Reader) -> Segment:
         if m:
             kind = kinds[i + 1]
             if starts != _RUN_OP[kind]:
-                r.pos = pos
+                r.pos = base + p if buf else pos
                 raise r.fail("a continuation of a change that starts no such run")
             if kind == TYPING:
                 if tcum is None:
-                    append((i, j, TYPING, head, tl, tl, d, end + m))
                     end += m
+                    append((i, j, TYPING, head, tl, tl, d, end))
                 else:
                     x0 = tcum[tl]
-                    append((i, j, TYPING, head, tl, x0, d, end + tcum[tl + m] - x0))
                     end += tcum[tl + m] - x0
+                    append((i, j, TYPING, head, tl, x0, d, end))
                 tl += m
             else:
                 end += m
@@ -722,11 +736,13 @@ def decode_segment(r: Reader) -> Segment:
         else:
             append((i, j, FULL, head, tl, tl if tcum is None else tcum[tl], d, end))
         if end > MAX_COUNTER:
-            r.pos = pos
+            r.pos = base + p if buf else pos
             raise r.fail("counter too large")
         expect = end
     if prev_peer:
         ends[prev_peer] = expect
+    if buf:
+        pos = base + p
     r.pos = pos
     if ts is None and n:
         max_ts = sum(dts)
@@ -749,10 +765,12 @@ def decode_segment(r: Reader) -> Segment:
     )
 
 
-#: How many bytes of a batch :func:`decode_segment` reads a usual head row
-#: from: its offsets into that copy are small ints (no int object made per
-#: step). Under 128, so a text whose length takes two varint bytes never fits.
-_WINDOW = 40
+#: How many bytes of a batch :func:`decode_segment` turns into a list at a
+#: time, and how far into them it reads the next row from that list (after
+#: that it converts the next stretch): a usual row is under 24 bytes, and every
+#: offset into the list stays a small int.
+_STRETCH = 224
+_REFILL = 192
 
 #: The one-character strings of the ASCII bytes, by byte: a head's text of one
 #: ASCII byte (a typing run's head, nearly always) is looked up here instead of
