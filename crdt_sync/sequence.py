@@ -886,6 +886,23 @@ class Sequence:
             chunk.vis -= take
             self.length -= take
             return
+        if off and not keep:
+            # A suffix of a text span, with no tombstone of the same run after
+            # it (``_shift_boundary`` found none): split off as a tombstone
+            # (``_split`` without copying its text); nothing merges.
+            peer = s[P]
+            at = s[C] + off
+            tail = [peer, at, take, self.empty, True, (peer, at - 1), s[R], chunk, si + 1]
+            s[N] = off
+            s[X] = s[X][:off]
+            spans.insert(si + 1, tail)
+            where = self._where[peer]
+            if at not in where:
+                self._starts[peer].add(at)
+            where[at] = tail
+            chunk.vis -= take
+            self.length -= take
+            return
         if off:
             s = self._split(s, chunk, si, off)
             si += 1
@@ -896,6 +913,11 @@ class Sequence:
         self.length -= take
         if not keep:
             s[X] = self.empty
+            if take < n:
+                # A prefix of a text span (a suffix returned above): the rest
+                # of it, after the cut, is visible, and before it there is no
+                # tombstone of the same run (``_shift_boundary`` found none).
+                return
         # Merge with neighbouring tombstones of the same run (``_mergeable``).
         peer = s[P]
         if si + 1 < len(spans):
