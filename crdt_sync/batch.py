@@ -84,15 +84,11 @@ def _tobytes(code: str, values: Iterable[int]) -> bytes:
     return a.tobytes()
 
 
-#: The bytes 0x00..0x7f: removing them leaves only the bytes with their top bit set.
-_BELOW_128 = bytes(range(128))
-
-
 def _non_negative(data: bytes, start: int, end: int) -> bool:
     """Whether no value of the little-endian ``q`` column ``data[start:end]`` is
     negative: no top byte has its sign bit set (a check of the bytes, with no
-    int made per value)."""
-    return not data[start + 7 : end : 8].translate(None, _BELOW_128)
+    int made per value; ``isascii`` tests a word of them at a time)."""
+    return data[start + 7 : end : 8].isascii()
 
 
 _ONE = (1).to_bytes(4, sys.byteorder)
@@ -121,21 +117,27 @@ def _all_below(values: array[int], limit: int) -> bool:
     raw = values.tobytes()
     if not _LITTLE:  # pragma: no cover
         return max(values) < limit
+    # The bytes of each place in a value (``raw[k::size]``) are compared with
+    # zeros (a ``memcmp``) before anything costlier.
+    zeros = bytes(len(values))
     if limit <= 256:
-        # Only the low byte may be set, and below ``limit``: every other byte
-        # is a zero when the zeros outside the low bytes number size - 1 a value.
-        low = raw[0::size]
-        if low.translate(None, _BELOW[limit]):
+        if not limit:
             return False
-        return raw.count(0) - low.count(0) == (size - 1) * len(values)
+        # Only the low byte may be set, and below ``limit``.
+        low = raw[0::size]
+        if low != zeros and low.translate(None, _BELOW[limit]):
+            return False
+        return all(raw[k::size] == zeros for k in range(1, size))
     bits = limit.bit_length() - 1
     if limit != 1 << bits:
         return max(values) < limit
     # A power of two: every byte above the limit's is zero, and its own below it.
     byte, bit = divmod(bits, 8)
-    if byte < size and raw[byte::size].translate(None, _BELOW[1 << bit]):
-        return False
-    return not any(raw[k::size].translate(None, b"\x00") for k in range(byte + 1, size))
+    if byte < size:
+        part = raw[byte::size]
+        if part != zeros and part.translate(None, _BELOW[1 << bit]):
+            return False
+    return all(raw[k::size] == zeros for k in range(byte + 1, size))
 
 
 #: ``_BELOW[k]``: the bytes 0 .. k-1 (removing them leaves the bytes >= k).
@@ -495,9 +497,11 @@ def decode_segment(r: Reader) -> Segment:
         raise r.fail("handler name too long")
     n = r.count(9)
     kinds = r.raw(n)
+    # Each head (a 0) and its continuations: the pieces after the first.
+    pieces = kinds.split(b"\x00")
     # Counted (a fast pass each): the kinds are only 0, 1 and 2 if these add up.
     typing, deleting = kinds.count(TYPING), kinds.count(DELETING)
-    if kinds.count(FULL) + typing + deleting != n:
+    if len(pieces) - 1 + typing + deleting != n:
         raise r.fail("unknown change kind")
     if n and kinds[0] != FULL:
         raise r.fail("a segment cannot start with a continuation")
@@ -544,7 +548,9 @@ def decode_segment(r: Reader) -> Segment:
     text = r.str()
     if len(text) != (nt if ones else sum(tlen)):
         raise r.fail("text length does not match the typing changes")
-    if b"\x01\x02" in kinds or b"\x02\x01" in kinds:
+    # (``find``, not ``in``: given bytes, ``in`` first tries them as an int,
+    # raising and catching a TypeError.)
+    if kinds.find(b"\x01\x02") >= 0 or kinds.find(b"\x02\x01") >= 0:
         raise r.fail("a run mixes typing and deleting")
     # Text offsets of the typing continuations: the text of ``tlen[a:b]`` is
     # ``text[tcum[a]:tcum[b]]``.
@@ -573,8 +579,7 @@ def decode_segment(r: Reader) -> Segment:
     # below (``pos`` is the position while it is empty).
     buf: list[int] = []
     base = p = 0
-    # Each head (a 0) and its continuations: the pieces after the first split.
-    for m in map(len, kinds.split(b"\x00")[1:]):
+    for m in map(len, pieces[1:]):
         i = j
         j += m + 1
         # The usual head after a segment's first, read here from ``buf``:

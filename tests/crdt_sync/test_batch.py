@@ -484,9 +484,33 @@ def test_a_head_of_one_text_byte_is_read_inline_when_ascii_else_refused(
 def test_the_column_checks_by_bytes_agree_with_max_and_min() -> None:
     from array import array
 
-    from crdt_sync.batch import _all_below, _all_ones
+    from crdt_sync.batch import _all_below, _all_ones, _non_negative
 
     rng = random.Random(11)
+    for _ in range(3000):
+        stamps = array(
+            "q",
+            [
+                rng.choice(
+                    [
+                        0,
+                        1,
+                        7,
+                        1 << 62,
+                        (1 << 63) - 1,
+                        -1,
+                        -(1 << 63),
+                        rng.randrange(-(1 << 63), 1 << 63),
+                    ]
+                )
+                for _ in range(rng.randrange(6))
+            ],
+        )
+        lead = bytes(rng.randrange(9))
+        data = lead + stamps.tobytes() + bytes(rng.randrange(9))
+        assert _non_negative(data, len(lead), len(lead) + 8 * len(stamps)) == all(
+            v >= 0 for v in stamps
+        )
     limits = [0, 1, 2, 5, 255, 256, 257, 1000, 1 << 16, 1 << 24, (1 << 24) + 3, 1 << 53]
     for _ in range(3000):
         code = rng.choice("IQ")
