@@ -307,6 +307,21 @@ def _random_head_op(rng: random.Random, peers: list[str], ctr: int) -> Any:
     return (MAP_SET, "m", "k", rng.randrange(1000))
 
 
+def _count_fast_rows(patch: pytest.MonkeyPatch) -> list[int]:
+    """Count the calls of ``batch._fast_row`` (the rows the inline reader declines)."""
+    import crdt_sync.batch as batch
+
+    calls = [0]
+    real = batch._fast_row
+
+    def counting(*args: Any) -> Any:
+        calls[0] += 1
+        return real(*args)
+
+    patch.setattr(batch, "_fast_row", counting)
+    return calls
+
+
 def _segment_of_rows(peers: list[str], names: list[str], first: bytes, row: bytes) -> bytes:
     """A segment body of two heads (no continuations, stamps 0): ``first``, a
     full row, and ``row``, whatever its bytes; then nothing."""
@@ -367,14 +382,7 @@ def test_the_inline_head_reader_reads_what_the_fast_one_does_or_declines(
         cases.append((row[: rng.randrange(len(row))], ctr))
         cases.append((row + rng.randbytes(rng.randrange(1, 50)), ctr))
         cases.append((b"\x07\x01" + rng.randbytes(rng.randrange(30)), ctr))
-    calls = [0]
-    real = batch._fast_row
-
-    def counting(*args: Any) -> Any:
-        calls[0] += 1
-        return real(*args)
-
-    monkeypatch.setattr(batch, "_fast_row", counting)
+    calls = _count_fast_rows(monkeypatch)
 
     def outcome(body: bytes) -> object:
         r = Reader(body, 0)
@@ -426,14 +434,7 @@ def test_a_head_of_one_text_byte_is_read_inline_when_ascii_else_refused(
 
     peers = [str(peer(n)) for n in range(1, 3)]
     names = ["t"]
-    calls = [0]
-    real = batch._fast_row
-
-    def counting(*args: Any) -> Any:
-        calls[0] += 1
-        return real(*args)
-
-    monkeypatch.setattr(batch, "_fast_row", counting)
+    calls = _count_fast_rows(monkeypatch)
 
     def outcome(body: bytes) -> object:
         try:
