@@ -86,7 +86,15 @@ from _common import (  # benchmarks/ is not a package
     rss_bytes,
 )
 
-from crdt_sync import CRDTDocument, CRDTTextHandler, Snapshot, decode_changes
+from crdt_sync import (
+    CRDTDocument,
+    CRDTTextHandler,
+    Snapshot,
+    UpdateEvent,
+    decode_change_batch,
+    decode_changes,
+)
+from crdt_sync.sync import ClientProtocol, DocumentStatus, HandshakeResponse, encode_message
 
 REPO = Path(__file__).resolve().parent.parent
 #: ``../shared/traces/sequential`` relative to the repository.
@@ -705,6 +713,19 @@ def materialised_copy(snapshot_bytes: bytes) -> tuple[CRDTDocument, CRDTTextHand
     return doc, text
 
 
+def connected_copy(snapshot_bytes: bytes) -> tuple[ClientProtocol, CRDTDocument, CRDTTextHandler]:
+    """:func:`materialised_copy` with a client protocol that has just connected."""
+    doc, text = materialised_copy(snapshot_bytes)
+    protocol = ClientProtocol(doc, document_id=doc.document_id)
+    protocol.send_handshake()
+    protocol.messages_to_send()
+    answer = HandshakeResponse("session", doc.version_vector, "epoch", compression="none")
+    protocol.receive_message(encode_message(answer))
+    protocol.messages_to_send()
+    protocol.events_received()
+    return protocol, doc, text
+
+
 def run_merge_ours(trace: Trace, res: Results, first: bool) -> None:
     half = len(trace.txns) // 2
     (a, ta), t_a = timed(clamped_replay_ours, trace.txns[:half])
@@ -733,6 +754,27 @@ def run_merge_ours(trace: Trace, res: Results, first: bool) -> None:
     _, t = timed(lambda: targets[1][0].import_snapshot(Snapshot.from_bytes(a_snap)))
     res.add_time("merge B<-A (snapshot)", t)
     res.check("merge by snapshots converged", targets[0][1].value == targets[1][1].value)
+    # As the app receives them: B's editor gets A's changes in a sync-protocol
+    # frame (a document status, as after a resync) and its client protocol
+    # decodes and imports it, the text observed and the document's updates
+    # subscribed to, as the editor does (it reads only whether an update was local).
+    for name, target, snap, data, vv in (
+        ("merge A<-B (as the app receives it)", a, a_snap, a_from_b, b.version_vector),
+        ("merge B<-A (as the app receives it)", b, b_snap, b_from_a, a.version_vector),
+    ):
+        protocol, doc, text = connected_copy(snap)
+        frame = encode_message(
+            DocumentStatus(vv.merge(target.version_vector), decode_change_batch(data))
+        )
+        seen: list[UpdateEvent] = []
+        subscriptions = (text.observe(lambda event: None), doc.on_update(seen.append))
+        _, t = timed(protocol.receive_message, frame)
+        res.add_time(name, t)
+        res.check(
+            "the app's merges converged",
+            [event.local for event in seen] == [False] and text.value == targets[0][1].value,
+        )
+        del subscriptions
     # The originals merge too (with their histories), to check all four agree.
     a.binary_import_changes(a_from_b)
     b.binary_import_changes(b_from_a)
@@ -754,7 +796,8 @@ def run_merge_pycrdt(trace: Trace, res: Results, first: bool) -> None:
         res.sizes["A's changes B lacks"] = len(b_from_a)
         res.notes.append(
             "pycrdt: merge (changes) = apply_update(other.get_update(own state vector)); "
-            "merge (snapshot) = apply_update(other.get_update())"
+            "merge (snapshot) = apply_update(other.get_update()); as the app receives it = "
+            "merge (changes) with the text and the document observed"
         )
 
     def copy(update: bytes) -> tuple[Any, Any]:
@@ -774,6 +817,18 @@ def run_merge_pycrdt(trace: Trace, res: Results, first: bool) -> None:
     _, t = timed(targets[1][0].apply_update, a_full)
     res.add_time("merge B<-A (snapshot)", t)
     res.check("merge by snapshots converged", str(targets[0][1]) == str(targets[1][1]))
+    # As an app receives them: the text and the document observed.
+    for name, full, data in (
+        ("merge A<-B (as the app receives it)", a_full, a_from_b),
+        ("merge B<-A (as the app receives it)", b_full, b_from_a),
+    ):
+        doc, text = copy(full)
+        seen: list[object] = []
+        subscriptions = (text.observe(lambda event: None), doc.observe(seen.append))
+        _, t = timed(doc.apply_update, data)
+        res.add_time(name, t)
+        res.check("the app's merges converged", len(seen) == 1 and str(text) == str(targets[0][1]))
+        del subscriptions
     del ta, tb
 
 
@@ -937,6 +992,8 @@ def main_merge(args: argparse.Namespace, names: list[str]) -> None:
         keys = [
             "merge A<-B (changes)",
             "merge B<-A (changes)",
+            "merge A<-B (as the app receives it)",
+            "merge B<-A (as the app receives it)",
             "merge A<-B (snapshot)",
             "merge B<-A (snapshot)",
             "export B for A",

@@ -11,6 +11,7 @@ Quick start::
     print(tb.value)  # hello
 """
 
+from .change_batch import ChangeBatch, decode_change_batch
 from .changes import Change, decode_changes, encode_changes
 from .document import CRDTDocument
 from .events import (
@@ -45,6 +46,7 @@ __all__ = [
     "CRDTMapHandler",
     "CRDTTextHandler",
     "Change",
+    "ChangeBatch",
     "DecodeError",
     "Delete",
     "Handler",
@@ -66,6 +68,7 @@ __all__ = [
     "UpdateEvent",
     "VersionVector",
     "apply_delta",
+    "decode_change_batch",
     "decode_changes",
     "encode_changes",
 ]

@@ -442,6 +442,14 @@ class Segment:
             )
         )
 
+    def op_count(self) -> int:
+        """How many operations the segment's changes hold: one per continuation,
+        and each head's own."""
+        count = self.n - len(self.runs)
+        for run in self.runs:
+            count += len(run[3][4])
+        return count
+
     def find(self, peer: str, ctr: int) -> ChangeTuple | None:
         """The change of this segment holding op ``(peer, ctr)``, or None.
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from . import remote
 from .batch import Segment
 from .causal import MAX_PENDING, PendingBuffer
+from .change_batch import ChangeBatch
 from .changes import (
     MAX_INFLATED,
     Change,
@@ -380,6 +381,15 @@ class CRDTDocument:
             del batch
         return count
 
+    def _import_batch(self, batch: ChangeBatch) -> int:
+        """:meth:`import_changes` of a decoded batch: by its segments, as
+        :meth:`binary_import_changes` imports, when it is made of segments."""
+        segments = batch.segments
+        with paused_collector():
+            if segments is not None:
+                return remote.import_segments(self, segments, batch.built)
+            return remote.import_tuples(self, batch.tuples())
+
     def import_changes(self, changes: Iterable[Change]) -> int:
         """Apply the changes not yet seen, in causal order; returns how many were applied.
 
@@ -388,7 +398,13 @@ class CRDTDocument:
         applied it. The batch applies whole or not at all: an invalid change raises
         InvalidChangeError, a full pending buffer PendingBufferFullError, and the
         document is left exactly as it was.
+
+        A :class:`~crdt_sync.change_batch.ChangeBatch` (what the sync protocol
+        decodes) is applied from its decoded segments, by runs, with no
+        :class:`Change` built: see :mod:`crdt_sync.change_batch`.
         """
+        if isinstance(changes, ChangeBatch):
+            return self._import_batch(changes)
         tuples = []
         for change in changes:
             if not isinstance(change, Change):

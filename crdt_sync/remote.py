@@ -35,6 +35,7 @@ directly, as the hot path must. The public ways in, ``import_changes`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .batch import DELETING, FULL, TYPING, Segment
@@ -85,7 +86,11 @@ class _NotNow(Exception):
     """A run the checked fast path leaves to the careful one (internal)."""
 
 
-def import_segments(doc: CRDTDocument, segments: list[Segment]) -> int:
+def import_segments(
+    doc: CRDTDocument,
+    segments: list[Segment],
+    built: Callable[[], tuple[Change, ...]] | None = None,
+) -> int:
     """Import decoded segments run by run when they are simply the next changes
     (each run starting at the counter expected from its peer, its deps known,
     nothing pending); otherwise change by change through :func:`import_tuples`.
@@ -93,6 +98,9 @@ def import_segments(doc: CRDTDocument, segments: list[Segment]) -> int:
     The fast way builds no object per change: a typing run is one integration
     of its text, a deleting run one pass over its merged ranges, and the
     segments join the history as they are. Same checks, same result.
+    ``built``, if given, returns the segments' changes as :class:`Change`
+    objects (a :class:`~crdt_sync.change_batch.ChangeBatch`'s, perhaps built
+    already): the update event's changes when the fast way applied them all.
     """
     if doc._depth:
         raise RuntimeError("cannot import changes inside a transaction")
@@ -113,9 +121,13 @@ def import_segments(doc: CRDTDocument, segments: list[Segment]) -> int:
     doc._emit_handler_events(None, False)
     count = sum(seg.n for seg in segments)
     if count and doc._on_update._subs:
-        changes = tuple(Change(t) for seg in segments for t in seg.tuples())
-        doc._on_update.emit(UpdateEvent(changes, False, None))
+        doc._on_update.emit(UpdateEvent.deferred(built or _changes_of(segments), False, None))
     return count
+
+
+def _changes_of(segments: list[Segment]) -> Callable[[], tuple[Change, ...]]:
+    """The changes of ``segments`` as :class:`Change` objects, built when called."""
+    return lambda: tuple(Change(t) for seg in segments for t in seg.tuples())
 
 
 def _apply_runs_checked(doc: CRDTDocument, segments: list[Segment]) -> bool:
@@ -496,7 +508,7 @@ def import_tuples(doc: CRDTDocument, changes: list[ChangeTuple]) -> int:
             _apply(doc, order[i])
     doc._emit_handler_events(None, False)
     if doc._on_update._subs:
-        doc._on_update.emit(UpdateEvent(tuple(Change(t) for t in order), False, None))
+        doc._on_update.emit(UpdateEvent.deferred(lambda: tuple(map(Change, order)), False, None))
     return len(order)
 
 

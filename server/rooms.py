@@ -498,7 +498,7 @@ class Rooms(RegistryObserver):
     # -- changes ------------------------------------------------------------------------
 
     async def apply(
-        self, member: Member, changes: tuple[Change, ...], encoded: bytes | None = None
+        self, member: Member, changes: Sequence[Change], encoded: bytes | None = None
     ) -> None:
         """Apply ``member``'s changes: relay, store, acknowledge; refuse what is invalid.
 

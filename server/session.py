@@ -40,10 +40,10 @@ import hashlib
 import secrets
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from crdt_sync import Change, CRDTDocument, PeerId, Snapshot, VersionVector
+from crdt_sync import Change, ChangeBatch, CRDTDocument, PeerId, Snapshot, VersionVector
 from crdt_sync.sync import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Ack,
@@ -236,7 +236,7 @@ class ChangesReceived:
     """The client sent changes: apply them (durably), then ``send_acknowledgement``.
     ``encoded`` is the change batch they arrived in (reused when all of them apply)."""
 
-    changes: tuple[Change, ...]
+    changes: Sequence[Change]
     encoded: bytes | None = None
 
 
@@ -588,7 +588,11 @@ class ServerSession:
     def _dispatch(self, message: Message, target: SessionState) -> None:
         if isinstance(message, Changes):  # the usual message first
             changes = message.changes
-            if len(changes) == 1:  # a keystroke: the checks below without generators
+            if isinstance(changes, ChangeBatch):
+                # Decoded, not built: peers and operations read from its segments.
+                foreign = next((p for p in changes.peers() if p != self._peer_id), None)
+                ops = changes.op_count()
+            elif len(changes) == 1:  # a keystroke: the checks below without generators
                 only = changes[0]
                 foreign = only.peer if only.peer != self._peer_id else None
                 ops = len(only.ops)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from crdt_sync import Change, Snapshot, VersionVector, decode_changes, encode_changes
+from crdt_sync.change_batch import ChangeBatch, decode_change_batch
 from crdt_sync.changes import _one_change
 from crdt_sync.codec import Reader, Writer, load_json
 from crdt_sync.exceptions import DecodeError
@@ -223,7 +224,7 @@ class HandshakeResponse:
     session_id: str
     version_vector: VersionVector
     epoch: str
-    changes: tuple[Change, ...] = ()
+    changes: Sequence[Change] = ()
     snapshot: Snapshot | None = None
     compression: str = "none"
     role: Role = Role.WRITE
@@ -241,9 +242,12 @@ class Changes:
     ``encoded``, set by :func:`decode_message`, is the change batch the frame
     carried (the bytes ``changes`` were decoded from: a server that applies
     exactly these changes stores and relays those bytes instead of encoding
-    them again). It takes no part in equality, and encoding ignores it."""
+    them again). It takes no part in equality. Decoded, ``changes`` is a
+    :class:`~crdt_sync.ChangeBatch` (as in :class:`HandshakeResponse` and
+    :class:`DocumentStatus`): checked whole, each change built only when
+    asked for, and imported by runs (``crdt_sync/change_batch.py``)."""
 
-    changes: tuple[Change, ...]
+    changes: Sequence[Change]
     encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     TYPE = MessageType.CHANGES
@@ -280,7 +284,7 @@ class DocumentStatus:
     :class:`HandshakeResponse`)."""
 
     version_vector: VersionVector
-    changes: tuple[Change, ...] = ()
+    changes: Sequence[Change] = ()
     snapshot: Snapshot | None = None
 
     TYPE = MessageType.DOCUMENT_STATUS
@@ -448,7 +452,15 @@ Message: TypeAlias = (
 )
 
 
-def _check_payload(changes: tuple[Change, ...], snapshot: Snapshot | None) -> None:
+def _encoded(changes: Sequence[Change]) -> bytes:
+    """The change batch of ``changes``: the one they were decoded from, if they
+    are a :class:`ChangeBatch` of one (nothing built or encoded again)."""
+    if isinstance(changes, ChangeBatch) and changes.encoded is not None:
+        return changes.encoded
+    return encode_changes(list(changes))
+
+
+def _check_payload(changes: Sequence[Change], snapshot: Snapshot | None) -> None:
     if changes and snapshot is not None:
         raise ValueError("a message carries changes or a snapshot, not both")
 
@@ -498,13 +510,13 @@ class _Writer(Writer):
                 )
         self.version_vector(vv)
 
-    def payload(self, changes: tuple[Change, ...], snapshot: Snapshot | None) -> None:
+    def payload(self, changes: Sequence[Change], snapshot: Snapshot | None) -> None:
         if snapshot is not None:
             self.byte(1)
             self.blob(snapshot.to_bytes())
         else:
             self.byte(0)
-            self.blob(encode_changes(list(changes)))
+            self.blob(_encoded(changes))
 
     def awareness(self, update: AwarenessUpdate) -> None:
         self.peer_id(update.peer_id, "an awareness peer id")
@@ -548,7 +560,7 @@ def _encode_body(message: Message) -> bytes:
         w.text(message.compression, MAX_ID_BYTES, "the compression name")
         w.byte(int(message.role))
     elif isinstance(message, Changes):
-        w.blob(encode_changes(list(message.changes)))
+        w.blob(_encoded(message.changes))
     elif isinstance(message, Ack | DocumentStatusRequest):
         w.vv(message.version_vector)
     elif isinstance(message, DocumentStatus):
@@ -815,14 +827,16 @@ class _Reader(Reader):
             raise MessageDecodeError(f"{what}: {exc.detail}", offset) from None
         return vv
 
-    def changes(self, what: str) -> tuple[Change, ...]:
+    def changes(self, what: str) -> ChangeBatch:
         return self.changes_and_bytes(what)[0]
 
-    def changes_and_bytes(self, what: str) -> tuple[tuple[Change, ...], bytes]:
+    def changes_and_bytes(self, what: str) -> tuple[ChangeBatch, bytes]:
+        # Checked whole, kept as decoded segments: the changes are built only
+        # if asked for, and an import applies the segments by runs.
         start = self.pos
         raw = self.blob(what)
         try:
-            return tuple(decode_changes(raw, self.max_size)), raw
+            return decode_change_batch(raw, self.max_size), raw
         except DecodeError as exc:
             raise MessageDecodeError(f"{what}: {exc}", self.base + start) from None
         except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
@@ -840,7 +854,7 @@ class _Reader(Reader):
         except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
             raise MessageDecodeError(f"{what}: {exc!r}", self.base + start) from None
 
-    def payload(self, what: str) -> tuple[tuple[Change, ...], Snapshot | None]:
+    def payload(self, what: str) -> tuple[Sequence[Change], Snapshot | None]:
         if self.flag(f"{what} kind"):
             return (), self.snapshot(f"{what} snapshot")
         return self.changes(f"{what} changes"), None

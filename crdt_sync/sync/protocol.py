@@ -40,10 +40,10 @@ import enum
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
-from crdt_sync import Change, CRDTDocument, CRDTError, VersionVector
+from crdt_sync import Change, ChangeBatch, CRDTDocument, CRDTError, VersionVector
 from crdt_sync.exceptions import DecodeError
 
 from .access import Role
@@ -664,7 +664,7 @@ class ClientProtocol:
     def _receive_payload(
         self,
         server_vv: VersionVector,
-        changes: tuple[Change, ...],
+        changes: Sequence[Change],
         message: HandshakeResponse | DocumentStatus,
     ) -> None:
         """Merge what the server sent, then send it exactly what it lacks."""
@@ -691,8 +691,9 @@ class ClientProtocol:
             )
         self.dictionary.extend(message.entries)
 
-    def _receive_changes(self, changes: Iterable[Change]) -> None:
-        batch = tuple(changes)
+    def _receive_changes(self, changes: Sequence[Change]) -> None:
+        # (A ChangeBatch as decoded: imported by runs, no change built.)
+        batch = changes if isinstance(changes, ChangeBatch) else tuple(changes)
         pending_before = self.document.pending_count
         applied = self.document.import_changes(batch)
         self._events.append(ChangesReceived(len(batch), applied))

@@ -46,6 +46,8 @@ import builtins
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+from crdt_sync.batch import Segment
+from crdt_sync.change_batch import ChangeBatch
 from crdt_sync.changes import (
     _F_CHAIN_DEPS,
     _REF_FULL,
@@ -59,7 +61,7 @@ from crdt_sync.changes import (
     _read_peer,
     _Tables,
     _write_deps_and_ops,
-    decode_changes,
+    decode_batch,
 )
 from crdt_sync.codec import Reader, Writer, inflate
 from crdt_sync.exceptions import DecodeError
@@ -440,13 +442,16 @@ def _read_insert(r: Reader, entries: Sequence[str], base: int) -> ChangeTuple:
     return (peer, ctr, stamp, deps_of(peer, ctr, [op]), (op,), len(text))
 
 
-def decode_relay(body: bytes, entries: Sequence[str], max_size: int) -> tuple[Change, ...]:
+def decode_relay(body: bytes, entries: Sequence[str], max_size: int) -> ChangeBatch:
     """The changes of a relay ``body``, every reference resolved against ``entries``
     (what this connection was sent). Only ever raises :class:`DecodeError`
     (:class:`DictionaryError` for a reference to an entry never sent). The batch
-    records' batches together inflate to at most ``max_size``."""
+    records' batches together inflate to at most ``max_size``. A batch record
+    stays decoded segments (``crdt_sync/change_batch.py``): a relayed upload
+    of offline work imports by runs."""
     r = Reader(body)
-    out: list[Change] = []
+    out: list[Segment | ChangeTuple] = []
+    encoded: bytes | None = None  # the batch of a relay of one batch record
     budget = max_size
     try:
         count = r.count(2)
@@ -454,19 +459,21 @@ def decode_relay(body: bytes, entries: Sequence[str], max_size: int) -> tuple[Ch
         for _ in range(count):
             form = r.byte()
             if form == RECORD_INSERT:
-                out.append(Change(_read_insert(r, entries, base)))
+                out.append(_read_insert(r, entries, base))
             elif form == RECORD_CHANGE:
-                out.append(Change(_read_change(r, entries, base)))
+                out.append(_read_change(r, entries, base))
             elif form == RECORD_BATCH:
                 batch = r.bytes()
                 budget -= inflated_size(batch, budget)
-                out.extend(decode_changes(batch, max_size))
+                out.extend(decode_batch(batch, max_size))
+                if count == 1:
+                    encoded = batch
             else:
                 raise r.fail(f"unknown relay record {form}")
         r.expect_end()
     except IndexError:  # pragma: no cover - the readers check every length
         raise DecodeError("truncated relay record", r.pos) from None
-    return tuple(out)
+    return ChangeBatch(out, encoded)
 
 
 def inflated_size(batch: bytes, limit: int) -> int:

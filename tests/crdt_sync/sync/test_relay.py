@@ -4,6 +4,7 @@ are references into a per-document dictionary, resolved by the receiving connect
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,6 +27,7 @@ from crdt_sync.sync import (
     ClientProtocol,
     Dictionary,
     DictionaryError,
+    DocumentStatus,
     ErrorCode,
     HandshakeRequest,
     HandshakeResponse,
@@ -233,6 +235,59 @@ def test_a_client_resolves_relays_against_the_deltas_it_was_sent() -> None:
     fresh.binary_import_changes(exported)
     assert fresh.version_vector == expected.version_vector
     assert set(decode_changes(exported)) == {c for b in batches for c in b}
+
+
+@pytest.mark.parametrize("frame", ["relayed batch", "handshake answer", "document status"])
+def test_a_client_imports_long_batches_by_runs_building_no_change(
+    monkeypatch: pytest.MonkeyPatch, frame: str
+) -> None:
+    # Another client's offline work, relayed as one batch record, or what a
+    # handshake answer or a document status carries: decoded and checked, then
+    # applied from its segments, with no Change built (the events say how many).
+    from crdt_sync import remote
+
+    author = CRDTDocument()
+    text = CRDTTextHandler(author, "text")
+    for index in range(3 * MAX_SPLIT_CHANGES):
+        text.insert(index, "xy"[index % 2])
+    text.delete(5, 20)
+    changes = author.export_changes()
+    protocol = ClientProtocol(CRDTDocument(document_id="doc"), document_id="doc")
+    protocol.send_handshake()
+    protocol.messages_to_send()
+    if frame == "handshake answer":
+        data = encode_message(HandshakeResponse("s", author.version_vector, "e", changes))
+    else:
+        protocol.receive_message(
+            encode_message(HandshakeResponse("s", VersionVector(), "epoch", compression="none"))
+        )
+        protocol.events_received()
+        if frame == "document status":
+            data = encode_message(DocumentStatus(author.version_vector, changes))
+        else:
+            data = relay_frame([changes], RelayDictionary())
+    by_runs: list[int] = []
+    real = remote.import_segments
+
+    def spy(*args: Any) -> int:
+        by_runs.append(len(args[1]))
+        return real(*args)
+
+    monkeypatch.setattr(remote, "import_segments", spy)
+    built = [0]
+    real_init = Change.__init__
+
+    def counting(self: Change, data: Any) -> None:
+        built[0] += 1
+        real_init(self, data)
+
+    monkeypatch.setattr(Change, "__init__", counting)
+    protocol.receive_message(data)
+    received = [e for e in protocol.events_received() if isinstance(e, ChangesReceived)]
+    assert len(by_runs) == 1 and built[0] == 0
+    assert [(e.count, e.applied) for e in received] == [(len(changes), len(changes))]
+    assert CRDTTextHandler(protocol.document, "text").value == text.value
+    assert protocol.document.version_vector == author.version_vector
 
 
 @pytest.mark.parametrize(("first", "why"), [(2, "skips"), (0, "repeats")])
