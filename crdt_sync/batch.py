@@ -267,6 +267,7 @@ class Segment:
         "_index",
         "_one_each",
         "_ranges",
+        "_runs",
         "_ts",
         "body",
         "dctr",
@@ -276,7 +277,6 @@ class Segment:
         "max_ts",
         "n",
         "peers",
-        "runs",
         "summary",
         "text",
         "tlen",
@@ -310,12 +310,31 @@ class Segment:
         self.dctr = dctr
         self.dlen = dlen
         self.text = text
-        self.runs = runs
+        self._runs: list[Run] | None = runs
         # peer -> (first counter, counter after the last) of its changes here.
         self.summary = summary
         self._index: dict[str, tuple[list[int], list[int]]] | None = None
         self._ranges: dict[int, list[tuple[str, int, int]]] = {}
         self._one_each: set[int] = set()
+
+    @property
+    def runs(self) -> list[Run]:
+        """The runs, heads decoded (again from :attr:`body` after :meth:`release`)."""
+        runs = self._runs
+        if runs is None:
+            runs = self._runs = decode_segment(Reader(self.body))._runs
+            assert runs is not None
+        return runs
+
+    def release(self) -> None:
+        """Drop the decoded runs and what was found from them (decoded again if
+        asked for): an import drops each segment's as soon as it applied them,
+        while they are still in the cache (at the end of a long merge, freeing
+        them all took 6 % of it)."""
+        self._runs = None
+        self._ranges = {}
+        self._one_each = set()
+        self._index = None
 
     @property
     def ts(self) -> array[int]:

@@ -240,6 +240,7 @@ def _apply_runs_checked(doc: CRDTDocument, segments: list[Segment]) -> bool:
                 frontier[peer] = end - 1
                 if peer == me and end > doc._next:
                     doc._next = end
+            seg.release()
         for seq, backup, builder in observed:
             _report_edits(builder, backup, seq, saved[0])
     except BaseException as exc:

@@ -746,6 +746,56 @@ def test_a_batch_refused_late_by_the_checked_path_is_rolled_back(
     target.check_invariants()
 
 
+@pytest.mark.parametrize("late", ["unknown left", "gap"])
+def test_segments_applied_and_released_before_a_late_refusal_are_decoded_again(
+    monkeypatch: pytest.MonkeyPatch, late: str
+) -> None:
+    # The checked path drops each segment's runs once it applied them; when a
+    # later segment cannot apply, the careful path decodes them again from
+    # their bytes and gives exactly its own result.
+    from crdt_sync.batch import decode_segment, encode_segment
+    from crdt_sync.changes import encode_bodies
+    from crdt_sync.codec import Reader
+
+    a, b = _apart(35, 900)
+    good = [c._data for c in b.export_changes()]
+    me = str(b.peer_id)
+    *_, end = b.handlers[("t", "text")]._state.seq.spans()
+    known = (end[0], end[1] + end[2] - 1)
+    op = (TEXT_INSERT, "t", (me, 10**6) if late == "unknown left" else known, None, "z")
+    last = _forged(b, op, gap=5 if late == "gap" else 0)
+    thirds = [good[: len(good) // 3], good[len(good) // 3 : -40], [*good[-40:], last]]
+    data = encode_bodies([encode_segment(part) for part in thirds])
+    segments = decode_batch(data)
+    assert len(segments) == 3 and all(len(seg.runs) > 5 for seg in segments)
+    released = decode_segment(Reader(segments[0].body))
+    runs = list(released.runs)
+    released.release()
+    assert released.runs == runs
+    target, careful = CRDTDocument(a.peer_id, "d"), CRDTDocument(a.peer_id, "d")
+    for doc in (target, careful):
+        doc.import_changes(a.export_changes())
+    before = fingerprint(target)
+    with monkeypatch.context() as patch:
+        results = _spy_checked(patch)
+        if late == "gap":
+            assert target.binary_import_changes(data) == len(good)
+        else:
+            with pytest.raises(InvalidChangeError):
+                target.binary_import_changes(data)
+            assert fingerprint(target) == before
+    assert results == [False]
+    with monkeypatch.context() as patch:
+        patch.setattr(remote, "_apply_runs_checked", lambda doc, segments: False)
+        if late == "gap":
+            careful.binary_import_changes(data)
+        else:
+            with pytest.raises(InvalidChangeError):
+                careful.binary_import_changes(data)
+    assert fingerprint(target) == fingerprint(careful)
+    target.check_invariants()
+
+
 def test_run_heads_get_their_time_stamps_when_asked_for() -> None:
     """A decoded segment keeps the stamps as deltas: the run heads are built
     without them, and :meth:`Segment.head` (used by ``tuples``, ``find`` and the
