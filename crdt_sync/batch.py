@@ -59,10 +59,14 @@ MAX_STAMP = 1 << 63
 _LITTLE = sys.byteorder == "little"
 
 #: A run: (first change index, end index, kind, head change, offset in tlen,
-#: offset in the text column, offset in the delete columns, counter after the run).
-#: The head's time stamp is 0 as decoded (the stamps stay deltas until asked
-#: for): :meth:`Segment.head` gives the head with its own.
-Run = tuple[int, int, int, ChangeTuple, int, int, int, int]
+#: offset in the text column, offset in the delete columns, counter after the run,
+#: then its head's peer, counter, size and first op). The head change is None
+#: for the usual head, one text insert or delete that depends on its peer's
+#: previous change only (no tuples made for its deps and ops: the run carries
+#: all there is to it); else it is the head as read, its time stamp 0 (the
+#: stamps stay deltas until asked for). :meth:`Segment.head` gives the head,
+#: built if need be, with its own time stamp.
+Run = tuple[int, int, int, ChangeTuple | None, int, int, int, int, str, int, int, Any]
 
 
 def _typing_deps(peer: str, ctr: int, right: Any) -> tuple[tuple[str, int], ...]:
@@ -347,20 +351,24 @@ class Segment:
     def head(self, run: Run) -> ChangeTuple:
         """The head change of ``run`` with its time stamp."""
         head = run[3]
+        if head is None:
+            peer, ctr = run[8], run[9]
+            return (peer, ctr, self.ts[run[0]], ((peer, ctr - 1),), (run[11],), run[10])
         return (head[0], head[1], self.ts[run[0]], head[3], head[4], head[5])
 
     def run_changes(self, run: Run) -> list[ChangeTuple]:
         """The changes of ``run``, built."""
-        i, j, kind, head, tl0, x0, d0, _ = run
+        i, j, kind = run[0], run[1], run[2]
+        tl0, x0, d0 = run[4], run[5], run[6]
         out = [self.head(run)]
         if kind == FULL:
             return out
-        peer = head[0]
-        ctr = head[1] + head[5]
+        peer = run[8]
+        ctr = run[9] + run[10]
         ts = self.ts
-        name = head[4][0][1]
+        name = run[11][1]
         if kind == TYPING:
-            right = head[4][0][3]
+            right = run[11][3]
             text = self.text
             x = x0
             for k, length in enumerate(self.tlen[tl0 : tl0 + j - i - 1], i + 1):
@@ -410,8 +418,8 @@ class Segment:
         return run[0] in self._one_each
 
     def _delete_ranges(self, run: Run) -> list[tuple[str, int, int]]:
-        i, j, _, _, _, _, d0, _ = run
-        m = j - i - 1
+        i, d0 = run[0], run[6]
+        m = run[1] - i - 1
         peers = self.peers
         if m == 1:
             return [(peers[self.dpeer[d0]], self.dctr[d0], self.dlen[d0])]
@@ -464,9 +472,11 @@ class Segment:
     def op_count(self) -> int:
         """How many operations the segment's changes hold: one per continuation,
         and each head's own."""
-        count = self.n - len(self.runs)
+        count = self.n
         for run in self.runs:
-            count += len(run[3][4])
+            head = run[3]
+            if head is not None:
+                count += len(head[4]) - 1
         return count
 
     def find(self, peer: str, ctr: int) -> ChangeTuple | None:
@@ -478,11 +488,10 @@ class Segment:
         if index is None:
             index = self._index = {}
             for k, run in enumerate(self.runs):
-                head = run[3]
-                entry = index.get(head[0])
+                entry = index.get(run[8])
                 if entry is None:
-                    entry = index[head[0]] = ([], [])
-                entry[0].append(head[1])
+                    entry = index[run[8]] = ([], [])
+                entry[0].append(run[9])
                 entry[1].append(k)
         entry = index.get(peer)
         if entry is None:
@@ -491,19 +500,20 @@ class Segment:
         if at < 0:
             return None
         run = self.runs[entry[1][at]]
-        i, j, kind, head, tl0, x0, d0, end = run
-        if ctr >= end:
+        i, j, kind = run[0], run[1], run[2]
+        tl0, x0, d0 = run[4], run[5], run[6]
+        if ctr >= run[7]:
             return None
-        head_end = head[1] + head[5]
+        head_end = run[9] + run[10]
         if ctr < head_end:
             return self.head(run)
-        name = head[4][0][1]
+        name = run[11][1]
         if kind == TYPING:
             starts = list(accumulate(self.tlen[tl0 : tl0 + j - i - 1], initial=head_end))
             k = bisect_right(starts, ctr) - 1  # the k-th continuation
             at_ctr, length = starts[k], starts[k + 1] - starts[k]
             x = x0 + at_ctr - head_end
-            right = head[4][0][3]
+            right = run[11][3]
             op: Any = (TEXT_INSERT, name, (peer, at_ctr - 1), right, self.text[x : x + length])
             deps = _typing_deps(peer, at_ctr, right)
             return (peer, at_ctr, self.ts[i + 1 + k], deps, (op,), length)
@@ -617,7 +627,10 @@ def decode_segment(r: Reader) -> Segment:
         # included) declines to the readers below, which give the same change
         # for every row read here (``tests/crdt_sync/test_batch.py`` compares
         # them).
+        # The head: its change if read by a reader below, None if read here
+        # (the usual one: see ``Run``); ``op``, its first op, stays None until read.
         head: ChangeTuple | None = None
+        op: Any = None
         if i and chained:
             if p > _REFILL or not buf:
                 if buf:
@@ -691,7 +704,7 @@ def decode_segment(r: Reader) -> Segment:
                             raise _Unusual
                         chars = bytes(buf[k + 1 : at]).decode("utf-8", "surrogatepass")
                         size = len(chars)
-                    op: Any = (TEXT_INSERT, name, left, right, chars)
+                    op = (TEXT_INSERT, name, left, right, chars)
                 elif starts == TEXT_DELETE:
                     if buf[p + 4] != 1:
                         raise _Unusual
@@ -717,12 +730,11 @@ def decode_segment(r: Reader) -> Segment:
                 else:
                     raise _Unusual
                 ctr = expect
-                head = (prev_peer, ctr, 0, ((prev_peer, ctr - 1),), (op,), size)
                 p = at
                 end = ctr + size
             except (IndexError, ValueError, _Unusual):  # past ``buf``, bad UTF-8
-                pass
-        if head is None:
+                op = None
+        if op is None:
             if buf:
                 pos = base + p
                 buf = []
@@ -736,8 +748,9 @@ def decode_segment(r: Reader) -> Segment:
                 pos = r.pos
             else:
                 head, pos = row
-            peer, ctr, _, _, ops, end = head
-            end += ctr
+            peer, ctr, _, _, ops, size = head
+            end = ctr + size
+            op = ops[0] if ops else None
             # The kind of run the head can start (a continuation says which).
             starts = ops[0][0] if len(ops) == 1 else -1
             if peer != prev_peer:
@@ -755,18 +768,20 @@ def decode_segment(r: Reader) -> Segment:
             if kind == TYPING:
                 if tcum is None:
                     end += m
-                    append((i, j, TYPING, head, tl, tl, d, end))
+                    append((i, j, TYPING, head, tl, tl, d, end, prev_peer, ctr, size, op))
                 else:
                     x0 = tcum[tl]
                     end += tcum[tl + m] - x0
-                    append((i, j, TYPING, head, tl, x0, d, end))
+                    append((i, j, TYPING, head, tl, x0, d, end, prev_peer, ctr, size, op))
                 tl += m
             else:
                 end += m
-                append((i, j, DELETING, head, tl, tl if tcum is None else tcum[tl], d, end))
+                x0 = tl if tcum is None else tcum[tl]
+                append((i, j, DELETING, head, tl, x0, d, end, prev_peer, ctr, size, op))
                 d += m
         else:
-            append((i, j, FULL, head, tl, tl if tcum is None else tcum[tl], d, end))
+            x0 = tl if tcum is None else tcum[tl]
+            append((i, j, FULL, head, tl, x0, d, end, prev_peer, ctr, size, op))
         if end > MAX_COUNTER:
             r.pos = base + p if buf else pos
             raise r.fail("counter too large")

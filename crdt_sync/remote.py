@@ -168,22 +168,27 @@ def _apply_runs_checked(doc: CRDTDocument, segments: list[Segment]) -> bool:
     try:
         for seg in segments:
             for run in seg.runs:
-                _, _, kind, head, _, x0, _, end = run
-                peer, ctr, _, deps, ops, size = head
+                _, _, kind, head, _, x0, _, end, peer, ctr, size, op = run
                 if vv.get(peer, 0) != ctr:
                     raise _NotNow  # a duplicate, an overlap or a gap
                 # Each dep is checked and leaves the frontier in one pass
                 # (before the run is applied: that reads neither, and a
                 # failure puts the frontier back with everything else).
-                for dpeer, dctr in deps:
-                    if vv.get(dpeer, 0) <= dctr:
+                if head is None:
+                    # The usual head: one text insert or delete whose one dep,
+                    # its peer's previous change, is known (its counter is next).
+                    if frontier.get(peer) == ctr - 1:
+                        del frontier[peer]
+                else:
+                    for dpeer, dctr in head[3]:
+                        if vv.get(dpeer, 0) <= dctr:
+                            raise _NotNow
+                        if frontier.get(dpeer) == dctr:
+                            del frontier[dpeer]
+                    ops = head[4]
+                    # (A continued run's head is one text insert or delete: decoded so.)
+                    if kind == FULL and (len(ops) != 1 or op[0] not in _TEXT_EDITS):
                         raise _NotNow
-                    if frontier.get(dpeer) == dctr:
-                        del frontier[dpeer]
-                op = ops[0]
-                # (A continued run's head is one text insert or delete: decoded so.)
-                if kind == FULL and (len(ops) != 1 or op[0] not in _TEXT_EDITS):
-                    raise _NotNow
                 name = op[1]
                 if name != last_name:
                     target = texts.get(name)
@@ -333,20 +338,25 @@ def _report_edits(builder: DeltaBuilder, old: Backup, seq: Sequence, since: dict
         builder.splice(at, removed, "".join(pieces))
 
 
+def _head_deps(run: Any) -> tuple[tuple[str, int], ...]:
+    """The deps of ``run``'s head (derived for the usual head: see ``batch.Run``)."""
+    head = run[3]
+    return ((run[8], run[9] - 1),) if head is None else head[3]
+
+
 def _runs_are_next(doc: CRDTDocument, segments: list[Segment]) -> bool:
     """Whether every run of ``segments`` applies in order as it stands."""
     vv = dict(doc._vv)
     for seg in segments:
         for run in seg.runs:
-            _, _, kind, head, _, _, _, end = run
-            peer = head[0]
-            if vv.get(peer, 0) != head[1]:
+            kind, end, peer, ctr, op = run[2], run[7], run[8], run[9], run[11]
+            if vv.get(peer, 0) != ctr:
                 return False  # a duplicate, an overlap or a gap
-            for dpeer, dctr in head[3]:
+            for dpeer, dctr in _head_deps(run):
                 if vv.get(dpeer, 0) <= dctr:
                     return False
             if kind == TYPING:
-                right = head[4][0][3]
+                right = op[3]
                 if right is not None and right[0] != peer and vv.get(right[0], 0) <= right[1]:
                     return False
             elif kind == DELETING:
@@ -369,10 +379,12 @@ def _validate_runs(
     states = doc._states
     for seg in segments:
         for run in seg.runs:
-            _, _, kind, head, _, _, _, end = run
-            ops = head[4]
-            op = ops[0]
-            if kind == FULL and (len(ops) != 1 or op[0] not in _TEXT_EDITS):
+            kind, head, end, op = run[2], run[3], run[7], run[11]
+            if (
+                head is not None
+                and kind == FULL
+                and (len(head[4]) != 1 or op[0] not in _TEXT_EDITS)
+            ):
                 _validate_one(doc, head, created)
                 continue
             # A text run, or a lone change of one text insert or delete
@@ -385,7 +397,7 @@ def _validate_runs(
                 state = _EMPTY_STATES[KIND_TEXT]
             if op[0] == TEXT_INSERT:
                 state.validate(op, key, created)
-                created.add(key, head[0], head[1], end)
+                created.add(key, run[8], run[9], end)
             else:
                 # The merged ranges include the head's own.
                 seq = state.seq
@@ -419,10 +431,12 @@ def _apply_runs(doc: CRDTDocument, segments: list[Segment], merged: dict[int, An
     texts: dict[str, tuple[Any, DeltaBuilder | None]] = {}
     for seg in segments:
         for run in seg.runs:
-            _, _, kind, head, _, x0, _, end = run
-            peer, ctr, _, deps, ops, size = head
-            op = ops[0]
-            if kind == FULL and (len(ops) != 1 or op[0] not in _TEXT_EDITS):
+            _, _, kind, head, _, x0, _, end, peer, ctr, size, op = run
+            if (
+                head is not None
+                and kind == FULL
+                and (len(head[4]) != 1 or op[0] not in _TEXT_EDITS)
+            ):
                 _apply_ops(doc, seg.head(run))
             else:
                 name = op[1]
@@ -443,11 +457,11 @@ def _apply_runs(doc: CRDTDocument, segments: list[Segment], merged: dict[int, An
                     ranges = tuple(merged[id(run)])
                     state.apply((TEXT_DELETE, name, ranges), peer, ctr, 0, out)
             vv[peer] = end
-            for dpeer, dctr in deps:
+            for dpeer, dctr in _head_deps(run):
                 if frontier.get(dpeer) == dctr:
                     del frontier[dpeer]
             if kind == TYPING:
-                right = ops[0][3]
+                right = op[3]
                 if right is not None and frontier.get(right[0]) == right[1]:
                     del frontier[right[0]]
             elif kind == DELETING:

@@ -390,7 +390,7 @@ def test_the_inline_head_reader_reads_what_the_fast_one_does_or_declines(
             seg = batch.decode_segment(r)
         except DecodeError:
             return "DecodeError"
-        return seg.runs[1][3], r.pos
+        return seg.head(seg.runs[1]), r.pos
 
     accepted = {TEXT_INSERT: 0, TEXT_DELETE: 0}
     for row, ctr in cases:
@@ -438,7 +438,8 @@ def test_a_head_of_one_text_byte_is_read_inline_when_ascii_else_refused(
 
     def outcome(body: bytes) -> object:
         try:
-            return batch.decode_segment(Reader(body, 0)).runs[1][3]
+            seg = batch.decode_segment(Reader(body, 0))
+            return seg.head(seg.runs[1])
         except DecodeError:
             return "DecodeError"
 
@@ -1066,14 +1067,14 @@ def test_run_heads_that_name_no_other_writer_still_leave_the_frontier_as_their_r
         text.insert(at + 1, "w")
     me = str(a.peer_id)
     genuine = [c._data for c in a.export_changes(b.version_vector)]
-    heads = {run[3][1] for seg in decode_batch(encode_change_tuples(genuine)) for run in seg.runs}
+    heads = {run[9] for seg in decode_batch(encode_change_tuples(genuine)) for run in seg.runs}
     forged = [
         (*t[:3], tuple(d for d in t[3] if d[0] == me), *t[4:]) if t[1] in heads else t
         for t in genuine
     ]
     data = encode_change_tuples(forged)
     runs = [run for seg in decode_batch(data) for run in seg.runs]
-    assert {run[3][1] for run in runs} == heads and len(runs) >= 8
+    assert {run[9] for run in runs} == heads and len(runs) >= 8
     first = runs[0] if ending == "typing" else runs[1]  # (after the lone "s")
     assert first[2] == (TYPING if ending == "typing" else DELETING) and first[1] - first[0] > 1
     fast, slow = CRDTDocument(peer(3), "d"), CRDTDocument(peer(3), "d")
