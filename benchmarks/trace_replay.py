@@ -40,8 +40,10 @@ Scenarios (``--scenario``):
   its first half and replica B its second half from an empty document (each
   position clamped to the text B has), unaware of each other; then A imports
   B's history (``binary_import_changes`` of B's export since A's version) and
-  B imports A's, and, on fresh copies, each merges the other's snapshot. The
-  texts must converge (checked). pycrdt does the same with
+  B imports A's, and, on fresh copies, each merges the other's snapshot, and
+  each receives the other's changes as the app does (a ``DocumentStatus``
+  frame into a connected ``ClientProtocol``, the text observed and the
+  document's updates subscribed to). The texts must converge (checked). pycrdt does the same with
   ``apply_update(other.get_update(state))``.
 - ``concurrent``: several authors editing at once, one peer per author. Given
   ``--concurrent-trace FILE`` (the editing-traces concurrent format: txns with
