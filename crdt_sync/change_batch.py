@@ -93,6 +93,21 @@ class ChangeBatch(Sequence[Change]):
                 out[item[0]] = None
         return list(out)
 
+    def ends(self) -> dict[str, int]:
+        """Each peer's counter after its last change here (the smallest version
+        vector that includes them all), read without building the changes."""
+        out: dict[str, int] = {}
+        for item in self._items:
+            if isinstance(item, Segment):
+                for peer, (_, end) in item.summary.items():
+                    if end > out.get(peer, 0):
+                        out[peer] = end
+            else:
+                end = item[1] + item[5]
+                if end > out.get(item[0], 0):
+                    out[item[0]] = end
+        return out
+
     def op_count(self) -> int:
         """How many operations the changes hold, counted without building them."""
         return sum(

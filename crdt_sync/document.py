@@ -387,7 +387,7 @@ class CRDTDocument:
         segments = batch.segments
         with paused_collector():
             if segments is not None:
-                return remote.import_segments(self, segments, batch.built)
+                return remote.import_segments(self, segments, batch)
             return remote.import_tuples(self, batch.tuples())
 
     def import_changes(self, changes: Iterable[Change]) -> int:

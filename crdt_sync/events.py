@@ -10,6 +10,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
+    from .change_batch import ChangeBatch
     from .changes import Change
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,17 @@ class UpdateEvent:
     changes of a two-peer merge for it took three times as long as the merge.
     """
 
-    __slots__ = ("_build", "_changes", "local", "origin")
+    __slots__ = ("_build", "_changes", "batch", "local", "origin")
 
     def __init__(self, changes: tuple[Change, ...], local: bool, origin: object) -> None:
         self._changes: tuple[Change, ...] | None = changes
         self._build: Callable[[], tuple[Change, ...]] | None = None
         self.local = local
         self.origin = origin
+        #: The :class:`~crdt_sync.ChangeBatch` imported, when the changes are
+        #: exactly its changes in its order (else None): a subscriber can keep
+        #: the batch instead of the changes, built or not.
+        self.batch: ChangeBatch | None = None
 
     @classmethod
     def deferred(
@@ -95,6 +100,13 @@ class UpdateEvent:
         event = cls((), local, origin)
         event._changes = None
         event._build = build
+        return event
+
+    @classmethod
+    def of_batch(cls, batch: ChangeBatch, origin: object) -> UpdateEvent:
+        """The event of an import that applied exactly ``batch``, in its order."""
+        event = cls.deferred(batch.built, False, origin)
+        event.batch = batch
         return event
 
     @property

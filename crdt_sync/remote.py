@@ -57,6 +57,7 @@ from .sequence import Backup, C, D, N, P, Sequence, X
 from .state import STATE_TYPES, NewIds, StateKey, TextState
 
 if TYPE_CHECKING:
+    from .change_batch import ChangeBatch
     from .document import CRDTDocument
 
 #: Empty states to validate ops for names the document has no state for yet.
@@ -89,7 +90,7 @@ class _NotNow(Exception):
 def import_segments(
     doc: CRDTDocument,
     segments: list[Segment],
-    built: Callable[[], tuple[Change, ...]] | None = None,
+    batch: ChangeBatch | None = None,
 ) -> int:
     """Import decoded segments run by run when they are simply the next changes
     (each run starting at the counter expected from its peer, its deps known,
@@ -98,9 +99,9 @@ def import_segments(
     The fast way builds no object per change: a typing run is one integration
     of its text, a deleting run one pass over its merged ranges, and the
     segments join the history as they are. Same checks, same result.
-    ``built``, if given, returns the segments' changes as :class:`Change`
-    objects (a :class:`~crdt_sync.change_batch.ChangeBatch`'s, perhaps built
-    already): the update event's changes when the fast way applied them all.
+    ``batch``, if given, is the :class:`~crdt_sync.change_batch.ChangeBatch`
+    holding exactly ``segments``: when the fast way applied them all, the
+    update event's changes are its changes (built once, perhaps already).
     """
     if doc._depth:
         raise RuntimeError("cannot import changes inside a transaction")
@@ -121,7 +122,10 @@ def import_segments(
     doc._emit_handler_events(None, False)
     count = sum(seg.n for seg in segments)
     if count and doc._on_update._subs:
-        doc._on_update.emit(UpdateEvent.deferred(built or _changes_of(segments), False, None))
+        if batch is not None:
+            doc._on_update.emit(UpdateEvent.of_batch(batch, None))
+        else:
+            doc._on_update.emit(UpdateEvent.deferred(_changes_of(segments), False, None))
     return count
 
 

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 from crdt_sync import (
     Change,
+    ChangeBatch,
     CRDTDocument,
     CRDTError,
     DecodeError,
@@ -255,7 +256,13 @@ def _settle(batch: Sequence[_Queued], outcomes: Sequence[tuple[bool, object]]) -
                     entry = advanced[id(row.loaded)] = (row.loaded, {})
                 ends = entry[1]
                 # Each change's end, for the commit's one merge into the document's
-                # vector (no vector per row, and only the peers that moved here).
+                # vector (no vector per row, and only the peers that moved here;
+                # a batch's read from its segments, its changes not built).
+                if isinstance(row.changes, ChangeBatch):
+                    for peer, end in row.changes.ends().items():
+                        if end > ends.get(peer, 0):
+                            ends[peer] = end
+                    continue
                 for change in row.changes:
                     end = change.counter + change.size
                     if end > ends.get(change.peer, 0):
@@ -964,7 +971,7 @@ class SqliteServerRegistry(CRDTServerRegistry):
         return merged, ready
 
     def _log(
-        self, document_id: str, loaded: _Loaded, applied: list[Change], data: bytes
+        self, document_id: str, loaded: _Loaded, applied: Sequence[Change], data: bytes
     ) -> asyncio.Future[VersionVector]:
         """Queue ``applied`` (encoded as ``data``) for the log, compacting when due.
 

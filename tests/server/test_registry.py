@@ -7,6 +7,7 @@ import sqlite3
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -19,7 +20,9 @@ from crdt_sync import (
     CRDTMapHandler,
     CRDTTextHandler,
     VersionVector,
+    decode_change_batch,
     decode_changes,
+    encode_changes,
 )
 from server.exceptions import (
     ChangesRejectedError,
@@ -224,6 +227,43 @@ async def test_apply_changes_reports_exactly_what_was_new(registry: CRDTServerRe
     assert document is not None
     assert text_of(document) == "hello"
     assert await registry.durable_version_vector("notes") == editor.doc.version_vector
+
+
+@pytest.mark.asyncio
+async def test_a_frames_batch_is_applied_stored_and_counted_without_building_its_changes(
+    registry: CRDTServerRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a Changes frame decodes to (a ChangeBatch): imported by runs, and,
+    # applied exactly, it is the Applied's changes itself, stored and relayed as
+    # the bytes it came in, its durable vector read from its segments.
+    await registry.create_document("notes")
+    editor = Editor()
+    for index in range(300):
+        editor.text.insert(index, "ab"[index % 2])
+    editor.text.delete(10, 30)
+    changes = editor.take()
+    data = encode_changes(changes)
+    batch = decode_change_batch(data)
+    built = [0]
+    real = Change.__init__
+
+    def counting(self: Change, values: Any) -> None:
+        built[0] += 1
+        real(self, values)
+
+    monkeypatch.setattr(Change, "__init__", counting)
+    result = await registry.apply("notes", batch, encoded=data)
+    assert await result.stored == editor.doc.version_vector
+    assert built[0] == 0
+    assert result.applied is batch and result.encoded == data and result.refusal is None
+    assert result.unblocked == () and result.waiting == 0
+    monkeypatch.undo()
+    document = await registry.get_document("notes")
+    assert document is not None and text_of(document) == editor.text.value
+    assert await registry.durable_version_vector("notes") == editor.doc.version_vector
+    # Applied again, it is all duplicates: nothing applied.
+    again = await registry.apply("notes", decode_change_batch(data), encoded=data)
+    assert len(again.applied) == 0 and again.encoded == b""
 
 
 @pytest.mark.asyncio
