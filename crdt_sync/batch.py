@@ -258,6 +258,71 @@ def encode_segment(changes: Iterable[ChangeTuple]) -> bytes:
     return w.getvalue()
 
 
+def _sections(body: bytes) -> tuple[bytes, int, list[bytes]]:
+    """A well-formed segment body cut where :func:`join_bodies` joins: its peer and
+    name tables (as bytes), its change count, and as bytes its kinds, stamps,
+    text lengths, delete peers, counters and lengths, its text, and its head rows."""
+    r = Reader(body)
+    for _ in range(r.uint()):
+        r.peer()
+    for _ in range(r.uint()):
+        r.str()
+    tables = body[: r.pos]
+    n = r.uint()
+    kinds, stamps = r.raw(n), r.raw(8 * n)
+    t = r.uint()
+    tlen = r.raw(4 * t)
+    e = r.uint()
+    columns = [kinds, stamps, tlen, r.raw(4 * e), r.raw(8 * e), r.raw(4 * e)]
+    columns.append(r.bytes())
+    columns.append(body[r.pos :])
+    return tables, n, columns
+
+
+def join_bodies(first: bytes, second: bytes) -> bytes | None:
+    """One segment body holding the changes of two well-formed ones, in order,
+    found from their bytes with nothing decoded, when they have the same peer
+    and name tables (one peer typing into one text makes many such segments)
+    and the second's first stamp is not below the first's last; else None.
+
+    Every column is the two columns one after the other, but the second's first
+    stamp, stored as itself (the first of a segment is relative to 0), becomes
+    relative to the first's last. The second's first head row reads the same
+    after other rows: a segment's first head names its peer and counter and
+    its origins are relative to itself. A segment of 4,096 changes decodes in
+    about two thirds of the time four of 1,024 take (each has its tables,
+    columns and checks to read)."""
+    tables, n1, a = _sections(first)
+    tables2, n2, b = _sections(second)
+    if tables != tables2:
+        return None
+    last = sum(_column("q", a[1]))
+    stamps2 = _column("q", b[1])
+    if not n2 or stamps2[0] < last:
+        return None
+    stamps2[0] -= last
+    w = Writer()
+    w.raw(tables)
+    w.uint(n1 + n2)
+    w.raw(a[0] + b[0])
+    w.raw(a[1] + _tobytes("q", stamps2))
+    w.uint((len(a[2]) + len(b[2])) // 4)
+    w.raw(a[2] + b[2])
+    w.uint((len(a[3]) + len(b[3])) // 4)
+    w.raw(a[3] + b[3] + a[4] + b[4] + a[5] + b[5])
+    w.bytes(a[6] + b[6])
+    w.raw(a[7] + b[7])
+    return w.getvalue()
+
+
+def _column(code: str, raw: bytes) -> array[int]:
+    values = array(code)
+    values.frombytes(raw)
+    if not _LITTLE:  # pragma: no cover - big-endian hosts
+        values.byteswap()
+    return values
+
+
 # ----------------------------------------------------------------- decoding
 
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Mapping
 
-from .batch import Segment, decode_segment, encode_segment
+from .batch import Segment, decode_segment, encode_segment, join_bodies
 from .changes import ChangeTuple
 from .codec import Reader
 
 #: Changes in the tail before it is frozen into a segment.
 FREEZE = 1024
+#: A segment frozen (or imported) right after one with the same peer and name
+#: tables joins it while together they hold at most this many changes.
+JOIN = 4 * FREEZE
 
 
 class _Frozen:
@@ -90,6 +93,8 @@ class History:
             self._index = {}
 
     def _keep(self, frozen: _Frozen) -> None:
+        if self._frozen and self._join(frozen):
+            return
         k = len(self._frozen)
         self._frozen.append(frozen)
         for peer, (_, end) in frozen.summary.items():
@@ -98,6 +103,35 @@ class History:
                 entry = self._by_peer[peer] = ([], [])
             entry[0].append(end)
             entry[1].append(k)
+
+    def _join(self, frozen: _Frozen) -> bool:
+        """Join ``frozen`` to the last segment if :func:`batch.join_bodies` can and
+        together they hold at most :data:`JOIN` changes: the history of one peer
+        typing into one text ends up in segments four times as long, which an
+        export sends as they are and a receiver decodes faster. True if joined."""
+        k = len(self._frozen) - 1
+        last = self._frozen[k]
+        if last.n + frozen.n > JOIN:
+            return False
+        body = join_bodies(last.body, frozen.body)
+        if body is None:
+            return False
+        summary = dict(last.summary)
+        for peer, (first, end) in frozen.summary.items():
+            span = summary.get(peer)
+            summary[peer] = (first if span is None else span[0], end)
+            entry = self._by_peer.get(peer)
+            if entry is None:
+                entry = self._by_peer[peer] = ([], [])
+            if entry[1] and entry[1][-1] == k:
+                entry[0][-1] = end
+            else:
+                entry[0].append(end)
+                entry[1].append(k)
+        self._frozen[k] = _Frozen(body, last.n + frozen.n, summary)
+        if self._cache is not None and self._cache[0] == k:
+            self._cache = None
+        return True
 
     def clear(self) -> None:
         self._frozen = []
@@ -147,7 +181,8 @@ class History:
         return out
 
     def parts(self) -> Iterator[list[ChangeTuple]]:
-        """Every change, a segment at a time (the tail last), as the history is now.
+        """Every change, at most :data:`FREEZE` at a time (the tail last), as the
+        history is now.
 
         The segments are listed on the call (later appends and compactions
         do not change what the iterator yields); each is decoded only when
@@ -158,7 +193,9 @@ class History:
 
         def decode() -> Iterator[list[ChangeTuple]]:
             for body in frozen:
-                yield decode_segment(Reader(body)).tuples()
+                changes = decode_segment(Reader(body)).tuples()
+                for start in range(0, len(changes), FREEZE):
+                    yield changes[start : start + FREEZE]
             if tail:
                 yield tail
 

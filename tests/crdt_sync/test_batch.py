@@ -164,6 +164,79 @@ def test_history_export_since_any_version_through_frozen_segments() -> None:
         assert document_values(receiver) == document_values(doc)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_joined_bodies_decode_to_both_segments_changes(seed: int) -> None:
+    # One writer typing, backspacing and forward deleting in one text: its
+    # segments share their tables, and two joined decode to both's changes.
+    from crdt_sync.batch import decode_segment, encode_segment, join_bodies
+    from crdt_sync.codec import Reader
+
+    rng = random.Random(seed)
+    doc = CRDTDocument(peer(1))
+    _edit_about(CRDTTextHandler(doc, "t"), rng, 900, 0)
+    changes = [c._data for c in doc.export_changes()]
+    cut = rng.randrange(1, len(changes))
+    first, second = encode_segment(changes[:cut]), encode_segment(changes[cut:])
+    joined = join_bodies(first, second)
+    assert joined is not None
+    segment = decode_segment(Reader(joined))
+    assert segment.tuples() == changes and segment.n == len(changes)
+    assert segment.max_ts == changes[-1][2] and segment.body == joined
+    assert segment.summary == {str(peer(1)): (changes[0][1], changes[-1][1] + changes[-1][5])}
+    # Not joined: other tables (a list op names another object), or a second
+    # segment whose first stamp is below the first's last.
+    CRDTListHandler(doc, "l").append(1)
+    listed = doc.export_changes()[-1]._data
+    assert join_bodies(first, encode_segment([listed])) is None
+    earlier = (listed[0], listed[1], changes[cut - 1][2] - 1, *listed[3:])
+    typed = [(*c[:2], earlier[2], *c[3:]) if c is changes[cut] else c for c in changes[cut:]]
+    assert join_bodies(first, encode_segment(typed)) is None
+
+
+def test_a_history_joins_segments_of_the_same_tables_and_reads_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Frozen tails (and imported segments) of the same tables join up to JOIN
+    # changes; lookups, exports since any version and parts are what the
+    # history without joining gives.
+    from crdt_sync import history
+
+    def written(join: int) -> CRDTDocument:
+        monkeypatch.setattr(history, "JOIN", join)
+        rng = random.Random(8)
+        doc = CRDTDocument(peer(1))
+        _edit_about(CRDTTextHandler(doc, "t"), rng, 5 * FREEZE + 100, 0)
+        return doc
+
+    joined, apart = written(history.JOIN), written(FREEZE)
+    monkeypatch.setattr(history, "JOIN", 4 * FREEZE)
+    sizes = [f.n for f in joined._history._frozen]
+    assert sizes[0] == 4 * FREEZE and all(
+        n == FREEZE for n in (f.n for f in apart._history._frozen)
+    )
+    everything = apart.export_changes()
+    assert [c.data[:2] + c.data[3:] for c in joined.export_changes()] == [
+        c.data[:2] + c.data[3:] for c in everything
+    ]
+    rng = random.Random(2)
+    for _ in range(40):
+        change = rng.choice(everything)
+        since = VersionVector({change.peer: change.counter + rng.randrange(change.size + 1)})
+        ours = [c.id for c in decode_changes(joined.binary_export_changes(since))]
+        assert ours == [c.id for c in apart.export_changes(since)]
+        assert joined.timestamp_of(change.id) is not None
+        assert joined._history.has_start(*change.id) is not None
+    parts = list(joined.export_changes_in_parts())
+    assert all(0 < len(part) <= FREEZE for part in parts)
+    assert [c.id for part in parts for c in part] == [c.id for c in everything]
+    # A receiver keeps the segments it imports as they came (the sender's
+    # tail, encoded for the export, too big to join the full first one).
+    receiver = CRDTDocument(peer(2))
+    receiver.binary_import_changes(joined.binary_export_changes())
+    assert [f.n for f in receiver._history._frozen] == [*sizes, len(joined._history._tail)]
+    assert document_values(receiver) == document_values(joined)
+
+
 def test_timestamps_and_reused_op_ids_are_found_in_frozen_segments() -> None:
     doc = CRDTDocument(peer(1))
     text = CRDTTextHandler(doc, "t")
