@@ -283,6 +283,30 @@ def test_continuations_that_do_not_fit_their_run_are_refused() -> None:
         decode_changes(bytes(broken))
 
 
+@pytest.mark.parametrize("order", ["typing then deleting", "deleting then typing"])
+def test_a_run_that_mixes_typing_and_deleting_is_refused(order: str) -> None:
+    # Kinds [0, 1, 1, 0, 2, 2] rearranged: every count still adds up (two
+    # heads, two continuations of each kind), but a run mixes the kinds.
+    doc = CRDTDocument(peer(1))
+    text = CRDTTextHandler(doc, "t")
+    for i in range(3):
+        text.insert(i, "x")
+    text.delete(2, 1)
+    text.delete(1, 1)
+    text.delete(0, 1)
+    data = encode_changes(doc.export_changes(), compress=False)
+    kinds = bytes([FULL, TYPING, TYPING, FULL, DELETING, DELETING])
+    at = data.index(kinds)
+    decode_changes(data)  # as written: fine
+    if order == "typing then deleting":  # only the pair (1, 2) occurs
+        swapped = bytes([FULL, TYPING, DELETING, FULL, TYPING, DELETING])
+    else:  # only the pair (2, 1)
+        swapped = bytes([FULL, DELETING, TYPING, FULL, DELETING, TYPING])
+    broken = data[:at] + swapped + data[at + len(kinds) :]
+    with pytest.raises(DecodeError, match="a run mixes typing and deleting"):
+        decode_changes(broken)
+
+
 def _decode_outcome(data: bytes) -> object:
     try:
         return [seg.tuples() for seg in decode_batch(data)]
