@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -64,3 +65,37 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """
     editor = Path(__file__).parent / "editor"
     items.sort(key=lambda item: editor in Path(str(item.path)).parents)
+
+
+@pytest.fixture
+def changes_built(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``[count]``: how many :class:`crdt_sync.Change` objects were made since the
+    test began (read it before and after what must build none)."""
+    from crdt_sync import Change
+
+    built = [0]
+    real = Change.__init__
+
+    def counting(self: Change, data: Any) -> None:
+        built[0] += 1
+        real(self, data)
+
+    monkeypatch.setattr(Change, "__init__", counting)
+    return built
+
+
+@pytest.fixture
+def segment_imports(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of segments of each call of ``crdt_sync.remote.import_segments``
+    (an import by runs) since the test began."""
+    from crdt_sync import remote
+
+    calls: list[int] = []
+    real = remote.import_segments
+
+    def spy(*args: Any) -> int:
+        calls.append(len(args[1]))
+        return real(*args)
+
+    monkeypatch.setattr(remote, "import_segments", spy)
+    return calls

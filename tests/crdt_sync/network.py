@@ -26,6 +26,7 @@ snapshot-merge updates alike.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -323,3 +324,38 @@ def fingerprint(doc: CRDTDocument) -> tuple[Any, ...]:
         doc.pending_count,
         doc.take_snapshot().to_bytes(),
     )
+
+
+def session(seed: int, steps: int = 600) -> list[CRDTDocument]:
+    """Three peers typing, backspacing, deleting each other's text, editing a list
+    and a map, one keystroke per transaction, exchanging now and then."""
+    rng = random.Random(seed)
+    docs = [CRDTDocument(PeerId.parse(f"00000000-0000-4000-8000-{i + 1:012d}")) for i in range(3)]
+    texts = [CRDTTextHandler(d, "t") for d in docs]
+    lists = [CRDTListHandler(d, "l") for d in docs]
+    maps = [CRDTMapHandler(d, "m") for d in docs]
+    cursors = [0, 0, 0]
+    for step in range(steps):
+        k = rng.randrange(3)
+        text = texts[k]
+        cursors[k] = min(cursors[k], len(text))
+        r = rng.random()
+        if r < 0.6:
+            text.insert(cursors[k], rng.choice("abcdé😀 "))
+            cursors[k] += 1
+        elif r < 0.8 and cursors[k]:
+            text.delete(cursors[k] - 1, 1)  # backspace
+            cursors[k] -= 1
+        elif r < 0.85 and len(text):
+            cursors[k] = rng.randrange(len(text) + 1)
+        elif r < 0.9 and len(text) > cursors[k]:
+            text.delete(cursors[k], 1)  # forward delete
+        elif r < 0.95:
+            lists[k].append(step)
+        else:
+            maps[k].set(rng.choice("xy"), step)
+        if rng.random() < 0.05:
+            other = docs[rng.randrange(3)]
+            if other is not docs[k]:
+                other.import_changes(docs[k].export_changes(other.version_vector))
+    return docs

@@ -7,7 +7,7 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
-from network import document_values, fingerprint
+from network import document_values, fingerprint, session
 
 from crdt_sync import (
     Change,
@@ -39,41 +39,6 @@ from crdt_sync.history import FREEZE
 
 def peer(n: int) -> PeerId:
     return PeerId.parse(f"00000000-0000-4000-8000-{n:012d}")
-
-
-def session(seed: int, steps: int = 600) -> list[CRDTDocument]:
-    """Three peers typing, backspacing, deleting each other's text, editing a list
-    and a map, one keystroke per transaction, exchanging now and then."""
-    rng = random.Random(seed)
-    docs = [CRDTDocument(peer(i + 1)) for i in range(3)]
-    texts = [CRDTTextHandler(d, "t") for d in docs]
-    lists = [CRDTListHandler(d, "l") for d in docs]
-    maps = [CRDTMapHandler(d, "m") for d in docs]
-    cursors = [0, 0, 0]
-    for step in range(steps):
-        k = rng.randrange(3)
-        text = texts[k]
-        cursors[k] = min(cursors[k], len(text))
-        r = rng.random()
-        if r < 0.6:
-            text.insert(cursors[k], rng.choice("abcdé😀 "))
-            cursors[k] += 1
-        elif r < 0.8 and cursors[k]:
-            text.delete(cursors[k] - 1, 1)  # backspace
-            cursors[k] -= 1
-        elif r < 0.85 and len(text):
-            cursors[k] = rng.randrange(len(text) + 1)
-        elif r < 0.9 and len(text) > cursors[k]:
-            text.delete(cursors[k], 1)  # forward delete
-        elif r < 0.95:
-            lists[k].append(step)
-        else:
-            maps[k].set(rng.choice("xy"), step)
-        if rng.random() < 0.05:
-            other = docs[rng.randrange(3)]
-            if other is not docs[k]:
-                other.import_changes(docs[k].export_changes(other.version_vector))
-    return docs
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -820,22 +785,36 @@ def test_a_batch_refused_late_by_the_checked_path_is_rolled_back(
     changes = [c._data for c in good] + [last]
     data = encode_change_tuples(changes)
     assert sum(len(seg.runs) for seg in decode_batch(data)) >= 60
+    waits = late in ("gap", "own dep ahead")
+    _refused_late_as_the_careful_path_refuses(
+        monkeypatch, target, data, len(good) if waits else None
+    )
+    if not waits:
+        assert events == []  # refused: the observer heard nothing
+
+
+def _refused_late_as_the_careful_path_refuses(
+    monkeypatch: pytest.MonkeyPatch, target: CRDTDocument, data: bytes, waits: int | None
+) -> None:
+    """Import ``data`` into ``target``: the checked run path declines it (after
+    applying some runs) and the result is the careful path's, on a copy of
+    ``target`` taken before: ``waits`` changes applied and the last left
+    waiting, or (None) an InvalidChangeError with ``target`` untouched."""
     careful = CRDTDocument(target.peer_id, "d")
     careful.import_changes(target.export_changes())
     before = fingerprint(target)
     with monkeypatch.context() as patch:
         results = _spy_checked(patch)
-        if late in ("gap", "own dep ahead"):
-            assert target.binary_import_changes(data) == len(good)
+        if waits is not None:
+            assert target.binary_import_changes(data) == waits
         else:
             with pytest.raises(InvalidChangeError):
                 target.binary_import_changes(data)
             assert fingerprint(target) == before
-            assert events == []
     assert results == [False]
     with monkeypatch.context() as patch:
         patch.setattr(remote, "_apply_runs_checked", lambda doc, segments: False)
-        if late in ("gap", "own dep ahead"):
+        if waits is not None:
             careful.binary_import_changes(data)
         else:
             with pytest.raises(InvalidChangeError):
@@ -870,28 +849,11 @@ def test_segments_applied_and_released_before_a_late_refusal_are_decoded_again(
     runs = list(released.runs)
     released.release()
     assert released.runs == runs
-    target, careful = CRDTDocument(a.peer_id, "d"), CRDTDocument(a.peer_id, "d")
-    for doc in (target, careful):
-        doc.import_changes(a.export_changes())
-    before = fingerprint(target)
-    with monkeypatch.context() as patch:
-        results = _spy_checked(patch)
-        if late == "gap":
-            assert target.binary_import_changes(data) == len(good)
-        else:
-            with pytest.raises(InvalidChangeError):
-                target.binary_import_changes(data)
-            assert fingerprint(target) == before
-    assert results == [False]
-    with monkeypatch.context() as patch:
-        patch.setattr(remote, "_apply_runs_checked", lambda doc, segments: False)
-        if late == "gap":
-            careful.binary_import_changes(data)
-        else:
-            with pytest.raises(InvalidChangeError):
-                careful.binary_import_changes(data)
-    assert fingerprint(target) == fingerprint(careful)
-    target.check_invariants()
+    target = CRDTDocument(a.peer_id, "d")
+    target.import_changes(a.export_changes())
+    _refused_late_as_the_careful_path_refuses(
+        monkeypatch, target, data, len(good) if late == "gap" else None
+    )
 
 
 def test_run_heads_get_their_time_stamps_when_asked_for() -> None:

@@ -6,20 +6,18 @@ import random
 from typing import Any
 
 import pytest
-from network import document_values
+from network import document_values, session
 
 from crdt_sync import (
     Change,
     ChangeBatch,
     CRDTDocument,
-    CRDTListHandler,
     CRDTTextHandler,
     DecodeError,
     PeerId,
     decode_change_batch,
     decode_changes,
     encode_changes,
-    remote,
 )
 from crdt_sync.changes import encode_change_tuples_v1
 
@@ -28,39 +26,9 @@ def peer(n: int) -> PeerId:
     return PeerId.parse(f"00000000-0000-4000-8000-{n:012d}")
 
 
-def writers(seed: int, steps: int = 400) -> list[CRDTDocument]:
-    """Three peers typing, backspacing and moving about one text (and now and then
-    a list), one keystroke a transaction, exchanging changes now and then."""
-    rng = random.Random(seed)
-    docs = [CRDTDocument(peer(i + 1)) for i in range(3)]
-    texts = [CRDTTextHandler(d, "t") for d in docs]
-    lists = [CRDTListHandler(d, "l") for d in docs]
-    cursors = [0, 0, 0]
-    for step in range(steps):
-        k = rng.randrange(3)
-        text = texts[k]
-        cursors[k] = min(cursors[k], len(text))
-        r = rng.random()
-        if r < 0.6:
-            text.insert(cursors[k], rng.choice("abcé😀 "))
-            cursors[k] += 1
-        elif r < 0.8 and cursors[k]:
-            text.delete(cursors[k] - 1, 1)
-            cursors[k] -= 1
-        elif r < 0.9 and len(text):
-            cursors[k] = rng.randrange(len(text) + 1)
-        else:
-            lists[k].append(step)
-        if rng.random() < 0.04:
-            other = docs[rng.randrange(3)]
-            if other is not docs[k]:
-                other.import_changes(docs[k].export_changes(other.version_vector))
-    return docs
-
-
 def _batches() -> dict[str, tuple[bytes, list[Change]]]:
     """One peer's history as every kind of batch."""
-    docs = writers(1, 300)
+    docs = session(1, 300)
     changes = docs[0].export_changes()
     one = changes[:1]
     return {
@@ -95,7 +63,7 @@ def test_a_decoded_batch_is_the_sequence_of_changes_decode_changes_gives(form: s
 
 
 def test_bad_bytes_fail_with_a_decode_error_exactly_as_decode_changes_does() -> None:
-    data = encode_changes(writers(2, 200)[1].export_changes(), compress=False)
+    data = encode_changes(session(2, 200)[1].export_changes(), compress=False)
     rng = random.Random(9)
     outcomes = []
     for _ in range(600):
@@ -116,24 +84,11 @@ def test_bad_bytes_fail_with_a_decode_error_exactly_as_decode_changes_does() -> 
     assert any(outcomes) and not all(outcomes)
 
 
-def _count_built(patch: pytest.MonkeyPatch) -> list[int]:
-    """Count the :class:`Change` objects made from now on."""
-    built = [0]
-    real = Change.__init__
-
-    def counting(self: Change, data: Any) -> None:
-        built[0] += 1
-        real(self, data)
-
-    patch.setattr(Change, "__init__", counting)
-    return built
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_importing_a_batch_agrees_with_importing_its_changes(seed: int) -> None:
     # Into replicas that hold part of it (duplicates), that miss some of what it
     # depends on (it waits, then applies), and that hold concurrent edits.
-    docs = writers(seed)
+    docs = session(seed)
     rng = random.Random(seed)
     source = docs[0]
     everything = source.export_changes()
@@ -154,46 +109,39 @@ def test_importing_a_batch_agrees_with_importing_its_changes(seed: int) -> None:
 
 
 def test_a_batch_is_imported_by_runs_and_its_changes_built_only_when_read(
-    monkeypatch: pytest.MonkeyPatch,
+    changes_built: list[int], segment_imports: list[int]
 ) -> None:
-    a, known = writers(5)[:2]
+    a = session(5)[0]
+    history = a.export_changes()
     b = CRDTDocument(peer(9))  # (its text observed through a handler of its own)
-    b.import_changes(known.export_changes())
+    b.import_changes(history[: len(history) // 3])
     data = a.binary_export_changes(b.version_vector)
     batch = decode_change_batch(data)
     expected = tuple(decode_changes(data))
-    by_runs: list[int] = []
-    real = remote.import_segments
-
-    def spy(*args: Any) -> int:
-        by_runs.append(len(args[1]))
-        return real(*args)
-
-    monkeypatch.setattr(remote, "import_segments", spy)
     events: list[Any] = []
     b.on_update(events.append)
     CRDTTextHandler(b, "t").observe(lambda event: None)
-    built = _count_built(monkeypatch)
+    built = changes_built[0]
     assert b.import_changes(batch) == len(expected) > 100
-    assert by_runs == [len(batch.segments or ())] and events and not events[-1].local
-    assert built[0] == 0, "no change is built for subscribers that do not read them"
+    assert segment_imports == [len(batch.segments or ())] and events and not events[-1].local
+    assert changes_built[0] == built, "no change is built for subscribers that do not read them"
     # Read, they are the changes of the batch, built once (the batch's own).
     assert events[-1].changes == expected
-    assert built[0] == len(expected)
+    assert changes_built[0] == built + len(expected)
     assert events[-1].changes is batch.built()
-    assert built[0] == len(expected)
+    assert changes_built[0] == built + len(expected)
 
 
 def test_an_update_event_of_changes_imported_one_by_one_builds_them_when_read(
-    monkeypatch: pytest.MonkeyPatch,
+    changes_built: list[int],
 ) -> None:
-    a, b = writers(6)[:2]
+    a, b = session(6)[:2]
     changes = a.export_changes(b.version_vector)
     events: list[Any] = []
     b.on_update(events.append)
-    built = _count_built(monkeypatch)
+    built = changes_built[0]
     b.import_changes(changes)
-    assert built[0] == 0 and events
+    assert changes_built[0] == built and events
     assert events[-1].changes == tuple(changes)
-    assert built[0] == len(changes)
+    assert changes_built[0] == built + len(changes)
     assert "UpdateEvent(changes=(" in repr(events[-1])

@@ -4,7 +4,6 @@ are references into a per-document dictionary, resolved by the receiving connect
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -239,13 +238,11 @@ def test_a_client_resolves_relays_against_the_deltas_it_was_sent() -> None:
 
 @pytest.mark.parametrize("frame", ["relayed batch", "handshake answer", "document status"])
 def test_a_client_imports_long_batches_by_runs_building_no_change(
-    monkeypatch: pytest.MonkeyPatch, frame: str
+    changes_built: list[int], segment_imports: list[int], frame: str
 ) -> None:
     # Another client's offline work, relayed as one batch record, or what a
     # handshake answer or a document status carries: decoded and checked, then
     # applied from its segments, with no Change built (the events say how many).
-    from crdt_sync import remote
-
     author = CRDTDocument()
     text = CRDTTextHandler(author, "text")
     for index in range(3 * MAX_SPLIT_CHANGES):
@@ -266,25 +263,10 @@ def test_a_client_imports_long_batches_by_runs_building_no_change(
             data = encode_message(DocumentStatus(author.version_vector, changes))
         else:
             data = relay_frame([changes], RelayDictionary())
-    by_runs: list[int] = []
-    real = remote.import_segments
-
-    def spy(*args: Any) -> int:
-        by_runs.append(len(args[1]))
-        return real(*args)
-
-    monkeypatch.setattr(remote, "import_segments", spy)
-    built = [0]
-    real_init = Change.__init__
-
-    def counting(self: Change, data: Any) -> None:
-        built[0] += 1
-        real_init(self, data)
-
-    monkeypatch.setattr(Change, "__init__", counting)
+    built, calls = changes_built[0], len(segment_imports)
     protocol.receive_message(data)
     received = [e for e in protocol.events_received() if isinstance(e, ChangesReceived)]
-    assert len(by_runs) == 1 and built[0] == 0
+    assert len(segment_imports) == calls + 1 and changes_built[0] == built
     assert [(e.count, e.applied) for e in received] == [(len(changes), len(changes))]
     assert CRDTTextHandler(protocol.document, "text").value == text.value
     assert protocol.document.version_vector == author.version_vector
