@@ -307,10 +307,35 @@ def _report_edits(builder: DeltaBuilder, old: Backup, seq: Sequence, since: dict
     olds = iter([s for spans in old for s in spans])
     o: Any = None  # the old span being walked, and how far
     o_off = o_len = 0
+    get = since.get
     for s in seq.spans():
-        peer, ctr, n, dead = s[P], s[C], s[N], s[D]
+        n = s[N]
         # Its old elements: those below the peer's counter before the batch.
-        old_n = since.get(peer, 0) - ctr
+        old_n = get(s[P], 0) - s[C]
+        if old_n <= 0:
+            # All new (most spans of a merge are all new or all old).
+            if not s[D]:
+                if at < 0:
+                    at = before
+                inserted.append(s[X])
+            continue
+        dead = s[D]
+        if old_n >= n and o_off == o_len:
+            o = next(olds)
+            o_off = o_len = o[N]
+            if o_len == n:
+                # All old, and the old span it was, whole.
+                if not o[D]:
+                    if dead:
+                        if at < 0:
+                            at = before
+                        removed += n
+                    elif at >= 0:
+                        edits.append((at, removed, inserted))
+                        at, removed, inserted = -1, 0, []
+                    before += n
+                continue
+            o_off = 0
         if old_n > n:
             old_n = n
         pos = 0
