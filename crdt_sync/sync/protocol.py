@@ -228,6 +228,16 @@ _RECEIVE_TRIGGERS: Final[dict[type, Trigger]] = {
 # Outstanding pings kept for round-trip measurement; older ones are forgotten.
 _MAX_OUTSTANDING_PINGS: Final = 64
 
+#: The most changes, operations and elements one ``Changes`` frame this client
+#: sends holds: more (an afternoon offline) go in several frames, in order,
+#: each well within a server's default limits (10,000 changes and 100,000
+#: operations a frame, frames of 16 MiB). In one frame, more changes than a
+#: server's limit were refused with ``LIMIT_EXCEEDED`` at every reconnection,
+#: and the work never arrived.
+FRAME_CHANGES: Final = 2048
+FRAME_OPS: Final = 16_384
+FRAME_ELEMENTS: Final = 1 << 20
+
 DEFAULT_COMPRESSORS: Final[tuple[Compressor, ...]] = (NoCompression(), GzipCompressor())
 """What a client offers unless told otherwise: every built-in compressor, so it
 can join a server whatever compression that server uses."""
@@ -448,7 +458,22 @@ class ClientProtocol:
     def _send_changes(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
-        self._send(Changes(tuple(changes)))
+        # Cut into frames of at most FRAME_CHANGES changes, FRAME_OPS operations
+        # and FRAME_ELEMENTS elements (a lone larger change goes alone), in order:
+        # each frame's changes depend only on earlier frames' and its own.
+        start = ops = elements = 0
+        for k, change in enumerate(changes):
+            more_ops, more = len(change.ops), change.size
+            if k > start and (
+                k - start >= FRAME_CHANGES
+                or ops + more_ops > FRAME_OPS
+                or elements + more > FRAME_ELEMENTS
+            ):
+                self._send(Changes(tuple(changes[start:k])))
+                start, ops, elements = k, 0, 0
+            ops += more_ops
+            elements += more
+        self._send(Changes(tuple(changes[start:])))
         local = sum(1 for change in changes if change.peer == self._peer)
         self._events.append(ChangesSent(len(changes), local))
 

@@ -172,6 +172,25 @@ async def test_edits_made_offline_arrive_after_reconnecting(server: WebSocketSer
         assert first.meta.value == {"title": "Agenda"}
 
 
+async def test_more_offline_changes_than_a_frame_may_hold_arrive_after_reconnecting(
+    server: WebSocketServer,
+) -> None:
+    # An afternoon offline: more changes than a server takes in one frame. The
+    # client sends them in several; in one, each reconnection was refused.
+    async with peers(url_of(server), 2) as group:
+        away, stayed = group
+        away.text.insert(0, "shared ")
+        await wait_converged(group)
+        await away.client.disconnect()
+        for index in range(server.limits.max_changes_per_frame + 2000):
+            away.text.insert(len(away.text.value), "abc"[index % 3])
+        stayed.text.insert(0, "meanwhile ")
+        await away.connect()
+        await wait_converged(group)
+        await away.wait_acknowledged()
+        assert away.text.value.startswith("meanwhile shared abcabc")
+
+
 async def test_documents_are_isolated(server: WebSocketServer) -> None:
     async with (
         peers(url_of(server, "one"), 2) as ones,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdt_sync import Change, CRDTDocument, CRDTTextHandler, VersionVector
+from crdt_sync import Change, CRDTDocument, CRDTMapHandler, CRDTTextHandler, VersionVector
 from crdt_sync.sync import (
     Ack,
     AwarenessQuery,
@@ -149,6 +149,42 @@ def test_handshake_exchanges_exactly_what_each_side_lacks() -> None:
     received = events_of(pair, ChangesReceived)
     assert len(received) == 1
     assert pair.client.unacknowledged_changes == 0  # the Ack covered the offline edit
+
+
+@pytest.mark.parametrize("shape", ["keystrokes", "many ops", "long inserts"])
+def test_offline_work_goes_in_frames_a_server_accepts_in_order(shape: str) -> None:
+    # More than a frame may hold (a server refuses a Changes frame of more than
+    # 10,000 changes or 100,000 operations): several frames, each within the
+    # client's bounds, together exactly the changes, in order.
+    from crdt_sync.sync.protocol import FRAME_CHANGES, FRAME_ELEMENTS, FRAME_OPS
+
+    server = FakeServer()
+    doc = CRDTDocument()
+    text, meta = CRDTTextHandler(doc, "t"), CRDTMapHandler(doc, "m")
+    if shape == "keystrokes":
+        for index in range(2 * FRAME_CHANGES + 100):
+            text.insert(index, "x")
+    elif shape == "many ops":  # transactions of 1,000 map sets each
+        for round_ in range(40):
+            with doc.transaction():
+                for key in range(1000):
+                    meta.set(str(key), round_)
+    else:  # inserts of 300,000 characters, one larger than a frame's bound
+        for _ in range(6):
+            text.insert(0, "y" * 300_000)
+        text.insert(0, "z" * (FRAME_ELEMENTS + 1))
+    everything = doc.export_changes()
+    pair = ProtocolPair(server, make_client(doc))
+    pair.connect()
+    frames = [m.changes for m in pair.to_server if isinstance(m, Changes)]
+    assert len(frames) > 1
+    assert [c.id for frame in frames for c in frame] == [c.id for c in everything]
+    for frame in frames:
+        assert len(frame) <= FRAME_CHANGES
+        assert len(frame) == 1 or sum(len(c.ops) for c in frame) <= FRAME_OPS
+        assert len(frame) == 1 or sum(c.size for c in frame) <= FRAME_ELEMENTS
+    assert events_of(pair, ChangesSent) == [ChangesSent(len(everything), len(everything))]
+    assert server.document.version_vector == doc.version_vector
 
 
 def test_handshake_with_snapshot_merges_it() -> None:
