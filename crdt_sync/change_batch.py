@@ -40,7 +40,9 @@ class ChangeBatch(Sequence[Change]):
 
     __slots__ = ("_built", "_count", "_items", "_segments", "encoded")
 
-    def __init__(self, items: list[Segment | ChangeTuple], encoded: bytes | None = None) -> None:
+    def __init__(
+        self, items: Sequence[Segment | ChangeTuple], encoded: bytes | None = None
+    ) -> None:
         self._items = items
         self.encoded = encoded
         self._built: tuple[Change, ...] | None = None

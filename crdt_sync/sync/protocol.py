@@ -44,6 +44,9 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from crdt_sync import Change, ChangeBatch, CRDTDocument, CRDTError, VersionVector
+from crdt_sync.batch import Segment
+from crdt_sync.change_batch import decode_change_batch
+from crdt_sync.changes import encode_bodies
 from crdt_sync.exceptions import DecodeError
 
 from .access import Role
@@ -233,8 +236,9 @@ _MAX_OUTSTANDING_PINGS: Final = 64
 #: each well within a server's default limits (10,000 changes and 100,000
 #: operations a frame, frames of 16 MiB). In one frame, more changes than a
 #: server's limit were refused with ``LIMIT_EXCEEDED`` at every reconnection,
-#: and the work never arrived.
-FRAME_CHANGES: Final = 2048
+#: and the work never arrived. (A history keeps one peer's typing in segments
+#: of up to 4,096 changes, which then go as they are.)
+FRAME_CHANGES: Final = 4096
 FRAME_OPS: Final = 16_384
 FRAME_ELEMENTS: Final = 1 << 20
 
@@ -429,22 +433,31 @@ class ClientProtocol:
         exception is a server whose epoch changed (it was reset): the snapshot of
         the whole state restores everyone's work there.
         """
-        if not self.document.can_export(server_vv):
+        document = self.document
+        if not document.can_export(server_vv):
             if self._upload_refused:
                 self._send_changes(self._own_changes(server_vv))
             else:
                 self.send_snapshot()
             return
-        changes = self.document.export_changes(server_vv)
-        own = [change for change in changes if change.peer == self._peer]
-        if len(own) < len(changes) and self._server_reset:
+        others = any(
+            counter > server_vv.get(peer, 0)
+            for peer, counter in document.version_vector.items()
+            if peer != self._peer
+        )
+        if others and self._server_reset:
             self.send_snapshot()
         else:
-            self._send_changes(own)
+            self._send_changes(self._own_changes(server_vv))
 
-    def _own_changes(self, server_vv: VersionVector) -> list[Change]:
+    def _own_changes(self, server_vv: VersionVector) -> Sequence[Change]:
         """This peer's changes ``server_vv`` lacks, as far as the history holds them
-        (a document loaded from a snapshot holds other peers' ops only as content)."""
+        (a document loaded from a snapshot holds other peers' ops only as content).
+
+        Exported as the history keeps them (its segments, reused whole) and
+        decoded into a :class:`~crdt_sync.ChangeBatch`, which frames go out as:
+        no change is built. 130,000 changes of an afternoon offline took half
+        a second of the app's event loop as changes, built and encoded again."""
         document = self.document
         since = dict(server_vv)
         for peer, counter in document.version_vector.items():
@@ -453,14 +466,55 @@ class ClientProtocol:
         everything_else = VersionVector(since)
         if not document.can_export(everything_else):
             return []  # our own history is gone too: only a snapshot could carry it
-        return [c for c in document.export_changes(everything_else) if c.peer == self._peer]
+        return decode_change_batch(document.binary_export_changes(everything_else))
 
     def _send_changes(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
-        # Cut into frames of at most FRAME_CHANGES changes, FRAME_OPS operations
-        # and FRAME_ELEMENTS elements (a lone larger change goes alone), in order:
-        # each frame's changes depend only on earlier frames' and its own.
+        if isinstance(changes, ChangeBatch) and changes.segments is not None:
+            self._send_segments(changes.segments)
+        else:
+            self._send_cut(changes)
+        count = len(changes)
+        local_count = (
+            count
+            if isinstance(changes, ChangeBatch) and changes.peers() == [self._peer]
+            else sum(1 for change in changes if change.peer == self._peer)
+        )
+        self._events.append(ChangesSent(count, local_count))
+
+    def _send_segments(self, segments: list[Segment]) -> None:
+        """Send decoded segments in frames of whole segments within the bounds
+        (their bytes as they are, joined into one batch a frame); a segment
+        beyond a bound alone is cut change by change."""
+        group: list[Segment] = []
+        count = ops = elements = 0
+        for segment in segments:
+            more, more_ops = segment.n, segment.op_count()
+            more_elements = sum(end - first for first, end in segment.summary.values())
+            if group and (
+                count + more > FRAME_CHANGES
+                or ops + more_ops > FRAME_OPS
+                or elements + more_elements > FRAME_ELEMENTS
+            ):
+                self._send_group(group)
+                group, count, ops, elements = [], 0, 0, 0
+            if more > FRAME_CHANGES or more_ops > FRAME_OPS or more_elements > FRAME_ELEMENTS:
+                self._send_cut(ChangeBatch([segment]))
+                continue
+            group.append(segment)
+            count, ops, elements = count + more, ops + more_ops, elements + more_elements
+        if group:
+            self._send_group(group)
+
+    def _send_group(self, group: list[Segment]) -> None:
+        self._send(Changes(ChangeBatch(group, encode_bodies([s.body for s in group]))))
+
+    def _send_cut(self, changes: Sequence[Change]) -> None:
+        """Send ``changes`` cut into frames of at most FRAME_CHANGES changes,
+        FRAME_OPS operations and FRAME_ELEMENTS elements (a lone larger change
+        goes alone), in order: each frame's changes depend only on earlier
+        frames' and its own."""
         start = ops = elements = 0
         for k, change in enumerate(changes):
             more_ops, more = len(change.ops), change.size
@@ -474,8 +528,6 @@ class ClientProtocol:
             ops += more_ops
             elements += more
         self._send(Changes(tuple(changes[start:])))
-        local = sum(1 for change in changes if change.peer == self._peer)
-        self._events.append(ChangesSent(len(changes), local))
 
     def send_ping(self) -> int:
         """Queue a Ping and return its nonce (only while :attr:`is_synced`)."""

@@ -152,10 +152,13 @@ def test_handshake_exchanges_exactly_what_each_side_lacks() -> None:
 
 
 @pytest.mark.parametrize("shape", ["keystrokes", "many ops", "long inserts"])
-def test_offline_work_goes_in_frames_a_server_accepts_in_order(shape: str) -> None:
+def test_offline_work_goes_in_frames_a_server_accepts_in_order(
+    shape: str, changes_built: list[int]
+) -> None:
     # More than a frame may hold (a server refuses a Changes frame of more than
     # 10,000 changes or 100,000 operations): several frames, each within the
-    # client's bounds, together exactly the changes, in order.
+    # client's bounds, together exactly the changes, in order. Typing goes as
+    # the history's segments, whole, with no change built.
     from crdt_sync.sync.protocol import FRAME_CHANGES, FRAME_ELEMENTS, FRAME_OPS
 
     server = FakeServer()
@@ -175,7 +178,20 @@ def test_offline_work_goes_in_frames_a_server_accepts_in_order(shape: str) -> No
         text.insert(0, "z" * (FRAME_ELEMENTS + 1))
     everything = doc.export_changes()
     pair = ProtocolPair(server, make_client(doc))
-    pair.connect()
+    built = changes_built[0]
+    pair.client.send_handshake()
+    sent = pair.client.messages_to_send()
+    pair.server.receive(pair.session, sent[0])
+    for frame in pair.session.outbox:
+        pair.client.receive_message(frame)
+    pair.session.outbox = []
+    uploads = pair.client.messages_to_send()
+    if shape == "keystrokes":
+        assert changes_built[0] == built, "the upload builds no change"
+    for frame in uploads:
+        pair.to_server.append(decode_message(frame))
+        pair.server.receive(pair.session, frame)
+    pair.pump()
     frames = [m.changes for m in pair.to_server if isinstance(m, Changes)]
     assert len(frames) > 1
     assert [c.id for frame in frames for c in frame] == [c.id for c in everything]
