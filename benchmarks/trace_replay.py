@@ -43,7 +43,10 @@ Scenarios (``--scenario``):
   B imports A's, and, on fresh copies, each merges the other's snapshot, and
   each receives the other's changes as the app does (a ``DocumentStatus``
   frame into a connected ``ClientProtocol``, the text observed and the
-  document's updates subscribed to). The texts must converge (checked). pycrdt does the same with
+  document's updates subscribed to). The texts must converge (checked). And
+  A reconnects to a server that has none of its half: the time its
+  ``ClientProtocol`` takes from the handshake answer to the queued
+  ``Changes`` frames, and their bytes (pycrdt: ``get_update()``). pycrdt does the same with
   ``apply_update(other.get_update(state))``.
 - ``concurrent``: several authors editing at once, one peer per author. Given
   ``--concurrent-trace FILE`` (the editing-traces concurrent format: txns with
@@ -93,6 +96,7 @@ from crdt_sync import (
     CRDTTextHandler,
     Snapshot,
     UpdateEvent,
+    VersionVector,
     decode_change_batch,
     decode_changes,
 )
@@ -785,6 +789,22 @@ def run_merge_ours(trace: Trace, res: Results, first: bool) -> None:
             [event.local for event in seen] == [False] and text.value == targets[0][1].value,
         )
         del subscriptions
+    # A reconnects after its half offline: its client protocol gets the
+    # handshake answer of a server that has none of A's work, and queues the
+    # Changes frames of everything A made (what the app does on reconnecting).
+    protocol = ClientProtocol(a, document_id=a.document_id)
+    protocol.send_handshake()
+    protocol.messages_to_send()
+    answer = encode_message(HandshakeResponse("session", VersionVector(), "epoch"))
+
+    def reconnect() -> list[bytes]:
+        protocol.receive_message(answer)
+        return protocol.messages_to_send()
+
+    frames, t = timed(reconnect)
+    res.add_time("send A's changes (as the app does on reconnecting)", t)
+    if first:
+        res.sizes["A's changes as sent"] = sum(map(len, frames))
     # The originals merge too (with their histories), to check all four agree.
     a.binary_import_changes(a_from_b)
     b.binary_import_changes(b_from_a)
@@ -839,6 +859,10 @@ def run_merge_pycrdt(trace: Trace, res: Results, first: bool) -> None:
         res.add_time(name, t)
         res.check("the app's merges converged", len(seen) == 1 and str(text) == str(targets[0][1]))
         del subscriptions
+    sent, t = timed(a.get_update)  # what a y-protocol client sends a server that has nothing
+    res.add_time("send A's changes (as the app does on reconnecting)", t)
+    if first:
+        res.sizes["A's changes as sent"] = len(sent)
     del ta, tb
 
 
@@ -1004,6 +1028,7 @@ def main_merge(args: argparse.Namespace, names: list[str]) -> None:
             "merge B<-A (changes)",
             "merge A<-B (as the app receives it)",
             "merge B<-A (as the app receives it)",
+            "send A's changes (as the app does on reconnecting)",
             "merge A<-B (snapshot)",
             "merge B<-A (snapshot)",
             "export B for A",
