@@ -678,12 +678,20 @@ def _batch_reader(data: bytes, max_size: int) -> tuple[int, Reader]:
 def decode_batch(data: bytes, max_size: int = MAX_INFLATED) -> Any:
     """Decode a batch for import: a list of :class:`batch.Segment` (version 2), or a
     list of change tuples (version 1). Only ever raises :class:`DecodeError`."""
-    version, r = _batch_reader(data, max_size)
+    return decode_batch_within(data, max_size)[0]
+
+
+def decode_batch_within(data: bytes, budget: int) -> tuple[Any, int]:
+    """:func:`decode_batch` with its body bounded by ``budget``, and the size of
+    that body (inflated, if compressed): for a caller that bounds several
+    batches together, with one inflate each."""
+    version, r = _batch_reader(data, budget)
+    size = len(r.data) - r.pos
     if version != FORMAT_VERSION:
         from .batch import decode_segments
 
-        return decode_segments(r)
-    return decode_change_tuples(data, max_size)
+        return decode_segments(r), size
+    return decode_change_tuples(data, budget), size
 
 
 def _decode_body(r: Reader, n: int, peers: list[str], names: list[str]) -> list[ChangeTuple]:

@@ -61,7 +61,7 @@ from crdt_sync.changes import (
     _read_peer,
     _Tables,
     _write_deps_and_ops,
-    decode_batch,
+    decode_batch_within,
 )
 from crdt_sync.codec import Reader, Writer, inflate
 from crdt_sync.exceptions import DecodeError
@@ -464,8 +464,9 @@ def decode_relay(body: bytes, entries: Sequence[str], max_size: int) -> ChangeBa
                 out.append(_read_change(r, entries, base))
             elif form == RECORD_BATCH:
                 batch = r.bytes()
-                budget -= inflated_size(batch, budget)
-                out.extend(decode_batch(batch, max_size))
+                decoded, size = decode_batch_within(batch, budget)
+                budget -= size
+                out.extend(decoded)
                 if count == 1:
                     encoded = batch
             else:

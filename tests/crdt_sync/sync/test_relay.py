@@ -4,6 +4,7 @@ are references into a per-document dictionary, resolved by the receiving connect
 from __future__ import annotations
 
 import random
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +20,9 @@ from crdt_sync import (
     decode_changes,
     encode_changes,
 )
+from crdt_sync import changes as changes_module
 from crdt_sync.changes import TEXT_INSERT
+from crdt_sync.codec import inflate
 from crdt_sync.exceptions import DecodeError
 from crdt_sync.sync import (
     Changes,
@@ -36,6 +39,7 @@ from crdt_sync.sync import (
     decode_message,
     encode_message,
 )
+from crdt_sync.sync import relay as relay_module
 from crdt_sync.sync.events import ChangesReceived, ErrorOccurred
 from crdt_sync.sync.messages import encode_dictionary_frame, encode_relay_frame
 from crdt_sync.sync.relay import (
@@ -157,6 +161,55 @@ def test_a_long_batch_goes_as_one_batch_record_as_it_came() -> None:
     assert count == 1 and part[0] == RECORD_BATCH and encoded in part
     assert time_base([made]) == 0  # no one-change record: no base needed
     assert decode_relay(bytes([1, 0]) + part, [], BOUND) == tuple(made)
+
+
+def _typed(count: int, compress: bool) -> tuple[list[Change], bytes, int]:
+    """``count`` keystrokes of one peer, their batch record (a change batch as it
+    came) and the size of that batch's body decoded (inflated, if compressed)."""
+    doc = CRDTDocument()
+    made: list[Change] = []
+    doc.on_change(made.append)
+    text = CRDTTextHandler(doc, "text")
+    for index in range(count):
+        text.insert(index, "abcdefgh"[index % 8])
+    encoded = encode_changes(made, compress)
+    part, records = encode_records(made, encoded, RelayDictionary(), 0)
+    assert records == 1 and part[0] == RECORD_BATCH
+    # docs/encoding.md: 4 bytes of magic, a version byte, a flags byte (bit 0: zlib).
+    assert encoded[5] == (1 if compress else 0)
+    size = len(zlib.decompress(encoded[6:])) if compress else len(encoded) - 6
+    return made, part, size
+
+
+@pytest.mark.parametrize(
+    ("compress", "over"), [(True, "inflates beyond"), (False, "exceed the limit")]
+)
+def test_the_batch_records_of_a_relay_share_one_size_bound(compress: bool, over: str) -> None:
+    made, part, size = _typed(400, compress)
+    one = bytes([1, 0]) + part
+    two = bytes([2, 0]) + part + part  # the same batch twice (a duplicate: harmless)
+    assert decode_relay(one, [], size) == tuple(made)
+    with pytest.raises(DecodeError, match=over):
+        decode_relay(one, [], size - 1)
+    assert decode_relay(two, [], 2 * size) == tuple(made) * 2
+    # Each batch is within the bound alone; together they are not.
+    assert decode_relay(one, [], 2 * size - 1) == tuple(made)
+    with pytest.raises(DecodeError, match=over):
+        decode_relay(two, [], 2 * size - 1)
+
+
+def test_a_compressed_batch_record_is_inflated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    made, part, _ = _typed(400, True)
+    calls: list[int] = []
+
+    def counting(data: bytes, offset: int = -1, limit: int = 1 << 30, wbits: int = 15) -> bytes:
+        calls.append(len(data))
+        return inflate(data, offset, limit, wbits)
+
+    monkeypatch.setattr(changes_module, "inflate", counting)
+    monkeypatch.setattr(relay_module, "inflate", counting)
+    assert decode_relay(bytes([1, 0]) + part, [], BOUND) == tuple(made)
+    assert len(calls) == 1
 
 
 def test_a_reference_to_an_entry_never_sent_is_a_typed_error() -> None:
