@@ -391,8 +391,8 @@ class Segment:
         """The runs, heads decoded (again from :attr:`body` after :meth:`release`)."""
         runs = self._runs
         if runs is None:
-            runs = self._runs = decode_segment(Reader(self.body))._runs
-            assert runs is not None
+            # (A segment just decoded holds its runs: its ``runs`` is them.)
+            runs = self._runs = decode_segment(Reader(self.body)).runs
         return runs
 
     def release(self) -> None:

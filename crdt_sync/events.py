@@ -80,11 +80,11 @@ class UpdateEvent:
     changes of a two-peer merge for it took three times as long as the merge.
     """
 
-    __slots__ = ("_build", "_changes", "batch", "local", "origin")
+    __slots__ = ("_changes", "batch", "local", "origin")
 
     def __init__(self, changes: tuple[Change, ...], local: bool, origin: object) -> None:
-        self._changes: tuple[Change, ...] | None = changes
-        self._build: Callable[[], tuple[Change, ...]] | None = None
+        #: The changes, or what builds them until they are first read.
+        self._changes: tuple[Change, ...] | Callable[[], tuple[Change, ...]] = changes
         self.local = local
         self.origin = origin
         #: The :class:`~crdt_sync.ChangeBatch` imported, when the changes are
@@ -98,8 +98,7 @@ class UpdateEvent:
     ) -> UpdateEvent:
         """An event whose ``changes`` are ``build()``, called once, when first read."""
         event = cls((), local, origin)
-        event._changes = None
-        event._build = build
+        event._changes = build
         return event
 
     @classmethod
@@ -112,10 +111,8 @@ class UpdateEvent:
     @property
     def changes(self) -> tuple[Change, ...]:
         changes = self._changes
-        if changes is None:
-            assert self._build is not None
-            changes = self._changes = self._build()
-            self._build = None
+        if not isinstance(changes, tuple):
+            changes = self._changes = changes()
         return changes
 
     def __eq__(self, other: object) -> bool:
@@ -127,7 +124,7 @@ class UpdateEvent:
         return hash((self.changes, self.local, self.origin))
 
     def __repr__(self) -> str:
-        changes = "..." if self._changes is None else repr(self._changes)
+        changes = repr(self._changes) if isinstance(self._changes, tuple) else "..."
         return f"UpdateEvent(changes={changes}, local={self.local!r}, origin={self.origin!r})"
 
 

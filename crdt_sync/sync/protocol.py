@@ -242,6 +242,12 @@ FRAME_CHANGES: Final = 4096
 FRAME_OPS: Final = 16_384
 FRAME_ELEMENTS: Final = 1 << 20
 
+
+def _beyond_a_frame(changes: int, ops: int, elements: int) -> bool:
+    """Whether that many changes, operations and elements exceed one frame's bounds."""
+    return changes > FRAME_CHANGES or ops > FRAME_OPS or elements > FRAME_ELEMENTS
+
+
 DEFAULT_COMPRESSORS: Final[tuple[Compressor, ...]] = (NoCompression(), GzipCompressor())
 """What a client offers unless told otherwise: every built-in compressor, so it
 can join a server whatever compression that server uses."""
@@ -492,14 +498,10 @@ class ClientProtocol:
         for segment in segments:
             more, more_ops = segment.n, segment.op_count()
             more_elements = sum(end - first for first, end in segment.summary.values())
-            if group and (
-                count + more > FRAME_CHANGES
-                or ops + more_ops > FRAME_OPS
-                or elements + more_elements > FRAME_ELEMENTS
-            ):
+            if group and _beyond_a_frame(count + more, ops + more_ops, elements + more_elements):
                 self._send_group(group)
                 group, count, ops, elements = [], 0, 0, 0
-            if more > FRAME_CHANGES or more_ops > FRAME_OPS or more_elements > FRAME_ELEMENTS:
+            if _beyond_a_frame(more, more_ops, more_elements):
                 self._send_cut(ChangeBatch([segment]))
                 continue
             group.append(segment)
@@ -518,11 +520,7 @@ class ClientProtocol:
         start = ops = elements = 0
         for k, change in enumerate(changes):
             more_ops, more = len(change.ops), change.size
-            if k > start and (
-                k - start >= FRAME_CHANGES
-                or ops + more_ops > FRAME_OPS
-                or elements + more > FRAME_ELEMENTS
-            ):
+            if k > start and _beyond_a_frame(k - start + 1, ops + more_ops, elements + more):
                 self._send(Changes(tuple(changes[start:k])))
                 start, ops, elements = k, 0, 0
             ops += more_ops
