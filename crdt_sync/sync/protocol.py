@@ -46,6 +46,7 @@ from typing import Final
 from crdt_sync import Change, ChangeBatch, CRDTDocument, CRDTError, VersionVector
 from crdt_sync.batch import Segment
 from crdt_sync.change_batch import decode_change_batch
+from crdt_sync.collector import paused_collector
 from crdt_sync.changes import encode_bodies
 from crdt_sync.exceptions import DecodeError
 
@@ -595,8 +596,14 @@ class ClientProtocol:
         if self._state is ClientState.CLOSED:
             return  # after an error or close, later input is discarded
         try:
-            message = decode_message(data, self.compressor, max_size=self.max_message_size)
-            self._dispatch(message)
+            # The collector paused from the decoding to the end of the import
+            # (``collector.py``): a long batch decodes to thousands of tuples,
+            # none of them garbage, and the one collection afterwards walks
+            # only what the document keeps (the message is freed by then).
+            with paused_collector():
+                self._dispatch(
+                    decode_message(data, self.compressor, max_size=self.max_message_size)
+                )
         except RemoteProtocolError as exc:
             self._violation(exc.code, exc.message)
         except CRDTError as exc:

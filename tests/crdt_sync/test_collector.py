@@ -71,3 +71,33 @@ def test_overlapping_pauses_restore_the_state_only_when_the_last_one_ends() -> N
     assert not gc.isenabled()
     second.__exit__(None, None, None)
     assert gc.isenabled()
+
+
+def test_a_client_protocol_decodes_and_imports_a_frame_in_one_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from crdt_sync.sync import ClientProtocol, HandshakeResponse, encode_message
+    from crdt_sync.sync import protocol as protocol_module
+    from crdt_sync.sync.messages import Changes
+
+    gc.enable()
+    doc = CRDTDocument()
+    client = ClientProtocol(doc, document_id="d")
+    client.send_handshake()
+    answer = HandshakeResponse("session", doc.version_vector, "epoch", compression="none")
+    client.receive_message(encode_message(answer))
+    decoding: list[bool] = []
+    decode = protocol_module.decode_message
+
+    def watched(*args: object, **kwargs: object) -> object:
+        decoding.append(gc.isenabled())
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(protocol_module, "decode_message", watched)
+    client.receive_message(encode_message(Changes(decode_changes(typed_history()))))
+    assert decoding == [False]
+    assert gc.isenabled()
+    assert CRDTTextHandler(doc, "t").value == "x" * 50
+    client.receive_message(b"\xff not a frame")  # a violation: the pause ends all the same
+    assert client.error_code is not None
+    assert gc.isenabled()
