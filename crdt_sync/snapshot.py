@@ -161,13 +161,12 @@ def _plan_sequence(seq: Sequence, spans: list[list[Any]], is_list: bool) -> _Pla
 def _integration_order(seq: Sequence, todo: list[Piece]) -> list[Piece]:
     """``todo`` (pieces in document order) ordered so each piece's origins exist first.
 
-    The order is the one of placing, pass after pass over the pieces left in
-    document order, every piece whose origins are in ``seq`` or placed before
-    it; but each origin is looked up once, not once a pass (a merge of two
-    halves of a long text took 16 passes). A piece's pass is 1 past the
-    latest pass of the pieces holding its origins, or that pass itself when
-    the origin's piece comes earlier in document order (placed earlier in the
-    same pass); the pieces are then sorted by (pass, document order). Raises
+    Depth first, in document order: each piece goes right after the pieces
+    holding its origins (placed first, the same way), so a piece and what it
+    waits for are integrated together. Any such order merges to the same
+    text (the ordering rule reads origins, not arrival); this one is found
+    with each origin looked up once and no sort (a merge of two halves of a
+    long text needed 16 passes of placing what was ready). Raises
     DecodeError if an origin is nowhere, or the pieces' origins form a cycle
     (a piece naming an element of its own among its origins included).
     """
@@ -201,13 +200,10 @@ def _integration_order(seq: Sequence, todo: list[Piece]) -> list[Piece]:
                     return j
         raise DecodeError("snapshot elements refer to origins that are nowhere")
 
-    # waiting[i]: origins of piece i still to place; after[j]: the pieces
-    # whose origins piece j holds (an entry per origin).
-    waiting = [0] * count
-    after: list[list[int] | None] = [None] * count
-    ready: list[int] = []
+    # The pieces holding each piece's origins (-1: in ``seq``, or none).
+    lh = [-1] * count
+    rh = [-1] * count
     for i, piece in enumerate(todo):
-        deps = 0
         left = piece[3]
         if left is not None:
             j = lasts.get(left)
@@ -215,51 +211,39 @@ def _integration_order(seq: Sequence, todo: list[Piece]) -> list[Piece]:
                 j = heads.get(left)
                 if j is None:
                     j = holder(left)
-            if j >= 0:
-                deps = 1
-                waiting_on = after[j]
-                if waiting_on is None:
-                    after[j] = [i]
-                else:
-                    waiting_on.append(i)
+            lh[i] = j
         right = piece[4]
         if right is not None:
             j = heads.get(right)
             if j is None:
                 j = holder(right)
-            if j >= 0:
-                deps += 1
-                waiting_on = after[j]
-                if waiting_on is None:
-                    after[j] = [i]
-                else:
-                    waiting_on.append(i)
-        waiting[i] = deps
-        if not deps:
-            ready.append(i)
+            rh[i] = j
         lasts[(piece[0], piece[1] + len(piece[2]) - 1)] = i
-    # Placing (Kahn's): a piece's pass is final when its last origin is placed.
-    passes = [1] * count
-    done = 0
-    while ready:
-        j = ready.pop()
-        done += 1
-        waiting_on = after[j]
-        if waiting_on is None:
+    # Depth first, in document order: a piece goes after the pieces holding
+    # its origins. ``state``: 0 not seen, 1 on the path being placed, 2 placed;
+    # an origin on the path is a cycle.
+    state = bytearray(count)
+    order: list[Piece] = []
+    place = order.append
+    for first in range(count):
+        if state[first]:
             continue
-        at = passes[j]
-        for i in waiting_on:
-            need = at + 1 if j > i else at
-            if need > passes[i]:
-                passes[i] = need
-            waiting[i] -= 1
-            if not waiting[i]:
-                ready.append(i)
-    if done < count:
-        raise DecodeError("snapshot elements refer to origins that are nowhere")
-    # Sorted by (pass, document order) as one int each.
-    order = sorted([at * count + i for i, at in enumerate(passes)])
-    return [todo[key % count] for key in order]
+        path = [first]
+        while path:
+            i = path[-1]
+            state[i] = 1
+            j = lh[i]
+            if j < 0 or state[j] == 2:
+                j = rh[i]
+                if j < 0 or state[j] == 2:
+                    state[i] = 2
+                    place(todo[i])
+                    path.pop()
+                    continue
+            if state[j]:
+                raise DecodeError("snapshot elements refer to origins that are nowhere")
+            path.append(j)
+    return order
 
 
 def merge_snapshot(doc: CRDTDocument, snapshot: Snapshot) -> None:
