@@ -502,6 +502,11 @@ def decode_change_tuples(data: bytes, max_size: int = MAX_INFLATED) -> list[Chan
         from .batch import decode_segments
 
         return [t for segment in decode_segments(r) for t in segment.tuples()]
+    return _decode_version_1(r)
+
+
+def _decode_version_1(r: Reader) -> list[ChangeTuple]:
+    """The changes of a version 1 batch body at ``r`` (its header read)."""
     peers = [r.str() for _ in range(r.count(1))]
     if any(not p or len(p) > MAX_NAME for p in peers):
         raise r.fail("bad peer id in the peer table")
@@ -691,7 +696,7 @@ def decode_batch_within(data: bytes, budget: int) -> tuple[Any, int]:
         from .batch import decode_segments
 
         return decode_segments(r), size
-    return decode_change_tuples(data, budget), size
+    return _decode_version_1(r), size
 
 
 def _decode_body(r: Reader, n: int, peers: list[str], names: list[str]) -> list[ChangeTuple]:

@@ -40,9 +40,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-from crdt_sync import Change, Snapshot, VersionVector, decode_changes, encode_changes
+from crdt_sync import Change, Snapshot, VersionVector, encode_changes
 from crdt_sync.change_batch import ChangeBatch, decode_change_batch
-from crdt_sync.changes import _one_change
+from crdt_sync.changes import _one_change, decode_batch_within
 from crdt_sync.codec import Reader, Writer, load_json
 from crdt_sync.exceptions import DecodeError
 
@@ -57,7 +57,7 @@ from .exceptions import (
     UnknownMessageType,
     UnsupportedProtocolVersion,
 )
-from .relay import MAX_ENTRIES, MAX_ENTRY_BYTES, inflated_size
+from .relay import MAX_ENTRIES, MAX_ENTRY_BYTES
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -955,14 +955,16 @@ def _decode_body(kind: MessageType, r: _Reader) -> Message:
         n = r.number("history batch count", r.end - r.pos)
         history: list[Change] = []
         # One bound for the whole page: the batches together inflate to at most
-        # max_size (each batch alone could, so a count of them could not).
+        # max_size (each batch alone could, so a count of them could not). Each
+        # is inflated once, measured as it is decoded.
         budget = r.max_size
         for _ in range(n):
             start = r.pos
             raw = r.blob("history changes")
             try:
-                budget -= inflated_size(raw, budget)
-                history.extend(decode_changes(raw, r.max_size))
+                decoded, size = decode_batch_within(raw, budget)
+                budget -= size
+                history.extend(ChangeBatch(decoded))
             except DecodeError as exc:
                 raise MessageDecodeError(f"history changes: {exc}", r.base + start) from None
             except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:

@@ -46,8 +46,8 @@ from typing import Final
 from crdt_sync import Change, ChangeBatch, CRDTDocument, CRDTError, VersionVector
 from crdt_sync.batch import Segment
 from crdt_sync.change_batch import decode_change_batch
-from crdt_sync.collector import paused_collector
 from crdt_sync.changes import encode_bodies
+from crdt_sync.collector import paused_collector
 from crdt_sync.exceptions import DecodeError
 
 from .access import Role

@@ -63,7 +63,7 @@ from crdt_sync.changes import (
     _write_deps_and_ops,
     decode_batch_within,
 )
-from crdt_sync.codec import Reader, Writer, inflate
+from crdt_sync.codec import Reader, Writer
 from crdt_sync.exceptions import DecodeError
 from crdt_sync.transaction import deps_of
 
@@ -80,7 +80,6 @@ __all__ = [
     "RelayDictionary",
     "decode_relay",
     "encode_records",
-    "inflated_size",
     "time_base",
 ]
 
@@ -475,14 +474,3 @@ def decode_relay(body: bytes, entries: Sequence[str], max_size: int) -> ChangeBa
     except IndexError:  # pragma: no cover - the readers check every length
         raise DecodeError("truncated relay record", r.pos) from None
     return ChangeBatch(out, encoded)
-
-
-def inflated_size(batch: bytes, limit: int) -> int:
-    """What a change batch's body takes decoded (``docs/encoding.md``: 4 bytes of
-    magic, a version byte, a flags byte whose bit 0 means zlib), at most ``limit``
-    (else :class:`DecodeError`); a malformed header is left to the decoder."""
-    if len(batch) >= 6 and batch[5] & 1:
-        return len(inflate(batch[6:], 6, limit))
-    if len(batch) > limit:
-        raise DecodeError(f"{len(batch)} bytes exceed the limit of {limit}", 0)
-    return len(batch)

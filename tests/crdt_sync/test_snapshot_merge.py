@@ -252,7 +252,9 @@ def test_a_chain_of_pieces_waiting_for_later_ones_is_placed_from_its_end() -> No
     seq.integrate("s", 0, "ab", None, None)
     # Each piece's right origin is the next one's first element: the last
     # is placed first (typing backwards, one piece per keystroke).
-    pieces = [("p", 9 - i, "x", ("s", 0), ("p", 10 - i) if i else ("s", 1), False) for i in range(10)]
+    pieces = [
+        ("p", 9 - i, "x", ("s", 0), ("p", 10 - i) if i else ("s", 1), False) for i in range(10)
+    ]
     pieces.reverse()
     order = _integration_order(seq, pieces)
     assert order == pieces[::-1]

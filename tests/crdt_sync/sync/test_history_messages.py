@@ -6,6 +6,7 @@ The server session's side: tests/server/test_server_history_session.py."""
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import pytest
 
@@ -86,6 +87,26 @@ def test_a_page_of_batches_may_not_inflate_past_the_frame_bound_together() -> No
     decode_message(frame, max_size=200_000)  # 4 x ~40 KB fits
     with pytest.raises(MessageDecodeError, match="history changes"):
         decode_message(frame, max_size=100_000)
+
+
+def test_each_batch_of_a_page_is_inflated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    changes = typed(400).export_changes()
+    batches = [encode_changes(changes[:200], True), encode_changes(changes[200:], True)]
+    assert all(batch[5] & 1 for batch in batches)  # compressed
+    frame = encode_history_frame(VersionVector(), None, batches, 0)
+    calls: list[int] = []
+    decompressor = zlib.decompressobj
+
+    def counting(*args: int) -> Any:
+        calls.append(1)
+        return decompressor(*args)
+
+    # Every inflate of the package goes through zlib.decompressobj (codec.inflate).
+    monkeypatch.setattr(zlib, "decompressobj", counting)
+    decoded = decode_message(frame)
+    assert isinstance(decoded, HistoryResponse)
+    assert [c.id for c in decoded.changes] == [c.id for c in changes]
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize(
