@@ -351,17 +351,22 @@ class CRDTDocument:
                 return False
         return True
 
-    def binary_export_changes(self, since: VersionVector | None = None) -> bytes:
+    def binary_export_changes(
+        self, since: VersionVector | None = None, compress: bool | None = None
+    ) -> bytes:
         """The changes ``since`` lacks (all when None) as bytes (``encode_changes``).
 
-        Whole segments of the history are reused as they are kept.
+        Whole segments of the history are reused as they are kept. ``compress``
+        as in :func:`encode_changes` (None: compressed when over 4 KiB); False
+        for bytes that are decoded again at once, where deflating and
+        inflating them would be most of the work.
         """
         if since is None:
             if self._base_vv:
                 raise HistoryCompactedError("history before the last compaction is gone")
         elif not self.can_export(since):
             raise HistoryCompactedError("history the receiver lacks was compacted")
-        return encode_bodies(self._history.bodies_since(since))
+        return encode_bodies(self._history.bodies_since(since), compress)
 
     def binary_import_changes(self, data: bytes, max_size: int = MAX_INFLATED) -> int:
         """Decode and import; a DecodeError leaves the document untouched.

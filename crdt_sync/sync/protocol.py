@@ -464,7 +464,9 @@ class ClientProtocol:
         Exported as the history keeps them (its segments, reused whole) and
         decoded into a :class:`~crdt_sync.ChangeBatch`, which frames go out as:
         no change is built. 130,000 changes of an afternoon offline took half
-        a second of the app's event loop as changes, built and encoded again."""
+        a second of the app's event loop as changes, built and encoded again.
+        The export is not compressed: it is decoded right away, and deflating
+        and inflating its 2 MB took a third of the 34 ms this then took."""
         document = self.document
         since = dict(server_vv)
         for peer, counter in document.version_vector.items():
@@ -473,7 +475,7 @@ class ClientProtocol:
         everything_else = VersionVector(since)
         if not document.can_export(everything_else):
             return []  # our own history is gone too: only a snapshot could carry it
-        return decode_change_batch(document.binary_export_changes(everything_else))
+        return decode_change_batch(document.binary_export_changes(everything_else, False))
 
     def _send_changes(self, changes: Sequence[Change]) -> None:
         if not changes:

@@ -132,6 +132,14 @@ def test_large_batches_are_compressed_and_still_round_trip() -> None:
     assert data[6:] == zlib.compress(body[6:], ZLIB_LEVEL)
     exported = a.binary_export_changes()
     assert exported[6:] == zlib.compress(zlib.decompress(exported[6:]), ZLIB_LEVEL)
+    # Asked not to compress (bytes decoded again at once), the same body as it is.
+    plain = a.binary_export_changes(compress=False)
+    assert not plain[5] & 1 and plain[6:] == zlib.decompress(exported[6:])
+    assert a.binary_export_changes(compress=True)[5] & 1
+    small = CRDTDocument()
+    CRDTTextHandler(small, "t").insert(0, "x")
+    assert small.binary_export_changes(compress=True)[5] & 1
+    assert decode_changes(small.binary_export_changes(compress=True)) == small.export_changes()
 
 
 def test_header_is_checked() -> None:
