@@ -1278,6 +1278,80 @@ def test_the_delta_of_runs_applied_unobserved_is_the_one_their_splices_give(
         assert walked  # the author's edits changed both texts
 
 
+class _Compared(list):  # type: ignore[type-arg]
+    """A chunk's spans in a backup, counting the comparisons that find them unchanged."""
+
+    equal = 0
+
+    def __eq__(self, other: object) -> bool:
+        same = list.__eq__(self, other)
+        if same is True:
+            _Compared.equal += 1
+        return same  # type: ignore[return-value]
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _compared_backup(backup: Any) -> Any:
+    return lambda self: [_Compared(spans) for spans in backup(self)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_walk_passes_unchanged_chunks_whole_and_finds_the_same_delta(
+    monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    # A text of many chunks, edited apart in a few places on each side: the
+    # walk passes the chunks no run touched whole, and still reports the same
+    # changed places as splicing each run would.
+    rng = random.Random(seed)
+    author = CRDTDocument(peer(1))
+    text = CRDTTextHandler(author, "t")
+    _edit_about(text, rng, 4000, 0, typed=0.7, backspaced=0.75, forward=0.8)
+    other = CRDTDocument(peer(2))
+    other.import_changes(author.export_changes())
+    mine = CRDTTextHandler(other, "t")
+    for _ in range(3):
+        _edit_about(mine, rng, 30, rng.randrange(len(mine) + 1), forward=None)
+    for _ in range(3):  # many short runs about each of three places
+        place = rng.randrange(len(text) + 1)
+        for _ in range(120):
+            at = min(len(text), max(0, place + rng.randrange(-20, 21)))
+            if rng.random() < 0.6 or not at:
+                text.insert(at, "xyz"[: rng.randrange(1, 4)])
+            else:
+                text.delete(at - 1, 1)
+    data = author.binary_export_changes(other.version_vector)
+    found: dict[str, Any] = {}
+    for way in ("walk", "splices"):
+        copy = CRDTDocument(other.peer_id, "d")
+        copy.import_changes(other.export_changes())
+        handler = CRDTTextHandler(copy, "t")
+        before = handler.value
+        seq = copy._state(("t", "text")).seq
+        assert len(seq.chunks) > 20
+        seen: list[Any] = []
+        handler.observe(seen.append)
+        _Compared.equal = 0
+        with monkeypatch.context() as patch:
+            if way == "walk":
+                patch.setattr(type(seq), "backup", _compared_backup(type(seq).backup))
+                taken = _spy_checked(patch)
+            else:
+                patch.setattr(remote, "_apply_runs_checked", lambda doc, segments: False)
+            copy.binary_import_changes(data)
+        if way == "walk":
+            assert taken == [True]
+            # Most chunks untouched by the few places edited, and passed whole.
+            assert _Compared.equal > len(seq.chunks) // 2
+        copy.check_invariants()
+        assert len(seen) == 1
+        assert apply_delta(before, seen[0].delta) == handler.value
+        found[way] = seen[0].delta
+    assert _canonical(found["walk"])
+    assert _places(found["walk"]) == _places(found["splices"])
+    assert len(_places(found["walk"])) >= 2
+
+
 def test_deleting_what_an_observed_text_had_deleted_already_reports_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
