@@ -178,13 +178,13 @@ def _apply_runs_checked(doc: CRDTDocument, segments: list[Segment]) -> bool:
                     raise _NotNow  # a duplicate, an overlap or a gap
                 # Each dep is checked and leaves the frontier in one pass
                 # (before the run is applied: that reads neither, and a
-                # failure puts the frontier back with everything else).
-                if head is None:
-                    # The usual head: one text insert or delete whose one dep,
-                    # its peer's previous change, is known (its counter is next).
-                    if frontier.get(peer) == ctr - 1:
-                        del frontier[peer]
-                else:
+                # failure puts the frontier back with everything else). The
+                # usual head's one dep, its peer's previous change, is known
+                # (its counter is next) and needs nothing: it follows a run of
+                # its peer in its segment, which left that change last in the
+                # frontier, where this run's last replaces it below (as taking
+                # it off and adding the new one would leave it).
+                if head is not None:
                     for dpeer, dctr in head[3]:
                         if vv.get(dpeer, 0) <= dctr:
                             raise _NotNow

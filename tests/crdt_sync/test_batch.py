@@ -1151,6 +1151,45 @@ def test_run_heads_that_name_no_other_writer_still_leave_the_frontier_as_their_r
     assert fast.get_value("t") == a.get_value("t")
 
 
+def test_a_writer_whose_runs_are_applied_moves_to_the_end_of_the_frontier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The frontier's order is the order of a next local change's deps (and of
+    # the snapshot bytes): a writer whose changes arrive is taken off it and
+    # put back last, change by change. By runs, its entry before them is
+    # replaced the same way, not where it stood.
+    a, b = CRDTDocument(peer(1)), CRDTDocument(peer(2))
+    text = CRDTTextHandler(a, "t")
+    text.insert(0, "ab")
+    CRDTTextHandler(b, "u").insert(0, "xy")
+    fast, slow = CRDTDocument(peer(3), "d"), CRDTDocument(peer(3), "d")
+    for copy in (fast, slow):
+        copy.import_changes(a.export_changes())
+        copy.import_changes(b.export_changes())
+    assert list(fast._frontier) == [str(a.peer_id), str(b.peer_id)]
+    for i in range(10):  # runs of a's, each at another place
+        at = 0 if i % 2 else len(text)
+        text.insert(at, "c")
+        text.insert(at + 1, "d")
+    data = a.binary_export_changes(fast.version_vector)
+    # The checked path leaves a usual head's dep (its peer's previous change)
+    # in place, for the run to replace: a run of its peer came just before it
+    # in its segment and put that change last.
+    for seg in decode_batch(data):
+        assert seg.runs[0][3] is not None
+        for before, run in pairwise(seg.runs):
+            if run[3] is None:
+                assert before[8] == run[8] and before[7] == run[9]
+    with monkeypatch.context() as patch:
+        results = _spy_checked(patch)
+        fast.binary_import_changes(data)
+    assert results == [True]
+    slow.import_changes(a.export_changes(slow.version_vector))
+    assert list(slow._frontier) == [str(b.peer_id), str(a.peer_id)]
+    assert list(fast._frontier.items()) == list(slow._frontier.items())
+    assert fingerprint(fast) == fingerprint(slow)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_coalesced_ranges_cover_exactly_the_elements_of_the_ranges_given(seed: int) -> None:
     # Against the elements themselves: coalesce gives sorted ranges, each one
