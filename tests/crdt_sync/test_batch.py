@@ -1281,6 +1281,18 @@ def _continued_apart(seed: int) -> tuple[CRDTDocument, CRDTDocument]:
     return author, other
 
 
+def _import_one_way(patch: pytest.MonkeyPatch, way: str, doc: CRDTDocument, data: bytes) -> None:
+    """Import ``data`` by the checked run path (``walk``: it must take the batch)
+    or by the check-first one (``splices``)."""
+    if way == "walk":
+        taken = _spy_checked(patch)
+    else:
+        patch.setattr(remote, "_apply_runs_checked", lambda doc, segments: False)
+    doc.binary_import_changes(data)
+    if way == "walk":
+        assert taken == [True]
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_the_delta_of_runs_applied_unobserved_is_the_one_their_splices_give(
     monkeypatch: pytest.MonkeyPatch, seed: int
@@ -1297,13 +1309,7 @@ def test_the_delta_of_runs_applied_unobserved_is_the_one_their_splices_give(
         for handler, seen in zip(handlers, events, strict=True):
             handler.observe(seen.append)
         with monkeypatch.context() as patch:
-            if way == "walk":
-                taken = _spy_checked(patch)
-            else:
-                patch.setattr(remote, "_apply_runs_checked", lambda doc, segments: False)
-            copy.binary_import_changes(data)
-        if way == "walk":
-            assert taken == [True]
+            _import_one_way(patch, way, copy, data)
         copy.check_invariants()
         found[way] = []
         for handler, before, seen in zip(handlers, befores, events, strict=True):
@@ -1374,12 +1380,8 @@ def test_the_walk_passes_unchanged_chunks_whole_and_finds_the_same_delta(
         with monkeypatch.context() as patch:
             if way == "walk":
                 patch.setattr(type(seq), "backup", _compared_backup(type(seq).backup))
-                taken = _spy_checked(patch)
-            else:
-                patch.setattr(remote, "_apply_runs_checked", lambda doc, segments: False)
-            copy.binary_import_changes(data)
+            _import_one_way(patch, way, copy, data)
         if way == "walk":
-            assert taken == [True]
             # Most chunks untouched by the few places edited, and passed whole.
             assert _Compared.equal > len(seq.chunks) // 2
         copy.check_invariants()
