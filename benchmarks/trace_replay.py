@@ -31,6 +31,9 @@ is printed side by side with the ratio ours/pycrdt, plus the bars of issues 2 an
 (automerge-paper only). Times are medians over ``--repeat`` runs; with more
 than one run the spread (min..max) is printed too. Wall and CPU time are both
 shown: on a busy machine the CPU time is the fairer comparison.
+Each run also prints the host's pace: a fixed pure-Python loop timed before
+every repetition (``host_pace``), whose spread shows how far the shared
+host's own speed moved while the figures were taken.
 
 Scenarios (``--scenario``):
 
@@ -197,6 +200,46 @@ def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, Timing]:
     return result, Timing(w1 - w0, c1 - c0)
 
 
+def host_pace() -> float:
+    """CPU seconds of a fixed pure-Python loop (dict lookups of tuple keys,
+    int steps), run before each repetition: its spread over a run shows how
+    far the host's own speed moved while the figures were taken. It allocates
+    nothing (a collection or a page fault would time the memory, not the
+    CPU). On a shared machine it can move by 1.7x within seconds, and the
+    figures of both libraries move with it while their instruction counts do
+    not."""
+    keys, table = _PACE_KEYS, _PACE_TABLE
+    gc.collect()
+    c0 = time.process_time()
+    total = 0
+    for _ in range(100):
+        for key in keys:
+            total ^= table[key]
+    return time.process_time() - c0
+
+
+_PACE_KEYS = [(i & 31, i >> 5) for i in range(1024)]
+_PACE_TABLE = dict(zip(_PACE_KEYS, range(1024), strict=True))
+
+
+def pace_note(ours: Results, theirs: Results | None) -> str | None:
+    """The line that reports the host's pace over a run, or None if not taken."""
+    parts = []
+    for name, res in (("crdt_sync", ours), ("pycrdt", theirs)):
+        if res is not None and res.pace:
+            med, lo, hi = median_spread(res.pace)
+            parts.append(
+                f"{name}'s repetitions {med * 1000:.1f} ms ({lo * 1000:.1f}..{hi * 1000:.1f} ms)"
+            )
+    if not parts:
+        return None
+    return (
+        "host pace: a fixed pure-Python loop (host_pace) took, before "
+        + "; before ".join(parts)
+        + ". A slower loop means a slower host at that moment, for every figure of both libraries"
+    )
+
+
 @dataclass
 class Results:
     """Every figure of one library on one trace; times are lists over repeats."""
@@ -206,6 +249,8 @@ class Results:
     checks: dict[str, bool] = field(default_factory=dict)
     memory: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: CPU seconds of :func:`host_pace` before each repetition.
+    pace: list[float] = field(default_factory=list)
 
     def add_time(self, key: str, timing: Timing) -> None:
         self.times.setdefault(key, []).append(timing)
@@ -620,6 +665,9 @@ def report(trace: Trace, ours: Results, theirs: Results | None) -> None:
         print(f"note: {note}")
     if theirs is not None:
         print("note: pycrdt's tracemalloc peak misses its Rust heap; compare the RSS rows.")
+    pace = pace_note(ours, theirs)
+    if pace is not None:
+        print(f"note: {pace}")
 
 
 #: Each issue's bars on the default table's timed rows: local replay as a
@@ -1012,6 +1060,9 @@ def report_scenario(title: str, keys: list[str], ours: Results, theirs: Results 
             print(f"checks {name}: {checks}")
     for note in ours.notes + (theirs.notes if theirs is not None else []):
         print(f"note: {note}")
+    pace = pace_note(ours, theirs)
+    if pace is not None:
+        print(f"note: {pace}")
 
 
 def main_merge(args: argparse.Namespace, names: list[str]) -> None:
@@ -1020,8 +1071,10 @@ def main_merge(args: argparse.Namespace, names: list[str]) -> None:
         ascii_trace = load_trace(args.traces_dir, name, ascii_only=True) if args.compare else None
         ours, theirs = Results(), (Results() if args.compare else None)
         for i in range(args.repeat):
+            ours.pace.append(host_pace())
             run_merge_ours(trace, ours, first=i == 0)
             if theirs is not None and ascii_trace is not None:
+                theirs.pace.append(host_pace())
                 run_merge_pycrdt(ascii_trace, theirs, first=i == 0)
         keys = [
             "merge A<-B (changes)",
@@ -1051,6 +1104,7 @@ def main_concurrent(args: argparse.Namespace, names: list[str]) -> None:
     if args.concurrent_trace is not None:
         ours = Results()
         for _ in range(args.repeat):
+            ours.pace.append(host_pace())
             run_concurrent_trace_ours(args.concurrent_trace, ours)
         report_scenario(
             f"concurrent trace {args.concurrent_trace.name} (pycrdt: not run on this path)",
@@ -1070,8 +1124,10 @@ def main_concurrent(args: argparse.Namespace, names: list[str]) -> None:
             ours, theirs = Results(), (Results() if args.compare else None)
             rounds = synthetic_rounds(trace, agents, args.round)
             for _ in range(args.repeat):
+                ours.pace.append(host_pace())
                 run_concurrent_ours(rounds, ours)
                 if theirs is not None and ascii_trace is not None:
+                    theirs.pace.append(host_pace())
                     run_concurrent_pycrdt(synthetic_rounds(ascii_trace, agents, args.round), theirs)
             title = (
                 f"{name}, SYNTHETIC concurrent session: {agents} agents each replaying "
@@ -1171,8 +1227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         theirs = Results() if args.compare else None
         # Interleave the libraries run by run so drift in machine load hits both.
         for i in range(args.repeat):
+            ours.pace.append(host_pace())
             run_ours(trace, ours, first=i == 0)
             if theirs is not None and ascii_trace is not None:
+                theirs.pace.append(host_pace())
                 run_pycrdt(ascii_trace, theirs, first=i == 0)
         if not args.no_memory:
             ours.memory = measure_memory("ours", trace, traces_dir)

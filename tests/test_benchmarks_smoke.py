@@ -54,3 +54,27 @@ def test_sync_load_two_clients_one_second(sync_load: Any, capsys: Any) -> None:
     out = capsys.readouterr().out
     assert "propagation p99" in out
     assert "deliveries received / expected" in out
+
+
+@pytest.fixture()
+def trace_replay(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import trace_replay
+
+    return trace_replay
+
+
+def test_the_host_pace_note_reports_each_library_s_loop(trace_replay: Any) -> None:
+    assert trace_replay.host_pace() > 0
+    ours, theirs = trace_replay.Results(), trace_replay.Results()
+    assert trace_replay.pace_note(ours, theirs) is None
+    ours.pace = [0.009, 0.016, 0.010]
+    note = trace_replay.pace_note(ours, None)
+    assert "crdt_sync's repetitions 10.0 ms (9.0..16.0 ms)" in note
+    assert "pycrdt" not in note
+    theirs.pace = [0.008]
+    note = trace_replay.pace_note(ours, theirs)
+    assert (
+        "crdt_sync's repetitions 10.0 ms (9.0..16.0 ms); "
+        "before pycrdt's repetitions 8.0 ms (8.0..8.0 ms)"
+    ) in note
