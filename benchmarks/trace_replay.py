@@ -206,8 +206,8 @@ def host_pace() -> float:
     far the host's own speed moved while the figures were taken. It allocates
     nothing (a collection or a page fault would time the memory, not the
     CPU). On a shared machine it can move by 1.7x within seconds, and the
-    figures of both libraries move with it while their instruction counts do
-    not."""
+    figures of both libraries slow with it, roughly, while their instruction
+    counts do not."""
     keys, table = _PACE_KEYS, _PACE_TABLE
     gc.collect()
     c0 = time.process_time()
@@ -236,7 +236,8 @@ def pace_note(ours: Results, theirs: Results | None) -> str | None:
     return (
         "host pace: a fixed pure-Python loop (host_pace) took, before "
         + "; before ".join(parts)
-        + ". A slower loop means a slower host at that moment, for every figure of both libraries"
+        + ". A slower loop means a slower host around then; the figures of both libraries "
+        "slow with it, roughly"
     )
 
 
